@@ -1,0 +1,61 @@
+"""Fixtures for tests that need root: network namespaces made and always removed."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+_counter = itertools.count()
+
+
+def root_or_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("PRIVILEGED TEST SKIPPED: needs root (network namespaces, AF_PACKET)")
+    if shutil.which("ip") is None:
+        pytest.skip("PRIVILEGED TEST SKIPPED: the ip command (Debian package iproute2) is missing")
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+class Netns:
+    """A network namespace with loopback up; deleted by the fixture."""
+
+    def __init__(self, prefix: str) -> None:
+        self.name = f"{prefix}{os.getpid()}x{next(_counter)}"
+        ip("netns", "add", self.name)
+        self.exec_prefix = ["ip", "netns", "exec", self.name]
+        self.run("ip", "link", "set", "lo", "up")
+
+    def run(self, *argv: str, timeout_s: float = 30) -> str:
+        done = subprocess.run(
+            [*self.exec_prefix, *argv], check=True, capture_output=True, text=True, timeout=timeout_s
+        )
+        return done.stdout
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def make_netns() -> Iterator:
+    """A factory of namespaces; every namespace it made is deleted afterwards."""
+    root_or_skip()
+    made: list[Netns] = []
+
+    def make(prefix: str = "ntpt") -> Netns:
+        ns = Netns(prefix)
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.delete()
