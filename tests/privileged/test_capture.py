@@ -1,0 +1,352 @@
+"""Privileged tests of capture + parse: real libpcap on 'any' inside network namespaces.
+
+Ground truth: the traffic generator itself (N datagrams of S bytes, with the
+addresses and ports of its sockets), checked against what the receiving
+socket got.  Namespaces come from the ``make_netns`` fixture (conftest.py)
+and are always deleted.
+
+How the namespaces are entered: this thread calls setns(2) on
+/run/netns/NAME, opens the Capture, the LinkTable and the traffic sockets,
+then setns(2) back to its own namespace.  A socket stays in the namespace it
+was created in, so the capture can be read (and the sockets used) from any
+namespace afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netatopd.capture import Capture, CaptureError, LinkTable
+from netatopd.capture.pcap import PcapStatus
+from netatopd.parse import (
+    PROTO_UDP,
+    REJECT_COUNTERS_LENGTH,
+    Direction,
+    Packet,
+    parse_batch,
+)
+
+pytestmark = pytest.mark.privileged
+
+CLONE_NEWNET = 0x40000000
+DATAGRAMS = 40
+PAYLOAD_BYTES = 200
+DRAIN_LIMIT_S = 5.0  # the most a drain waits for the expected packets
+SETTLE_S = 0.1  # read on this long after the expected count, to catch extras
+REPO = Path(__file__).resolve().parents[2]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setns.restype = ctypes.c_int
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def inside(netns_name: str) -> Iterator[None]:
+    """Run the body with this thread in network namespace netns_name."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(f"/run/netns/{netns_name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(home)
+        finally:
+            os.close(target)
+    finally:
+        os.close(home)
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[object], None]]:
+    """Register things with a close() method; all are closed after the test."""
+    things: list[object] = []
+    try:
+        yield things.append
+    finally:
+        for thing in reversed(things):
+            thing.close()  # type: ignore[attr-defined]
+
+
+def drain(
+    capture: Capture, links: LinkTable, wanted: Callable[[Packet], bool], count: int
+) -> tuple[list[Packet], list[Packet], list[int], float]:
+    """Read until `count` wanted packets were seen (bounded), then a little longer.
+
+    Returns (wanted packets, other packets, rejects, newest timestamp).
+    """
+    rejects = [0] * REJECT_COUNTERS_LENGTH
+    matched: list[Packet] = []
+    others: list[Packet] = []
+    newest = 0.0
+    deadline = time.monotonic() + DRAIN_LIMIT_S
+    settle_until: float | None = None
+    while True:
+        now = time.monotonic()
+        if now > deadline or (settle_until is not None and now > settle_until):
+            break
+        select.select([capture], [], [], 0.02)
+        batch = capture.read_batch()
+        if batch.count:
+            newest = max(newest, batch.newest_timestamp_s)
+            for packet in parse_batch(batch.records, links, rejects):
+                (matched if wanted(packet) else others).append(packet)
+        if settle_until is None and len(matched) >= count:
+            settle_until = time.monotonic() + SETTLE_S
+    return matched, others, rejects, newest
+
+
+def send_datagrams(sender: socket.socket, destination: tuple[str, int]) -> None:
+    payload = b"\xa5" * PAYLOAD_BYTES
+    for _ in range(DATAGRAMS):
+        assert sender.sendto(payload, destination) == PAYLOAD_BYTES
+
+
+def receive_datagrams(receiver: socket.socket) -> int:
+    receiver.settimeout(2.0)
+    received = 0
+    for _ in range(DATAGRAMS):
+        data = receiver.recv(4096)
+        assert len(data) == PAYLOAD_BYTES
+        received += 1
+    return received
+
+
+def udp_key(family: socket.AddressFamily, source: tuple, destination: tuple) -> bytes:
+    return (
+        socket.inet_pton(family, source[0])
+        + socket.inet_pton(family, destination[0])
+        + source[1].to_bytes(2, "big")
+        + destination[1].to_bytes(2, "big")
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "address", "ip_header_bytes"),
+    [(socket.AF_INET, "127.0.0.1", 20), (socket.AF_INET6, "::1", 40)],
+    ids=["ipv4", "ipv6"],
+)
+def test_loopback_udp_seen_once_as_loopback(
+    make_netns: Callable[[str], object],
+    closing: Callable[[object], None],
+    family: socket.AddressFamily,
+    address: str,
+    ip_header_bytes: int,
+) -> None:
+    ns = make_netns("ntpA")
+    with inside(ns.name):  # type: ignore[attr-defined]
+        capture = Capture("any")
+        closing(capture)
+        links = LinkTable()
+        closing(links)
+        receiver = socket.socket(family, socket.SOCK_DGRAM)
+        closing(receiver)
+        receiver.bind((address, 0))
+        sender = socket.socket(family, socket.SOCK_DGRAM)
+        closing(sender)
+        sender.bind((address, 0))
+    source = sender.getsockname()[:2]
+    destination = receiver.getsockname()[:2]
+    key = udp_key(family, source, destination)
+
+    started_s = time.time()
+    send_datagrams(sender, destination)
+    assert receive_datagrams(receiver) == DATAGRAMS
+    matched, others, rejects, newest = drain(
+        capture, links, lambda packet: packet[2] == key, DATAGRAMS
+    )
+    finished_s = time.time()
+
+    expected_wire = ip_header_bytes + 8 + PAYLOAD_BYTES + 14 + 4
+    assert matched == [(Direction.LOOPBACK, PROTO_UDP, key, expected_wire)] * DATAGRAMS
+    assert others == []
+    assert sum(rejects) == 0
+    # Timestamps are on time.time()'s clock (pcap keeps microseconds).
+    assert started_s - 1e-6 <= newest <= finished_s
+    stats = capture.stats()
+    # libpcap's counter sees both copies of a loopback packet, delivers one.
+    assert stats.received == 2 * DATAGRAMS
+    assert stats.dropped == 0
+
+
+@pytest.fixture
+def veth_pair(make_netns: Callable[[str], object]) -> tuple[str, str]:
+    """Two namespaces joined by a veth pair: 192.0.2.1/24 <-> 192.0.2.2/24."""
+    left = make_netns("ntpA")
+    right = make_netns("ntpA")
+    left_name: str = left.name  # type: ignore[attr-defined]
+    right_name: str = right.name  # type: ignore[attr-defined]
+    for argv in (
+        ["-n", left_name, "link", "add", "va", "type", "veth", "peer", "name", "vb"],
+        ["-n", left_name, "link", "set", "vb", "netns", right_name],
+        ["-n", left_name, "addr", "add", "192.0.2.1/24", "dev", "va"],
+        ["-n", right_name, "addr", "add", "192.0.2.2/24", "dev", "vb"],
+        ["-n", left_name, "link", "set", "va", "up"],
+        ["-n", right_name, "link", "set", "vb", "up"],
+    ):
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+    return left_name, right_name
+
+
+def test_veth_sender_sees_sent_receiver_sees_received(
+    veth_pair: tuple[str, str], closing: Callable[[object], None]
+) -> None:
+    left, right = veth_pair
+    with inside(left):
+        sent_capture = Capture("any")
+        closing(sent_capture)
+        sent_links = LinkTable()
+        closing(sent_links)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closing(sender)
+        sender.bind(("192.0.2.1", 0))
+    with inside(right):
+        received_capture = Capture("any")
+        closing(received_capture)
+        received_links = LinkTable()
+        closing(received_links)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closing(receiver)
+        receiver.bind(("192.0.2.2", 0))
+        warm_up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closing(warm_up)
+        warm_up.bind(("192.0.2.2", 0))
+        warm_up.settimeout(0.1)
+
+    # Resolve ARP first (bounded), on another port, so no datagram waits in a queue.
+    for _ in range(50):
+        sender.sendto(b"warm-up", warm_up.getsockname())
+        try:
+            warm_up.recv(64)
+            break
+        except TimeoutError:
+            continue
+    else:
+        pytest.fail("the veth pair never carried a datagram")
+
+    source = sender.getsockname()
+    destination = receiver.getsockname()
+    key = udp_key(socket.AF_INET, source, destination)
+    send_datagrams(sender, destination)
+    assert receive_datagrams(receiver) == DATAGRAMS
+
+    expected_wire = 20 + 8 + PAYLOAD_BYTES + 14 + 4  # veth: ethernet, MTU 1500
+
+    matched, others, _, _ = drain(sent_capture, sent_links, lambda p: p[2] == key, DATAGRAMS)
+    assert matched == [(Direction.SENT, PROTO_UDP, key, expected_wire)] * DATAGRAMS
+    assert not any(packet[2] == key for packet in others)
+
+    matched, others, _, _ = drain(
+        received_capture, received_links, lambda p: p[2] == key, DATAGRAMS
+    )
+    assert matched == [(Direction.RECEIVED, PROTO_UDP, key, expected_wire)] * DATAGRAMS
+
+    for capture in (sent_capture, received_capture):
+        stats = capture.stats()
+        assert stats.received >= DATAGRAMS
+        assert stats.dropped == 0
+
+
+def test_link_table_inside_namespace(
+    veth_pair: tuple[str, str], closing: Callable[[object], None]
+) -> None:
+    left, _ = veth_pair
+    with inside(left):
+        links = LinkTable()
+        closing(links)
+        va = socket.if_nametoindex("va")
+        lo = socket.if_nametoindex("lo")
+    # Asked from the test's own namespace: still answers for `left`.
+    assert links[va] == (14, 1500)
+    assert links[lo] == (14, 65536)
+    subprocess.run(
+        ["ip", "-n", left, "link", "set", "va", "mtu", "1400"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    assert links[va] == (14, 1500)  # cached until forgotten
+    links.forget(va)
+    assert links[va] == (14, 1400)
+    subprocess.run(
+        ["ip", "-n", left, "link", "del", "va"], check=True, capture_output=True, timeout=30
+    )
+    links.forget(va)
+    assert links[va] == (0, 65536)
+    assert va not in links
+
+
+def test_close_is_idempotent_and_final(
+    make_netns: Callable[[str], object],
+) -> None:
+    ns = make_netns("ntpA")
+    with inside(ns.name):  # type: ignore[attr-defined]
+        capture = Capture("any")
+    assert capture.fileno() >= 0
+    assert capture.read_batch().count == 0
+    capture.close()
+    capture.close()
+    with pytest.raises(CaptureError):
+        capture.read_batch()
+    with pytest.raises(CaptureError):
+        capture.stats()
+
+
+def test_no_such_interface(make_netns: Callable[[str], object]) -> None:
+    ns = make_netns("ntpA")
+    with inside(ns.name), pytest.raises(CaptureError) as caught:  # type: ignore[attr-defined]
+        Capture("ntpAnosuch0")
+    assert caught.value.status == PcapStatus.ERROR_NO_SUCH_DEVICE
+
+
+def test_bad_filter(make_netns: Callable[[str], object]) -> None:
+    ns = make_netns("ntpA")
+    with inside(ns.name), pytest.raises(CaptureError, match="bad capture filter"):  # type: ignore[attr-defined]
+        Capture("any", bpf_filter="ip and and")
+
+
+CHILD = """
+import sys
+from netatopd.capture import Capture, CapturePermissionError
+try:
+    Capture("any")
+except CapturePermissionError as err:
+    print(err)
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+def test_unprivileged_user_gets_permission_error(make_netns: Callable[[str], object]) -> None:
+    make_netns("ntpA")  # only for the root check and its loud skip
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        cwd="/",
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CAP_NET_RAW" in done.stdout and "CAP_NET_ADMIN" in done.stdout
