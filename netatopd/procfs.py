@@ -1,0 +1,244 @@
+"""Stage 3c: what /proc says about processes (inode -> tgid, stat, start time).
+
+Owns nothing but the root of the proc tree it reads (``proc_root``, so tests
+build a fake tree under ``tmp_path``), the clock tick rate and the boot time.
+Called by the owner resolver (socket inodes of a process, thread to tgid) and
+by the garbage collector (is a process still the one we knew: stat and
+start time; command line, uid).
+
+Errors: a process that vanished (ENOENT, ESRCH) raises ProcessGone, which is a
+normal race; EACCES or EPERM raise ProcAccessDenied, a configuration problem
+(the daemon lacks CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)
+
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH})
+_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+_SOCKET_LINK_PREFIX = "socket:["
+
+# Zero-based positions in /proc/PID/stat of the fields after "(comm) "
+# (proc_pid_stat(5) numbers them from 1 with pid; the first after comm is 3).
+_STAT_STATE = 0  # field 3
+_STAT_PPID = 1  # field 4
+_STAT_NUM_THREADS = 17  # field 20
+_STAT_START_TIME = 19  # field 22, clock ticks since boot
+
+
+class ProcError(Exception):
+    """Something under the proc root could not be read or made sense of."""
+
+
+class ProcessGone(ProcError):
+    """The process (or thread) ``pid`` no longer exists."""
+
+    def __init__(self, pid: int, path: str = "") -> None:
+        super().__init__(f"process {pid} is gone" + (f" ({path})" if path else ""))
+        self.pid = pid
+        self.path = path
+
+
+class ProcAccessDenied(ProcError):
+    """Reading ``path`` of process ``pid`` was refused with ``errno``."""
+
+    def __init__(self, pid: int, path: str, error_number: int) -> None:
+        super().__init__(f"{path}: {os.strerror(error_number)} (errno {error_number})")
+        self.pid = pid
+        self.path = path
+        self.errno = error_number
+
+
+class ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat this package uses."""
+
+    pid: int
+    comm: str  # at most 15 characters; may hold spaces and parentheses
+    state: str  # one letter: R, S, D, Z, T, t, X, I ...
+    ppid: int
+    num_threads: int
+    start_time_ticks: int  # clock ticks after boot
+
+
+def _translate(err: OSError, pid: int, path: str) -> ProcError:
+    """The project's exception for an OS error met while reading ``path``."""
+    if err.errno in _GONE_ERRNOS:
+        return ProcessGone(pid, path)
+    if err.errno in _DENIED_ERRNOS:
+        return ProcAccessDenied(pid, path, err.errno)
+    return ProcError(f"{path}: {err.strerror} (errno {err.errno})")
+
+
+def parse_stat(pid: int, content: bytes) -> ProcStat:
+    """ProcStat from the text of /proc/PID/stat.
+
+    The command name sits between the first "(" and the *last* ")": it may
+    itself contain ") ", spaces and parentheses.
+    """
+    open_paren = content.find(b"(")
+    close_paren = content.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ProcError(f"/proc/{pid}/stat: no (comm) in {content[:64]!r}")
+    fields = content[close_paren + 1 :].split()
+    if len(fields) <= _STAT_START_TIME:
+        raise ProcError(f"/proc/{pid}/stat: {len(fields) + 2} fields, need {_STAT_START_TIME + 3}")
+    try:
+        return ProcStat(
+            pid=int(content[:open_paren]),
+            comm=content[open_paren + 1 : close_paren].decode("utf-8", "replace"),
+            state=fields[_STAT_STATE].decode("ascii", "replace"),
+            ppid=int(fields[_STAT_PPID]),
+            num_threads=int(fields[_STAT_NUM_THREADS]),
+            start_time_ticks=int(fields[_STAT_START_TIME]),
+        )
+    except ValueError as err:
+        raise ProcError(f"/proc/{pid}/stat: {err}") from err
+
+
+def _status_field(pid: int, content: bytes, name: bytes) -> list[bytes]:
+    """The values of the line ``name:`` of /proc/PID/status."""
+    prefix = name + b":"
+    for line in content.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].split()
+    raise ProcError(f"/proc/{pid}/status: no {name.decode()} line")
+
+
+class ProcFS:
+    """Reads of one proc tree (``/proc``, or a fake one in tests)."""
+
+    def __init__(self, proc_root: str = "/proc", *, clock_ticks_per_s: int | None = None) -> None:
+        self.proc_root = proc_root.rstrip("/") or "/"
+        if clock_ticks_per_s is None:
+            clock_ticks_per_s = os.sysconf("SC_CLK_TCK")
+        self.clock_ticks_per_s: int = clock_ticks_per_s
+        self.boot_time_s: float = self._read_boot_time_s()
+
+    def _path(self, pid: int, name: str) -> str:
+        return f"{self.proc_root}/{pid}/{name}"
+
+    def _read(self, pid: int, name: str) -> bytes:
+        path = self._path(pid, name)
+        try:
+            with open(path, "rb", buffering=0) as file:
+                return file.read()
+        except OSError as err:
+            raise _translate(err, pid, path) from err
+
+    def _read_boot_time_s(self) -> float:
+        path = f"{self.proc_root}/stat"
+        try:
+            with open(path, "rb") as file:
+                content = file.read()
+        except OSError as err:
+            raise ProcError(f"{path}: {err.strerror} (errno {err.errno})") from err
+        for line in content.splitlines():
+            if line.startswith(b"btime "):
+                try:
+                    return float(int(line.split()[1]))
+                except (IndexError, ValueError) as err:
+                    raise ProcError(f"{path}: bad btime line {line!r}") from err
+        raise ProcError(f"{path}: no btime line")
+
+    def pids(self) -> list[int]:
+        """The numeric entries of the proc root (processes, not threads), sorted."""
+        try:
+            names = os.listdir(self.proc_root)
+        except OSError as err:
+            raise ProcError(f"{self.proc_root}: {err.strerror} (errno {err.errno})") from err
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def stat(self, pid: int) -> ProcStat:
+        """/proc/PID/stat, parsed."""
+        content = self._read(pid, "stat")
+        if not content:
+            raise ProcessGone(pid, self._path(pid, "stat"))
+        return parse_stat(pid, content)
+
+    def btime(self, start_time_ticks: int) -> int:
+        """Epoch seconds of a process start, as atop computes it.
+
+        atop: (start_time_ticks + boot time in ticks) / ticks per second, in
+        integer arithmetic; the boot time comes from the btime line.
+        """
+        boot_ticks = int(self.boot_time_s) * self.clock_ticks_per_s
+        return (start_time_ticks + boot_ticks) // self.clock_ticks_per_s
+
+    def fd_count(self, pid: int) -> int:
+        """Open descriptors of ``pid``: st_size of /proc/PID/fd (0 before Linux 6.2)."""
+        path = self._path(pid, "fd")
+        try:
+            return os.stat(path).st_size
+        except OSError as err:
+            raise _translate(err, pid, path) from err
+
+    def socket_inodes(self, pid: int) -> dict[int, int]:
+        """Socket inode -> descriptor number for every socket ``pid`` holds.
+
+        Uses readlink relative to an open /proc/PID/fd (the cheap form); a
+        descriptor closed between the listing and its readlink is skipped.
+        """
+        path = self._path(pid, "fd")
+        try:
+            directory_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise _translate(err, pid, path) from err
+        inodes: dict[int, int] = {}
+        prefix = _SOCKET_LINK_PREFIX
+        prefix_length = len(prefix)
+        try:
+            try:
+                names = os.listdir(directory_fd)
+            except OSError as err:
+                raise _translate(err, pid, path) from err
+            for name in names:
+                try:
+                    target = os.readlink(name, dir_fd=directory_fd)
+                except FileNotFoundError:
+                    continue  # closed since the listing
+                except OSError as err:
+                    raise _translate(err, pid, f"{path}/{name}") from err
+                if target.startswith(prefix) and target.endswith("]"):
+                    try:
+                        inodes[int(target[prefix_length:-1])] = int(name)
+                    except ValueError:
+                        log.debug("%s/%s: odd socket link %r", path, name, target)
+        finally:
+            os.close(directory_fd)
+        return inodes
+
+    def thread_ids(self, pid: int) -> list[int]:
+        """The thread ids of process ``pid`` (/proc/PID/task), sorted."""
+        path = self._path(pid, "task")
+        try:
+            names = os.listdir(path)
+        except OSError as err:
+            raise _translate(err, pid, path) from err
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def tgid_of(self, tid: int) -> int:
+        """The process (Tgid) a thread id belongs to; works for any thread id."""
+        values = _status_field(tid, self._read(tid, "status"), b"Tgid")
+        try:
+            return int(values[0])
+        except (IndexError, ValueError) as err:
+            raise ProcError(f"/proc/{tid}/status: bad Tgid line {values!r}") from err
+
+    def uid(self, pid: int) -> int:
+        """Real uid of ``pid`` (first value of the Uid: line)."""
+        values = _status_field(pid, self._read(pid, "status"), b"Uid")
+        try:
+            return int(values[0])
+        except (IndexError, ValueError) as err:
+            raise ProcError(f"/proc/{pid}/status: bad Uid line {values!r}") from err
+
+    def cmdline(self, pid: int) -> str:
+        """Command line with NULs as spaces; "" for kernel threads (and zombies)."""
+        content = self._read(pid, "cmdline")
+        return content.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
