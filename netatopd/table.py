@@ -1,0 +1,642 @@
+"""Stage 6: the shared-memory counter table.
+
+The daemon, the only writer, publishes every task's counters and the STATUS
+counters into one file in the run directory (tmpfs), memory-mapped; any number
+of readers map the same file read-only and never ask the daemon.  The layout is
+C-compatible and documented byte for byte in netatop-table(5).
+
+Consistency is a seqlock: the writer makes the header's generation odd, writes
+the rows and the header's variable part, and makes the generation even again.
+A reader copies what it needs and keeps the copy only when the generation was
+even and unchanged around the copy.  The writer never waits for readers.
+
+State owned: the writer's mapping and its packing buffer; each reader's
+read-only mapping.  Callers: daemon.py (TableWriter, once per publish
+interval), cli.py and any other reader (TableReader, open_table).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import mmap
+import os
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import NamedTuple
+
+from .protocol import COUNTER_NAMES
+from .tasks import Kind, TaskRow
+
+log = logging.getLogger(__name__)
+
+TABLE_FILE_NAME = "table"
+TABLE_MAGIC = b"NETATOPT"
+TABLE_LAYOUT_VERSION = 1
+
+# Names of the STATUS counters, in the order of the header's status[] array.
+# Append only: a name's index is part of the layout.
+STATUS_FIELDS: tuple[str, ...] = (
+    "tcp_sent",
+    "tcp_received",
+    "udp_sent",
+    "udp_received",
+    "tcp_sent_unidentified",
+    "tcp_received_unidentified",
+    "udp_sent_unidentified",
+    "udp_received_unidentified",
+    "icmp_sent",
+    "icmp_received",
+    "malformed",
+    "flows",
+    "flows_overflow",
+    "tasks",
+    "tasks_overflow",
+    "exited",
+    "capture_received",
+    "capture_dropped",
+    "resolver_misses",
+)
+STATUS_SLOTS = 64  # room reserved in the header, so adding a name keeps the layout
+_STATUS_INDEX = {name: index for index, name in enumerate(STATUS_FIELDS)}
+
+# struct netatop_table_header, little endian, 640 bytes, every member at its
+# natural alignment:
+#   char     magic[8];             "NETATOPT", no NUL
+#   uint32_t layout_version;       TABLE_LAYOUT_VERSION
+#   uint32_t header_size;          640: the rows start here
+#   uint32_t row_size;             128
+#   uint32_t capacity;             rows the file has room for
+#   uint64_t generation;           seqlock: odd while the writer writes
+#   uint32_t row_count;            rows in use
+#   uint32_t status_count;         entries of status[] in use
+#   uint64_t refused_rows;         rows left out past capacity, summed over publishes
+#   int32_t  daemon_pid;           the writer
+#   uint32_t publish_interval_ms;  the writer's publish interval
+#   uint64_t daemon_start_ticks;   the writer's start, field 22 of /proc/PID/stat
+#   uint8_t  boot_id[16];          /proc/sys/kernel/random/boot_id, raw bytes
+#   uint64_t created_ns;           epoch ns when the writer created the file
+#   uint64_t update_ns;            epoch ns of the last publish
+#   uint32_t refused_last;         rows left out by the last publish
+#   uint8_t  reserved[28];         zero
+#   uint64_t status[64];           STATUS_FIELDS order, unused entries zero
+TABLE_HEADER = struct.Struct("<8sIIIIQIIQiIQ16sQQI28x64Q")
+TABLE_HEADER_MEMBERS: tuple[str, ...] = (
+    "magic",
+    "layout_version",
+    "header_size",
+    "row_size",
+    "capacity",
+    "generation",
+    "row_count",
+    "status_count",
+    "refused_rows",
+    "daemon_pid",
+    "publish_interval_ms",
+    "daemon_start_ticks",
+    "boot_id",
+    "created_ns",
+    "update_ns",
+    "refused_last",
+    "status",
+)
+# Offsets the code touches directly (checked against the struct by the tests).
+GENERATION_OFFSET = 24
+VARIABLE_PART_OFFSET = 32  # row_count .. status[63]: written as one slice under the seqlock
+
+# struct netatop_table_row, little endian, 128 bytes:
+#   uint8_t  kind;                 Kind: 1 process, 2 thread, 3 exited process
+#   uint8_t  pad1[3];
+#   int32_t  id;                   tgid for a process, tid for a thread
+#   int32_t  tgid;                 the process the task belongs to
+#   uint8_t  pad2[4];
+#   uint64_t btime;                process start, seconds since the epoch
+#   char     command[16];          comm, NUL padded, at most 15 bytes
+#   uint64_t counters[8];          struct taskcount order (COUNTER_NAMES)
+#   uint64_t last_activity_ns;     epoch ns of the last packet counted, 0 if none
+#   uint8_t  reserved[16];         zero
+TABLE_ROW = struct.Struct("<B3xii4xQ16s8QQ16x")
+TABLE_ROW_MEMBERS: tuple[str, ...] = (
+    "kind",
+    "id",
+    "tgid",
+    "btime",
+    "command",
+    "counters",
+    "last_activity_ns",
+)
+ROW_ID_OFFSET = 4
+
+SNAPSHOT_RETRY_S = 1.0  # how long a reader retries a copy the writer keeps changing
+_COUNTER_COUNT = len(COUNTER_NAMES)  # counters[] in a row
+NS_PER_S = 1_000_000_000  # int: int / int is rounded once, exactly
+_KINDS = {int(kind): kind for kind in Kind}
+_COMMAND_CACHE_MAX = 65536
+_PROC_ROOT = "/proc"
+
+
+class TableError(Exception):
+    """The table cannot be used: unreadable, not a table, or never consistent."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class TableMissing(TableError):
+    """No table file: the daemon is not running (or uses another run directory)."""
+
+
+class TableStale(TableError):
+    """The table's writer is gone or has not published for too long."""
+
+    def __init__(self, message: str, path: str, daemon_pid: int, updated_s: float) -> None:
+        super().__init__(message, path)
+        self.daemon_pid = daemon_pid
+        self.updated_s = updated_s
+
+
+class Snapshot(NamedTuple):
+    """One consistent copy of the table."""
+
+    rows: list[TaskRow]
+    status: dict[str, int]  # STATUS_FIELDS names
+    daemon_pid: int
+    updated_s: float  # epoch seconds of the publish this copy comes from
+    generation: int  # even
+    capacity: int
+    refused: int  # rows left out past capacity, summed over every publish
+    refused_last: int = 0  # rows the last publish left out
+
+
+def table_path(run_dir: str) -> str:
+    """Where the table lives in a run directory."""
+    return os.path.join(run_dir, TABLE_FILE_NAME)
+
+
+def _read_start_ticks(pid: int | str, proc_root: str = _PROC_ROOT) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks after boot), None if unreadable."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as stat_file:
+            text = stat_file.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'.
+    fields = text[text.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _read_boot_id(proc_root: str = _PROC_ROOT) -> bytes:
+    """The 16 raw bytes of this boot's id, or 16 zero bytes if unknown."""
+    try:
+        with open(f"{proc_root}/sys/kernel/random/boot_id", encoding="ascii") as boot_file:
+            return uuid.UUID(boot_file.read().strip()).bytes
+    except (OSError, ValueError):
+        return bytes(16)
+
+
+def _format_time(epoch_s: float) -> str:
+    if epoch_s <= 0:
+        return "never"
+    return datetime.fromtimestamp(epoch_s).astimezone().isoformat(timespec="seconds")
+
+
+class TableWriter:
+    """The daemon's side: creates the file and publishes snapshots into it."""
+
+    def __init__(self, path: str, capacity_rows: int, publish_interval_ms: int) -> None:
+        if capacity_rows < 1:
+            raise ValueError(f"capacity_rows must be at least 1, not {capacity_rows}")
+        if not 0 < publish_interval_ms < 2**32:
+            raise ValueError(f"publish_interval_ms out of range: {publish_interval_ms}")
+        self.path = path
+        self.capacity = capacity_rows
+        self.publish_interval_ms = publish_interval_ms
+        self._size = TABLE_HEADER.size + capacity_rows * TABLE_ROW.size
+        self._pid = os.getpid()
+        self._start_ticks = _read_start_ticks("self") or 0
+        self._boot_id = _read_boot_id()
+        self._created_ns = time.time_ns()
+        self._generation = 0
+        self._refused_total = 0
+        self._rows_buffer = bytearray(self._size - TABLE_HEADER.size)
+        self._command_cache: dict[str, bytes] = {}
+        self._map, self._inode = self._create()
+        self._generation_view = memoryview(self._map)[
+            GENERATION_OFFSET : GENERATION_OFFSET + 8
+        ].cast("Q")
+        log.info(
+            "table %s: %d rows of %d bytes, %d bytes mapped",
+            path,
+            capacity_rows,
+            TABLE_ROW.size,
+            self._size,
+        )
+
+    def _header(self, row_count: int, refused_last: int, status: list[int], now_ns: int) -> bytes:
+        return TABLE_HEADER.pack(
+            TABLE_MAGIC,
+            TABLE_LAYOUT_VERSION,
+            TABLE_HEADER.size,
+            TABLE_ROW.size,
+            self.capacity,
+            self._generation,
+            row_count,
+            len(STATUS_FIELDS),
+            self._refused_total,
+            self._pid,
+            self.publish_interval_ms,
+            self._start_ticks,
+            self._boot_id,
+            self._created_ns,
+            now_ns,
+            refused_last,
+            *status,
+        )
+
+    def _create(self) -> tuple[mmap.mmap, int]:
+        """Build the file under a temporary name, then rename it over the path.
+
+        A reader that still maps a previous daemon's file keeps that (now
+        unlinked) file, sees its dead writer and reports the table stale; it is
+        never cut short by a truncate under its mapping (which would be SIGBUS).
+        """
+        directory, name = os.path.split(self.path)
+        temporary = os.path.join(directory, f".{name}.{self._pid}.new")
+        try:
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise TableError(
+                f"cannot create the table {temporary}: {err.strerror}", self.path
+            ) from err
+        try:
+            os.fchmod(fd, 0o644)
+            os.ftruncate(fd, self._size)
+            table_map = mmap.mmap(fd, self._size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            header = self._header(0, 0, [0] * STATUS_SLOTS, self._created_ns)
+            table_map[: len(header)] = header
+            os.rename(temporary, self.path)
+            inode = os.fstat(fd).st_ino
+        except OSError as err:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise TableError(
+                f"cannot set up the table {self.path}: {err.strerror}", self.path
+            ) from err
+        finally:
+            os.close(fd)
+        return table_map, inode
+
+    def _pack_status(self, status: Mapping[str, int]) -> list[int]:
+        values = [0] * STATUS_SLOTS
+        for name, value in status.items():
+            index = _STATUS_INDEX.get(name)
+            if index is None:
+                raise ValueError(f"unknown status counter {name!r}: add it to STATUS_FIELDS")
+            if not 0 <= value < 2**64:
+                raise ValueError(f"status counter {name} out of range: {value}")
+            values[index] = value
+        return values
+
+    def _pack_rows(self, rows: Iterable[TaskRow]) -> tuple[int, int]:
+        """Pack rows into the buffer; (rows packed, rows past capacity)."""
+        buffer = self._rows_buffer
+        cache = self._command_cache
+        pack_into = TABLE_ROW.pack_into
+        row_size = TABLE_ROW.size
+        capacity = self.capacity
+        count = 0
+        refused = 0
+        for row in rows:
+            if count == capacity:
+                refused += 1
+                continue
+            command = cache.get(row.command)
+            if command is None:
+                if len(cache) >= _COMMAND_CACHE_MAX:
+                    cache.clear()
+                command = row.command.encode("utf-8", "replace")[:15]
+                cache[row.command] = command
+            last_s = row.last_activity_s
+            if last_s > 0:
+                # Whole seconds and the fraction apart, so ns / 10**9 gives back the same float.
+                whole_s = math.floor(last_s)
+                last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
+            else:
+                last_ns = 0
+            try:
+                pack_into(
+                    buffer,
+                    count * row_size,
+                    row.kind,
+                    row.id,
+                    row.tgid,
+                    row.btime,
+                    command,
+                    *row.counters,
+                    last_ns,
+                )
+            except struct.error as err:
+                raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
+            count += 1
+        return count, refused
+
+    def publish(self, rows: Iterable[TaskRow], status: Mapping[str, int]) -> int:
+        """Publish one consistent snapshot; returns the number of rows written.
+
+        Everything is packed before the generation turns odd, so a bad value
+        raises ValueError with the table untouched and even.
+        """
+        status_values = self._pack_status(status)
+        count, refused = self._pack_rows(rows)
+        self._refused_total += refused
+        now_ns = time.time_ns()
+        used = count * TABLE_ROW.size
+        header = self._header(count, refused, status_values, now_ns)
+        table_map = self._map
+        # Seqlock write.  The generation is one aligned 8-byte store; x86-64
+        # keeps stores in program order, so a reader that sees the even value
+        # again has seen every byte written before it.
+        self._generation += 1
+        self._generation_view[0] = self._generation
+        table_map[TABLE_HEADER.size : TABLE_HEADER.size + used] = memoryview(self._rows_buffer)[
+            :used
+        ]
+        table_map[VARIABLE_PART_OFFSET : TABLE_HEADER.size] = header[VARIABLE_PART_OFFSET:]
+        self._generation += 1
+        self._generation_view[0] = self._generation
+        if refused:
+            log.debug("table full: %d rows past capacity %d", refused, self.capacity)
+        return count
+
+    def close(self, unlink: bool = True) -> None:
+        """Unmap; with unlink, remove the file if it is still this writer's."""
+        if self._map.closed:
+            return
+        self._generation_view.release()
+        self._map.close()
+        if not unlink:
+            return
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise TableError(
+                f"cannot remove the table {self.path}: {err.strerror}", self.path
+            ) from err
+
+
+class TableReader:
+    """A reader's side: maps the table read-only; never writes, never blocks the daemon."""
+
+    def __init__(self, path: str, retry_s: float = SNAPSHOT_RETRY_S) -> None:
+        self.path = path
+        self.retry_s = retry_s
+        self._current_boot_id = _read_boot_id()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise TableMissing(
+                f"no table at {path}: is netatopd running with this run directory?", path
+            ) from err
+        except OSError as err:
+            raise TableError(f"cannot open the table {path}: {err.strerror}", path) from err
+        try:
+            file_status = os.fstat(fd)
+            self._inode = file_status.st_ino
+            if file_status.st_size < TABLE_HEADER.size:
+                raise TableError(
+                    f"{path} is not a netatop table: {file_status.st_size} bytes, "
+                    f"shorter than the {TABLE_HEADER.size}-byte header",
+                    path,
+                )
+            self._map = mmap.mmap(fd, file_status.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as err:
+            raise TableError(f"cannot map the table {path}: {err.strerror}", path) from err
+        finally:
+            os.close(fd)
+        try:
+            self._check_header(file_status.st_size)
+        except TableError:
+            self._map.close()
+            raise
+        self._generation_view = memoryview(self._map)[
+            GENERATION_OFFSET : GENERATION_OFFSET + 8
+        ].cast("Q")
+
+    def _check_header(self, file_size: int) -> None:
+        fields = TABLE_HEADER.unpack_from(self._map, 0)
+        magic, version, header_size, row_size, capacity = fields[:5]
+        if magic != TABLE_MAGIC:
+            raise TableError(f"{self.path} is not a netatop table (magic {magic!r})", self.path)
+        if version != TABLE_LAYOUT_VERSION:
+            raise TableError(
+                f"{self.path} has table layout version {version}; "
+                f"this reader knows version {TABLE_LAYOUT_VERSION}",
+                self.path,
+            )
+        if header_size != TABLE_HEADER.size or row_size != TABLE_ROW.size:
+            raise TableError(
+                f"{self.path}: header of {header_size} bytes and rows of {row_size} bytes, "
+                f"expected {TABLE_HEADER.size} and {TABLE_ROW.size}",
+                self.path,
+            )
+        if file_size < header_size + capacity * row_size:
+            raise TableError(
+                f"{self.path} is cut short: {file_size} bytes for {capacity} rows", self.path
+            )
+        # Members the writer sets once, before the file appears under its name.
+        self.capacity: int = capacity
+        self.daemon_pid: int = fields[9]
+        self.publish_interval_ms: int = fields[10]
+        self.daemon_start_ticks: int = fields[11]
+        self.boot_id: bytes = fields[12]
+        self.created_s: float = fields[13] / NS_PER_S
+
+    def _copy(self) -> tuple[tuple[int | bytes, ...], bytes]:
+        """Seqlock read: (header fields, raw rows) from one publish."""
+        table_map = self._map
+        generation_view = self._generation_view
+        header_size = TABLE_HEADER.size
+        deadline = time.monotonic() + self.retry_s
+        attempts = 0
+        while True:
+            attempts += 1
+            before = generation_view[0]
+            if not before & 1:
+                header = table_map[:header_size]
+                row_count = int.from_bytes(header[32:36], "little")
+                if row_count <= self.capacity:
+                    rows = table_map[header_size : header_size + row_count * TABLE_ROW.size]
+                    if generation_view[0] == before:
+                        return TABLE_HEADER.unpack(header), rows
+            if attempts % 64 == 0:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+            else:
+                os.sched_yield()
+        self._check_alive(int.from_bytes(table_map[88:96], "little") / NS_PER_S)
+        raise TableError(
+            f"the table {self.path} kept changing for {self.retry_s:g} s "
+            f"({attempts} attempts); the writer may be stuck",
+            self.path,
+        )
+
+    def _check_alive(self, updated_s: float) -> None:
+        """TableStale if the writer is gone (pid gone or reused, or another boot)."""
+        pid = self.daemon_pid
+        since = f"last update {_format_time(updated_s)}"
+        current_boot = self._current_boot_id
+        if any(self.boot_id) and any(current_boot) and current_boot != self.boot_id:
+            raise TableStale(
+                f"the table {self.path} is from an earlier boot ({since})",
+                self.path,
+                pid,
+                updated_s,
+            )
+        gone = False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone = True
+        except PermissionError:
+            pass  # exists, owned by someone else
+        except OSError as err:
+            if err.errno != errno.EPERM:
+                gone = True
+        if not gone and self.daemon_start_ticks:
+            ticks = _read_start_ticks(pid)
+            gone = ticks is not None and ticks != self.daemon_start_ticks
+        if gone:
+            raise TableStale(
+                f"the table {self.path} is stale: its daemon (pid {pid}) is no longer "
+                f"running; {since}",
+                self.path,
+                pid,
+                updated_s,
+            )
+
+    def _fresh(self, header: tuple[int | bytes, ...], max_age_s: float | None) -> float:
+        updated_s = int(header[14]) / NS_PER_S
+        self._check_alive(updated_s)
+        if max_age_s is not None:
+            age_s = time.time() - updated_s
+            if age_s > max_age_s:
+                raise TableStale(
+                    f"the table {self.path} is stale: last update {_format_time(updated_s)}, "
+                    f"{age_s:.1f} s ago (more than {max_age_s:g} s)",
+                    self.path,
+                    self.daemon_pid,
+                    updated_s,
+                )
+        return updated_s
+
+    def snapshot(self, max_age_s: float | None = None) -> Snapshot:
+        """One consistent copy of every row and the status counters.
+
+        Raises TableStale when the daemon is gone, or when max_age_s is given
+        and the last publish is older than that; TableError when no consistent
+        copy could be taken within retry_s.
+        """
+        header, raw_rows = self._copy()
+        updated_s = self._fresh(header, max_age_s)
+        status_count = min(int(header[7]), len(STATUS_FIELDS))
+        status_values = header[16 : 16 + status_count]
+        status = {
+            name: int(value)
+            for name, value in zip(STATUS_FIELDS[:status_count], status_values, strict=True)
+        }
+        return Snapshot(
+            rows=self._parse_rows(raw_rows),
+            status=status,
+            daemon_pid=self.daemon_pid,
+            updated_s=updated_s,
+            generation=int(header[5]),
+            capacity=self.capacity,
+            refused=int(header[8]),
+            refused_last=int(header[15]),
+        )
+
+    def _parse_rows(self, raw_rows: bytes) -> list[TaskRow]:
+        commands: dict[bytes, str] = {}
+        rows = []
+        for kind, task_id, tgid, btime, raw_command, *rest in TABLE_ROW.iter_unpack(raw_rows):
+            command = commands.get(raw_command)
+            if command is None:
+                command = raw_command.split(b"\0", 1)[0].decode("utf-8", "replace")
+                commands[raw_command] = command
+            row_kind = _KINDS.get(kind)
+            if row_kind is None:
+                raise TableError(f"{self.path}: row {task_id} has unknown kind {kind}", self.path)
+            rows.append(
+                TaskRow(
+                    row_kind,
+                    task_id,
+                    tgid,
+                    btime,
+                    command,
+                    tuple(rest[:_COUNTER_COUNT]),
+                    rest[_COUNTER_COUNT] / NS_PER_S,
+                )
+            )
+        return rows
+
+    def lookup(
+        self, pid: int, kind: Kind | None = None, max_age_s: float | None = None
+    ) -> TaskRow | None:
+        """The row whose id is pid (a process's tgid or a thread's tid), or None.
+
+        Without kind, a live process wins over a thread of the same id (a
+        process's main thread has tid == tgid), and either over an exited process.
+        """
+        header, raw_rows = self._copy()
+        self._fresh(header, max_age_s)
+        row_size = TABLE_ROW.size
+        ids = memoryview(raw_rows).cast("i")[ROW_ID_OFFSET // 4 :: row_size // 4].tolist()
+        best: TaskRow | None = None
+        for index, task_id in enumerate(ids):
+            if task_id != pid:
+                continue
+            row = self._parse_rows(raw_rows[index * row_size : (index + 1) * row_size])[0]
+            if kind is not None:
+                if row.kind == kind:
+                    return row
+            elif best is None or row.kind < best.kind:
+                best = row
+        return best
+
+    def replaced(self) -> bool:
+        """True when the path now names another file (a restarted daemon): reopen."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        if self._map.closed:
+            return
+        self._generation_view.release()
+        self._map.close()
+
+    def __enter__(self) -> TableReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_table(run_dir: str, retry_s: float = SNAPSHOT_RETRY_S) -> TableReader:
+    """Open the table of the daemon that uses run_dir."""
+    return TableReader(table_path(run_dir), retry_s)
