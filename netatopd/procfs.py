@@ -13,9 +13,11 @@ normal race; EACCES or EPERM raise ProcAccessDenied, a configuration problem
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
+import socket
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,22 @@ class ProcAccessDenied(ProcError):
         self.pid = pid
         self.path = path
         self.errno = error_number
+
+
+# System call numbers (x86-64) for borrowing another process's descriptor.
+SYS_PIDFD_OPEN = 434
+SYS_PIDFD_GETFD = 438
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+class SocketEndpoint(NamedTuple):
+    """The local end of an internet socket held by a process."""
+
+    protocol: int  # IPPROTO_TCP or IPPROTO_UDP
+    local_addr: bytes  # 4 bytes for IPv4 (an IPv4-mapped IPv6 address too), 16 for IPv6
+    local_port: int
 
 
 class ProcStat(NamedTuple):
@@ -242,3 +260,58 @@ class ProcFS:
         """Command line with NULs as spaces; "" for kernel threads (and zombies)."""
         content = self._read(pid, "cmdline")
         return content.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+
+
+def _pidfd_syscall(number: int, *args: int) -> int:
+    result = _libc.syscall(number, *[ctypes.c_long(a) for a in args])
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(result)
+
+
+def socket_endpoints(pid: int, inodes: dict[int, int]) -> dict[int, SocketEndpoint]:
+    """The local address and port of some of a process's sockets, by inode.
+
+    ``inodes`` maps inode -> descriptor number (``ProcFS.socket_inodes``).  Each
+    descriptor is borrowed with pidfd_getfd(2) (needs CAP_SYS_PTRACE), asked for
+    its name and given back at once.  This finds the owner of a socket that
+    sock_diag no longer reports (a connection already closed, in TIME_WAIT, while
+    its process still holds the descriptor).  Non-internet sockets are left out.
+    """
+    try:
+        pidfd = _pidfd_syscall(SYS_PIDFD_OPEN, pid, 0)
+    except OSError as err:
+        raise _translate(err, pid, f"pidfd_open({pid})") from err
+    found: dict[int, SocketEndpoint] = {}
+    try:
+        for inode, fd in inodes.items():
+            try:
+                borrowed = _pidfd_syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+            except OSError as err:
+                if err.errno in (errno.EPERM, errno.EACCES):
+                    raise ProcAccessDenied(pid, f"pidfd_getfd({pid}, {fd})", err.errno) from err
+                continue  # the descriptor was closed meanwhile
+            try:
+                if os.fstat(borrowed).st_ino != inode:
+                    continue  # the descriptor number was reused
+                sock = socket.socket(fileno=borrowed)
+            except OSError:
+                os.close(borrowed)
+                continue
+            try:
+                if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                protocol = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+                name = sock.getsockname()
+                addr = socket.inet_pton(sock.family, name[0])
+                if addr.startswith(IPV4_MAPPED_PREFIX):
+                    addr = addr[12:]
+                found[inode] = SocketEndpoint(protocol, addr, name[1])
+            except OSError:
+                continue
+            finally:
+                sock.close()
+    finally:
+        os.close(pidfd)
+    return found

@@ -67,7 +67,9 @@ REPLY = struct.Struct("=IIiI")
 REPLY_MAGIC = 0x4E545250  # "NTRP"
 
 
-def pack_netpertask(task_id: int, btime: int, command: str, counters: list[int] | tuple[int, ...]) -> bytes:
+def pack_netpertask(
+    task_id: int, btime: int, command: str, counters: list[int] | tuple[int, ...]
+) -> bytes:
     """One C ``struct netpertask``: the command is cut to 15 bytes and NUL padded."""
     name = command.encode("utf-8", "replace")[:15]
     return NETPERTASK.pack(task_id, btime, name, *counters)

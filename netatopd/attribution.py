@@ -1,0 +1,475 @@
+"""Stage 4: owner resolution, flow (sockinfo) -> process (taskinfo).
+
+Owns the inode index (socket inode -> processes holding it, from
+``/proc/PID/fd``), the list of flows waiting for an owner, the memory of
+recent owners, and the resolver's counters.  The daemon loop calls, after each
+captured batch: ``FlowTable.account`` (flows.py), then ``settle`` here (moves
+the batch's counters of owned flows into their tasks), then ``resolve`` (looks
+up the owners of new flows and retries pending ones).
+
+How an owner is found, cheapest first:
+1. sock_diag exact lookup of the flow's tuple: the socket's inode, uid, state;
+2. the inode index; on a miss, an incremental refresh that rescans only new
+   processes and those whose descriptor count changed (``stat`` of
+   ``/proc/PID/fd`` gives the count), newest first;
+3. a full rescan, at most once per ``FULL_SCAN_MIN_INTERVAL_S``.
+Where several processes hold a socket, the newest (latest start) wins, so a
+socket accepted by a parent and served by a forked child goes to the child.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .flows import Flow, FlowState, FlowTable
+from .netlink.sockdiag import SockDiag, SocketInfo
+from .parse import PROTO_UDP
+from .procfs import ProcAccessDenied, ProcessGone, ProcFS, SocketEndpoint, socket_endpoints
+from .tasks import TaskInfo, TaskTable
+
+log = logging.getLogger(__name__)
+
+UNOWNED_LIMIT_S_DEFAULT = 60.0  # a flow with no owner this long is written off
+RESCAN_INTERVAL_S_DEFAULT = 0.25  # incremental /proc refresh while traffic flows
+FULL_SCAN_MIN_INTERVAL_S = 1.0
+REMEMBER_OWNERS_S = 120.0  # how long a tuple -> owner mapping outlives its flow
+REMEMBER_OWNERS_MAX = 65_536
+FIRST_RETRY_S = 0.005
+MAX_RETRY_S = 2.0
+TCP_LISTEN = 10
+# A flow whose socket sock_diag no longer reports (closed before the lookup) is
+# looked for among the processes started this shortly before its first packet,
+# by asking their sockets for their names (procfs.socket_endpoints).
+ENDPOINT_SEARCH_WINDOW_S = 5.0
+ENDPOINT_SEARCH_FOR_S = 2.0  # searched for this long after the first packet, then not
+ENDPOINT_CACHE_MAX = 65_536
+RESOLVE_BUDGET_S = 0.005  # lookups per pass stop after this long; the rest wait their turn
+REFRESH_MIN_INTERVAL_S = 0.002  # the incremental /proc refresh runs at most this often
+
+
+class InodeIndex:
+    """Socket inode -> pids holding it, kept current with cheap incremental scans."""
+
+    def __init__(self, procfs: ProcFS) -> None:
+        self.procfs = procfs
+        self.holders: dict[int, set[int]] = {}
+        self.pid_inodes: dict[int, set[int]] = {}
+        self.pid_fd_count: dict[int, int] = {}
+        self.pid_start_ticks: dict[int, int] = {}
+        self.scanned_descriptors = 0
+        self.full_scans = 0
+        self.denied = 0  # processes whose fds could not be read (permission)
+        self.last_full_scan_s = 0.0
+
+    def holder(self, inode: int) -> int | None:
+        """The newest process holding the inode, or None if none is known."""
+        pids = self.holders.get(inode)
+        if not pids:
+            return None
+        start = self.pid_start_ticks
+        return max(pids, key=lambda pid: (start.get(pid, 0), pid))
+
+    def _forget(self, pid: int) -> None:
+        for inode in self.pid_inodes.pop(pid, ()):
+            pids = self.holders.get(inode)
+            if pids is not None:
+                pids.discard(pid)
+                if not pids:
+                    del self.holders[inode]
+        self.pid_fd_count.pop(pid, None)
+        self.pid_start_ticks.pop(pid, None)
+
+    def _scan(self, pid: int) -> list[int]:
+        """Rescan one process; returns the inodes it holds that it did not hold before."""
+        try:
+            start = self.procfs.stat(pid).start_time_ticks
+            if self.pid_start_ticks.get(pid, start) != start:
+                self._forget(pid)  # the pid was reused
+            inodes = set(self.procfs.socket_inodes(pid))
+        except ProcessGone:
+            self._forget(pid)
+            return []
+        except ProcAccessDenied:
+            self.denied += 1
+            return []
+        self.scanned_descriptors += len(inodes)
+        self.pid_start_ticks[pid] = start
+        old = self.pid_inodes.get(pid, set())
+        for inode in old - inodes:
+            pids = self.holders.get(inode)
+            if pids is not None:
+                pids.discard(pid)
+                if not pids:
+                    del self.holders[inode]
+        added = [inode for inode in inodes if inode not in old]
+        for inode in added:
+            self.holders.setdefault(inode, set()).add(pid)
+        self.pid_inodes[pid] = inodes
+        return added
+
+    def refresh(self, full: bool = False) -> list[tuple[int, int]]:
+        """Rescan new processes and those whose descriptor count changed (all if full).
+
+        Returns the (pid, inode) holdings found that were not known before.
+        """
+        found: list[tuple[int, int]] = []
+        pids = self.procfs.pids()
+        alive = set(pids)
+        for pid in [pid for pid in self.pid_inodes if pid not in alive]:
+            self._forget(pid)
+        # Newest first: a new flow's owner is most likely a process that just started.
+        for pid in sorted(pids, reverse=True):
+            try:
+                count = self.procfs.fd_count(pid)
+            except ProcessGone:
+                self._forget(pid)
+                continue
+            except ProcAccessDenied:
+                continue
+            known = self.pid_fd_count.get(pid)
+            if full or known is None or count != known or count == 0:
+                self.pid_fd_count[pid] = count
+                found.extend((pid, inode) for inode in self._scan(pid))
+        if full:
+            self.full_scans += 1
+            self.last_full_scan_s = time.monotonic()
+        return found
+
+
+class Resolver:
+    """Finds the owner of each flow and keeps it current."""
+
+    def __init__(
+        self,
+        flows: FlowTable,
+        tasks: TaskTable,
+        procfs: ProcFS,
+        sockdiag: SockDiag,
+        on_task_gone: Callable[[TaskInfo], None],
+        unowned_limit_s: float = UNOWNED_LIMIT_S_DEFAULT,
+        rescan_interval_s: float = RESCAN_INTERVAL_S_DEFAULT,
+    ) -> None:
+        self.flows = flows
+        self.tasks = tasks
+        self.procfs = procfs
+        self.sockdiag = sockdiag
+        self.on_task_gone = on_task_gone
+        self.unowned_limit_s = unowned_limit_s
+        self.rescan_interval_s = rescan_interval_s
+        self.inodes = InodeIndex(procfs)
+        self.inode_flows: dict[int, list[Flow]] = {}
+        # Flows waiting for an owner, by when to look again: (due_s, sequence, flow).
+        # Entries of flows that got an owner or went away are skipped when they surface.
+        self.pending: list[tuple[float, int, Flow]] = []
+        self._sequence = itertools.count()
+        self.remembered: OrderedDict[tuple[int, bytes, int, bytes, int], tuple[TaskInfo, float]] = (
+            OrderedDict()
+        )
+        self.endpoints: OrderedDict[int, SocketEndpoint | None] = OrderedDict()  # inode -> name
+        self.last_rescan_s = 0.0
+        self.last_refresh_monotonic_s = 0.0
+        self.endpoint_finds = 0  # owners found by socket name after sock_diag lost the socket
+        self.lookups = 0
+        self.misses = 0  # lookups that found a socket but no process holding it
+        self.not_found = 0  # lookups that found no socket
+        self.unowned_written_off = 0  # flows given up after unowned_limit_s
+
+    # -- settling counters -----------------------------------------------------
+
+    def settle(self, now_s: float) -> None:
+        """Move the unsettled counters of every flow touched since the last call to its owner."""
+        dirty = self.flows.dirty
+        self.flows.dirty = []
+        for flow in dirty:
+            flow.dirty = False
+            flow.last_seen_s = now_s
+            owner = flow.owner
+            if owner is not None:
+                assert isinstance(owner, TaskInfo)
+                owner.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s)
+            elif flow.state == FlowState.ORPHANED:
+                self.flows.write_off(flow)
+
+    # -- resolution ----------------------------------------------------------
+
+    def resolve(self, now_s: float, everything: bool = False) -> None:
+        """Look up new flows, retry the pending ones that are due (all if everything)."""
+        deadline = time.monotonic() + RESOLVE_BUDGET_S
+        new = self.flows.new
+        if new:
+            self.flows.new = []
+            for index, flow in enumerate(new):
+                if time.monotonic() > deadline and not everything:
+                    # A flood of new flows must not stall the capture: later, in turn.
+                    for late in new[index:]:
+                        if late.keys:
+                            late.state = FlowState.PENDING
+                            late.next_lookup_s = now_s
+                            heapq.heappush(self.pending, (now_s, next(self._sequence), late))
+                    break
+                if flow.keys:  # not removed meanwhile
+                    self._resolve(flow, now_s)
+        pending = self.pending
+        if everything:
+            due = pending[:]
+            pending.clear()
+        else:
+            due = []
+            while pending and pending[0][0] <= now_s and time.monotonic() <= deadline:
+                due.append(heapq.heappop(pending))
+        limit_s = now_s - self.unowned_limit_s
+        for due_s, _, flow in due:
+            if due_s != flow.next_lookup_s:
+                continue  # a later retry of the same flow is queued
+            if not flow.keys or flow.state not in (FlowState.PENDING, FlowState.PROVISIONAL):
+                continue  # owned or removed since it was queued
+            if flow.owner is None and flow.first_seen_s <= limit_s:
+                self.flows.write_off(flow)
+                self._drop(flow)
+                self.unowned_written_off += 1
+                continue
+            self._resolve(flow, now_s)
+        if now_s - self.last_rescan_s >= self.rescan_interval_s and (new or self.flows.count):
+            self.rescan(now_s)
+
+    def rescan(self, now_s: float, full: bool = False) -> None:
+        """Refresh the inode index; sockets gained by a newer process move to it."""
+        self.last_rescan_s = now_s
+        for _pid, inode in self.inodes.refresh(full=full):
+            for flow in self.inode_flows.get(inode, ()):
+                if flow.owner is None or flow.state not in (FlowState.OWNED, FlowState.PROVISIONAL):
+                    continue
+                holder = self.inodes.holder(inode)
+                if holder is not None and holder != flow.owner.tgid:  # type: ignore[attr-defined]
+                    task = self._task(holder, now_s)
+                    if task is not None:
+                        log.debug("%s moves to pid %d", flow.describe(), holder)
+                        self._assign(flow, task, now_s, final=True)
+
+    def _retry(self, flow: Flow, now_s: float) -> None:
+        delay = min(FIRST_RETRY_S * (2 ** min(flow.lookups, 12)), MAX_RETRY_S)
+        flow.next_lookup_s = now_s + delay
+        if flow.state == FlowState.NEW:
+            flow.state = FlowState.PENDING
+        heapq.heappush(self.pending, (flow.next_lookup_s, next(self._sequence), flow))
+
+    def pending_count(self) -> int:
+        return sum(
+            1
+            for due_s, _, f in self.pending
+            if due_s == f.next_lookup_s
+            and f.keys
+            and f.state in (FlowState.PENDING, FlowState.PROVISIONAL)
+        )
+
+    def _identity(self, flow: Flow) -> tuple[int, bytes, int, bytes, int]:
+        if flow.proto == PROTO_UDP:
+            return (flow.proto, flow.local_addr, flow.local_port, b"", 0)
+        return (flow.proto, flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port)
+
+    def _remembered_owner(self, flow: Flow, now_s: float) -> TaskInfo | None:
+        entry = self.remembered.get(self._identity(flow))
+        if entry is None:
+            return None
+        task, expires_s = entry
+        if expires_s < now_s or task.exited:
+            return None
+        return task
+
+    def _resolve(self, flow: Flow, now_s: float) -> None:
+        flow.lookups += 1
+        self.lookups += 1
+        sock = self._lookup(flow)
+        if sock is None or sock.inode == 0:
+            # Gone (closed, TIME_WAIT) or not yet accept()ed: a remembered owner, else retry.
+            if sock is None:
+                self.not_found += 1
+            task = self._remembered_owner(flow, now_s) or self._search_endpoints(flow, now_s)
+            if task is not None:
+                self._assign(flow, task, now_s, final=True)
+            else:
+                self._retry(flow, now_s)
+            return
+        listener = flow.proto != PROTO_UDP and sock.state == TCP_LISTEN
+        pid = self._holder(sock.inode)
+        if pid is None:
+            self.misses += 1
+            self._retry(flow, now_s)
+            return
+        task = self._task(pid, now_s)
+        if task is None:
+            self._retry(flow, now_s)
+            return
+        flow.uid = sock.uid
+        if task.uid < 0:
+            task.uid = sock.uid
+        if listener:
+            # The SYN reached the listener; the connection's own socket comes later.
+            self._assign(flow, task, now_s, final=False)
+            self._retry(flow, now_s)
+            return
+        if flow.inode and flow.inode != sock.inode:
+            self._unlink_inode(flow)
+        flow.inode = sock.inode
+        self.inode_flows.setdefault(sock.inode, []).append(flow)
+        self._assign(flow, task, now_s, final=True)
+
+    def _search_endpoints(self, flow: Flow, now_s: float) -> TaskInfo | None:
+        """The owner of a socket sock_diag no longer knows, among recently started processes.
+
+        A short-lived process's connection may be over (TIME_WAIT, inode 0) before
+        its first packet is even read; the process may still hold the socket.  The
+        newest processes are asked for the names of their sockets, each socket once.
+        """
+        if now_s - flow.first_seen_s > ENDPOINT_SEARCH_FOR_S or not flow.snd_packs:
+            # Only a socket that sent can have been closed by a process we can still find.
+            return None
+        self._refresh()
+        procfs = self.procfs
+        earliest_ticks = (
+            flow.first_seen_s - ENDPOINT_SEARCH_WINDOW_S - procfs.boot_time_s
+        ) * procfs.clock_ticks_per_s
+        candidates = sorted(
+            (pid for pid, ticks in self.inodes.pid_start_ticks.items() if ticks >= earliest_ticks),
+            key=lambda pid: self.inodes.pid_start_ticks[pid],
+            reverse=True,
+        )
+        for pid in candidates:
+            unknown = {}
+            for inode in self.inodes.pid_inodes.get(pid, ()):
+                if inode not in self.endpoints and inode not in self.inode_flows:
+                    unknown[inode] = 0
+            if unknown:
+                try:
+                    descriptors = procfs.socket_inodes(pid)
+                    named = socket_endpoints(
+                        pid, {i: descriptors[i] for i in unknown if i in descriptors}
+                    )
+                except (ProcessGone, ProcAccessDenied):
+                    continue
+                for inode in unknown:
+                    self.endpoints[inode] = named.get(inode)
+                while len(self.endpoints) > ENDPOINT_CACHE_MAX:
+                    self.endpoints.popitem(last=False)
+            for inode in self.inodes.pid_inodes.get(pid, ()):
+                endpoint = self.endpoints.get(inode)
+                if (
+                    endpoint is not None
+                    and endpoint.protocol == flow.proto
+                    and endpoint.local_port == flow.local_port
+                    and endpoint.local_addr in (flow.local_addr, bytes(len(endpoint.local_addr)))
+                ):
+                    task = self._task(pid, now_s)
+                    if task is not None:
+                        self.endpoint_finds += 1
+                        return task
+        return None
+
+    def _lookup(self, flow: Flow) -> SocketInfo | None:
+        remote_addr = flow.remote_addr
+        return self.sockdiag.lookup(
+            flow.proto, flow.local_addr, flow.local_port, remote_addr, flow.remote_port
+        )
+
+    def _refresh(self) -> bool:
+        """An incremental /proc refresh, unless one ran very recently."""
+        now = time.monotonic()
+        if now - self.last_refresh_monotonic_s < REFRESH_MIN_INTERVAL_S:
+            return False
+        self.last_refresh_monotonic_s = now
+        self.inodes.refresh()
+        return True
+
+    def _holder(self, inode: int) -> int | None:
+        pid = self.inodes.holder(inode)
+        if pid is not None:
+            return pid
+        self._refresh()
+        pid = self.inodes.holder(inode)
+        if pid is not None:
+            return pid
+        if time.monotonic() - self.inodes.last_full_scan_s >= FULL_SCAN_MIN_INTERVAL_S:
+            self.inodes.refresh(full=True)
+            pid = self.inodes.holder(inode)
+        return pid
+
+    def _task(self, pid: int, now_s: float) -> TaskInfo | None:
+        """The TaskInfo of a live process, created on first sight; None if it is gone."""
+        try:
+            stat = self.procfs.stat(pid)
+        except (ProcessGone, ProcAccessDenied):
+            return None
+        task = self.tasks.get(pid)
+        if task is not None:
+            if task.start_time_ticks == stat.start_time_ticks:
+                return task
+            # The pid was reused: the old process is finished, the new one starts at zero.
+            self.tasks_gone([task], time.time())
+        try:
+            cmdline = self.procfs.cmdline(pid)
+            uid = self.procfs.uid(pid)
+        except (ProcessGone, ProcAccessDenied):
+            cmdline, uid = "", -1
+        task = TaskInfo(
+            pid,
+            stat.start_time_ticks,
+            self.procfs.btime(stat.start_time_ticks),
+            stat.comm,
+            cmdline,
+            uid,
+        )
+        if not self.tasks.admit(task):
+            return None
+        return task
+
+    def _assign(self, flow: Flow, task: TaskInfo, now_s: float, final: bool) -> None:
+        """Give the flow to task; its unsettled counters (held while unowned) go along."""
+        flow.owner = task
+        flow.state = FlowState.OWNED if final else FlowState.PROVISIONAL
+        if flow.pending_packets:
+            task.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s)
+        if final:
+            self.remembered[self._identity(flow)] = (task, now_s + REMEMBER_OWNERS_S)
+            self.remembered.move_to_end(self._identity(flow))
+            while len(self.remembered) > REMEMBER_OWNERS_MAX:
+                self.remembered.popitem(last=False)
+
+    # -- tasks and flows going away ---------------------------------------------
+
+    def tasks_gone(self, tasks: list[TaskInfo], now_s: float) -> None:
+        """These processes finished: they leave, and their flows look for a new holder."""
+        if not tasks:
+            return
+        for task in tasks:
+            task.exited = True
+            self.on_task_gone(task)
+        for flow in self.flows.all_flows():
+            owner = flow.owner
+            if owner is not None and owner.exited:  # type: ignore[attr-defined]
+                flow.owner = None
+                flow.state = FlowState.PENDING
+                self._retry(flow, now_s)
+
+    def _unlink_inode(self, flow: Flow) -> None:
+        flows = self.inode_flows.get(flow.inode)
+        if flows is not None:
+            if flow in flows:
+                flows.remove(flow)
+            if not flows:
+                del self.inode_flows[flow.inode]
+
+    def _drop(self, flow: Flow) -> None:
+        self._unlink_inode(flow)
+        self.flows.remove(flow)
+
+    def forget_flow(self, flow: Flow) -> None:
+        """Remove a flow for good (garbage collection); its counters are settled already."""
+        if flow.owner is None and flow.pending_packets:
+            self.flows.write_off(flow)
+        self._drop(flow)
+        flow.state = FlowState.ORPHANED

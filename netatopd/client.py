@@ -1,0 +1,145 @@
+"""A client of the control socket, for the CLI, scripts and tests.
+
+Stage: interfaces (beside server.py).  Owns one Unix stream connection.
+Translates the daemon's error replies into Python exceptions:
+ESRCH -> ProcessLookupError, an unreachable or refused socket -> DaemonNotRunning
+(which names the run directory), a socket we may not open -> PermissionError.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from typing import NamedTuple
+
+from .protocol import (
+    COUNTER_NAMES,
+    NETPERTASK_SIZE,
+    REPLY,
+    REPLY_MAGIC,
+    REQUEST,
+    REQUEST_MAGIC,
+    Command,
+    unpack_netpertask,
+)
+
+RUN_DIR_DEFAULT = "/run/netatop"
+CONTROL_SOCKET_NAME = "control"
+
+
+class DaemonNotRunning(ConnectionError):
+    """Nobody answers on the control socket of the run directory."""
+
+
+class ProtocolError(Exception):
+    """The daemon's reply did not follow the protocol."""
+
+
+class TaskCounters(NamedTuple):
+    id: int
+    btime: int
+    command: str
+    counters: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(zip(COUNTER_NAMES, self.counters, strict=True))
+
+
+def run_dir_from_env(run_dir: str | None = None) -> str:
+    return run_dir or os.environ.get("NETATOP_RUN_DIR") or RUN_DIR_DEFAULT
+
+
+class ControlClient:
+    def __init__(self, run_dir: str | None = None, timeout_s: float | None = 30.0) -> None:
+        self.run_dir = run_dir_from_env(run_dir)
+        self.path = os.path.join(self.run_dir, CONTROL_SOCKET_NAME)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout_s)
+        try:
+            self.sock.connect(self.path)
+        except PermissionError as err:
+            self.sock.close()
+            raise PermissionError(
+                errno.EACCES, f"no permission to use {self.path} (run as root)"
+            ) from err
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            self.sock.close()
+            raise DaemonNotRunning(
+                f"netatopd is not running (no control socket at {self.path}; "
+                f"run directory {self.run_dir})"
+            ) from err
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _recv_exact(self, size: int) -> bytes:
+        chunks = bytearray()
+        while len(chunks) < size:
+            data = self.sock.recv(size - len(chunks))
+            if not data:
+                raise ProtocolError("the daemon closed the connection")
+            chunks += data
+        return bytes(chunks)
+
+    def request(self, command: Command, task_id: int = 0) -> bytes:
+        """Send one request; return the payload of its reply or raise its error."""
+        self.sock.sendall(REQUEST.pack(REQUEST_MAGIC, int(command), task_id, 0))
+        magic, reply_command, error, length = REPLY.unpack(self._recv_exact(REPLY.size))
+        if magic != REPLY_MAGIC or reply_command != int(command):
+            raise ProtocolError(
+                f"unexpected reply header (magic {magic:#x}, command {reply_command})"
+            )
+        payload = self._recv_exact(length) if length else b""
+        if error == errno.ESRCH:
+            raise ProcessLookupError(errno.ESRCH, f"no such process: {task_id}")
+        if error:
+            raise OSError(error, os.strerror(error))
+        return payload
+
+    @staticmethod
+    def _records(payload: bytes) -> list[TaskCounters]:
+        if len(payload) % NETPERTASK_SIZE:
+            raise ProtocolError(f"payload of {len(payload)} bytes is not whole records")
+        return [
+            TaskCounters(*unpack_netpertask(payload[i : i + NETPERTASK_SIZE]))
+            for i in range(0, len(payload), NETPERTASK_SIZE)
+        ]
+
+    def probe(self) -> str:
+        return self.request(Command.PROBE).decode()
+
+    def status(self) -> dict[str, object]:
+        result: dict[str, object] = json.loads(self.request(Command.STATUS))
+        return result
+
+    def sync(self) -> None:
+        self.request(Command.SYNC)
+
+    def force_gc(self) -> None:
+        self.request(Command.FORCE_GC)
+
+    def empty_exit(self) -> None:
+        self.request(Command.EMPTY_EXIT)
+
+    def getcnt_exit(self) -> TaskCounters:
+        return self._records(self.request(Command.GETCNT_EXIT))[0]
+
+    def getcnt_tgid(self, tgid: int) -> TaskCounters:
+        return self._records(self.request(Command.GETCNT_TGID, tgid))[0]
+
+    def getcnt_pid(self, pid: int) -> TaskCounters:
+        return self._records(self.request(Command.GETCNT_PID, pid))[0]
+
+    def list_tasks(self) -> list[TaskCounters]:
+        return self._records(self.request(Command.LIST_TASKS))
+
+    def list_exited(self) -> list[TaskCounters]:
+        return self._records(self.request(Command.LIST_EXIT))

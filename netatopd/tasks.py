@@ -1,0 +1,163 @@
+"""Stage 5: the task table (the kernel module's "taskinfo").
+
+Owns one TaskInfo per process (tgid) that has been seen on the network, with the
+eight counters of ``struct taskcount``.  The attribution stage settles a flow's
+pending counters into its owner's TaskInfo; the exit-list stage moves TaskInfos
+of finished processes out; the server, table and store read snapshots as
+TaskRow / ExitedTask records.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+from typing import NamedTuple
+
+from .protocol import COUNTER_NAMES
+
+log = logging.getLogger(__name__)
+
+# Index of each counter in TaskInfo.counters (the order of struct taskcount).
+TCPSNDPACKS, TCPSNDBYTES, TCPRCVPACKS, TCPRCVBYTES = 0, 1, 2, 3
+UDPSNDPACKS, UDPSNDBYTES, UDPRCVPACKS, UDPRCVBYTES = 4, 5, 6, 7
+COUNTER_COUNT = len(COUNTER_NAMES)
+
+
+class Kind(IntEnum):
+    """What a row describes; the shared table stores the value."""
+
+    PROCESS = 1
+    THREAD = 2
+    EXITED = 3
+
+
+class TaskRow(NamedTuple):
+    """A snapshot of one task, as readers (table, server, CLI) see it."""
+
+    kind: Kind
+    id: int  # tgid for a process, tid for a thread
+    tgid: int
+    btime: int  # process start, seconds since the epoch (as atop computes it)
+    command: str  # comm, at most 15 characters
+    counters: tuple[int, ...]  # COUNTER_NAMES order
+    last_activity_s: float  # epoch seconds of the last packet counted, 0.0 if none
+
+
+class ExitedTask(NamedTuple):
+    """A finished process: what the exit list holds and SQLite keeps."""
+
+    tgid: int
+    btime: int
+    command: str
+    cmdline: str  # full command line as read while the process lived, "" if unknown
+    uid: int  # -1 if unknown
+    first_activity_s: float  # epoch seconds of the first packet counted
+    last_activity_s: float
+    exit_time_s: float  # epoch seconds when the garbage collector saw it gone
+    counters: tuple[int, ...]
+
+
+MAX_TASKS_DEFAULT = 100_000
+
+
+class TaskInfo:
+    """One taskinfo: a process (tgid) with the counters of all its threads."""
+
+    __slots__ = (
+        "tgid",
+        "start_time_ticks",
+        "btime",
+        "command",
+        "cmdline",
+        "uid",
+        "counters",
+        "first_activity_s",
+        "last_activity_s",
+        "exited",
+    )
+
+    def __init__(
+        self,
+        tgid: int,
+        start_time_ticks: int,
+        btime: int,
+        command: str,
+        cmdline: str = "",
+        uid: int = -1,
+    ) -> None:
+        self.tgid = tgid
+        self.start_time_ticks = start_time_ticks
+        self.btime = btime
+        self.command = command
+        self.cmdline = cmdline
+        self.uid = uid
+        self.counters = [0] * COUNTER_COUNT
+        self.first_activity_s = 0.0
+        self.last_activity_s = 0.0
+        self.exited = False
+
+    def add(self, udp: bool, pending: tuple[int, int, int, int], now_s: float) -> None:
+        """Add a flow's settled counters (sent packets/bytes, received packets/bytes)."""
+        base = UDPSNDPACKS if udp else TCPSNDPACKS
+        counters = self.counters
+        counters[base] += pending[0]
+        counters[base + 1] += pending[1]
+        counters[base + 2] += pending[2]
+        counters[base + 3] += pending[3]
+        if not self.first_activity_s:
+            self.first_activity_s = now_s
+        self.last_activity_s = now_s
+
+    def row(self, kind: Kind = Kind.PROCESS, task_id: int | None = None) -> TaskRow:
+        return TaskRow(
+            kind,
+            self.tgid if task_id is None else task_id,
+            self.tgid,
+            self.btime,
+            self.command,
+            tuple(self.counters),
+            self.last_activity_s,
+        )
+
+    def finished(self, exit_time_s: float) -> ExitedTask:
+        return ExitedTask(
+            self.tgid,
+            self.btime,
+            self.command,
+            self.cmdline,
+            self.uid,
+            self.first_activity_s,
+            self.last_activity_s,
+            exit_time_s,
+            tuple(self.counters),
+        )
+
+
+class TaskTable:
+    """Every live process that has been given packets, by tgid."""
+
+    def __init__(self, max_tasks: int = MAX_TASKS_DEFAULT) -> None:
+        self.max_tasks = max_tasks
+        self.by_tgid: dict[int, TaskInfo] = {}
+        self.overflow = 0  # tasks refused at the cap
+
+    def __len__(self) -> int:
+        return len(self.by_tgid)
+
+    def get(self, tgid: int) -> TaskInfo | None:
+        return self.by_tgid.get(tgid)
+
+    def admit(self, task: TaskInfo) -> bool:
+        """Add a new task; False (and the overflow counter grows) past the cap."""
+        if len(self.by_tgid) >= self.max_tasks and task.tgid not in self.by_tgid:
+            self.overflow += 1
+            return False
+        self.by_tgid[task.tgid] = task
+        return True
+
+    def remove(self, task: TaskInfo) -> None:
+        if self.by_tgid.get(task.tgid) is task:
+            del self.by_tgid[task.tgid]
+
+    def rows(self) -> list[TaskRow]:
+        return [task.row() for task in self.by_tgid.values()]

@@ -1,0 +1,257 @@
+"""Traffic actors for the end-to-end tests, run as separate processes in a namespace.
+
+Usage: python actors.py ROLE JSON-ARGS.  An actor prints JSON lines on stdout:
+first {"pid": ...} (plus its port for servers), then its results; between
+steps it waits for a command line on stdin ("measure", "exit").  Every loop is
+bounded in count and guarded by socket timeouts.  Traffic goes only to the
+addresses the test passes (loopback or namespace addresses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+TIMEOUT_S = 10.0
+TCP_INFO_BYTES = 232
+# struct tcp_info (linux/tcp.h): offsets of the members the tests read.
+TCPI_UNACKED = 24  # __u32 tcpi_unacked
+TCPI_BYTES_RECEIVED = 128  # __u64 tcpi_bytes_received (payload)
+TCPI_SEGS_OUT = 136  # __u32 tcpi_segs_out (every segment sent, SYN/ACK/FIN included)
+TCPI_SEGS_IN = 140  # __u32 tcpi_segs_in
+TCPI_BYTES_SENT = 200  # __u64 tcpi_bytes_sent (payload, retransmissions included)
+
+
+def say(**fields: object) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def wait_for(command: str) -> None:
+    line = sys.stdin.readline().strip()
+    if line != command:
+        raise SystemExit(f"expected {command!r} on stdin, got {line!r}")
+
+
+def family_of(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def tcp_info(sock: socket.socket) -> dict[str, int]:
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+    return {
+        "segs_out": struct.unpack_from("=I", raw, TCPI_SEGS_OUT)[0],
+        "segs_in": struct.unpack_from("=I", raw, TCPI_SEGS_IN)[0],
+        "bytes_sent": struct.unpack_from("=Q", raw, TCPI_BYTES_SENT)[0],
+        "bytes_received": struct.unpack_from("=Q", raw, TCPI_BYTES_RECEIVED)[0],
+    }
+
+
+def wait_acked(sock: socket.socket) -> None:
+    """Until every byte sent is acknowledged (bounded): the segment has left and no merge can happen."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+        if struct.unpack_from("=I", raw, TCPI_UNACKED)[0] == 0:
+            return
+        time.sleep(0.0005)
+    raise SystemExit("data not acknowledged in time")
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise SystemExit("peer closed early")
+        data += chunk
+    return bytes(data)
+
+
+def udp_server(addr: str, count: int, reply_bytes: int, v6only: bool = True) -> None:
+    """Receive count datagrams; answer each with reply_bytes bytes unless reply_bytes < 0."""
+    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    if family_of(addr) == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+    sock.settimeout(TIMEOUT_S)
+    sock.bind((addr, 0))
+    say(pid=os.getpid(), port=sock.getsockname()[1])
+    sizes = []
+    for _ in range(count):
+        data, peer = sock.recvfrom(65536)
+        sizes.append(len(data))
+        if reply_bytes >= 0:
+            sock.sendto(b"r" * reply_bytes, peer)
+    say(received=len(sizes), sizes=sorted(set(sizes)))
+    wait_for("exit")
+
+
+def udp_client(addr: str, port: int, count: int, size: int, expect_reply: bool) -> None:
+    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    sock.settimeout(TIMEOUT_S)
+    say(pid=os.getpid())
+    replies = 0
+    for _ in range(count):
+        sock.sendto(b"q" * size, (addr, port))
+        if expect_reply:
+            sock.recvfrom(65536)
+            replies += 1
+        else:
+            time.sleep(0.001)  # paced: the receiver never loses one
+    say(sent=count, replies=replies)
+    wait_for("exit")
+
+
+def _exchange(
+    sock: socket.socket, rounds: int, send_bytes: int, recv_bytes: int, first: bool
+) -> None:
+    for _ in range(rounds):
+        if first:
+            if send_bytes:
+                sock.sendall(b"s" * send_bytes)
+                wait_acked(sock)
+            if recv_bytes:
+                recv_exact(sock, recv_bytes)
+        else:
+            if recv_bytes:
+                recv_exact(sock, recv_bytes)
+            if send_bytes:
+                sock.sendall(b"s" * send_bytes)
+                wait_acked(sock)
+
+
+def tcp_server(
+    addr: str, rounds: int, request_bytes: int, reply_bytes: int, fork: bool = False
+) -> None:
+    """Accept one connection; per round read request_bytes, answer reply_bytes.
+
+    With fork, the accepting parent hands the connection to a child and closes its
+    copy; the child waits for "go" on stdin and then serves the rounds.
+    """
+    listener = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.settimeout(TIMEOUT_S)
+    listener.bind((addr, 0))
+    listener.listen(8)
+    say(pid=os.getpid(), port=listener.getsockname()[1])
+    conn, _ = listener.accept()
+    conn.settimeout(TIMEOUT_S)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if fork:
+        time.sleep(0.5)  # the daemon resolves the connection to this process first
+        child = os.fork()
+        if child:
+            conn.close()
+            listener.close()
+            say(child=child)
+            os.waitpid(child, 0)
+            return
+        say(forked=os.getpid(), at_fork=tcp_info(conn))
+        wait_for("go")
+    _exchange(conn, rounds, reply_bytes, request_bytes, first=False)
+    say(done=True)
+    wait_for("measure")
+    say(**tcp_info(conn))
+    wait_for("exit")
+
+
+def tcp_client(
+    addr: str, port: int, rounds: int, request_bytes: int, reply_bytes: int, wait_go: bool = False
+) -> None:
+    sock = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    say(pid=os.getpid())
+    sock.connect((addr, port))
+    if wait_go:
+        wait_for("go")
+    _exchange(sock, rounds, request_bytes, reply_bytes, first=True)
+    say(done=True)
+    wait_for("measure")
+    say(**tcp_info(sock))
+    wait_for("exit")
+
+
+def tcp_echo_server(addr: str, connections: int, message_bytes: int) -> None:
+    """Serve connections one after another: read a message, answer it, close after the peer."""
+    listener = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.settimeout(TIMEOUT_S)
+    listener.bind((addr, 0))
+    listener.listen(64)
+    say(pid=os.getpid(), port=listener.getsockname()[1])
+    for _ in range(connections):
+        conn, _ = listener.accept()
+        conn.settimeout(TIMEOUT_S)
+        conn.sendall(recv_exact(conn, message_bytes))
+        while conn.recv(4096):  # until the client's FIN
+            pass
+        conn.close()
+    say(served=connections)
+    wait_for("exit")
+
+
+def short_lived_clients(
+    addr: str, port: int, count: int, message_bytes: int, lifetime_ms: int
+) -> None:
+    """Fork count children one after another; each lives about lifetime_ms doing one exchange.
+
+    A child connects, sends a message, reads the answer, shuts down its side,
+    reads until the server's FIN (its ACK of that FIN is sent before recv returns
+    0), then reports its TCP_INFO segment counters: the ground truth of every
+    packet its connection sent and received.
+    """
+    say(pid=os.getpid())
+    results = []
+    for _ in range(count):
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(read_end)
+            started = time.monotonic()
+            sock = socket.socket(family_of(addr), socket.SOCK_STREAM)
+            sock.settimeout(TIMEOUT_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.connect((addr, port))
+            sock.sendall(b"m" * message_bytes)
+            recv_exact(sock, message_bytes)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
+            info = tcp_info(sock)
+            info["pid"] = os.getpid()
+            os.write(write_end, json.dumps(info).encode())
+            os.close(write_end)
+            time.sleep(max(0.0, lifetime_ms / 1000 - (time.monotonic() - started)))
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read()
+        os.waitpid(child, 0)
+        results.append(json.loads(report))
+    say(children=results)
+    wait_for("exit")
+
+
+def idle(seconds: float) -> None:
+    """A process that only exists (for pid and exit-list tests)."""
+    say(pid=os.getpid())
+    wait_for("exit")
+
+
+ROLES = {
+    "udp_server": udp_server,
+    "udp_client": udp_client,
+    "tcp_server": tcp_server,
+    "tcp_client": tcp_client,
+    "tcp_echo_server": tcp_echo_server,
+    "short_lived_clients": short_lived_clients,
+    "idle": idle,
+}
+
+if __name__ == "__main__":
+    ROLES[sys.argv[1]](**json.loads(sys.argv[2]))

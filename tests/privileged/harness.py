@@ -1,0 +1,145 @@
+"""The daemon and traffic actors, started inside a test's network namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from netatopd.client import ControlClient, DaemonNotRunning
+
+ACTORS = str(Path(__file__).with_name("actors.py"))
+START_TIMEOUT_S = 20.0
+REPO = Path(__file__).resolve().parents[2]
+
+# Ground truth of the kernel module's byte formula: IP length + link header
+# (14 on loopback and ethernet) + 4 (CRC).
+LINK_OVERHEAD = 14 + 4
+UDP4_OVERHEAD = 20 + 8 + LINK_OVERHEAD
+UDP6_OVERHEAD = 40 + 8 + LINK_OVERHEAD
+
+
+class Daemon:
+    """netatopd running in a namespace with a private run directory."""
+
+    def __init__(self, netns: Any, run_dir: Path, *options: str) -> None:
+        self.run_dir = run_dir
+        self.netns = netns
+        self.log_path = run_dir.parent / f"{run_dir.name}.log"
+        argv = [
+            *netns.exec_prefix,
+            sys.executable,
+            "-m",
+            "netatopd.daemon",
+            "--run-dir",
+            str(run_dir),
+            "--log-level",
+            "info",
+            *options,
+        ]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"netatopd exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with self.client() as client:
+                    client.probe()
+                break
+            except (DaemonNotRunning, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"netatopd did not answer in time:\n{self.logs()}"
+                    ) from None
+                time.sleep(0.05)
+
+    def client(self, timeout_s: float | None = 30.0) -> ControlClient:
+        return ControlClient(str(self.run_dir), timeout_s=timeout_s)
+
+    def logs(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def sync(self) -> None:
+        with self.client() as client:
+            client.sync()
+
+    def status(self) -> dict[str, Any]:
+        with self.client() as client:
+            return client.status()
+
+    def counters(self, pid: int) -> dict[str, int]:
+        with self.client() as client:
+            return dict(client.getcnt_tgid(pid).as_dict())  # type: ignore[arg-type]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+class Actor:
+    """One traffic process from actors.py, talking JSON lines."""
+
+    def __init__(self, netns: Any, role: str, **args: Any) -> None:
+        self.proc = subprocess.Popen(
+            [*netns.exec_prefix, sys.executable, "-u", ACTORS, role, json.dumps(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = self.read()
+        self.pid: int = first["pid"]
+        self.port: int = first.get("port", 0)
+
+    def read(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            err = (
+                self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+            )
+            raise AssertionError(f"actor gave no answer (exit {self.proc.poll()}): {err}")
+        return json.loads(line)
+
+    def tell(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.tell("exit")
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def set_sysctl(netns: Any, name: str, value: str) -> None:
+    path = "/proc/sys/" + name.replace(".", "/")
+    netns.run("sh", "-c", f"echo {value} > {path}")
+
+
+def pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
