@@ -1,0 +1,15 @@
+"""Optional in-kernel ownership helper: eBPF tracepoint programs loaded with raw bpf().
+
+Stage: attribution (kernel side, optional).  Owns nothing itself; the
+modules are, in load order: ``syscalls`` (bpf(2), perf_event_open(2) through
+ctypes), ``asm`` (instruction encoding), ``btf`` (struct sock offsets from
+/sys/kernel/btf/vmlinux), ``programs`` (the tracepoint programs and map
+layouts) and ``helper`` (load, drain, status, close).  Callers import the
+public names re-exported here; where the helper cannot be loaded,
+``KernelOwnership.load`` raises ``EbpfUnavailable`` and the daemon keeps its
+/proc resolution.
+"""
+
+from .helper import EbpfUnavailable, FlowOwner, KernelOwnership, OwnerKind, loaded_object_ids
+
+__all__ = ["EbpfUnavailable", "FlowOwner", "KernelOwnership", "OwnerKind", "loaded_object_ids"]

@@ -1,0 +1,319 @@
+"""A reader of the kernel's BTF, enough to find struct member offsets.
+
+Stage: attribution (kernel side, optional).  Owns a parsed copy of one BTF
+blob (normally ``/sys/kernel/btf/vmlinux``): the position of every type
+record and an index of struct/union names; members are decoded on demand.
+Callers: ``helper.py`` (``sock_offsets`` at load time) and the tests.
+
+The format (Documentation/bpf/btf.rst): a header, a type section of
+variable-length records numbered from 1 in file order, and a string section
+of NUL-terminated names referred to by byte offset.  Anonymous struct and
+union members (name offset 0) are searched through, so members declared in
+an unnamed union, such as ``skc_daddr`` in ``struct sock_common``, resolve
+with their offset from the start of the outer struct.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from enum import IntEnum
+from pathlib import Path
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)
+
+VMLINUX_BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+BTF_MAGIC = 0xEB9F
+POINTER_BYTES = 8  # x86-64
+
+# struct btf_header (linux/btf.h), 24 bytes, native byte order:
+#   __u16 magic; __u8 version; __u8 flags; __u32 hdr_len;
+#   __u32 type_off; __u32 type_len; __u32 str_off; __u32 str_len;
+#   (offsets relative to the end of the header)
+BTF_HEADER = struct.Struct("=HBBIIIII")
+
+# struct btf_type (linux/btf.h), 12 bytes:
+#   __u32 name_off; __u32 info (vlen bits 0-15, kind bits 24-28, kind_flag bit 31);
+#   __u32 size or type (a union)
+BTF_TYPE = struct.Struct("=III")
+
+# struct btf_member (linux/btf.h), 12 bytes, vlen of them after a STRUCT/UNION:
+#   __u32 name_off; __u32 type; __u32 offset (bits; with kind_flag:
+#   bitfield size << 24 | bit offset)
+BTF_MEMBER = struct.Struct("=III")
+
+# struct btf_array (linux/btf.h), 12 bytes after an ARRAY:
+#   __u32 type; __u32 index_type; __u32 nelems
+BTF_ARRAY = struct.Struct("=III")
+
+
+class BtfKind(IntEnum):
+    """BTF_KIND_* (linux/btf.h)."""
+
+    UNKNOWN = 0
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+# Bytes that follow struct btf_type: a fixed amount, or this many per vlen entry.
+_EXTRA_FIXED = {BtfKind.INT: 4, BtfKind.ARRAY: 12, BtfKind.VAR: 4, BtfKind.DECL_TAG: 4}
+_EXTRA_PER_VLEN = {
+    BtfKind.STRUCT: 12,
+    BtfKind.UNION: 12,
+    BtfKind.ENUM: 8,
+    BtfKind.FUNC_PROTO: 8,
+    BtfKind.DATASEC: 12,
+    BtfKind.ENUM64: 12,
+}
+_MODIFIERS = frozenset(
+    {BtfKind.TYPEDEF, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG}
+)
+_SIZED = frozenset(
+    {BtfKind.INT, BtfKind.STRUCT, BtfKind.UNION, BtfKind.ENUM, BtfKind.ENUM64, BtfKind.FLOAT}
+)
+_KNOWN_KINDS = frozenset(int(kind) for kind in BtfKind)
+_MAX_CHAIN = 64  # modifier chains longer than this mean a corrupt blob
+
+
+class BtfError(Exception):
+    """The BTF cannot be read, or lacks the type or member asked for."""
+
+
+class Member(NamedTuple):
+    """Where a member lies from the start of the outermost struct."""
+
+    name: str
+    offset_bytes: int  # byte holding the first bit
+    size_bytes: int  # size of the member's type (of the storage unit for a bitfield)
+    bit_offset: int  # offset in bits from the start of the outer struct
+    bit_size: int  # 0 unless the member is a bitfield
+
+
+class Btf:
+    """The types of one BTF blob; type id 0 is ``void``."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < BTF_HEADER.size:
+            raise BtfError("BTF blob shorter than its header")
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
+            BTF_HEADER.unpack_from(data, 0)
+        )
+        if magic != BTF_MAGIC:
+            raise BtfError(f"bad BTF magic {magic:#x} (byte order or not BTF)")
+        if version != 1:
+            raise BtfError(f"BTF version {version} not understood")
+        type_start = hdr_len + type_off
+        string_start = hdr_len + str_off
+        if type_start + type_len > len(data) or string_start + str_len > len(data):
+            raise BtfError("BTF sections run past the end of the blob")
+        self._data = data
+        self._strings = data[string_start : string_start + str_len]
+        # _offsets[type_id] = position of its struct btf_type in data (id 0 is void).
+        self._offsets: list[int] = [0]
+        self._by_name: dict[str, list[int]] = {}
+        self._index(type_start, type_start + type_len)
+
+    @classmethod
+    def from_file(cls, path: Path = VMLINUX_BTF_PATH) -> Btf:
+        """Parse a BTF file; BtfError when it cannot be read."""
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise BtfError(f"cannot read {path}: {err.strerror}") from err
+        return cls(data)
+
+    def _index(self, start: int, end: int) -> None:
+        data = self._data
+        unpack = BTF_TYPE.unpack_from
+        offsets = self._offsets
+        by_name = self._by_name
+        struct_kinds = (BtfKind.STRUCT, BtfKind.UNION)
+        position = start
+        while position < end:
+            if position + BTF_TYPE.size > end:
+                raise BtfError(f"truncated type record at byte {position}")
+            name_off, info, _size = unpack(data, position)
+            kind = (info >> 24) & 0x1F
+            vlen = info & 0xFFFF
+            offsets.append(position)
+            if kind in struct_kinds and name_off:
+                by_name.setdefault(self.string(name_off), []).append(len(offsets) - 1)
+            extra = _EXTRA_FIXED.get(kind)
+            if extra is None:
+                per = _EXTRA_PER_VLEN.get(kind)
+                if per is not None:
+                    extra = per * vlen
+                elif kind in _KNOWN_KINDS:
+                    extra = 0
+                else:
+                    raise BtfError(f"unknown BTF kind {kind} at byte {position}")
+            position += BTF_TYPE.size + extra
+        if position != end:
+            raise BtfError("type section does not end on a record boundary")
+
+    @property
+    def type_count(self) -> int:
+        """Number of types, void excluded."""
+        return len(self._offsets) - 1
+
+    def string(self, offset: int) -> str:
+        """The NUL-terminated name at ``offset`` of the string section."""
+        end = self._strings.find(b"\0", offset)
+        if end < 0:
+            raise BtfError(f"string offset {offset} not terminated")
+        return self._strings[offset:end].decode("ascii", "replace")
+
+    def _record(self, type_id: int) -> tuple[int, BtfKind, int, bool, int]:
+        """(position, kind, vlen, kind_flag, size_or_type) of one type."""
+        if not 0 < type_id < len(self._offsets):
+            raise BtfError(f"type id {type_id} out of range")
+        position = self._offsets[type_id]
+        _name_off, info, size_or_type = BTF_TYPE.unpack_from(self._data, position)
+        return position, BtfKind((info >> 24) & 0x1F), info & 0xFFFF, bool(info >> 31), size_or_type
+
+    def kind(self, type_id: int) -> BtfKind:
+        """The kind of one type."""
+        return self._record(type_id)[1]
+
+    def strip(self, type_id: int) -> int:
+        """The type under typedefs and qualifiers (const, volatile, ...)."""
+        for _ in range(_MAX_CHAIN):
+            _position, kind, _vlen, _flag, size_or_type = self._record(type_id)
+            if kind not in _MODIFIERS:
+                return type_id
+            type_id = size_or_type
+        raise BtfError(f"modifier chain too long from type {type_id}")
+
+    def type_size(self, type_id: int) -> int:
+        """sizeof the type, in bytes."""
+        type_id = self.strip(type_id)
+        position, kind, _vlen, _flag, size_or_type = self._record(type_id)
+        if kind in _SIZED:
+            return size_or_type
+        if kind == BtfKind.PTR:
+            return POINTER_BYTES
+        if kind == BtfKind.ARRAY:
+            element, _index_type, count = BTF_ARRAY.unpack_from(
+                self._data, position + BTF_TYPE.size
+            )
+            return self.type_size(element) * count
+        raise BtfError(f"type {type_id} of kind {kind.name} has no size")
+
+    def find_struct(self, name: str) -> int:
+        """The id of the (first) complete struct or union called ``name``."""
+        for type_id in self._by_name.get(name, ()):
+            if self.kind(type_id) in (BtfKind.STRUCT, BtfKind.UNION):
+                return type_id
+        raise BtfError(f"no struct {name} in the BTF")
+
+    def _members(self, type_id: int) -> list[tuple[str, int, int, int]]:
+        """(name, member type, bit offset, bitfield bits) of a struct or union."""
+        position, kind, vlen, kind_flag, _size = self._record(type_id)
+        if kind not in (BtfKind.STRUCT, BtfKind.UNION):
+            raise BtfError(f"type {type_id} is a {kind.name}, not a struct or union")
+        members = []
+        base = position + BTF_TYPE.size
+        for index in range(vlen):
+            name_off, member_type, offset = BTF_MEMBER.unpack_from(self._data, base + index * 12)
+            if kind_flag:
+                bit_size, bit_offset = offset >> 24, offset & 0xFFFFFF
+            else:
+                bit_size, bit_offset = 0, offset
+            members.append(
+                (self.string(name_off) if name_off else "", member_type, bit_offset, bit_size)
+            )
+        return members
+
+    def _search(self, type_id: int, name: str, base_bits: int) -> Member | None:
+        anonymous = []
+        for member_name, member_type, bit_offset, bit_size in self._members(type_id):
+            if member_name == name:
+                bits = base_bits + bit_offset
+                return Member(name, bits // 8, self.type_size(member_type), bits, bit_size)
+            if not member_name:
+                inner = self.strip(member_type)
+                if self.kind(inner) in (BtfKind.STRUCT, BtfKind.UNION):
+                    anonymous.append((inner, base_bits + bit_offset))
+        for inner, bits in anonymous:
+            found = self._search(inner, name, bits)
+            if found is not None:
+                return found
+        return None
+
+    def member(self, struct_name: str, member_name: str) -> Member:
+        """Offset and size of ``struct_name.member_name``, anonymous members searched."""
+        found = self._search(self.find_struct(struct_name), member_name, 0)
+        if found is None:
+            raise BtfError(f"struct {struct_name} has no member {member_name}")
+        return found
+
+
+class SockOffsets(NamedTuple):
+    """Byte offsets into ``struct sock`` of what the programs read (sock_common first)."""
+
+    skc_family: int  # unsigned short
+    skc_num: int  # __u16, local port, host order
+    skc_dport: int  # __be16, remote port, network order
+    skc_rcv_saddr: int  # __be32, local IPv4 address
+    skc_daddr: int  # __be32, remote IPv4 address
+    skc_v6_rcv_saddr: int  # struct in6_addr, local IPv6 address
+    skc_v6_daddr: int  # struct in6_addr, remote IPv6 address
+    sk_protocol: int  # byte holding sk_protocol (informative: the tracepoints carry it)
+    sk_protocol_is_bitfield: bool  # a bitfield before Linux 5.6
+
+
+# The sizes the programs' loads assume, checked against the BTF.
+_EXPECTED_BYTES = {
+    "skc_family": 2,
+    "skc_num": 2,
+    "skc_dport": 2,
+    "skc_rcv_saddr": 4,
+    "skc_daddr": 4,
+    "skc_v6_rcv_saddr": 16,
+    "skc_v6_daddr": 16,
+}
+
+
+def sock_offsets(btf: Btf) -> SockOffsets:
+    """Resolve the members of struct sock_common / struct sock the programs need.
+
+    ``struct sock`` begins with ``struct sock_common __sk_common``; its offset
+    is added so every result is an offset into ``struct sock``.
+    """
+    common = btf.member("sock", "__sk_common").offset_bytes
+    found: dict[str, int] = {}
+    for name, size in _EXPECTED_BYTES.items():
+        member = btf.member("sock_common", name)
+        if member.size_bytes != size or member.bit_size:
+            raise BtfError(f"sock_common.{name} is {member.size_bytes} bytes, expected {size}")
+        found[name] = common + member.offset_bytes
+    protocol = btf.member("sock", "sk_protocol")
+    return SockOffsets(
+        skc_family=found["skc_family"],
+        skc_num=found["skc_num"],
+        skc_dport=found["skc_dport"],
+        skc_rcv_saddr=found["skc_rcv_saddr"],
+        skc_daddr=found["skc_daddr"],
+        skc_v6_rcv_saddr=found["skc_v6_rcv_saddr"],
+        skc_v6_daddr=found["skc_v6_daddr"],
+        sk_protocol=protocol.offset_bytes,
+        sk_protocol_is_bitfield=protocol.bit_size != 0,
+    )

@@ -1,0 +1,546 @@
+"""The optional in-kernel ownership helper: load, drain, report, unload.
+
+Stage: attribution (kernel side, optional).  Owns the file descriptors of
+the helper's maps, programs and perf events (nothing is pinned, so the
+kernel frees everything once they are closed, also when the process dies)
+and the drain statistics.  Callers: the attribution stage / daemon (``load``
+at start, ``drain`` and ``thread_counts`` on a short interval, ``status`` for
+STATUS, ``close`` at exit), the privileged tests and bench/bench_ebpf.py.
+
+Records come from ``programs.py``; see its docstring for what is recorded
+when.  ``drain`` returns them with the addresses normalised: 4 bytes for
+IPv4 (an IPv4-mapped IPv6 address becomes its 4 IPv4 bytes), 16 for IPv6,
+and an empty remote address (port 0) for unconnected UDP and listeners.
+A wildcard local address stays all zeros.  Times are CLOCK_MONOTONIC
+nanoseconds (``time.monotonic_ns()``); pids are those of the initial pid
+namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import NamedTuple
+
+from . import syscalls
+from .asm import assemble, instruction_count
+from .btf import VMLINUX_BTF_PATH, Btf, BtfError, sock_offsets
+from .programs import (
+    AF_INET,
+    CONNECT_KEY,
+    COUNTERS,
+    FLOW_KEY,
+    LICENSE,
+    OBJECT_NAME_PREFIX,
+    OWNER,
+    THREAD_COUNTS,
+    THREAD_KEY,
+    TRACEFS_ROOT,
+    Counter,
+    MapFds,
+    OwnerKind,
+    TracepointError,
+    length_program,
+    read_format,
+    state_program,
+)
+from .syscalls import BpfCmd, BpfSyscallError, MapType, ProgType
+
+__all__ = [
+    "EbpfUnavailable",
+    "FlowOwner",
+    "KernelOwnership",
+    "OwnerKind",
+    "loaded_object_ids",
+]
+
+log = logging.getLogger(__name__)
+
+# Map sizes: the flows that can be recorded between two drains (three
+# records per TCP flow at most: IO, OPEN, CLOSE), the threads that can send
+# between two thread_counts() calls, and the connect() calls in flight.
+FLOW_MAP_ENTRIES = 32768
+THREAD_MAP_ENTRIES = 16384
+CONNECT_MAP_ENTRIES = 8192
+BATCH_CHUNK_ENTRIES = 1024
+VERIFIER_LOG_BYTES = 1 << 20
+ATTACH_CPU = 0  # one perf event per tracepoint is enough: the program runs on every CPU
+
+_IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+class EbpfUnavailable(Exception):
+    """The helper cannot be loaded here; ``reason`` is a sentence for STATUS and logs."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class FlowOwner(NamedTuple):
+    """One record of a flow's owner, as drained."""
+
+    protocol: int  # IPPROTO_TCP or IPPROTO_UDP
+    local_addr: bytes  # 4 (IPv4, IPv4-mapped included) or 16 bytes
+    local_port: int
+    remote_addr: bytes  # empty for unconnected UDP and listeners
+    remote_port: int  # 0 for unconnected UDP and listeners
+    tgid: int
+    tid: int
+    comm: str
+    time_ns: int  # CLOCK_MONOTONIC
+    kind: OwnerKind
+    closed: bool  # the socket reached TCP_CLOSE (never set for UDP)
+
+
+class _Program(NamedTuple):
+    name: str  # object name in the kernel
+    category: str
+    tracepoint: str
+
+
+PROGRAMS = (
+    _Program("ntp_send", "sock", "sock_send_length"),
+    _Program("ntp_recv", "sock", "sock_recv_length"),
+    _Program("ntp_state", "sock", "inet_sock_set_state"),
+)
+
+
+def _address(family: int, raw: bytes) -> bytes:
+    """4 bytes for IPv4 and IPv4-mapped IPv6, else 16."""
+    if family == AF_INET:
+        return raw[:4]
+    if raw[:12] == _IPV4_MAPPED_PREFIX:
+        return raw[12:16]
+    return raw
+
+
+def decode_flow(key: bytes, value: bytes) -> FlowOwner:
+    """A FlowOwner from one (struct flow_key, struct owner) pair of the flows map."""
+    laddr, raddr, lport, rport, family, _slot, protocol = FLOW_KEY.unpack(key)
+    time_ns, tid, tgid, comm, kind, closed = OWNER.unpack(value)
+    remote = _address(family, raddr)
+    if rport == 0 and not any(remote):
+        remote = b""
+    return FlowOwner(
+        protocol=protocol,
+        local_addr=_address(family, laddr),
+        local_port=lport,
+        remote_addr=remote,
+        remote_port=rport,
+        tgid=tgid,
+        tid=tid,
+        comm=comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        time_ns=time_ns,
+        kind=OwnerKind(kind),
+        closed=bool(closed),
+    )
+
+
+def _close_all(fds: list[int], perf_fds: list[int], detach: bool) -> None:
+    """Disable the perf events (when ``detach``) and close every fd; empties the lists."""
+    for fd in perf_fds:
+        if detach:
+            try:
+                syscalls.perf_event_disable(fd)
+            except BpfSyscallError as err:
+                log.debug("perf event %d: %s", fd, err)
+    for fd in [*perf_fds, *fds]:
+        try:
+            os.close(fd)
+        except OSError as err:
+            log.debug("close(%d): %s", fd, err.strerror)
+    perf_fds.clear()
+    fds.clear()
+
+
+_live: weakref.WeakSet[KernelOwnership] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _close_in_child() -> None:
+    """After fork(): the child drops its copies of every helper fd.
+
+    The perf events are not disabled (that would stop them for the parent
+    too); the child only stops holding the objects alive, so nothing stays
+    loaded once the parent closes its helper, whatever the children do.
+    """
+    for instance in list(_live):
+        instance._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
+def _ensure_tracefs(root: Path) -> None:
+    try:
+        if (root / "events").is_dir():
+            return
+    except OSError as err:
+        raise EbpfUnavailable(
+            f"cannot look into tracefs at {root} ({err.strerror}): the helper needs root"
+        ) from err
+    try:
+        syscalls.mount_tracefs(str(root))
+    except BpfSyscallError as err:
+        raise EbpfUnavailable(
+            f"tracefs is not mounted at {root} and mounting it failed ({os.strerror(err.errno)})"
+        ) from err
+    log.info("mounted tracefs at %s", root)
+    if not (root / "events").is_dir():
+        raise EbpfUnavailable(f"tracefs mounted at {root} has no events directory")
+
+
+def _reason(what: str, err: BpfSyscallError) -> str:
+    if err.errno in (errno.EPERM, errno.EACCES):
+        return (
+            f"{what} was refused ({os.strerror(err.errno)}): "
+            "the helper needs root (CAP_BPF and CAP_PERFMON)"
+        )
+    return f"{what} failed: {err}"
+
+
+class KernelOwnership:
+    """The loaded helper: three programs attached, four maps, their statistics."""
+
+    def __init__(self) -> None:
+        # Use load(); the constructor only prepares empty state.
+        self._fds: list[int] = []  # maps, programs, stats: closed last
+        self._perf_fds: list[int] = []  # perf events: disabled and closed first
+        self._maps: MapFds | None = None
+        self._prog_fds: dict[str, int] = {}
+        self._flow_entries = FLOW_MAP_ENTRIES
+        self._cpu_count = 1
+        self._run_stats = False
+        self._flows_last_drain = 0
+        self._flows_peak_drain = 0
+        self._flows_drained = 0
+        self._drains = 0
+        self._threads_last_drain = 0
+        self._load_ms = 0.0
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _close_all, self._fds, self._perf_fds, True)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        tracefs_root: Path = TRACEFS_ROOT,
+        btf_path: Path = VMLINUX_BTF_PATH,
+        flow_entries: int = FLOW_MAP_ENTRIES,
+        run_stats: bool = False,
+    ) -> KernelOwnership:
+        """Create the maps, load and attach the programs; EbpfUnavailable when impossible.
+
+        ``run_stats`` turns on the kernel's run time/count statistics (the
+        BPF_ENABLE_STATS fd, equivalent to kernel.bpf_stats_enabled=1 while
+        the helper is loaded); it costs two clock reads per program run.
+        Our own event counters are always kept.
+        """
+        self = cls()
+        self._flow_entries = flow_entries
+        started = _monotonic_ms()
+        try:
+            self._load(tracefs_root, btf_path, run_stats)
+        except BaseException:
+            self.close()
+            raise
+        self._load_ms = _monotonic_ms() - started
+        with _live_lock:
+            _live.add(self)
+        log.info("eBPF ownership helper loaded in %.0f ms", self._load_ms)
+        return self
+
+    def _load(self, tracefs_root: Path, btf_path: Path, run_stats: bool) -> None:
+        _ensure_tracefs(tracefs_root)
+        try:
+            formats = {
+                p.name: read_format(p.category, p.tracepoint, tracefs_root) for p in PROGRAMS
+            }
+        except TracepointError as err:
+            raise EbpfUnavailable(
+                f"tracepoint not usable: {err} (sock_send_length needs Linux 6.3+)"
+            ) from err
+        try:
+            sock = sock_offsets(Btf.from_file(btf_path))
+        except BtfError as err:
+            raise EbpfUnavailable(
+                f"struct sock offsets unknown: {err}; no calibration fallback is implemented"
+            ) from err
+        try:
+            self._cpu_count = syscalls.possible_cpu_count()
+            self._maps = MapFds(
+                flows=self._keep(
+                    syscalls.map_create(
+                        MapType.HASH, FLOW_KEY.size, OWNER.size, self._flow_entries, "ntp_flows"
+                    )
+                ),
+                threads=self._keep(
+                    syscalls.map_create(
+                        MapType.HASH,
+                        THREAD_KEY.size,
+                        THREAD_COUNTS.size,
+                        THREAD_MAP_ENTRIES,
+                        "ntp_threads",
+                    )
+                ),
+                connect=self._keep(
+                    syscalls.map_create(
+                        MapType.LRU_HASH,
+                        CONNECT_KEY.size,
+                        OWNER.size,
+                        CONNECT_MAP_ENTRIES,
+                        "ntp_connect",
+                    )
+                ),
+                counters=self._keep(
+                    syscalls.map_create(MapType.PERCPU_ARRAY, 4, COUNTERS.size, 1, "ntp_counters")
+                ),
+            )
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(_reason("creating the BPF maps", err)) from err
+        if run_stats:
+            try:
+                self._keep(syscalls.enable_run_stats())
+                self._run_stats = True
+            except BpfSyscallError as err:
+                log.warning("BPF run statistics not available: %s", err)
+        builds = {
+            "ntp_send": length_program(OwnerKind.SEND, formats["ntp_send"], sock, self._maps),
+            "ntp_recv": length_program(OwnerKind.RECV, formats["ntp_recv"], sock, self._maps),
+            "ntp_state": state_program(formats["ntp_state"], self._maps),
+        }
+        for program in PROGRAMS:
+            items = builds[program.name]
+            code = assemble(items)
+            try:
+                fd = syscalls.prog_load(ProgType.TRACEPOINT, code, LICENSE, program.name)
+            except BpfSyscallError as err:
+                if err.errno in (errno.EPERM, errno.EACCES):
+                    raise EbpfUnavailable(_reason(f"loading {program.name}", err)) from err
+                # Load again with the verifier's log, to say why.
+                try:
+                    fd = syscalls.prog_load(
+                        ProgType.TRACEPOINT, code, LICENSE, program.name, VERIFIER_LOG_BYTES
+                    )
+                except BpfSyscallError as logged:
+                    tail = "\n".join(logged.log.strip().splitlines()[-12:])
+                    log.error("verifier rejected %s:\n%s", program.name, tail)
+                    last = tail.splitlines()[-1] if tail else ""
+                    raise EbpfUnavailable(
+                        f"the kernel's verifier rejected {program.name} "
+                        f"({os.strerror(logged.errno)}: {last})"
+                    ) from logged
+            self._prog_fds[program.name] = self._keep(fd)
+            log.debug("%s: %d instructions", program.name, instruction_count(items))
+        for program in PROGRAMS:
+            tracepoint_id = formats[program.name].id
+            try:
+                perf_fd = syscalls.perf_event_open_tracepoint(tracepoint_id, ATTACH_CPU)
+            except BpfSyscallError as err:
+                raise EbpfUnavailable(
+                    _reason(f"perf_event_open for {program.tracepoint}", err)
+                ) from err
+            self._perf_fds.append(perf_fd)
+            try:
+                syscalls.perf_event_attach(perf_fd, self._prog_fds[program.name])
+            except BpfSyscallError as err:
+                raise EbpfUnavailable(
+                    _reason(f"attaching {program.name} to {program.tracepoint}", err)
+                ) from err
+
+    def _keep(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def _forget_after_fork(self) -> None:
+        _close_all(self._fds, self._perf_fds, detach=False)
+        self._closed = True
+
+    def _require_loaded(self) -> MapFds:
+        if self._closed or self._maps is None:
+            raise EbpfUnavailable("the eBPF ownership helper is closed")
+        return self._maps
+
+    # --- reading ---------------------------------------------------------------------
+
+    def drain(self) -> list[FlowOwner]:
+        """Every record written since the last drain, removed from the kernel map."""
+        maps = self._require_loaded()
+        try:
+            pairs = syscalls.map_lookup_batch(
+                maps.flows, FLOW_KEY.size, OWNER.size, delete=True, chunk_count=BATCH_CHUNK_ENTRIES
+            )
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(f"draining ntp_flows failed: {err}") from err
+        owners = [decode_flow(key, value) for key, value in pairs]
+        self._drains += 1
+        self._flows_last_drain = len(owners)
+        self._flows_peak_drain = max(self._flows_peak_drain, len(owners))
+        self._flows_drained += len(owners)
+        return owners
+
+    def thread_counts(self) -> dict[int, tuple[int, int]]:
+        """tid -> (calls, bytes) of successful send/recv since the last call (then reset).
+
+        Draining keeps the map from filling with threads that have exited; a
+        caller that wants totals adds the answers up.
+        """
+        maps = self._require_loaded()
+        try:
+            pairs = syscalls.map_lookup_batch(
+                maps.threads,
+                THREAD_KEY.size,
+                THREAD_COUNTS.size,
+                delete=True,
+                chunk_count=BATCH_CHUNK_ENTRIES,
+            )
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(f"draining ntp_threads failed: {err}") from err
+        counts: dict[int, tuple[int, int]] = {}
+        for key, value in pairs:
+            (tid,) = THREAD_KEY.unpack(key)
+            calls, moved = THREAD_COUNTS.unpack(value)
+            counts[tid] = (calls, moved)
+        self._threads_last_drain = len(counts)
+        return counts
+
+    def counters(self) -> dict[Counter, int]:
+        """The programs' event counters, summed over every CPU."""
+        maps = self._require_loaded()
+        stride = COUNTERS.size  # a multiple of 8 already
+        try:
+            raw = syscalls.map_lookup(maps.counters, b"\0\0\0\0", stride * self._cpu_count)
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(f"reading ntp_counters failed: {err}") from err
+        totals = [0] * len(Counter)
+        if raw is not None:
+            for cpu in range(self._cpu_count):
+                for index, value in enumerate(COUNTERS.unpack_from(raw, cpu * stride)):
+                    totals[index] += value
+        return {counter: totals[counter] for counter in Counter}
+
+    def status(self) -> dict[str, int | str]:
+        """Figures for STATUS: program runs, recursion misses, map fill and drops."""
+        self._require_loaded()
+        result: dict[str, int | str] = {
+            "ownership": "kernel",
+            "ebpf_load_ms": round(self._load_ms),
+            "ebpf_run_stats": "on" if self._run_stats else "off",
+        }
+        for name, fd in self._prog_fds.items():
+            try:
+                info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+            except BpfSyscallError as err:
+                raise EbpfUnavailable(f"reading {name} info failed: {err}") from err
+            run_time_ns, run_cnt, misses, verified = syscalls.BPF_PROG_INFO_RUN.unpack_from(
+                info, syscalls.BPF_PROG_INFO_RUN_OFFSET
+            )
+            result[f"{name}_run_cnt"] = run_cnt
+            result[f"{name}_run_time_ns"] = run_time_ns
+            result[f"{name}_recursion_misses"] = misses
+            result[f"{name}_verified_insns"] = verified
+        for counter, value in self.counters().items():
+            result[f"ebpf_{counter.name.lower()}"] = value
+        result["ebpf_flow_map_entries"] = self._flow_entries
+        result["ebpf_flows_last_drain"] = self._flows_last_drain
+        result["ebpf_flows_peak_drain"] = self._flows_peak_drain
+        result["ebpf_flow_map_fill_percent"] = self._flows_peak_drain * 100 // self._flow_entries
+        result["ebpf_flows_drained"] = self._flows_drained
+        result["ebpf_drains"] = self._drains
+        result["ebpf_threads_last_drain"] = self._threads_last_drain
+        result["ebpf_thread_map_entries"] = THREAD_MAP_ENTRIES
+        result["ebpf_connect_map_entries"] = CONNECT_MAP_ENTRIES
+        # Drops: refusals of the preallocated hash maps (E2BIG when full) and
+        # connect() records not found at establishment (a state event lost to
+        # recursion, or evicted from the LRU connect map).
+        result["ebpf_drops"] = (
+            int(result["ebpf_flow_update_failed"])
+            + int(result["ebpf_thread_update_failed"])
+            + int(result["ebpf_connect_update_failed"])
+        )
+        return result
+
+    def object_ids(self) -> tuple[list[int], list[int]]:
+        """The kernel ids of this helper's programs and maps."""
+        maps = self._require_loaded()
+        prog_ids = [_object_id(fd) for fd in self._prog_fds.values()]
+        map_ids = [_object_id(fd) for fd in maps]
+        return prog_ids, map_ids
+
+    # --- unloading -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach the programs and close every fd; safe to call twice."""
+        self._closed = True
+        self._finalizer()
+        with _live_lock:
+            _live.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once close() ran (or in a child after fork)."""
+        return self._closed
+
+    def __enter__(self) -> KernelOwnership:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic_ns() / 1e6
+
+
+def _object_id(fd: int) -> int:
+    """The kernel id of a program or map (both info structs start with type, id)."""
+    info = syscalls.obj_get_info(fd, syscalls.BPF_INFO_HEAD.size)
+    return int(syscalls.BPF_INFO_HEAD.unpack(info)[1])
+
+
+def _named_ids(next_cmd: BpfCmd, fd_cmd: BpfCmd, info_size: int, name_offset: int) -> list[int]:
+    ids: list[int] = []
+    current = 0
+    while True:
+        next_id = syscalls.get_next_id(next_cmd, current)
+        if next_id is None:
+            return ids
+        current = next_id
+        fd = syscalls.get_fd_by_id(fd_cmd, next_id)
+        if fd is None:
+            continue  # freed meanwhile
+        try:
+            info = syscalls.obj_get_info(fd, info_size)
+        finally:
+            os.close(fd)
+        name = (
+            info[name_offset : name_offset + syscalls.BPF_OBJ_NAME_LEN].split(b"\0", 1)[0].decode()
+        )
+        if name.startswith(OBJECT_NAME_PREFIX):
+            ids.append(next_id)
+
+
+def loaded_object_ids() -> tuple[list[int], list[int]]:
+    """Ids of every loaded program and map named ``ntp_*`` (ours), any process's."""
+    try:
+        prog_ids = _named_ids(
+            BpfCmd.PROG_GET_NEXT_ID,
+            BpfCmd.PROG_GET_FD_BY_ID,
+            syscalls.BPF_PROG_INFO_SIZE,
+            syscalls.BPF_PROG_INFO_NAME_OFFSET,
+        )
+        map_ids = _named_ids(
+            BpfCmd.MAP_GET_NEXT_ID,
+            BpfCmd.MAP_GET_FD_BY_ID,
+            syscalls.BPF_MAP_INFO_SIZE,
+            syscalls.BPF_MAP_INFO_NAME_OFFSET,
+        )
+    except BpfSyscallError as err:
+        raise EbpfUnavailable(_reason("enumerating BPF objects", err)) from err
+    return prog_ids, map_ids

@@ -1,0 +1,640 @@
+"""The three tracepoint programs and the layout of the maps they fill.
+
+Stage: attribution (kernel side, optional).  Pure: builds instruction lists
+from the tracepoints' format files (parsed here, read at load time) and the
+``struct sock`` offsets found in BTF; owns the C layouts shared with user
+space (flow key, owner record, thread counters, event counters).  Callers:
+``helper.py`` (loads what is built here) and the unit tests.
+
+What the programs record:
+
+* ``sock:sock_send_length`` / ``sock:sock_recv_length`` run in the thread
+  that called sendmsg/recvmsg.  They read the flow tuple from the socket
+  (``bpf_probe_read_kernel`` on ``struct sock_common``) and store, in the
+  flows map under slot IO, the last (tid, tgid, comm, time, SEND/RECV) of the
+  flow; per thread they add one call and the bytes moved.
+* ``sock:inet_sock_set_state`` (TCP) keeps only what a system call does in
+  its owner's context: CLOSE->SYN_SENT inside connect() (the local port is
+  still 0, so the owner is kept under the socket's address in the connect
+  map and joined to the tuple at SYN_SENT->ESTABLISHED, slot OPEN, kind
+  CONNECT), ->LISTEN (slot OPEN, kind LISTEN) and the owner's own close
+  (ESTABLISHED->FIN_WAIT1, CLOSE_WAIT->LAST_ACK: slot CLOSE, kind CLOSE).
+  Any ->CLOSE marks the flow's records closed; no owner is ever taken from a
+  transition that an incoming packet causes.
+* Records are never deleted by the programs: user space drains the flows map
+  with a batch lookup-and-delete.  Local port 0 (seen after resets) is
+  skipped; a failed map update (a full preallocated hash map answers E2BIG)
+  is counted in the event counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from enum import IntEnum
+from pathlib import Path
+from typing import NamedTuple
+
+from .asm import (
+    AluOp,
+    Helper,
+    Item,
+    JmpOp,
+    Label,
+    Reg,
+    Size,
+    alu64_imm,
+    atomic_add,
+    call,
+    exit_insn,
+    ja,
+    jmp32_imm,
+    jmp_imm,
+    ld_map_fd,
+    ldx,
+    mov64_imm,
+    mov64_reg,
+    st_imm,
+    stx,
+    to_be,
+)
+from .btf import SockOffsets
+
+log = logging.getLogger(__name__)
+
+LICENSE = "GPL"  # bpf_probe_read_kernel is a GPL-only helper
+TRACEFS_ROOT = Path("/sys/kernel/tracing")
+OBJECT_NAME_PREFIX = "ntp_"
+
+AF_INET = 2
+AF_INET6 = 10
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+MSG_PEEK = 2
+
+R0, R1, R2, R3, R4 = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R4
+R6, R7, R8, R9, FP = Reg.R6, Reg.R7, Reg.R8, Reg.R9, Reg.FP
+
+
+class OwnerKind(IntEnum):
+    """What the owning task was doing when it was recorded."""
+
+    SEND = 1
+    RECV = 2
+    CONNECT = 3
+    LISTEN = 4
+    CLOSE = 5
+
+
+class Slot(IntEnum):
+    """Which record of a flow a key names: one per source, so none hides another."""
+
+    IO = 0  # last sender or receiver (SEND, RECV)
+    OPEN = 1  # who opened it (CONNECT, LISTEN)
+    CLOSE = 2  # who closed it (CLOSE)
+
+
+class TcpState(IntEnum):
+    """TCP_* socket states (include/net/tcp_states.h)."""
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+
+
+class Counter(IntEnum):
+    """Slots of the per-CPU event counter record the programs increment."""
+
+    SEND_EVENTS = 0
+    RECV_EVENTS = 1
+    STATE_EVENTS = 2  # TCP transitions seen
+    ERROR_RETURNS = 3  # send/recv that failed (ret < 0): not recorded
+    LOCAL_PORT_ZERO = 4  # skipped: local port 0
+    READ_FAILED = 5  # bpf_probe_read_kernel failed
+    FLOW_UPDATE_FAILED = 6  # flows map refused a new entry (E2BIG when full)
+    THREAD_UPDATE_FAILED = 7  # threads map refused a new entry
+    CONNECT_UPDATE_FAILED = 8  # connect map refused an entry
+    CONNECT_JOINED = 9  # SYN_SENT->ESTABLISHED found its connect() record
+    CONNECT_NOT_FOUND = 10  # ... and did not (state event lost, or LRU eviction)
+    OTHER_PROTOCOL = 11  # send/recv on a socket that is not TCP or UDP over IP
+
+
+COUNTER_SLOTS = len(Counter)
+
+# struct flow_key, 40 bytes, the flows map's key:
+#   __u8  laddr[16];  local address (IPv4: first 4 bytes, rest 0)
+#   __u8  raddr[16];  remote address (0 for unconnected UDP and listeners)
+#   __u16 lport;      local port, host order
+#   __u16 rport;      remote port, host order
+#   __u8  family;     AF_INET or AF_INET6 (the socket's)
+#   __u8  slot;       Slot
+#   __u16 protocol;   IPPROTO_TCP or IPPROTO_UDP
+FLOW_KEY = struct.Struct("=16s16sHHBBH")
+FLOW_KEY_LPORT, FLOW_KEY_RPORT, FLOW_KEY_FAMILY, FLOW_KEY_SLOT, FLOW_KEY_PROTOCOL = (
+    32,
+    34,
+    36,
+    37,
+    38,
+)
+
+# struct owner, 40 bytes, the value of the flows and connect maps:
+#   __u64 time_ns;   bpf_ktime_get_ns (CLOCK_MONOTONIC) when recorded
+#   __u32 tid;       low half of bpf_get_current_pid_tgid (initial pid namespace)
+#   __u32 tgid;      high half
+#   char  comm[16];  bpf_get_current_comm
+#   __u32 kind;      OwnerKind
+#   __u32 closed;    1 once the socket reached TCP_CLOSE
+OWNER = struct.Struct("=QII16sII")
+OWNER_TIME, OWNER_PID_TGID, OWNER_COMM, OWNER_KIND, OWNER_CLOSED = 0, 8, 16, 32, 36
+
+# struct thread_counts, 16 bytes, the threads map's value (key: __u32 tid):
+#   __u64 calls;  send/recv calls that succeeded
+#   __u64 bytes;  bytes they moved (0 for MSG_PEEK)
+THREAD_KEY = struct.Struct("=I")
+THREAD_COUNTS = struct.Struct("=QQ")
+
+# The connect map's key: the struct sock pointer (__u64).
+CONNECT_KEY = struct.Struct("=Q")
+
+# struct counters, COUNTER_SLOTS x __u64, one per CPU (Counter order).
+COUNTERS = struct.Struct(f"={COUNTER_SLOTS}Q")
+
+# The programs' stack frame (offsets from the frame pointer R10).
+STACK_KEY = -40  # struct flow_key
+STACK_VALUE = -80  # struct owner
+STACK_THREAD = -96  # struct thread_counts
+STACK_SCRATCH = -104  # __u32 tid / __u32 counter index / __u64 socket address
+
+_ACCESS = {1: Size.B, 2: Size.H, 4: Size.W, 8: Size.DW}
+
+
+class TracepointError(Exception):
+    """A tracepoint's format file is missing or lacks a field the programs need."""
+
+
+class Field(NamedTuple):
+    """One field of a tracepoint record."""
+
+    offset: int
+    size: int
+    signed: bool
+
+
+class TracepointFormat(NamedTuple):
+    """The id and fields of one tracepoint, from its ``format`` file."""
+
+    category: str
+    name: str
+    id: int
+    fields: dict[str, Field]
+
+
+_FIELD_LINE = re.compile(
+    r"^\s*field:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>\d+);"
+)
+_FIELD_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(\[[^\]]*\])?\s*$")
+
+
+def parse_format(category: str, name: str, text: str) -> TracepointFormat:
+    """Parse the text of ``events/<category>/<name>/format``."""
+    tracepoint_id = None
+    fields: dict[str, Field] = {}
+    for line in text.splitlines():
+        if line.startswith("ID:"):
+            tracepoint_id = int(line.split(":", 1)[1])
+            continue
+        match = _FIELD_LINE.match(line)
+        if not match:
+            continue
+        name_match = _FIELD_NAME.search(match["decl"])
+        if not name_match:
+            continue
+        fields[name_match[1]] = Field(
+            int(match["offset"]), int(match["size"]), match["signed"] == "1"
+        )
+    if tracepoint_id is None:
+        raise TracepointError(f"{category}:{name}: no ID line in the format file")
+    return TracepointFormat(category, name, tracepoint_id, fields)
+
+
+def read_format(category: str, name: str, tracefs_root: Path = TRACEFS_ROOT) -> TracepointFormat:
+    """Read and parse one tracepoint's format file."""
+    path = tracefs_root / "events" / category / name / "format"
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise TracepointError(f"cannot read {path}: {err.strerror}") from err
+    return parse_format(category, name, text)
+
+
+def _require(fmt: TracepointFormat, sizes: dict[str, int]) -> dict[str, Field]:
+    """The named fields, checked for the sizes the programs load."""
+    found = {}
+    for field_name, size in sizes.items():
+        field = fmt.fields.get(field_name)
+        if field is None:
+            raise TracepointError(f"{fmt.category}:{fmt.name} has no field {field_name}")
+        if field.size != size:
+            raise TracepointError(
+                f"{fmt.category}:{fmt.name} field {field_name} is {field.size} bytes, "
+                f"expected {size}"
+            )
+        found[field_name] = field
+    return found
+
+
+LENGTH_FIELDS = {"sk": 8, "family": 2, "protocol": 2, "ret": 4, "flags": 4}
+STATE_FIELDS = {
+    "skaddr": 8,
+    "oldstate": 4,
+    "newstate": 4,
+    "sport": 2,
+    "dport": 2,
+    "family": 2,
+    "protocol": 2,
+    "saddr": 4,
+    "daddr": 4,
+    "saddr_v6": 16,
+    "daddr_v6": 16,
+}
+
+
+class MapFds(NamedTuple):
+    """File descriptors of the maps the programs refer to."""
+
+    flows: int
+    threads: int
+    connect: int
+    counters: int
+
+
+# --- building blocks -----------------------------------------------------------
+
+
+def _count(counter: Counter) -> list[Item]:
+    """counters[counter] += 1 (R9 points at this CPU's counter record)."""
+    offset = counter * 8
+    return [ldx(Size.DW, R1, R9, offset), alu64_imm(AluOp.ADD, R1, 1), stx(Size.DW, R9, offset, R1)]
+
+
+def _counters_pointer(counters_fd: int) -> list[Item]:
+    """R9 = this CPU's counter record; exits if the lookup fails (it cannot)."""
+    return [
+        st_imm(Size.W, FP, STACK_SCRATCH, 0),
+        ld_map_fd(R1, counters_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
+        call(Helper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "out"),
+        mov64_reg(R9, R0),
+    ]
+
+
+def _zero_key() -> list[Item]:
+    """flow_key = {0}: the verifier wants every key byte written."""
+    return [st_imm(Size.DW, FP, STACK_KEY + offset, 0) for offset in range(0, FLOW_KEY.size, 8)]
+
+
+def _probe_read(stack_offset: int, size: int, sk_offset: int, failed: str) -> list[Item]:
+    """bpf_probe_read_kernel(fp + stack_offset, size, sk + sk_offset) (R8 = sk)."""
+    return [
+        mov64_reg(R1, FP),
+        alu64_imm(AluOp.ADD, R1, stack_offset),
+        mov64_imm(R2, size),
+        mov64_reg(R3, R8),
+        alu64_imm(AluOp.ADD, R3, sk_offset),
+        call(Helper.PROBE_READ_KERNEL),
+        jmp_imm(JmpOp.JNE, R0, 0, failed),
+    ]
+
+
+def _copy_ctx(field: Field, stack_offset: int) -> list[Item]:
+    """Copy a tracepoint field (R6 = record) to the stack in naturally aligned pieces."""
+    items: list[Item] = []
+    done = 0
+    while done < field.size:
+        piece = 8
+        while piece > 1 and (
+            (field.offset + done) % piece
+            or (stack_offset + done) % piece
+            or field.size - done < piece
+        ):
+            piece //= 2
+        items += [
+            ldx(_ACCESS[piece], R2, R6, field.offset + done),
+            stx(_ACCESS[piece], FP, stack_offset + done, R2),
+        ]
+        done += piece
+    return items
+
+
+def _current_owner(kind: OwnerKind) -> list[Item]:
+    """struct owner at STACK_VALUE = the current task, now, ``kind``, not closed."""
+    return [
+        # time_ns = bpf_ktime_get_ns()
+        call(Helper.KTIME_GET_NS),
+        stx(Size.DW, FP, STACK_VALUE + OWNER_TIME, R0),
+        # tid (low half), tgid (high half) = bpf_get_current_pid_tgid()
+        call(Helper.GET_CURRENT_PID_TGID),
+        stx(Size.DW, FP, STACK_VALUE + OWNER_PID_TGID, R0),
+        # comm = bpf_get_current_comm()
+        mov64_reg(R1, FP),
+        alu64_imm(AluOp.ADD, R1, STACK_VALUE + OWNER_COMM),
+        mov64_imm(R2, 16),
+        call(Helper.GET_CURRENT_COMM),
+        # kind, closed = 0
+        st_imm(Size.W, FP, STACK_VALUE + OWNER_KIND, kind),
+        st_imm(Size.W, FP, STACK_VALUE + OWNER_CLOSED, 0),
+    ]
+
+
+def _update_flows(flows_fd: int, value_reg: Reg | None, done: str) -> list[Item]:
+    """flows[key] = value (the stack owner, or the one ``value_reg`` points at); count a refusal."""
+    value = (
+        [mov64_reg(R3, value_reg)]
+        if value_reg is not None
+        else [
+            mov64_reg(R3, FP),
+            alu64_imm(AluOp.ADD, R3, STACK_VALUE),
+        ]
+    )
+    return [
+        ld_map_fd(R1, flows_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        *value,
+        mov64_imm(R4, 0),  # BPF_ANY
+        call(Helper.MAP_UPDATE_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, done),
+        *_count(Counter.FLOW_UPDATE_FAILED),
+        Label(done),
+    ]
+
+
+def _epilogue(extra: list[Item]) -> list[Item]:
+    """The shared exit: return 0."""
+    return [*extra, Label("out"), mov64_imm(R0, 0), exit_insn()]
+
+
+# --- sock_send_length / sock_recv_length -----------------------------------------
+
+
+def length_program(
+    kind: OwnerKind, fmt: TracepointFormat, sock: SockOffsets, fds: MapFds
+) -> list[Item]:
+    """The program for sock:sock_send_length (kind SEND) or sock:sock_recv_length (RECV)."""
+    f = _require(fmt, LENGTH_FIELDS)
+    events = Counter.SEND_EVENTS if kind == OwnerKind.SEND else Counter.RECV_EVENTS
+    items: list[Item] = [
+        # R6 = the tracepoint record
+        mov64_reg(R6, R1),
+        # R9 = this CPU's counters; count the event
+        *_counters_pointer(fds.counters),
+        *_count(events),
+        # R7 = ret (bytes moved, or -errno); a failed call is not recorded
+        ldx(Size.W, R7, R6, f["ret"].offset),
+        jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
+        # MSG_PEEK moved nothing: bytes = 0
+        ldx(Size.W, R1, R6, f["flags"].offset),
+        alu64_imm(AluOp.AND, R1, MSG_PEEK),
+        jmp_imm(JmpOp.JEQ, R1, 0, "bytes_known"),
+        mov64_imm(R7, 0),
+        Label("bytes_known"),
+        # R8 = struct sock *
+        ldx(Size.DW, R8, R6, f["sk"].offset),
+        jmp_imm(JmpOp.JEQ, R8, 0, "out"),
+        *_zero_key(),
+        # key.protocol: TCP or UDP only
+        ldx(Size.H, R1, R6, f["protocol"].offset),
+        jmp_imm(JmpOp.JEQ, R1, IPPROTO_TCP, "protocol_ok"),
+        jmp_imm(JmpOp.JEQ, R1, IPPROTO_UDP, "protocol_ok"),
+        ja("other_protocol"),
+        Label("protocol_ok"),
+        stx(Size.H, FP, STACK_KEY + FLOW_KEY_PROTOCOL, R1),
+        # key.family; the addresses come from sock_common by family
+        ldx(Size.H, R1, R6, f["family"].offset),
+        stx(Size.B, FP, STACK_KEY + FLOW_KEY_FAMILY, R1),
+        jmp_imm(JmpOp.JEQ, R1, AF_INET6, "ipv6"),
+        jmp_imm(JmpOp.JNE, R1, AF_INET, "other_protocol"),
+        # IPv4: key.laddr = skc_rcv_saddr, key.raddr = skc_daddr (4 bytes each)
+        *_probe_read(STACK_KEY, 4, sock.skc_rcv_saddr, "read_failed"),
+        *_probe_read(STACK_KEY + 16, 4, sock.skc_daddr, "read_failed"),
+        ja("ports"),
+        Label("ipv6"),
+        # IPv6: key.laddr = skc_v6_rcv_saddr, key.raddr = skc_v6_daddr (16 bytes each)
+        *_probe_read(STACK_KEY, 16, sock.skc_v6_rcv_saddr, "read_failed"),
+        *_probe_read(STACK_KEY + 16, 16, sock.skc_v6_daddr, "read_failed"),
+        Label("ports"),
+        # key.lport = skc_num (host order); key.rport = ntohs(skc_dport)
+        *_probe_read(STACK_KEY + FLOW_KEY_LPORT, 2, sock.skc_num, "read_failed"),
+        *_probe_read(STACK_KEY + FLOW_KEY_RPORT, 2, sock.skc_dport, "read_failed"),
+        ldx(Size.H, R1, FP, STACK_KEY + FLOW_KEY_RPORT),
+        to_be(R1, 16),
+        stx(Size.H, FP, STACK_KEY + FLOW_KEY_RPORT, R1),
+        # skip local port 0 (a socket after a reset)
+        ldx(Size.H, R1, FP, STACK_KEY + FLOW_KEY_LPORT),
+        jmp_imm(JmpOp.JEQ, R1, 0, "port_zero"),
+        # key.slot = IO (already 0); value = the calling thread
+        *_current_owner(kind),
+        # R6 = pid_tgid again, for the thread key (the record is no longer needed)
+        ldx(Size.DW, R6, FP, STACK_VALUE + OWNER_PID_TGID),
+        # flows[key] = value
+        *_update_flows(fds.flows, None, "flow_done"),
+        # threads[tid].calls += 1, .bytes += R7 (insert if new)
+        stx(Size.W, FP, STACK_SCRATCH, R6),
+        ld_map_fd(R1, fds.threads),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
+        call(Helper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "new_thread"),
+        mov64_imm(R1, 1),
+        atomic_add(Size.DW, R0, 0, R1),
+        atomic_add(Size.DW, R0, 8, R7),
+        ja("out"),
+        Label("new_thread"),
+        st_imm(Size.DW, FP, STACK_THREAD, 1),
+        stx(Size.DW, FP, STACK_THREAD + 8, R7),
+        ld_map_fd(R1, fds.threads),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
+        mov64_reg(R3, FP),
+        alu64_imm(AluOp.ADD, R3, STACK_THREAD),
+        mov64_imm(R4, 1),  # BPF_NOEXIST: another CPU may have inserted it meanwhile
+        call(Helper.MAP_UPDATE_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "out"),
+        *_count(Counter.THREAD_UPDATE_FAILED),
+        ja("out"),
+    ]
+    tails: list[Item] = [
+        Label("error_return"),
+        *_count(Counter.ERROR_RETURNS),
+        ja("out"),
+        Label("other_protocol"),
+        *_count(Counter.OTHER_PROTOCOL),
+        ja("out"),
+        Label("read_failed"),
+        *_count(Counter.READ_FAILED),
+        ja("out"),
+        Label("port_zero"),
+        *_count(Counter.LOCAL_PORT_ZERO),
+    ]
+    return items + _epilogue(tails)
+
+
+# --- inet_sock_set_state -------------------------------------------------------------
+
+
+def _state_key(f: dict[str, Field], slot: Slot, prefix: str) -> list[Item]:
+    """flow_key at STACK_KEY from the tracepoint record (R6); port 0 goes to port_zero."""
+    return [
+        *_zero_key(),
+        # key.family
+        ldx(Size.H, R1, R6, f["family"].offset),
+        stx(Size.B, FP, STACK_KEY + FLOW_KEY_FAMILY, R1),
+        # key.lport = sport, key.rport = dport (the record has them in host order)
+        ldx(Size.H, R2, R6, f["sport"].offset),
+        jmp_imm(JmpOp.JEQ, R2, 0, "port_zero"),
+        stx(Size.H, FP, STACK_KEY + FLOW_KEY_LPORT, R2),
+        ldx(Size.H, R2, R6, f["dport"].offset),
+        stx(Size.H, FP, STACK_KEY + FLOW_KEY_RPORT, R2),
+        # key.slot, key.protocol = TCP
+        st_imm(Size.B, FP, STACK_KEY + FLOW_KEY_SLOT, slot),
+        st_imm(Size.H, FP, STACK_KEY + FLOW_KEY_PROTOCOL, IPPROTO_TCP),
+        # addresses: saddr/daddr for IPv4, saddr_v6/daddr_v6 for IPv6
+        jmp_imm(JmpOp.JEQ, R1, AF_INET6, f"{prefix}_ipv6"),
+        jmp_imm(JmpOp.JNE, R1, AF_INET, "out"),
+        *_copy_ctx(f["saddr"], STACK_KEY),
+        *_copy_ctx(f["daddr"], STACK_KEY + 16),
+        ja(f"{prefix}_key_done"),
+        Label(f"{prefix}_ipv6"),
+        *_copy_ctx(f["saddr_v6"], STACK_KEY),
+        *_copy_ctx(f["daddr_v6"], STACK_KEY + 16),
+        Label(f"{prefix}_key_done"),
+    ]
+
+
+def _socket_address_to_scratch(f: dict[str, Field]) -> list[Item]:
+    """*(u64 *)(fp + STACK_SCRATCH) = skaddr, the connect map's key."""
+    return [ldx(Size.DW, R1, R6, f["skaddr"].offset), stx(Size.DW, FP, STACK_SCRATCH, R1)]
+
+
+def _connect_map_call(connect_fd: int, helper: Helper) -> list[Item]:
+    """R0 = helper(connect map, &scratch) for lookup or delete."""
+    return [
+        ld_map_fd(R1, connect_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
+        call(helper),
+    ]
+
+
+def _mark_closed(flows_fd: int, slot: Slot) -> list[Item]:
+    """flows[key with slot].closed = 1 when that record exists."""
+    done = f"closed_{slot.name.lower()}"
+    return [
+        st_imm(Size.B, FP, STACK_KEY + FLOW_KEY_SLOT, slot),
+        ld_map_fd(R1, flows_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        call(Helper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, done),
+        st_imm(Size.W, R0, OWNER_CLOSED, 1),
+        Label(done),
+    ]
+
+
+def state_program(fmt: TracepointFormat, fds: MapFds) -> list[Item]:
+    """The program for sock:inet_sock_set_state."""
+    f = _require(fmt, STATE_FIELDS)
+    items: list[Item] = [
+        # R6 = the tracepoint record; TCP only
+        mov64_reg(R6, R1),
+        ldx(Size.H, R1, R6, f["protocol"].offset),
+        jmp_imm(JmpOp.JNE, R1, IPPROTO_TCP, "out"),
+        # R9 = this CPU's counters; count the event
+        *_counters_pointer(fds.counters),
+        *_count(Counter.STATE_EVENTS),
+        # R7 = oldstate, R8 = newstate
+        ldx(Size.W, R7, R6, f["oldstate"].offset),
+        ldx(Size.W, R8, R6, f["newstate"].offset),
+        # --- CLOSE -> SYN_SENT: inside connect(), the current task owns the socket.
+        # The local port is still 0: keep the owner under the socket's address.
+        jmp_imm(JmpOp.JNE, R8, TcpState.SYN_SENT, "not_syn_sent"),
+        jmp_imm(JmpOp.JNE, R7, TcpState.CLOSE, "out"),
+        *_current_owner(OwnerKind.CONNECT),
+        *_socket_address_to_scratch(f),
+        ld_map_fd(R1, fds.connect),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
+        mov64_reg(R3, FP),
+        alu64_imm(AluOp.ADD, R3, STACK_VALUE),
+        mov64_imm(R4, 0),  # BPF_ANY
+        call(Helper.MAP_UPDATE_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "out"),
+        *_count(Counter.CONNECT_UPDATE_FAILED),
+        ja("out"),
+        Label("not_syn_sent"),
+        # --- SYN_SENT -> ESTABLISHED: any task (often softirq); the owner is the
+        # connect() record, now joined to the complete tuple (slot OPEN).
+        jmp_imm(JmpOp.JNE, R8, TcpState.ESTABLISHED, "not_established"),
+        jmp_imm(JmpOp.JNE, R7, TcpState.SYN_SENT, "out"),
+        *_socket_address_to_scratch(f),
+        *_connect_map_call(fds.connect, Helper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "connect_not_found"),
+        mov64_reg(R7, R0),  # R7 = the connect record (oldstate no longer needed)
+        *_state_key(f, Slot.OPEN, "joined"),
+        *_update_flows(fds.flows, R7, "joined_stored"),
+        *_count(Counter.CONNECT_JOINED),
+        *_connect_map_call(fds.connect, Helper.MAP_DELETE_ELEM),
+        ja("out"),
+        Label("not_established"),
+        # --- -> LISTEN: inside listen(), the current task owns the socket (slot OPEN).
+        jmp_imm(JmpOp.JNE, R8, TcpState.LISTEN, "not_listen"),
+        *_state_key(f, Slot.OPEN, "listen"),
+        *_current_owner(OwnerKind.LISTEN),
+        *_update_flows(fds.flows, None, "listen_stored"),
+        ja("out"),
+        Label("not_listen"),
+        # --- -> CLOSE: any task; forget a pending connect, mark every record closed.
+        jmp_imm(JmpOp.JNE, R8, TcpState.CLOSE, "not_close"),
+        *_socket_address_to_scratch(f),
+        *_connect_map_call(fds.connect, Helper.MAP_DELETE_ELEM),
+        *_state_key(f, Slot.IO, "close"),
+        *_mark_closed(fds.flows, Slot.IO),
+        *_mark_closed(fds.flows, Slot.OPEN),
+        *_mark_closed(fds.flows, Slot.CLOSE),
+        ja("out"),
+        Label("not_close"),
+        # --- the owner's own close(): ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK
+        # run in the closing task (slot CLOSE).  Other transitions carry no owner.
+        jmp_imm(JmpOp.JNE, R8, TcpState.FIN_WAIT1, "not_fin_wait1"),
+        jmp_imm(JmpOp.JEQ, R7, TcpState.ESTABLISHED, "owner_close"),
+        ja("out"),
+        Label("not_fin_wait1"),
+        jmp_imm(JmpOp.JNE, R8, TcpState.LAST_ACK, "out"),
+        jmp_imm(JmpOp.JNE, R7, TcpState.CLOSE_WAIT, "out"),
+        Label("owner_close"),
+        *_state_key(f, Slot.CLOSE, "owner_close"),
+        *_current_owner(OwnerKind.CLOSE),
+        *_update_flows(fds.flows, None, "close_stored"),
+        ja("out"),
+    ]
+    tails: list[Item] = [
+        Label("connect_not_found"),
+        *_count(Counter.CONNECT_NOT_FOUND),
+        ja("out"),
+        Label("port_zero"),
+        *_count(Counter.LOCAL_PORT_ZERO),
+    ]
+    return items + _epilogue(tails)

@@ -1,0 +1,456 @@
+"""The raw bpf(2) and perf_event_open(2) system calls through ctypes.
+
+Stage: attribution (kernel side, optional).  Owns nothing but the ctypes
+binding of libc's ``syscall()``; every function here is one system call with
+its ``union bpf_attr`` member (or ``struct perf_event_attr``) packed with
+``struct``.  Every failure is raised as :class:`BpfSyscallError` carrying the
+command name and the errno.  Callers: ``programs.py`` (map creation, program
+load), ``helper.py`` (attach, drain, status, enumeration) and the tests.
+
+Layouts are those of the kernel UAPI headers ``linux/bpf.h`` and
+``linux/perf_event.h`` on x86-64; the kernel accepts an attribute shorter than
+its own as long as it knows every member we pass.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import struct
+from enum import IntEnum
+
+log = logging.getLogger(__name__)
+
+# System call numbers on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl).
+NR_PERF_EVENT_OPEN = 298
+NR_BPF = 321
+
+LIBC_FALLBACK_NAME = "libc.so.6"
+BPF_OBJ_NAME_LEN = 16
+
+
+class BpfCmd(IntEnum):
+    """Commands of bpf(2) (enum bpf_cmd, linux/bpf.h)."""
+
+    MAP_CREATE = 0
+    MAP_LOOKUP_ELEM = 1
+    MAP_UPDATE_ELEM = 2
+    MAP_DELETE_ELEM = 3
+    MAP_GET_NEXT_KEY = 4
+    PROG_LOAD = 5
+    PROG_GET_NEXT_ID = 11
+    MAP_GET_NEXT_ID = 12
+    PROG_GET_FD_BY_ID = 13
+    MAP_GET_FD_BY_ID = 14
+    OBJ_GET_INFO_BY_FD = 15
+    MAP_LOOKUP_BATCH = 24
+    MAP_LOOKUP_AND_DELETE_BATCH = 25
+    MAP_DELETE_BATCH = 27
+    ENABLE_STATS = 32
+
+
+class MapType(IntEnum):
+    """enum bpf_map_type (linux/bpf.h), the ones used here."""
+
+    HASH = 1
+    ARRAY = 2
+    PERCPU_ARRAY = 6
+    LRU_HASH = 9
+
+
+class ProgType(IntEnum):
+    """enum bpf_prog_type (linux/bpf.h), the one used here."""
+
+    TRACEPOINT = 5
+
+
+class UpdateFlag(IntEnum):
+    """Flags of BPF_MAP_UPDATE_ELEM (linux/bpf.h)."""
+
+    ANY = 0
+    NOEXIST = 1
+    EXIST = 2
+
+
+class StatsType(IntEnum):
+    """enum bpf_stats_type (linux/bpf.h)."""
+
+    RUN_TIME = 0
+
+
+# perf_event_open constants (linux/perf_event.h).
+PERF_TYPE_TRACEPOINT = 2
+PERF_SAMPLE_RAW = 1 << 10
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
+PERF_EVENT_IOC_DISABLE = 0x2401  # _IO('$', 1)
+PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+
+# union bpf_attr, BPF_MAP_CREATE member, 44 bytes:
+#   __u32 map_type; __u32 key_size; __u32 value_size; __u32 max_entries;
+#   __u32 map_flags; __u32 inner_map_fd; __u32 numa_node;
+#   char map_name[BPF_OBJ_NAME_LEN];
+BPF_ATTR_MAP_CREATE = struct.Struct("=IIIIIII16s")
+
+# union bpf_attr, BPF_MAP_*_ELEM member, 32 bytes:
+#   __u32 map_fd; (pad 4); __aligned_u64 key; __aligned_u64 value (or next_key);
+#   __u64 flags;
+BPF_ATTR_MAP_ELEM = struct.Struct("=I4xQQQ")
+
+# union bpf_attr, BPF_MAP_*_BATCH member, 56 bytes:
+#   __aligned_u64 in_batch; __aligned_u64 out_batch; __aligned_u64 keys;
+#   __aligned_u64 values; __u32 count; __u32 map_fd; __u64 elem_flags; __u64 flags;
+BPF_ATTR_MAP_BATCH = struct.Struct("=QQQQIIQQ")
+BPF_ATTR_MAP_BATCH_COUNT_OFFSET = 32
+
+# union bpf_attr, BPF_PROG_LOAD member (first members only), 72 bytes:
+#   __u32 prog_type; __u32 insn_cnt; __aligned_u64 insns; __aligned_u64 license;
+#   __u32 log_level; __u32 log_size; __aligned_u64 log_buf; __u32 kern_version;
+#   __u32 prog_flags; char prog_name[BPF_OBJ_NAME_LEN]; __u32 prog_ifindex;
+#   __u32 expected_attach_type;
+BPF_ATTR_PROG_LOAD = struct.Struct("=IIQQIIQII16sII")
+
+# union bpf_attr, BPF_*_GET_NEXT_ID / BPF_*_GET_FD_BY_ID member, 12 bytes:
+#   __u32 start_id (or prog_id / map_id); __u32 next_id; __u32 open_flags;
+BPF_ATTR_GET_ID = struct.Struct("=III")
+BPF_ATTR_GET_ID_NEXT_OFFSET = 4
+
+# union bpf_attr, BPF_OBJ_GET_INFO_BY_FD member, 16 bytes:
+#   __u32 bpf_fd; __u32 info_len; __aligned_u64 info;
+BPF_ATTR_INFO = struct.Struct("=IIQ")
+
+# union bpf_attr, BPF_ENABLE_STATS member, 4 bytes:  __u32 type;
+BPF_ATTR_ENABLE_STATS = struct.Struct("=I")
+
+# struct bpf_prog_info (linux/bpf.h), the members read here; 232 bytes in all:
+#   __u32 type @0; __u32 id @4; ... char name[16] @64; ...
+#   __u64 run_time_ns @192; __u64 run_cnt @200; __u64 recursion_misses @208;
+#   __u32 verified_insns @216
+BPF_PROG_INFO_SIZE = 232
+# Both bpf_prog_info and bpf_map_info begin with __u32 type; __u32 id;
+BPF_INFO_HEAD = struct.Struct("=II")
+BPF_PROG_INFO_NAME_OFFSET = 64
+BPF_PROG_INFO_RUN = struct.Struct("=QQQI")  # run_time_ns, run_cnt, recursion_misses, verified_insns
+BPF_PROG_INFO_RUN_OFFSET = 192
+
+# struct bpf_map_info (linux/bpf.h), 88 bytes; the first members:
+#   __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries;
+#   __u32 map_flags; char name[16];
+BPF_MAP_INFO_SIZE = 88
+BPF_MAP_INFO_HEAD = struct.Struct("=IIIIII16s")
+BPF_MAP_INFO_NAME_OFFSET = 24
+
+# struct perf_event_attr (linux/perf_event.h), PERF_ATTR_SIZE_VER7 = 128 bytes;
+# the members set here, the rest zero:
+#   __u32 type @0; __u32 size @4; __u64 config @8; __u64 sample_period @16;
+#   __u64 sample_type @24; __u64 read_format @32; __u64 flag bits @40;
+#   __u32 wakeup_events @48; __u32 bp_type @52; then 72 bytes we leave zero
+PERF_EVENT_ATTR = struct.Struct("=IIQQQQQII72x")
+PERF_EVENT_ATTR_SIZE = 128
+
+
+class BpfSyscallError(Exception):
+    """A bpf(2) or perf_event_open(2) call failed.
+
+    ``call`` names the command, ``errno`` is the kernel's error number and
+    ``log`` the verifier log for a rejected program (else empty).
+    """
+
+    def __init__(self, call: str, error_number: int, log_text: str = "") -> None:
+        self.call = call
+        self.errno = error_number
+        self.log = log_text
+        super().__init__(f"{call}: [Errno {error_number}] {os.strerror(error_number)}")
+
+
+def _load_libc() -> ctypes.CDLL:
+    name = ctypes.util.find_library("c") or LIBC_FALLBACK_NAME
+    libc = ctypes.CDLL(name, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+_libc = _load_libc()
+
+
+def _syscall(call: str, number: int, *args: object) -> int:
+    """One raw system call; returns its result or raises BpfSyscallError."""
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        raise BpfSyscallError(call, ctypes.get_errno())
+    return result
+
+
+def bpf(cmd: BpfCmd, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(cmd, attr, sizeof attr); the attribute buffer may be written back."""
+    return _syscall(
+        cmd.name,
+        NR_BPF,
+        ctypes.c_int(cmd),
+        ctypes.cast(attr, ctypes.c_void_p),
+        ctypes.c_uint(ctypes.sizeof(attr)),
+    )
+
+
+def _buffer(data: bytes) -> ctypes.Array[ctypes.c_char]:
+    """A writable C copy of ``data``, exactly as long (no trailing NUL)."""
+    return ctypes.create_string_buffer(data, len(data))
+
+
+def _address(buffer: ctypes.Array[ctypes.c_char] | None) -> int:
+    return 0 if buffer is None else ctypes.addressof(buffer)
+
+
+def map_create(
+    map_type: MapType, key_size: int, value_size: int, max_entries: int, name: str
+) -> int:
+    """BPF_MAP_CREATE; returns the map's fd (close-on-exec)."""
+    attr = _buffer(
+        BPF_ATTR_MAP_CREATE.pack(
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+            0,
+            0,
+            0,
+            name.encode()[: BPF_OBJ_NAME_LEN - 1],
+        )
+    )
+    return bpf(BpfCmd.MAP_CREATE, attr)
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """BPF_MAP_LOOKUP_ELEM; None when the key is absent.
+
+    For a per-CPU map ``value_size`` must be the value size rounded up to 8
+    times the number of possible CPUs.
+    """
+    key_buffer = _buffer(key)
+    value_buffer = ctypes.create_string_buffer(value_size)
+    attr = _buffer(BPF_ATTR_MAP_ELEM.pack(map_fd, _address(key_buffer), _address(value_buffer), 0))
+    try:
+        bpf(BpfCmd.MAP_LOOKUP_ELEM, attr)
+    except BpfSyscallError as err:
+        if err.errno == errno.ENOENT:
+            return None
+        raise
+    return value_buffer.raw
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
+    """BPF_MAP_UPDATE_ELEM."""
+    key_buffer = _buffer(key)
+    value_buffer = _buffer(value)
+    attr = _buffer(
+        BPF_ATTR_MAP_ELEM.pack(map_fd, _address(key_buffer), _address(value_buffer), flags)
+    )
+    bpf(BpfCmd.MAP_UPDATE_ELEM, attr)
+
+
+def map_lookup_batch(
+    map_fd: int, key_size: int, value_size: int, delete: bool, chunk_count: int
+) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map with BPF_MAP_LOOKUP[_AND_DELETE]_BATCH.
+
+    ``chunk_count`` elements are asked for per call; it must be at least the
+    longest hash bucket (the kernel answers ENOSPC otherwise, and we then
+    retry with a larger chunk).  With ``delete`` each element returned is
+    removed in the same call, so nothing recorded between two drains is lost.
+    """
+    cmd = BpfCmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else BpfCmd.MAP_LOOKUP_BATCH
+    result: list[tuple[bytes, bytes]] = []
+    in_batch = ctypes.create_string_buffer(8)
+    out_batch = ctypes.create_string_buffer(8)
+    first = True
+    while True:
+        keys = ctypes.create_string_buffer(key_size * chunk_count)
+        values = ctypes.create_string_buffer(value_size * chunk_count)
+        attr = _buffer(
+            BPF_ATTR_MAP_BATCH.pack(
+                0 if first else _address(in_batch),
+                _address(out_batch),
+                _address(keys),
+                _address(values),
+                chunk_count,
+                map_fd,
+                0,
+                0,
+            )
+        )
+        done = False
+        try:
+            bpf(cmd, attr)
+        except BpfSyscallError as err:
+            if err.errno == errno.ENOSPC:
+                chunk_count *= 2
+                continue
+            if err.errno != errno.ENOENT:
+                raise
+            done = True
+        (count,) = struct.unpack_from("=I", attr.raw, BPF_ATTR_MAP_BATCH_COUNT_OFFSET)
+        raw_keys = keys.raw
+        raw_values = values.raw
+        for index in range(count):
+            result.append(
+                (
+                    raw_keys[index * key_size : (index + 1) * key_size],
+                    raw_values[index * value_size : (index + 1) * value_size],
+                )
+            )
+        if done:
+            return result
+        ctypes.memmove(in_batch, out_batch, 8)
+        first = False
+
+
+def prog_load(
+    prog_type: ProgType, instructions: bytes, license_text: str, name: str, log_size: int = 0
+) -> int:
+    """BPF_PROG_LOAD; returns the program's fd.
+
+    With ``log_size`` the verifier's log (level 1) is kept and attached to
+    the BpfSyscallError of a rejected program.
+    """
+    insns = _buffer(instructions)
+    license_buffer = ctypes.create_string_buffer(license_text.encode())
+    log_buffer = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = _buffer(
+        BPF_ATTR_PROG_LOAD.pack(
+            prog_type,
+            len(instructions) // 8,
+            _address(insns),
+            _address(license_buffer),
+            1 if log_size else 0,
+            log_size,
+            _address(log_buffer),
+            0,
+            0,
+            name.encode()[: BPF_OBJ_NAME_LEN - 1],
+            0,
+            0,
+        )
+    )
+    try:
+        return bpf(BpfCmd.PROG_LOAD, attr)
+    except BpfSyscallError as err:
+        if log_buffer is not None:
+            err.log = log_buffer.value.decode("utf-8", "replace")
+        raise
+
+
+def get_next_id(cmd: BpfCmd, start_id: int) -> int | None:
+    """BPF_PROG_GET_NEXT_ID / BPF_MAP_GET_NEXT_ID; None after the last one."""
+    attr = _buffer(BPF_ATTR_GET_ID.pack(start_id, 0, 0))
+    try:
+        bpf(cmd, attr)
+    except BpfSyscallError as err:
+        if err.errno == errno.ENOENT:
+            return None
+        raise
+    (next_id,) = struct.unpack_from("=I", attr.raw, BPF_ATTR_GET_ID_NEXT_OFFSET)
+    return int(next_id)
+
+
+def get_fd_by_id(cmd: BpfCmd, object_id: int) -> int | None:
+    """BPF_PROG_GET_FD_BY_ID / BPF_MAP_GET_FD_BY_ID; None if it went away."""
+    attr = _buffer(BPF_ATTR_GET_ID.pack(object_id, 0, 0))
+    try:
+        return bpf(cmd, attr)
+    except BpfSyscallError as err:
+        if err.errno == errno.ENOENT:
+            return None
+        raise
+
+
+def obj_get_info(fd: int, info_size: int) -> bytes:
+    """BPF_OBJ_GET_INFO_BY_FD into a zeroed buffer of ``info_size`` bytes."""
+    info = ctypes.create_string_buffer(info_size)
+    attr = _buffer(BPF_ATTR_INFO.pack(fd, info_size, _address(info)))
+    bpf(BpfCmd.OBJ_GET_INFO_BY_FD, attr)
+    return info.raw
+
+
+def enable_run_stats() -> int:
+    """BPF_ENABLE_STATS (run time and count): on while the returned fd is open."""
+    attr = _buffer(BPF_ATTR_ENABLE_STATS.pack(StatsType.RUN_TIME))
+    return bpf(BpfCmd.ENABLE_STATS, attr)
+
+
+def perf_event_open_tracepoint(tracepoint_id: int, cpu: int) -> int:
+    """perf_event_open for one tracepoint, every process (pid -1) on ``cpu``.
+
+    A BPF program set on this event runs for the tracepoint on every CPU;
+    pid -1 with cpu -1 is refused by the kernel (EINVAL).
+    """
+    attr = _buffer(
+        PERF_EVENT_ATTR.pack(
+            PERF_TYPE_TRACEPOINT,
+            PERF_EVENT_ATTR_SIZE,
+            tracepoint_id,
+            1,
+            PERF_SAMPLE_RAW,
+            0,
+            0,
+            1,
+            0,
+        )
+    )
+    return _syscall(
+        "perf_event_open",
+        NR_PERF_EVENT_OPEN,
+        ctypes.cast(attr, ctypes.c_void_p),
+        ctypes.c_int(-1),
+        ctypes.c_int(cpu),
+        ctypes.c_int(-1),
+        ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC),
+    )
+
+
+def perf_event_attach(perf_fd: int, prog_fd: int) -> None:
+    """PERF_EVENT_IOC_SET_BPF then PERF_EVENT_IOC_ENABLE on the event."""
+    try:
+        fcntl.ioctl(perf_fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as err:
+        raise BpfSyscallError("PERF_EVENT_IOC_SET_BPF", err.errno or errno.EIO) from err
+
+
+def perf_event_disable(perf_fd: int) -> None:
+    """PERF_EVENT_IOC_DISABLE; closing the fd afterwards detaches the program."""
+    try:
+        fcntl.ioctl(perf_fd, PERF_EVENT_IOC_DISABLE, 0)
+    except OSError as err:
+        raise BpfSyscallError("PERF_EVENT_IOC_DISABLE", err.errno or errno.EIO) from err
+
+
+def mount_tracefs(target: str) -> None:
+    """mount -t tracefs tracefs <target>."""
+    _libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
+    _libc.mount.restype = ctypes.c_int
+    if _libc.mount(b"tracefs", target.encode(), b"tracefs", 0, None) != 0:
+        raise BpfSyscallError("mount tracefs", ctypes.get_errno())
+
+
+def possible_cpu_count(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """Number of possible CPUs: a per-CPU map value holds one copy for each ("0-3,8" list)."""
+    try:
+        with open(path) as handle:
+            text = handle.read().strip()
+    except OSError as err:
+        raise BpfSyscallError(f"read {path}", err.errno or errno.EIO) from err
+    count = 0
+    for part in text.split(","):
+        first, _dash, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count

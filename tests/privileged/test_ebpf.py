@@ -1,0 +1,446 @@
+"""The eBPF ownership helper on the real kernel (root).
+
+Every workload runs as a separate process inside a network namespace the
+fixture creates (``ip netns exec``), talking over that namespace's loopback;
+it reports its own pids and thread ids (``threading.get_native_id()``, the
+initial pid namespace's numbers since ``ip netns exec`` keeps the pid
+namespace) and the ports it used: that report is the ground truth the
+drained records are compared with.  When the helper cannot load here the
+tests are skipped with the helper's own reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from netatopd.ebpf import (
+    EbpfUnavailable,
+    FlowOwner,
+    KernelOwnership,
+    OwnerKind,
+    loaded_object_ids,
+    syscalls,
+)
+from netatopd.ebpf.btf import VMLINUX_BTF_PATH, Btf, sock_offsets
+
+pytestmark = pytest.mark.privileged
+
+NETNS_PREFIX = "ntpC"
+WORKLOAD_TIMEOUT_S = 60
+FREE_WAIT_S = 5.0  # the kernel frees maps after an RCU grace period (about 20 ms here)
+LOOPBACK4 = bytes([127, 0, 0, 1])
+WILDCARD4 = bytes(4)
+TCP, UDP = 6, 17
+
+
+def root_or_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("PRIVILEGED TEST SKIPPED: the eBPF helper needs root (bpf, perf_event_open)")
+
+
+@pytest.fixture
+def helper() -> Iterator[KernelOwnership]:
+    root_or_skip()
+    try:
+        loaded = KernelOwnership.load()
+    except EbpfUnavailable as err:
+        pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
+    try:
+        loaded.drain()  # start from an empty flows map
+        loaded.thread_counts()
+        yield loaded
+    finally:
+        loaded.close()
+
+
+def run_workload(netns: Any, script: str) -> dict[str, Any]:
+    """Run a Python script inside the namespace; its last stdout line is JSON."""
+    done = subprocess.run(
+        [*netns.exec_prefix, sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=WORKLOAD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def flow_records(
+    owners: list[FlowOwner], protocol: int, local_port: int, local_addr: bytes = LOOPBACK4
+) -> list[FlowOwner]:
+    return [
+        o
+        for o in owners
+        if o.protocol == protocol and o.local_port == local_port and o.local_addr == local_addr
+    ]
+
+
+def wait_until_freed(prog_ids: list[int], map_ids: list[int]) -> tuple[set[int], set[int]]:
+    """Ours still loaded after at most FREE_WAIT_S (the kernel frees asynchronously)."""
+    deadline = time.monotonic() + FREE_WAIT_S
+    while True:
+        progs, maps = loaded_object_ids()
+        left = (set(prog_ids) & set(progs), set(map_ids) & set(maps))
+        if not any(left) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)
+
+
+# --- BTF on this kernel --------------------------------------------------------------
+
+
+def test_btf_resolves_sock_common_on_this_kernel() -> None:
+    if not VMLINUX_BTF_PATH.exists():
+        pytest.skip("PRIVILEGED TEST SKIPPED: this kernel has no /sys/kernel/btf/vmlinux")
+    offsets = sock_offsets(Btf.from_file())
+    # struct sock_common on x86-64 since Linux 4.x: addrpair @0, portpair @12,
+    # family @16, v6 addresses @56/@72; sk_protocol a u16 since 5.6.
+    assert offsets[:7] == (16, 14, 12, 4, 0, 72, 56)
+    assert offsets.sk_protocol_is_bitfield is False
+
+
+# --- threads, each with its own connection ------------------------------------------
+
+THREADS_SCRIPT = """
+import json, os, socket, threading
+ROUNDS, SIZE = 20, 100
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)
+usrv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); usrv.bind(("127.0.0.1", 0))
+port, uport = srv.getsockname()[1], usrv.getsockname()[1]
+server = os.fork()
+if server == 0:
+    srv.settimeout(10); usrv.settimeout(10)
+    def echo_tcp(conn):
+        with conn:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                conn.sendall(data)
+    def echo_udp():
+        for _ in range(ROUNDS):
+            data, peer = usrv.recvfrom(4096)
+            usrv.sendto(data, peer)
+    workers = [threading.Thread(target=echo_udp)]
+    workers[0].start()
+    for _ in range(3):
+        conn, _ = srv.accept()
+        workers.append(threading.Thread(target=echo_tcp, args=(conn,)))
+        workers[-1].start()
+    for worker in workers:
+        worker.join(10)
+    os._exit(0)
+srv.close(); usrv.close()
+results = {}
+def client(index):
+    calls = moved = 0
+    record = {"tid": threading.get_native_id()}
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        record["tcp"] = s.getsockname()[1]
+        for _ in range(ROUNDS):
+            sent = 0
+            while sent < SIZE:
+                sent += s.send(bytes(SIZE - sent)); calls += 1
+            got = 0
+            while got < SIZE:
+                got += len(s.recv(SIZE - got)); calls += 1
+            moved += sent + got
+        if index == 0:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.settimeout(10)
+                for _ in range(ROUNDS):
+                    moved += u.sendto(bytes(SIZE), ("127.0.0.1", uport)); calls += 1
+                    moved += len(u.recvfrom(4096)[0]); calls += 1
+                record["udp"] = u.getsockname()[1]
+    record["calls"], record["bytes"] = calls, moved
+    results[index] = record
+threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+for t in threads: t.start()
+for t in threads: t.join(20)
+_, status = os.waitpid(server, 0)
+assert status == 0 and len(results) == 3
+print(json.dumps({"pid": os.getpid(), "server": server, "port": port, "uport": uport,
+                  "threads": [results[i] for i in range(3)]}))
+"""
+
+
+def test_threads_each_with_own_connection(
+    helper: KernelOwnership, make_netns: Callable[..., Any]
+) -> None:
+    report = run_workload(make_netns(NETNS_PREFIX), THREADS_SCRIPT)
+    owners = helper.drain()
+    counts = helper.thread_counts()
+    pid, server = report["pid"], report["server"]
+    for record in report["threads"]:
+        tid = record["tid"]
+        client_side = flow_records(owners, TCP, record["tcp"])
+        by_kind = {o.kind: o for o in client_side}
+        # the last sender/receiver, the connect() record and the closer: all this thread
+        assert set(by_kind) == {OwnerKind.RECV, OwnerKind.CONNECT, OwnerKind.CLOSE}, client_side
+        for owner in client_side:
+            assert (owner.tgid, owner.tid, owner.remote_port) == (pid, tid, report["port"])
+            assert owner.closed is True
+        # the server's accepted socket belongs to the server process
+        server_side = [
+            o for o in flow_records(owners, TCP, report["port"]) if o.remote_port == record["tcp"]
+        ]
+        assert server_side and {o.tgid for o in server_side} == {server}
+        # per-thread calls and bytes, exactly as counted by the thread itself
+        assert counts[tid] == (record["calls"], record["bytes"])
+    # the unconnected UDP socket is bound to the wildcard address by its first sendto()
+    udp = flow_records(owners, UDP, report["threads"][0]["udp"], WILDCARD4)
+    assert [(o.tgid, o.tid, o.remote_addr, o.closed) for o in udp] == [
+        (pid, report["threads"][0]["tid"], b"", False)
+    ]
+    assert udp[0].kind is OwnerKind.RECV  # the last call was recvfrom
+    status = helper.status()
+    assert status["ebpf_drops"] == 0 and status["ebpf_read_failed"] == 0
+
+
+# --- short-lived processes ------------------------------------------------------------
+
+SHORT_LIVED_SCRIPT = """
+import json, os, random, socket, threading, time
+COUNT = 50
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64); srv.settimeout(10)
+port = srv.getsockname()[1]
+def serve():
+    for _ in range(COUNT):
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(conn.recv(64))
+threading.Thread(target=serve, daemon=True).start()
+rng = random.Random(7)
+read_end, write_end = os.pipe()
+children = []
+for _ in range(COUNT):
+    life_s = rng.uniform(0.005, 0.020)
+    child = os.fork()
+    if child == 0:
+        started = time.monotonic()
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"x" * 32)
+            s.recv(64)
+            os.write(write_end, f"{os.getpid()} {s.getsockname()[1]}\\n".encode())
+            s.close()
+            left = life_s - (time.monotonic() - started)
+            if left > 0:
+                time.sleep(left)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    children.append(child)
+failed = sum(1 for child in children if os.waitpid(child, 0)[1] != 0)
+os.close(write_end)
+lines = os.read(read_end, 65536).decode().split()
+pairs = [[int(lines[i]), int(lines[i + 1])] for i in range(0, len(lines), 2)]
+print(json.dumps({"failed": failed, "children": pairs, "port": port}))
+"""
+
+
+def test_fifty_short_lived_processes(
+    helper: KernelOwnership, make_netns: Callable[..., Any]
+) -> None:
+    report = run_workload(make_netns(NETNS_PREFIX), SHORT_LIVED_SCRIPT)
+    assert report["failed"] == 0 and len(report["children"]) == 50
+    owners = helper.drain()
+    exact = 0
+    for child_pid, local_port in report["children"]:
+        records = [
+            o for o in flow_records(owners, TCP, local_port) if o.remote_port == report["port"]
+        ]
+        kinds = {o.kind for o in records}
+        if records and {o.tgid for o in records} == {child_pid} and {OwnerKind.CONNECT} <= kinds:
+            exact += 1
+    assert exact == 50, f"{exact} of 50 short-lived processes attributed exactly"
+
+
+# --- connect in one thread, use in another --------------------------------------------
+
+HANDOFF_SCRIPT = """
+import json, os, socket, threading
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4); srv.settimeout(10)
+port = srv.getsockname()[1]
+def serve():
+    conn, _ = srv.accept()
+    with conn:
+        conn.sendall(conn.recv(64))
+        conn.recv(64)
+server = threading.Thread(target=serve); server.start()
+box = {}
+def connect():
+    box["sock"] = socket.create_connection(("127.0.0.1", port), timeout=10)
+    box["connector"] = threading.get_native_id()
+def use():
+    box["sock"].sendall(b"y" * 10)
+    box["sock"].recv(64)
+    box["user"] = threading.get_native_id()
+for target in (connect, use):
+    t = threading.Thread(target=target); t.start(); t.join(10)
+local_port = box["sock"].getsockname()[1]
+box["sock"].close()
+server.join(10)
+print(json.dumps({"pid": os.getpid(), "connector": box["connector"], "user": box["user"],
+                  "closer": threading.get_native_id(), "local_port": local_port, "port": port}))
+"""
+
+
+def test_connect_in_one_thread_send_in_another(
+    helper: KernelOwnership, make_netns: Callable[..., Any]
+) -> None:
+    report = run_workload(make_netns(NETNS_PREFIX), HANDOFF_SCRIPT)
+    owners = helper.drain()
+    records = {o.kind: o for o in flow_records(owners, TCP, report["local_port"])}
+    recorded = {kind.name: (o.tgid, o.tid) for kind, o in records.items()}
+    connector, user, closer = report["connector"], report["user"], report["closer"]
+    print(f"connector {connector} user {user} closer {closer}: {recorded}")
+    # CONNECT: the thread that called connect(); RECV: the last thread that
+    # received (the user thread); CLOSE: the thread that called close().
+    assert recorded == {
+        "CONNECT": (report["pid"], report["connector"]),
+        "RECV": (report["pid"], report["user"]),
+        "CLOSE": (report["pid"], report["closer"]),
+    }
+
+
+# --- lifecycle ----------------------------------------------------------------------
+
+
+def test_nothing_stays_loaded_after_close() -> None:
+    root_or_skip()
+    try:
+        loaded = KernelOwnership.load()
+    except EbpfUnavailable as err:
+        pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
+    prog_ids, map_ids = loaded.object_ids()
+    try:
+        assert len(prog_ids) == 3 and len(map_ids) == 4
+        progs, maps = loaded_object_ids()
+        assert set(prog_ids) <= set(progs) and set(map_ids) <= set(maps)
+    finally:
+        loaded.close()
+    loaded.close()  # idempotent
+    assert wait_until_freed(prog_ids, map_ids) == (set(), set())
+    with pytest.raises(EbpfUnavailable, match="closed"):
+        loaded.drain()
+
+
+def test_a_forked_child_drops_its_copies(helper: KernelOwnership) -> None:
+    prog_ids, _map_ids = helper.object_ids()
+    fds = list(helper._fds) + list(helper._perf_fds)
+    child = os.fork()
+    if child == 0:
+        still_open = 0
+        for fd in fds:
+            try:
+                os.fstat(fd)
+                still_open += 1
+            except OSError:
+                pass
+        os._exit(min(still_open, 100))
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert set(prog_ids) <= set(loaded_object_ids()[0])  # the parent's helper is untouched
+
+
+def test_load_failure_after_maps_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    root_or_skip()
+    before_progs, before_maps = loaded_object_ids()
+
+    def refuse(tracepoint_id: int, cpu: int) -> int:
+        raise syscalls.BpfSyscallError("perf_event_open", 19)
+
+    monkeypatch.setattr(syscalls, "perf_event_open_tracepoint", refuse)
+    with pytest.raises(EbpfUnavailable, match="perf_event_open") as caught:
+        KernelOwnership.load()
+    assert "No such device" in caught.value.reason
+    deadline = time.monotonic() + FREE_WAIT_S
+    while True:
+        progs, maps = loaded_object_ids()
+        new = (set(progs) - set(before_progs), set(maps) - set(before_maps))
+        # another helper loaded meanwhile by a concurrent test would be named ntp_ too;
+        # none runs here, so anything new is a leak of the failed load
+        if new == (set(), set()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert new == (set(), set())
+
+
+def test_missing_btf_refuses_with_a_reason(tmp_path: Any) -> None:
+    root_or_skip()
+    with pytest.raises(EbpfUnavailable) as caught:
+        KernelOwnership.load(btf_path=tmp_path / "vmlinux")
+    assert "struct sock offsets unknown" in caught.value.reason
+    assert "no calibration fallback" in caught.value.reason
+
+
+def test_status_reports_runs_and_map_fill(helper: KernelOwnership) -> None:
+    # a bounded UDP exchange on loopback, in this thread
+    import socket
+
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        for _ in range(10):
+            sender.sendto(b"z", receiver.getsockname())
+        for _ in range(10):
+            receiver.recv(16)
+        sender_port = sender.getsockname()[1]
+    before = helper.status()
+    owners = helper.drain()
+    mine = flow_records(owners, UDP, sender_port, WILDCARD4)
+    assert [(o.tgid, o.tid, o.kind) for o in mine] == [
+        (os.getpid(), threading.get_native_id(), OwnerKind.SEND)
+    ]
+    status = helper.status()
+    assert int(before["ebpf_send_events"]) >= 10 and int(before["ebpf_recv_events"]) >= 10
+    assert status["ebpf_flows_last_drain"] == len(owners)
+    assert (
+        status["ebpf_flow_map_fill_percent"] == int(status["ebpf_flows_peak_drain"]) * 100 // 32768
+    )
+    for name in ("ntp_send", "ntp_recv", "ntp_state"):
+        assert f"{name}_recursion_misses" in status and f"{name}_run_cnt" in status
+
+
+def test_ipv6_and_ipv4_mapped_addresses(helper: KernelOwnership) -> None:
+    import socket
+
+    tid = threading.get_native_id()
+    ports = {}
+    for name, connect_to in (("v6", "::1"), ("mapped", "::ffff:127.0.0.1")):
+        with socket.socket(socket.AF_INET6) as listener:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.bind(("::", 0))
+            listener.listen(1)
+            with socket.socket(socket.AF_INET6) as client:
+                client.connect((connect_to, listener.getsockname()[1]))
+                server, _ = listener.accept()
+                with server:
+                    client.sendall(b"q")
+                    server.recv(1)
+                ports[name] = (client.getsockname()[1], listener.getsockname()[1])
+    owners = helper.drain()
+    v6 = flow_records(owners, TCP, ports["v6"][0], bytes(15) + b"\x01")
+    assert {(o.kind, o.remote_addr, o.remote_port, o.tid) for o in v6} == {
+        (kind, bytes(15) + b"\x01", ports["v6"][1], tid)
+        for kind in (OwnerKind.SEND, OwnerKind.CONNECT, OwnerKind.CLOSE)
+    }
+    mapped = flow_records(owners, TCP, ports["mapped"][0], LOOPBACK4)
+    assert {(o.kind, o.remote_addr, o.remote_port, o.tid) for o in mapped} == {
+        (kind, LOOPBACK4, ports["mapped"][1], tid)
+        for kind in (OwnerKind.SEND, OwnerKind.CONNECT, OwnerKind.CLOSE)
+    }
