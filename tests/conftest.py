@@ -12,7 +12,9 @@ import os
 
 import pytest
 
-REQUIRE_PRIVILEGED = os.environ.get("CI") == "true" or os.environ.get("NETATOP_REQUIRE_PRIVILEGED") == "1"
+REQUIRE_PRIVILEGED = (
+    os.environ.get("CI") == "true" or os.environ.get("NETATOP_REQUIRE_PRIVILEGED") == "1"
+)
 _skipped_privileged: list[str] = []
 
 

@@ -35,7 +35,11 @@ class Netns:
 
     def run(self, *argv: str, timeout_s: float = 30) -> str:
         done = subprocess.run(
-            [*self.exec_prefix, *argv], check=True, capture_output=True, text=True, timeout=timeout_s
+            [*self.exec_prefix, *argv],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
         return done.stdout
 
