@@ -1,0 +1,294 @@
+"""The counting stages without root: flows, owner resolution, the sweep, the exit list.
+
+Fakes stand in for sock_diag and /proc so every owner, start time and inode is
+chosen by the test; the ground truth is the packets the test feeds in.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from netatopd.attribution import Resolver
+from netatopd.exitlist import ExitList, Sweeper
+from netatopd.flows import FlowTable
+from netatopd.netlink.sockdiag import SocketInfo
+from netatopd.parse import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Direction
+from netatopd.procfs import ProcessGone, ProcStat
+from netatopd.tasks import ExitedTask, TaskInfo, TaskTable
+
+LOCAL = bytes([192, 0, 2, 1])
+REMOTE = bytes([198, 51, 100, 7])
+HZ = 100
+BOOT_S = 1_700_000_000.0
+
+
+def key(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    return src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+
+
+class FakeProcFS:
+    """Processes as the test declares them: pid -> (comm, start ticks, {inode: fd})."""
+
+    boot_time_s = BOOT_S
+    clock_ticks_per_s = HZ
+
+    def __init__(self) -> None:
+        self.procs: dict[int, tuple[str, int, dict[int, int]]] = {}
+        self.threads: dict[int, int] = {}
+
+    def add(self, pid: int, comm: str, start_ticks: int, inodes: dict[int, int]) -> None:
+        self.procs[pid] = (comm, start_ticks, inodes)
+
+    def _get(self, pid: int) -> tuple[str, int, dict[int, int]]:
+        if pid not in self.procs:
+            raise ProcessGone(pid)
+        return self.procs[pid]
+
+    def pids(self) -> list[int]:
+        return sorted(self.procs)
+
+    def stat(self, pid: int) -> ProcStat:
+        comm, start, _ = self._get(pid)
+        return ProcStat(pid, comm, "S", 1, self.threads.get(pid, 1), start)
+
+    def btime(self, start_time_ticks: int) -> int:
+        return int(BOOT_S + start_time_ticks // HZ)
+
+    def fd_count(self, pid: int) -> int:
+        return len(self._get(pid)[2])
+
+    def socket_inodes(self, pid: int) -> dict[int, int]:
+        return dict(self._get(pid)[2])
+
+    def cmdline(self, pid: int) -> str:
+        return self._get(pid)[0] + " --flag"
+
+    def uid(self, pid: int) -> int:
+        self._get(pid)
+        return 1000
+
+
+class FakeSockDiag:
+    """sock_diag answers by (protocol, local port)."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[tuple[int, int], SocketInfo] = {}
+
+    def add(self, protocol: int, local_port: int, inode: int, state: int = 1, remote_port: int = 9) -> None:
+        self.sockets[(protocol, local_port)] = SocketInfo(
+            socket.AF_INET, protocol, state, LOCAL, local_port, REMOTE, remote_port, inode, 1000, 1
+        )
+
+    def lookup(self, protocol: int, local_addr: bytes, local_port: int, remote_addr: bytes, remote_port: int) -> SocketInfo | None:
+        return self.sockets.get((protocol, local_port))
+
+    def dump(self, protocol: int, family: int, states: int = 0) -> list[SocketInfo]:
+        return [s for s in self.sockets.values() if s.protocol == protocol and s.family == family]
+
+
+class World:
+    def __init__(self, **resolver_options: float) -> None:
+        self.procfs = FakeProcFS()
+        self.sockdiag = FakeSockDiag()
+        self.flows = FlowTable(max_flows=100)
+        self.tasks = TaskTable(max_tasks=10)
+        self.exit_list = ExitList(lifetime_s=15)
+
+        def gone(task: TaskInfo) -> None:
+            self.tasks.remove(task)
+            self.exit_list.add(task.finished(time.time()))
+
+        self.resolver = Resolver(
+            self.flows, self.tasks, self.procfs, self.sockdiag, on_task_gone=gone, **resolver_options  # type: ignore[arg-type]
+        )
+        self.sweeper = Sweeper(self.flows, self.tasks, self.resolver, self.exit_list, self.procfs, self.sockdiag)  # type: ignore[arg-type]
+
+    def feed(self, packets: list[tuple[int, int, bytes, int]], now_s: float | None = None) -> None:
+        now = time.time() if now_s is None else now_s
+        self.flows.account(packets, now)
+        self.resolver.settle(now)
+        self.resolver.resolve(now)
+
+
+def test_loopback_packet_is_a_send_and_a_receive() -> None:
+    flows = FlowTable()
+    k = key(LOCAL, LOCAL, 40000, 80)
+    flows.account([(Direction.LOOPBACK, PROTO_TCP, k, 100)], 1.0)
+    assert flows.count == 2
+    sender, receiver = flows.tcp_sent[k], flows.tcp_received[k]
+    assert sender is not receiver
+    assert (sender.local_port, sender.remote_port, sender.snd_packs, sender.snd_bytes) == (40000, 80, 1, 100)
+    assert (receiver.local_port, receiver.remote_port, receiver.rcv_packs, receiver.rcv_bytes) == (80, 40000, 1, 100)
+    assert flows.totals.tcp_sent == 1 and flows.totals.tcp_received == 1
+
+
+def test_both_directions_of_a_connection_are_one_flow() -> None:
+    flows = FlowTable()
+    out = key(LOCAL, REMOTE, 40000, 443)
+    back = key(REMOTE, LOCAL, 443, 40000)
+    flows.account([(Direction.SENT, PROTO_TCP, out, 60), (Direction.RECEIVED, PROTO_TCP, back, 1500)], 1.0)
+    assert flows.count == 1
+    flow = flows.tcp_sent[out]
+    assert flows.tcp_received[back] is flow
+    assert flow.take_pending() == (1, 60, 1, 1500)
+
+
+def test_udp_flows_are_local_endpoints_and_icmp_is_only_counted() -> None:
+    flows = FlowTable()
+    packets = [
+        (Direction.RECEIVED, PROTO_UDP, key(REMOTE, LOCAL, 5000 + i, 53), 80) for i in range(5)
+    ] + [(Direction.SENT, PROTO_ICMP, b"", 70)]
+    flows.account(packets, 1.0)
+    assert flows.count == 1
+    assert flows.udp_local[LOCAL + (53).to_bytes(2, "big")].take_pending() == (0, 0, 5, 400)
+    assert flows.totals.icmp_sent == 1 and flows.totals.icmp_received == 0
+
+
+def test_flow_cap_refuses_and_counts_unidentified() -> None:
+    flows = FlowTable(max_flows=3)
+    packets = [(Direction.RECEIVED, PROTO_UDP, key(REMOTE, LOCAL, 9, 2000 + i), 50) for i in range(10)]
+    flows.account(packets, 1.0)
+    assert flows.count == 3
+    assert flows.overflow == 7
+    assert flows.totals.udp_received_unidentified == 7
+
+
+def test_owner_found_and_counters_settled_exactly() -> None:
+    w = World()
+    w.procfs.add(100, "client", 500, {7001: 3})
+    w.sockdiag.add(PROTO_TCP, 40000, 7001)
+    out = key(LOCAL, REMOTE, 40000, 443)
+    back = key(REMOTE, LOCAL, 443, 40000)
+    w.feed([(Direction.SENT, PROTO_TCP, out, 60)] * 3 + [(Direction.RECEIVED, PROTO_TCP, back, 1000)] * 2)
+    task = w.tasks.get(100)
+    assert task is not None
+    assert task.counters == [3, 180, 2, 2000, 0, 0, 0, 0]
+    assert (task.command, task.btime, task.uid) == ("client", int(BOOT_S + 5), 1000)
+    w.feed([(Direction.SENT, PROTO_TCP, out, 60)])
+    assert task.counters[:2] == [4, 240]
+
+
+def test_newest_holder_of_a_shared_socket_wins() -> None:
+    w = World()
+    w.procfs.add(100, "parent", 500, {7001: 3})
+    w.procfs.add(101, "child", 900, {7001: 3})
+    w.sockdiag.add(PROTO_TCP, 8080, 7001)
+    w.feed([(Direction.RECEIVED, PROTO_TCP, key(REMOTE, LOCAL, 5555, 8080), 100)])
+    assert w.tasks.get(101) is not None and w.tasks.get(101).counters[2:4] == [1, 100]  # type: ignore[union-attr]
+    assert w.tasks.get(100) is None
+
+
+def test_socket_moves_to_a_newer_process_on_rescan() -> None:
+    w = World(rescan_interval_s=0.0)
+    w.procfs.add(100, "parent", 500, {7001: 3})
+    w.sockdiag.add(PROTO_TCP, 8080, 7001)
+    inbound = key(REMOTE, LOCAL, 5555, 8080)
+    w.feed([(Direction.RECEIVED, PROTO_TCP, inbound, 100)])
+    w.procfs.add(101, "child", 900, {7001: 3})  # fork: the child holds the socket too
+    w.resolver.rescan(time.time())
+    w.feed([(Direction.RECEIVED, PROTO_TCP, inbound, 100)] * 2)
+    assert w.tasks.get(100).counters[2:4] == [1, 100]  # type: ignore[union-attr]
+    assert w.tasks.get(101).counters[2:4] == [2, 200]  # type: ignore[union-attr]
+
+
+def test_reused_pid_does_not_inherit_counters() -> None:
+    w = World()
+    w.procfs.add(100, "old", 500, {7001: 3})
+    w.sockdiag.add(PROTO_UDP, 5353, 7001)
+    w.feed([(Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 90)] * 4)
+    old = w.tasks.get(100)
+    assert old is not None and old.counters[4:6] == [4, 360]
+    # pid 100 exits and a new process gets the same pid (another start time)
+    w.procfs.add(100, "new", 7000, {8001: 4})
+    w.sockdiag.add(PROTO_UDP, 6000, 8001)
+    w.feed([(Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 6000, 53), 90)])
+    new = w.tasks.get(100)
+    assert new is not None and new is not old
+    assert new.command == "new" and new.counters[4:6] == [1, 90]
+    exited = w.exit_list.pop_oldest()
+    assert exited is not None and (exited.tgid, exited.command, exited.counters[4:6]) == (100, "old", (4, 360))
+
+
+def test_flow_without_owner_is_written_off_as_unidentified() -> None:
+    w = World(unowned_limit_s=60)
+    k = key(REMOTE, LOCAL, 9999, 7777)
+    w.feed([(Direction.RECEIVED, PROTO_UDP, k, 100)] * 3, now_s=1000.0)
+    assert w.flows.count == 1 and w.flows.totals.udp_received_unidentified == 0
+    w.resolver.resolve(1061.0, everything=True)
+    assert w.flows.count == 0
+    assert w.flows.totals.udp_received_unidentified == 3
+    assert w.resolver.unowned_written_off == 1
+
+
+def test_listener_gives_a_provisional_owner_until_the_socket_is_accepted() -> None:
+    w = World()
+    w.procfs.add(100, "server", 500, {7001: 3})
+    w.sockdiag.add(PROTO_TCP, 8080, 7001, state=10, remote_port=0)  # only the listener
+    inbound = key(REMOTE, LOCAL, 5555, 8080)
+    w.feed([(Direction.RECEIVED, PROTO_TCP, inbound, 60)])
+    assert w.tasks.get(100).counters[2:4] == [1, 60]  # type: ignore[union-attr]
+    assert w.resolver.pending_count() == 1
+    w.procfs.add(100, "server", 500, {7001: 3, 7002: 4})
+    w.sockdiag.add(PROTO_TCP, 8080, 7002)  # accepted: established socket with its inode
+    w.resolver.resolve(time.time(), everything=True)
+    assert w.resolver.pending_count() == 0
+    assert w.flows.tcp_received[inbound].inode == 7002
+
+
+def test_sweep_moves_finished_processes_to_the_exit_list() -> None:
+    w = World()
+    w.procfs.add(100, "short", 500, {7001: 3})
+    w.sockdiag.add(PROTO_UDP, 5353, 7001)
+    w.feed([(Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 90)] * 2)
+    del w.procfs.procs[100]
+    w.sweeper.run(time.time())
+    assert w.tasks.get(100) is None
+    entries = w.exit_list.snapshot()
+    assert [(e.tgid, e.command, e.cmdline, e.uid, e.counters) for e in entries] == [
+        (100, "short", "short --flag", 1000, (0, 0, 0, 0, 2, 180, 0, 0))
+    ]
+
+
+def test_sweep_drops_closed_tcp_and_idle_udp_flows() -> None:
+    w = World()
+    w.procfs.add(100, "p", 500, {7001: 3, 7002: 4})
+    w.sockdiag.add(PROTO_TCP, 40000, 7001)
+    w.sockdiag.add(PROTO_UDP, 5353, 7002)
+    old = time.time() - 100
+    w.feed(
+        [(Direction.SENT, PROTO_TCP, key(LOCAL, REMOTE, 40000, 443), 60), (Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 60)],
+        now_s=old,
+    )
+    assert w.flows.count == 2
+    del w.sockdiag.sockets[(PROTO_TCP, 40000)]  # the connection closed
+    w.sweeper.run(time.time())
+    assert w.flows.count == 0  # TCP: not ESTABLISHED any more; UDP on port 5353 > 1024: idle 100 s
+
+
+def test_exit_list_order_and_expiry() -> None:
+    exits = ExitList(lifetime_s=15)
+    for pid in (1, 2, 3):
+        exits.entries.append((ExitedTask(pid, 0, "x", "", -1, 0, 0, 0, (0,) * 8), 100.0 + pid))
+    assert exits.pop_oldest().tgid == 1  # type: ignore[union-attr]
+    assert exits.expire(now_monotonic_s=117.5) == 1  # entry 2 added at 102 is 15.5 s old
+    assert [e.tgid for e in exits.snapshot()] == [3]
+    assert exits.expired == 1
+
+
+def test_task_cap_counts_overflow() -> None:
+    tasks = TaskTable(max_tasks=2)
+    assert tasks.admit(TaskInfo(1, 0, 0, "a")) and tasks.admit(TaskInfo(2, 0, 0, "b"))
+    assert not tasks.admit(TaskInfo(3, 0, 0, "c"))
+    assert tasks.overflow == 1 and len(tasks) == 2
+
+
+@pytest.mark.parametrize("udp,index", [(False, 0), (True, 4)])
+def test_task_add_puts_counters_in_struct_taskcount_order(udp: bool, index: int) -> None:
+    task = TaskInfo(1, 0, 0, "a")
+    task.add(udp, (1, 2, 3, 4), 5.0)
+    expected = [0] * 8
+    expected[index : index + 4] = [1, 2, 3, 4]
+    assert task.counters == expected and task.first_activity_s == 5.0
