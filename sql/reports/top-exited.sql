@@ -1,0 +1,23 @@
+-- top-exited: finished processes that moved the most bytes in their life, largest first
+-- params: :since :until :limit :command
+--
+-- Rows of exited whose exit_time is in [:since, :until), ranked by their
+-- final counters (works with sampling off).
+SELECT
+    tgid,
+    btime,
+    command,
+    uid,
+    strftime('%Y-%m-%d %H:%M:%S', exit_time, 'unixepoch', 'localtime') AS exit_time,
+    sndpacks,
+    sndbytes,
+    rcvpacks,
+    rcvbytes,
+    total_bytes,
+    cmdline
+FROM exited_totals
+WHERE (:since IS NULL OR exit_time >= :since)
+  AND (:until IS NULL OR exit_time < :until)
+  AND (:command IS NULL OR command = :command)
+ORDER BY total_bytes DESC, exited_totals.exit_time, tgid
+LIMIT coalesce(:limit, -1);

@@ -1,0 +1,294 @@
+"""SQL reports against a database filled with known rows, and parse_time.
+
+Ground truth: the rows below, inserted by hand; every expected answer is worked
+out by hand from them (comments show the sums).  Times are UTC (TZ=UTC for the
+test) from T0 = 2026-11-27 00:00:00 UTC.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import apsw
+import pytest
+
+from netatopd import store
+
+T0 = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp())  # 1795737600
+assert T0 == 1795737600
+
+# samples: time, interval_s, tgid, btime, command, uid, 8 counter deltas
+SAMPLES = [
+    # nginx 100: 10/1000 sent, 20/2000 received at 00:30; 5/500, 5/500 at 01:10
+    (T0 + 1800, 60.0, 100, 1000, "nginx", 33, 10, 1000, 20, 2000, 0, 0, 0, 0),
+    (T0 + 4200, 60.0, 100, 1000, "nginx", 33, 5, 500, 5, 500, 0, 0, 0, 0),
+    # nginx 101 at 00:30: 1/100, 1/100
+    (T0 + 1800, 60.0, 101, 1001, "nginx", 33, 1, 100, 1, 100, 0, 0, 0, 0),
+    # curl 200 at 01:20: TCP 3/300 4/4000, UDP 1/100 1/200
+    (T0 + 4800, 60.0, 200, 2000, "curl", 1000, 3, 300, 4, 4000, 1, 100, 1, 200),
+    # dig 300 at 02:01: UDP 2/150 2/350
+    (T0 + 7260, 60.0, 300, 3000, "dig", 1000, 0, 0, 0, 0, 2, 150, 2, 350),
+    # ssh 400, owner unknown, at 00:10: TCP 1/60 1/40
+    (T0 + 600, 60.0, 400, 4000, "ssh", None, 1, 60, 1, 40, 0, 0, 0, 0),
+]
+# exited: tgid, btime, command, cmdline, uid, first, last, exit_time, 8 counters
+EXITED = [
+    (200, 2000, "curl", "curl https://example.org/", 1000, T0 + 4700.0, T0 + 4790.0)
+    + (T0 + 4900.0, 3, 300, 4, 4000, 1, 100, 1, 200),
+    (300, 3000, "dig", "dig example.org", 1000, T0 + 7250.0, T0 + 7255.0)
+    + (T0 + 7300.0, 0, 0, 0, 0, 2, 150, 2, 350),
+    (400, 4000, "ssh", None, None, T0 + 550.0, T0 + 600.0) + (T0 + 700.0, 1, 60, 1, 40, 0, 0, 0, 0),
+]
+
+# Per process in samples (sndpacks, sndbytes, rcvpacks, rcvbytes, total_bytes):
+#   curl 200: 4, 400, 5, 4200, 4600     nginx 100: 15, 1500, 25, 2500, 4000
+#   dig 300:  2, 150, 2, 350, 500        nginx 101: 1, 100, 1, 100, 200
+#   ssh 400:  1, 60, 1, 40, 100
+CURL = (200, 2000, "curl", 1000, 4, 400, 5, 4200, 4600)
+NGINX = (100, 1000, "nginx", 33, 15, 1500, 25, 2500, 4000)
+DIG = (300, 3000, "dig", 1000, 2, 150, 2, 350, 500)
+NGINX2 = (101, 1001, "nginx", 33, 1, 100, 1, 100, 200)
+SSH = (400, 4000, "ssh", None, 1, 60, 1, 40, 100)
+WINDOW_COLUMNS = ["sndpacks", "sndbytes", "rcvpacks", "rcvbytes", "total_bytes"]
+EXIT_COLUMNS = ["tgid", "btime", "command", "uid", "exit_time", *WINDOW_COLUMNS, "cmdline"]
+EXIT_CURL = (200, 2000, "curl", 1000, "2026-11-27 01:21:40", 4, 400, 5, 4200, 4600) + (
+    "curl https://example.org/",
+)
+EXIT_DIG = (300, 3000, "dig", 1000, "2026-11-27 02:01:40", 2, 150, 2, 350, 500, "dig example.org")
+EXIT_SSH = (400, 4000, "ssh", None, "2026-11-27 00:11:40", 1, 60, 1, 40, 100, None)
+
+NO_FILTER: dict[str, object] = {"since": None, "until": None, "limit": None, "command": None}
+
+# name -> (params, columns, rows): one entry per report file, all of them.
+EXPECTED: dict[str, list[tuple[dict[str, object], list[str], list[tuple[object, ...]]]]] = {
+    "top-processes": [
+        (
+            NO_FILTER,
+            ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS],
+            [CURL, NGINX, DIG, NGINX2, SSH],
+        ),
+        # 01:00 to 02:00: nginx 100's second sample and curl.
+        (
+            {"since": T0 + 3600, "until": T0 + 7200},
+            ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS],
+            [CURL, (100, 1000, "nginx", 33, 5, 500, 5, 500, 1000)],
+        ),
+        ({"limit": 2}, ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS], [CURL, NGINX]),
+        (
+            {"command": "nginx"},
+            ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS],
+            [NGINX, NGINX2],
+        ),
+    ],
+    "by-command": [
+        (
+            NO_FILTER,
+            ["command", "processes", *WINDOW_COLUMNS],
+            [
+                ("curl", 1, 4, 400, 5, 4200, 4600),
+                ("nginx", 2, 16, 1600, 26, 2600, 4200),  # 100 + 101
+                ("dig", 1, 2, 150, 2, 350, 500),
+                ("ssh", 1, 1, 60, 1, 40, 100),
+            ],
+        ),
+        (
+            {"until": T0 + 3600},  # 00:xx only: nginx 100 first sample, nginx 101, ssh
+            ["command", "processes", *WINDOW_COLUMNS],
+            [("nginx", 2, 11, 1100, 21, 2100, 3200), ("ssh", 1, 1, 60, 1, 40, 100)],
+        ),
+    ],
+    "by-user": [
+        (
+            NO_FILTER,
+            ["uid", "processes", *WINDOW_COLUMNS],
+            [
+                (1000, 2, 6, 550, 7, 4550, 5100),  # curl + dig
+                (33, 2, 16, 1600, 26, 2600, 4200),
+                (None, 1, 1, 60, 1, 40, 100),
+            ],
+        ),
+        (
+            {"command": "dig"},
+            ["uid", "processes", *WINDOW_COLUMNS],
+            [(1000, 1, 2, 150, 2, 350, 500)],
+        ),
+    ],
+    "hourly": [
+        (
+            NO_FILTER,
+            ["hour_start", "hour", "processes", *WINDOW_COLUMNS],
+            [
+                # 00:xx: nginx 100 (10, 1000, 20, 2000), nginx 101 (1, 100, 1, 100),
+                # ssh (1, 60, 1, 40)
+                (T0, "2026-11-27 00:00", 3, 12, 1160, 22, 2140, 3300),
+                # 01:xx: nginx 100 (5, 500, 5, 500), curl (4, 400, 5, 4200)
+                (T0 + 3600, "2026-11-27 01:00", 2, 9, 900, 10, 4700, 5600),
+                (T0 + 7200, "2026-11-27 02:00", 1, 2, 150, 2, 350, 500),
+            ],
+        ),
+        (
+            {"since": T0 + 3600, "limit": 1},
+            ["hour_start", "hour", "processes", *WINDOW_COLUMNS],
+            [(T0 + 3600, "2026-11-27 01:00", 2, 9, 900, 10, 4700, 5600)],
+        ),
+    ],
+    "recent-exits": [
+        (NO_FILTER, EXIT_COLUMNS, [EXIT_DIG, EXIT_CURL, EXIT_SSH]),
+        ({"since": T0 + 700.0, "until": T0 + 7300.0}, EXIT_COLUMNS, [EXIT_CURL, EXIT_SSH]),
+        ({"limit": 1}, EXIT_COLUMNS, [EXIT_DIG]),
+    ],
+    "top-exited": [
+        (NO_FILTER, EXIT_COLUMNS, [EXIT_CURL, EXIT_DIG, EXIT_SSH]),
+        ({"command": "ssh"}, EXIT_COLUMNS, [EXIT_SSH]),
+    ],
+}
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> apsw.Connection:
+    path = str(tmp_path / "known.db")
+    conn = store.open_db(path)
+    with conn:
+        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", SAMPLES)
+        conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED)
+    conn.close()
+    return store.open_db(path, readonly=True)
+
+
+def test_every_report_has_a_header_and_a_known_answer() -> None:
+    reports = store.list_reports()
+    assert sorted(r.name for r in reports) == sorted(EXPECTED)
+    for report in reports:
+        assert Path(report.path).stem == report.name
+        assert report.description and "\n" not in report.description
+        assert report.params == ("since", "until", "limit", "command")
+
+
+@pytest.mark.parametrize(
+    ("name", "case"), [(name, i) for name, cases in EXPECTED.items() for i in range(len(cases))]
+)
+def test_report_returns_the_known_answer(
+    utc: None, history: apsw.Connection, name: str, case: int
+) -> None:
+    params, columns, rows = EXPECTED[name][case]
+    assert store.run_report(history, name, params) == (columns, rows)
+
+
+def test_report_with_no_rows_still_names_its_columns(utc: None, history: apsw.Connection) -> None:
+    columns, rows = store.run_report(history, "hourly", {"since": T0 + 86400})
+    assert rows == []
+    assert columns == ["hour_start", "hour", "processes", *WINDOW_COLUMNS]
+
+
+def test_report_hour_is_local_time(
+    monkeypatch: pytest.MonkeyPatch, history: apsw.Connection
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time.tzset()
+    try:
+        _, rows = store.run_report(history, "hourly", {"limit": 1})
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert rows[0][:2] == (T0, "2026-11-27 05:30")
+
+
+def test_run_report_refusals(tmp_path: Path, history: apsw.Connection) -> None:
+    with pytest.raises(store.StoreError, match="no report named 'nope'"):
+        store.run_report(history, "nope", {})
+    with pytest.raises(ValueError, match=":pid"):
+        store.run_report(history, "hourly", {"pid": 5})
+    # A parameter the report does not take is fine when it is NULL, with or without colon.
+    assert store.run_report(history, "hourly", {":pid": None, ":limit": 0})[1] == []
+
+    own = tmp_path / "reports"
+    own.mkdir()
+    (own / "wipe.sql").write_text("-- wipe: delete everything\n-- params:\nDELETE FROM exited;\n")
+    (own / "two.sql").write_text("-- two: two statements\n-- params:\nSELECT 1; SELECT 2;\n")
+    (own / "liar.sql").write_text(
+        "-- liar: header and SQL disagree\n-- params: :since\nSELECT :until AS u;\n"
+    )
+    (own / "noheader.sql").write_text("SELECT 1;\n")
+    (own / "mine.sql").write_text(
+        "-- mine: processes per command\n-- params: :command\n"
+        "SELECT command, count(*) AS n FROM exited WHERE :command IS NULL OR command = :command"
+        " GROUP BY command ORDER BY command;\n"
+    )
+    assert [r.name for r in store.list_reports(own)] == ["liar", "mine", "two", "wipe"]
+    with pytest.raises(store.StoreError, match="would change the database"):
+        store.run_report(history, "wipe", {}, own)
+    with pytest.raises(store.StoreError, match="one SQL statement"):
+        store.run_report(history, "two", {}, own)
+    with pytest.raises(store.StoreError, match="header declares :since but the SQL uses :until"):
+        store.run_report(history, "liar", {}, own)
+    assert store.run_report(history, "mine", {}, own) == (
+        ["command", "n"],
+        [("curl", 1), ("dig", 1), ("ssh", 1)],
+    )
+    assert store.run_report(history, "mine", {"command": "dig"}, own) == (
+        ["command", "n"],
+        [("dig", 1)],
+    )
+
+
+# ------------------------------------------------------------------- parse_time
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", NOW - 90),
+        ("15m", NOW - 900),
+        ("2h", NOW - 7200),
+        ("1d", NOW - 86400),
+        ("1w", NOW - 604800),
+        ("1.5h", NOW - 5400),
+        (" 2H ", NOW - 7200),
+        ("now", NOW),
+        ("@1795737600", 1795737600.0),
+        ("2026-11-27T02:00", T0 + 7200.0),
+        ("2026-11-27 02:00:30", T0 + 7230.0),
+        ("2026-11-27", float(T0)),
+        ("2026-11-27T02:00Z", T0 + 7200.0),
+        ("2026-11-27T03:00+01:00", T0 + 7200.0),
+        # A time of day is today's (the day of NOW: 2027-01-15 08:00 UTC).
+        ("02:00", NOW - 6 * 3600),
+        ("23:59:59", NOW + 15 * 3600 + 59 * 60 + 59),
+    ],
+)
+def test_parse_time(utc: None, text: str, expected: float) -> None:
+    assert store.parse_time(text, now_s=NOW) == expected
+
+
+def test_parse_time_naive_is_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        assert store.parse_time("2026-11-27T05:30") == float(T0)
+        assert store.parse_time("2026-11-27T05:30Z") == float(T0) + 5.5 * 3600
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "yesterday", "2h ago", "-2h", "5", "2026-13-01", "@x", "1y", "25:00", "2:00", "@nan"],
+)
+def test_parse_time_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="cannot read time"):
+        store.parse_time(text, now_s=NOW)
