@@ -25,7 +25,9 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
+from .ebpf import FlowOwner, KernelOwnership, OwnerKind
 from .flows import Flow, FlowState, FlowTable
 from .netlink.sockdiag import SockDiag, SocketInfo
 from .parse import PROTO_UDP
@@ -141,6 +143,77 @@ class InodeIndex:
         return found
 
 
+KERNEL_DRAIN_INTERVAL_S = 0.005  # how often the eBPF helper's records are read
+KERNEL_OWNER_KEEP_S = 300.0  # a record this old (and its flow unseen) is forgotten
+KERNEL_OWNERS_MAX = 200_000
+
+
+class KernelOwner(NamedTuple):
+    tgid: int
+    tid: int
+    comm: str
+    time_ns: int
+
+
+class KernelOwners:
+    """What the eBPF helper said about each flow: who opened it, who used it last.
+
+    Rule: an actively opened TCP connection belongs to the thread that called
+    connect(); any other flow to the last thread that sent or received on it.
+    State-change records alone are never trusted for ownership (the kernel
+    may skip them under load), only together with send/recv records.
+    """
+
+    def __init__(self, helper: KernelOwnership) -> None:
+        self.helper = helper
+        self.connect: dict[tuple[bytes, int, bytes, int], KernelOwner] = {}
+        self.used: dict[tuple[int, bytes, int, bytes, int], KernelOwner] = {}
+        self.last_drain_monotonic_s = 0.0
+        self.records = 0
+        self.drains = 0
+
+    def drain(self) -> list[FlowOwner]:
+        self.last_drain_monotonic_s = time.monotonic()
+        records = self.helper.drain()
+        self.drains += 1
+        self.records += len(records)
+        for r in records:
+            owner = KernelOwner(r.tgid, r.tid, r.comm, r.time_ns)
+            if r.kind == OwnerKind.CONNECT:
+                self.connect[(r.local_addr, r.local_port, r.remote_addr, r.remote_port)] = owner
+            elif r.kind in (OwnerKind.SEND, OwnerKind.RECV):
+                key = (r.protocol, r.local_addr, r.local_port, r.remote_addr, r.remote_port)
+                known = self.used.get(key)
+                if known is None or known.time_ns <= r.time_ns:
+                    self.used[key] = owner
+        if len(self.connect) + len(self.used) > KERNEL_OWNERS_MAX:
+            self.expire(time.monotonic_ns() - int(KERNEL_OWNER_KEEP_S * 1e9) // 10)
+        return records
+
+    def expire(self, older_than_ns: int | None = None) -> None:
+        if older_than_ns is None:
+            older_than_ns = time.monotonic_ns() - int(KERNEL_OWNER_KEEP_S * 1e9)
+        limit = older_than_ns
+        self.connect = {k: v for k, v in self.connect.items() if v.time_ns >= limit}
+        self.used = {k: v for k, v in self.used.items() if v.time_ns >= limit}
+
+    def owner_of(self, flow: Flow) -> KernelOwner | None:
+        if flow.proto == PROTO_UDP:
+            wildcard = bytes(len(flow.local_addr))
+            for local in (flow.local_addr, wildcard):
+                # a connected socket first, then an unconnected one
+                for remote, rport in ((flow.remote_addr, flow.remote_port), (b"", 0)):
+                    owner = self.used.get((PROTO_UDP, local, flow.local_port, remote, rport))
+                    if owner is not None:
+                        return owner
+            return None
+        tuple4 = (flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port)
+        owner = self.connect.get(tuple4)
+        if owner is not None:
+            return owner
+        return self.used.get((flow.proto, *tuple4))
+
+
 class Resolver:
     """Finds the owner of each flow and keeps it current."""
 
@@ -153,6 +226,7 @@ class Resolver:
         on_task_gone: Callable[[TaskInfo], None],
         unowned_limit_s: float = UNOWNED_LIMIT_S_DEFAULT,
         rescan_interval_s: float = RESCAN_INTERVAL_S_DEFAULT,
+        kernel: KernelOwnership | None = None,
     ) -> None:
         self.flows = flows
         self.tasks = tasks
@@ -162,6 +236,10 @@ class Resolver:
         self.unowned_limit_s = unowned_limit_s
         self.rescan_interval_s = rescan_interval_s
         self.inodes = InodeIndex(procfs)
+        self.kernel = KernelOwners(kernel) if kernel is not None else None
+        self.kernel_finds = 0  # owners known from the eBPF helper
+        self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
+        self.proc_nlink = 0
         self.inode_flows: dict[int, list[Flow]] = {}
         # Flows waiting for an owner, by when to look again: (due_s, sequence, flow).
         # Entries of flows that got an owner or went away are skipped when they surface.
@@ -191,7 +269,7 @@ class Resolver:
             owner = flow.owner
             if owner is not None:
                 assert isinstance(owner, TaskInfo)
-                owner.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s)
+                owner.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s, flow.tid)
             elif flow.state == FlowState.ORPHANED:
                 self.flows.write_off(flow)
 
@@ -200,6 +278,13 @@ class Resolver:
     def resolve(self, now_s: float, everything: bool = False) -> None:
         """Look up new flows, retry the pending ones that are due (all if everything)."""
         deadline = time.monotonic() + RESOLVE_BUDGET_S
+        kernel = self.kernel
+        if kernel is not None and (
+            everything
+            or self.flows.new
+            or time.monotonic() - kernel.last_drain_monotonic_s >= KERNEL_DRAIN_INTERVAL_S
+        ):
+            self._apply_kernel_records(kernel.drain(), now_s)
         new = self.flows.new
         if new:
             self.flows.new = []
@@ -236,6 +321,52 @@ class Resolver:
             self._resolve(flow, now_s)
         if now_s - self.last_rescan_s >= self.rescan_interval_s and (new or self.flows.count):
             self.rescan(now_s)
+
+    def _apply_kernel_records(self, records: list[FlowOwner], now_s: float) -> None:
+        """Flows already known whose owning thread the kernel names anew move to it."""
+        assert self.kernel is not None
+        flows = self.flows
+        for r in records:
+            if r.kind not in (OwnerKind.SEND, OwnerKind.RECV, OwnerKind.CONNECT):
+                continue
+            if r.protocol == PROTO_UDP:
+                flow = flows.udp_local.get(r.local_addr + r.local_port.to_bytes(2, "big"))
+            elif r.remote_addr:
+                key = (
+                    r.local_addr
+                    + r.remote_addr
+                    + r.local_port.to_bytes(2, "big")
+                    + r.remote_port.to_bytes(2, "big")
+                )
+                flow = flows.tcp_sent.get(key)
+            else:
+                continue
+            if flow is None or flow.state == FlowState.NEW:
+                continue  # resolved in its turn, with this record
+            owner = self.kernel.owner_of(flow)
+            if owner is None:
+                continue
+            current = flow.owner
+            if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:  # type: ignore[attr-defined]
+                continue
+            task = self._task_from_kernel(owner, now_s)
+            if task is not None:
+                self._assign(flow, task, now_s, final=True, tid=owner.tid)
+
+    def _task_from_kernel(self, owner: KernelOwner, now_s: float) -> TaskInfo | None:
+        """The TaskInfo of a process the kernel named; from the record if it is gone already."""
+        task = self._task(owner.tgid, now_s)
+        if task is not None:
+            return task
+        task = self.tasks.get(owner.tgid)
+        if task is not None:
+            return task
+        if owner.tgid in self.finished:
+            return None  # already in the exit list: it is not resurrected
+        # Finished before we looked: its name is known, its start time is not (btime 0);
+        # the next sweep moves it to the exit list with these packets.
+        task = TaskInfo(owner.tgid, -1, 0, owner.comm)
+        return task if self.tasks.admit(task) else None
 
     def rescan(self, now_s: float, full: bool = False) -> None:
         """Refresh the inode index; sockets gained by a newer process move to it."""
@@ -283,6 +414,14 @@ class Resolver:
 
     def _resolve(self, flow: Flow, now_s: float) -> None:
         flow.lookups += 1
+        if self.kernel is not None:
+            owner = self.kernel.owner_of(flow)
+            if owner is not None:
+                task = self._task_from_kernel(owner, now_s)
+                if task is not None:
+                    self.kernel_finds += 1
+                    self._assign(flow, task, now_s, final=True, tid=owner.tid)
+                    return
         self.lookups += 1
         sock = self._lookup(flow)
         if sock is None or sock.inode == 0:
@@ -427,12 +566,14 @@ class Resolver:
             return None
         return task
 
-    def _assign(self, flow: Flow, task: TaskInfo, now_s: float, final: bool) -> None:
-        """Give the flow to task; its unsettled counters (held while unowned) go along."""
+    def _assign(self, flow: Flow, task: TaskInfo, now_s: float, final: bool, tid: int = 0) -> None:
+        """Give the flow to task (and thread tid, if the kernel named it); its unsettled
+        counters (held while unowned) go along."""
         flow.owner = task
+        flow.tid = tid
         flow.state = FlowState.OWNED if final else FlowState.PROVISIONAL
         if flow.pending_packets:
-            task.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s)
+            task.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s, tid)
         if final:
             self.remembered[self._identity(flow)] = (task, now_s + REMEMBER_OWNERS_S)
             self.remembered.move_to_end(self._identity(flow))
@@ -447,7 +588,11 @@ class Resolver:
             return
         for task in tasks:
             task.exited = True
+            self.finished[task.tgid] = None
+            self.finished.move_to_end(task.tgid)
             self.on_task_gone(task)
+        while len(self.finished) > REMEMBER_OWNERS_MAX:
+            self.finished.popitem(last=False)
         for flow in self.flows.all_flows():
             owner = flow.owner
             if owner is not None and owner.exited:  # type: ignore[attr-defined]

@@ -22,13 +22,14 @@ import signal
 import socket
 import sys
 import time
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from . import __version__
 from .attribution import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT, Resolver
 from .capture.links import LinkTable
 from .capture.pcap import Capture, CaptureError, CapturePermissionError, LibpcapMissing
 from .client import CONTROL_SOCKET_NAME, RUN_DIR_DEFAULT
+from .ebpf import EbpfUnavailable, KernelOwnership
 from .exitlist import (
     EXIT_LIFETIME_S_DEFAULT,
     GC_INTERVAL_S_DEFAULT,
@@ -43,11 +44,14 @@ from .parse import Reject, parse_batch
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
 from .server import ControlServer, ServerError
-from .tasks import MAX_TASKS_DEFAULT, TaskInfo, TaskTable
+from .store import HistoryWriter, StoreError
+from .table import STATUS_FIELDS, TableWriter, table_path
+from .tasks import MAX_TASKS_DEFAULT, ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_LIBPCAP, EXIT_PRIVILEGES, EXIT_RUN_DIR = 0, 1, 2, 3, 4, 5
+EXIT_NO_KERNEL_OWNERSHIP = 6
 DB_DEFAULT = "/var/lib/netatop/netatop.db"
 BATCH_PACKETS = 2048
 IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
@@ -61,6 +65,31 @@ MALFORMED = (
 )
 
 
+class KernelOwnershipFailed(Exception):
+    """--ownership kernel was asked for and the eBPF helper did not load."""
+
+
+SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
+
+
+def load_kernel_ownership(mode: str) -> tuple[KernelOwnership | None, str]:
+    """The eBPF helper for --ownership auto|kernel, or None for proc; and a note for STATUS."""
+    if mode == "proc":
+        return None, "/proc and sock_diag (--ownership proc)"
+    try:
+        if os.environ.get(SIMULATE_EBPF_FAILURE_ENV) == "1":
+            raise EbpfUnavailable(f"simulated load failure ({SIMULATE_EBPF_FAILURE_ENV}=1)")
+        helper = KernelOwnership.load()
+    except EbpfUnavailable as err:
+        if mode == "kernel":
+            raise KernelOwnershipFailed(
+                f"the eBPF ownership helper did not load: {err.reason}"
+            ) from err
+        log.warning("eBPF ownership helper not loaded (%s); owners come from /proc", err.reason)
+        return None, f"/proc and sock_diag: eBPF helper not loaded: {err.reason}"
+    return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
+
+
 class Engine:
     """Every stage wired together, plus the answers the control socket gives."""
 
@@ -72,6 +101,7 @@ class Engine:
         self.rejects = [0] * (max(int(r) for r in Reject) + 1)
         self.procfs = ProcFS()
         self.sockdiag = SockDiag()
+        self.kernel, self.ownership_note = load_kernel_ownership(options.ownership)
         self.flows = FlowTable(max_flows=options.max_flows)
         self.tasks = TaskTable(max_tasks=options.max_tasks)
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
@@ -83,6 +113,7 @@ class Engine:
             on_task_gone=self._task_gone,
             unowned_limit_s=options.unowned_limit_s,
             rescan_interval_s=options.rescan_interval_ms / 1000.0,
+            kernel=self.kernel,
         )
         self.sweeper = Sweeper(
             self.flows,
@@ -95,6 +126,28 @@ class Engine:
             tcp_idle_s=options.tcp_idle_s,
             udp_idle_s=options.udp_idle_s,
         )
+        self.table = TableWriter(
+            table_path(options.run_dir), options.table_capacity, options.publish_interval_ms
+        )
+        self.publish_interval_s = options.publish_interval_ms / 1000.0
+        self.last_publish_monotonic_s = 0.0
+        self.history: HistoryWriter | None = None
+        self.history_problem = "disabled (--no-history)" if options.no_history else ""
+        if not options.no_history:
+            try:
+                self.history = HistoryWriter(
+                    options.db,
+                    flush_interval_s=options.flush_interval_s,
+                    sample_interval_s=options.sample_interval_s or None,
+                    retention_days=options.retention_days,
+                )
+            except StoreError as err:
+                # Counting matters more than history: carry on without it, and say so.
+                self.history_problem = f"disabled: {err}"
+                log.error("history %s", self.history_problem)
+            else:
+                self.history.start()
+                self.exit_list.listeners.append(self._persist_exited)
         self.started_s = time.time()
         self.packets = 0
         self.batches = 0
@@ -124,6 +177,10 @@ class Engine:
         self.tasks.remove(task)
         self.exit_list.add(task.finished(time.time()))
 
+    def _persist_exited(self, exited: ExitedTask) -> None:
+        if self.history is not None:
+            self.history.add_exited((exited,))
+
     def housekeeping(self) -> None:
         now_s = time.time()
         self.resolver.settle(now_s)
@@ -131,11 +188,41 @@ class Engine:
         if self.sweeper.due():
             self.sweeper.run(now_s)
         self.exit_list.expire()
+        if self.history is not None and self.history.sample_due(now_s):
+            self.history.add_samples(
+                now_s,
+                self.options.sample_interval_s,
+                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+            )
+        if time.monotonic() - self.last_publish_monotonic_s >= self.publish_interval_s:
+            self.publish()
+
+    def rows(self) -> list[TaskRow]:
+        """Every live process (and thread the kernel named), then the exit list."""
+        rows = self.tasks.rows(threads=True)
+        rows.extend(
+            TaskRow(Kind.EXITED, e.tgid, e.tgid, e.btime, e.command, e.counters, e.last_activity_s)
+            for e in self.exit_list.snapshot()
+        )
+        return rows
+
+    def publish(self) -> None:
+        """Write the shared table (batched: every publish interval, never per packet)."""
+        self.last_publish_monotonic_s = time.monotonic()
+        status = self.status()
+        figures = {}
+        for name in STATUS_FIELDS:
+            value = status.get(name)
+            if isinstance(value, int):
+                figures[name] = value
+        self.table.publish(self.rows(), figures)
 
     def seconds_until_next_work(self) -> float:
         wait = min(IDLE_WAKE_S, self.sweeper.seconds_until_due())
         if self.resolver.pending:
             wait = min(wait, max(0.0, self.resolver.pending[0][0] - time.time()))
+        next_publish = self.last_publish_monotonic_s + self.publish_interval_s
+        wait = min(wait, max(0.0, next_publish - time.monotonic()))
         if self.exit_list.entries:
             oldest = self.exit_list.entries[0][1]
             wait = min(wait, max(0.0, oldest + self.exit_list.lifetime_s - time.monotonic()))
@@ -162,12 +249,24 @@ class Engine:
         return None if task is None else self._record(task)
 
     def getcnt_pid(self, pid: int) -> bytes | None:
-        """A thread is answered only when its process has this one thread (then tid == tgid)."""
-        task = self.tasks.get(pid)
+        """Counters of one thread; never invented.
+
+        With the eBPF helper, a thread the kernel named as owner of a flow has its
+        own counters.  Otherwise a thread is answered only when it is its process's
+        single thread (then its counters are the process's); anything else is ESRCH.
+        """
+        try:
+            tgid = self.procfs.tgid_of(pid)
+        except (ProcessGone, ProcAccessDenied):
+            return None
+        task = self.tasks.get(tgid)
         if task is None:
             return None
+        thread = task.threads.get(pid)
+        if thread is not None:
+            return pack_netpertask(pid, task.btime, task.command, thread)
         try:
-            if self.procfs.stat(pid).num_threads != 1:
+            if pid != tgid or self.procfs.stat(pid).num_threads != 1:
                 return None
         except (ProcessGone, ProcAccessDenied):
             return None
@@ -230,13 +329,150 @@ class Engine:
             inode_full_scans=self.resolver.inodes.full_scans,
             proc_denied=self.resolver.inodes.denied,
             gc_runs=self.sweeper.runs,
-            ownership="proc",
+            table_capacity=self.table.capacity,
+            history=self.options.db if self.history is not None else self.history_problem,
+            ownership="kernel" if self.kernel is not None else "proc",
+            ownership_note=self.ownership_note,
             uptime_s=round(time.time() - self.started_s, 3),
         )
+        if self.kernel is not None:
+            for name, value in self.kernel.status().items():
+                if name != "ownership":
+                    status[name if name.startswith("ebpf_") else f"ebpf_{name}"] = value
+            owners = self.resolver.kernel
+            assert owners is not None
+            status.update(
+                ebpf_records=owners.records,
+                ebpf_drains=owners.drains,
+                resolver_kernel_finds=self.resolver.kernel_finds,
+            )
+        if self.history is not None:
+            history = self.history.stats()
+            status.update(
+                history_persisted=history.get("persisted_exited", 0),
+                history_samples=history.get("persisted_samples", 0),
+                history_pending=history.get("pending", 0),
+                history_dropped=history.get("dropped", 0),
+                history_disk_full_skips=history.get("disk_full_skips", 0),
+                history_write_errors=history.get("write_errors", 0),
+            )
         return status
 
     def close(self) -> None:
-        self.sockdiag.close()
+        """Stop: the last counters into the table and the history, then release everything."""
+        now_s = time.time()
+        self.resolver.settle(now_s)
+        try:
+            self.publish()
+        finally:
+            self.table.close(unlink=True)
+            if self.history is not None:
+                self.history.stop()
+            if self.kernel is not None:
+                self.kernel.close()
+            self.sockdiag.close()
+
+
+class Option(NamedTuple):
+    """One long option of the daemon (the configuration file's keys mirror them)."""
+
+    flag: str
+    kind: type  # str, int, float or bool (a switch)
+    default: object
+    help: str
+    minimum: float | None = None  # values below are refused
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--interface", str, "any", "interface to capture on"),
+    Option("--run-dir", str, RUN_DIR_DEFAULT, "runtime directory: control socket, shared table"),
+    Option("--db", str, DB_DEFAULT, "SQLite history database"),
+    Option(
+        "--no-history",
+        bool,
+        False,
+        "keep no SQLite history (finished processes stay only in the exit list)",
+    ),
+    Option("--control-mode", str, "0600", "permission bits of the control socket, octal"),
+    Option("--snaplen", int, 128, "bytes captured per packet", 64),
+    Option("--buffer-mib", int, 64, "capture ring size in MiB", 1),
+    Option(
+        "--capture-timeout-ms",
+        int,
+        10,
+        "libpcap block timeout: a packet is read at most this late",
+        1,
+    ),
+    Option("--gc-interval-s", float, GC_INTERVAL_S_DEFAULT, "garbage collection interval", 0.01),
+    Option(
+        "--exit-lifetime-s",
+        float,
+        EXIT_LIFETIME_S_DEFAULT,
+        "how long an unread finished process stays in the exit list",
+        0.01,
+    ),
+    Option(
+        "--unowned-limit-s",
+        float,
+        UNOWNED_LIMIT_S_DEFAULT,
+        "a flow without owner this long is counted unidentified",
+        0.01,
+    ),
+    Option(
+        "--tcp-idle-s",
+        float,
+        TCP_IDLE_S_DEFAULT,
+        "owned TCP flows idle this long are dropped",
+        0.01,
+    ),
+    Option(
+        "--udp-idle-s",
+        float,
+        UDP_IDLE_S_DEFAULT,
+        "UDP flows on ports above 1024 idle this long are dropped",
+        0.01,
+    ),
+    Option(
+        "--rescan-interval-ms",
+        float,
+        RESCAN_INTERVAL_S_DEFAULT * 1000,
+        "incremental /proc rescan interval while traffic flows",
+        1,
+    ),
+    Option("--max-flows", int, MAX_FLOWS_DEFAULT, "flow table cap", 1),
+    Option("--max-tasks", int, MAX_TASKS_DEFAULT, "task table cap", 1),
+    Option("--publish-interval-ms", int, 250, "how often the shared table is rewritten", 10),
+    Option("--table-capacity", int, MAX_TASKS_DEFAULT + 20_000, "rows of the shared table", 1),
+    Option(
+        "--flush-interval-s", float, 5.0, "how often finished processes are written to SQLite", 0.01
+    ),
+    Option(
+        "--sample-interval-s",
+        float,
+        60.0,
+        "how often running processes are sampled into SQLite; 0 disables",
+        0,
+    ),
+    Option("--retention-days", float, 30.0, "history older than this is deleted", 0.001),
+    Option(
+        "--ownership",
+        str,
+        "auto",
+        "who tells the owner of a flow: kernel (eBPF helper), proc (/proc and sock_diag), "
+        "auto (kernel where it loads, else proc)",
+        None,
+        ("auto", "kernel", "proc"),
+    ),
+    Option(
+        "--log-level",
+        str,
+        "warning",
+        "log level on stderr",
+        None,
+        ("debug", "info", "warning", "error"),
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,82 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
         "stop with SIGTERM or Ctrl-C.",
         epilog="Example: netatopd --run-dir /run/netatop --log-level info",
     )
-    add = parser.add_argument
-    add("--version", action="version", version=f"netatopd {__version__}")
-    add("--interface", default="any", help="interface to capture on (default: any)")
-    add(
-        "--run-dir",
-        default=RUN_DIR_DEFAULT,
-        help=f"runtime directory: control socket, table (default: {RUN_DIR_DEFAULT})",
-    )
-    add("--db", default=DB_DEFAULT, help=f"SQLite history database (default: {DB_DEFAULT})")
-    add(
-        "--control-mode",
-        default="0600",
-        help="permission bits of the control socket, octal (default: 0600)",
-    )
-    add("--snaplen", type=int, default=128, help="bytes captured per packet (default: 128)")
-    add("--buffer-mib", type=int, default=64, help="capture ring size in MiB (default: 64)")
-    add(
-        "--capture-timeout-ms",
-        type=int,
-        default=10,
-        help="libpcap block timeout: a packet is seen at most this late (default: 10)",
-    )
-    add(
-        "--gc-interval-s",
-        type=float,
-        default=GC_INTERVAL_S_DEFAULT,
-        help="garbage collection interval (default: 15)",
-    )
-    add(
-        "--exit-lifetime-s",
-        type=float,
-        default=EXIT_LIFETIME_S_DEFAULT,
-        help="how long an unread finished process stays in the exit list (default: 15)",
-    )
-    add(
-        "--unowned-limit-s",
-        type=float,
-        default=UNOWNED_LIMIT_S_DEFAULT,
-        help="a flow without owner this long is counted unidentified (default: 60)",
-    )
-    add(
-        "--tcp-idle-s",
-        type=float,
-        default=TCP_IDLE_S_DEFAULT,
-        help="owned TCP flows idle this long are dropped (default: 1800)",
-    )
-    add(
-        "--udp-idle-s",
-        type=float,
-        default=UDP_IDLE_S_DEFAULT,
-        help="UDP flows on ports above 1024 idle this long are dropped (default: 16)",
-    )
-    add(
-        "--rescan-interval-ms",
-        type=float,
-        default=RESCAN_INTERVAL_S_DEFAULT * 1000,
-        help="incremental /proc rescan interval while traffic flows (default: 250)",
-    )
-    add(
-        "--max-flows",
-        type=int,
-        default=MAX_FLOWS_DEFAULT,
-        help=f"flow table cap (default: {MAX_FLOWS_DEFAULT})",
-    )
-    add(
-        "--max-tasks",
-        type=int,
-        default=MAX_TASKS_DEFAULT,
-        help=f"task table cap (default: {MAX_TASKS_DEFAULT})",
-    )
-    add(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="log level on stderr (default: warning)",
-    )
+    parser.add_argument("--version", action="version", version=f"netatopd {__version__}")
+    for option in OPTIONS:
+        if option.kind is bool:
+            parser.add_argument(option.flag, action="store_true", help=option.help)
+        else:
+            parser.add_argument(
+                option.flag,
+                type=option.kind,
+                default=option.default,
+                choices=option.choices or None,
+                help=f"{option.help} (default: {option.default})",
+            )
     return parser
 
 
@@ -336,19 +508,10 @@ def _check_options(parser: argparse.ArgumentParser, options: argparse.Namespace)
         options.control_mode = int(options.control_mode, 8)
     except ValueError:
         parser.error(f"--control-mode: {options.control_mode!r} is not an octal mode like 0600")
-    for name in (
-        "gc_interval_s",
-        "exit_lifetime_s",
-        "unowned_limit_s",
-        "tcp_idle_s",
-        "udp_idle_s",
-        "rescan_interval_ms",
-    ):
-        if getattr(options, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("snaplen", "buffer_mib", "capture_timeout_ms", "max_flows", "max_tasks"):
-        if getattr(options, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for option in OPTIONS:
+        value = getattr(options, option.flag[2:].replace("-", "_"))
+        if option.minimum is not None and value < option.minimum:
+            parser.error(f"{option.flag} must be at least {option.minimum}, not {value}")
 
 
 def run(options: argparse.Namespace) -> int:
@@ -369,7 +532,11 @@ def run(options: argparse.Namespace) -> int:
         _fail(EXIT_PRIVILEGES, str(err))
     except CaptureError as err:
         _fail(EXIT_ERROR, f"cannot capture on {options.interface}: {err}")
-    engine = Engine(options, capture)
+    try:
+        engine = Engine(options, capture)
+    except KernelOwnershipFailed as err:
+        capture.close()
+        _fail(EXIT_NO_KERNEL_OWNERSHIP, str(err))
     try:
         server = ControlServer(
             os.path.join(options.run_dir, CONTROL_SOCKET_NAME), engine, options.control_mode
@@ -435,9 +602,11 @@ def run(options: argparse.Namespace) -> int:
                 time.sleep(0.01)
     finally:
         server.close()
-        capture.close()
-        engine.close()
-        signal.set_wakeup_fd(-1)
+        try:
+            engine.close()
+        finally:
+            capture.close()
+            signal.set_wakeup_fd(-1)
     return code
 
 

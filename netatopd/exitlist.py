@@ -172,6 +172,11 @@ class Sweeper:
         for task in list(self.tasks.by_tgid.values()):
             try:
                 alive = self.procfs.stat(task.tgid).start_time_ticks == task.start_time_ticks
+                if alive and task.threads:
+                    # Threads that ended are dropped (the process keeps their counts).
+                    running = set(self.procfs.thread_ids(task.tgid))
+                    for tid in [tid for tid in task.threads if tid not in running]:
+                        del task.threads[tid]
             except ProcessGone:
                 alive = False
             except ProcAccessDenied:
@@ -179,3 +184,5 @@ class Sweeper:
             if not alive:
                 finished.append(task)
         self.resolver.tasks_gone(finished, now_s)
+        if self.resolver.kernel is not None:
+            self.resolver.kernel.expire()

@@ -49,6 +49,7 @@ class Flow:
         "dirty",
         "state",
         "owner",
+        "tid",
         "inode",
         "uid",
         "keys",
@@ -79,6 +80,7 @@ class Flow:
         self.dirty = False
         self.state = FlowState.NEW
         self.owner: object | None = None  # a tasks.TaskInfo, set by attribution
+        self.tid = 0  # the owning thread, where the kernel told it (0: not known)
         self.inode = 0
         self.uid = -1
         self.keys: tuple[tuple[int, bytes], ...] = ()  # (table, key) pairs that lead here

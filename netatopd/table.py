@@ -60,6 +60,13 @@ STATUS_FIELDS: tuple[str, ...] = (
     "capture_received",
     "capture_dropped",
     "resolver_misses",
+    "flows_pending",
+    "resolver_lookups",
+    "exited_expired",
+    "capture_interface_dropped",
+    "history_persisted",
+    "history_pending",
+    "history_dropped",
 )
 STATUS_SLOTS = 64  # room reserved in the header, so adding a name keeps the layout
 _STATUS_INDEX = {name: index for index, name in enumerate(STATUS_FIELDS)}

@@ -74,6 +74,7 @@ class TaskInfo:
         "first_activity_s",
         "last_activity_s",
         "exited",
+        "threads",
     )
 
     def __init__(
@@ -95,15 +96,31 @@ class TaskInfo:
         self.first_activity_s = 0.0
         self.last_activity_s = 0.0
         self.exited = False
+        # Per-thread counters, only where the kernel told which thread owns a flow
+        # (the eBPF helper); never derived from the process's.
+        self.threads: dict[int, list[int]] = {}
 
-    def add(self, udp: bool, pending: tuple[int, int, int, int], now_s: float) -> None:
-        """Add a flow's settled counters (sent packets/bytes, received packets/bytes)."""
+    def add(
+        self, udp: bool, pending: tuple[int, int, int, int], now_s: float, tid: int = 0
+    ) -> None:
+        """Add a flow's settled counters (sent packets/bytes, received packets/bytes).
+
+        With a tid (known from the kernel), the thread's counters grow too.
+        """
         base = UDPSNDPACKS if udp else TCPSNDPACKS
         counters = self.counters
         counters[base] += pending[0]
         counters[base + 1] += pending[1]
         counters[base + 2] += pending[2]
         counters[base + 3] += pending[3]
+        if tid:
+            thread = self.threads.get(tid)
+            if thread is None:
+                thread = self.threads[tid] = [0] * COUNTER_COUNT
+            thread[base] += pending[0]
+            thread[base + 1] += pending[1]
+            thread[base + 2] += pending[2]
+            thread[base + 3] += pending[3]
         if not self.first_activity_s:
             self.first_activity_s = now_s
         self.last_activity_s = now_s
@@ -118,6 +135,20 @@ class TaskInfo:
             tuple(self.counters),
             self.last_activity_s,
         )
+
+    def thread_rows(self) -> list[TaskRow]:
+        return [
+            TaskRow(
+                Kind.THREAD,
+                tid,
+                self.tgid,
+                self.btime,
+                self.command,
+                tuple(c),
+                self.last_activity_s,
+            )
+            for tid, c in self.threads.items()
+        ]
 
     def finished(self, exit_time_s: float) -> ExitedTask:
         return ExitedTask(
@@ -159,5 +190,10 @@ class TaskTable:
         if self.by_tgid.get(task.tgid) is task:
             del self.by_tgid[task.tgid]
 
-    def rows(self) -> list[TaskRow]:
-        return [task.row() for task in self.by_tgid.values()]
+    def rows(self, threads: bool = False) -> list[TaskRow]:
+        rows = [task.row() for task in self.by_tgid.values()]
+        if threads:
+            for task in self.by_tgid.values():
+                if task.threads:
+                    rows.extend(task.thread_rows())
+        return rows

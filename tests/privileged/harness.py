@@ -38,6 +38,8 @@ class Daemon:
             "netatopd.daemon",
             "--run-dir",
             str(run_dir),
+            "--db",
+            str(run_dir.parent / f"{run_dir.name}.db"),
             "--log-level",
             "info",
             *options,
@@ -63,7 +65,8 @@ class Daemon:
         return ControlClient(str(self.run_dir), timeout_s=timeout_s)
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def sync(self) -> None:
