@@ -258,7 +258,11 @@ class Engine:
         try:
             tgid = self.procfs.tgid_of(pid)
         except (ProcessGone, ProcAccessDenied):
-            return None
+            # A thread that ended keeps its counters until the next sweep.
+            owners = [t.tgid for t in self.tasks.by_tgid.values() if pid in t.threads]
+            if not owners:
+                return None
+            tgid = owners[0]
         task = self.tasks.get(tgid)
         if task is None:
             return None

@@ -237,6 +237,142 @@ def short_lived_clients(
     wait_for("exit")
 
 
+def threaded_tcp_server(
+    addr: str, connections: int, rounds: int, request_bytes: int, reply_bytes: int
+) -> None:
+    """Serve each connection in its own thread: rounds of request and reply."""
+    import threading
+
+    listener = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.settimeout(TIMEOUT_S)
+    listener.bind((addr, 0))
+    listener.listen(16)
+    udp = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    udp.settimeout(TIMEOUT_S)
+    udp.bind((addr, 0))
+    say(pid=os.getpid(), port=listener.getsockname()[1], udp_port=udp.getsockname()[1])
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT_S)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _exchange(conn, rounds, reply_bytes, request_bytes, first=False)
+
+    def echo_udp() -> None:
+        try:
+            while True:
+                data, peer = udp.recvfrom(65536)
+                udp.sendto(data, peer)
+        except OSError:
+            return
+
+    threading.Thread(target=echo_udp, daemon=True).start()
+    workers = []
+    kept = []  # open until exit: a close would send a FIN the clients then count
+    for _ in range(connections):
+        conn, _ = listener.accept()
+        kept.append(conn)
+        worker = threading.Thread(target=serve, args=(conn,))
+        worker.start()
+        workers.append(worker)
+    for worker in workers:
+        worker.join(TIMEOUT_S)
+    say(served=connections)
+    wait_for("exit")
+
+
+def threaded_client(
+    addr: str,
+    port: int,
+    udp_port: int,
+    threads: int,
+    rounds: int,
+    request_bytes: int,
+    reply_bytes: int,
+    datagrams: int,
+    datagram_bytes: int,
+) -> None:
+    """Each thread its own TCP connection; thread 0 also exchanges UDP datagrams.
+
+    Reports per thread its tid, its connection's TCP_INFO (taken when every
+    thread is done and the connections are quiet) and its datagram counts.
+    """
+    import threading
+
+    say(pid=os.getpid())
+    results: dict[int, dict[str, int]] = {}
+    socks: dict[int, socket.socket] = {}
+    done = threading.Barrier(threads + 1)
+    measure = threading.Event()
+
+    def work(index: int) -> None:
+        tid = threading.get_native_id()
+        sock = socket.socket(family_of(addr), socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.connect((addr, port))
+        _exchange(sock, rounds, request_bytes, reply_bytes, first=True)
+        sent = 0
+        if index == 0:
+            udp = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+            udp.settimeout(TIMEOUT_S)
+            for _ in range(datagrams):
+                udp.sendto(b"u" * datagram_bytes, (addr, udp_port))
+                udp.recvfrom(65536)
+                sent += 1
+        socks[index] = sock
+        done.wait(TIMEOUT_S)
+        measure.wait(TIMEOUT_S)
+        results[index] = {"tid": tid, "datagrams": sent, **tcp_info(sock)}
+        measured.wait(TIMEOUT_S)
+        leave.wait(TIMEOUT_S * 6)  # alive while the test asks about this thread
+
+    measured = threading.Barrier(threads + 1)
+    leave = threading.Event()
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    done.wait(TIMEOUT_S)
+    say(done=True)
+    wait_for("measure")
+    time.sleep(0.05)
+    measure.set()
+    measured.wait(TIMEOUT_S)
+    say(threads=[results[i] for i in range(threads)])
+    wait_for("exit")
+    leave.set()
+    for worker in workers:
+        worker.join(TIMEOUT_S)
+
+
+def handoff_client(addr: str, port: int, rounds: int, request_bytes: int, reply_bytes: int) -> None:
+    """One thread connects, another does all the sending and receiving."""
+    import threading
+
+    sock = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    say(pid=os.getpid())
+    tids: dict[str, int] = {}
+
+    def connect() -> None:
+        tids["connector"] = threading.get_native_id()
+        sock.connect((addr, port))
+
+    def use() -> None:
+        tids["user"] = threading.get_native_id()
+        _exchange(sock, rounds, request_bytes, reply_bytes, first=True)
+
+    for job in (connect, use):
+        worker = threading.Thread(target=job)
+        worker.start()
+        worker.join(TIMEOUT_S)
+    say(**tids)
+    wait_for("measure")
+    say(**tcp_info(sock))
+    wait_for("exit")
+
+
 def idle(seconds: float) -> None:
     """A process that only exists (for pid and exit-list tests)."""
     say(pid=os.getpid())
@@ -250,6 +386,9 @@ ROLES = {
     "tcp_client": tcp_client,
     "tcp_echo_server": tcp_echo_server,
     "short_lived_clients": short_lived_clients,
+    "threaded_tcp_server": threaded_tcp_server,
+    "threaded_client": threaded_client,
+    "handoff_client": handoff_client,
     "idle": idle,
 }
 

@@ -105,6 +105,7 @@ class Actor:
             text=True,
         )
         first = self.read()
+        self.first = first
         self.pid: int = first["pid"]
         self.port: int = first.get("port", 0)
 

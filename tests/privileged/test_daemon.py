@@ -43,12 +43,18 @@ def ns(make_netns: Any) -> Any:
     return netns
 
 
+@pytest.fixture(params=["proc", "kernel"])
+def ownership(request: Any) -> str:
+    """Every end-to-end test runs with owners from /proc and from the eBPF helper."""
+    return str(request.param)
+
+
 @pytest.fixture
-def daemon(ns: Any, tmp_path: Path) -> Any:
+def daemon(ns: Any, tmp_path: Path, ownership: str) -> Any:
     started: list[Daemon] = []
 
     def start(*options: str, netns: Any = None) -> Daemon:
-        d = Daemon(netns or ns, tmp_path / f"run{len(started)}", *options)
+        d = Daemon(netns or ns, tmp_path / f"run{len(started)}", "--ownership", ownership, *options)
         started.append(d)
         return d
 
