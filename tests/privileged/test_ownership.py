@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from harness import UDP4_OVERHEAD, Actor, Daemon, set_sysctl
-from netatopd.ebpf import loaded_object_ids
 from test_daemon import ZERO_UDP, expected_tcp
+
+from netatopd.ebpf import loaded_object_ids
 
 pytestmark = pytest.mark.privileged
 
