@@ -22,37 +22,39 @@ import signal
 import socket
 import sys
 import time
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 from . import __version__
-from .attribution import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT, Resolver
+from .attribution import Resolver
 from .capture.links import LinkTable
-from .capture.pcap import Capture, CaptureError, CapturePermissionError, LibpcapMissing
-from .client import CONTROL_SOCKET_NAME, RUN_DIR_DEFAULT
+from .capture.pcap import (
+    Capture,
+    CaptureError,
+    CapturePermissionError,
+    LibpcapMissing,
+    load_libpcap,
+)
+from .client import CONTROL_SOCKET_NAME
+from .config import OPTIONS, ConfigError, resolve
 from .ebpf import EbpfUnavailable, KernelOwnership
 from .exitlist import (
-    EXIT_LIFETIME_S_DEFAULT,
-    GC_INTERVAL_S_DEFAULT,
-    TCP_IDLE_S_DEFAULT,
-    UDP_IDLE_S_DEFAULT,
     ExitList,
     Sweeper,
 )
-from .flows import MAX_FLOWS_DEFAULT, FlowTable
+from .flows import FlowTable
 from .netlink.sockdiag import SockDiag
 from .parse import Reject, parse_batch
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
 from .server import ControlServer, ServerError
-from .store import HistoryWriter, StoreError
+from .store import HistoryWriter, StoreError, open_db
 from .table import STATUS_FIELDS, TableWriter, table_path
-from .tasks import MAX_TASKS_DEFAULT, ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
+from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_LIBPCAP, EXIT_PRIVILEGES, EXIT_RUN_DIR = 0, 1, 2, 3, 4, 5
 EXIT_NO_KERNEL_OWNERSHIP = 6
-DB_DEFAULT = "/var/lib/netatop/netatop.db"
 BATCH_PACKETS = 2048
 IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
 SYNC_MARGIN_S = 0.02
@@ -377,145 +379,9 @@ class Engine:
             self.sockdiag.close()
 
 
-class Option(NamedTuple):
-    """One long option of the daemon (the configuration file's keys mirror them)."""
-
-    flag: str
-    kind: type  # str, int, float or bool (a switch)
-    default: object
-    help: str
-    minimum: float | None = None  # values below are refused
-    choices: tuple[str, ...] = ()
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("--interface", str, "any", "interface to capture on"),
-    Option("--run-dir", str, RUN_DIR_DEFAULT, "runtime directory: control socket, shared table"),
-    Option("--db", str, DB_DEFAULT, "SQLite history database"),
-    Option(
-        "--no-history",
-        bool,
-        False,
-        "keep no SQLite history (finished processes stay only in the exit list)",
-    ),
-    Option("--control-mode", str, "0600", "permission bits of the control socket, octal"),
-    Option("--snaplen", int, 128, "bytes captured per packet", 64),
-    Option("--buffer-mib", int, 64, "capture ring size in MiB", 1),
-    Option(
-        "--capture-timeout-ms",
-        int,
-        10,
-        "libpcap block timeout: a packet is read at most this late",
-        1,
-    ),
-    Option("--gc-interval-s", float, GC_INTERVAL_S_DEFAULT, "garbage collection interval", 0.01),
-    Option(
-        "--exit-lifetime-s",
-        float,
-        EXIT_LIFETIME_S_DEFAULT,
-        "how long an unread finished process stays in the exit list",
-        0.01,
-    ),
-    Option(
-        "--unowned-limit-s",
-        float,
-        UNOWNED_LIMIT_S_DEFAULT,
-        "a flow without owner this long is counted unidentified",
-        0.01,
-    ),
-    Option(
-        "--tcp-idle-s",
-        float,
-        TCP_IDLE_S_DEFAULT,
-        "owned TCP flows idle this long are dropped",
-        0.01,
-    ),
-    Option(
-        "--udp-idle-s",
-        float,
-        UDP_IDLE_S_DEFAULT,
-        "UDP flows on ports above 1024 idle this long are dropped",
-        0.01,
-    ),
-    Option(
-        "--rescan-interval-ms",
-        float,
-        RESCAN_INTERVAL_S_DEFAULT * 1000,
-        "incremental /proc rescan interval while traffic flows",
-        1,
-    ),
-    Option("--max-flows", int, MAX_FLOWS_DEFAULT, "flow table cap", 1),
-    Option("--max-tasks", int, MAX_TASKS_DEFAULT, "task table cap", 1),
-    Option("--publish-interval-ms", int, 250, "how often the shared table is rewritten", 10),
-    Option("--table-capacity", int, MAX_TASKS_DEFAULT + 20_000, "rows of the shared table", 1),
-    Option(
-        "--flush-interval-s", float, 5.0, "how often finished processes are written to SQLite", 0.01
-    ),
-    Option(
-        "--sample-interval-s",
-        float,
-        60.0,
-        "how often running processes are sampled into SQLite; 0 disables",
-        0,
-    ),
-    Option("--retention-days", float, 30.0, "history older than this is deleted", 0.001),
-    Option(
-        "--ownership",
-        str,
-        "auto",
-        "who tells the owner of a flow: kernel (eBPF helper), proc (/proc and sock_diag), "
-        "auto (kernel where it loads, else proc)",
-        None,
-        ("auto", "kernel", "proc"),
-    ),
-    Option(
-        "--log-level",
-        str,
-        "warning",
-        "log level on stderr",
-        None,
-        ("debug", "info", "warning", "error"),
-    ),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="netatopd",
-        description="Count every TCP and UDP packet per process, like the netatop kernel "
-        "module, from user space (libpcap, sock_diag, /proc). Runs in the foreground; "
-        "stop with SIGTERM or Ctrl-C.",
-        epilog="Example: netatopd --run-dir /run/netatop --log-level info",
-    )
-    parser.add_argument("--version", action="version", version=f"netatopd {__version__}")
-    for option in OPTIONS:
-        if option.kind is bool:
-            parser.add_argument(option.flag, action="store_true", help=option.help)
-        else:
-            parser.add_argument(
-                option.flag,
-                type=option.kind,
-                default=option.default,
-                choices=option.choices or None,
-                help=f"{option.help} (default: {option.default})",
-            )
-    return parser
-
-
 def _fail(code: int, message: str) -> NoReturn:
     log.error("%s", message)
     sys.exit(code)
-
-
-def _check_options(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
-    try:
-        options.control_mode = int(options.control_mode, 8)
-    except ValueError:
-        parser.error(f"--control-mode: {options.control_mode!r} is not an octal mode like 0600")
-    for option in OPTIONS:
-        value = getattr(options, option.flag[2:].replace("-", "_"))
-        if option.minimum is not None and value < option.minimum:
-            parser.error(f"{option.flag} must be at least {option.minimum}, not {value}")
 
 
 def run(options: argparse.Namespace) -> int:
@@ -614,15 +480,131 @@ def run(options: argparse.Namespace) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    options = parser.parse_args(argv)
-    _check_options(parser, options)
-    logging.basicConfig(
-        level=getattr(logging, options.log_level.upper()),
-        format="netatopd: %(levelname)s: %(message)s",
-        stream=sys.stderr,
+CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE = 2, 12, 13, 19
+
+
+def effective_capabilities() -> int:
+    """The CapEff bits of this process (linux/capability.h numbering)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check(options: argparse.Namespace) -> int:
+    """--check: print what would be used and whether it can be; no capture is started."""
+    problems: list[tuple[int, str]] = []
+    print(f"netatopd {__version__}: configuration")
+    print(f"  configuration file: {options.config or 'none'}")
+    for option in OPTIONS:
+        dest = option.flag[2:].replace("-", "_")
+        value = getattr(options, dest)
+        shown = oct(value) if dest == "control_mode" else value
+        print(f"  {option.flag[2:]:22} {shown!s:34} ({options.sources[dest]})")
+    print("checks:")
+
+    def report(ok: bool, what: str, code: int = EXIT_ERROR) -> None:
+        print(f"  {'ok     ' if ok else 'PROBLEM'} {what}")
+        if not ok:
+            problems.append((code, what))
+
+    try:
+        load_libpcap()
+        report(True, "libpcap loads")
+    except LibpcapMissing as err:
+        report(False, str(err), EXIT_NO_LIBPCAP)
+    caps = effective_capabilities()
+    needed = (1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN)
+    report(
+        caps & needed == needed,
+        "CAP_NET_RAW and CAP_NET_ADMIN (capture, sock_diag)"
+        + ("" if caps & needed == needed else ": missing; run as root or grant them"),
+        EXIT_PRIVILEGES,
     )
+    proc_caps = (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH)
+    if not caps & proc_caps:
+        print(
+            "  warning CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH missing: "
+            "other users' sockets stay unowned"
+        )
+    run_dir = options.run_dir
+    parent = run_dir if os.path.isdir(run_dir) else os.path.dirname(os.path.abspath(run_dir))
+    report(
+        os.access(parent, os.W_OK),
+        f"run directory {run_dir} can be created and written",
+        EXIT_RUN_DIR,
+    )
+    sockets = [(os.path.join(run_dir, CONTROL_SOCKET_NAME), "control socket")]
+    if not options.no_atop_socket:
+        sockets.append((options.atop_socket, "atop socket"))
+    for path, what in sockets:
+        try:
+            prepare_socket_path_check(path)
+            report(True, f"{what} {path} is free")
+        except ServerError as err:
+            report(False, str(err), EXIT_RUN_DIR)
+    if options.no_history:
+        print("  -       history off (--no-history)")
+    elif os.path.exists(options.db):
+        try:
+            open_db(options.db, readonly=True).close()
+            report(True, f"history database {options.db} opens")
+        except StoreError as err:
+            report(False, f"history database: {err} (netatopd would run without history)")
+    else:
+        directory = os.path.dirname(os.path.abspath(options.db))
+        existing = directory
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        report(os.access(existing, os.W_OK), f"history database {options.db} can be created")
+    if options.ownership != "proc":
+        btf = os.path.exists("/sys/kernel/btf/vmlinux")
+        ok = btf or options.ownership == "auto"
+        report(
+            ok,
+            "eBPF helper: kernel BTF present"
+            if btf
+            else "eBPF helper: no /sys/kernel/btf/vmlinux"
+            + (" (auto: owners from /proc)" if options.ownership == "auto" else ""),
+            EXIT_NO_KERNEL_OWNERSHIP,
+        )
+    if problems:
+        print(f"{len(problems)} problem(s); netatopd would not start as configured")
+        return problems[0][0]
+    print("all checks passed")
+    return EXIT_OK
+
+
+def prepare_socket_path_check(path: str) -> None:
+    """Like server.prepare_socket_path, but leaves a stale file in place."""
+    import stat as stat_module
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat_module.S_ISSOCK(st.st_mode):
+        raise ServerError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise ServerError(f"another program already serves {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="netatopd: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        options = resolve(argv)
+    except ConfigError as err:
+        _fail(EXIT_USAGE, str(err))
+    logging.getLogger().setLevel(getattr(logging, options.log_level.upper()))
+    if options.check:
+        sys.exit(check(options))
     try:
         sys.exit(run(options))
     except KeyboardInterrupt:

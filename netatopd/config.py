@@ -1,0 +1,300 @@
+"""The daemon's options: one table for the command line, the environment and the file.
+
+Stage: interfaces.  Owns the option table (OPTIONS), the parser built from it,
+and the layering of sources: command line > environment (NETATOPD_<OPTION>,
+e.g. NETATOPD_RUN_DIR) > configuration file (TOML, keys are the long options
+without their dashes, e.g. ``run-dir = "/run/netatop"``) > defaults.  Called
+by daemon.main(); the manual page test reads OPTIONS too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from typing import Any, NamedTuple
+
+from . import __version__
+from .attribution import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT
+from .client import RUN_DIR_DEFAULT
+from .exitlist import (
+    EXIT_LIFETIME_S_DEFAULT,
+    GC_INTERVAL_S_DEFAULT,
+    TCP_IDLE_S_DEFAULT,
+    UDP_IDLE_S_DEFAULT,
+)
+from .flows import MAX_FLOWS_DEFAULT
+from .tasks import MAX_TASKS_DEFAULT
+
+DB_DEFAULT = "/var/lib/netatop/netatop.db"
+ATOP_SOCKET_DEFAULT = "/run/netatop-bpf-socket"
+CONFIG_DEFAULT = "/etc/netatop/netatopd.toml"
+ENV_PREFIX = "NETATOPD_"
+
+
+class ConfigError(Exception):
+    """A configuration file, environment variable or option value that cannot be used."""
+
+
+class Option(NamedTuple):
+    """One long option of the daemon (the configuration file's keys mirror them)."""
+
+    flag: str
+    kind: type  # str, int, float or bool (a switch)
+    default: object
+    help: str
+    minimum: float | None = None  # values below are refused
+    choices: tuple[str, ...] = ()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--interface", str, "any", "interface to capture on"),
+    Option("--run-dir", str, RUN_DIR_DEFAULT, "runtime directory: control socket, shared table"),
+    Option("--db", str, DB_DEFAULT, "SQLite history database"),
+    Option(
+        "--no-history",
+        bool,
+        False,
+        "keep no SQLite history (finished processes stay only in the exit list)",
+    ),
+    Option("--control-mode", str, "0600", "permission bits of the control socket, octal"),
+    Option("--snaplen", int, 128, "bytes captured per packet", 64),
+    Option("--buffer-mib", int, 64, "capture ring size in MiB", 1),
+    Option(
+        "--capture-timeout-ms",
+        int,
+        10,
+        "libpcap block timeout: a packet is read at most this late",
+        1,
+    ),
+    Option("--gc-interval-s", float, GC_INTERVAL_S_DEFAULT, "garbage collection interval", 0.01),
+    Option(
+        "--exit-lifetime-s",
+        float,
+        EXIT_LIFETIME_S_DEFAULT,
+        "how long an unread finished process stays in the exit list",
+        0.01,
+    ),
+    Option(
+        "--unowned-limit-s",
+        float,
+        UNOWNED_LIMIT_S_DEFAULT,
+        "a flow without owner this long is counted unidentified",
+        0.01,
+    ),
+    Option(
+        "--tcp-idle-s",
+        float,
+        TCP_IDLE_S_DEFAULT,
+        "owned TCP flows idle this long are dropped",
+        0.01,
+    ),
+    Option(
+        "--udp-idle-s",
+        float,
+        UDP_IDLE_S_DEFAULT,
+        "UDP flows on ports above 1024 idle this long are dropped",
+        0.01,
+    ),
+    Option(
+        "--rescan-interval-ms",
+        float,
+        RESCAN_INTERVAL_S_DEFAULT * 1000,
+        "incremental /proc rescan interval while traffic flows",
+        1,
+    ),
+    Option("--max-flows", int, MAX_FLOWS_DEFAULT, "flow table cap", 1),
+    Option("--max-tasks", int, MAX_TASKS_DEFAULT, "task table cap", 1),
+    Option("--publish-interval-ms", int, 250, "how often the shared table is rewritten", 10),
+    Option("--table-capacity", int, MAX_TASKS_DEFAULT + 20_000, "rows of the shared table", 1),
+    Option(
+        "--flush-interval-s", float, 5.0, "how often finished processes are written to SQLite", 0.01
+    ),
+    Option(
+        "--sample-interval-s",
+        float,
+        60.0,
+        "how often running processes are sampled into SQLite; 0 disables",
+        0,
+    ),
+    Option("--retention-days", float, 30.0, "history older than this is deleted", 0.001),
+    Option(
+        "--ownership",
+        str,
+        "auto",
+        "who tells the owner of a flow: kernel (eBPF helper), proc (/proc and sock_diag), "
+        "auto (kernel where it loads, else proc)",
+        None,
+        ("auto", "kernel", "proc"),
+    ),
+    Option(
+        "--atop-socket",
+        str,
+        ATOP_SOCKET_DEFAULT,
+        "socket atop (2.10 and later, started with -K) reads per-process counters from",
+    ),
+    Option("--no-atop-socket", bool, False, "serve no atop socket"),
+    Option(
+        "--atop-group",
+        str,
+        "",
+        "group allowed to use the atop socket (mode 0660 instead of 0600); empty: root only",
+    ),
+    Option(
+        "--log-level",
+        str,
+        "warning",
+        "log level on stderr",
+        None,
+        ("debug", "info", "warning", "error"),
+    ),
+)
+
+
+def _dest(option: Option) -> str:
+    return option.flag[2:].replace("-", "_")
+
+
+def _env_name(option: Option) -> str:
+    return ENV_PREFIX + _dest(option).upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netatopd",
+        description="Count every TCP and UDP packet per process, like the netatop kernel "
+        "module, from user space (libpcap, sock_diag, /proc). Runs in the foreground; "
+        "stop with SIGTERM or Ctrl-C. Each option can also be set in the environment "
+        "(NETATOPD_RUN_DIR=...) or in the configuration file (run-dir = ...); the "
+        "command line wins over the environment, which wins over the file.",
+        epilog="Examples: netatopd --log-level info; netatopd --check; "
+        "netatopd --config /etc/netatop/netatopd.toml",
+    )
+    parser.add_argument("--version", action="version", version=f"netatopd {__version__}")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"TOML configuration file (default: {CONFIG_DEFAULT} if it exists)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration and privileges, print what would be used, and exit",
+    )
+    for option in OPTIONS:
+        if option.kind is bool:
+            parser.add_argument(
+                option.flag, action="store_true", default=argparse.SUPPRESS, help=option.help
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                type=option.kind,
+                default=argparse.SUPPRESS,
+                choices=option.choices or None,
+                help=f"{option.help} (default: {option.default})",
+            )
+    return parser
+
+
+def _convert(option: Option, value: Any, source: str) -> Any:
+    """A value from the environment (text) or the file (TOML types), checked."""
+    where = f"{source}: {option.flag[2:]}"
+    if option.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where}: {value!r} is not true or false")
+    if option.kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {value!r} is not text")
+        return value
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not a number")
+    try:
+        if option.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        return float(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if option.kind is int else "a number"
+        raise ConfigError(f"{where}: {value!r} is not {kind}") from None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The file's settings by option dest; unknown keys and bad values are errors."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration file {path}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {err}") from err
+    known = {option.flag[2:]: option for option in OPTIONS}
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        option = known.get(key) or known.get(key.replace("_", "-"))
+        if option is None:
+            raise ConfigError(
+                f"configuration file {path}: unknown key {key!r} "
+                f"(keys are the long options without dashes, e.g. run-dir)"
+            )
+        settings[_dest(option)] = _convert(option, value, path)
+    return settings
+
+
+def resolve(
+    argv: list[str] | None = None, environ: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """Options from every source, with each value's source in ``options.sources``.
+
+    Raises ConfigError for an unusable file or environment value; argparse
+    itself reports bad command-line values (exit status 2).
+    """
+    env = os.environ if environ is None else environ
+    parser = build_parser()
+    given = parser.parse_args(argv)
+    config_path = given.config or env.get(ENV_PREFIX + "CONFIG")
+    from_file: dict[str, Any] = {}
+    if config_path:
+        from_file = read_config_file(config_path)
+    elif os.path.exists(CONFIG_DEFAULT):
+        config_path = CONFIG_DEFAULT
+        from_file = read_config_file(CONFIG_DEFAULT)
+    options = argparse.Namespace(check=given.check, config=config_path)
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        dest = _dest(option)
+        if hasattr(given, dest):
+            value, source = getattr(given, dest), "command line"
+        elif _env_name(option) in env:
+            value = _convert(option, env[_env_name(option)], f"environment {_env_name(option)}")
+            source = f"environment {_env_name(option)}"
+        elif dest in from_file:
+            value, source = from_file[dest], f"file {config_path}"
+        else:
+            value, source = option.default, "default"
+        if option.choices and value not in option.choices:
+            allowed = ", ".join(option.choices)
+            raise ConfigError(
+                f"{source}: {option.flag[2:]} must be one of {allowed}, not {value!r}"
+            )
+        if option.minimum is not None and value < option.minimum:
+            raise ConfigError(
+                f"{source}: {option.flag[2:]} must be at least {option.minimum}, not {value}"
+            )
+        setattr(options, dest, value)
+        sources[dest] = source
+    try:
+        options.control_mode = int(options.control_mode, 8)
+    except ValueError:
+        raise ConfigError(
+            f"{sources['control_mode']}: control-mode {options.control_mode!r} "
+            "is not an octal mode like 0600"
+        ) from None
+    options.sources = sources
+    return options
