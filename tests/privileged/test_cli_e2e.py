@@ -1,0 +1,249 @@
+"""End to end: the netatop command against netatopd in a namespace with known traffic.
+
+Ground truth: a UDP client sends 40 datagrams of 100 bytes to a server that
+answers each with 300 bytes over 127.0.0.1 in a namespace the test makes; each
+datagram costs its payload + 20 (IPv4) + 8 (UDP) + 14 (link header) + 4 (CRC)
+bytes on the wire.  The CLI runs as a separate process (python -m
+netatopd.cli), as a user would run it; the control socket's GETCNT_TGID is the
+reference the shared table must equal after `netatop sync` and one publish.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
+
+from netatopd.table import TableReader, table_path
+
+pytestmark = pytest.mark.privileged
+
+DATAGRAMS = 40
+REQUEST_BYTES = 100
+REPLY_BYTES = 300
+PUBLISH_WAIT_S = 10.0
+# Counters of the client and the server, from the ground truth above.
+CLIENT = {
+    "tcpsndpacks": 0,
+    "tcpsndbytes": 0,
+    "tcprcvpacks": 0,
+    "tcprcvbytes": 0,
+    "udpsndpacks": DATAGRAMS,
+    "udpsndbytes": DATAGRAMS * (REQUEST_BYTES + UDP4_OVERHEAD),  # 5840
+    "udprcvpacks": DATAGRAMS,
+    "udprcvbytes": DATAGRAMS * (REPLY_BYTES + UDP4_OVERHEAD),  # 13840
+}
+SERVER = {
+    **CLIENT,
+    "udpsndbytes": CLIENT["udprcvbytes"],
+    "udprcvbytes": CLIENT["udpsndbytes"],
+}
+
+
+@pytest.fixture
+def ns(make_netns: Any) -> Any:
+    return make_netns("ntpH")
+
+
+@pytest.fixture
+def daemon(ns: Any, tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(ns, tmp_path / "run")
+    try:
+        yield d
+    finally:
+        code = d.stop()
+        assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"
+
+
+@pytest.fixture
+def traffic(ns: Any, daemon: Daemon) -> Iterator[tuple[Actor, Actor]]:
+    """The known exchange; both actors stay alive until the test ends."""
+    server = Actor(ns, "udp_server", addr="127.0.0.1", count=DATAGRAMS, reply_bytes=REPLY_BYTES)
+    client = Actor(
+        ns,
+        "udp_client",
+        addr="127.0.0.1",
+        port=server.port,
+        count=DATAGRAMS,
+        size=REQUEST_BYTES,
+        expect_reply=True,
+    )
+    try:
+        assert client.read()["sent"] == DATAGRAMS
+        assert server.read()["received"] == DATAGRAMS
+        yield server, client
+    finally:
+        server.finish()
+        client.finish()
+
+
+def netatop(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "netatopd.cli", *args, "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+
+
+def sync_and_wait_for_a_publish(run_dir: Path) -> None:
+    """`netatop sync`, then wait until a publish begun after it has finished."""
+    done = netatop(run_dir, "sync")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    with TableReader(table_path(str(run_dir))) as reader:
+        after_sync = reader.snapshot().generation
+        deadline = time.monotonic() + PUBLISH_WAIT_S
+        while reader.snapshot().generation < after_sync + 2:
+            assert time.monotonic() < deadline, "no publish within 10 s"
+            time.sleep(0.02)
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def test_query_json_equals_the_control_socket(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:
+    server, client = traffic
+    sync_and_wait_for_a_publish(daemon.run_dir)
+    done = netatop(daemon.run_dir, "query", "--json", str(client.pid), str(server.pid))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [row["pid"] for row in rows] == [client.pid, server.pid]
+    for row, actor, expected in ((rows[0], client, CLIENT), (rows[1], server, SERVER)):
+        counters = {name: row[name] for name in CLIENT}
+        assert counters == expected
+        assert counters == daemon.counters(actor.pid)  # the control socket's GETCNT_TGID
+        with daemon.client() as control:
+            record = control.getcnt_tgid(actor.pid)
+        assert (row["tgid"], row["kind"], row["btime"], row["command"]) == (
+            actor.pid,
+            "process",
+            record.btime,
+            record.command,
+        )
+        assert row["command"] == comm(actor.pid)
+
+
+def test_query_human_units_and_unknown_pid(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:
+    server, client = traffic
+    sync_and_wait_for_a_publish(daemon.run_dir)
+    unknown = 4194304 + 1  # above any pid_max: never a process
+    done = netatop(daemon.run_dir, "query", str(client.pid), str(unknown))
+    assert done.returncode == 1
+    assert done.stderr == f"netatop: process {unknown} is not known to netatopd\n"
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == [
+        "PID", "COMMAND", "TCPSND", "TCPSNDB", "TCPRCV", "TCPRCVB",
+        "UDPSND", "UDPSNDB", "UDPRCV", "UDPRCVB",
+    ]  # fmt: skip
+    # 5840 bytes = 5.70 KiB sent, 13840 bytes = 13.5 KiB received
+    assert lines[1].split() == [
+        str(client.pid), comm(client.pid), "0", "0", "B", "0", "0", "B",
+        "40", "5.70", "KiB", "40", "13.5", "KiB",
+    ]  # fmt: skip
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_status_json_and_human(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:
+    sync_and_wait_for_a_publish(daemon.run_dir)
+    done = netatop(daemon.run_dir, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    # 40 requests and 40 replies, each seen once on loopback: 80 sent and 80 received.
+    expected = {
+        "udp_sent": 80,
+        "udp_received": 80,
+        "udp_sent_unidentified": 0,
+        "udp_received_unidentified": 0,
+        "tcp_sent": 0,
+        "tcp_received": 0,
+        "tasks": 2,
+        "tasks_overflow": 0,
+        "flows_overflow": 0,
+        "capture_dropped": 0,
+    }
+    assert {name: figures[name] for name in expected} == expected
+    assert set(figures) == set(daemon.status())
+    human = netatop(daemon.run_dir, "status")
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert re.fullmatch(r"  UDP +80 +80 +0 +0", lines[lines.index("") + 3]), human.stdout
+    table_line = next(line for line in lines if line.startswith("Table "))
+    fill = re.match(
+        r"Table +(\d+) rows of \d+ \([0-9.]+%\), processes 2, threads (\d+),", table_line
+    )
+    assert fill is not None, table_line
+    assert int(fill.group(1)) == 2 + int(fill.group(2))  # no process has finished
+
+
+def test_query_threads(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:
+    """With the eBPF helper the single thread of the client has all its counters; without, none."""
+    server, client = traffic
+    sync_and_wait_for_a_publish(daemon.run_dir)
+    ownership = daemon.status()["ownership"]
+    done = netatop(daemon.run_dir, "query", "--threads", "--json", str(client.pid))
+    if ownership == "proc":
+        assert done.returncode == 1
+        assert json.loads(done.stdout) == []
+        assert f"netatop: no thread rows for {client.pid}" in done.stderr.splitlines()
+        return
+    assert done.returncode == 0, (ownership, done.stderr)
+    rows = json.loads(done.stdout)
+    assert [(r["pid"], r["tgid"], r["kind"]) for r in rows] == [(client.pid, client.pid, "thread")]
+    assert {name: rows[0][name] for name in CLIENT} == CLIENT
+
+
+def test_top_in_a_terminal_shows_the_process_and_quits_on_q(
+    daemon: Daemon, traffic: tuple[Actor, Actor]
+) -> None:
+    server, client = traffic
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    modes_before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "netatopd.cli", "top", "--interval", "0.5",
+            "--run-dir", str(daemon.run_dir),
+        ],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": ""},
+    )  # fmt: skip
+    seen = b""
+    wanted = re.compile(rb"\r\n *%d %s " % (client.pid, comm(client.pid).encode()))
+    try:
+        deadline = time.monotonic() + 20
+        while not wanted.search(seen):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"client not shown: {seen[-3000:]!r}"
+            if select.select([master], [], [], remaining)[0]:
+                seen += os.read(master, 65536)
+        assert b"%d %s " % (server.pid, comm(server.pid).encode()) in seen
+        os.write(master, b"q")
+        assert proc.wait(timeout=20) == 0
+        modes_after = termios.tcgetattr(slave)
+        while select.select([master], [], [], 0.5)[0]:
+            seen += os.read(master, 65536)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert seen.startswith(b"\x1b[?1049h")
+    assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # cursor back, alternate screen left
+    assert modes_after == modes_before

@@ -1,0 +1,1023 @@
+"""The netatop command line (netatopd/cli.py) without root and without a daemon.
+
+Ground truth: the rows each test publishes itself into a shared table with
+table.TableWriter, the records a fake control server (below, speaking the
+wire format of protocol.py) answers with, and the rows inserted by SQL into a
+history database.  Expected outputs are written out by hand from those values
+(the unit arithmetic is in the comments).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from netatopd import cli, store
+from netatopd.protocol import (
+    REPLY,
+    REPLY_MAGIC,
+    REQUEST,
+    REQUEST_MAGIC,
+    Command,
+    pack_netpertask,
+)
+from netatopd.table import TableReader, TableWriter, table_path
+from netatopd.tasks import Kind, TaskRow
+
+REPO = Path(__file__).resolve().parents[2]
+MAN_PAGE = REPO / "man" / "netatop.1"
+ZERO = (0, 0, 0, 0)
+
+# The processes of the shared table.  Sums used by the sort orders:
+#   pid      bytes          packets    tcp bytes   udp bytes
+#   100      2_187_152      3_001_200  2_187_152   0
+#   200      20_000         100        0           20_000
+#   300      4_600          9          4_300       300
+#   1234567  3_221_226_472  1_000_010  0           3_221_226_472
+NGINX = TaskRow(
+    Kind.PROCESS, 100, 100, 1000, "nginx", (3_000_000, 2_097_152, 1200, 90_000, *ZERO), 0.0
+)
+DIG = TaskRow(Kind.PROCESS, 200, 200, 2000, "dig", (*ZERO, 50, 5000, 50, 15000), 0.0)
+CURL = TaskRow(Kind.PROCESS, 300, 300, 3000, "curl", (3, 300, 4, 4000, 1, 100, 1, 200), 0.0)
+RESOLVED = TaskRow(
+    Kind.PROCESS,
+    1234567,
+    1234567,
+    4000,
+    "systemd-resolve",
+    (*ZERO, 10, 1000, 1_000_000, 3_221_225_472),
+    0.0,
+)
+WGET_EXITED = TaskRow(Kind.EXITED, 400, 400, 5000, "wget", (1, 2, 3, 4, 5, 6, 7, 8), 0.0)
+ROWS = [NGINX, DIG, CURL, RESOLVED, WGET_EXITED]
+COUNTERS = (
+    "tcpsndpacks",
+    "tcpsndbytes",
+    "tcprcvpacks",
+    "tcprcvbytes",
+    "udpsndpacks",
+    "udpsndbytes",
+    "udprcvpacks",
+    "udprcvbytes",
+)
+
+
+def as_json(row: TaskRow, kind: str = "process") -> dict[str, Any]:
+    return {
+        "pid": row.id,
+        "tgid": row.tgid,
+        "kind": kind,
+        "btime": row.btime,
+        "command": row.command,
+        **dict(zip(COUNTERS, row.counters, strict=True)),
+    }
+
+
+# Every counter of every row, in bytes with units (binary, three digits):
+#   2_097_152 = 2.00 MiB   90_000 = 87.89 KiB    5000 = 4.88 KiB   15000 = 14.65 KiB
+#   4000 = 3.91 KiB        3_221_225_472 = 3.00 GiB;  packets 3_000_000 = 3.00M, 1_000_000 = 1.00M
+# The natural width is 87 columns; COMMAND is cut from 15 to 8 to fit 80.
+QUERY_TABLE = [
+    "    PID COMMAND  TCPSND  TCPSNDB TCPRCV  TCPRCVB UDPSND  UDPSNDB UDPRCV  UDPRCVB",
+    "1234567 systemd-      0      0 B      0      0 B     10   1000 B  1.00M 3.00 GiB",
+    "    100 nginx     3.00M 2.00 MiB   1200 87.9 KiB      0      0 B      0      0 B",
+    "    200 dig           0      0 B      0      0 B     50 4.88 KiB     50 14.6 KiB",
+    "    300 curl          3    300 B      4 3.91 KiB      1    100 B      1    200 B",
+]
+
+
+def invoke(*args: str, columns: int = 80, **env: str) -> Result:
+    runner = CliRunner()
+    return runner.invoke(
+        cli.app,
+        list(args),
+        prog_name="netatop",
+        env={"COLUMNS": str(columns), "NETATOP_RUN_DIR": None, "NETATOP_DB": None, **env},
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    """A run directory whose table holds ROWS, published by this process (alive: fresh)."""
+    directory = tmp_path / "run"
+    directory.mkdir()
+    writer = TableWriter(table_path(str(directory)), 64, 250)
+    writer.publish(ROWS, {"tcp_sent": 11})
+    try:
+        yield directory
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1023.6, "1.00 KiB"),  # rounds to 1024 bytes: the next unit
+        (1024, "1.00 KiB"),
+        (1536, "1.50 KiB"),
+        (10_188, "9.95 KiB"),
+        (10_239, "10.0 KiB"),  # 9.999 KiB rounds to 10.0, one decimal
+        (153_600, "150 KiB"),
+        (1_048_063, "1023 KiB"),
+        (1_048_575, "1.00 MiB"),  # 1023.999 KiB would print as 1024 KiB
+        (5 * 2**40, "5.00 TiB"),
+    ],
+)
+def test_format_bytes(count: float, text: str) -> None:
+    assert cli.format_bytes(count) == text
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (0, "0"),
+        (999_999, "999999"),
+        (1_000_000, "1.00M"),
+        (12_345_678, "12.3M"),
+        (4 * 10**9, "4.00G"),
+    ],
+)
+def test_format_count(count: int, text: str) -> None:
+    assert cli.format_count(count) == text
+
+
+# --------------------------------------------------------------------------- query
+
+
+def test_query_human_table_sorted_by_bytes_fits_80_columns(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == QUERY_TABLE
+    assert max(len(line) for line in result.stdout.splitlines()) == 80
+    assert result.stderr == ""
+
+
+def test_query_wide_terminal_keeps_the_whole_command(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--top", "1", columns=120)
+    assert result.stdout.splitlines() == [
+        "    PID COMMAND         TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV  UDPRCVB",
+        "1234567 systemd-resolve      0     0 B      0     0 B     10  1000 B  1.00M 3.00 GiB",
+    ]
+
+
+def test_query_json_has_exact_counters(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--json", "--sort", "pid")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == [as_json(r) for r in (NGINX, DIG, CURL, RESOLVED)]
+
+
+def test_query_csv_has_a_header_and_exact_counters(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--csv", "300", "200")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "pid,tgid,kind,btime,command,tcpsndpacks,tcpsndbytes,tcprcvpacks,tcprcvbytes,"
+        "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes",
+        "300,300,process,3000,curl,3,300,4,4000,1,100,1,200",  # PIDs given: their order
+        "200,200,process,2000,dig,0,0,0,0,50,5000,50,15000",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "order"),
+    [
+        ("bytes", [1234567, 100, 200, 300]),
+        ("packets", [100, 1234567, 200, 300]),
+        ("tcp", [100, 300, 200, 1234567]),  # 200 and 1234567 tie at 0: by pid
+        ("udp", [1234567, 200, 300, 100]),
+        ("pid", [100, 200, 300, 1234567]),
+    ],
+)
+def test_query_sort_orders(run_dir: Path, key: str, order: list[int]) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--json", "--sort", key)
+    assert [row["pid"] for row in json.loads(result.stdout)] == order
+
+
+def test_query_top_keeps_the_first_rows_of_the_order(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--json", "--sort", "udp", "--top", "2")
+    assert [row["pid"] for row in json.loads(result.stdout)] == [1234567, 200]
+
+
+def test_query_unknown_and_finished_pids_exit_1_and_print_the_rest(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--json", "100", "999", "400")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == [as_json(NGINX)]
+    assert result.stderr.splitlines() == [
+        "netatop: process 999 is not known to netatopd",
+        "netatop: process 400 has finished (see netatop exited)",
+    ]
+
+
+def test_query_threads_says_there_are_none(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--threads")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "TID TGID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB"
+    ]
+    assert result.stderr == f"netatop: {cli.NO_THREAD_ROWS}\n"
+    asked = invoke("query", "--run-dir", str(run_dir), "--threads", "100")
+    assert asked.exit_code == 1
+    assert "netatop: no thread rows for 100" in asked.stderr.splitlines()
+
+
+def test_query_threads_lists_thread_rows(tmp_path: Path) -> None:
+    threads = [
+        TaskRow(Kind.THREAD, 501, 500, 7000, "worker", (2, 300, 0, 0, *ZERO), 0.0),
+        TaskRow(Kind.THREAD, 500, 500, 7000, "main", (1, 100, 1, 100, *ZERO), 0.0),
+        TaskRow(Kind.THREAD, 601, 600, 8000, "other", (*ZERO, 1, 60, 1, 60), 0.0),
+    ]
+    writer = TableWriter(table_path(str(tmp_path)), 8, 250)
+    writer.publish([NGINX, *threads], {})
+    try:
+        result = invoke("query", "--run-dir", str(tmp_path), "--threads", "--sort", "pid", "500")
+        assert result.exit_code == 0
+        assert result.stdout.splitlines() == [
+            "TID TGID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
+            "500  500 main         1   100 B      1   100 B      0     0 B      0     0 B",
+            "501  500 worker       2   300 B      0     0 B      0     0 B      0     0 B",
+        ]
+        # by bytes: worker 300, main 200, other 120
+        as_rows = json.loads(
+            invoke("query", "--run-dir", str(tmp_path), "--threads", "--json").stdout
+        )
+        assert [(r["pid"], r["tgid"], r["kind"]) for r in as_rows] == [
+            (501, 500, "thread"),
+            (500, 500, "thread"),
+            (601, 600, "thread"),
+        ]
+    finally:
+        writer.close()
+
+
+def test_json_and_csv_together_are_refused(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--json", "--csv")
+    assert result.exit_code == 2
+    assert "--json and --csv exclude each other" in result.stderr
+
+
+# --------------------------------------------------------------------------- not running
+
+
+def test_every_command_without_a_daemon_says_so_and_exits_2(tmp_path: Path) -> None:
+    sentence = (
+        f"netatop: netatopd is not running (no control socket at {tmp_path}/control; "
+        f"run directory {tmp_path})\n"
+    )
+    for command in (
+        ["query"],
+        ["query", "--threads"],
+        ["status"],
+        ["exited"],
+        ["sync"],
+        ["gc"],
+        ["wait-exit"],
+        ["wait-empty"],
+        ["top", "--iterations", "1"],
+    ):
+        result = invoke(*command, "--run-dir", str(tmp_path))
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", sentence), command
+
+
+def test_run_dir_from_the_environment(run_dir: Path) -> None:
+    result = invoke("query", "--json", "100", NETATOP_RUN_DIR=str(run_dir))
+    assert json.loads(result.stdout) == [as_json(NGINX)]
+
+
+DEAD_WRITER = """
+import sys
+from netatopd.table import TableReader, TableWriter
+from netatopd.tasks import Kind, TaskRow
+writer = TableWriter(sys.argv[1], 4, 250)
+writer.publish([TaskRow(Kind.PROCESS, 9, 9, 1, "gone", (0,) * 8, 0.0)], {})
+with TableReader(sys.argv[1]) as reader:
+    print(reader.snapshot().updated_s)
+writer.close(unlink=False)
+"""
+
+
+def test_table_of_a_dead_daemon_is_stale_exit_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DEAD_WRITER, table_path(str(tmp_path))],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    updated_s = float(done.stdout)
+    before_s = time.time()
+    for command in (["query"], ["top", "--iterations", "1"]):
+        result = invoke(*command, "--run-dir", str(tmp_path))
+        assert result.exit_code == 2 and result.stdout == ""
+        clock = datetime.fromtimestamp(updated_s).strftime("%H:%M:%S")
+        match = re.fullmatch(
+            rf"netatop: netatopd is not running \(table last updated {clock}, (\d+) s ago\)\n",
+            result.stderr,
+        )
+        assert match is not None, result.stderr
+        assert 0 <= int(match.group(1)) <= time.time() - updated_s + 1
+    assert time.time() - before_s < 60
+
+
+def test_table_not_updated_for_long_is_reported_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_ns = time.time_ns() - 60 * 10**9  # a publish 60 s ago, by a live writer (this process)
+    writer = TableWriter(table_path(str(tmp_path)), 4, 250)
+    monkeypatch.setattr(time, "time_ns", lambda: old_ns)
+    writer.publish([NGINX], {})
+    monkeypatch.undo()
+    try:
+        result = invoke("query", "--run-dir", str(tmp_path))
+        clock = datetime.fromtimestamp(old_ns / 1e9).strftime("%H:%M:%S")
+        assert result.exit_code == 2
+        assert re.fullmatch(
+            rf"netatop: netatopd \(pid {os.getpid()}\) has not updated its table for "
+            rf"(60|61) s \(last update {clock}\); it may be stuck\n",
+            result.stderr,
+        ), result.stderr
+    finally:
+        writer.close()
+
+
+# --------------------------------------------------------------------------- control socket
+
+
+class FakeDaemon:
+    """A control socket answering from fixed records (the wire format of protocol.py)."""
+
+    def __init__(self, run_dir: Path, status: dict[str, Any]) -> None:
+        self.status = status
+        self.tasks = [NGINX, CURL]
+        self.exited = [WGET_EXITED, DIG]
+        self.gc_runs = 0
+        self.syncs = 0
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(run_dir / "control"))
+        self.listener.listen(8)
+        self.listener.settimeout(0.05)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def record(row: TaskRow) -> bytes:
+        return pack_netpertask(row.id, row.btime, row.command, row.counters)
+
+    def answer(self, command: int, task_id: int) -> tuple[int, bytes]:
+        if command == Command.PROBE:
+            return 0, b"netatopd fake"
+        if command == Command.STATUS:
+            return 0, json.dumps(self.status).encode()
+        if command == Command.LIST_TASKS:
+            return 0, b"".join(self.record(r) for r in self.tasks)
+        if command == Command.LIST_EXIT:
+            return 0, b"".join(self.record(r) for r in self.exited)
+        if command == Command.GETCNT_TGID:
+            for row in self.tasks:
+                if row.id == task_id:
+                    return 0, self.record(row)
+            return 3, b""  # ESRCH
+        if command == Command.GETCNT_EXIT:
+            return 0, self.record(self.exited.pop(0))
+        if command == Command.FORCE_GC:
+            self.gc_runs += 1
+            return 0, b""
+        if command in (Command.SYNC, Command.EMPTY_EXIT):
+            self.syncs += 1
+            return 0, b""
+        return 22, b""
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                while True:
+                    request = conn.recv(REQUEST.size, socket.MSG_WAITALL)
+                    if len(request) < REQUEST.size:
+                        break
+                    magic, command, task_id, _ = REQUEST.unpack(request)
+                    assert magic == REQUEST_MAGIC
+                    error, payload = self.answer(command, task_id)
+                    conn.sendall(REPLY.pack(REPLY_MAGIC, command, error, len(payload)) + payload)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.listener.close()
+
+
+STATUS = {
+    "version": "0.1.0",
+    "tcp_sent": 10,
+    "tcp_received": 12,
+    "udp_sent": 80,
+    "udp_received": 81,
+    "tcp_sent_unidentified": 1,
+    "tcp_received_unidentified": 2,
+    "udp_sent_unidentified": 3,
+    "udp_received_unidentified": 4,
+    "icmp_sent": 5,
+    "icmp_received": 6,
+    "malformed": 7,
+    "rejected": {"truncated": 7, "not_ip": 0},
+    "flows": 13,
+    "flows_overflow": 14,
+    "flows_pending": 15,
+    "flows_written_off": 16,
+    "tasks": 17,
+    "tasks_overflow": 18,
+    "exited": 19,
+    "exited_expired": 20,
+    "capture_received": 21,
+    "capture_dropped": 22,
+    "capture_interface_dropped": 23,
+    "packets_counted": 24,
+    "resolver_lookups": 25,
+    "resolver_misses": 26,
+    "resolver_not_found": 27,
+    "resolver_endpoint_finds": 28,
+    "inode_full_scans": 29,
+    "proc_denied": 30,
+    "table_capacity": 64,
+    "history": "/var/lib/netatop/netatop.db",
+    "history_persisted": 31,
+    "history_samples": 32,
+    "history_pending": 33,
+    "history_dropped": 34,
+    "history_disk_full_skips": 35,
+    "history_write_errors": 36,
+    "ownership": "proc",
+    "uptime_s": 90061.5,  # 1 day, 01:01:01
+    "gc_runs": 37,
+    "something_new": 38,
+}
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
+    daemon = FakeDaemon(tmp_path, STATUS)
+    try:
+        yield daemon
+    finally:
+        daemon.close()
+
+
+def test_status_json_is_the_raw_status_object(fake: FakeDaemon, tmp_path: Path) -> None:
+    result = invoke("status", "--json", "--run-dir", str(tmp_path))
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == STATUS
+
+
+def test_status_human_groups_every_figure(fake: FakeDaemon, tmp_path: Path) -> None:
+    writer = TableWriter(table_path(str(tmp_path)), 64, 250)
+    writer.publish(ROWS, {})
+    try:
+        with TableReader(table_path(str(tmp_path))) as reader:
+            clock = datetime.fromtimestamp(reader.snapshot().updated_s).strftime("%H:%M:%S")
+        result = invoke("status", "--run-dir", str(tmp_path))
+    finally:
+        writer.close()
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "netatopd 0.1.0, up 1 d 01:01:01, owner resolution: proc",
+        f"Run directory {tmp_path}",
+        "",
+        "Packets SENT RECEIVED UNIDENTIFIED SENT UNIDENTIFIED RECEIVED",
+        "  TCP     10       12                 1                     2",
+        "  UDP     80       81                 3                     4",
+        "  ICMP     5        6                 -                     -",
+        "Malformed     7 (rejected: truncated 7)",
+        "Flows         13 (overflow 14, pending owner 15, written off 16)",
+        "Tasks         17 (overflow 18)",
+        "Exit list     19 (expired unread 20)",
+        "Capture       received 21, dropped 22, dropped by the interface 23,",
+        "              packets counted 24",
+        "Resolver      lookups 25, misses 26, not found 27, endpoint finds 28,",
+        "              full inode scans 29, /proc denied 30",
+        "Table         5 rows of 64 (7.8%), processes 4, threads 0, exited 1, refused 0,",
+        f"              updated {clock}",
+        "History       /var/lib/netatop/netatop.db: persisted 31, samples 32, pending 33,",
+        "              dropped 34, disk-full skips 35, write errors 36",
+        "Other         gc_runs 37, something_new 38",
+    ]
+
+
+def test_query_falls_back_to_the_control_socket_without_a_table(
+    fake: FakeDaemon, tmp_path: Path
+) -> None:
+    result = invoke("query", "--run-dir", str(tmp_path), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == [as_json(NGINX), as_json(CURL)]
+    missing = invoke("query", "--run-dir", str(tmp_path), "--json", "300", "200")
+    assert missing.exit_code == 1
+    assert json.loads(missing.stdout) == [as_json(CURL)]
+    assert missing.stderr == "netatop: process 200 is not known to netatopd\n"
+
+
+def test_exited_lists_the_exit_list(fake: FakeDaemon, tmp_path: Path) -> None:
+    result = invoke("exited", "--run-dir", str(tmp_path), "--json")
+    assert json.loads(result.stdout) == [as_json(WGET_EXITED, "exited"), as_json(DIG, "exited")]
+    limited = invoke("exited", "--run-dir", str(tmp_path), "--csv", "--limit", "1")
+    assert limited.stdout.splitlines()[1:] == ["400,400,exited,5000,wget,1,2,3,4,5,6,7,8"]
+    assert fake.exited == [WGET_EXITED, DIG]  # read, not consumed
+
+
+def test_wait_exit_consumes_and_prints_one_object_a_line(fake: FakeDaemon, tmp_path: Path) -> None:
+    result = invoke("wait-exit", "--run-dir", str(tmp_path), "--json", "--count", "2")
+    assert result.exit_code == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        as_json(WGET_EXITED, "exited"),
+        as_json(DIG, "exited"),
+    ]
+    assert fake.exited == []
+
+
+def test_wait_exit_human_lines(fake: FakeDaemon, tmp_path: Path) -> None:
+    result = invoke("wait-exit", "--run-dir", str(tmp_path), "--count", "1")
+    assert result.stdout == (
+        "pid=400 tgid=400 kind=exited btime=5000 command=wget tcpsndpacks=1 tcpsndbytes=2 "
+        "tcprcvpacks=3 tcprcvbytes=4 udpsndpacks=5 udpsndbytes=6 udprcvpacks=7 udprcvbytes=8\n"
+    )
+
+
+def test_sync_gc_wait_empty(fake: FakeDaemon, tmp_path: Path) -> None:
+    for command in ("sync", "gc", "wait-empty"):
+        result = invoke(command, "--run-dir", str(tmp_path))
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "", ""), command
+    assert (fake.gc_runs, fake.syncs) == (1, 2)
+
+
+# --------------------------------------------------------------------------- SQLite
+
+T0 = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp())  # 2026-11-27 00:00:00 UTC
+# exited: tgid, btime, command, cmdline, uid, first, last, exit_time, 8 counters
+EXITED_ROWS = [
+    (200, 2000, "curl", "curl https://example.org/", 1000, T0 + 4700.0, T0 + 4790.0, T0 + 4900.0)
+    + (3, 300, 4, 4000, 1, 100, 1, 200),
+    (300, 3000, "dig", "dig example.org", 1000, T0 + 7250.0, T0 + 7255.0, T0 + 7300.5)
+    + (0, 0, 0, 0, 2, 150, 2, 350),
+    (400, 4000, "ssh", None, None, T0 + 550.0, T0 + 600.0, T0 + 700.0) + (1, 60, 1, 40, 0, 0, 0, 0),
+    (500, 5000, "scp", "scp big host:", 0, T0 + 100.0, T0 + 200.0, T0 + 9000.0)
+    + (10, 5_000_000, 20, 1000, 0, 0, 0, 0),
+]
+
+
+@pytest.fixture
+def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    path = tmp_path / "history.db"
+    conn = store.open_db(str(path))
+    with conn:
+        conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED_ROWS)
+    conn.close()
+    try:
+        yield path
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def exited_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    tgid, btime, command, cmdline, uid, first, last, exit_time = row[:8]
+    return {
+        "pid": tgid,
+        "tgid": tgid,
+        "kind": "exited",
+        "btime": btime,
+        "command": command,
+        **dict(zip(COUNTERS, row[8:], strict=True)),
+        "cmdline": cmdline,
+        "uid": uid,
+        "first_activity": first,
+        "last_activity": last,
+        "exit_time": exit_time,
+    }
+
+
+def test_exited_since_reads_sqlite(history: Path) -> None:
+    # [01:00, 02:30): curl (exit 01:21:40) and dig (02:01:40.5); ssh (00:11:40) before, scp (02:30) at the end: excluded
+    result = invoke(
+        "exited", "--db", str(history), "--json", "--since", "2026-11-27T01:00Z",
+        "--until", "2026-11-27T02:30Z",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [exited_json(EXITED_ROWS[0]), exited_json(EXITED_ROWS[1])]
+    everything = invoke("exited", "--db", str(history), "--json", "--since", f"@{T0}")
+    assert [r["pid"] for r in json.loads(everything.stdout)] == [400, 200, 300, 500]  # by exit time
+    limited = invoke("exited", "--db", str(history), "--json", "--since", f"@{T0}", "--limit", "1")
+    assert json.loads(limited.stdout) == [exited_json(EXITED_ROWS[2])]
+
+
+def test_exited_since_human_and_csv(history: Path) -> None:
+    result = invoke("exited", "--db", str(history), "--since", f"@{T0}")
+    # scp: sent 5_000_000 = 4.77 MiB; curl received 4200 = 4.10 KiB; ssh has no uid or cmdline
+    lines = result.stdout.splitlines()
+    assert lines == [
+        "PID  UID EXITED         SNDPK     SENT RCVPK RECEIVED COMMAND LINE",
+        "400    - 11-27 00:11:40     1     60 B     1     40 B [ssh]",
+        "200 1000 11-27 01:21:40     4    400 B     5 4.10 KiB curl https://example.org/",
+        "300 1000 11-27 02:01:40     2    150 B     2    350 B dig example.org",
+        "500    0 11-27 02:30:00    10 4.77 MiB    20   1000 B scp big host:",
+    ]
+    as_csv = invoke("exited", "--db", str(history), "--csv", "--since", f"@{T0}", "--limit", "1")
+    assert as_csv.stdout.splitlines() == [
+        "pid,tgid,kind,btime,command,tcpsndpacks,tcpsndbytes,tcprcvpacks,tcprcvbytes,"
+        "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes,cmdline,uid,first_activity,"
+        "last_activity,exit_time",
+        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0}",
+    ]
+
+
+def test_exited_since_without_a_database_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    result = invoke("exited", "--db", str(missing), "--since", "2h")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"netatop: {missing}: no history database here (has netatopd run with --db?)\n"
+    )
+
+
+def test_bad_time_is_a_usage_error(history: Path) -> None:
+    result = invoke("exited", "--db", str(history), "--since", "yesterday-ish")
+    assert result.exit_code == 2
+    assert "cannot read time 'yesterday-ish'" in result.stderr
+
+
+def read_report_headers() -> dict[str, str]:
+    """name -> description from the first line of each sql/reports file ('-- name: text')."""
+    headers = {}
+    for path in sorted((REPO / "sql" / "reports").glob("*.sql")):
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        name, _, description = first.removeprefix("--").partition(":")
+        headers[name.strip()] = description.strip()
+    return headers
+
+
+def test_report_list_names_and_descriptions() -> None:
+    headers = read_report_headers()
+    assert {"top-processes", "by-command", "by-user", "hourly", "recent-exits"} <= set(headers)
+    result = invoke("report", "--list")
+    assert result.exit_code == 0
+    width = max(len(name) for name in headers)
+    assert result.stdout.splitlines() == [
+        f"{name:<{width}}  {text}" for name, text in headers.items()
+    ]
+    as_json_list = json.loads(invoke("report", "--list", "--format", "json").stdout)
+    assert [(r["name"], r["description"]) for r in as_json_list] == list(headers.items())
+
+
+def test_report_top_exited_json_table_csv(history: Path) -> None:
+    # total_bytes: scp 5_001_000, curl 4600, dig 500, ssh 100 -> largest first.
+    result = invoke(
+        "report", "top-exited", "--db", str(history), "--format", "json", "--limit", "2"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {
+            "tgid": 500, "btime": 5000, "command": "scp", "uid": 0,
+            "exit_time": "2026-11-27 02:30:00", "sndpacks": 10, "sndbytes": 5_000_000,
+            "rcvpacks": 20, "rcvbytes": 1000, "total_bytes": 5_001_000, "cmdline": "scp big host:",
+        },
+        {
+            "tgid": 200, "btime": 2000, "command": "curl", "uid": 1000,
+            "exit_time": "2026-11-27 01:21:40", "sndpacks": 4, "sndbytes": 400,
+            "rcvpacks": 5, "rcvbytes": 4200, "total_bytes": 4600,
+            "cmdline": "curl https://example.org/",
+        },
+    ]  # fmt: skip
+    table = invoke("report", "top-exited", "--db", str(history), "--command", "ssh", columns=200)
+    # uid and cmdline are NULL: "-", left-aligned (no number in the column)
+    assert table.stdout.splitlines() == [
+        "tgid btime command uid exit_time           sndpacks sndbytes rcvpacks rcvbytes "
+        "total_bytes cmdline",
+        " 400  4000 ssh     -   2026-11-27 00:11:40        1     60 B        1     40 B "
+        "      100 B -",
+    ]
+    as_csv = invoke(
+        "report",
+        "top-exited",
+        "--db",
+        str(history),
+        "--format",
+        "csv",
+        "--since",
+        "2026-11-27T02:00Z",
+    )
+    assert as_csv.stdout.splitlines() == [
+        "tgid,btime,command,uid,exit_time,sndpacks,sndbytes,rcvpacks,rcvbytes,total_bytes,cmdline",
+        "500,5000,scp,0,2026-11-27 02:30:00,10,5000000,20,1000,5001000,scp big host:",
+        "300,3000,dig,1000,2026-11-27 02:01:40,2,150,2,350,500,dig example.org",
+    ]
+
+
+def test_report_errors_exit_2(history: Path, tmp_path: Path) -> None:
+    unknown = invoke("report", "no-such-report", "--db", str(history))
+    assert unknown.exit_code == 2
+    assert unknown.stderr.startswith("netatop: no report named 'no-such-report'; known: ")
+    missing = invoke("report", "hourly", "--db", str(tmp_path / "absent.db"))
+    assert missing.exit_code == 2
+    assert missing.stderr == (
+        f"netatop: {tmp_path / 'absent.db'}: no history database here "
+        "(has netatopd run with --db?)\n"
+    )
+    nothing = invoke("report")
+    assert nothing.exit_code == 2 and "give a report NAME, or --list" in nothing.stderr
+
+
+# --------------------------------------------------------------------------- top
+
+
+def rates_snapshot(run_dir: Path) -> Any:
+    with TableReader(table_path(str(run_dir))) as reader:
+        return reader.snapshot()
+
+
+def test_rate_rows_are_deltas_over_the_publish_interval(tmp_path: Path) -> None:
+    writer = TableWriter(table_path(str(tmp_path)), 8, 250)
+    try:
+        writer.publish([NGINX, DIG], {})
+        first = rates_snapshot(tmp_path)
+        grown = TaskRow(
+            Kind.PROCESS,
+            100,
+            100,
+            1000,
+            "nginx",
+            (3_000_010, 2_097_152 + 4000, 1201, 90_100, *ZERO),
+            0.0,
+        )
+        reused = TaskRow(
+            Kind.PROCESS, 200, 200, 2999, "dig", (*ZERO, 2, 100, 0, 0), 0.0
+        )  # pid reused
+        writer.publish([grown, reused], {})
+        second = rates_snapshot(tmp_path)
+    finally:
+        writer.close()
+    elapsed = second.updated_s - first.updated_s
+    rows = {r["pid"]: r for r in cli.rate_rows(first, second)}
+    assert rows[100]["tcpsndpacks"] * elapsed == pytest.approx(10)
+    assert rows[100]["tcpsndbytes"] * elapsed == pytest.approx(4000)
+    assert rows[100]["tcprcvbytes"] * elapsed == pytest.approx(100)
+    assert rows[100]["total_bytes"] == 2_097_152 + 4000 + 90_100
+    # (200, 2999) is another process than (200, 2000): all its counters are new.
+    assert rows[200]["udpsndbytes"] * elapsed == pytest.approx(100)
+
+
+def test_top_frame_fits_80x24_and_sorts() -> None:
+    rows = []
+    for pid in range(1, 41):  # 40 processes, pid n sends n KiB/s
+        rows.append(
+            {
+                "pid": pid, "tgid": pid, "kind": "process", "btime": 1, "command": f"proc{pid}",
+                **dict.fromkeys(COUNTERS, 0.0), "tcpsndbytes": pid * 1024.0, "tcpsndpacks": 1.0,
+                "udprcvpacks": 41.0 - pid, "total_bytes": 0,
+            }
+        )  # fmt: skip
+    frame = cli.top_frame(rows, cli.SortKey.BYTES, 2.0, time.time(), (80, 24))
+    assert len(frame) == 23 and max(len(line) for line in frame) <= 80
+    # total sent: 1 + 2 + ... + 40 KiB = 820 KiB; packets 40 sent, 1 + ... + 40 = 820 received
+    assert frame[2] == "total: sent 820 KiB/s 40.0 pk/s, received 0 B/s 820.0 pk/s, 40 processes"
+    assert frame[4].split() == [
+        "PID",
+        "COMMAND",
+        "SENT/s",
+        "RCVD/s",
+        "SNDPK/s",
+        "RCVPK/s",
+        "TCP/s",
+        "UDP/s",
+        "TOTAL",
+    ]
+    assert [int(line.split()[0]) for line in frame[5:]] == list(range(40, 22, -1))
+    by_packets = cli.top_frame(rows, cli.SortKey.PACKETS, 2.0, time.time(), (80, 24))
+    assert [int(line.split()[0]) for line in by_packets[5:]] == list(range(1, 19))
+
+
+class Publisher:
+    """A writer thread that grows nginx by 10 packets of 1000 bytes every 100 ms."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.writer = TableWriter(table_path(str(run_dir)), 8, 100)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.publish(0)
+        self.thread.start()
+
+    def publish(self, step: int) -> None:
+        nginx = NGINX._replace(counters=(10 * step, 10_000 * step, 0, 0, *ZERO))
+        self.writer.publish([nginx, DIG], {})
+
+    def run(self) -> None:
+        step = 0
+        while not self.stop.wait(0.1) and step < 1000:
+            step += 1
+            self.publish(step)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.writer.close()
+
+
+def test_top_prints_frames_to_a_pipe(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path)
+    try:
+        result = invoke("top", "--run-dir", str(tmp_path), "--iterations", "2", "--interval", "0.3")
+    finally:
+        publisher.close()
+    assert result.exit_code == 0, result.output
+    frames = re.split(r"\n\n(?=netatop top )", result.stdout.rstrip("\n"))
+    assert len(frames) == 2
+    for frame in frames:
+        lines = frame.splitlines()
+        assert lines[0].startswith("netatop top ") and "sorted by bytes" in lines[0]
+        assert lines[3] == ""
+        assert lines[4].split()[:2] == ["PID", "COMMAND"]
+        assert lines[5].split()[:2] == ["100", "nginx"]  # the only one with traffic
+        assert lines[6].split()[:2] == ["200", "dig"]
+        assert lines[6].split()[2:8] == ["0", "B", "0", "B", "0.0", "0.0"]
+        assert "\x1b" not in frame
+
+
+def read_until(fd: int, pattern: bytes, timeout_s: float = 20.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while pattern not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{pattern!r} not seen in {seen[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+# The child makes the terminal its controlling terminal (as a login shell would),
+# so that Ctrl-C typed on it sends SIGINT; then runs netatop.
+IN_TERMINAL = (
+    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv = ['netatop', *sys.argv[1:]]; runpy.run_module('netatopd.cli', run_name='__main__')"
+)
+
+
+def run_top_in_pty(
+    run_dir: Path, steps: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, list[Any], list[Any]]:
+    """Start netatop top on a new 80x24 terminal; for each step wait for text, then type keys.
+
+    Returns (exit status, everything written, terminal modes before, after).
+    """
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IN_TERMINAL, "top", "--run-dir", str(run_dir), "--interval", "0.3"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": ""},
+    )  # fmt: skip
+    seen = b""
+    try:
+        for expect, keys in steps:
+            seen += read_until(master, expect)
+            os.write(master, keys)
+        proc.wait(timeout=20)
+        after = termios.tcgetattr(slave)
+        seen += read_until(master, b"\x1b[?1049l", timeout_s=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    return proc.returncode, seen, before, after
+
+
+def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
+    tmp_path: Path,
+) -> None:
+    publisher = Publisher(tmp_path)
+    try:
+        code, seen, before, after = run_top_in_pty(
+            tmp_path, [(b"100 nginx", b"p"), (b"sorted by packets", b"q")]
+        )
+    finally:
+        publisher.close()
+    assert code == 0
+    assert seen.startswith(b"\x1b[?1049h")  # alternate screen ...
+    assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # ... left, cursor shown again
+    assert re.search(rb"\r\n100 nginx +[0-9.]+ KiB ", seen)
+    assert before == after  # terminal modes restored (echo, canonical input)
+    assert (
+        max(len(line) for line in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).split(b"\r\n"))
+        <= 80
+    )
+
+
+def test_top_in_a_terminal_quits_on_ctrl_c(tmp_path: Path) -> None:
+    publisher = Publisher(tmp_path)
+    try:
+        code, seen, before, after = run_top_in_pty(tmp_path, [(b"100 nginx", b"\x03")])
+    finally:
+        publisher.close()
+    assert code == 0
+    assert seen.endswith(b"\x1b[?25h\x1b[?1049l") and before == after
+
+
+# --------------------------------------------------------------------------- help and manual
+
+
+COMMANDS = ("status", "query", "top", "exited", "report", "sync", "gc", "wait-exit", "wait-empty")
+
+
+def test_every_command_has_help_with_examples() -> None:
+    registered = {
+        c.name or (c.callback.__name__ if c.callback else "") for c in cli.app.registered_commands
+    }
+    assert registered == set(COMMANDS)
+    for command in COMMANDS:
+        result = invoke(command, "--help")
+        assert result.exit_code == 0, command
+        assert "Examples:" in result.stdout and f"netatop {command}" in result.stdout, command
+
+
+def test_manual_page_lists_every_command_and_option() -> None:
+    """Each command has a .SS section naming each of its options (the shared ones under OPTIONS)."""
+    page = MAN_PAGE.read_text(encoding="utf-8")
+    shared = page[page.index(".SH OPTIONS") : page.index(".SH TIMES")]
+    assert "\\-\\-run\\-dir" in shared and "\\-\\-help" in shared
+    options_seen = 0
+    for command in COMMANDS:
+        help_text = invoke(command, "--help").stdout
+        start = page.index(f".SS {command.replace('-', chr(92) + '-')}\n")
+        end = page.index("\n.S", start + 1)
+        section = page[start:end]
+        for option in set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", help_text)) - {
+            "--help",
+            "--run-dir",
+        }:
+            assert option.replace("-", "\\-") in section, (command, option)
+            options_seen += 1
+    assert options_seen == 24  # 1 + 5 + 3 + 6 + 7 + 2 (status query top exited report wait-exit)
+
+
+def test_manual_page_renders_without_warnings() -> None:
+    groff = "/usr/bin/groff"
+    if not os.path.exists(groff):
+        pytest.skip("groff is not installed (Debian package groff-base)")
+    done = subprocess.run(
+        [groff, "-man", "-ww", "-z", str(MAN_PAGE)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_sigterm_handler_is_restored_after_top(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    publisher = Publisher(tmp_path)
+    try:
+        result = invoke("top", "--run-dir", str(tmp_path), "--iterations", "1", "--interval", "0.2")
+    finally:
+        publisher.close()
+    assert result.exit_code == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_status_without_a_table_says_why(fake: FakeDaemon, tmp_path: Path) -> None:
+    result = invoke("status", "--run-dir", str(tmp_path))
+    assert result.exit_code == 0
+    table_lines = [line for line in result.stdout.splitlines() if line.startswith("Table ")]
+    assert table_lines == [
+        "Table         capacity 64, not readable: no table file in the run directory"
+    ]
