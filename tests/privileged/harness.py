@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -104,23 +105,32 @@ class Actor:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.pending = b""
         first = self.read()
         self.first = first
         self.pid: int = first["pid"]
         self.port: int = first.get("port", 0)
 
     def read(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """The actor's next JSON line (several may arrive in one pipe read: keep the rest)."""
         assert self.proc.stdout is not None
-        import select
-
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line:
-            err = (
-                self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-            )
-            raise AssertionError(f"actor gave no answer (exit {self.proc.poll()}): {err}")
-        return json.loads(line)
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.pending:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, remaining))
+            chunk = os.read(fd, 65536) if ready else b""
+            if not chunk:
+                err = (
+                    self.proc.stderr.read()
+                    if self.proc.poll() is not None and self.proc.stderr
+                    else ""
+                )
+                raise AssertionError(f"actor gave no answer (exit {self.proc.poll()}): {err}")
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        result: dict[str, Any] = json.loads(line)
+        return result
 
     def tell(self, command: str) -> None:
         assert self.proc.stdin is not None
