@@ -186,3 +186,66 @@ class Sweeper:
         self.resolver.tasks_gone(finished, now_s)
         if self.resolver.kernel is not None:
             self.resolver.kernel.expire()
+
+
+JOURNAL_MAX_ENTRIES_DEFAULT = 100_000
+JOURNAL_MAX_AGE_S_DEFAULT = 600.0
+
+
+class ExitJournal:
+    """Finished processes for the atop socket, numbered so each client takes its own share.
+
+    Unlike the exit list nothing is consumed: every entry gets the next sequence
+    number (1, 2, ...) and each atop client remembers the last number it was
+    served, so one finished process reaches every client exactly once.  Bounded
+    by count and by age; an entry dropped before a client asked is lost to that
+    client only (counted in ``dropped``).  The daemon appends, the atop server reads.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = JOURNAL_MAX_ENTRIES_DEFAULT,
+        max_age_s: float = JOURNAL_MAX_AGE_S_DEFAULT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_age_s = max_age_s
+        self.clock = clock
+        # (sequence, clock time appended, entry), sequences contiguous and increasing
+        self.entries: deque[tuple[int, float, ExitedTask]] = deque()
+        self.last_sequence = 0  # of the newest entry ever appended; 0 before the first
+        self.dropped = 0  # entries that left by count or age
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def append(self, exited: ExitedTask) -> int:
+        """Record a finished process; returns its sequence number."""
+        self.last_sequence += 1
+        self.entries.append((self.last_sequence, self.clock(), exited))
+        while len(self.entries) > self.max_entries:
+            self.entries.popleft()
+            self.dropped += 1
+        self.expire()
+        return self.last_sequence
+
+    def expire(self) -> int:
+        """Drop entries older than max_age_s; returns how many left."""
+        limit = self.clock() - self.max_age_s
+        dropped = 0
+        while self.entries and self.entries[0][1] <= limit:
+            self.entries.popleft()
+            dropped += 1
+        self.dropped += dropped
+        return dropped
+
+    def since(self, sequence: int) -> list[tuple[int, ExitedTask]]:
+        """(sequence, entry) of every entry newer than sequence, oldest first."""
+        self.expire()
+        newer: list[tuple[int, ExitedTask]] = []
+        for entry_sequence, _, exited in reversed(self.entries):
+            if entry_sequence <= sequence:
+                break
+            newer.append((entry_sequence, exited))
+        newer.reverse()
+        return newer

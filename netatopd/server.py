@@ -1,38 +1,53 @@
-"""Stage 8: the control socket (the kernel module's getsockopt commands).
+"""Stage 8: the control socket and the atop socket.
 
-Owns the listening Unix stream socket, the client connections with their
-input and output buffers, and the requests that are waiting (GETCNT_EXIT while
-the exit list is empty, EMPTY_EXIT while it is not, SYNC until the capture ring
-is drained).  The daemon loop owns the selector: it calls ``handle_event`` for
-the server's descriptors and ``service_waiters`` after every pass.  Answers
-come from a ``ControlBackend`` (implemented by the daemon), so this module
-never reaches into the counting stages.
+Control socket (the kernel module's getsockopt commands): owns the listening
+Unix stream socket, the client connections with their input and output
+buffers, and the requests that are waiting (GETCNT_EXIT while the exit list is
+empty, EMPTY_EXIT while it is not, SYNC until the capture ring is drained).
+Answers come from a ``ControlBackend`` (implemented by the daemon), so this
+module never reaches into the counting stages.
 
 Wire format (see netatop-control(5) and protocol.py): a client sends 16-byte
 requests; every request gets a 16-byte reply header and a payload.  A request
 with a bad magic or an unknown command gets an error reply (EBADMSG or
 EINVAL) and its connection is closed; the daemon carries on.
+
+Atop socket (``AtopServer``, atop 2.10 and later started with ``-K``, the
+protocol of atop's netatop-bpf helper): per sample the client sends 96 bytes
+(an uninitialised ``struct netpertask``, ignored) and gets one netpertask per
+live process from an ``AtopBackend``, the processes finished since its previous
+request once more (from the daemon's ``ExitJournal``), and a record with id 0.
+See ``AtopServer`` for the send discipline atop needs.
+
+The daemon loop owns the selector: it calls the callables registered as
+selector data with the event mask, and the control server's
+``service_waiters`` after every pass.
 """
 
 from __future__ import annotations
 
 import errno
+import grp
 import json
 import logging
 import os
 import selectors
 import socket
 import stat
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sized
+from typing import Generic, Protocol, TypeVar
 
+from .exitlist import ExitJournal
 from .protocol import (
+    NETPERTASK,
+    NETPERTASK_SIZE,
     REPLY,
     REPLY_MAGIC,
     REQUEST,
     REQUEST_MAGIC,
     Command,
 )
+from .tasks import ExitedTask, TaskInfo
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +72,13 @@ class ControlBackend(Protocol):
     def list_exited(self) -> bytes: ...
     def start_sync(self) -> object: ...
     def sync_done(self, token: object) -> bool: ...
+
+
+class HasSocket(Protocol):
+    sock: socket.socket
+
+
+ConnectionT = TypeVar("ConnectionT", bound=HasSocket)
 
 
 class Connection:
@@ -108,19 +130,20 @@ def listen_unix(path: str, mode: int, what: str) -> socket.socket:
     return sock
 
 
-class ControlServer:
-    """The control socket: requests in, replies out, blocking requests parked."""
+class UnixStreamServer(Generic[ConnectionT]):
+    """A listening Unix stream socket and its non-blocking client connections.
 
-    def __init__(self, path: str, backend: ControlBackend, mode: int = 0o600) -> None:
+    Shared by the control and atop sockets: accepting (up to MAX_CLIENTS),
+    closing one connection, closing everything and removing the socket file.
+    Subclasses make a connection object in ``_accepted`` and register it.
+    """
+
+    def __init__(self, path: str, mode: int, what: str) -> None:
         self.path = path
-        self.backend = backend
-        self.listener = listen_unix(path, mode, "the netatopd control socket")
-        self.connections: dict[int, Connection] = {}
+        self.what = what
+        self.listener = listen_unix(path, mode, what)
+        self.connections: dict[int, ConnectionT] = {}
         self.selector: selectors.BaseSelector | None = None
-        self.bad_requests = 0
-        self.requests = 0
-
-    # -- selector plumbing -------------------------------------------------------
 
     def register(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
@@ -133,40 +156,33 @@ class ControlServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
-                log.warning("control socket accept failed: %s", err.strerror)
+                log.warning("%s: accept failed: %s", self.what, err.strerror)
                 return
             if len(self.connections) >= MAX_CLIENTS:
-                log.warning("control socket: %d clients already, refusing one", MAX_CLIENTS)
+                log.warning("%s: %d clients already, refusing one", self.what, MAX_CLIENTS)
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = Connection(sock)
+            conn = self._accepted(sock)
             self.connections[sock.fileno()] = conn
-            assert self.selector is not None
-            self.selector.register(sock, selectors.EVENT_READ, self._make_handler(conn))
 
-    def _make_handler(self, conn: Connection) -> Callable[[int], None]:
-        def handler(mask: int) -> None:
-            if mask & selectors.EVENT_READ:
-                self._readable(conn)
-            if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
-                self._flush(conn)
+    def _accepted(self, sock: socket.socket) -> ConnectionT:
+        raise NotImplementedError
 
-        return handler
-
-    def _close(self, conn: Connection) -> None:
+    def _close(self, conn: ConnectionT) -> None:
         fd = conn.sock.fileno()
         if fd < 0:
             return
-        assert self.selector is not None
-        try:
-            self.selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
+        if self.selector is not None:
+            try:
+                self.selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
         self.connections.pop(fd, None)
         conn.sock.close()
 
     def close(self) -> None:
+        """Close every connection and the listener; remove the socket file."""
         for conn in list(self.connections.values()):
             self._close(conn)
         if self.selector is not None:
@@ -179,6 +195,33 @@ class ControlServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+class ControlServer(UnixStreamServer[Connection]):
+    """The control socket: requests in, replies out, blocking requests parked."""
+
+    def __init__(self, path: str, backend: ControlBackend, mode: int = 0o600) -> None:
+        super().__init__(path, mode, "the netatopd control socket")
+        self.backend = backend
+        self.bad_requests = 0
+        self.requests = 0
+
+    # -- selector plumbing -------------------------------------------------------
+
+    def _accepted(self, sock: socket.socket) -> Connection:
+        conn = Connection(sock)
+        assert self.selector is not None
+        self.selector.register(sock, selectors.EVENT_READ, self._make_handler(conn))
+        return conn
+
+    def _make_handler(self, conn: Connection) -> Callable[[int], None]:
+        def handler(mask: int) -> None:
+            if mask & selectors.EVENT_READ:
+                self._readable(conn)
+            if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                self._flush(conn)
+
+        return handler
 
     # -- input -------------------------------------------------------------------
 
@@ -308,3 +351,336 @@ class ControlServer:
             self.selector.modify(conn.sock, events, self._make_handler(conn))
         except (KeyError, ValueError):
             pass
+
+
+# -- the atop socket ----------------------------------------------------------------------
+
+ATOP_SOCKET_PATH_DEFAULT = "/run/netatop-bpf-socket"
+# Records per send(): 341 x 96 = 32736 bytes, a whole number of records that fits in
+# one kernel buffer (skb) of a Unix stream socket, so the peer never sees a part of it.
+# Linux puts at most (SO_SNDBUF / 2 - 64) bytes, and about 36 KiB, in one skb.
+ATOP_SEND_RECORDS = 341
+ATOP_SEND_BATCH_BYTES = ATOP_SEND_RECORDS * NETPERTASK_SIZE
+ATOP_SNDBUF_BYTES = 2 * (ATOP_SEND_BATCH_BYTES + 64)  # SO_SNDBUF that holds one batch per skb
+SKB_OVERHEAD_BYTES = 64  # what Linux keeps back of SO_SNDBUF / 2 per Unix stream skb
+ATOP_MAX_QUEUED_REQUESTS = 16  # requests sent ahead of their answers; more is not atop
+ATOP_RECV_BYTES = 4096
+
+
+class AtopBackend(Protocol):
+    def atop_tasks(self) -> Iterable[TaskInfo]:
+        """Every live process with counters (the daemon's task table)."""
+        ...
+
+
+def send_batch_bytes(sndbuf_bytes: int) -> int:
+    """The largest batch of whole records (at most ATOP_SEND_BATCH_BYTES) that Linux
+    queues as one skb on a Unix stream socket whose SO_SNDBUF reads sndbuf_bytes."""
+    fits = (sndbuf_bytes // 2 - SKB_OVERHEAD_BYTES) // NETPERTASK_SIZE * NETPERTASK_SIZE
+    return max(NETPERTASK_SIZE, min(ATOP_SEND_BATCH_BYTES, fits))
+
+
+def next_send_end(offset: int, total: int, batch_bytes: int = ATOP_SEND_BATCH_BYTES) -> int:
+    """Where the send() that starts at offset of an answer of total bytes ends.
+
+    After a short send that split a record, exactly the rest of that record;
+    otherwise a batch of at most batch_bytes (whole records).
+    """
+    split = offset % NETPERTASK_SIZE
+    if split:
+        return offset + NETPERTASK_SIZE - split
+    return min(offset + batch_bytes, total)
+
+
+def send_records(
+    send: Callable[[memoryview], int],
+    answer: memoryview,
+    offset: int,
+    batch_bytes: int = ATOP_SEND_BATCH_BYTES,
+) -> int:
+    """Send answer[offset:] in record batches until the socket is full; the new offset.
+
+    Stops at the end, on BlockingIOError, or after a short send (the buffer is
+    full: the caller waits for EVENT_WRITE).  Other OS errors propagate.
+    """
+    total = len(answer)
+    while offset < total:
+        end = next_send_end(offset, total, batch_bytes)
+        try:
+            sent = send(answer[offset:end])
+        except BlockingIOError:
+            break
+        offset += sent
+        if offset != end:
+            break
+    return offset
+
+
+def resolve_group(group: str | int) -> int:
+    """A group name or number as a gid (ServerError if there is no such group)."""
+    if isinstance(group, int):
+        return group
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError as err:
+        raise ServerError(f"no group named {group!r}; create it or choose another") from err
+
+
+def _command_bytes(command: str) -> bytes:
+    return command.encode("utf-8", "replace")[:15]
+
+
+class AtopConnection:
+    __slots__ = (
+        "sock",
+        "batch_bytes",
+        "handler",
+        "events",
+        "request_bytes",
+        "answer",
+        "sent_bytes",
+        "last_sequence",
+        "input_closed",
+    )
+
+    def __init__(self, sock: socket.socket, last_sequence: int) -> None:
+        self.sock = sock
+        self.batch_bytes = ATOP_SEND_BATCH_BYTES  # bytes per send(), whole records
+        self.handler: Callable[[int], None] | None = None
+        self.events = selectors.EVENT_READ  # as registered with the selector
+        self.request_bytes = 0  # received and not answered yet (contents ignored)
+        self.answer: memoryview | None = None  # the answer being sent
+        self.sent_bytes = 0  # of answer
+        self.last_sequence = last_sequence  # newest ExitJournal entry this client was given
+        self.input_closed = False  # the client shut down its side; answer, then close
+
+
+class AtopServer(UnixStreamServer[AtopConnection]):
+    """The atop socket: one answer per 96 bytes received, whole records per send().
+
+    atop reads one record per recv() and takes whatever that recv() returned as a
+    record, so the bytes queued in the socket must always end on a record
+    boundary.  Every send() carries whole records, at most ATOP_SEND_BATCH_BYTES
+    (32736 bytes).  On Linux a send() that fits one skb of a Unix stream socket
+    (at most SO_SNDBUF / 2 - 64 bytes and about 36 KiB) is queued whole or not
+    at all (EAGAIN), so atop never sees part of it; SO_SNDBUF is raised on
+    accept where the host's default is too small for that, else the batch is
+    made smaller.  A larger send() is cut into several skbs and can come back
+    short in the middle of a record.  Measured here, 20 answers of 50,000
+    records to a reader doing recv(96) like atop: 32736-byte sends never came
+    back short and the reader never got a short record; 65472-byte sends came
+    back short 34 times; 106368-byte sends gave the reader 17 short records.
+    Should a send() still come back short with a record split, the connection
+    waits for EVENT_WRITE and the next send() is exactly the rest of that
+    record, then batches resume; no other bytes ever come in between, but a
+    reader that catches up in that window does see a short record, which is
+    why the batch size, not this, is the guard.
+
+    Answers are built once per request, packed straight into one bytearray.
+    Finished processes come from the ExitJournal: each client is given the
+    entries appended since its previous request (none from before it
+    connected).  A tgid appears at most once per answer: when a journal entry
+    for tgid T is served, a live process T (a reused pid) waits for the next
+    answer, and a second journal entry for T too, so atop sees the old
+    process's final counters before the new one's start from zero.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        backend: AtopBackend,
+        journal: ExitJournal,
+        mode: int = 0o600,
+        group: str | int | None = None,
+    ) -> None:
+        gid = None if group is None else resolve_group(group)
+        if gid is not None:
+            mode |= 0o060  # a group that may connect needs read and write
+        super().__init__(path, mode, "the atop socket")
+        if gid is not None:
+            try:
+                os.chown(path, -1, gid)
+            except OSError as err:
+                self.close()
+                raise ServerError(f"cannot give {path} to group {group}: {err.strerror}") from err
+        self.backend = backend
+        self.journal = journal
+        self.requests = 0  # answers started
+        self.answers = 0  # answers sent whole
+        self.abandoned = 0  # clients that left before their answer was sent
+        self.garbage = 0  # clients closed for sending what atop does not send
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "atop_clients": len(self.connections),
+            "atop_requests": self.requests,
+            "atop_answers": self.answers,
+            "atop_abandoned": self.abandoned,
+            "atop_garbage": self.garbage,
+            "atop_journal": len(self.journal),
+            "atop_journal_dropped": self.journal.dropped,
+        }
+
+    # -- selector plumbing -------------------------------------------------------
+
+    def _accepted(self, sock: socket.socket) -> AtopConnection:
+        conn = AtopConnection(sock, self.journal.last_sequence)
+        conn.batch_bytes = self._fit_send_buffer(sock)
+
+        def handler(mask: int) -> None:
+            try:
+                if mask & selectors.EVENT_READ:
+                    self._readable(conn)
+                if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                    self._serve(conn)
+            except Exception:
+                self._close(conn)  # never leave atop waiting for an answer; it reconnects
+                raise
+
+        conn.handler = handler
+        assert self.selector is not None
+        self.selector.register(sock, conn.events, handler)
+        return conn
+
+    @staticmethod
+    def _fit_send_buffer(sock: socket.socket) -> int:
+        """Make one batch fit one skb (raise SO_SNDBUF if the host's default is small);
+        the batch size this connection uses."""
+        try:
+            sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            if sndbuf < ATOP_SNDBUF_BYTES:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ATOP_SNDBUF_BYTES // 2)
+                sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        except OSError as err:
+            log.debug("atop client: SO_SNDBUF: %s", err.strerror)
+            return ATOP_SEND_BATCH_BYTES
+        return send_batch_bytes(sndbuf)
+
+    def _set_events(self, conn: AtopConnection, events: int) -> None:
+        if events == conn.events:
+            return
+        assert self.selector is not None
+        self.selector.modify(conn.sock, events, conn.handler)
+        conn.events = events
+
+    # -- input -------------------------------------------------------------------
+
+    def _readable(self, conn: AtopConnection) -> None:
+        try:
+            data = conn.sock.recv(ATOP_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            if conn.answer is not None:
+                self.abandoned += 1
+            log.debug("atop client error: %s; closing it", err.strerror)
+            self._close(conn)
+            return
+        if not data:
+            self._input_closed(conn)
+            return
+        conn.request_bytes += len(data)
+        if conn.request_bytes > ATOP_MAX_QUEUED_REQUESTS * NETPERTASK_SIZE:
+            self.garbage += 1
+            log.debug(
+                "atop client sent %d bytes without reading its answers; closing it",
+                conn.request_bytes,
+            )
+            self._close(conn)
+            return
+        self._serve(conn)
+
+    def _input_closed(self, conn: AtopConnection) -> None:
+        """The client shut down its sending side: answer its whole requests, then close."""
+        stray = conn.request_bytes % NETPERTASK_SIZE
+        if stray:
+            self.garbage += 1
+            log.debug("atop client left with %d bytes of an incomplete request", stray)
+            conn.request_bytes -= stray
+        if conn.answer is None and not conn.request_bytes:
+            self._close(conn)
+            return
+        conn.input_closed = True
+        self._serve(conn)
+
+    # -- output ------------------------------------------------------------------
+
+    def _serve(self, conn: AtopConnection) -> None:
+        """Send what the socket takes; start the next answer when one is done."""
+        while True:
+            if conn.answer is None:
+                if conn.request_bytes < NETPERTASK_SIZE:
+                    break
+                conn.request_bytes -= NETPERTASK_SIZE
+                conn.answer = memoryview(self.build_answer(conn))
+                conn.sent_bytes = 0
+                self.requests += 1
+            try:
+                conn.sent_bytes = send_records(
+                    conn.sock.send, conn.answer, conn.sent_bytes, conn.batch_bytes
+                )
+            except OSError as err:
+                self.abandoned += 1
+                log.debug("atop client gone while answering: %s", err.strerror)
+                self._close(conn)
+                return
+            if conn.sent_bytes < len(conn.answer):
+                break  # the socket is full: go on at EVENT_WRITE
+            conn.answer = None
+            self.answers += 1
+        if conn.input_closed and conn.answer is None:
+            self._close(conn)
+            return
+        events = 0 if conn.input_closed else selectors.EVENT_READ
+        if conn.answer is not None:
+            events |= selectors.EVENT_WRITE
+        self._set_events(conn, events)
+
+    def build_answer(self, conn: AtopConnection) -> bytearray:
+        """One answer for conn: journal entries it has not had, live processes, id 0.
+
+        Advances conn.last_sequence past the journal entries it includes.
+        """
+        finished: list[ExitedTask] = []
+        served: set[int] = set()
+        for sequence, exited in self.journal.since(conn.last_sequence):
+            if exited.tgid in served:
+                break  # the pid was reused and finished again: that one next time
+            served.add(exited.tgid)
+            finished.append(exited)
+            conn.last_sequence = sequence
+        live = self.backend.atop_tasks()
+        if not isinstance(live, Sized):
+            live = list(live)
+        size = NETPERTASK_SIZE
+        answer = bytearray(size * (len(finished) + len(live) + 1))
+        pack_into = NETPERTASK.pack_into
+        offset = 0
+        for exited in finished:
+            if exited.tgid > 0:
+                pack_into(
+                    answer,
+                    offset,
+                    exited.tgid,
+                    exited.btime,
+                    _command_bytes(exited.command),
+                    *exited.counters,
+                )
+                offset += size
+        for task in live:
+            tgid = task.tgid
+            if tgid <= 0 or tgid in served:
+                continue
+            pack_into(
+                answer,
+                offset,
+                tgid,
+                task.btime,
+                task.command.encode("utf-8", "replace")[:15],
+                *task.counters,
+            )
+            offset += size
+        del answer[offset + size :]  # what is left is the terminator: id 0, all zero
+        return answer
