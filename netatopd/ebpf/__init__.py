@@ -10,6 +10,20 @@ public names re-exported here; where the helper cannot be loaded,
 /proc resolution.
 """
 
-from .helper import EbpfUnavailable, FlowOwner, KernelOwnership, OwnerKind, loaded_object_ids
+from .helper import (
+    EbpfUnavailable,
+    FlowOwner,
+    KernelOwnership,
+    OwnerKind,
+    loaded_object_ids,
+    namespace_inode,
+)
 
-__all__ = ["EbpfUnavailable", "FlowOwner", "KernelOwnership", "OwnerKind", "loaded_object_ids"]
+__all__ = [
+    "EbpfUnavailable",
+    "FlowOwner",
+    "KernelOwnership",
+    "OwnerKind",
+    "loaded_object_ids",
+    "namespace_inode",
+]

@@ -251,6 +251,17 @@ def _signed32(value: int) -> int:
     return value - (1 << 32) if value & 0x80000000 else value
 
 
+def imm32(value: int) -> int:
+    """A 32-bit immediate given signed or unsigned, as the signed number ``imm`` holds.
+
+    For a JMP32 compare with an unsigned 32-bit constant (such as an inode
+    number above 2**31): the bits are the same, only Python's view differs.
+    """
+    if not -(1 << 31) <= value <= 0xFFFFFFFF:
+        raise AssemblerError(f"immediate {value} does not fit in 32 bits")
+    return _signed32(value & 0xFFFFFFFF)
+
+
 # --- jumps -------------------------------------------------------------------
 
 

@@ -3,14 +3,16 @@
 Stage: attribution (kernel side, optional).  Owns a parsed copy of one BTF
 blob (normally ``/sys/kernel/btf/vmlinux``): the position of every type
 record and an index of struct/union names; members are decoded on demand.
-Callers: ``helper.py`` (``sock_offsets`` at load time) and the tests.
+Callers: ``helper.py`` (``sock_offsets`` and ``net_offsets`` at load
+time) and the tests.
 
 The format (Documentation/bpf/btf.rst): a header, a type section of
 variable-length records numbered from 1 in file order, and a string section
 of NUL-terminated names referred to by byte offset.  Anonymous struct and
 union members (name offset 0) are searched through, so members declared in
 an unnamed union, such as ``skc_daddr`` in ``struct sock_common``, resolve
-with their offset from the start of the outer struct.
+with their offset from the start of the outer struct; ``locate`` follows a
+path of members through embedded structs (``sock.__sk_common.skc_net.net``).
 """
 
 from __future__ import annotations
@@ -242,28 +244,63 @@ class Btf:
             )
         return members
 
-    def _search(self, type_id: int, name: str, base_bits: int) -> Member | None:
+    def _search(self, type_id: int, name: str, base_bits: int) -> tuple[Member, int] | None:
+        """The member called ``name`` and its type id, anonymous members searched."""
         anonymous = []
         for member_name, member_type, bit_offset, bit_size in self._members(type_id):
             if member_name == name:
                 bits = base_bits + bit_offset
-                return Member(name, bits // 8, self.type_size(member_type), bits, bit_size)
+                found = Member(name, bits // 8, self.type_size(member_type), bits, bit_size)
+                return found, member_type
             if not member_name:
                 inner = self.strip(member_type)
                 if self.kind(inner) in (BtfKind.STRUCT, BtfKind.UNION):
                     anonymous.append((inner, base_bits + bit_offset))
         for inner, bits in anonymous:
-            found = self._search(inner, name, bits)
-            if found is not None:
-                return found
+            nested = self._search(inner, name, bits)
+            if nested is not None:
+                return nested
         return None
 
     def member(self, struct_name: str, member_name: str) -> Member:
         """Offset and size of ``struct_name.member_name``, anonymous members searched."""
-        found = self._search(self.find_struct(struct_name), member_name, 0)
+        return self.locate(struct_name, member_name)[0]
+
+    def locate(self, struct_name: str, *path: str) -> tuple[Member, BtfKind]:
+        """``struct_name.a.b...`` through embedded structs: the last member and its kind.
+
+        Each name but the last must be a struct or union embedded by value
+        (typedefs and qualifiers are looked through, as for ``possible_net_t``,
+        a typedef of an unnamed struct); a pointer is not followed, since the
+        program has to read it first.  The offset is from the start of
+        ``struct_name``; the kind is that of the last member's type with
+        typedefs and qualifiers removed (``PTR`` for a pointer).
+        """
+        if not path:
+            raise BtfError("locate() needs at least one member name")
+        type_id = self.find_struct(struct_name)
+        where = struct_name
+        base_bits = 0
+        for name in path[:-1]:
+            member, kind, inner = self._step(type_id, where, name, base_bits)
+            where = f"{where}.{name}"
+            if kind not in (BtfKind.STRUCT, BtfKind.UNION) or member.bit_size:
+                raise BtfError(f"{where} is a {kind.name}, not an embedded struct or union")
+            type_id, base_bits = inner, member.bit_offset
+        member, kind, _inner = self._step(type_id, where, path[-1], base_bits)
+        return member, kind
+
+    def _step(
+        self, type_id: int, where: str, name: str, base_bits: int
+    ) -> tuple[Member, BtfKind, int]:
+        """One member of a path: (member, kind of its stripped type, stripped type id)."""
+        found = self._search(type_id, name, base_bits)
         if found is None:
-            raise BtfError(f"struct {struct_name} has no member {member_name}")
-        return found
+            raise BtfError(f"struct {where} has no member {name}")
+        member, member_type = found
+        inner = self.strip(member_type) if member_type else 0
+        kind = self.kind(inner) if inner else BtfKind.UNKNOWN  # type id 0 is void
+        return member, kind, inner
 
 
 class SockOffsets(NamedTuple):
@@ -317,3 +354,29 @@ def sock_offsets(btf: Btf) -> SockOffsets:
         sk_protocol=protocol.offset_bytes,
         sk_protocol_is_bitfield=protocol.bit_size != 0,
     )
+
+
+class NetOffsets(NamedTuple):
+    """Where the programs find a socket's network namespace inode (two reads)."""
+
+    sk_net: int  # offset in struct sock of __sk_common.skc_net.net (struct net *)
+    net_ns_inum: int  # offset in struct net of ns.inum (unsigned int, the nsfs inode)
+
+
+def net_offsets(btf: Btf) -> NetOffsets:
+    """Resolve ``sock->__sk_common.skc_net.net`` and ``net->ns.inum``.
+
+    ``skc_net`` is a ``possible_net_t``: a typedef of an unnamed struct that
+    holds ``struct net *net`` when the kernel has network namespaces
+    (CONFIG_NET_NS) and nothing otherwise; without it there is no member
+    ``net`` and this raises BtfError.
+    """
+    sk_net, kind = btf.locate("sock", "__sk_common", "skc_net", "net")
+    if kind != BtfKind.PTR or sk_net.size_bytes != POINTER_BYTES:
+        raise BtfError(f"sock_common.skc_net.net is a {kind.name}, expected a pointer")
+    inum, kind = btf.locate("net", "ns", "inum")
+    if kind not in (BtfKind.INT, BtfKind.ENUM) or inum.size_bytes != 4 or inum.bit_size:
+        raise BtfError(
+            f"net.ns.inum is {inum.size_bytes} bytes of {kind.name}, expected a 4-byte integer"
+        )
+    return NetOffsets(sk_net=sk_net.offset_bytes, net_ns_inum=inum.offset_bytes)

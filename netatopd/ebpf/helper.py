@@ -14,6 +14,13 @@ and an empty remote address (port 0) for unconnected UDP and listeners.
 A wildcard local address stays all zeros.  Times are CLOCK_MONOTONIC
 nanoseconds (``time.monotonic_ns()``); pids are those of the initial pid
 namespace.
+
+Only sockets of one network namespace are recorded: by default the loading
+process's own (the daemon runs inside the namespace it captures), or the
+one whose nsfs inode ``load(netns_inode=...)`` names.  The programs leave
+at once for any other socket and count it (``ebpf_other_netns`` in STATUS),
+so the same tuple in two namespaces (containers, tests running at once)
+never mixes and other namespaces' traffic does not fill the maps.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import NamedTuple
 
 from . import syscalls
 from .asm import assemble, instruction_count
-from .btf import VMLINUX_BTF_PATH, Btf, BtfError, sock_offsets
+from .btf import VMLINUX_BTF_PATH, Btf, BtfError, net_offsets, sock_offsets
 from .programs import (
     AF_INET,
     CONNECT_KEY,
@@ -57,6 +64,7 @@ __all__ = [
     "KernelOwnership",
     "OwnerKind",
     "loaded_object_ids",
+    "namespace_inode",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,7 @@ VERIFIER_LOG_BYTES = 1 << 20
 ATTACH_CPU = 0  # one perf event per tracepoint is enough: the program runs on every CPU
 
 _IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+SELF_NETNS_PATH = Path("/proc/self/ns/net")
 
 
 class EbpfUnavailable(Exception):
@@ -177,6 +186,20 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
+def namespace_inode(path: Path = SELF_NETNS_PATH) -> int:
+    """The nsfs inode of a namespace file (``/proc/PID/ns/net``, ``/run/netns/NAME``).
+
+    The default is the calling process's network namespace.  EbpfUnavailable
+    when the file cannot be looked at.
+    """
+    try:
+        return os.stat(path).st_ino
+    except OSError as err:
+        raise EbpfUnavailable(
+            f"cannot find the network namespace at {path} ({err.strerror})"
+        ) from err
+
+
 def _ensure_tracefs(root: Path) -> None:
     try:
         if (root / "events").is_dir():
@@ -215,6 +238,7 @@ class KernelOwnership:
         self._maps: MapFds | None = None
         self._prog_fds: dict[str, int] = {}
         self._flow_entries = FLOW_MAP_ENTRIES
+        self._netns_inode = 0
         self._cpu_count = 1
         self._run_stats = False
         self._flows_last_drain = 0
@@ -234,16 +258,26 @@ class KernelOwnership:
         btf_path: Path = VMLINUX_BTF_PATH,
         flow_entries: int = FLOW_MAP_ENTRIES,
         run_stats: bool = False,
+        netns_inode: int | None = None,
     ) -> KernelOwnership:
         """Create the maps, load and attach the programs; EbpfUnavailable when impossible.
+
+        Only sockets of the network namespace whose nsfs inode is
+        ``netns_inode`` are recorded; None (the default) means the calling
+        process's own namespace (``namespace_inode()``).
 
         ``run_stats`` turns on the kernel's run time/count statistics (the
         BPF_ENABLE_STATS fd, equivalent to kernel.bpf_stats_enabled=1 while
         the helper is loaded); it costs two clock reads per program run.
         Our own event counters are always kept.
         """
+        if netns_inode is None:
+            netns_inode = namespace_inode()
+        elif not 0 < netns_inode <= 0xFFFFFFFF:
+            raise ValueError(f"netns_inode {netns_inode} is not a 32-bit inode number")
         self = cls()
         self._flow_entries = flow_entries
+        self._netns_inode = netns_inode
         started = _monotonic_ms()
         try:
             self._load(tracefs_root, btf_path, run_stats)
@@ -253,7 +287,11 @@ class KernelOwnership:
         self._load_ms = _monotonic_ms() - started
         with _live_lock:
             _live.add(self)
-        log.info("eBPF ownership helper loaded in %.0f ms", self._load_ms)
+        log.info(
+            "eBPF ownership helper loaded in %.0f ms for network namespace %d",
+            self._load_ms,
+            netns_inode,
+        )
         return self
 
     def _load(self, tracefs_root: Path, btf_path: Path, run_stats: bool) -> None:
@@ -267,10 +305,18 @@ class KernelOwnership:
                 f"tracepoint not usable: {err} (sock_send_length needs Linux 6.3+)"
             ) from err
         try:
-            sock = sock_offsets(Btf.from_file(btf_path))
+            btf = Btf.from_file(btf_path)
+            sock = sock_offsets(btf)
         except BtfError as err:
             raise EbpfUnavailable(
                 f"struct sock offsets unknown: {err}; no calibration fallback is implemented"
+            ) from err
+        try:
+            net = net_offsets(btf)
+        except BtfError as err:
+            raise EbpfUnavailable(
+                f"a socket's network namespace cannot be read: {err} "
+                "(a kernel without CONFIG_NET_NS is not supported)"
             ) from err
         try:
             self._cpu_count = syscalls.possible_cpu_count()
@@ -310,10 +356,15 @@ class KernelOwnership:
                 self._run_stats = True
             except BpfSyscallError as err:
                 log.warning("BPF run statistics not available: %s", err)
+        inode = self._netns_inode
         builds = {
-            "ntp_send": length_program(OwnerKind.SEND, formats["ntp_send"], sock, self._maps),
-            "ntp_recv": length_program(OwnerKind.RECV, formats["ntp_recv"], sock, self._maps),
-            "ntp_state": state_program(formats["ntp_state"], self._maps),
+            "ntp_send": length_program(
+                OwnerKind.SEND, formats["ntp_send"], sock, self._maps, net, inode
+            ),
+            "ntp_recv": length_program(
+                OwnerKind.RECV, formats["ntp_recv"], sock, self._maps, net, inode
+            ),
+            "ntp_state": state_program(formats["ntp_state"], self._maps, net, inode),
         }
         for program in PROGRAMS:
             items = builds[program.name]
@@ -432,6 +483,7 @@ class KernelOwnership:
             "ownership": "kernel",
             "ebpf_load_ms": round(self._load_ms),
             "ebpf_run_stats": "on" if self._run_stats else "off",
+            "ebpf_netns_inode": self._netns_inode,
         }
         for name, fd in self._prog_fds.items():
             try:
@@ -465,6 +517,11 @@ class KernelOwnership:
             + int(result["ebpf_connect_update_failed"])
         )
         return result
+
+    @property
+    def netns_inode(self) -> int:
+        """The nsfs inode of the network namespace whose sockets are recorded."""
+        return self._netns_inode
 
     def object_ids(self) -> tuple[list[int], list[int]]:
         """The kernel ids of this helper's programs and maps."""

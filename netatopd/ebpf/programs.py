@@ -8,6 +8,12 @@ space (flow key, owner record, thread counters, event counters).  Callers:
 
 What the programs record:
 
+* Only sockets of one network namespace, given by its nsfs inode: each
+  program first reads ``sk->__sk_common.skc_net.net`` and that
+  ``net->ns.inum`` (offsets from BTF, two ``bpf_probe_read_kernel``) and
+  leaves at once, counting OTHER_NETNS, when the inode differs.  The event
+  counters (SEND/RECV/STATE_EVENTS) still count every run; the other
+  counters only this namespace's sockets.
 * ``sock:sock_send_length`` / ``sock:sock_recv_length`` run in the thread
   that called sendmsg/recvmsg.  They read the flow tuple from the socket
   (``bpf_probe_read_kernel`` on ``struct sock_common``) and store, in the
@@ -48,6 +54,7 @@ from .asm import (
     atomic_add,
     call,
     exit_insn,
+    imm32,
     ja,
     jmp32_imm,
     jmp_imm,
@@ -59,7 +66,7 @@ from .asm import (
     stx,
     to_be,
 )
-from .btf import SockOffsets
+from .btf import NetOffsets, SockOffsets
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +134,7 @@ class Counter(IntEnum):
     CONNECT_JOINED = 9  # SYN_SENT->ESTABLISHED found its connect() record
     CONNECT_NOT_FOUND = 10  # ... and did not (state event lost, or LRU eviction)
     OTHER_PROTOCOL = 11  # send/recv on a socket that is not TCP or UDP over IP
+    OTHER_NETNS = 12  # skipped: the socket belongs to another network namespace
 
 
 COUNTER_SLOTS = len(Counter)
@@ -174,7 +182,7 @@ COUNTERS = struct.Struct(f"={COUNTER_SLOTS}Q")
 STACK_KEY = -40  # struct flow_key
 STACK_VALUE = -80  # struct owner
 STACK_THREAD = -96  # struct thread_counts
-STACK_SCRATCH = -104  # __u32 tid / __u32 counter index / __u64 socket address
+STACK_SCRATCH = -104  # __u32 tid / counter index / netns inode, __u64 socket or net address
 
 _ACCESS = {1: Size.B, 2: Size.H, 4: Size.W, 8: Size.DW}
 
@@ -339,6 +347,38 @@ def _copy_ctx(field: Field, stack_offset: int) -> list[Item]:
     return items
 
 
+def _netns_check(sk: Reg, net: NetOffsets, netns_inode: int) -> list[Item]:
+    """Go to other_netns unless ``sk`` (a struct sock *) is in namespace ``netns_inode``.
+
+    Two reads: ``sk->__sk_common.skc_net.net`` then that ``net->ns.inum``;
+    a fault goes to read_failed.  The inode is compared as 32 bits (JMP32),
+    since namespace inodes are above 2**31 and a 64-bit compare would
+    sign-extend the immediate.  Clobbers R0-R5 and the scratch slot.
+    """
+    if not 0 < netns_inode <= 0xFFFFFFFF:
+        raise ValueError(f"network namespace inode {netns_inode} is not a 32-bit inode number")
+    return [
+        # scratch = sk->__sk_common.skc_net.net
+        mov64_reg(R1, FP),
+        alu64_imm(AluOp.ADD, R1, STACK_SCRATCH),
+        mov64_imm(R2, 8),
+        mov64_reg(R3, sk),
+        alu64_imm(AluOp.ADD, R3, net.sk_net),
+        call(Helper.PROBE_READ_KERNEL),
+        jmp_imm(JmpOp.JNE, R0, 0, "read_failed"),
+        # scratch = net->ns.inum
+        ldx(Size.DW, R3, FP, STACK_SCRATCH),
+        alu64_imm(AluOp.ADD, R3, net.net_ns_inum),
+        mov64_reg(R1, FP),
+        alu64_imm(AluOp.ADD, R1, STACK_SCRATCH),
+        mov64_imm(R2, 4),
+        call(Helper.PROBE_READ_KERNEL),
+        jmp_imm(JmpOp.JNE, R0, 0, "read_failed"),
+        ldx(Size.W, R1, FP, STACK_SCRATCH),
+        jmp32_imm(JmpOp.JNE, R1, imm32(netns_inode), "other_netns"),
+    ]
+
+
 def _current_owner(kind: OwnerKind) -> list[Item]:
     """struct owner at STACK_VALUE = the current task, now, ``kind``, not closed."""
     return [
@@ -391,9 +431,17 @@ def _epilogue(extra: list[Item]) -> list[Item]:
 
 
 def length_program(
-    kind: OwnerKind, fmt: TracepointFormat, sock: SockOffsets, fds: MapFds
+    kind: OwnerKind,
+    fmt: TracepointFormat,
+    sock: SockOffsets,
+    fds: MapFds,
+    net: NetOffsets,
+    netns_inode: int,
 ) -> list[Item]:
-    """The program for sock:sock_send_length (kind SEND) or sock:sock_recv_length (RECV)."""
+    """The program for sock:sock_send_length (kind SEND) or sock:sock_recv_length (RECV).
+
+    Only sockets of network namespace ``netns_inode`` are recorded.
+    """
     f = _require(fmt, LENGTH_FIELDS)
     events = Counter.SEND_EVENTS if kind == OwnerKind.SEND else Counter.RECV_EVENTS
     items: list[Item] = [
@@ -402,6 +450,10 @@ def length_program(
         # R9 = this CPU's counters; count the event
         *_counters_pointer(fds.counters),
         *_count(events),
+        # R8 = struct sock *; leave at once unless it is in our namespace
+        ldx(Size.DW, R8, R6, f["sk"].offset),
+        jmp_imm(JmpOp.JEQ, R8, 0, "out"),
+        *_netns_check(R8, net, netns_inode),
         # R7 = ret (bytes moved, or -errno); a failed call is not recorded
         ldx(Size.W, R7, R6, f["ret"].offset),
         jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
@@ -411,9 +463,6 @@ def length_program(
         jmp_imm(JmpOp.JEQ, R1, 0, "bytes_known"),
         mov64_imm(R7, 0),
         Label("bytes_known"),
-        # R8 = struct sock *
-        ldx(Size.DW, R8, R6, f["sk"].offset),
-        jmp_imm(JmpOp.JEQ, R8, 0, "out"),
         *_zero_key(),
         # key.protocol: TCP or UDP only
         ldx(Size.H, R1, R6, f["protocol"].offset),
@@ -477,6 +526,9 @@ def length_program(
         ja("out"),
     ]
     tails: list[Item] = [
+        Label("other_netns"),
+        *_count(Counter.OTHER_NETNS),
+        ja("out"),
         Label("error_return"),
         *_count(Counter.ERROR_RETURNS),
         ja("out"),
@@ -554,8 +606,13 @@ def _mark_closed(flows_fd: int, slot: Slot) -> list[Item]:
     ]
 
 
-def state_program(fmt: TracepointFormat, fds: MapFds) -> list[Item]:
-    """The program for sock:inet_sock_set_state."""
+def state_program(
+    fmt: TracepointFormat, fds: MapFds, net: NetOffsets, netns_inode: int
+) -> list[Item]:
+    """The program for sock:inet_sock_set_state.
+
+    Only sockets of network namespace ``netns_inode`` are recorded.
+    """
     f = _require(fmt, STATE_FIELDS)
     items: list[Item] = [
         # R6 = the tracepoint record; TCP only
@@ -565,6 +622,10 @@ def state_program(fmt: TracepointFormat, fds: MapFds) -> list[Item]:
         # R9 = this CPU's counters; count the event
         *_counters_pointer(fds.counters),
         *_count(Counter.STATE_EVENTS),
+        # leave at once unless the socket (skaddr, in R8 for the check) is in our namespace
+        ldx(Size.DW, R8, R6, f["skaddr"].offset),
+        jmp_imm(JmpOp.JEQ, R8, 0, "out"),
+        *_netns_check(R8, net, netns_inode),
         # R7 = oldstate, R8 = newstate
         ldx(Size.W, R7, R6, f["oldstate"].offset),
         ldx(Size.W, R8, R6, f["newstate"].offset),
@@ -631,6 +692,12 @@ def state_program(fmt: TracepointFormat, fds: MapFds) -> list[Item]:
         ja("out"),
     ]
     tails: list[Item] = [
+        Label("other_netns"),
+        *_count(Counter.OTHER_NETNS),
+        ja("out"),
+        Label("read_failed"),
+        *_count(Counter.READ_FAILED),
+        ja("out"),
         Label("connect_not_found"),
         *_count(Counter.CONNECT_NOT_FOUND),
         ja("out"),

@@ -7,6 +7,11 @@ initial pid namespace's numbers since ``ip netns exec`` keeps the pid
 namespace) and the ports it used: that report is the ground truth the
 drained records are compared with.  When the helper cannot load here the
 tests are skipped with the helper's own reason.
+
+The helper records only the sockets of one network namespace: the tests
+whose workload runs in a namespace load it for that namespace
+(``netns_inode`` from ``/run/netns/NAME``); the tests that talk in this
+process load it for this process's namespace (the default).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,15 +35,17 @@ from netatopd.ebpf import (
     KernelOwnership,
     OwnerKind,
     loaded_object_ids,
+    namespace_inode,
     syscalls,
 )
-from netatopd.ebpf.btf import VMLINUX_BTF_PATH, Btf, sock_offsets
+from netatopd.ebpf.btf import VMLINUX_BTF_PATH, Btf, net_offsets, sock_offsets
 
 pytestmark = pytest.mark.privileged
 
 NETNS_PREFIX = "ntpC"
 WORKLOAD_TIMEOUT_S = 60
 FREE_WAIT_S = 5.0  # the kernel frees maps after an RCU grace period (about 20 ms here)
+NETNS_DIR = Path("/run/netns")  # where ip netns add mounts the namespace files
 LOOPBACK4 = bytes([127, 0, 0, 1])
 WILDCARD4 = bytes(4)
 TCP, UDP = 6, 17
@@ -48,17 +56,39 @@ def root_or_skip() -> None:
         pytest.skip("PRIVILEGED TEST SKIPPED: the eBPF helper needs root (bpf, perf_event_open)")
 
 
-@pytest.fixture
-def helper() -> Iterator[KernelOwnership]:
+def load_or_skip(netns_inode: int | None = None) -> KernelOwnership:
     root_or_skip()
     try:
-        loaded = KernelOwnership.load()
+        loaded = KernelOwnership.load(netns_inode=netns_inode)
     except EbpfUnavailable as err:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
+    loaded.drain()  # start from an empty flows map
+    loaded.thread_counts()
+    return loaded
+
+
+def inode_of(netns: Any) -> int:
+    """The nsfs inode of a namespace made by the make_netns fixture."""
+    return namespace_inode(NETNS_DIR / netns.name)
+
+
+@pytest.fixture
+def helper() -> Iterator[KernelOwnership]:
+    """The helper for this process's network namespace (the default)."""
+    loaded = load_or_skip()
     try:
-        loaded.drain()  # start from an empty flows map
-        loaded.thread_counts()
         yield loaded
+    finally:
+        loaded.close()
+
+
+@pytest.fixture
+def netns_helper(make_netns: Callable[..., Any]) -> Iterator[tuple[Any, KernelOwnership]]:
+    """A new namespace and the helper loaded for it."""
+    netns = make_netns(NETNS_PREFIX)
+    loaded = load_or_skip(inode_of(netns))
+    try:
+        yield netns, loaded
     finally:
         loaded.close()
 
@@ -108,6 +138,17 @@ def test_btf_resolves_sock_common_on_this_kernel() -> None:
     # family @16, v6 addresses @56/@72; sk_protocol a u16 since 5.6.
     assert offsets[:7] == (16, 14, 12, 4, 0, 72, 56)
     assert offsets.sk_protocol_is_bitfield is False
+
+
+def test_btf_resolves_the_socket_network_namespace_on_this_kernel() -> None:
+    if not VMLINUX_BTF_PATH.exists():
+        pytest.skip("PRIVILEGED TEST SKIPPED: this kernel has no /sys/kernel/btf/vmlinux")
+    offsets = net_offsets(Btf.from_file())
+    # struct sock_common on x86-64 since Linux 4.x: the skc_bind_node union at 24
+    # (16 bytes), skc_prot at 40, skc_net at 48.  struct net's layout varies by
+    # version and config, so only the alignment and range of ns.inum are fixed.
+    assert offsets.sk_net == 48
+    assert offsets.net_ns_inum % 4 == 0 and 0 < offsets.net_ns_inum < 4096
 
 
 # --- threads, each with its own connection ------------------------------------------
@@ -175,10 +216,9 @@ print(json.dumps({"pid": os.getpid(), "server": server, "port": port, "uport": u
 """
 
 
-def test_threads_each_with_own_connection(
-    helper: KernelOwnership, make_netns: Callable[..., Any]
-) -> None:
-    report = run_workload(make_netns(NETNS_PREFIX), THREADS_SCRIPT)
+def test_threads_each_with_own_connection(netns_helper: tuple[Any, KernelOwnership]) -> None:
+    netns, helper = netns_helper
+    report = run_workload(netns, THREADS_SCRIPT)
     owners = helper.drain()
     counts = helper.thread_counts()
     pid, server = report["pid"], report["server"]
@@ -250,10 +290,9 @@ print(json.dumps({"failed": failed, "children": pairs, "port": port}))
 """
 
 
-def test_fifty_short_lived_processes(
-    helper: KernelOwnership, make_netns: Callable[..., Any]
-) -> None:
-    report = run_workload(make_netns(NETNS_PREFIX), SHORT_LIVED_SCRIPT)
+def test_fifty_short_lived_processes(netns_helper: tuple[Any, KernelOwnership]) -> None:
+    netns, helper = netns_helper
+    report = run_workload(netns, SHORT_LIVED_SCRIPT)
     assert report["failed"] == 0 and len(report["children"]) == 50
     owners = helper.drain()
     exact = 0
@@ -298,9 +337,10 @@ print(json.dumps({"pid": os.getpid(), "connector": box["connector"], "user": box
 
 
 def test_connect_in_one_thread_send_in_another(
-    helper: KernelOwnership, make_netns: Callable[..., Any]
+    netns_helper: tuple[Any, KernelOwnership],
 ) -> None:
-    report = run_workload(make_netns(NETNS_PREFIX), HANDOFF_SCRIPT)
+    netns, helper = netns_helper
+    report = run_workload(netns, HANDOFF_SCRIPT)
     owners = helper.drain()
     records = {o.kind: o for o in flow_records(owners, TCP, report["local_port"])}
     recorded = {kind.name: (o.tgid, o.tid) for kind, o in records.items()}
@@ -407,6 +447,7 @@ def test_status_reports_runs_and_map_fill(helper: KernelOwnership) -> None:
         (os.getpid(), threading.get_native_id(), OwnerKind.SEND)
     ]
     status = helper.status()
+    assert status["ebpf_netns_inode"] == os.stat("/proc/self/ns/net").st_ino
     assert int(before["ebpf_send_events"]) >= 10 and int(before["ebpf_recv_events"]) >= 10
     assert status["ebpf_flows_last_drain"] == len(owners)
     assert (
@@ -444,3 +485,129 @@ def test_ipv6_and_ipv4_mapped_addresses(helper: KernelOwnership) -> None:
         (kind, LOOPBACK4, ports["mapped"][1], tid)
         for kind in (OwnerKind.SEND, OwnerKind.CONNECT, OwnerKind.CLOSE)
     }
+
+
+# --- the same tuple in two namespaces ------------------------------------------------
+
+SAME_TUPLE_SERVER_PORT = 8080
+SAME_TUPLE_CLIENT_PORT = 40000
+
+# Every namespace runs exactly this: a server process on 127.0.0.1:8080 and a
+# client thread bound to 127.0.0.1:40000, so both namespaces use the tuple
+# 127.0.0.1:40000 <-> 127.0.0.1:8080 at the same time.
+SAME_TUPLE_SCRIPT = f"""
+import json, os, socket, threading
+ROUNDS, SIZE = 30, 64
+srv = socket.socket(); srv.bind(("127.0.0.1", {SAME_TUPLE_SERVER_PORT})); srv.listen(4)
+server = os.fork()
+if server == 0:
+    srv.settimeout(10)
+    conn, _ = srv.accept()
+    with conn:
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                break
+            conn.sendall(data)
+    os._exit(0)
+srv.close()
+record = {{}}
+def client():
+    calls = moved = 0
+    s = socket.socket(); s.settimeout(10)
+    s.bind(("127.0.0.1", {SAME_TUPLE_CLIENT_PORT})); s.connect(("127.0.0.1", {SAME_TUPLE_SERVER_PORT}))
+    for _ in range(ROUNDS):
+        sent = 0
+        while sent < SIZE:
+            sent += s.send(bytes(SIZE - sent)); calls += 1
+        got = 0
+        while got < SIZE:
+            got += len(s.recv(SIZE - got)); calls += 1
+        moved += sent + got
+    s.close()
+    record.update(tid=threading.get_native_id(), calls=calls, bytes=moved)
+thread = threading.Thread(target=client); thread.start(); thread.join(20)
+_, status = os.waitpid(server, 0)
+assert status == 0 and record
+print(json.dumps({{"pid": os.getpid(), "server": server, **record}}))
+"""
+
+
+def same_tuple_records(owners: list[FlowOwner]) -> list[FlowOwner]:
+    """Both ends of 127.0.0.1:40000 <-> 127.0.0.1:8080, and the listener on 8080."""
+    return [
+        o
+        for o in owners
+        if o.protocol == TCP
+        and o.local_addr == LOOPBACK4
+        and (o.local_port, o.remote_port)
+        in (
+            (SAME_TUPLE_CLIENT_PORT, SAME_TUPLE_SERVER_PORT),
+            (SAME_TUPLE_SERVER_PORT, SAME_TUPLE_CLIENT_PORT),
+            (SAME_TUPLE_SERVER_PORT, 0),
+        )
+    ]
+
+
+def test_same_tuple_in_two_namespaces_is_recorded_only_for_its_own(
+    make_netns: Callable[..., Any],
+) -> None:
+    namespaces = [make_netns(NETNS_PREFIX), make_netns(NETNS_PREFIX)]
+    inodes = [inode_of(netns) for netns in namespaces]
+    assert inodes[0] != inodes[1]
+    helpers: list[KernelOwnership] = []
+    try:
+        # one helper per namespace, and one for this process's namespace
+        for inode in [*inodes, None]:
+            helpers.append(load_or_skip(inode))
+        # both workloads at once, so the two tuples are in the kernel together
+        running = [
+            subprocess.Popen(
+                [*netns.exec_prefix, sys.executable, "-c", textwrap.dedent(SAME_TUPLE_SCRIPT)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for netns in namespaces
+        ]
+        reports = []
+        for process in running:
+            out, err = process.communicate(timeout=WORKLOAD_TIMEOUT_S)
+            assert process.returncode == 0, err
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+        drained = [(h.drain(), h.thread_counts(), h.status()) for h in helpers]
+    finally:
+        for loaded in helpers:
+            loaded.close()
+    for index in (0, 1):
+        mine, theirs = reports[index], reports[1 - index]
+        owners, counts, status = drained[index]
+        assert status["ebpf_netns_inode"] == inodes[index]
+        records = same_tuple_records(owners)
+        client_side = [o for o in records if o.local_port == SAME_TUPLE_CLIENT_PORT]
+        server_side = [o for o in records if o.local_port == SAME_TUPLE_SERVER_PORT]
+        # the client end: connect(), the last recv and close(), all by this namespace's thread
+        assert sorted((o.kind, o.tgid, o.tid) for o in client_side) == [
+            (OwnerKind.RECV, mine["pid"], mine["tid"]),
+            (OwnerKind.CONNECT, mine["pid"], mine["tid"]),
+            (OwnerKind.CLOSE, mine["pid"], mine["tid"]),
+        ]
+        # the listener is the parent (listen() ran before the fork), the
+        # accepted end the forked server: nothing of the other namespace
+        assert {(o.kind, o.tgid) for o in server_side if o.remote_port == 0} == {
+            (OwnerKind.LISTEN, mine["pid"])
+        }
+        assert {o.tgid for o in server_side if o.remote_port != 0} == {mine["server"]}
+        # per-thread counts: this namespace's client thread exactly, the other's not at all
+        assert counts[mine["tid"]] == (mine["calls"], mine["bytes"])
+        assert theirs["tid"] not in counts
+        # the other namespace's client calls were each skipped and counted (a lower
+        # bound: other namespaces on this machine run meanwhile)
+        assert int(status["ebpf_other_netns"]) >= theirs["calls"]
+        assert status["ebpf_read_failed"] == 0 and status["ebpf_drops"] == 0
+    # the helper of this process's namespace saw none of it
+    owners, counts, status = drained[2]
+    workload_pids = {r[key] for r in reports for key in ("pid", "server")}
+    assert [o for o in owners if o.tgid in workload_pids] == []
+    assert {r["tid"] for r in reports}.isdisjoint(counts)
+    assert int(status["ebpf_other_netns"]) >= reports[0]["calls"] + reports[1]["calls"]

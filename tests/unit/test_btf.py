@@ -4,7 +4,11 @@ Ground truth: the blob below is laid out by hand after the BTF format
 (Documentation/bpf/btf.rst); the struct mimics the shape of Linux's
 ``struct sock_common`` (members in anonymous unions of anonymous structs) at
 its x86-64 offsets, and ``struct sock`` with ``sk_protocol`` as a bitfield
-(as before Linux 5.6).
+(as before Linux 5.6).  ``skc_net`` is a ``possible_net_t`` as in Linux: a
+typedef of an unnamed struct holding ``struct net *net`` (empty without
+CONFIG_NET_NS); ``struct net`` embeds ``struct ns_common ns`` at byte 120,
+and ``inum`` lies in an unnamed union at byte 16 of ``ns_common``, so
+``net.ns.inum`` is at 136.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from netatopd.ebpf.btf import BTF_HEADER, Btf, BtfError, BtfKind, Member, sock_offsets
+from netatopd.ebpf.btf import (
+    BTF_HEADER,
+    Btf,
+    BtfError,
+    BtfKind,
+    Member,
+    NetOffsets,
+    net_offsets,
+    sock_offsets,
+)
 
 
 class BlobBuilder:
@@ -67,7 +80,7 @@ class BlobBuilder:
         return header + bytes(self.types) + bytes(self.strings)
 
 
-def build(magic: int = 0xEB9F) -> bytes:
+def build(magic: int = 0xEB9F, net_ns: bool = True, inum_bytes: int = 4) -> bytes:
     b = BlobBuilder()
     u32 = b.integer("unsigned int", 4)  # 1
     u16 = b.integer("unsigned short", 2)  # 2
@@ -92,6 +105,20 @@ def build(magic: int = 0xEB9F) -> bytes:
     addrpair = b.record(BtfKind.UNION, "", 8, [("skc_addrpair", u64, 0), ("", addrs, 0)])
     ports = b.record(BtfKind.STRUCT, "", 4, [("skc_dport", const_u16, 0), ("skc_num", u16, 16)])
     portpair = b.record(BtfKind.UNION, "", 4, [("skc_portpair", u32, 0), ("", ports, 0)])
+    inum_type = u32 if inum_bytes == 4 else u64
+    inum_union = b.record(BtfKind.UNION, "", 8, [("inum", inum_type, 0), ("ns_id", u64, 0)])
+    ns_common = b.record(
+        BtfKind.STRUCT,
+        "ns_common",
+        24,
+        [("stashed", u64, 0), ("ops", u64, 64), ("", inum_union, 128)],
+    )
+    net = b.record(BtfKind.STRUCT, "net", 400, [("passive", u32, 0), ("ns", ns_common, 120 * 8)])
+    net_pointer = b.add(BtfKind.PTR, "", 0, net)
+    possible = b.record(
+        BtfKind.STRUCT, "", 8 if net_ns else 0, [("net", net_pointer, 0)] if net_ns else []
+    )
+    possible_net_t = b.add(BtfKind.TYPEDEF, "possible_net_t", 0, possible)
     common = b.record(
         BtfKind.STRUCT,
         "sock_common",
@@ -101,6 +128,7 @@ def build(magic: int = 0xEB9F) -> bytes:
             ("skc_hash", u32, 64),
             ("", portpair, 96),
             ("skc_family", u16, 128),
+            ("skc_net", possible_net_t, 48 * 8),
             ("skc_v6_daddr", in6, 56 * 8),
             ("skc_v6_rcv_saddr", in6, 72 * 8),
         ],
@@ -122,11 +150,12 @@ def build(magic: int = 0xEB9F) -> bytes:
 
 def test_types_are_indexed_and_counted() -> None:
     btf = Btf(build())
-    assert btf.type_count == 18
+    assert btf.type_count == 24
     assert (
-        btf.find_struct("sock_common") == 17
+        btf.find_struct("sock_common") == 23
     )  # ids count every record, variable-length ones included
-    assert btf.kind(17) is BtfKind.STRUCT
+    assert btf.kind(23) is BtfKind.STRUCT
+    assert btf.kind(20) is BtfKind.PTR  # struct net *, before possible_net_t (21, 22)
 
 
 def test_members_inside_anonymous_unions_of_structs() -> None:
@@ -194,3 +223,48 @@ def test_unknown_kind_is_refused() -> None:
     b.types += struct.pack("=III", 0, 25 << 24, 0)  # kind 25 does not exist
     with pytest.raises(BtfError, match="unknown BTF kind 25"):
         Btf(b.blob())
+
+
+# --- the socket's network namespace ----------------------------------------------------
+
+
+def test_locate_follows_embedded_structs_and_typedefs() -> None:
+    btf = Btf(build())
+    # sock.__sk_common (0) + sock_common.skc_net (48) + possible_net_t.net (0), a pointer
+    assert btf.locate("sock", "__sk_common", "skc_net", "net") == (
+        Member("net", 48, 8, 384, 0),
+        BtfKind.PTR,
+    )
+    # the typedef is looked through: skc_net itself is the unnamed struct
+    assert btf.locate("sock", "__sk_common", "skc_net")[1] is BtfKind.STRUCT
+    # net.ns (120) + ns_common's unnamed union (16) + inum (0)
+    assert btf.locate("net", "ns", "inum") == (Member("inum", 136, 4, 1088, 0), BtfKind.INT)
+    # one name is the same as member()
+    assert btf.locate("sock_common", "skc_num")[0] == btf.member("sock_common", "skc_num")
+
+
+def test_locate_refuses_pointers_missing_members_and_empty_paths() -> None:
+    btf = Btf(build())
+    with pytest.raises(BtfError, match=r"sock.__sk_common.skc_net.net is a PTR"):
+        btf.locate("sock", "__sk_common", "skc_net", "net", "ns")
+    with pytest.raises(BtfError, match=r"struct net.ns has no member inode"):
+        btf.locate("net", "ns", "inode")
+    with pytest.raises(BtfError, match="sock_common.skc_num is a INT"):
+        btf.locate("sock_common", "skc_num", "x")
+    with pytest.raises(BtfError, match="at least one"):
+        btf.locate("net")
+
+
+def test_net_offsets() -> None:
+    assert net_offsets(Btf(build())) == NetOffsets(sk_net=48, net_ns_inum=136)
+
+
+def test_net_offsets_without_network_namespaces() -> None:
+    # CONFIG_NET_NS=n: possible_net_t is an empty struct
+    with pytest.raises(BtfError, match="skc_net has no member net"):
+        net_offsets(Btf(build(net_ns=False)))
+
+
+def test_net_offsets_refuse_an_inum_of_another_size() -> None:
+    with pytest.raises(BtfError, match="net.ns.inum is 8 bytes"):
+        net_offsets(Btf(build(inum_bytes=8)))

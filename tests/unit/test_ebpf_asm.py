@@ -3,19 +3,31 @@ format parser, the program builders and the decoding of drained records.
 
 Ground truth for the bytes: the instruction encoding of linux/bpf.h and
 Documentation/bpf/standardization/instruction-set.rst (code, dst|src<<4,
-little-endian s16 offset, s32 immediate).
+little-endian s16 offset, s32 immediate).  Ground truth for the namespace
+filter: the C it stands for,
+``if (bpf_probe_read_kernel(&net, 8, sk + 48) || bpf_probe_read_kernel(&inum,
+4, net + 136)) goto read_failed; if ((u32)inum != INODE) goto other_netns;``
+with the offsets of the NetOffsets given, written out instruction by
+instruction below.
 """
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
 from netatopd.ebpf import asm
 from netatopd.ebpf.asm import AluOp, Helper, JmpOp, Label, Reg, Size
-from netatopd.ebpf.btf import SockOffsets
-from netatopd.ebpf.helper import FlowOwner, decode_flow
+from netatopd.ebpf.btf import NetOffsets, SockOffsets
+from netatopd.ebpf.helper import (
+    EbpfUnavailable,
+    FlowOwner,
+    KernelOwnership,
+    decode_flow,
+    namespace_inode,
+)
 from netatopd.ebpf.programs import (
     COUNTERS,
     FLOW_KEY,
@@ -79,6 +91,11 @@ def one(item: asm.Item) -> str:
         (asm.jmp_imm(JmpOp.JSET, Reg.R1, 2, 1), "45 01 01 00 02 00 00 00"),
         (asm.jmp_reg(JmpOp.JEQ, Reg.R1, Reg.R2, 4), "1d 21 04 00 00 00 00 00"),
         (asm.jmp32_imm(JmpOp.JSLT, Reg.R7, 0, 5), "c6 07 05 00 00 00 00 00"),
+        # a 32-bit compare with an unsigned constant above 2**31 (an nsfs inode)
+        (
+            asm.jmp32_imm(JmpOp.JNE, Reg.R1, asm.imm32(0xEFFFFFF9), 3),
+            "56 01 03 00 f9 ff ff ef",
+        ),
         (asm.call(Helper.PROBE_READ_KERNEL), "85 00 00 00 71 00 00 00"),
         (asm.call(Helper.MAP_UPDATE_ELEM), "85 00 00 00 02 00 00 00"),
         (asm.exit_insn(), "95 00 00 00 00 00 00 00"),
@@ -126,6 +143,15 @@ def test_bad_operands_are_refused() -> None:
         asm.atomic_add(Size.H, Reg.R0, 0, Reg.R1)
 
 
+def test_imm32_accepts_signed_and_unsigned_32_bit_values() -> None:
+    assert asm.imm32(0xEFFFFFF9) == -0x10000007
+    assert asm.imm32(-1) == -1 and asm.imm32(0x7FFFFFFF) == 0x7FFFFFFF
+    with pytest.raises(asm.AssemblerError):
+        asm.imm32(1 << 32)
+    with pytest.raises(asm.AssemblerError):
+        asm.imm32(-(1 << 31) - 1)
+
+
 def test_instruction_count_counts_ld_imm64_twice() -> None:
     assert asm.instruction_count([asm.ld_map_fd(Reg.R1, 3), Label("x"), asm.exit_insn()]) == 3
 
@@ -165,6 +191,8 @@ format:
 
 SOCK = SockOffsets(16, 14, 12, 4, 0, 72, 56, 532, False)
 FDS = MapFds(flows=3, threads=4, connect=5, counters=6)
+NET = NetOffsets(sk_net=48, net_ns_inum=136)
+INODE = 0xEFFFFFF9  # 4026531833, the initial network namespace's usual inode
 
 
 def test_parse_format_fields_and_id() -> None:
@@ -191,10 +219,10 @@ def test_program_refuses_a_missing_or_resized_field() -> None:
         ),
     )
     with pytest.raises(TracepointError, match="ret is 8 bytes"):
-        length_program(OwnerKind.SEND, fmt, SOCK, FDS)
+        length_program(OwnerKind.SEND, fmt, SOCK, FDS, NET, INODE)
     fmt = parse_format("sock", "sock_send_length", SEND_FORMAT.replace("flags", "other"))
     with pytest.raises(TracepointError, match="no field flags"):
-        length_program(OwnerKind.SEND, fmt, SOCK, FDS)
+        length_program(OwnerKind.SEND, fmt, SOCK, FDS, NET, INODE)
 
 
 def _instructions(code: bytes) -> list[tuple[int, int, int, int]]:
@@ -203,7 +231,7 @@ def _instructions(code: bytes) -> list[tuple[int, int, int, int]]:
 
 def test_length_program_uses_the_parsed_offsets_and_map_fds() -> None:
     fmt = parse_format("sock", "sock_send_length", SEND_FORMAT)
-    code = asm.assemble(length_program(OwnerKind.SEND, fmt, SOCK, FDS))
+    code = asm.assemble(length_program(OwnerKind.SEND, fmt, SOCK, FDS, NET, INODE))
     insns = _instructions(code)
     # ret is loaded from record offset 20 into R7, sk from offset 8 into R8
     assert (0x61, 0x67, 20, 0) in insns
@@ -219,13 +247,129 @@ def test_length_program_uses_the_parsed_offsets_and_map_fds() -> None:
 
 def test_state_program_assembles_with_every_label_resolved() -> None:
     fmt = parse_format("sock", "inet_sock_set_state", STATE_FORMAT)
-    items = state_program(fmt, FDS)
+    items = state_program(fmt, FDS, NET, INODE)
     code = asm.assemble(items)
     assert len(code) == asm.instruction_count(items) * 8
     fds = {
         imm for code_, regs, _off, imm in _instructions(code) if code_ == 0x18 and regs >> 4 == 1
     }
     assert fds == {3, 5, 6}
+
+
+# --- the network namespace filter ------------------------------------------------
+
+# The check after ``R8 = sk`` (wildcard None: a jump offset, checked by following it).
+NETNS_CHECK = [
+    (0x15, 0x08, None, 0),  # if r8 == 0 goto out
+    (0xBF, 0xA1, 0, 0),  # r1 = fp
+    (0x07, 0x01, 0, -104),  # r1 += -104 (scratch)
+    (0xB7, 0x02, 0, 8),  # r2 = 8
+    (0xBF, 0x83, 0, 0),  # r3 = r8
+    (0x07, 0x03, 0, 48),  # r3 += 48 (skc_net.net)
+    (0x85, 0x00, 0, 113),  # call bpf_probe_read_kernel
+    (0x55, 0x00, None, 0),  # if r0 != 0 goto read_failed
+    (0x79, 0xA3, -104, 0),  # r3 = *(u64 *)(fp - 104), the struct net *
+    (0x07, 0x03, 0, 136),  # r3 += 136 (ns.inum)
+    (0xBF, 0xA1, 0, 0),  # r1 = fp
+    (0x07, 0x01, 0, -104),  # r1 += -104
+    (0xB7, 0x02, 0, 4),  # r2 = 4
+    (0x85, 0x00, 0, 113),  # call bpf_probe_read_kernel
+    (0x55, 0x00, None, 0),  # if r0 != 0 goto read_failed
+    (0x61, 0xA1, -104, 0),  # r1 = *(u32 *)(fp - 104), the inode
+    (0x56, 0x01, None, -0x10000007),  # if (u32)r1 != 0xeffffff9 goto other_netns
+]
+EXIT = [(0xB7, 0x00, 0, 0), (0x95, 0x00, 0, 0)]  # r0 = 0; exit
+
+
+def _target(insns: list[tuple[int, int, int, int]], index: int) -> int:
+    return index + 1 + insns[index][2]
+
+
+def _counts_then_exits(insns: list[tuple[int, int, int, int]], start: int, counter: int) -> bool:
+    """insns[start:] is counters[counter] += 1 (r9 = the counters) then a jump to r0 = 0; exit."""
+    offset = counter * 8
+    if insns[start : start + 3] != [
+        (0x79, 0x91, offset, 0),  # r1 = *(u64 *)(r9 + offset)
+        (0x07, 0x01, 0, 1),  # r1 += 1
+        (0x7B, 0x19, offset, 0),  # *(u64 *)(r9 + offset) = r1
+    ]:
+        return False
+    if insns[start + 3][0] != 0x05:  # goto out
+        return False
+    out = _target(insns, start + 3)
+    return insns[out : out + 2] == EXIT
+
+
+def _check_netns_filter(code: bytes, sk_field_offset: int, event: Counter) -> int:
+    """Assert the filter's bytes and targets; the index of its last jump."""
+    insns = _instructions(code)
+    # the event is counted first, for every socket
+    event_count = insns.index((0x7B, 0x19, event * 8, 0))
+    # then r8 = sk from the tracepoint record (r6) and the check
+    load_sk = insns.index((0x79, 0x68, sk_field_offset, 0))
+    assert event_count < load_sk
+    check = insns[load_sk + 1 : load_sk + 1 + len(NETNS_CHECK)]
+    for got, want in zip(check, NETNS_CHECK, strict=True):
+        assert got[:2] == want[:2] and got[3] == want[3], (got, want)
+        if want[2] is not None:
+            assert got[2] == want[2], (got, want)
+    null = load_sk + 1
+    assert insns[_target(insns, null) : _target(insns, null) + 2] == EXIT
+    last = load_sk + len(NETNS_CHECK)
+    assert _counts_then_exits(insns, _target(insns, last), Counter.OTHER_NETNS)
+    for failed in (load_sk + 8, load_sk + 15):
+        assert _counts_then_exits(insns, _target(insns, failed), Counter.READ_FAILED)
+    # nothing but the counter lookup and the two reads runs before the check
+    calls = [imm for code_, _regs, _off, imm in insns[:last] if code_ == 0x85]
+    assert calls == [Helper.MAP_LOOKUP_ELEM, Helper.PROBE_READ_KERNEL, Helper.PROBE_READ_KERNEL]
+    # and it happens once
+    assert sum(1 for insn in insns if insn[0] == 0x56) == 1
+    return last
+
+
+def test_length_programs_leave_at_once_for_another_namespace() -> None:
+    fmt = parse_format("sock", "sock_send_length", SEND_FORMAT)
+    for kind, event in (
+        (OwnerKind.SEND, Counter.SEND_EVENTS),
+        (OwnerKind.RECV, Counter.RECV_EVENTS),
+    ):
+        code = asm.assemble(length_program(kind, fmt, SOCK, FDS, NET, INODE))
+        last = _check_netns_filter(code, 8, event)
+        # the failed-call check (ret, record offset 20) comes after the filter
+        assert _instructions(code).index((0x61, 0x67, 20, 0)) == last + 1
+
+
+def test_state_program_leaves_at_once_for_another_namespace() -> None:
+    fmt = parse_format("sock", "inet_sock_set_state", STATE_FORMAT)
+    code = asm.assemble(state_program(fmt, FDS, NET, INODE))
+    last = _check_netns_filter(code, 8, Counter.STATE_EVENTS)  # skaddr at 8
+    # oldstate (record offset 16) and newstate (20) are loaded after it
+    assert _instructions(code)[last + 1 : last + 3] == [(0x61, 0x67, 16, 0), (0x61, 0x68, 20, 0)]
+
+
+def test_filter_compares_the_inode_it_was_built_for() -> None:
+    fmt = parse_format("sock", "inet_sock_set_state", STATE_FORMAT)
+    other = NetOffsets(sk_net=56, net_ns_inum=200)
+    insns = _instructions(asm.assemble(state_program(fmt, FDS, other, 4026532313)))
+    assert (0x07, 0x03, 0, 56) in insns and (0x07, 0x03, 0, 200) in insns
+    assert [insn[3] for insn in insns if insn[0] == 0x56] == [4026532313 - (1 << 32)]
+    for bad in (0, 1 << 32, -5):
+        with pytest.raises(ValueError, match="32-bit inode"):
+            state_program(fmt, FDS, NET, bad)
+
+
+def test_load_refuses_a_bad_inode_before_touching_the_kernel() -> None:
+    with pytest.raises(ValueError, match="32-bit inode"):
+        KernelOwnership.load(netns_inode=0)
+
+
+def test_namespace_inode(tmp_path: Path) -> None:
+    ns_file = tmp_path / "net"
+    ns_file.write_bytes(b"")
+    assert namespace_inode(ns_file) == ns_file.stat().st_ino
+    assert namespace_inode() == Path("/proc/self/ns/net").stat().st_ino
+    with pytest.raises(EbpfUnavailable, match="cannot find the network namespace"):
+        namespace_inode(tmp_path / "missing")
 
 
 # --- map layouts and decoding --------------------------------------------------
@@ -235,7 +379,8 @@ def test_layout_sizes() -> None:
     assert FLOW_KEY.size == 40
     assert OWNER.size == 40
     assert THREAD_COUNTS.size == 16
-    assert COUNTERS.size == 8 * len(Counter)
+    assert COUNTERS.size == 8 * len(Counter) == 8 * 13
+    assert Counter.OTHER_NETNS == 12
 
 
 def test_decode_ipv4_flow() -> None:
