@@ -14,13 +14,57 @@ additions; everything else (owners, states, garbage collection) is per flow.
 from __future__ import annotations
 
 import logging
+import struct
+from collections.abc import Mapping
 from enum import IntEnum
 
-from .parse import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Direction, Packet
+from .parse import (
+    CRC_BYTES,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    UNKNOWN_LINK,
+    Direction,
+    Packet,
+    Reject,
+    parse_record,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_FLOWS_DEFAULT = 200_000
+# Entries in each of the two UDP packet-key caches of account_records; a cache
+# that grows past this is emptied (it is refilled from udp_local as packets come).
+UDP_KEY_CACHE_ENTRIES_MAX = 65_536
+
+# The common frames account_records reads with one unpack each (network order).
+# A cooked v2 header (struct sll2_header, see parse.SLL2_HEADER) followed by an
+# IPv4 header without options (struct iphdr, see parse.IPHDR) and the ports:
+#   sll2_protocol, [reserved], sll2_if_index, sll2_hatype, sll2_pkttype,
+#   [halen, addr[8]];  version/ihl, [tos], tot_len, [id], frag_off, [ttl],
+#   protocol, [check];  saddr + daddr + source port + destination port (the key)
+_SLL2_IPV4_PORTS = struct.Struct("!H2xIHB9xBxH2xHxB2x12s")
+# The same cooked v2 header followed by an IPv6 header (struct ipv6hdr, see
+# parse.IPV6HDR) without extension headers and the ports:
+#   sll2_protocol, [reserved], sll2_if_index, sll2_hatype, sll2_pkttype,
+#   [halen, addr[8]];  first byte (version), [3 bytes], payload_len, nexthdr,
+#   [hop_limit];  saddr + daddr + source port + destination port (the key)
+_SLL2_IPV6_PORTS = struct.Struct("!H2xIHB9xB3xHBx36s")
+# struct pcap_sf_pkthdr (parse.PCAP_SF_PKTHDR), native order: [ts_sec, ts_usec], caplen, len
+_PCAP_SF_PKTHDR_LENGTHS = struct.Struct("=8xII")
+_RECORD_HEADER_BYTES = 16
+_IPV4_FRAME_BYTES = _SLL2_IPV4_PORTS.size  # 44: what the IPv4 fast path reads
+_IPV6_FRAME_BYTES = _SLL2_IPV6_PORTS.size  # 64: what the IPv6 fast path reads
+# Kinds of packet sums in account_records: parse.Direction's values for UDP, and
+# the same + _TCP_SUMS for TCP.
+_RECEIVED, _SENT, _LOOPBACK = (
+    Direction.RECEIVED.value,
+    Direction.SENT.value,
+    Direction.LOOPBACK.value,
+)
+_TCP_SUMS = 3
+_NO_MTU = 1 << 62  # stands for an MTU of 0 (unknown): no packet is larger
 
 
 class FlowState(IntEnum):
@@ -172,11 +216,16 @@ class FlowTable:
         self.tcp_sent: dict[bytes, Flow] = {}  # key of a packet this endpoint sent
         self.tcp_received: dict[bytes, Flow] = {}  # key of a packet it received
         self.udp_local: dict[bytes, Flow] = {}  # local address + port
+        self.udp_by_port: dict[int, list[Flow]] = {}  # local port -> its flows (any address)
         self.count = 0
         self.overflow = 0  # flows refused at the cap
         self.new: list[Flow] = []  # created since the resolver last looked
         self.dirty: list[Flow] = []  # with unsettled counters
         self.totals = TrafficTotals()
+        # account_records' shortcuts from a whole UDP packet key to the flow of its
+        # sending / receiving endpoint; a removed flow (keys == ()) is never used.
+        self._udp_sent_cache: dict[bytes, Flow] = {}
+        self._udp_received_cache: dict[bytes, Flow] = {}
 
     # -- the per-packet path -------------------------------------------------
 
@@ -251,6 +300,206 @@ class FlowTable:
                 if direction != Direction.SENT:
                     totals.icmp_received += 1
 
+    def account_records(
+        self,
+        records: bytes,
+        links: Mapping[int, tuple[int, int]],
+        rejects: list[int],
+        now_s: float,
+    ) -> None:
+        """Parse and count a capture Batch's records in one walk.
+
+        Counts exactly what ``account(parse_batch(records, links, rejects),
+        now_s)`` counts (flows made in the same order, the same overflow),
+        without a tuple per packet.  The common frames (IPv4 without options,
+        IPv6 without extension headers, TCP or UDP, not a fragment) are read
+        with one unpack; every other frame goes through ``parse.parse_record``.
+        Packets are summed per (protocol, direction, packet key) during the
+        walk, and each sum is then counted on its flows once, in the order the
+        sums first appeared; UDP sums find their flow through a cache keyed by
+        the whole packet key, so the local endpoint is cut out of the key only
+        when a packet key is first seen.
+        """
+        # Index _RECEIVED/_SENT/_LOOPBACK for UDP, + _TCP_SUMS for TCP:
+        # packet key -> [packets, wire bytes] in this batch.
+        sums_by_kind: tuple[dict[bytes, list[int]], ...] = ({}, {}, {}, {}, {}, {})
+        order: list[tuple[int, bytes]] = []  # (kind, key) as first seen
+        unpack_lengths = _PCAP_SF_PKTHDR_LENGTHS.unpack_from
+        unpack_ipv4 = _SLL2_IPV4_PORTS.unpack_from
+        unpack_ipv6 = _SLL2_IPV6_PORTS.unpack_from
+        # The link facts of the last ifindex seen: frames of one batch mostly share it.
+        link_ifindex = -1
+        link_overhead = link_mtu = link_gso_overhead = 0
+        size = len(records)
+        position = 0
+        while position < size:
+            frame = position + _RECORD_HEADER_BYTES
+            if frame > size:
+                rejects[Reject.TRUNCATED_LINK] += 1
+                break
+            caplen, original_bytes = unpack_lengths(records, position)
+            position = frame + caplen
+            proto = 0  # stays 0 when the frame is not for the fast path
+            if caplen >= _IPV4_FRAME_BYTES and position <= size:
+                (ethertype, ifindex, hatype, pkttype, first_byte, ip_len, frag_off, proto, key) = (
+                    unpack_ipv4(records, frame)
+                )
+                if ethertype == 0x0800:  # ETH_P_IP
+                    # version 4, 20-byte header, first fragment, ports inside tot_len
+                    if first_byte != 0x45 or frag_off & 0x1FFF or ip_len < 24:
+                        proto = 0
+                elif ethertype == 0x86DD and caplen >= _IPV6_FRAME_BYTES:  # ETH_P_IPV6
+                    (ethertype, ifindex, hatype, pkttype, first_byte, ip_len, proto, key) = (
+                        unpack_ipv6(records, frame)
+                    )
+                    if first_byte >> 4 != 6 or ip_len < 4:  # ip_len is payload_len here
+                        proto = 0
+                    ip_len += 40
+                else:
+                    proto = 0
+            if proto == PROTO_UDP or proto == PROTO_TCP:
+                if hatype == 772:  # ARPHRD_LOOPBACK: seen once, a send and a receive
+                    if pkttype == 4:  # PacketType.OUTGOING
+                        rejects[Reject.LOOPBACK_OUTGOING] += 1
+                        continue
+                    kind = _LOOPBACK
+                elif pkttype == 4:  # PacketType.OUTGOING
+                    kind = _SENT
+                elif pkttype <= 2:  # PacketType.HOST, BROADCAST, MULTICAST
+                    kind = _RECEIVED
+                else:
+                    rejects[Reject.OTHERHOST] += 1
+                    continue
+                if ifindex != link_ifindex:
+                    try:
+                        hhl, mtu = links[ifindex]
+                    except KeyError:
+                        hhl, mtu = UNKNOWN_LINK
+                    link_ifindex = ifindex
+                    link_overhead = hhl + CRC_BYTES
+                    link_mtu = mtu if mtu > 0 else _NO_MTU
+                    link_gso_overhead = 20 + hhl + CRC_BYTES
+                wire_bytes = ip_len + link_overhead  # parse.wire_bytes, inlined
+                if ip_len > link_mtu:
+                    wire_bytes += (ip_len // link_mtu) * link_gso_overhead
+            else:
+                result = parse_record(
+                    records, frame, position if position < size else size, original_bytes, links
+                )
+                if result.__class__ is not tuple:
+                    rejects[result] += 1  # type: ignore[index]
+                    continue
+                kind, proto, key, wire_bytes = result
+                if proto != PROTO_UDP and proto != PROTO_TCP:  # ICMP, ICMPv6: only counted
+                    if kind != Direction.RECEIVED:
+                        self.totals.icmp_sent += 1
+                    if kind != Direction.SENT:
+                        self.totals.icmp_received += 1
+                    continue
+            if proto == PROTO_TCP:
+                kind += _TCP_SUMS
+            sums_of_kind = sums_by_kind[kind]
+            sums = sums_of_kind.get(key)
+            if sums is None:
+                sums_of_kind[key] = [1, wire_bytes]
+                order.append((kind, key))
+            else:
+                sums[0] += 1
+                sums[1] += wire_bytes
+        if order:
+            self._account_sums(order, sums_by_kind, now_s)
+
+    def _account_sums(
+        self,
+        order: list[tuple[int, bytes]],
+        sums_by_kind: tuple[dict[bytes, list[int]], ...],
+        now_s: float,
+    ) -> None:
+        """Count a batch's [packets, wire bytes] per (kind, packet key) on their flows."""
+        totals = self.totals
+        dirty = self.dirty
+        udp_sent_cache = self._udp_sent_cache
+        udp_received_cache = self._udp_received_cache
+        tcp_sent_table = self.tcp_sent
+        tcp_received_table = self.tcp_received
+        for kind, key in order:
+            packets, wire_bytes = sums_by_kind[kind][key]
+            if kind < _TCP_SUMS:
+                if kind != _RECEIVED:
+                    totals.udp_sent += packets
+                    flow = udp_sent_cache.get(key)
+                    if flow is None or not flow.keys:
+                        flow = self._udp_flow(key, True, now_s)
+                    if flow is None:
+                        totals.udp_sent_unidentified += packets
+                        self.overflow += packets - 1  # account() tries once a packet
+                    else:
+                        flow.snd_packs += packets
+                        flow.snd_bytes += wire_bytes
+                        if not flow.dirty:
+                            flow.dirty = True
+                            dirty.append(flow)
+                if kind != _SENT:
+                    totals.udp_received += packets
+                    flow = udp_received_cache.get(key)
+                    if flow is None or not flow.keys:
+                        flow = self._udp_flow(key, False, now_s)
+                    if flow is None:
+                        totals.udp_received_unidentified += packets
+                        self.overflow += packets - 1
+                    else:
+                        flow.rcv_packs += packets
+                        flow.rcv_bytes += wire_bytes
+                        if not flow.dirty:
+                            flow.dirty = True
+                            dirty.append(flow)
+            else:
+                if kind != _RECEIVED + _TCP_SUMS:
+                    totals.tcp_sent += packets
+                    flow = tcp_sent_table.get(key)
+                    if flow is None:
+                        flow = self._new_tcp(key, True, now_s)
+                    if flow is None:
+                        totals.tcp_sent_unidentified += packets
+                        self.overflow += packets - 1
+                    else:
+                        flow.snd_packs += packets
+                        flow.snd_bytes += wire_bytes
+                        if not flow.dirty:
+                            flow.dirty = True
+                            dirty.append(flow)
+                if kind != _SENT + _TCP_SUMS:
+                    totals.tcp_received += packets
+                    flow = tcp_received_table.get(key)
+                    if flow is None:
+                        flow = self._new_tcp(key, False, now_s)
+                    if flow is None:
+                        totals.tcp_received_unidentified += packets
+                        self.overflow += packets - 1
+                    else:
+                        flow.rcv_packs += packets
+                        flow.rcv_bytes += wire_bytes
+                        if not flow.dirty:
+                            flow.dirty = True
+                            dirty.append(flow)
+
+    def _udp_flow(self, key: bytes, local_is_source: bool, now_s: float) -> Flow | None:
+        """The flow of a UDP packet key's local endpoint (made if new), remembered by key."""
+        if len(key) == 12:
+            local = key[0:4] + key[8:10] if local_is_source else key[4:8] + key[10:12]
+        else:
+            local = key[0:16] + key[32:34] if local_is_source else key[16:32] + key[34:36]
+        flow = self.udp_local.get(local)
+        if flow is None:
+            flow = self._new_udp(local, key, local_is_source, now_s)
+            if flow is None:
+                return None
+        cache = self._udp_sent_cache if local_is_source else self._udp_received_cache
+        if len(cache) >= UDP_KEY_CACHE_ENTRIES_MAX:
+            cache.clear()
+        cache[key] = flow
+        return flow
+
     # -- flow creation and removal --------------------------------------------
 
     def _admit(self) -> bool:
@@ -281,6 +530,7 @@ class FlowTable:
             return None
         flow = Flow(PROTO_UDP, *_split(key, local_is_source), now_s)
         self.udp_local[local] = flow
+        self.udp_by_port.setdefault(flow.local_port, []).append(flow)
         flow.keys = ((UDP_LOCAL, local),)
         self.new.append(flow)
         return flow
@@ -293,6 +543,12 @@ class FlowTable:
                 del tables[table][key]
         if flow.keys:
             self.count -= 1
+            if flow.proto == PROTO_UDP:
+                same_port = self.udp_by_port.get(flow.local_port, [])
+                if flow in same_port:
+                    same_port.remove(flow)
+                if not same_port:
+                    self.udp_by_port.pop(flow.local_port, None)
         flow.keys = ()
 
     def write_off(self, flow: Flow) -> None:

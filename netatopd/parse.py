@@ -289,6 +289,21 @@ def parse_frame(
     return _parse(frame, 0, len(frame), original_bytes, links)
 
 
+def parse_record(
+    records: bytes,
+    start: int,
+    end: int,
+    original_bytes: int,
+    links: Mapping[int, tuple[int, int]],
+) -> Packet | Reject:
+    """The frame records[start:end] of a Batch -> a Packet, or the Reject reason.
+
+    For callers that walk a Batch themselves (flows.FlowTable.account_records
+    hands it the frames its fast path does not take); never raises.
+    """
+    return _parse(records, start, end, original_bytes, links)
+
+
 def parse_batch(
     records: bytes,
     links: Mapping[int, tuple[int, int]],

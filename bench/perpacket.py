@@ -1,0 +1,113 @@
+"""In-process cost of the per-packet path on synthetic capture batches; not a test.
+
+Builds batches of pcap records (PCAP_SF_PKTHDR + cooked v2 frame) as
+Capture.read_batch hands them out, and times, per packet:
+  * parse_batch + FlowTable.account (the two-step path),
+  * FlowTable.account_records (the fused walk),
+for established flows: UDP over loopback (each packet a send and a receive),
+TCP received on ethernet, and UDP over IPv6 loopback.  The best of a few
+rounds is taken (the least disturbed by the machine).
+
+Usage: .venv/bin/python bench/perpacket.py
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from netatopd.flows import FlowTable  # noqa: E402
+from netatopd.parse import REJECT_COUNTERS_LENGTH, parse_batch  # noqa: E402
+
+BATCH_PACKETS = 2048
+FLOWS = 8
+ROUNDS = 5
+BATCHES_PER_ROUND = 100
+SNAPLEN_BYTES = 128
+LINKS = {1: (14, 65536), 2: (14, 1500)}
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+PACKET_HOST = 0
+
+RECORD_HEADER = struct.Struct("=IIII")  # pcap_sf_pkthdr: ts_sec, ts_usec, caplen, len
+SLL2 = struct.Struct("!HHIHBB8s")  # sll2_header
+IPV4 = struct.Struct("!BBHHHBBH4s4s")  # iphdr without options
+IPV6 = struct.Struct("!IHBB16s16s")  # ipv6hdr
+
+
+def frame(version: int, proto: int, ifindex: int, hatype: int, flow: int) -> bytes:
+    transport = (
+        struct.pack("!HHIIHHHH", 40000 + flow, 443, 1, 1, 0x5010, 512, 0, 0) + b"\xa5" * 64
+        if proto == 6
+        else struct.pack("!HHHH", 40000 + flow, 50000 + flow, 72, 0) + b"\xa5" * 64
+    )
+    if version == 4:
+        ip = IPV4.pack(
+            0x45, 0, 20 + len(transport), 1, 0x4000, 64, proto, 0, b"\x7f\0\0\1", b"\x7f\0\0\1"
+        )
+        ethertype = 0x0800
+    else:
+        ip = IPV6.pack(0x60000000, len(transport), proto, 64, bytes(15) + b"\1", bytes(15) + b"\1")
+        ethertype = 0x86DD
+    return SLL2.pack(ethertype, 0, ifindex, hatype, PACKET_HOST, 6, bytes(8)) + ip + transport
+
+
+def records(version: int, proto: int, ifindex: int, hatype: int) -> bytes:
+    out = []
+    for n in range(BATCH_PACKETS):
+        data = frame(version, proto, ifindex, hatype, n % FLOWS)
+        captured = data[:SNAPLEN_BYTES]
+        out.append(RECORD_HEADER.pack(1_700_000_000, n, len(captured), len(data)) + captured)
+    return b"".join(out)
+
+
+SCENARIOS = {
+    "UDP v4 loopback": (4, 17, 1, ARPHRD_LOOPBACK),
+    "TCP v4 ethernet received": (4, 6, 2, ARPHRD_ETHER),
+    "UDP v6 loopback": (6, 17, 1, ARPHRD_LOOPBACK),
+}
+
+
+def best_ns_per_packet(step: Callable[[bytes], None], batch: bytes) -> float:
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(BATCHES_PER_ROUND):
+            step(batch)
+        best = min(best, (time.perf_counter() - started) / BATCHES_PER_ROUND)
+    return best * 1e9 / BATCH_PACKETS
+
+
+def measure() -> dict[str, float]:
+    """Nanoseconds per packet, by path and scenario."""
+    results: dict[str, float] = {}
+    rejects = [0] * REJECT_COUNTERS_LENGTH
+    for name, facts in SCENARIOS.items():
+        batch = records(*facts)
+        two_step = FlowTable()
+        fused = FlowTable()
+
+        def parse_and_account(batch: bytes, table: FlowTable = two_step) -> None:
+            table.account(parse_batch(batch, LINKS, rejects), 1.0)
+            table.dirty.clear()
+
+        def account_records(batch: bytes, table: FlowTable = fused) -> None:
+            table.account_records(batch, LINKS, rejects, 1.0)
+            table.dirty.clear()
+
+        results[f"parse_batch+account, {name}"] = best_ns_per_packet(parse_and_account, batch)
+        results[f"account_records, {name}"] = best_ns_per_packet(account_records, batch)
+    return results
+
+
+def main() -> None:
+    for name, ns_per_packet in measure().items():
+        print(f"{name:50} {ns_per_packet:6.0f} ns/packet")
+
+
+if __name__ == "__main__":
+    main()
