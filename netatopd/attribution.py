@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 UNOWNED_LIMIT_S_DEFAULT = 60.0  # a flow with no owner this long is written off
 RESCAN_INTERVAL_S_DEFAULT = 0.25  # incremental /proc refresh while traffic flows
 FULL_SCAN_MIN_INTERVAL_S = 1.0
+UDP_RECHECK_IDLE_S = 1.0  # a UDP flow quiet this long is looked up again when it speaks
+FULL_SCAN_STEP_S = 0.003  # a full rescan proceeds in steps this long
 REMEMBER_OWNERS_S = 120.0  # how long a tuple -> owner mapping outlives its flow
 REMEMBER_OWNERS_MAX = 65_536
 FIRST_RETRY_S = 0.005
@@ -67,6 +70,7 @@ class InodeIndex:
         self.full_scans = 0
         self.denied = 0  # processes whose fds could not be read (permission)
         self.last_full_scan_s = 0.0
+        self.full_scan_queue: list[int] = []  # pids the full scan in progress has still to read
 
     def holder(self, inode: int) -> int | None:
         """The newest process holding the inode, or None if none is known."""
@@ -142,8 +146,37 @@ class InodeIndex:
             self.last_full_scan_s = time.monotonic()
         return found
 
+    def full_scan_step(self, budget_s: float) -> list[tuple[int, int]]:
+        """Part of a full rescan of every process, newest first, for at most budget_s.
 
-KERNEL_DRAIN_INTERVAL_S = 0.005  # how often the eBPF helper's records are read
+        A full scan of thousands of descriptors takes a tenth of a second or more;
+        done in steps, it never holds up the capture loop.  The next step resumes
+        where this one stopped; a pass that reaches the end counts as a full scan.
+        """
+        if not self.full_scan_queue:
+            self.full_scan_queue = sorted(self.procfs.pids())  # popped from the end: newest first
+        deadline = time.monotonic() + budget_s
+        found: list[tuple[int, int]] = []
+        queue = self.full_scan_queue
+        while queue and time.monotonic() < deadline:
+            pid = queue.pop()
+            try:
+                self.pid_fd_count[pid] = self.procfs.fd_count(pid)
+            except ProcessGone:
+                self._forget(pid)
+                continue
+            except ProcAccessDenied:
+                continue
+            found.extend((pid, inode) for inode in self._scan(pid))
+        if not queue:
+            self.full_scans += 1
+            self.last_full_scan_s = time.monotonic()
+        return found
+
+
+# The eBPF helper's records are read at once when new flows need owners, else
+# this often (a thread taking over a flow is seen this late at most).
+KERNEL_DRAIN_INTERVAL_S = 0.1
 KERNEL_OWNER_KEEP_S = 300.0  # a record this old (and its flow unseen) is forgotten
 KERNEL_OWNERS_MAX = 200_000
 
@@ -238,6 +271,7 @@ class Resolver:
         self.inodes = InodeIndex(procfs)
         self.kernel = KernelOwners(kernel) if kernel is not None else None
         self.kernel_finds = 0  # owners known from the eBPF helper
+        self.udp_rechecks = 0  # UDP flows found to belong to a new socket
         self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
         self.proc_nlink = 0
         self.inode_flows: dict[int, list[Flow]] = {}
@@ -263,8 +297,18 @@ class Resolver:
         """Move the unsettled counters of every flow touched since the last call to its owner."""
         dirty = self.flows.dirty
         self.flows.dirty = []
+        recheck = self.kernel is None
         for flow in dirty:
             flow.dirty = False
+            if (
+                recheck
+                and flow.proto == PROTO_UDP
+                and flow.state == FlowState.OWNED
+                and now_s - flow.last_seen_s >= UDP_RECHECK_IDLE_S
+            ):
+                # A UDP port quiet for a while may belong to another socket now
+                # (its process gone, the port taken by a new one): look again.
+                self._recheck_udp(flow, now_s)
             flow.last_seen_s = now_s
             owner = flow.owner
             if owner is not None:
@@ -272,6 +316,21 @@ class Resolver:
                 owner.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s, flow.tid)
             elif flow.state == FlowState.ORPHANED:
                 self.flows.write_off(flow)
+
+    def _recheck_udp(self, flow: Flow, now_s: float) -> None:
+        sock = self._lookup(flow)
+        self.lookups += 1
+        if sock is not None and sock.inode == flow.inode:
+            return  # the same socket
+        self.udp_rechecks += 1
+        self.remembered.pop(self._identity(flow), None)  # that owner was the old socket's
+        self._unlink_inode(flow)
+        flow.owner = None
+        flow.tid = 0
+        flow.inode = 0
+        flow.state = FlowState.PENDING
+        flow.first_seen_s = now_s  # the new socket's flow starts here
+        self._resolve(flow, now_s)
 
     # -- resolution ----------------------------------------------------------
 
@@ -282,6 +341,7 @@ class Resolver:
         if kernel is not None and (
             everything
             or self.flows.new
+            or self.flows.dirty
             or time.monotonic() - kernel.last_drain_monotonic_s >= KERNEL_DRAIN_INTERVAL_S
         ):
             self._apply_kernel_records(kernel.drain(), now_s)
@@ -319,8 +379,25 @@ class Resolver:
                 self.unowned_written_off += 1
                 continue
             self._resolve(flow, now_s)
-        if now_s - self.last_rescan_s >= self.rescan_interval_s and (new or self.flows.count):
+        if now_s - self.last_rescan_s >= self.rescan_interval_s and (
+            new or self._processes_changed()
+        ):
             self.rescan(now_s)
+
+    def _processes_changed(self) -> bool:
+        """Whether processes started or ended since the last rescan (cheap: one stat).
+
+        The link count of /proc grows and shrinks with the number of processes,
+        so a fork that may have handed sockets to a child shows there.
+        """
+        try:
+            nlink = os.stat(self.procfs.proc_root).st_nlink
+        except OSError:
+            return True
+        if nlink == self.proc_nlink:
+            return False
+        self.proc_nlink = nlink
+        return True
 
     def _apply_kernel_records(self, records: list[FlowOwner], now_s: float) -> None:
         """Flows already known whose owning thread the kernel names anew move to it."""
@@ -330,8 +407,19 @@ class Resolver:
             if r.kind not in (OwnerKind.SEND, OwnerKind.RECV, OwnerKind.CONNECT):
                 continue
             if r.protocol == PROTO_UDP:
-                flow = flows.udp_local.get(r.local_addr + r.local_port.to_bytes(2, "big"))
-            elif r.remote_addr:
+                if any(r.local_addr):
+                    flow = flows.udp_local.get(r.local_addr + r.local_port.to_bytes(2, "big"))
+                    candidates = [flow] if flow is not None else []
+                else:  # an unbound socket: every local address of that port
+                    candidates = [
+                        f
+                        for f in flows.udp_by_port.get(r.local_port, ())
+                        if len(f.local_addr) == len(r.local_addr)
+                    ]
+                for flow in candidates:
+                    self._apply_kernel_owner(flow, now_s)
+                continue
+            if r.remote_addr:
                 key = (
                     r.local_addr
                     + r.remote_addr
@@ -341,17 +429,22 @@ class Resolver:
                 flow = flows.tcp_sent.get(key)
             else:
                 continue
-            if flow is None or flow.state == FlowState.NEW:
-                continue  # resolved in its turn, with this record
-            owner = self.kernel.owner_of(flow)
-            if owner is None:
-                continue
-            current = flow.owner
-            if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:  # type: ignore[attr-defined]
-                continue
-            task = self._task_from_kernel(owner, now_s)
-            if task is not None:
-                self._assign(flow, task, now_s, final=True, tid=owner.tid)
+            if flow is not None:
+                self._apply_kernel_owner(flow, now_s)
+
+    def _apply_kernel_owner(self, flow: Flow, now_s: float) -> None:
+        assert self.kernel is not None
+        if flow.state == FlowState.NEW:
+            return  # resolved in its turn, with this record
+        owner = self.kernel.owner_of(flow)
+        if owner is None:
+            return
+        current = flow.owner
+        if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:  # type: ignore[attr-defined]
+            return
+        task = self._task_from_kernel(owner, now_s)
+        if task is not None:
+            self._assign(flow, task, now_s, final=True, tid=owner.tid)
 
     def _task_from_kernel(self, owner: KernelOwner, now_s: float) -> TaskInfo | None:
         """The TaskInfo of a process the kernel named; from the record if it is gone already."""
@@ -532,8 +625,9 @@ class Resolver:
         pid = self.inodes.holder(inode)
         if pid is not None:
             return pid
-        if time.monotonic() - self.inodes.last_full_scan_s >= FULL_SCAN_MIN_INTERVAL_S:
-            self.inodes.refresh(full=True)
+        scanning = bool(self.inodes.full_scan_queue)
+        if scanning or time.monotonic() - self.inodes.last_full_scan_s >= FULL_SCAN_MIN_INTERVAL_S:
+            self.inodes.full_scan_step(FULL_SCAN_STEP_S)
             pid = self.inodes.holder(inode)
         return pid
 

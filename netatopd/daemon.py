@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from typing import NoReturn
 
 from . import __version__
@@ -38,15 +39,16 @@ from .client import CONTROL_SOCKET_NAME
 from .config import OPTIONS, ConfigError, resolve
 from .ebpf import EbpfUnavailable, KernelOwnership
 from .exitlist import (
+    ExitJournal,
     ExitList,
     Sweeper,
 )
 from .flows import FlowTable
 from .netlink.sockdiag import SockDiag
-from .parse import Reject, parse_batch
+from .parse import Reject
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
-from .server import ControlServer, ServerError
+from .server import AtopServer, ControlServer, ServerError
 from .store import HistoryWriter, StoreError, open_db
 from .table import STATUS_FIELDS, TableWriter, table_path
 from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
@@ -57,6 +59,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_LIBPCAP, EXIT_PRIVILEGES, EXIT_RUN_DIR 
 EXIT_NO_KERNEL_OWNERSHIP = 6
 BATCH_PACKETS = 2048
 IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
+RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SYNC_MARGIN_S = 0.02
 MALFORMED = (
     "TRUNCATED_LINK",
@@ -107,6 +110,9 @@ class Engine:
         self.flows = FlowTable(max_flows=options.max_flows)
         self.tasks = TaskTable(max_tasks=options.max_tasks)
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
+        self.journal = ExitJournal()
+        self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
+        self.atop: AtopServer | None = None
         self.resolver = Resolver(
             self.flows,
             self.tasks,
@@ -133,6 +139,8 @@ class Engine:
         )
         self.publish_interval_s = options.publish_interval_ms / 1000.0
         self.last_publish_monotonic_s = 0.0
+        self.packets_at_publish = -1
+        self.last_packet_monotonic_s = 0.0
         self.history: HistoryWriter | None = None
         self.history_problem = "disabled (--no-history)" if options.no_history else ""
         if not options.no_history:
@@ -164,20 +172,27 @@ class Engine:
             started_s = time.time()
             batch = self.capture.read_batch(BATCH_PACKETS)
             if batch.count:
-                packets = parse_batch(batch.records, self.links, self.rejects)
                 now_s = time.time()
-                self.flows.account(packets, now_s)
-                self.resolver.settle(now_s)
+                self.flows.account_records(batch.records, self.links, self.rejects, now_s)
+                # Owners first: the kernel may name a new holder of a flow (a port
+                # reused by another process), and this batch's packets are its.
                 self.resolver.resolve(now_s)
+                self.resolver.settle(now_s)
                 self.packets += batch.count
                 self.batches += 1
+                self.last_packet_monotonic_s = time.monotonic()
             if batch.count < BATCH_PACKETS:
                 self.last_drained_s = started_s
                 return
 
     def _task_gone(self, task: TaskInfo) -> None:
         self.tasks.remove(task)
-        self.exit_list.add(task.finished(time.time()))
+        exited = task.finished(time.time())
+        self.exit_list.add(exited)
+        self.journal.append(exited)  # for the atop socket's once-more rule
+
+    def atop_tasks(self) -> Iterable[TaskInfo]:
+        return self.tasks.by_tgid.values()
 
     def _persist_exited(self, exited: ExitedTask) -> None:
         if self.history is not None:
@@ -189,6 +204,9 @@ class Engine:
         self.resolver.resolve(now_s)
         if self.sweeper.due():
             self.sweeper.run(now_s)
+            self.gc_requested = False
+        elif self.gc_requested and self.sweeper.force(now_s):
+            self.gc_requested = False
         self.exit_list.expire()
         if self.history is not None and self.history.sample_due(now_s):
             self.history.add_samples(
@@ -196,7 +214,11 @@ class Engine:
                 self.options.sample_interval_s,
                 [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
             )
-        if time.monotonic() - self.last_publish_monotonic_s >= self.publish_interval_s:
+        # Publish every interval while anything is counted, else once a second
+        # (a heartbeat: readers tell a live daemon from a dead one by the update time).
+        since_publish_s = time.monotonic() - self.last_publish_monotonic_s
+        active = self.packets != self.packets_at_publish
+        if since_publish_s >= (self.publish_interval_s if active else IDLE_WAKE_S):
             self.publish()
 
     def rows(self) -> list[TaskRow]:
@@ -211,6 +233,7 @@ class Engine:
     def publish(self) -> None:
         """Write the shared table (batched: every publish interval, never per packet)."""
         self.last_publish_monotonic_s = time.monotonic()
+        self.packets_at_publish = self.packets
         status = self.status()
         figures = {}
         for name in STATUS_FIELDS:
@@ -221,10 +244,16 @@ class Engine:
 
     def seconds_until_next_work(self) -> float:
         wait = min(IDLE_WAKE_S, self.sweeper.seconds_until_due())
+        if time.monotonic() - self.last_packet_monotonic_s < RECENT_TRAFFIC_S:
+            # Flows are in use: look for processes that took sockets over (forks) promptly.
+            wait = min(wait, self.resolver.rescan_interval_s)
+        if self.gc_requested:
+            wait = min(wait, self.sweeper.seconds_until_forcible())
         if self.resolver.pending:
             wait = min(wait, max(0.0, self.resolver.pending[0][0] - time.time()))
-        next_publish = self.last_publish_monotonic_s + self.publish_interval_s
-        wait = min(wait, max(0.0, next_publish - time.monotonic()))
+        if self.packets != self.packets_at_publish:
+            next_publish = self.last_publish_monotonic_s + self.publish_interval_s
+            wait = min(wait, max(0.0, next_publish - time.monotonic()))
         if self.exit_list.entries:
             oldest = self.exit_list.entries[0][1]
             wait = min(wait, max(0.0, oldest + self.exit_list.lifetime_s - time.monotonic()))
@@ -235,10 +264,18 @@ class Engine:
     def probe(self) -> bytes:
         return f"netatopd {__version__}".encode()
 
-    def force_gc(self) -> None:
+    def force_gc(self) -> object:
+        """Sweep now, or as soon as the twice-a-second limit allows; the token waits for it."""
+        token = self.sweeper.runs
         now_s = time.time()
         self.resolver.settle(now_s)
-        self.sweeper.force(now_s)
+        if not self.sweeper.force(now_s):
+            self.gc_requested = True
+        return token
+
+    def gc_done(self, token: object) -> bool:
+        assert isinstance(token, int)
+        return self.sweeper.runs > token
 
     @staticmethod
     def _record(task: TaskInfo, task_id: int | None = None) -> bytes:
@@ -332,6 +369,7 @@ class Engine:
             resolver_misses=self.resolver.misses,
             resolver_not_found=self.resolver.not_found,
             resolver_endpoint_finds=self.resolver.endpoint_finds,
+            resolver_udp_rechecks=self.resolver.udp_rechecks,
             inode_full_scans=self.resolver.inodes.full_scans,
             proc_denied=self.resolver.inodes.denied,
             gc_runs=self.sweeper.runs,
@@ -352,6 +390,8 @@ class Engine:
                 ebpf_drains=owners.drains,
                 resolver_kernel_finds=self.resolver.kernel_finds,
             )
+        if self.atop is not None:
+            status.update(self.atop.stats())
         if self.history is not None:
             history = self.history.stats()
             status.update(
@@ -412,8 +452,19 @@ def run(options: argparse.Namespace) -> int:
             os.path.join(options.run_dir, CONTROL_SOCKET_NAME), engine, options.control_mode
         )
     except ServerError as err:
+        engine.close()
         capture.close()
         _fail(EXIT_RUN_DIR, str(err))
+    if not options.no_atop_socket:
+        try:
+            engine.atop = AtopServer(
+                options.atop_socket, engine, engine.journal, group=options.atop_group or None
+            )
+        except ServerError as err:
+            server.close()
+            engine.close()
+            capture.close()
+            _fail(EXIT_RUN_DIR, f"atop socket: {err}")
 
     selector = selectors.DefaultSelector()
     wake_read, wake_write = socket.socketpair()
@@ -430,6 +481,8 @@ def run(options: argparse.Namespace) -> int:
     selector.register(capture.fileno(), selectors.EVENT_READ, None)
     selector.register(wake_read, selectors.EVENT_READ, None)
     server.register(selector)
+    if engine.atop is not None:
+        engine.atop.register(selector)
     log.info(
         "netatopd %s counting on %s; control socket %s", __version__, options.interface, server.path
     )
@@ -437,7 +490,7 @@ def run(options: argparse.Namespace) -> int:
     try:
         while True:
             timeout = engine.seconds_until_next_work()
-            if server.waiting_for_sync():
+            if server.waiting_for_loop():
                 timeout = min(timeout, engine.timeout_s)
             for key, mask in selector.select(timeout):
                 if key.data is not None:
@@ -472,6 +525,8 @@ def run(options: argparse.Namespace) -> int:
                 time.sleep(0.01)
     finally:
         server.close()
+        if engine.atop is not None:
+            engine.atop.close()
         try:
             engine.close()
         finally:

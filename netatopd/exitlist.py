@@ -119,10 +119,14 @@ class Sweeper:
 
     def force(self, now_s: float) -> bool:
         """FORCE_GC: run now unless a sweep ran less than half a second ago."""
-        if time.monotonic() - self.last_run_monotonic_s < FORCED_GC_MIN_INTERVAL_S:
+        if self.seconds_until_forcible() > 0:
             return False
         self.run(now_s)
         return True
+
+    def seconds_until_forcible(self) -> float:
+        """How long a forced sweep must wait (sweeps run at most twice a second)."""
+        return max(0.0, self.last_run_monotonic_s + FORCED_GC_MIN_INTERVAL_S - time.monotonic())
 
     def run(self, now_s: float) -> None:
         self.last_run_monotonic_s = time.monotonic()

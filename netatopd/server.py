@@ -62,7 +62,8 @@ class ServerError(Exception):
 
 class ControlBackend(Protocol):
     def probe(self) -> bytes: ...
-    def force_gc(self) -> None: ...
+    def force_gc(self) -> object: ...
+    def gc_done(self, token: object) -> bool: ...
     def getcnt_tgid(self, tgid: int) -> bytes | None: ...
     def getcnt_pid(self, pid: int) -> bytes | None: ...
     def pop_exited(self) -> bytes | None: ...
@@ -271,8 +272,8 @@ class ControlServer(UnixStreamServer[Connection]):
         if cmd == Command.PROBE:
             self._reply(conn, cmd, 0, backend.probe())
         elif cmd == Command.FORCE_GC:
-            backend.force_gc()
-            self._reply(conn, cmd, 0, b"")
+            # Answered once a sweep has run (at once, or when the twice-a-second limit allows).
+            conn.waiting = (cmd, backend.force_gc())
         elif cmd in (Command.GETCNT_TGID, Command.GETCNT_PID):
             if cmd == Command.GETCNT_TGID:
                 record = backend.getcnt_tgid(task_id)
@@ -315,12 +316,17 @@ class ControlServer(UnixStreamServer[Connection]):
                 if not self.backend.sync_done(token):
                     continue
                 self._reply(conn, cmd, 0, b"")
+            elif cmd == Command.FORCE_GC:
+                if not self.backend.gc_done(token):
+                    continue
+                self._reply(conn, cmd, 0, b"")
             conn.waiting = None
             self._process(conn)  # requests that queued up behind the blocking one
 
-    def waiting_for_sync(self) -> bool:
+    def waiting_for_loop(self) -> bool:
+        """A SYNC or FORCE_GC is parked: the loop should wake up soon to finish it."""
         return any(
-            c.waiting is not None and c.waiting[0] == Command.SYNC
+            c.waiting is not None and c.waiting[0] in (Command.SYNC, Command.FORCE_GC)
             for c in self.connections.values()
         )
 

@@ -205,6 +205,7 @@ def test_helper_unavailable_falls_back_to_proc(ns: Any, daemons: Any, tmp_path: 
                 "--run-dir",
                 str(tmp_path / "k"),
                 "--no-history",
+                "--no-atop-socket",
             ],
             capture_output=True,
             text=True,

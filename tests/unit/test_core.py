@@ -34,6 +34,7 @@ class FakeProcFS:
 
     boot_time_s = BOOT_S
     clock_ticks_per_s = HZ
+    proc_root = "/proc"
 
     def __init__(self) -> None:
         self.procs: dict[int, tuple[str, int, dict[int, int]]] = {}

@@ -27,8 +27,12 @@ class Backend:
     def probe(self) -> bytes:
         return b"netatopd test"
 
-    def force_gc(self) -> None:
+    def force_gc(self) -> object:
         self.gc_runs += 1
+        return self.gc_runs
+
+    def gc_done(self, token: object) -> bool:
+        return True
 
     def getcnt_tgid(self, tgid: int) -> bytes | None:
         return RECORD if tgid == 42 else None
