@@ -379,6 +379,133 @@ def idle(seconds: float) -> None:
     wait_for("exit")
 
 
+def own_identity() -> dict[str, object]:
+    """This process as /proc shows it: pid, btime (atop's formula), comm, cmdline, uid.
+
+    btime = (start time in ticks + boot time x ticks per second) // ticks per second,
+    from field 22 of /proc/self/stat and the btime line of /proc/stat.
+    """
+    with open("/proc/self/stat", "rb") as stat_file:
+        stat = stat_file.read()
+    start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22: starttime
+    with open("/proc/stat", "rb") as proc_stat:
+        boot_s = next(int(x.split()[1]) for x in proc_stat if x.startswith(b"btime "))
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/self/comm", "rb") as comm_file:
+        comm = comm_file.read().rstrip(b"\n").decode("utf-8", "replace")
+    with open("/proc/self/cmdline", "rb") as cmdline_file:
+        raw = cmdline_file.read()
+    return {
+        "pid": os.getpid(),
+        "btime": (start_ticks + boot_s * hz) // hz,
+        "comm": comm,
+        "cmdline": raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace"),
+        "uid": os.getuid(),
+    }
+
+
+def udp_short_lived(
+    addr: str,
+    port: int,
+    count: int,
+    datagrams: int,
+    size: int,
+    lifetime_ms: int,
+    name: str = "",
+    uid: int = -1,
+) -> None:
+    """Fork count children one after another; each exchanges datagrams with a UDP server.
+
+    A child names itself name + its index (/proc/self/comm), takes uid (when >= 0),
+    sends datagrams of size bytes and waits for each reply, reports its identity
+    (own_identity) and what it sent, lives about lifetime_ms and exits.  The
+    parent prints every child's report once all have exited.
+    """
+    say(pid=os.getpid())
+    results = []
+    for index in range(count):
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                started = time.monotonic()
+                if name:
+                    with open("/proc/self/comm", "w") as comm:
+                        comm.write(f"{name}{index}"[:15])
+                if uid >= 0:
+                    os.setuid(uid)
+                sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+                sock.settimeout(TIMEOUT_S)
+                replies = 0
+                for _ in range(datagrams):
+                    sock.sendto(b"h" * size, (addr, port))
+                    sock.recvfrom(65536)
+                    replies += 1
+                identity = {**own_identity(), "sent": datagrams, "replies": replies}
+                os.write(write_end, json.dumps(identity).encode())
+                os.close(write_end)
+                time.sleep(max(0.0, lifetime_ms / 1000 - (time.monotonic() - started)))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read()
+        _, status = os.waitpid(child, 0)
+        if status != 0 or not report:
+            raise SystemExit(f"child {child} failed (wait status {status})")
+        results.append(json.loads(report))
+    say(children=results)
+    wait_for("exit")
+
+
+def udp_burst(addr: str, port: int, count: int, batch: int, size: int, lifetime_ms: int) -> None:
+    """Fork count children in batches of batch at a time; each sends one datagram and exits.
+
+    A child sends one datagram of size bytes to (addr, port), tells the parent
+    its source port through a pipe, lives about lifetime_ms and exits 0 (1 if
+    the send failed).  After each batch the parent prints {"batch": n, "ports":
+    {pid: source port}, "failed": [...]}; at the end {"done": total}.
+    """
+    say(pid=os.getpid())
+    made = 0
+    number = 0
+    read_end, write_end = os.pipe()  # one line per child: "pid port" (atomic, < PIPE_BUF)
+    reports = os.fdopen(read_end, "rb")
+    while made < count:
+        children = []
+        for _ in range(min(batch, count - made)):
+            child = os.fork()
+            if child == 0:
+                code = 1
+                try:
+                    started = time.monotonic()
+                    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+                    sock.sendto(b"b" * size, (addr, port))
+                    os.write(write_end, f"{os.getpid()} {sock.getsockname()[1]}\n".encode())
+                    time.sleep(max(0.0, lifetime_ms / 1000 - (time.monotonic() - started)))
+                    code = 0
+                finally:
+                    os._exit(code)
+            children.append(child)
+        made += len(children)
+        failed: list[int] = []
+        for child in children:
+            _, status = os.waitpid(child, 0)
+            if status != 0:
+                failed.append(child)
+        ports: dict[int, int] = {}
+        for _ in range(len(children) - len(failed)):
+            pid, source_port = reports.readline().split()
+            ports[int(pid)] = int(source_port)
+        say(batch=number, ports=ports, failed=failed)
+        number += 1
+    say(done=made)
+    wait_for("exit")
+
+
 ROLES = {
     "udp_server": udp_server,
     "udp_client": udp_client,
@@ -390,6 +517,8 @@ ROLES = {
     "threaded_client": threaded_client,
     "handoff_client": handoff_client,
     "idle": idle,
+    "udp_short_lived": udp_short_lived,
+    "udp_burst": udp_burst,
 }
 
 if __name__ == "__main__":
