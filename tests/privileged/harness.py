@@ -41,6 +41,8 @@ class Daemon:
             str(run_dir),
             "--db",
             str(run_dir.parent / f"{run_dir.name}.db"),
+            "--atop-socket",
+            str(run_dir.parent / f"{run_dir.name}.atop"),
             "--log-level",
             "info",
             *options,
