@@ -267,9 +267,12 @@ def map_lookup_batch(
     in_batch = ctypes.create_string_buffer(8)
     out_batch = ctypes.create_string_buffer(8)
     first = True
+    keys = ctypes.create_string_buffer(key_size * chunk_count)
+    values = ctypes.create_string_buffer(value_size * chunk_count)
     while True:
-        keys = ctypes.create_string_buffer(key_size * chunk_count)
-        values = ctypes.create_string_buffer(value_size * chunk_count)
+        if len(keys) < key_size * chunk_count:  # grown after ENOSPC
+            keys = ctypes.create_string_buffer(key_size * chunk_count)
+            values = ctypes.create_string_buffer(value_size * chunk_count)
         attr = _buffer(
             BPF_ATTR_MAP_BATCH.pack(
                 0 if first else _address(in_batch),
@@ -293,8 +296,9 @@ def map_lookup_batch(
                 raise
             done = True
         (count,) = struct.unpack_from("=I", attr.raw, BPF_ATTR_MAP_BATCH_COUNT_OFFSET)
-        raw_keys = keys.raw
-        raw_values = values.raw
+        # Copy out only what the kernel filled (the buffers are much larger).
+        raw_keys = ctypes.string_at(keys, count * key_size)
+        raw_values = ctypes.string_at(values, count * value_size)
         for index in range(count):
             result.append(
                 (
