@@ -48,7 +48,7 @@ from .netlink.sockdiag import SockDiag
 from .parse import Reject
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
-from .server import AtopServer, ControlServer, ServerError
+from .server import AtopServer, ControlServer, ServerError, prepare_socket_path
 from .store import HistoryWriter, StoreError, open_db
 from .table import STATUS_FIELDS, TableWriter, table_path
 from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
@@ -595,7 +595,7 @@ def check(options: argparse.Namespace) -> int:
         sockets.append((options.atop_socket, "atop socket"))
     for path, what in sockets:
         try:
-            prepare_socket_path_check(path)
+            prepare_socket_path(path, what, remove_stale=False)
             report(True, f"{what} {path} is free")
         except ServerError as err:
             report(False, str(err), EXIT_RUN_DIR)
@@ -629,26 +629,6 @@ def check(options: argparse.Namespace) -> int:
         return problems[0][0]
     print("all checks passed")
     return EXIT_OK
-
-
-def prepare_socket_path_check(path: str) -> None:
-    """Like server.prepare_socket_path, but leaves a stale file in place."""
-    import stat as stat_module
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat_module.S_ISSOCK(st.st_mode):
-        raise ServerError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        return
-    finally:
-        probe.close()
-    raise ServerError(f"another program already serves {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,8 +94,11 @@ class Connection:
         self.peer = ""
 
 
-def prepare_socket_path(path: str, what: str) -> None:
-    """Remove a stale socket file at path; refuse if a live server answers there."""
+def prepare_socket_path(path: str, what: str, remove_stale: bool = True) -> None:
+    """Remove a stale socket file at path; refuse if a live server answers there.
+
+    With remove_stale False (netatopd --check) a leftover file is left alone.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -106,7 +109,8 @@ def prepare_socket_path(path: str, what: str) -> None:
     try:
         probe.connect(path)
     except OSError:
-        os.unlink(path)  # nobody listens: a leftover of a daemon that died
+        if remove_stale:
+            os.unlink(path)  # nobody listens: a leftover of a daemon that died
         return
     finally:
         probe.close()
