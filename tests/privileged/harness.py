@@ -157,5 +157,12 @@ def set_sysctl(netns: Any, name: str, value: str) -> None:
     netns.run("sh", "-c", f"echo {value} > {path}")
 
 
+def fix_tcp_header_sizes(netns: Any) -> None:
+    """No timestamps, SACK or window scaling in the namespace: a TCP header is 20
+    bytes, 24 on SYN and SYN-ACK (the MSS option), so wire bytes are exact."""
+    for name in ("tcp_timestamps", "tcp_sack", "tcp_window_scaling"):
+        set_sysctl(netns, f"net.ipv4.{name}", "0")
+
+
 def pid_alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")

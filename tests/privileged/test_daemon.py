@@ -23,7 +23,7 @@ from harness import (
     UDP6_OVERHEAD,
     Actor,
     Daemon,
-    set_sysctl,
+    fix_tcp_header_sizes,
 )
 
 pytestmark = pytest.mark.privileged
@@ -35,11 +35,7 @@ ZERO_UDP = {"udpsndpacks": 0, "udpsndbytes": 0, "udprcvpacks": 0, "udprcvbytes":
 @pytest.fixture
 def ns(make_netns: Any) -> Any:
     netns = make_netns("ntpd")
-    # Fixed TCP header sizes make the byte ground truth exact: no timestamps,
-    # no SACK, no window scaling -> 20-byte TCP header, 24 on SYN and SYN-ACK (MSS option).
-    set_sysctl(netns, "net.ipv4.tcp_timestamps", "0")
-    set_sysctl(netns, "net.ipv4.tcp_sack", "0")
-    set_sysctl(netns, "net.ipv4.tcp_window_scaling", "0")
+    fix_tcp_header_sizes(netns)  # the byte ground truth of TCP is then exact
     return netns
 
 
@@ -278,9 +274,7 @@ def test_tcp_over_veth_both_directions(make_netns: Any, daemon: Any) -> None:
     """
     here, there = make_netns("ntpa"), make_netns("ntpb")
     for netns in (here, there):
-        set_sysctl(netns, "net.ipv4.tcp_timestamps", "0")
-        set_sysctl(netns, "net.ipv4.tcp_sack", "0")
-        set_sysctl(netns, "net.ipv4.tcp_window_scaling", "0")
+        fix_tcp_header_sizes(netns)
     here.run("ip", "link", "add", "vh", "type", "veth", "peer", "name", "vt")
     here.run("ip", "link", "set", "vt", "netns", there.name)
     here.run("ip", "addr", "add", "192.0.2.1/24", "dev", "vh")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import UDP4_OVERHEAD, Actor, Daemon, set_sysctl
+from harness import UDP4_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
 from test_daemon import ZERO_UDP, expected_tcp
 
 from netatopd.ebpf import loaded_object_ids
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.privileged
 @pytest.fixture
 def ns(make_netns: Any) -> Any:
     netns = make_netns("ntpo")
-    set_sysctl(netns, "net.ipv4.tcp_timestamps", "0")
-    set_sysctl(netns, "net.ipv4.tcp_sack", "0")
-    set_sysctl(netns, "net.ipv4.tcp_window_scaling", "0")
+    fix_tcp_header_sizes(netns)
     return netns
 
 
