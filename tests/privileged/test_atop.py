@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import UDP4_OVERHEAD, Actor, Daemon
 
 from netatopd.protocol import NETPERTASK_SIZE, unpack_netpertask
+
+from harness import UDP4_OVERHEAD, Actor, Daemon
 
 pytestmark = pytest.mark.privileged
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
 
 from netatopd.table import TableReader, table_path
+
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
 
 pytestmark = pytest.mark.privileged
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import (
     LINK_OVERHEAD,
     UDP4_OVERHEAD,

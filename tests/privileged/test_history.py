@@ -35,9 +35,10 @@ from typing import Any, NamedTuple
 
 import apsw
 import pytest
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
 
 from netatopd.protocol import COUNTER_NAMES
+
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
 
 pytestmark = pytest.mark.privileged
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import UDP4_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
-from test_daemon import ZERO_UDP, expected_tcp
 
 from netatopd.ebpf import loaded_object_ids
+
+from harness import UDP4_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
+from test_daemon import ZERO_UDP, expected_tcp
 
 pytestmark = pytest.mark.privileged
 

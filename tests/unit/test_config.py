@@ -27,11 +27,16 @@ def test_defaults_with_no_file(tmp_path: Path) -> None:
 
 
 def test_precedence_command_line_environment_file(tmp_path: Path) -> None:
-    config = write(tmp_path, 'run-dir = "/from/file"\ngc-interval-s = 3\nmax-flows = 7000\nno-history = true\n')
+    config = write(
+        tmp_path, 'run-dir = "/from/file"\ngc-interval-s = 3\nmax-flows = 7000\nno-history = true\n'
+    )
     env = {"NETATOPD_GC_INTERVAL_S": "2.5", "NETATOPD_MAX_FLOWS": "8000"}
     options = resolve(["--config", config, "--max-flows", "9000"], environ=env)
     assert (options.run_dir, options.sources["run_dir"]) == ("/from/file", f"file {config}")
-    assert (options.gc_interval_s, options.sources["gc_interval_s"]) == (2.5, "environment NETATOPD_GC_INTERVAL_S")
+    assert (options.gc_interval_s, options.sources["gc_interval_s"]) == (
+        2.5,
+        "environment NETATOPD_GC_INTERVAL_S",
+    )
     assert (options.max_flows, options.sources["max_flows"]) == (9000, "command line")
     assert options.no_history is True
     assert options.control_mode == 0o600
@@ -74,7 +79,9 @@ def test_daemon_reports_a_config_error_in_one_sentence(tmp_path: Path) -> None:
     config = write(tmp_path, "colour = 1\n")
     done = subprocess.run(
         [sys.executable, "-m", "netatopd.daemon", "--config", config, "--check"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert "unknown key 'colour'" in done.stderr and "Traceback" not in done.stderr
@@ -83,8 +90,19 @@ def test_daemon_reports_a_config_error_in_one_sentence(tmp_path: Path) -> None:
 def test_check_prints_every_option_with_its_source(tmp_path: Path) -> None:
     config = write(tmp_path, f'run-dir = "{tmp_path / "run"}"\nno-atop-socket = true\n')
     done = subprocess.run(
-        [sys.executable, "-m", "netatopd.daemon", "--config", config, "--check", "--db", str(tmp_path / "h.db")],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "netatopd.daemon",
+            "--config",
+            config,
+            "--check",
+            "--db",
+            str(tmp_path / "h.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     for option in OPTIONS:
         assert f"  {option.flag[2:]} " in done.stdout

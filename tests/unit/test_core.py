@@ -78,12 +78,21 @@ class FakeSockDiag:
     def __init__(self) -> None:
         self.sockets: dict[tuple[int, int], SocketInfo] = {}
 
-    def add(self, protocol: int, local_port: int, inode: int, state: int = 1, remote_port: int = 9) -> None:
+    def add(
+        self, protocol: int, local_port: int, inode: int, state: int = 1, remote_port: int = 9
+    ) -> None:
         self.sockets[(protocol, local_port)] = SocketInfo(
             socket.AF_INET, protocol, state, LOCAL, local_port, REMOTE, remote_port, inode, 1000, 1
         )
 
-    def lookup(self, protocol: int, local_addr: bytes, local_port: int, remote_addr: bytes, remote_port: int) -> SocketInfo | None:
+    def lookup(
+        self,
+        protocol: int,
+        local_addr: bytes,
+        local_port: int,
+        remote_addr: bytes,
+        remote_port: int,
+    ) -> SocketInfo | None:
         return self.sockets.get((protocol, local_port))
 
     def dump(self, protocol: int, family: int, states: int = 0) -> list[SocketInfo]:
@@ -103,9 +112,16 @@ class World:
             self.exit_list.add(task.finished(time.time()))
 
         self.resolver = Resolver(
-            self.flows, self.tasks, self.procfs, self.sockdiag, on_task_gone=gone, **resolver_options  # type: ignore[arg-type]
+            self.flows,
+            self.tasks,
+            self.procfs,
+            self.sockdiag,
+            on_task_gone=gone,
+            **resolver_options,  # type: ignore[arg-type]
         )
-        self.sweeper = Sweeper(self.flows, self.tasks, self.resolver, self.exit_list, self.procfs, self.sockdiag)  # type: ignore[arg-type]
+        self.sweeper = Sweeper(
+            self.flows, self.tasks, self.resolver, self.exit_list, self.procfs, self.sockdiag
+        )  # type: ignore[arg-type]
 
     def feed(self, packets: list[tuple[int, int, bytes, int]], now_s: float | None = None) -> None:
         now = time.time() if now_s is None else now_s
@@ -121,8 +137,18 @@ def test_loopback_packet_is_a_send_and_a_receive() -> None:
     assert flows.count == 2
     sender, receiver = flows.tcp_sent[k], flows.tcp_received[k]
     assert sender is not receiver
-    assert (sender.local_port, sender.remote_port, sender.snd_packs, sender.snd_bytes) == (40000, 80, 1, 100)
-    assert (receiver.local_port, receiver.remote_port, receiver.rcv_packs, receiver.rcv_bytes) == (80, 40000, 1, 100)
+    assert (sender.local_port, sender.remote_port, sender.snd_packs, sender.snd_bytes) == (
+        40000,
+        80,
+        1,
+        100,
+    )
+    assert (receiver.local_port, receiver.remote_port, receiver.rcv_packs, receiver.rcv_bytes) == (
+        80,
+        40000,
+        1,
+        100,
+    )
     assert flows.totals.tcp_sent == 1 and flows.totals.tcp_received == 1
 
 
@@ -130,7 +156,9 @@ def test_both_directions_of_a_connection_are_one_flow() -> None:
     flows = FlowTable()
     out = key(LOCAL, REMOTE, 40000, 443)
     back = key(REMOTE, LOCAL, 443, 40000)
-    flows.account([(Direction.SENT, PROTO_TCP, out, 60), (Direction.RECEIVED, PROTO_TCP, back, 1500)], 1.0)
+    flows.account(
+        [(Direction.SENT, PROTO_TCP, out, 60), (Direction.RECEIVED, PROTO_TCP, back, 1500)], 1.0
+    )
     assert flows.count == 1
     flow = flows.tcp_sent[out]
     assert flows.tcp_received[back] is flow
@@ -150,7 +178,9 @@ def test_udp_flows_are_local_endpoints_and_icmp_is_only_counted() -> None:
 
 def test_flow_cap_refuses_and_counts_unidentified() -> None:
     flows = FlowTable(max_flows=3)
-    packets = [(Direction.RECEIVED, PROTO_UDP, key(REMOTE, LOCAL, 9, 2000 + i), 50) for i in range(10)]
+    packets = [
+        (Direction.RECEIVED, PROTO_UDP, key(REMOTE, LOCAL, 9, 2000 + i), 50) for i in range(10)
+    ]
     flows.account(packets, 1.0)
     assert flows.count == 3
     assert flows.overflow == 7
@@ -163,7 +193,10 @@ def test_owner_found_and_counters_settled_exactly() -> None:
     w.sockdiag.add(PROTO_TCP, 40000, 7001)
     out = key(LOCAL, REMOTE, 40000, 443)
     back = key(REMOTE, LOCAL, 443, 40000)
-    w.feed([(Direction.SENT, PROTO_TCP, out, 60)] * 3 + [(Direction.RECEIVED, PROTO_TCP, back, 1000)] * 2)
+    w.feed(
+        [(Direction.SENT, PROTO_TCP, out, 60)] * 3
+        + [(Direction.RECEIVED, PROTO_TCP, back, 1000)] * 2
+    )
     task = w.tasks.get(100)
     assert task is not None
     assert task.counters == [3, 180, 2, 2000, 0, 0, 0, 0]
@@ -210,7 +243,11 @@ def test_reused_pid_does_not_inherit_counters() -> None:
     assert new is not None and new is not old
     assert new.command == "new" and new.counters[4:6] == [1, 90]
     exited = w.exit_list.pop_oldest()
-    assert exited is not None and (exited.tgid, exited.command, exited.counters[4:6]) == (100, "old", (4, 360))
+    assert exited is not None and (exited.tgid, exited.command, exited.counters[4:6]) == (
+        100,
+        "old",
+        (4, 360),
+    )
 
 
 def test_flow_without_owner_is_written_off_as_unidentified() -> None:
@@ -260,7 +297,10 @@ def test_sweep_drops_closed_tcp_and_idle_udp_flows() -> None:
     w.sockdiag.add(PROTO_UDP, 5353, 7002)
     old = time.time() - 100
     w.feed(
-        [(Direction.SENT, PROTO_TCP, key(LOCAL, REMOTE, 40000, 443), 60), (Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 60)],
+        [
+            (Direction.SENT, PROTO_TCP, key(LOCAL, REMOTE, 40000, 443), 60),
+            (Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 60),
+        ],
         now_s=old,
     )
     assert w.flows.count == 2

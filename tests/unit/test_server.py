@@ -111,7 +111,12 @@ def test_commands_answer_with_records(loop: Loop, tmp_path: Path) -> None:
     with ControlClient(str(tmp_path)) as client:
         assert client.probe() == "netatopd test"
         record = client.getcnt_tgid(42)
-        assert (record.id, record.btime, record.command, record.counters) == (42, 1_700_000_000, "worker", (1, 2, 3, 4, 5, 6, 7, 8))
+        assert (record.id, record.btime, record.command, record.counters) == (
+            42,
+            1_700_000_000,
+            "worker",
+            (1, 2, 3, 4, 5, 6, 7, 8),
+        )
         assert [r.id for r in client.list_tasks()] == [42, 42, 42]
         assert client.status() == {"tcp_sent": 5}
         client.force_gc()
