@@ -3,7 +3,8 @@
 Stage: attribution (kernel side, optional).  Owns nothing itself; the
 modules are, in load order: ``syscalls`` (bpf(2), perf_event_open(2) through
 ctypes), ``asm`` (instruction encoding), ``btf`` (struct sock offsets from
-/sys/kernel/btf/vmlinux), ``programs`` (the tracepoint programs and map
+/sys/kernel/btf/vmlinux), ``calibrate`` (the same offsets without BTF, from
+probe sockets), ``programs`` (the tracepoint programs and map
 layouts) and ``helper`` (load, drain, status, close).  Callers import the
 public names re-exported here; where the helper cannot be loaded,
 ``KernelOwnership.load`` raises ``EbpfUnavailable`` and the daemon keeps its
@@ -14,6 +15,7 @@ from .helper import (
     EbpfUnavailable,
     FlowOwner,
     KernelOwnership,
+    OffsetSource,
     OwnerKind,
     loaded_object_ids,
     namespace_inode,
@@ -23,6 +25,7 @@ __all__ = [
     "EbpfUnavailable",
     "FlowOwner",
     "KernelOwnership",
+    "OffsetSource",
     "OwnerKind",
     "loaded_object_ids",
     "namespace_inode",

@@ -21,6 +21,11 @@ one whose nsfs inode ``load(netns_inode=...)`` names.  The programs leave
 at once for any other socket and count it (``ebpf_other_netns`` in STATUS),
 so the same tuple in two namespaces (containers, tests running at once)
 never mixes and other namespaces' traffic does not fill the maps.
+
+The programs' ``struct sock`` / ``struct net`` offsets come from the
+kernel's BTF (``btf_path``, normally /sys/kernel/btf/vmlinux); when it is
+missing or unusable, from ``calibrate.py`` (probe sockets on loopback, read
+by a short-lived program).  STATUS says which (``ebpf_offsets``).
 """
 
 from __future__ import annotations
@@ -31,12 +36,22 @@ import os
 import threading
 import time
 import weakref
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
 from . import syscalls
 from .asm import assemble, instruction_count
-from .btf import VMLINUX_BTF_PATH, Btf, BtfError, net_offsets, sock_offsets
+from .btf import (
+    VMLINUX_BTF_PATH,
+    Btf,
+    BtfError,
+    NetOffsets,
+    SockOffsets,
+    net_offsets,
+    sock_offsets,
+)
+from .calibrate import CalibrationError, calibrate
 from .programs import (
     AF_INET,
     CONNECT_KEY,
@@ -52,6 +67,7 @@ from .programs import (
     MapFds,
     OwnerKind,
     TracepointError,
+    TracepointFormat,
     length_program,
     read_format,
     state_program,
@@ -62,6 +78,7 @@ __all__ = [
     "EbpfUnavailable",
     "FlowOwner",
     "KernelOwnership",
+    "OffsetSource",
     "OwnerKind",
     "loaded_object_ids",
     "namespace_inode",
@@ -89,6 +106,14 @@ class EbpfUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class OffsetSource(StrEnum):
+    """Where the struct offsets the programs use came from (``ebpf_offsets`` in STATUS)."""
+
+    NONE = "none"  # not loaded yet
+    BTF = "btf"  # the kernel's BTF
+    CALIBRATED = "calibrated"  # calibrate.py, with probe sockets
 
 
 class FlowOwner(NamedTuple):
@@ -247,6 +272,7 @@ class KernelOwnership:
         self._drains = 0
         self._threads_last_drain = 0
         self._load_ms = 0.0
+        self._offsets_source = OffsetSource.NONE
         self._closed = False
         self._finalizer = weakref.finalize(self, _close_all, self._fds, self._perf_fds, True)
 
@@ -265,6 +291,11 @@ class KernelOwnership:
         Only sockets of the network namespace whose nsfs inode is
         ``netns_inode`` are recorded; None (the default) means the calling
         process's own namespace (``namespace_inode()``).
+
+        Struct offsets come from the BTF at ``btf_path``; when it is missing
+        or unusable (tests force this with a path that does not exist) they
+        are calibrated with probe sockets in the calling thread's namespace
+        (``calibrate.py``); EbpfUnavailable names both failures.
 
         ``run_stats`` turns on the kernel's run time/count statistics (the
         BPF_ENABLE_STATS fd, equivalent to kernel.bpf_stats_enabled=1 while
@@ -304,20 +335,7 @@ class KernelOwnership:
             raise EbpfUnavailable(
                 f"tracepoint not usable: {err} (sock_send_length needs Linux 6.3+)"
             ) from err
-        try:
-            btf = Btf.from_file(btf_path)
-            sock = sock_offsets(btf)
-        except BtfError as err:
-            raise EbpfUnavailable(
-                f"struct sock offsets unknown: {err}; no calibration fallback is implemented"
-            ) from err
-        try:
-            net = net_offsets(btf)
-        except BtfError as err:
-            raise EbpfUnavailable(
-                f"a socket's network namespace cannot be read: {err} "
-                "(a kernel without CONFIG_NET_NS is not supported)"
-            ) from err
+        sock, net = self._offsets(btf_path, formats["ntp_send"])
         try:
             self._cpu_count = syscalls.possible_cpu_count()
             self._maps = MapFds(
@@ -405,6 +423,35 @@ class KernelOwnership:
                     _reason(f"attaching {program.name} to {program.tracepoint}", err)
                 ) from err
 
+    def _offsets(
+        self, btf_path: Path, send_format: TracepointFormat
+    ) -> tuple[SockOffsets, NetOffsets]:
+        """Struct offsets from the BTF at ``btf_path``, else by calibration; records the source.
+
+        EbpfUnavailable, naming both failures, when neither works (a kernel
+        without CONFIG_NET_NS has no ``skc_net`` and fails both ways).
+        """
+        try:
+            btf = Btf.from_file(btf_path)
+            offsets = sock_offsets(btf), net_offsets(btf)
+        except BtfError as btf_err:
+            started = _monotonic_ms()
+            try:
+                offsets = calibrate(send_format)
+            except CalibrationError as calibration_err:
+                raise EbpfUnavailable(
+                    f"struct sock offsets unknown: BTF: {btf_err}; calibration: {calibration_err}"
+                ) from calibration_err
+            log.warning(
+                "kernel BTF unusable (%s): struct offsets calibrated with probe sockets in %.0f ms",
+                btf_err,
+                _monotonic_ms() - started,
+            )
+            self._offsets_source = OffsetSource.CALIBRATED
+            return offsets
+        self._offsets_source = OffsetSource.BTF
+        return offsets
+
     def _keep(self, fd: int) -> int:
         self._fds.append(fd)
         return fd
@@ -484,6 +531,7 @@ class KernelOwnership:
             "ebpf_load_ms": round(self._load_ms),
             "ebpf_run_stats": "on" if self._run_stats else "off",
             "ebpf_netns_inode": self._netns_inode,
+            "ebpf_offsets": self._offsets_source.value,
         }
         for name, fd in self._prog_fds.items():
             try:
@@ -517,6 +565,11 @@ class KernelOwnership:
             + int(result["ebpf_connect_update_failed"])
         )
         return result
+
+    @property
+    def offsets_source(self) -> OffsetSource:
+        """Where the struct offsets came from: BTF or calibration."""
+        return self._offsets_source
 
     @property
     def netns_inode(self) -> int:

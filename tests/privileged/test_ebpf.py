@@ -38,6 +38,7 @@ from netatopd.ebpf import (
     namespace_inode,
     syscalls,
 )
+from netatopd.ebpf import helper as helper_module
 from netatopd.ebpf.btf import VMLINUX_BTF_PATH, Btf, net_offsets, sock_offsets
 
 pytestmark = pytest.mark.privileged
@@ -418,12 +419,21 @@ def test_load_failure_after_maps_leaves_nothing(monkeypatch: pytest.MonkeyPatch)
     assert new == (set(), set())
 
 
-def test_missing_btf_refuses_with_a_reason(tmp_path: Any) -> None:
+def test_missing_btf_and_failed_calibration_refuse_naming_both(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root_or_skip()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise helper_module.CalibrationError("skc_num: no offset holds the expected value")
+
+    monkeypatch.setattr(helper_module, "calibrate", fail)
     with pytest.raises(EbpfUnavailable) as caught:
         KernelOwnership.load(btf_path=tmp_path / "vmlinux")
-    assert "struct sock offsets unknown" in caught.value.reason
-    assert "no calibration fallback" in caught.value.reason
+    reason = caught.value.reason
+    assert reason.startswith("struct sock offsets unknown: BTF: cannot read ")
+    assert "vmlinux: No such file or directory" in reason
+    assert reason.endswith("; calibration: skc_num: no offset holds the expected value")
 
 
 def test_status_reports_runs_and_map_fill(helper: KernelOwnership) -> None:
