@@ -614,15 +614,15 @@ def check(options: argparse.Namespace) -> int:
             existing = os.path.dirname(existing)
         report(os.access(existing, os.W_OK), f"history database {options.db} can be created")
     if options.ownership != "proc":
+        # Loading the helper is the only sure test; --check only tells what it will use.
         btf = os.path.exists("/sys/kernel/btf/vmlinux")
-        ok = btf or options.ownership == "auto"
-        report(
-            ok,
-            "eBPF helper: kernel BTF present"
-            if btf
-            else "eBPF helper: no /sys/kernel/btf/vmlinux"
-            + (" (auto: owners from /proc)" if options.ownership == "auto" else ""),
-            EXIT_NO_KERNEL_OWNERSHIP,
+        tracepoints = os.path.isdir("/sys/kernel/tracing/events/sock") or os.path.isdir(
+            "/sys/kernel/debug/tracing/events/sock"
+        )
+        print(
+            "  -       eBPF helper: struct offsets from "
+            + ("the kernel's BTF" if btf else "calibration (no /sys/kernel/btf/vmlinux)")
+            + ("" if tracepoints else "; tracefs not mounted yet (the daemon mounts it)")
         )
     if problems:
         print(f"{len(problems)} problem(s); netatopd would not start as configured")
