@@ -50,7 +50,7 @@ from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
 from .server import AtopServer, ControlServer, ServerError, prepare_socket_path
 from .store import HistoryWriter, StoreError, open_db
-from .table import STATUS_FIELDS, TableWriter, table_path
+from .table import TableWriter, table_path
 from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
 
 log = logging.getLogger(__name__)
@@ -166,24 +166,34 @@ class Engine:
 
     # -- the counting path ---------------------------------------------------------------
 
-    def drain_capture(self) -> None:
-        """Read the capture ring dry, batch by batch, and count every packet."""
+    def drain_capture(self) -> bool:
+        """Read the capture ring dry, batch by batch, and count every packet.
+
+        True when packets were counted: then the resolver has just looked up,
+        retried and settled everything due (housekeeping need not again).
+        """
+        read_batch = self.capture.read_batch
+        resolver = self.resolver
+        counted = False
         while True:
             started_s = time.time()
-            batch = self.capture.read_batch(BATCH_PACKETS)
-            if batch.count:
+            batch = read_batch(BATCH_PACKETS)
+            count = batch.count
+            if count:
                 now_s = time.time()
                 self.flows.account_records(batch.records, self.links, self.rejects, now_s)
                 # Owners first: the kernel may name a new holder of a flow (a port
                 # reused by another process), and this batch's packets are its.
-                self.resolver.resolve(now_s)
-                self.resolver.settle(now_s)
-                self.packets += batch.count
+                resolver.resolve(now_s)
+                resolver.settle(now_s)
+                self.packets += count
                 self.batches += 1
-                self.last_packet_monotonic_s = time.monotonic()
-            if batch.count < BATCH_PACKETS:
+                counted = True
+            if count < BATCH_PACKETS:
                 self.last_drained_s = started_s
-                return
+                if counted:
+                    self.last_packet_monotonic_s = time.monotonic()
+                return counted
 
     def _task_gone(self, task: TaskInfo) -> None:
         self.tasks.remove(task)
@@ -198,10 +208,12 @@ class Engine:
         if self.history is not None:
             self.history.add_exited((exited,))
 
-    def housekeeping(self) -> None:
+    def housekeeping(self, resolved: bool = False) -> None:
+        """Everything due besides counting; resolved: drain_capture just resolved and settled."""
         now_s = time.time()
-        self.resolver.settle(now_s)
-        self.resolver.resolve(now_s)
+        if not resolved or self.flows.dirty or self.flows.new:
+            self.resolver.settle(now_s)
+            self.resolver.resolve(now_s)
         if self.sweeper.due():
             self.sweeper.run(now_s)
             self.gc_requested = False
@@ -234,13 +246,35 @@ class Engine:
         """Write the shared table (batched: every publish interval, never per packet)."""
         self.last_publish_monotonic_s = time.monotonic()
         self.packets_at_publish = self.packets
-        status = self.status()
-        figures = {}
-        for name in STATUS_FIELDS:
-            value = status.get(name)
-            if isinstance(value, int):
-                figures[name] = value
-        self.table.publish(self.rows(), figures)
+        self.table.publish(self.rows(), self.table_figures())
+
+    def table_figures(self) -> dict[str, int]:
+        """The STATUS_FIELDS figures of status() that it has (only those; cheaper)."""
+        stats = self.capture.stats()
+        figures = self.flows.totals.as_dict()
+        figures.update(
+            malformed=sum(self.rejects[int(Reject[name])] for name in MALFORMED),
+            flows=self.flows.count,
+            flows_overflow=self.flows.overflow,
+            tasks=len(self.tasks),
+            tasks_overflow=self.tasks.overflow,
+            exited=len(self.exit_list),
+            capture_received=stats.received,
+            capture_dropped=stats.dropped,
+            resolver_misses=self.resolver.misses,
+            flows_pending=self.resolver.pending_count(),
+            resolver_lookups=self.resolver.lookups,
+            exited_expired=self.exit_list.expired,
+            capture_interface_dropped=stats.interface_dropped,
+        )
+        if self.history is not None:
+            history = self.history.stats()
+            figures.update(
+                history_persisted=history.get("persisted_exited", 0),
+                history_pending=history.get("pending", 0),
+                history_dropped=history.get("dropped", 0),
+            )
+        return figures
 
     def seconds_until_next_work(self) -> float:
         wait = min(IDLE_WAKE_S, self.sweeper.seconds_until_due())
@@ -514,8 +548,7 @@ def run(options: argparse.Namespace) -> int:
                     log.info("%s: stopping", signum.name)
                     break
             try:
-                engine.drain_capture()
-                engine.housekeeping()
+                engine.housekeeping(engine.drain_capture())
                 server.service_waiters()
             except CaptureError as err:
                 _fail(EXIT_ERROR, f"capture failed: {err}")

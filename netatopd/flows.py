@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 MAX_FLOWS_DEFAULT = 200_000
 # Entries in each of the two UDP packet-key caches of account_records; a cache
 # that grows past this is emptied (it is refilled from udp_local as packets come).
-UDP_KEY_CACHE_ENTRIES_MAX = 65_536
+UDP_KEY_CACHE_ENTRIES_MAX = 16_384
+# Distinct addresses the flow table shares one bytes object for (Flow.local_addr and
+# remote_addr); past this the interning table is emptied and starts again.
+INTERNED_ADDRESSES_MAX = 4_096
+INTERNED_PORTS_MAX = 4_096  # the same for Flow.local_port and remote_port
 
 # The common frames account_records reads with one unpack each (network order).
 # A cooked v2 header (struct sll2_header, see parse.SLL2_HEADER) followed by an
@@ -96,7 +100,7 @@ class Flow:
         "tid",
         "inode",
         "uid",
-        "keys",
+        "table_key",
         "first_seen_s",
         "last_seen_s",
         "next_lookup_s",
@@ -127,11 +131,22 @@ class Flow:
         self.tid = 0  # the owning thread, where the kernel told it (0: not known)
         self.inode = 0
         self.uid = -1
-        self.keys: tuple[tuple[int, bytes], ...] = ()  # (table, key) pairs that lead here
+        # The tcp_sent key (its tcp_received key is the same swapped) or the udp_local
+        # key that leads here; None once removed.  See keys.
+        self.table_key: bytes | None = None
         self.first_seen_s = now_s
         self.last_seen_s = now_s
         self.next_lookup_s = now_s
         self.lookups = 0
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The keys that lead here: (tcp_sent key, tcp_received key) for TCP,
+        (udp_local key,) for UDP; () once the flow is removed (false: gone)."""
+        key = self.table_key
+        if key is None:
+            return ()
+        return (key, _swap(key)) if self.proto == PROTO_TCP else (key,)
 
     @property
     def pending_packets(self) -> int:
@@ -154,7 +169,8 @@ class Flow:
         return f"{proto} {local}:{self.local_port}"
 
 
-# Tables a key can live in (Flow.keys).
+# The table each of Flow.keys lives in: TCP flows have a TCP_SENT and a TCP_RECEIVED
+# key, UDP flows one UDP_LOCAL key.
 TCP_SENT, TCP_RECEIVED, UDP_LOCAL = 0, 1, 2
 
 
@@ -216,16 +232,21 @@ class FlowTable:
         self.tcp_sent: dict[bytes, Flow] = {}  # key of a packet this endpoint sent
         self.tcp_received: dict[bytes, Flow] = {}  # key of a packet it received
         self.udp_local: dict[bytes, Flow] = {}  # local address + port
-        self.udp_by_port: dict[int, list[Flow]] = {}  # local port -> its flows (any address)
+        # local port -> its flows (any address); a tuple: mostly one flow a port
+        self.udp_by_port: dict[int, tuple[Flow, ...]] = {}
         self.count = 0
         self.overflow = 0  # flows refused at the cap
         self.new: list[Flow] = []  # created since the resolver last looked
         self.dirty: list[Flow] = []  # with unsettled counters
         self.totals = TrafficTotals()
         # account_records' shortcuts from a whole UDP packet key to the flow of its
-        # sending / receiving endpoint; a removed flow (keys == ()) is never used.
+        # sending / receiving endpoint; a removed flow (table_key None) is never used.
         self._udp_sent_cache: dict[bytes, Flow] = {}
         self._udp_received_cache: dict[bytes, Flow] = {}
+        # One shared object per address and per port number seen (flows of a host
+        # share few addresses, and a server's flows share its port).
+        self._addresses: dict[bytes, bytes] = {}
+        self._ports: dict[int, int] = {}
 
     # -- the per-packet path -------------------------------------------------
 
@@ -428,7 +449,7 @@ class FlowTable:
                 if kind != _RECEIVED:
                     totals.udp_sent += packets
                     flow = udp_sent_cache.get(key)
-                    if flow is None or not flow.keys:
+                    if flow is None or flow.table_key is None:
                         flow = self._udp_flow(key, True, now_s)
                     if flow is None:
                         totals.udp_sent_unidentified += packets
@@ -442,7 +463,7 @@ class FlowTable:
                 if kind != _SENT:
                     totals.udp_received += packets
                     flow = udp_received_cache.get(key)
-                    if flow is None or not flow.keys:
+                    if flow is None or flow.table_key is None:
                         flow = self._udp_flow(key, False, now_s)
                     if flow is None:
                         totals.udp_received_unidentified += packets
@@ -512,14 +533,14 @@ class FlowTable:
     def _new_tcp(self, key: bytes, local_is_source: bool, now_s: float) -> Flow | None:
         if not self._admit():
             return None
-        flow = Flow(PROTO_TCP, *_split(key, local_is_source), now_s)
+        flow = self._flow(PROTO_TCP, key, local_is_source, now_s)
         if local_is_source:
             sent_key, received_key = key, _swap(key)
         else:
             sent_key, received_key = _swap(key), key
         self.tcp_sent[sent_key] = flow
         self.tcp_received[received_key] = flow
-        flow.keys = ((TCP_SENT, sent_key), (TCP_RECEIVED, received_key))
+        flow.table_key = sent_key
         self.new.append(flow)
         return flow
 
@@ -528,28 +549,48 @@ class FlowTable:
     ) -> Flow | None:
         if not self._admit():
             return None
-        flow = Flow(PROTO_UDP, *_split(key, local_is_source), now_s)
+        flow = self._flow(PROTO_UDP, key, local_is_source, now_s)
         self.udp_local[local] = flow
-        self.udp_by_port.setdefault(flow.local_port, []).append(flow)
-        flow.keys = ((UDP_LOCAL, local),)
+        by_port = self.udp_by_port
+        by_port[flow.local_port] = by_port.get(flow.local_port, ()) + (flow,)
+        flow.table_key = local
         self.new.append(flow)
         return flow
 
+    def _flow(self, proto: int, key: bytes, local_is_source: bool, now_s: float) -> Flow:
+        """A new Flow for a packet key, its addresses shared with earlier flows'."""
+        local_addr, local_port, remote_addr, remote_port = _split(key, local_is_source)
+        addresses = self._addresses
+        if len(addresses) >= INTERNED_ADDRESSES_MAX:
+            addresses.clear()
+        local_addr = addresses.setdefault(local_addr, local_addr)
+        remote_addr = addresses.setdefault(remote_addr, remote_addr)
+        ports = self._ports
+        if len(ports) >= INTERNED_PORTS_MAX:
+            ports.clear()
+        local_port = ports.setdefault(local_port, local_port)
+        remote_port = ports.setdefault(remote_port, remote_port)
+        return Flow(proto, local_addr, local_port, remote_addr, remote_port, now_s)
+
     def remove(self, flow: Flow) -> None:
         """Forget a flow (the caller has settled or written off its counters)."""
-        tables = (self.tcp_sent, self.tcp_received, self.udp_local)
-        for table, key in flow.keys:
-            if tables[table].get(key) is flow:
-                del tables[table][key]
-        if flow.keys:
+        tables = (
+            (self.tcp_sent, self.tcp_received) if flow.proto == PROTO_TCP else (self.udp_local,)
+        )
+        for table, key in zip(tables, flow.keys, strict=False):
+            if table.get(key) is flow:
+                del table[key]
+        if flow.table_key is not None:
             self.count -= 1
             if flow.proto == PROTO_UDP:
-                same_port = self.udp_by_port.get(flow.local_port, [])
-                if flow in same_port:
-                    same_port.remove(flow)
-                if not same_port:
+                same_port = tuple(
+                    f for f in self.udp_by_port.get(flow.local_port, ()) if f is not flow
+                )
+                if same_port:
+                    self.udp_by_port[flow.local_port] = same_port
+                else:
                     self.udp_by_port.pop(flow.local_port, None)
-        flow.keys = ()
+        flow.table_key = None
 
     def write_off(self, flow: Flow) -> None:
         """Count a flow's unsettled packets as unidentified (no owner will come)."""

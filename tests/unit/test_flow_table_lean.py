@@ -1,0 +1,146 @@
+"""Unit tests of the flow table's lean bookkeeping and the daemon's cheaper publish.
+
+Ground truth: the tables a flow must be reachable from (a TCP flow under the key
+of a packet it sent and the same key with source and destination swapped; a UDP
+flow under its local address + port), worked out by hand from the addresses
+below; and, for the shared-table figures, the daemon's own ``status()``, of
+which ``publish`` writes the STATUS_FIELDS that are integers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+from pathlib import Path
+
+from netatopd.capture.pcap import CaptureStats
+from netatopd.config import resolve
+from netatopd.daemon import Engine
+from netatopd.flows import INTERNED_ADDRESSES_MAX, FlowTable
+from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Packet, Reject
+from netatopd.table import STATUS_FIELDS
+
+A4 = bytes((192, 0, 2, 1))
+C4 = bytes((192, 0, 2, 3))
+B4 = bytes((198, 51, 100, 2))
+
+
+def key4(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    return src + dst + struct.pack("!HH", sport, dport)
+
+
+def test_tcp_flow_keys_lead_to_it_and_go_with_it() -> None:
+    flows = FlowTable()
+    sent = key4(A4, B4, 40000, 443)  # local A4:40000 -> remote B4:443
+    flows.account([(Direction.SENT, PROTO_TCP, sent, 60)], 1.0)
+    flow = flows.tcp_sent[sent]
+    received = key4(B4, A4, 443, 40000)
+    assert flows.tcp_received[received] is flow
+    assert flow.keys == (sent, received)
+    assert (flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port) == (
+        A4,
+        40000,
+        B4,
+        443,
+    )
+    flows.remove(flow)
+    assert flow.keys == ()
+    assert flows.tcp_sent == {} and flows.tcp_received == {} and flows.count == 0
+    flows.remove(flow)  # twice: nothing more happens
+    assert flows.count == 0
+
+
+def test_udp_flows_of_one_port_and_their_removal() -> None:
+    flows = FlowTable()
+    # Two local addresses on port 53, each receiving from B4:5000.
+    packets: list[Packet] = [
+        (Direction.RECEIVED, PROTO_UDP, key4(B4, A4, 5000, 53), 80),
+        (Direction.RECEIVED, PROTO_UDP, key4(B4, C4, 5000, 53), 80),
+    ]
+    flows.account(packets, 1.0)
+    first = flows.udp_local[A4 + b"\x00\x35"]
+    second = flows.udp_local[C4 + b"\x00\x35"]
+    assert first.keys == (A4 + b"\x00\x35",)
+    assert flows.udp_by_port == {53: (first, second)}
+    flows.remove(first)
+    assert flows.udp_by_port == {53: (second,)}
+    assert list(flows.udp_local) == [C4 + b"\x00\x35"] and flows.count == 1
+    flows.remove(second)
+    assert flows.udp_by_port == {} and flows.udp_local == {} and flows.count == 0
+
+
+def test_flows_share_address_and_port_objects_with_equal_values() -> None:
+    flows = FlowTable()
+    packets: list[Packet] = [
+        (Direction.SENT, PROTO_TCP, key4(A4, B4, 40000 + n, 443), 60) for n in range(3)
+    ]
+    flows.account(packets, 1.0)
+    made = [flows.tcp_sent[key4(A4, B4, 40000 + n, 443)] for n in range(3)]
+    assert [f.local_port for f in made] == [40000, 40001, 40002]
+    assert all(f.local_addr == A4 and f.remote_addr == B4 and f.remote_port == 443 for f in made)
+    assert made[0].local_addr is made[2].local_addr
+    assert made[0].remote_addr is made[1].remote_addr
+    assert made[0].remote_port is made[2].remote_port
+
+
+def test_address_sharing_past_its_limit_keeps_values() -> None:
+    flows = FlowTable()
+    count = INTERNED_ADDRESSES_MAX + 10
+    remotes = [bytes((198, 51, 100 + n // 250, 1 + n % 250)) for n in range(count)]
+    flows.account([(Direction.SENT, PROTO_TCP, key4(A4, r, 1024, 443), 60) for r in remotes], 1.0)
+    assert flows.count == count
+    assert len(flows._addresses) <= INTERNED_ADDRESSES_MAX
+    assert [flows.tcp_sent[key4(A4, r, 1024, 443)].remote_addr for r in remotes] == remotes
+
+
+class FakeCapture:
+    """What Engine needs of a Capture outside the loop: its counters."""
+
+    def stats(self) -> CaptureStats:
+        return CaptureStats(1234, 5, 6)
+
+
+def make_engine(tmp_path: Path) -> Engine:
+    options: argparse.Namespace = resolve(
+        [
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-history",
+            "--ownership",
+            "proc",
+            "--no-atop-socket",
+        ],
+        environ={},
+    )
+    (tmp_path / "run").mkdir()
+    return Engine(options, FakeCapture())  # type: ignore[arg-type]
+
+
+def test_table_figures_are_the_integer_status_fields(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    try:
+        engine.flows.account(
+            [
+                (Direction.SENT, PROTO_TCP, key4(A4, B4, 40000, 443), 60),
+                (Direction.LOOPBACK, PROTO_UDP, key4(A4, A4, 5000, 53), 80),
+            ],
+            1.0,
+        )
+        engine.rejects[Reject.TRUNCATED_IP] = 2
+        engine.rejects[Reject.OTHERHOST] = 9  # not malformed
+        status = engine.status()
+        expected = {
+            name: status[name] for name in STATUS_FIELDS if isinstance(status.get(name), int)
+        }
+        figures = engine.table_figures()
+        assert figures == expected
+        assert figures["malformed"] == 2
+        assert figures["capture_received"] == 1234
+        assert figures["capture_dropped"] == 5
+        assert figures["capture_interface_dropped"] == 6
+        assert figures["tcp_sent"] == 1 and figures["udp_sent"] == 1
+        assert figures["flows"] == 3  # one TCP flow, two UDP endpoints
+        assert "history_persisted" not in figures  # --no-history
+    finally:
+        engine.table.close(unlink=True)
+        engine.sockdiag.close()
