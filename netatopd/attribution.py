@@ -379,10 +379,11 @@ class Resolver:
                 self.unowned_written_off += 1
                 continue
             self._resolve(flow, now_s)
-        if now_s - self.last_rescan_s >= self.rescan_interval_s and (
-            new or self._processes_changed()
-        ):
-            self.rescan(now_s)
+        if now_s - self.last_rescan_s >= self.rescan_interval_s:
+            if new or self._processes_changed():
+                self.rescan(now_s)
+            else:
+                self.last_rescan_s = now_s  # looked: nothing new; look again an interval later
 
     def _processes_changed(self) -> bool:
         """Whether processes started or ended since the last rescan (cheap: one stat).

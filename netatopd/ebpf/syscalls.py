@@ -252,6 +252,18 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: UpdateFlag = Update
     bpf(BpfCmd.MAP_UPDATE_ELEM, attr)
 
 
+_BATCH_BUFFERS: dict[str, ctypes.Array[ctypes.c_char]] = {}
+
+
+def _batch_buffer(role: str, size: int) -> ctypes.Array[ctypes.c_char]:
+    """A reusable buffer for batch operations (allocating and zeroing one per
+    call cost more than the system call); the kernel only writes into it."""
+    buffer = _BATCH_BUFFERS.get(role)
+    if buffer is None or len(buffer) < size:
+        buffer = _BATCH_BUFFERS[role] = ctypes.create_string_buffer(size)
+    return buffer
+
+
 def map_lookup_batch(
     map_fd: int, key_size: int, value_size: int, delete: bool, chunk_count: int
 ) -> list[tuple[bytes, bytes]]:
@@ -267,12 +279,9 @@ def map_lookup_batch(
     in_batch = ctypes.create_string_buffer(8)
     out_batch = ctypes.create_string_buffer(8)
     first = True
-    keys = ctypes.create_string_buffer(key_size * chunk_count)
-    values = ctypes.create_string_buffer(value_size * chunk_count)
     while True:
-        if len(keys) < key_size * chunk_count:  # grown after ENOSPC
-            keys = ctypes.create_string_buffer(key_size * chunk_count)
-            values = ctypes.create_string_buffer(value_size * chunk_count)
+        keys = _batch_buffer("keys", key_size * chunk_count)
+        values = _batch_buffer("values", value_size * chunk_count)
         attr = _buffer(
             BPF_ATTR_MAP_BATCH.pack(
                 0 if first else _address(in_batch),
