@@ -225,7 +225,7 @@ def daemon_private_paths(workdir: Path) -> list[str]:
 class Netatopd(Monitor):
     name = "netatopd"
     extra: list[str] = []
-    entry = ["-m", "netatopd.daemon"]  # or bench/fused_daemon.py with --fused
+    entry = ["-m", "netatopd.daemon"]
 
     def argv(self) -> list[str]:
         self.run_dir = self.workdir / "run"
@@ -778,15 +778,8 @@ def main() -> None:
     parser.add_argument(
         "--monitors", default="netatopd,tcpdump,nethogs", help="monitors for the CPU figures"
     )
-    parser.add_argument(
-        "--fused",
-        action="store_true",
-        help="run netatopd through bench/fused_daemon.py (FlowTable.account_records)",
-    )
     parser.add_argument("--daemon-option", action="append", default=[], help="extra option")
     options = parser.parse_args()
-    if options.fused:
-        Netatopd.entry = [str(REPO / "bench" / "fused_daemon.py")]
     Netatopd.extra = list(options.daemon_option)
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("taskset"):
         sys.exit("bench_daemon.py needs root and the ip and taskset commands")

@@ -251,7 +251,11 @@ class FlowTable:
     # -- the per-packet path -------------------------------------------------
 
     def account(self, packets: list[Packet], now_s: float) -> None:
-        """Count a batch of parsed packets on their flows."""
+        """Count a batch of parsed packets on their flows.
+
+        The plain, readable path (one tuple a packet from parse.parse_batch); the
+        daemon uses account_records, and the tests hold the two to the same counts.
+        """
         totals = self.totals
         tcp_sent = self.tcp_sent
         tcp_received = self.tcp_received
