@@ -67,6 +67,14 @@ OPTIONS: tuple[Option, ...] = (
         "libpcap block timeout: a packet is read at most this late",
         1,
     ),
+    Option(
+        "--hold-ms",
+        int,
+        0,
+        "under sustained load (20,000 packets a second or more) leave the capture"
+        " ring unread this long after each drain, so batches grow; 0: never",
+        0,
+    ),
     Option("--gc-interval-s", float, GC_INTERVAL_S_DEFAULT, "garbage collection interval", 0.01),
     Option(
         "--exit-lifetime-s",

@@ -4,7 +4,9 @@ Owns every stage's object and the one event loop that drives them: the
 capture descriptor, the control socket and a signal wake-up pipe share one
 selector.  Each pass reads the capture ring dry in batches; each batch is
 parsed, counted on its flows, settled into tasks and the new flows' owners
-are looked up.  The sweep runs on its interval and on FORCE_GC.  Nothing here
+are looked up.  With --hold-ms, a pass at sustained load takes the capture
+descriptor out of the selector for that long, so the next batches are larger.
+The sweep runs on its interval and on FORCE_GC.  Nothing here
 runs per packet except the calls into parse.py and flows.py.
 
 Exit status: 0 clean stop; 1 unexpected error; 2 bad options; 3 libpcap
@@ -61,6 +63,7 @@ BATCH_PACKETS = 2048
 IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SYNC_MARGIN_S = 0.02
+HOLD_MIN_PPS = 20_000  # --hold-ms applies from this counted rate (config.py's help says it)
 MALFORMED = (
     "TRUNCATED_LINK",
     "TRUNCATED_IP",
@@ -102,6 +105,9 @@ class Engine:
         self.options = options
         self.capture = capture
         self.timeout_s = options.capture_timeout_ms / 1000.0
+        self.hold_s = options.hold_ms / 1000.0
+        self.last_pass_monotonic_s = time.monotonic()
+        self.holds = 0
         self.links = LinkTable()
         self.rejects = [0] * (max(int(r) for r in Reject) + 1)
         self.procfs = ProcFS()
@@ -194,6 +200,19 @@ class Engine:
                 if counted:
                     self.last_packet_monotonic_s = time.monotonic()
                 return counted
+
+    def hold_due(self, packets_before: int) -> bool:
+        """Whether the pass that began at packets_before ran at sustained load (--hold-ms).
+
+        The rate is the packets of this pass over the time since the previous
+        pass ended; any wake-up (a control request, a timer) starts a pass.
+        """
+        now_s = time.monotonic()
+        elapsed_s = now_s - self.last_pass_monotonic_s
+        self.last_pass_monotonic_s = now_s
+        if not self.hold_s:
+            return False
+        return self.packets - packets_before >= HOLD_MIN_PPS * max(elapsed_s, self.timeout_s)
 
     def _task_gone(self, task: TaskInfo) -> None:
         self.tasks.remove(task)
@@ -399,6 +418,7 @@ class Engine:
             capture_dropped=stats.dropped,
             capture_interface_dropped=stats.interface_dropped,
             packets_counted=self.packets,
+            capture_holds=self.holds,
             resolver_lookups=self.resolver.lookups,
             resolver_misses=self.resolver.misses,
             resolver_not_found=self.resolver.not_found,
@@ -513,6 +533,9 @@ def run(options: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     selector.register(capture.fileno(), selectors.EVENT_READ, None)
+    # --hold-ms: while held, the capture fd is out of the selector (the ring fills
+    # meanwhile); any other wake-up still drains it, so SYNC and requests stay prompt.
+    held_until_s = 0.0
     selector.register(wake_read, selectors.EVENT_READ, None)
     server.register(selector)
     if engine.atop is not None:
@@ -524,6 +547,8 @@ def run(options: argparse.Namespace) -> int:
     try:
         while True:
             timeout = engine.seconds_until_next_work()
+            if held_until_s:
+                timeout = min(timeout, max(0.0, held_until_s - time.monotonic()))
             if server.waiting_for_loop():
                 timeout = min(timeout, engine.timeout_s)
             for key, mask in selector.select(timeout):
@@ -548,7 +573,18 @@ def run(options: argparse.Namespace) -> int:
                     log.info("%s: stopping", signum.name)
                     break
             try:
-                engine.housekeeping(engine.drain_capture())
+                packets_before = engine.packets
+                counted = engine.drain_capture()
+                hold = engine.hold_due(packets_before)
+                if hold:
+                    if not held_until_s:
+                        selector.unregister(capture.fileno())
+                        engine.holds += 1
+                    held_until_s = time.monotonic() + engine.hold_s
+                elif held_until_s:
+                    selector.register(capture.fileno(), selectors.EVENT_READ, None)
+                    held_until_s = 0.0
+                engine.housekeeping(counted)
                 server.service_waiters()
             except CaptureError as err:
                 _fail(EXIT_ERROR, f"capture failed: {err}")

@@ -506,6 +506,31 @@ def udp_burst(addr: str, port: int, count: int, batch: int, size: int, lifetime_
     wait_for("exit")
 
 
+def udp_load(addr: str, count: int, chunk: int, pause_ms: float, size: int) -> None:
+    """Send count datagrams of size bytes to a socket of our own, chunk at a time.
+
+    A pause of pause_ms after each chunk keeps the rate near chunk / pause (a
+    sustained load, bounded by count and by TIMEOUT_S).  The receiving socket
+    is never read: the datagrams it cannot hold are dropped after the capture
+    has seen them.  Says {"sent": n} when done.
+    """
+    sink = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    sink.bind((addr, 0))
+    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    say(pid=os.getpid())
+    target = sink.getsockname()[:2]
+    data = b"l" * size
+    deadline = time.monotonic() + TIMEOUT_S
+    sent = 0
+    while sent < count and time.monotonic() < deadline:
+        for _ in range(min(chunk, count - sent)):
+            sock.sendto(data, target)
+        sent += min(chunk, count - sent)
+        time.sleep(pause_ms / 1000)
+    say(sent=sent)
+    wait_for("exit")
+
+
 ROLES = {
     "udp_server": udp_server,
     "udp_client": udp_client,
@@ -519,6 +544,7 @@ ROLES = {
     "idle": idle,
     "udp_short_lived": udp_short_lived,
     "udp_burst": udp_burst,
+    "udp_load": udp_load,
 }
 
 if __name__ == "__main__":
