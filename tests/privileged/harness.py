@@ -157,6 +157,26 @@ def set_sysctl(netns: Any, name: str, value: str) -> None:
     netns.run("sh", "-c", f"echo {value} > {path}")
 
 
+def attributed_packets(
+    d: Daemon, children: list[dict[str, Any]]
+) -> tuple[int, int, list[tuple[int, int]]]:
+    """After the children finished: (attributed, truth, [(truth, attributed) per child]).
+
+    Ground truth of a child: its connection's TCP_INFO segments out and in; what
+    the daemon attributed: the child's exit-list record (after a forced sweep).
+    """
+    with d.client() as c:
+        c.force_gc()
+        exited = {r.id: r for r in c.list_exited()}
+    per_child = []
+    for child in children:
+        segments = child["segs_out"] + child["segs_in"]
+        record = exited.get(child["pid"])
+        got = record.counters[0] + record.counters[2] if record is not None else 0
+        per_child.append((segments, got))
+    return sum(g for _, g in per_child), sum(s for s, _ in per_child), per_child
+
+
 def fix_tcp_header_sizes(netns: Any) -> None:
     """No timestamps, SACK or window scaling in the namespace: a TCP header is 20
     bytes, 24 on SYN and SYN-ACK (the MSS option), so wire bytes are exact."""

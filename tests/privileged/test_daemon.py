@@ -24,6 +24,7 @@ from harness import (
     UDP6_OVERHEAD,
     Actor,
     Daemon,
+    attributed_packets,
     fix_tcp_header_sizes,
 )
 
@@ -361,18 +362,9 @@ def test_short_lived_processes_are_attributed(ns: Any, daemon: Any) -> None:
         children = clients.read(timeout_s=60)["children"]
         assert server.read()["served"] == 50
         d.sync()
-        with d.client() as c:
-            c.force_gc()
-            exited = {r.id: r for r in c.list_exited()}
-        truth = attributed = 0
-        for child in children:
-            segments = child["segs_out"] + child["segs_in"]
-            truth += segments
-            record = exited.get(child["pid"])
-            if record is not None:
-                got = record.counters[0] + record.counters[2]
-                assert got <= segments, (child, record)
-                attributed += got
+        attributed, truth, per_child = attributed_packets(d, children)
+        for segments, got in per_child:
+            assert got <= segments
         ratio = attributed / truth
         print(f"short-lived processes: {attributed} of {truth} packets attributed ({ratio:.1%})")
         assert ratio >= 0.95
@@ -416,15 +408,7 @@ def test_hold_under_load_counts_every_packet(ns: Any, daemon: Any) -> None:
             "udprcvpacks": sent,
             "udprcvbytes": sent * (64 + UDP4_OVERHEAD),
         }
-        with d.client() as c:
-            c.force_gc()
-            exited = {r.id: r for r in c.list_exited()}
-        truth = attributed = 0
-        for child in children:
-            truth += child["segs_out"] + child["segs_in"]
-            record = exited.get(child["pid"])
-            if record is not None:
-                attributed += record.counters[0] + record.counters[2]
+        attributed, truth, _ = attributed_packets(d, children)
         print(f"under load with --hold-ms 30: {attributed} of {truth} packets attributed")
         if status["ownership"] == "kernel":
             assert attributed == truth

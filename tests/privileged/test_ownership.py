@@ -18,7 +18,7 @@ import pytest
 
 from netatopd.ebpf import loaded_object_ids
 
-from harness import UDP4_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
+from harness import UDP4_OVERHEAD, Actor, Daemon, attributed_packets, fix_tcp_header_sizes
 from test_daemon import ZERO_UDP, expected_tcp
 
 pytestmark = pytest.mark.privileged
@@ -156,15 +156,7 @@ def attributed_share(d: Daemon, ns: Any, lifetime_ms: int) -> tuple[int, int]:
         children = clients.read(timeout_s=60)["children"]
         assert server.read()["served"] == 50
         d.sync()
-        with d.client() as c:
-            c.force_gc()
-            exited = {r.id: r for r in c.list_exited()}
-        truth = attributed = 0
-        for child in children:
-            truth += child["segs_out"] + child["segs_in"]
-            record = exited.get(child["pid"])
-            if record is not None:
-                attributed += record.counters[0] + record.counters[2]
+        attributed, truth, _ = attributed_packets(d, children)
         return attributed, truth
     finally:
         server.finish()
