@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from .ebpf import FlowOwner, KernelOwnership, OwnerKind
 from .flows import Flow, FlowState, FlowTable
-from .netlink.sockdiag import SockDiag, SocketInfo
+from .netlink.sockdiag import SockDiag, SocketInfo, TcpState
 from .parse import PROTO_UDP
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS, SocketEndpoint, socket_endpoints
 from .tasks import TaskInfo, TaskTable
@@ -46,7 +46,6 @@ REMEMBER_OWNERS_S = 120.0  # how long a tuple -> owner mapping outlives its flow
 REMEMBER_OWNERS_MAX = 65_536
 FIRST_RETRY_S = 0.005
 MAX_RETRY_S = 2.0
-TCP_LISTEN = 10
 # A flow whose socket sock_diag no longer reports (closed before the lookup) is
 # looked for among the processes started this shortly before its first packet,
 # by asking their sockets for their names (procfs.socket_endpoints).
@@ -528,7 +527,7 @@ class Resolver:
             else:
                 self._retry(flow, now_s)
             return
-        listener = flow.proto != PROTO_UDP and sock.state == TCP_LISTEN
+        listener = flow.proto != PROTO_UDP and sock.state == TcpState.LISTEN
         pid = self._holder(sock.inode)
         if pid is None:
             self.misses += 1

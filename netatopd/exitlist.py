@@ -23,7 +23,7 @@ from socket import AF_INET, AF_INET6
 
 from .attribution import Resolver
 from .flows import Flow, FlowTable
-from .netlink.sockdiag import SockDiag
+from .netlink.sockdiag import SockDiag, TcpState
 from .parse import PROTO_TCP
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .tasks import ExitedTask, TaskInfo, TaskTable
@@ -37,7 +37,7 @@ TCP_IDLE_S_DEFAULT = 1800.0
 UDP_IDLE_S_DEFAULT = 16.0
 UDP_IDLE_PORT_ABOVE = 1024
 TCP_YOUNG_S = 2.0  # a TCP flow this young is kept whatever its state (handshake in progress)
-TCP_KEPT_STATES = (1, 10)  # ESTABLISHED, LISTEN
+TCP_KEPT_STATES = (TcpState.ESTABLISHED, TcpState.LISTEN)
 IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 

@@ -42,6 +42,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from ..netlink.sockdiag import TcpState
 from .asm import (
     AluOp,
     Helper,
@@ -100,23 +101,6 @@ class Slot(IntEnum):
     IO = 0  # last sender or receiver (SEND, RECV)
     OPEN = 1  # who opened it (CONNECT, LISTEN)
     CLOSE = 2  # who closed it (CLOSE)
-
-
-class TcpState(IntEnum):
-    """TCP_* socket states (include/net/tcp_states.h)."""
-
-    ESTABLISHED = 1
-    SYN_SENT = 2
-    SYN_RECV = 3
-    FIN_WAIT1 = 4
-    FIN_WAIT2 = 5
-    TIME_WAIT = 6
-    CLOSE = 7
-    CLOSE_WAIT = 8
-    LAST_ACK = 9
-    LISTEN = 10
-    CLOSING = 11
-    NEW_SYN_RECV = 12
 
 
 class Counter(IntEnum):
