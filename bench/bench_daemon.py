@@ -267,6 +267,15 @@ class Netatopd(Monitor):
             return client.status()
 
 
+class NetatopdSingleLane(Netatopd):
+    """The daemon with one capture handle and a Python walk per frame (the old path)."""
+
+    name = "netatopd-single-lane"
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--single-lane"]
+
+
 class Tcpdump(Monitor):
     name = "tcpdump"
 
@@ -776,7 +785,10 @@ def main() -> None:
         help="comma-separated sections to run (default: all)",
     )
     parser.add_argument(
-        "--monitors", default="netatopd,tcpdump,nethogs", help="monitors for the CPU figures"
+        "--monitors",
+        default="netatopd,tcpdump,nethogs",
+        help="monitors for the CPU figures: netatopd, netatopd-single-lane (the daemon"
+        " with --single-lane), tcpdump, nethogs",
     )
     parser.add_argument("--daemon-option", action="append", default=[], help="extra option")
     options = parser.parse_args()
@@ -796,7 +808,12 @@ def main() -> None:
     notes: list[str] = []
     wanted = options.monitors.split(",")
     monitor_classes: list[type[Monitor]] = []
-    for monitor_class, package in ((Netatopd, ""), (Tcpdump, "tcpdump"), (Nethogs, "nethogs")):
+    for monitor_class, package in (
+        (Netatopd, ""),
+        (NetatopdSingleLane, ""),
+        (Tcpdump, "tcpdump"),
+        (Nethogs, "nethogs"),
+    ):
         if monitor_class.name not in wanted:
             continue
         if package and not ensure_tool(monitor_class.name, package, notes):

@@ -53,6 +53,7 @@ STEPS: tuple[tuple[type, str], ...] = (
     (daemon.Engine, "drain_capture"),
     (pcap.Capture, "read_batch"),
     (flows.FlowTable, "account_records"),
+    (flows.FlowTable, "account_fixed"),
     (attribution.Resolver, "resolve"),
     (attribution.KernelOwners, "drain"),
     (helper.KernelOwnership, "drain"),

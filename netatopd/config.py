@@ -58,8 +58,28 @@ OPTIONS: tuple[Option, ...] = (
         "keep no SQLite history (finished processes stay only in the exit list)",
     ),
     Option("--control-mode", str, "0600", "permission bits of the control socket, octal"),
-    Option("--snaplen", int, 128, "bytes captured per packet", 64),
-    Option("--buffer-mib", int, 64, "capture ring size in MiB", 1),
+    Option(
+        "--snaplen",
+        int,
+        128,
+        "bytes captured per packet of the lane for uncommon frames (the fixed"
+        " lanes capture 44 or 64)",
+        64,
+    ),
+    Option(
+        "--buffer-mib",
+        int,
+        64,
+        "capture ring size in MiB: each fixed lane gets half, the other lane a quarter",
+        1,
+    ),
+    Option(
+        "--single-lane",
+        bool,
+        False,
+        "capture with one libpcap handle and walk every frame in Python (slower;"
+        " for comparison) instead of the IPv4, IPv6 and other lanes",
+    ),
     Option(
         "--capture-timeout-ms",
         int,

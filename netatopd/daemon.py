@@ -29,9 +29,9 @@ from typing import NoReturn
 
 from . import __version__
 from .attribution import Resolver
+from .capture.lanes import CaptureLanes, LaneKind
 from .capture.links import LinkTable
 from .capture.pcap import (
-    Capture,
     CaptureError,
     CapturePermissionError,
     LibpcapMissing,
@@ -101,7 +101,7 @@ def load_kernel_ownership(mode: str) -> tuple[KernelOwnership | None, str]:
 class Engine:
     """Every stage wired together, plus the answers the control socket gives."""
 
-    def __init__(self, options: argparse.Namespace, capture: Capture) -> None:
+    def __init__(self, options: argparse.Namespace, capture: CaptureLanes) -> None:
         self.options = options
         self.capture = capture
         self.timeout_s = options.capture_timeout_ms / 1000.0
@@ -173,33 +173,40 @@ class Engine:
     # -- the counting path ---------------------------------------------------------------
 
     def drain_capture(self) -> bool:
-        """Read the capture ring dry, batch by batch, and count every packet.
+        """Read every capture lane dry, batch by batch, and count every packet.
 
         True when packets were counted: then the resolver has just looked up,
         retried and settled everything due (housekeeping need not again).
         """
-        read_batch = self.capture.read_batch
-        resolver = self.resolver
+        flows = self.flows
+        links = self.links
+        rejects = self.rejects
         counted = False
-        while True:
-            started_s = time.time()
-            batch = read_batch(BATCH_PACKETS)
-            count = batch.count
-            if count:
-                now_s = time.time()
-                self.flows.account_records(batch.records, self.links, self.rejects, now_s)
-                # Owners first: the kernel may name a new holder of a flow (a port
-                # reused by another process), and this batch's packets are its.
-                resolver.resolve(now_s)
-                resolver.settle(now_s)
-                self.packets += count
-                self.batches += 1
-                counted = True
-            if count < BATCH_PACKETS:
-                self.last_drained_s = started_s
-                if counted:
-                    self.last_packet_monotonic_s = time.monotonic()
-                return counted
+        started_s = time.time()
+        for kind, capture in self.capture.lanes:
+            while True:
+                batch = capture.read_batch(BATCH_PACKETS)
+                count = batch.count
+                if count:
+                    now_s = time.time()
+                    if kind == LaneKind.OTHER:
+                        flows.account_records(batch.records, links, rejects, now_s)
+                    else:
+                        flows.account_fixed(batch.records, count, kind, links, rejects, now_s)
+                    self.packets += count
+                    self.batches += 1
+                    counted = True
+                if count < BATCH_PACKETS:
+                    break
+        self.last_drained_s = started_s
+        if counted:
+            now_s = time.time()
+            # Owners first: the kernel may name a new holder of a flow (a port
+            # reused by another process), and these packets are its.
+            self.resolver.resolve(now_s)
+            self.resolver.settle(now_s)
+            self.last_packet_monotonic_s = time.monotonic()
+        return counted
 
     def hold_due(self, packets_before: int) -> bool:
         """Whether the pass that began at packets_before ran at sustained load (--hold-ms).
@@ -484,11 +491,12 @@ def run(options: argparse.Namespace) -> int:
     except OSError as err:
         _fail(EXIT_RUN_DIR, f"cannot create run directory {options.run_dir}: {err.strerror}")
     try:
-        capture = Capture(
+        capture = CaptureLanes(
             options.interface,
             snaplen_bytes=options.snaplen,
             buffer_bytes=options.buffer_mib << 20,
             timeout_ms=options.capture_timeout_ms,
+            single=options.single_lane,
         )
     except LibpcapMissing as err:
         _fail(EXIT_NO_LIBPCAP, str(err))
@@ -532,7 +540,9 @@ def run(options: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    selector.register(capture.fileno(), selectors.EVENT_READ, None)
+    capture_fds = capture.filenos()
+    for fd in capture_fds:
+        selector.register(fd, selectors.EVENT_READ, None)
     # --hold-ms: while held, the capture fd is out of the selector (the ring fills
     # meanwhile); any other wake-up still drains it, so SYNC and requests stay prompt.
     held_until_s = 0.0
@@ -578,11 +588,13 @@ def run(options: argparse.Namespace) -> int:
                 hold = engine.hold_due(packets_before)
                 if hold:
                     if not held_until_s:
-                        selector.unregister(capture.fileno())
+                        for fd in capture_fds:
+                            selector.unregister(fd)
                         engine.holds += 1
                     held_until_s = time.monotonic() + engine.hold_s
                 elif held_until_s:
-                    selector.register(capture.fileno(), selectors.EVENT_READ, None)
+                    for fd in capture_fds:
+                        selector.register(fd, selectors.EVENT_READ, None)
                     held_until_s = 0.0
                 engine.housekeeping(counted)
                 server.service_waiters()

@@ -37,6 +37,7 @@ DLT_LINUX_SLL2 = 276  # Linux cooked capture v2 (20-byte header, carries the ifi
 PCAP_ERRBUF_SIZE = 256
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 SEEK_SET = 0
+FSETLOCKING_BYCALLER = 2  # stdio_ext.h: the stream's owner does the locking (here: none needed)
 PCAP_MAGIC_MICROSECONDS = 0xA1B2C3D4
 
 # The fallback name when ctypes.util.find_library cannot ask ldconfig.
@@ -223,6 +224,11 @@ def _declare_libc(lib: ctypes.CDLL) -> None:
     lib.fclose.restype = ctypes.c_int
     lib.free.argtypes = [p]
     lib.free.restype = None
+    # glibc's stdio_ext.h: int __fsetlocking(FILE *, int); optional (the stream works without).
+    fsetlocking = getattr(lib, "__fsetlocking", None)
+    if fsetlocking is not None:
+        fsetlocking.argtypes = [p, ctypes.c_int]
+        fsetlocking.restype = ctypes.c_int
 
 
 def load_libpcap(candidates: Sequence[str] | None = None) -> ctypes.CDLL:
@@ -414,6 +420,11 @@ class Capture:
             errno = ctypes.get_errno()
             raise CaptureError(f"open_memstream failed (errno {errno})")
         self._stream = stream
+        # Only this object's thread writes the stream: spare pcap_dump's two fwrite
+        # calls a packet the stream lock.
+        fsetlocking = getattr(libc, "__fsetlocking", None)
+        if fsetlocking is not None:
+            fsetlocking(stream, FSETLOCKING_BYCALLER)
         dumper = self._lib.pcap_dump_fopen(handle, stream)
         if not dumper:
             raise CaptureError(f"pcap_dump_fopen: {self._error_text()}")

@@ -19,6 +19,7 @@ import ctypes
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -28,12 +29,15 @@ from pathlib import Path
 import pytest
 
 from netatopd.capture import Capture, CaptureError, LinkTable
+from netatopd.capture.lanes import CaptureLanes
 from netatopd.capture.pcap import PcapStatus
+from netatopd.flows import FlowTable
 from netatopd.parse import (
     PROTO_UDP,
     REJECT_COUNTERS_LENGTH,
     Direction,
     Packet,
+    Reject,
     parse_batch,
 )
 
@@ -350,3 +354,149 @@ def test_unprivileged_user_gets_permission_error(make_netns: Callable[[str], obj
     )
     assert done.returncode == 0, done.stderr
     assert "CAP_NET_RAW" in done.stdout and "CAP_NET_ADMIN" in done.stdout
+
+
+# -- capture lanes ---------------------------------------------------------------------
+
+LANE_ROUNDS = 10  # datagrams of each kind below
+FRAGMENTED_BYTES = 3000  # over the veth MTU of 1500: three IPv4 fragments, ports in the first
+
+
+def snapshot(flows: FlowTable) -> tuple[dict[str, int], tuple[int, int], list[tuple]]:
+    """Totals, (flows, overflow), and every flow's identity and counters, sorted."""
+    described = sorted(
+        (
+            f.proto,
+            f.local_addr,
+            f.local_port,
+            f.remote_addr,
+            f.remote_port,
+            f.snd_packs,
+            f.snd_bytes,
+            f.rcv_packs,
+            f.rcv_bytes,
+        )
+        for f in flows.all_flows()
+    )
+    return flows.totals.as_dict(), (flows.count, flows.overflow), described
+
+
+def _drain_lanes(
+    lanes: CaptureLanes, flows: FlowTable, links: LinkTable, rejects: list[int]
+) -> int:
+    """Read every lane until nothing came for SETTLE_S (bounded); the frames counted."""
+    counted = 0
+    deadline = time.monotonic() + DRAIN_LIMIT_S
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 2 * SETTLE_S:
+        select.select(lanes.filenos(), [], [], 0.02)
+        for kind, capture in lanes.lanes:
+            batch = capture.read_batch()
+            if not batch.count:
+                continue
+            quiet_since = time.monotonic()
+            counted += batch.count
+            if kind.frame_bytes:
+                position = 0
+                while position < len(batch.records):  # every record the lane's length
+                    caplen = struct.unpack_from("=8xI", batch.records, position)[0]
+                    assert caplen == kind.frame_bytes, kind.name
+                    position += 16 + caplen
+                flows.account_fixed(batch.records, batch.count, kind, links, rejects, 1.0)
+            else:
+                flows.account_records(batch.records, links, rejects, 1.0)
+    return counted
+
+
+def test_lanes_partition_the_traffic_and_count_like_one_handle(
+    veth_pair: tuple[str, str], closing: Callable[[object], None]
+) -> None:
+    """The three lanes and one handle, open side by side, count the same traffic the same.
+
+    Ground truth for the UDP flows: LANE_ROUNDS datagrams of each size, each
+    size + 8 + 20 IP bytes (+ 40 for IPv6 instead of 20) + 14 + 4 on the wire;
+    the fragmented datagrams count their first fragment only (1500 IP bytes),
+    the two later fragments of each are rejected as fragments.
+    """
+    left, _ = veth_pair
+    with inside(left):
+        lanes = CaptureLanes("any", buffer_bytes=8 << 20)
+        closing(lanes)
+        single = CaptureLanes("any", buffer_bytes=8 << 20, single=True)
+        closing(single)
+        links = LinkTable()
+        closing(links)
+        sockets: dict[str, socket.socket] = {}
+        for name, family, address in (
+            ("veth", socket.AF_INET, "192.0.2.1"),
+            ("options", socket.AF_INET, "192.0.2.1"),
+            ("lo6", socket.AF_INET6, "::1"),
+            ("lo6_sink", socket.AF_INET6, "::1"),
+        ):
+            sockets[name] = socket.socket(family, socket.SOCK_DGRAM)
+            closing(sockets[name])
+            sockets[name].bind((address, 0))
+        # Four bytes of IPv4 options (NOPs and an end of list): a 24-byte header.
+        sockets["options"].setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"\x01\x01\x01\x00")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        closing(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        closing(client)
+    # 192.0.2.2 answers ARP from the right namespace; nothing listens on port 9 there,
+    # so every datagram to it also brings an ICMP port unreachable back (other lane).
+    peer = ("192.0.2.2", 9)
+    sizes = (0, 1, 64, 1000)
+    for size in sizes:
+        for _ in range(LANE_ROUNDS):
+            sockets["veth"].sendto(b"\x5a" * size, peer)
+            time.sleep(0.001)  # ICMP replies are rate limited per second, not per burst
+    for _ in range(LANE_ROUNDS):
+        sockets["options"].sendto(b"\x5a" * 50, peer)
+        sockets["veth"].sendto(b"\x5a" * FRAGMENTED_BYTES, peer)
+        for size in (0, 64):
+            sockets["lo6"].sendto(b"\x5a" * size, sockets["lo6_sink"].getsockname())
+    client.connect(listener.getsockname())
+    served, _ = listener.accept()
+    closing(served)
+    for _ in range(LANE_ROUNDS):
+        client.sendall(b"q" * 100)
+        assert served.recv(4096)
+    client.close()
+    served.close()
+
+    results = []
+    for capture in (lanes, single):
+        flows = FlowTable()
+        rejects = [0] * REJECT_COUNTERS_LENGTH
+        counted = _drain_lanes(capture, flows, links, rejects)
+        results.append((counted, snapshot(flows), rejects, capture.stats()))
+    (lane_count, lane_flows, lane_rejects, lane_stats) = results[0]
+    (one_count, one_flows, one_rejects, one_stats) = results[1]
+    assert lane_count == one_count
+    assert lane_flows == one_flows
+    assert lane_rejects == one_rejects
+    assert lane_stats.received == one_stats.received  # each frame in exactly one lane
+    assert lane_stats.dropped == one_stats.dropped == 0
+
+    # (protocol, local port) -> (sent packets, sent bytes)
+    flows_by_port = {(row[0], row[2]): (row[5], row[6]) for row in lane_flows[2]}
+    veth_port = sockets["veth"].getsockname()[1]
+    expected_veth_bytes = LANE_ROUNDS * (sum(size + 8 + 20 + 18 for size in sizes) + (1500 + 18))
+    assert flows_by_port[(PROTO_UDP, veth_port)] == (
+        LANE_ROUNDS * (len(sizes) + 1),
+        expected_veth_bytes,
+    )
+    options_port = sockets["options"].getsockname()[1]
+    assert flows_by_port[(PROTO_UDP, options_port)] == (
+        LANE_ROUNDS,
+        LANE_ROUNDS * (50 + 8 + 24 + 18),
+    )
+    lo6_port = sockets["lo6"].getsockname()[1]
+    assert flows_by_port[(PROTO_UDP, lo6_port)] == (
+        2 * LANE_ROUNDS,
+        LANE_ROUNDS * ((0 + 8 + 40 + 18) + (64 + 8 + 40 + 18)),
+    )
+    assert lane_rejects[Reject.FRAGMENT] == 2 * LANE_ROUNDS
+    assert lane_flows[0]["icmp_received"] >= 1

@@ -1,0 +1,150 @@
+"""Capture lanes: the traffic split over a few libpcap handles by kernel filters.
+
+Stage: capture (beside pcap.py).  Owns the handles of one capture: two *fixed*
+lanes whose kernel BPF filter takes only the common TCP/UDP frames of one IP
+family and whose snap length stops right after the ports, and one *other*
+lane for every remaining IP frame.  Callers: the daemon loop (``filenos`` for
+the selector, ``lanes`` to read, ``stats``, ``close``), the privileged tests
+and the benchmarks.
+
+Why lanes: every frame of a fixed lane is captured to exactly the same length
+(``LaneKind.frame_bytes``), so a batch of them is a run of equal-sized records
+that Python can split and count in C (``struct.iter_unpack`` and
+``collections.Counter``, see ``flows.FlowTable.account_fixed``) instead of
+walking it record by record.  The filters partition the traffic: a frame is
+captured by exactly one lane, so the lanes' counters add up.
+
+The fixed lanes' guarantees, enforced in the kernel:
+
+* IPv4: cooked protocol ETH_P_IP, first byte 0x45 (version 4, 20-byte header),
+  fragment offset 0, protocol TCP or UDP, tot_len >= 24 (the ports are inside
+  the packet; a BIG TCP aggregate with tot_len 0 goes to the other lane).
+  Every such frame is at least 48 bytes long, so 44 are always captured.
+* IPv6: cooked protocol ETH_P_IPV6, version 6, next header TCP or UDP (no
+  extension headers), payload_len >= 4.  At least 68 bytes, 64 captured.
+
+A frame that claims those lengths but is shorter (a malformed frame from the
+wire) is captured shorter; the reader sees that the batch is not made of equal
+records and walks it the slow way, so nothing is lost or misread.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+from typing import NamedTuple
+
+from .pcap import DEFAULT_FILTER, Capture, CaptureError, CaptureStats
+
+log = logging.getLogger(__name__)
+
+COOKED_HEADER_BYTES = 20  # struct sll2_header
+PORTS_BYTES = 4
+
+# The fixed lanes' kernel filters (pcap-filter(7) syntax; offsets in the IP header).
+IPV4_FIXED_FILTER = (
+    "ip and ip[0] == 0x45 and ip[6:2] & 0x1fff == 0"
+    " and (ip[9] == 6 or ip[9] == 17) and ip[2:2] >= 24"
+)
+IPV6_FIXED_FILTER = (
+    "ip6 and ip6[0] & 0xf0 == 0x60 and (ip6[6] == 6 or ip6[6] == 17) and ip6[4:2] >= 4"
+)
+OTHER_FILTER = f"({DEFAULT_FILTER}) and not ({IPV4_FIXED_FILTER}) and not ({IPV6_FIXED_FILTER})"
+
+# Share of --buffer-mib each lane's ring gets.  A fixed lane's frames take about
+# 128 bytes of ring each (against about 200 for a 64-byte datagram at snap 128),
+# so half the buffer holds as many packets as the whole did with one handle.
+FIXED_LANE_BUFFER_SHARE = 0.5
+OTHER_LANE_BUFFER_SHARE = 0.25
+LANE_BUFFER_BYTES_MIN = 1 << 20
+
+
+class LaneKind(IntEnum):
+    """Which frames a lane captures; the value is the IP version (0: any)."""
+
+    OTHER = 0
+    IPV4 = 4
+    IPV6 = 6
+
+    @property
+    def frame_bytes(self) -> int:
+        """The captured length of every frame of a fixed lane (0: varies)."""
+        return _FIXED_FRAME_BYTES.get(self, 0)
+
+
+_FIXED_FRAME_BYTES = {
+    LaneKind.IPV4: COOKED_HEADER_BYTES + 20 + PORTS_BYTES,  # 44
+    LaneKind.IPV6: COOKED_HEADER_BYTES + 40 + PORTS_BYTES,  # 64
+}
+
+
+class Lane(NamedTuple):
+    kind: LaneKind
+    capture: Capture
+
+
+class CaptureLanes:
+    """The lanes of one capture (or one lane taking everything, with single=True)."""
+
+    def __init__(
+        self,
+        interface: str = "any",
+        snaplen_bytes: int = 128,
+        buffer_bytes: int = 64 << 20,
+        timeout_ms: int = 10,
+        single: bool = False,
+    ) -> None:
+        self.interface = interface
+        self.single = single
+        self.lanes: list[Lane] = []
+        if single:
+            plan = [(LaneKind.OTHER, DEFAULT_FILTER, snaplen_bytes, buffer_bytes)]
+        else:
+            fixed_bytes = max(LANE_BUFFER_BYTES_MIN, int(buffer_bytes * FIXED_LANE_BUFFER_SHARE))
+            other_bytes = max(LANE_BUFFER_BYTES_MIN, int(buffer_bytes * OTHER_LANE_BUFFER_SHARE))
+            plan = [
+                (LaneKind.IPV4, IPV4_FIXED_FILTER, LaneKind.IPV4.frame_bytes, fixed_bytes),
+                (LaneKind.IPV6, IPV6_FIXED_FILTER, LaneKind.IPV6.frame_bytes, fixed_bytes),
+                (LaneKind.OTHER, OTHER_FILTER, snaplen_bytes, other_bytes),
+            ]
+        try:
+            for kind, bpf_filter, snap, ring_bytes in plan:
+                capture = Capture(
+                    interface,
+                    snaplen_bytes=snap,
+                    buffer_bytes=ring_bytes,
+                    timeout_ms=timeout_ms,
+                    bpf_filter=bpf_filter,
+                )
+                self.lanes.append(Lane(kind, capture))
+        except BaseException:
+            self.close()
+            raise
+
+    def filenos(self) -> list[int]:
+        """Every lane's packet socket, for the selector."""
+        return [lane.capture.fileno() for lane in self.lanes]
+
+    def stats(self) -> CaptureStats:
+        """libpcap's counters summed over the lanes (each frame is in exactly one lane)."""
+        if not self.lanes:
+            raise CaptureError("capture is closed")
+        received = dropped = interface_dropped = 0
+        for lane in self.lanes:
+            stats = lane.capture.stats()
+            received += stats.received
+            dropped += stats.dropped
+            interface_dropped += stats.interface_dropped
+        return CaptureStats(received, dropped, interface_dropped)
+
+    def close(self) -> None:
+        """Close every lane; safe to call twice."""
+        lanes, self.lanes = self.lanes, []
+        for lane in lanes:
+            lane.capture.close()
+
+    def __enter__(self) -> CaptureLanes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
