@@ -175,7 +175,6 @@ class InodeIndex:
 
 # The eBPF helper's records are read at once when new flows need owners, else
 # this often (a thread taking over a flow is seen this late at most).
-KERNEL_DRAIN_INTERVAL_S = 0.1
 KERNEL_OWNER_KEEP_S = 300.0  # a record this old (and its flow unseen) is forgotten
 KERNEL_OWNERS_MAX = 200_000
 
@@ -203,9 +202,20 @@ class KernelOwners:
         self.last_drain_monotonic_s = 0.0
         self.records = 0
         self.drains = 0
+        self.drains_skipped = 0  # looks that found the programs' change count unmoved
+        self.changes_drained = -1  # the programs' change count before the last drain
+
+    def has_news(self) -> bool:
+        """Whether the programs wrote a record since the last drain (one cheap syscall)."""
+        news = self.helper.changes() != self.changes_drained
+        if not news:
+            self.drains_skipped += 1
+        return news
 
     def drain(self) -> list[FlowOwner]:
         self.last_drain_monotonic_s = time.monotonic()
+        # The count first: a record written during the walk moves it again.
+        self.changes_drained = self.helper.changes()
         records = self.helper.drain()
         self.drains += 1
         self.records += len(records)
@@ -337,12 +347,10 @@ class Resolver:
         """Look up new flows, retry the pending ones that are due (all if everything)."""
         deadline = time.monotonic() + RESOLVE_BUDGET_S
         kernel = self.kernel
-        if kernel is not None and (
-            everything
-            or self.flows.new
-            or self.flows.dirty
-            or time.monotonic() - kernel.last_drain_monotonic_s >= KERNEL_DRAIN_INTERVAL_S
-        ):
+        # The kernel map is walked only when its programs wrote something new: a
+        # new flow, another thread on a flow, an open or a close (or every
+        # REPORT_INTERVAL_NS per busy flow), never merely because packets came.
+        if kernel is not None and (everything or kernel.has_news()):
             self._apply_kernel_records(kernel.drain(), now_s)
         new = self.flows.new
         if new:

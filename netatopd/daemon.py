@@ -449,6 +449,7 @@ class Engine:
             status.update(
                 ebpf_records=owners.records,
                 ebpf_drains=owners.drains,
+                ebpf_drains_skipped=owners.drains_skipped,
                 resolver_kernel_finds=self.resolver.kernel_finds,
             )
         if self.atop is not None:

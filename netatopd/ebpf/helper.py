@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import threading
 import time
@@ -54,12 +55,14 @@ from .btf import (
 from .calibrate import CalibrationError, calibrate
 from .programs import (
     AF_INET,
+    CHANGES,
     CONNECT_KEY,
     COUNTERS,
     FLOW_KEY,
     LICENSE,
     OBJECT_NAME_PREFIX,
     OWNER,
+    SEEN,
     THREAD_COUNTS,
     THREAD_KEY,
     TRACEFS_ROOT,
@@ -72,7 +75,7 @@ from .programs import (
     read_format,
     state_program,
 )
-from .syscalls import BpfCmd, BpfSyscallError, MapType, ProgType
+from .syscalls import BpfCmd, BpfSyscallError, MapFlag, MapType, ProgType
 
 __all__ = [
     "EbpfUnavailable",
@@ -93,6 +96,9 @@ log = logging.getLogger(__name__)
 # every 10 ms under traffic). The kernel's batch lookup walks every bucket, so a
 # larger map costs every drain: 32768 entries took 54 us per empty drain, 8192 took 23.
 FLOW_MAP_ENTRIES = 8192
+# Flows whose last reported thread the programs remember (LRU: the oldest are
+# forgotten first, and then merely reported again).
+SEEN_MAP_ENTRIES = 16384
 THREAD_MAP_ENTRIES = 16384
 CONNECT_MAP_ENTRIES = 8192
 BATCH_CHUNK_ENTRIES = 1024
@@ -264,6 +270,8 @@ class KernelOwnership:
         self._fds: list[int] = []  # maps, programs, stats: closed last
         self._perf_fds: list[int] = []  # perf events: disabled and closed first
         self._maps: MapFds | None = None
+        # The changes counter mapped into this process (None: read with a syscall).
+        self._changes_view: mmap.mmap | None = None
         self._prog_fds: dict[str, int] = {}
         self._flow_entries = FLOW_MAP_ENTRIES
         self._netns_inode = 0
@@ -368,6 +376,12 @@ class KernelOwnership:
                 counters=self._keep(
                     syscalls.map_create(MapType.PERCPU_ARRAY, 4, COUNTERS.size, 1, "ntp_counters")
                 ),
+                seen=self._keep(
+                    syscalls.map_create(
+                        MapType.LRU_HASH, FLOW_KEY.size, SEEN.size, SEEN_MAP_ENTRIES, "ntp_seen"
+                    )
+                ),
+                changes=self._keep(self._changes_map()),
             )
         except BpfSyscallError as err:
             raise EbpfUnavailable(_reason("creating the BPF maps", err)) from err
@@ -426,6 +440,21 @@ class KernelOwnership:
                     _reason(f"attaching {program.name} to {program.tracepoint}", err)
                 ) from err
 
+    def _changes_map(self) -> int:
+        """The changes counter's array map, mapped into memory where the kernel allows."""
+        try:
+            fd = syscalls.map_create(
+                MapType.ARRAY, 4, CHANGES.size, 1, "ntp_changes", MapFlag.MMAPABLE
+            )
+        except BpfSyscallError as err:
+            log.debug("mmapable ntp_changes refused (%s); read with bpf() instead", err)
+            return syscalls.map_create(MapType.ARRAY, 4, CHANGES.size, 1, "ntp_changes")
+        try:
+            self._changes_view = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as err:
+            log.debug("mmap of ntp_changes failed (%s); read with bpf() instead", err.strerror)
+        return fd
+
     def _offsets(
         self, btf_path: Path, send_format: TracepointFormat
     ) -> tuple[SockOffsets, NetOffsets]:
@@ -459,7 +488,14 @@ class KernelOwnership:
         self._fds.append(fd)
         return fd
 
+    def _release_view(self) -> None:
+        """Unmap the changes counter (the mapping holds the map alive)."""
+        view, self._changes_view = self._changes_view, None
+        if view is not None:
+            view.close()
+
     def _forget_after_fork(self) -> None:
+        self._release_view()
         _close_all(self._fds, self._perf_fds, detach=False)
         self._closed = True
 
@@ -469,6 +505,22 @@ class KernelOwnership:
         return self._maps
 
     # --- reading ---------------------------------------------------------------------
+
+    def changes(self) -> int:
+        """How many records the programs have written so far (one syscall, no walk).
+
+        A caller that saw the same number before has nothing to drain: the
+        programs count a record only after it is in the flows map.
+        """
+        maps = self._require_loaded()
+        view = self._changes_view
+        if view is not None:
+            return CHANGES.unpack_from(view)[0]
+        try:
+            raw = syscalls.map_lookup(maps.changes, b"\0\0\0\0", CHANGES.size)
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(f"reading ntp_changes failed: {err}") from err
+        return CHANGES.unpack(raw)[0] if raw is not None else 0
 
     def drain(self) -> list[FlowOwner]:
         """Every record written since the last drain, removed from the kernel map."""
@@ -555,6 +607,7 @@ class KernelOwnership:
         result["ebpf_flows_peak_drain"] = self._flows_peak_drain
         result["ebpf_flow_map_fill_percent"] = self._flows_peak_drain * 100 // self._flow_entries
         result["ebpf_flows_drained"] = self._flows_drained
+        result["ebpf_records_written"] = self.changes()
         result["ebpf_drains"] = self._drains
         result["ebpf_threads_last_drain"] = self._threads_last_drain
         result["ebpf_thread_map_entries"] = THREAD_MAP_ENTRIES
@@ -591,6 +644,7 @@ class KernelOwnership:
     def close(self) -> None:
         """Detach the programs and close every fd; safe to call twice."""
         self._closed = True
+        self._release_view()
         self._finalizer()
         with _live_lock:
             _live.discard(self)

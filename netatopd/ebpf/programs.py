@@ -27,6 +27,12 @@ What the programs record:
   (ESTABLISHED->FIN_WAIT1, CLOSE_WAIT->LAST_ACK: slot CLOSE, kind CLOSE).
   Any ->CLOSE marks the flow's records closed; no owner is ever taken from a
   transition that an incoming packet causes.
+* A send/recv record is written only when it tells something new: the seen
+  map (LRU) keeps, per flow key, the thread last reported and when; the same
+  thread on the same flow is reported again only after REPORT_INTERVAL_NS.
+  Every record written adds one to the changes counter (an array map user
+  space reads through mmap), so user space walks the flows map only when the
+  counter moved, not once a batch of packets.
 * Records are never deleted by the programs: user space drains the flows map
   with a batch lookup-and-delete.  Local port 0 (seen after resets) is
   skipped; a failed map update (a full preallocated hash map answers E2BIG)
@@ -52,6 +58,7 @@ from .asm import (
     Reg,
     Size,
     alu64_imm,
+    alu64_reg,
     atomic_add,
     call,
     exit_insn,
@@ -59,6 +66,7 @@ from .asm import (
     ja,
     jmp32_imm,
     jmp_imm,
+    jmp_reg,
     ld_map_fd,
     ldx,
     mov64_imm,
@@ -123,6 +131,18 @@ class Counter(IntEnum):
 
 COUNTER_SLOTS = len(Counter)
 
+# The same thread on the same flow is recorded again after this long (the daemon
+# keeps what it learnt much longer, attribution.KERNEL_OWNER_KEEP_S).
+REPORT_INTERVAL_NS = 1_000_000_000
+
+# struct seen, 16 bytes, the seen map's value (key: struct flow_key):
+#   __u64 pid_tgid;  the thread last reported for the flow (tid low, tgid high)
+#   __u64 time_ns;   when it was reported (bpf_ktime_get_ns)
+SEEN = struct.Struct("=QQ")
+
+# The changes map: one __u64 under key 0, how many records the programs wrote.
+CHANGES = struct.Struct("=Q")
+
 # struct flow_key, 40 bytes, the flows map's key:
 #   __u8  laddr[16];  local address (IPv4: first 4 bytes, rest 0)
 #   __u8  raddr[16];  remote address (0 for unconnected UDP and listeners)
@@ -167,6 +187,7 @@ STACK_KEY = -40  # struct flow_key
 STACK_VALUE = -80  # struct owner
 STACK_THREAD = -96  # struct thread_counts
 STACK_SCRATCH = -104  # __u32 tid / counter index / netns inode, __u64 socket or net address
+STACK_CHANGES_KEY = -112  # __u32 0, the changes map's key
 
 _ACCESS = {1: Size.B, 2: Size.H, 4: Size.W, 8: Size.DW}
 
@@ -269,6 +290,8 @@ class MapFds(NamedTuple):
     threads: int
     connect: int
     counters: int
+    seen: int
+    changes: int
 
 
 # --- building blocks -----------------------------------------------------------
@@ -383,8 +406,9 @@ def _current_owner(kind: OwnerKind) -> list[Item]:
     ]
 
 
-def _update_flows(flows_fd: int, value_reg: Reg | None, done: str) -> list[Item]:
-    """flows[key] = value (the stack owner, or the one ``value_reg`` points at); count a refusal."""
+def _update_flows(fds: MapFds, value_reg: Reg | None, done: str) -> list[Item]:
+    """flows[key] = value (the stack owner, or the one ``value_reg`` points at), then
+    changes += 1; count a refusal.  Clobbers R0-R5."""
     value = (
         [mov64_reg(R3, value_reg)]
         if value_reg is not None
@@ -394,15 +418,62 @@ def _update_flows(flows_fd: int, value_reg: Reg | None, done: str) -> list[Item]
         ]
     )
     return [
-        ld_map_fd(R1, flows_fd),
+        ld_map_fd(R1, fds.flows),
         mov64_reg(R2, FP),
         alu64_imm(AluOp.ADD, R2, STACK_KEY),
         *value,
         mov64_imm(R4, 0),  # BPF_ANY
         call(Helper.MAP_UPDATE_ELEM),
+        jmp_imm(JmpOp.JNE, R0, 0, f"{done}_refused"),
+        # changes[0] += 1, after the record is in place (user space reads the
+        # counter first, then drains: a record it misses moves the counter again)
+        st_imm(Size.W, FP, STACK_CHANGES_KEY, 0),
+        ld_map_fd(R1, fds.changes),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_CHANGES_KEY),
+        call(Helper.MAP_LOOKUP_ELEM),
         jmp_imm(JmpOp.JEQ, R0, 0, done),
+        mov64_imm(R1, 1),
+        atomic_add(Size.DW, R0, 0, R1),
+        ja(done),
+        Label(f"{done}_refused"),
         *_count(Counter.FLOW_UPDATE_FAILED),
         Label(done),
+    ]
+
+
+def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
+    """Go to ``reported`` after a record was written, unless seen[key] names this thread
+    (``pid_tgid``) and is younger than REPORT_INTERVAL_NS; then seen[key] = (thread, now).
+
+    Falls through (to the record) when the flow is new, the thread changed or the
+    last report is old.  Uses the owner's time_ns at STACK_VALUE as now and
+    STACK_THREAD for the new seen value.  Clobbers R0-R5.
+    """
+    return [
+        ld_map_fd(R1, seen_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        call(Helper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "seen_update"),
+        ldx(Size.DW, R1, R0, 0),
+        jmp_reg(JmpOp.JNE, R1, pid_tgid, "seen_update"),
+        # now - seen.time_ns < REPORT_INTERVAL_NS: nothing new to say
+        ldx(Size.DW, R2, FP, STACK_VALUE + OWNER_TIME),
+        ldx(Size.DW, R1, R0, 8),
+        alu64_reg(AluOp.SUB, R2, R1),
+        jmp_imm(JmpOp.JLT, R2, REPORT_INTERVAL_NS, reported),
+        Label("seen_update"),
+        stx(Size.DW, FP, STACK_THREAD, pid_tgid),
+        ldx(Size.DW, R1, FP, STACK_VALUE + OWNER_TIME),
+        stx(Size.DW, FP, STACK_THREAD + 8, R1),
+        ld_map_fd(R1, seen_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        mov64_reg(R3, FP),
+        alu64_imm(AluOp.ADD, R3, STACK_THREAD),
+        mov64_imm(R4, 0),  # BPF_ANY; an LRU map makes room itself
+        call(Helper.MAP_UPDATE_ELEM),
     ]
 
 
@@ -482,8 +553,9 @@ def length_program(
         *_current_owner(kind),
         # R6 = pid_tgid again, for the thread key (the record is no longer needed)
         ldx(Size.DW, R6, FP, STACK_VALUE + OWNER_PID_TGID),
-        # flows[key] = value
-        *_update_flows(fds.flows, None, "flow_done"),
+        # flows[key] = value, unless this thread was reported for the flow just now
+        *_seen_before(fds.seen, R6, "flow_done"),
+        *_update_flows(fds, None, "flow_done"),
         # threads[tid].calls += 1, .bytes += R7 (insert if new)
         stx(Size.W, FP, STACK_SCRATCH, R6),
         ld_map_fd(R1, fds.threads),
@@ -639,7 +711,7 @@ def state_program(
         jmp_imm(JmpOp.JEQ, R0, 0, "connect_not_found"),
         mov64_reg(R7, R0),  # R7 = the connect record (oldstate no longer needed)
         *_state_key(f, Slot.OPEN, "joined"),
-        *_update_flows(fds.flows, R7, "joined_stored"),
+        *_update_flows(fds, R7, "joined_stored"),
         *_count(Counter.CONNECT_JOINED),
         *_connect_map_call(fds.connect, Helper.MAP_DELETE_ELEM),
         ja("out"),
@@ -648,7 +720,7 @@ def state_program(
         jmp_imm(JmpOp.JNE, R8, TcpState.LISTEN, "not_listen"),
         *_state_key(f, Slot.OPEN, "listen"),
         *_current_owner(OwnerKind.LISTEN),
-        *_update_flows(fds.flows, None, "listen_stored"),
+        *_update_flows(fds, None, "listen_stored"),
         ja("out"),
         Label("not_listen"),
         # --- -> CLOSE: any task; forget a pending connect, mark every record closed.
@@ -672,7 +744,7 @@ def state_program(
         Label("owner_close"),
         *_state_key(f, Slot.CLOSE, "owner_close"),
         *_current_owner(OwnerKind.CLOSE),
-        *_update_flows(fds.flows, None, "close_stored"),
+        *_update_flows(fds, None, "close_stored"),
         ja("out"),
     ]
     tails: list[Item] = [

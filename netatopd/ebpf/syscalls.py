@@ -62,6 +62,13 @@ class MapType(IntEnum):
     LRU_HASH = 9
 
 
+class MapFlag(IntEnum):
+    """map_flags of BPF_MAP_CREATE (linux/bpf.h), the ones used here."""
+
+    NONE = 0
+    MMAPABLE = 1 << 10  # BPF_F_MMAPABLE: an array map user space can mmap (Linux 5.5+)
+
+
 class ProgType(IntEnum):
     """enum bpf_prog_type (linux/bpf.h), the one used here."""
 
@@ -206,7 +213,12 @@ def _address(buffer: ctypes.Array[ctypes.c_char] | None) -> int:
 
 
 def map_create(
-    map_type: MapType, key_size: int, value_size: int, max_entries: int, name: str
+    map_type: MapType,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    name: str,
+    flags: MapFlag = MapFlag.NONE,
 ) -> int:
     """BPF_MAP_CREATE; returns the map's fd (close-on-exec)."""
     attr = _buffer(
@@ -215,7 +227,7 @@ def map_create(
             key_size,
             value_size,
             max_entries,
-            0,
+            flags,
             0,
             0,
             name.encode()[: BPF_OBJ_NAME_LEN - 1],

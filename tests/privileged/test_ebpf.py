@@ -40,6 +40,7 @@ from netatopd.ebpf import (
 )
 from netatopd.ebpf import helper as helper_module
 from netatopd.ebpf.btf import VMLINUX_BTF_PATH, Btf, net_offsets, sock_offsets
+from netatopd.ebpf.programs import REPORT_INTERVAL_NS
 
 pytestmark = pytest.mark.privileged
 
@@ -226,9 +227,10 @@ def test_threads_each_with_own_connection(netns_helper: tuple[Any, KernelOwnersh
     for record in report["threads"]:
         tid = record["tid"]
         client_side = flow_records(owners, TCP, record["tcp"])
-        by_kind = {o.kind: o for o in client_side}
-        # the last sender/receiver, the connect() record and the closer: all this thread
-        assert set(by_kind) == {OwnerKind.RECV, OwnerKind.CONNECT, OwnerKind.CLOSE}, client_side
+        kinds = sorted(o.kind for o in client_side)
+        # the thread that sent and received (reported once, by its first call: a SEND),
+        # the connect() record and the closer: all this thread
+        assert kinds == [OwnerKind.SEND, OwnerKind.CONNECT, OwnerKind.CLOSE], client_side
         for owner in client_side:
             assert (owner.tgid, owner.tid, owner.remote_port) == (pid, tid, report["port"])
             assert owner.closed is True
@@ -244,7 +246,7 @@ def test_threads_each_with_own_connection(netns_helper: tuple[Any, KernelOwnersh
     assert [(o.tgid, o.tid, o.remote_addr, o.closed) for o in udp] == [
         (pid, report["threads"][0]["tid"], b"", False)
     ]
-    assert udp[0].kind is OwnerKind.RECV  # the last call was recvfrom
+    assert udp[0].kind is OwnerKind.SEND  # reported once, at its first call (sendto)
     status = helper.status()
     assert status["ebpf_drops"] == 0 and status["ebpf_read_failed"] == 0
 
@@ -347,13 +349,99 @@ def test_connect_in_one_thread_send_in_another(
     recorded = {kind.name: (o.tgid, o.tid) for kind, o in records.items()}
     connector, user, closer = report["connector"], report["user"], report["closer"]
     print(f"connector {connector} user {user} closer {closer}: {recorded}")
-    # CONNECT: the thread that called connect(); RECV: the last thread that
-    # received (the user thread); CLOSE: the thread that called close().
+    # CONNECT: the thread that called connect(); SEND: the thread that sent and
+    # received (the user thread, reported once at its first call, a send);
+    # CLOSE: the thread that called close().
     assert recorded == {
         "CONNECT": (report["pid"], report["connector"]),
-        "RECV": (report["pid"], report["user"]),
+        "SEND": (report["pid"], report["user"]),
         "CLOSE": (report["pid"], report["closer"]),
     }
+
+
+STEPS_SCRIPT = """
+import json, queue, socket, sys, threading
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink.bind(("127.0.0.1", 0))
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sender.bind(("127.0.0.1", 0))
+tids, orders, done = {}, {}, queue.Queue()
+def serve(name):
+    tids[name] = threading.get_native_id()
+    while True:
+        count = orders[name].get()
+        if count is None:
+            return
+        for _ in range(count):
+            sender.sendto(b"s" * 32, sink.getsockname())
+        done.put(name)
+print(json.dumps({"port": sender.getsockname()[1]}), flush=True)
+workers = []
+for line in sys.stdin:
+    name, count = line.split()
+    if name not in orders:
+        orders[name] = queue.Queue()
+        workers.append(threading.Thread(target=serve, args=(name,), daemon=True))
+        workers[-1].start()
+    orders[name].put(int(count))
+    done.get(timeout=10)
+    print(json.dumps(tids), flush=True)
+for name in orders:
+    orders[name].put(None)
+"""
+
+
+def test_a_flow_is_reported_again_only_when_its_thread_changes(
+    netns_helper: tuple[Any, KernelOwnership],
+) -> None:
+    """The programs write a send record when the flow is new or another thread uses
+    it, not for every call; the change count tells when a drain has something.
+
+    Ground truth: the workload's own steps (which thread sent, how often).
+    """
+    netns, helper = netns_helper
+    worker = subprocess.Popen(
+        [*netns.exec_prefix, sys.executable, "-u", "-c", STEPS_SCRIPT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdin is not None and worker.stdout is not None
+        port = json.loads(worker.stdout.readline())["port"]
+
+        def step(name: str, count: int) -> int:
+            assert worker.stdin is not None and worker.stdout is not None
+            worker.stdin.write(f"{name} {count}\n")
+            worker.stdin.flush()
+            tid: int = json.loads(worker.stdout.readline())[name]
+            return tid
+
+        def sends_recorded() -> list[tuple[int, int]]:
+            return [
+                (o.tgid, o.tid)
+                for o in flow_records(helper.drain(), UDP, port)
+                if o.kind == OwnerKind.SEND
+            ]
+
+        first = step("first", 20)
+        written = helper.changes()
+        assert [tid for _, tid in sends_recorded()] == [first]  # 20 sends, one record
+        step("first", 20)  # the same thread again, well within the interval
+        assert helper.changes() == written
+        assert sends_recorded() == []
+        second = step("second", 1)  # another thread: reported at once
+        assert second != first
+        assert helper.changes() > written
+        assert [tid for _, tid in sends_recorded()] == [second]
+        assert REPORT_INTERVAL_NS == 1_000_000_000
+        time.sleep(1.1)  # past the interval: the same thread is reported again
+        step("second", 1)
+        assert [tid for _, tid in sends_recorded()] == [second]
+    finally:
+        if worker.stdin is not None:
+            worker.stdin.close()
+        worker.wait(timeout=WORKLOAD_TIMEOUT_S)
 
 
 # --- lifecycle ----------------------------------------------------------------------
@@ -367,7 +455,9 @@ def test_nothing_stays_loaded_after_close() -> None:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
     prog_ids, map_ids = loaded.object_ids()
     try:
-        assert len(prog_ids) == 3 and len(map_ids) == 4
+        assert (
+            len(prog_ids) == 3 and len(map_ids) == 6
+        )  # flows, threads, connect, counters, seen, changes
         progs, maps = loaded_object_ids()
         assert set(prog_ids) <= set(progs) and set(map_ids) <= set(maps)
     finally:
@@ -596,9 +686,10 @@ def test_same_tuple_in_two_namespaces_is_recorded_only_for_its_own(
         records = same_tuple_records(owners)
         client_side = [o for o in records if o.local_port == SAME_TUPLE_CLIENT_PORT]
         server_side = [o for o in records if o.local_port == SAME_TUPLE_SERVER_PORT]
-        # the client end: connect(), the last recv and close(), all by this namespace's thread
+        # the client end: connect(), the thread that sent and received (reported at
+        # its first call, a send) and close(), all by this namespace's thread
         assert sorted((o.kind, o.tgid, o.tid) for o in client_side) == [
-            (OwnerKind.RECV, mine["pid"], mine["tid"]),
+            (OwnerKind.SEND, mine["pid"], mine["tid"]),
             (OwnerKind.CONNECT, mine["pid"], mine["tid"]),
             (OwnerKind.CLOSE, mine["pid"], mine["tid"]),
         ]

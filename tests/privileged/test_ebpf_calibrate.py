@@ -198,7 +198,7 @@ def test_load_without_btf_attributes_a_tcp_connection_in_a_namespace(
     )
     expected = (LOOPBACK4, report["port"], True)
     assert client == [
-        (OwnerKind.RECV, report["pid"], report["tid"], *expected),
+        (OwnerKind.SEND, report["pid"], report["tid"], *expected),  # its first call
         (OwnerKind.CONNECT, report["pid"], report["tid"], *expected),
         (OwnerKind.CLOSE, report["pid"], report["tid"], *expected),
     ]
@@ -211,8 +211,8 @@ def test_load_without_btf_attributes_a_tcp_connection_in_a_namespace(
     }
     assert accepted == {report["server"]}
     assert status["ebpf_read_failed"] == 0 and status["ebpf_drops"] == 0
-    # ntp_calib and its map, then the helper's 3 programs and 4 maps: all gone
-    assert [len(ids) for ids in created] == [4, 5]
+    # ntp_calib and its map, then the helper's 3 programs and 6 maps: all gone
+    assert [len(ids) for ids in created] == [4, 7]
     assert still_loaded(*created) == (set(), set())
 
 

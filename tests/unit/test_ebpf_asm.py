@@ -190,7 +190,7 @@ format:
 """
 
 SOCK = SockOffsets(16, 14, 12, 4, 0, 72, 56, 532, False)
-FDS = MapFds(flows=3, threads=4, connect=5, counters=6)
+FDS = MapFds(flows=3, threads=4, connect=5, counters=6, seen=7, changes=8)
 NET = NetOffsets(sk_net=48, net_ns_inum=136)
 INODE = 0xEFFFFFF9  # 4026531833, the initial network namespace's usual inode
 
@@ -238,7 +238,7 @@ def test_length_program_uses_the_parsed_offsets_and_map_fds() -> None:
     assert (0x79, 0x68, 8, 0) in insns
     # map fds appear as BPF_PSEUDO_MAP_FD loads
     fds = {imm for code_, regs, _off, imm in insns if code_ == 0x18 and regs >> 4 == 1}
-    assert fds == {3, 4, 6}
+    assert fds == {3, 4, 6, 7, 8}  # flows, threads, counters, seen, changes
     # the kind stored in the owner record is SEND (st_imm W at value+32)
     assert (0x62, 0x0A, -80 + 32, OwnerKind.SEND) in insns
     # it ends with r0 = 0; exit
@@ -253,7 +253,7 @@ def test_state_program_assembles_with_every_label_resolved() -> None:
     fds = {
         imm for code_, regs, _off, imm in _instructions(code) if code_ == 0x18 and regs >> 4 == 1
     }
-    assert fds == {3, 5, 6}
+    assert fds == {3, 5, 6, 8}  # flows, connect, counters, changes
 
 
 # --- the network namespace filter ------------------------------------------------
