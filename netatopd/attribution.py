@@ -386,7 +386,9 @@ class Resolver:
                 self.unowned_written_off += 1
                 continue
             self._resolve(flow, now_s)
-        if now_s - self.last_rescan_s >= self.rescan_interval_s:
+        # With the eBPF helper a process that takes a socket over and uses it is
+        # named by the kernel at its first send or receive: no /proc rescans.
+        if self.kernel is None and now_s - self.last_rescan_s >= self.rescan_interval_s:
             if new or self._processes_changed():
                 self.rescan(now_s)
             else:

@@ -90,10 +90,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--hold-ms",
         int,
-        0,
+        -1,
         "under sustained load (20,000 packets a second or more) leave the capture"
-        " ring unread this long after each drain, so batches grow; 0: never",
-        0,
+        " ring unread this long after each drain, so batches grow; 0: never;"
+        " -1: 30 with the eBPF helper (owners are recorded at system-call time),"
+        " 0 without it",
+        -1,
     ),
     Option("--gc-interval-s", float, GC_INTERVAL_S_DEFAULT, "garbage collection interval", 0.01),
     Option(
@@ -128,7 +130,7 @@ OPTIONS: tuple[Option, ...] = (
         "--rescan-interval-ms",
         float,
         RESCAN_INTERVAL_S_DEFAULT * 1000,
-        "incremental /proc rescan interval while traffic flows",
+        "incremental /proc rescan interval while traffic flows (without the eBPF helper)",
         1,
     ),
     Option("--max-flows", int, MAX_FLOWS_DEFAULT, "flow table cap", 1),

@@ -64,6 +64,10 @@ IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SYNC_MARGIN_S = 0.02
 HOLD_MIN_PPS = 20_000  # --hold-ms applies from this counted rate (config.py's help says it)
+# --hold-ms -1: the hold with the eBPF helper.  It records each flow's owner when the
+# process sends or receives, so reading packets later loses no owner; without it a
+# later read finds fewer short-lived processes in /proc, so there is no hold then.
+HOLD_MS_WITH_KERNEL_OWNERSHIP = 30
 MALFORMED = (
     "TRUNCATED_LINK",
     "TRUNCATED_IP",
@@ -105,7 +109,6 @@ class Engine:
         self.options = options
         self.capture = capture
         self.timeout_s = options.capture_timeout_ms / 1000.0
-        self.hold_s = options.hold_ms / 1000.0
         self.last_pass_monotonic_s = time.monotonic()
         self.holds = 0
         self.links = LinkTable()
@@ -113,6 +116,10 @@ class Engine:
         self.procfs = ProcFS()
         self.sockdiag = SockDiag()
         self.kernel, self.ownership_note = load_kernel_ownership(options.ownership)
+        hold_ms = options.hold_ms
+        if hold_ms < 0:
+            hold_ms = HOLD_MS_WITH_KERNEL_OWNERSHIP if self.kernel is not None else 0
+        self.hold_s = hold_ms / 1000.0
         self.flows = FlowTable(max_flows=options.max_flows)
         self.tasks = TaskTable(max_tasks=options.max_tasks)
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
@@ -304,8 +311,12 @@ class Engine:
 
     def seconds_until_next_work(self) -> float:
         wait = min(IDLE_WAKE_S, self.sweeper.seconds_until_due())
-        if time.monotonic() - self.last_packet_monotonic_s < RECENT_TRAFFIC_S:
-            # Flows are in use: look for processes that took sockets over (forks) promptly.
+        if (
+            self.kernel is None
+            and time.monotonic() - self.last_packet_monotonic_s < RECENT_TRAFFIC_S
+        ):
+            # Flows are in use: look for processes that took sockets over (forks) promptly
+            # (the eBPF helper names them itself).
             wait = min(wait, self.resolver.rescan_interval_s)
         if self.gc_requested:
             wait = min(wait, self.sweeper.seconds_until_forcible())
@@ -426,6 +437,7 @@ class Engine:
             capture_interface_dropped=stats.interface_dropped,
             packets_counted=self.packets,
             capture_holds=self.holds,
+            capture_hold_ms=round(self.hold_s * 1000),
             resolver_lookups=self.resolver.lookups,
             resolver_misses=self.resolver.misses,
             resolver_not_found=self.resolver.not_found,

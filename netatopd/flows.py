@@ -62,15 +62,19 @@ _RECORD_HEADER_BYTES = 16
 # A record of a fixed capture lane (capture/lanes.py): the record header, then a
 # frame captured to exactly LaneKind.frame_bytes (44 for IPv4, 64 for IPv6).
 # account_fixed reads, network order, skipping the members in brackets:
-#   [pcap_sf_pkthdr];  [sll2_protocol, reserved], sll2_if_index, sll2_hatype,
+#   [pcap_sf_pkthdr];  [sll2_protocol, reserved], sll2_if_index, [sll2_hatype],
 #   sll2_pkttype, [halen, addr[8]];  then for IPv4 [version/ihl, tos], tot_len,
 #   [id, frag_off, ttl], protocol, [check], saddr + daddr + ports (the key);
 #   for IPv6 [version/class/label], payload_len, nexthdr, [hop_limit],
 #   saddr + daddr + ports (the key).
 # Members that change from packet to packet (id, checksums, time stamps) are
 # skipped, so the records of one flow and packet size unpack to equal tuples.
-_FIXED_IPV4_RECORD = struct.Struct("!16x2x2xIHB9x2xH5xB2x12s")  # 60 bytes
-_FIXED_IPV6_RECORD = struct.Struct("!16x2x2xIHB9x4xHBx36s")  # 80 bytes
+# sll2_hatype is a property of the interface: it is read once per interface
+# and batch (_FIXED_HATYPE at _FIXED_IFINDEX_OFFSET + 4), not per record.
+_FIXED_IPV4_RECORD = struct.Struct("!16x2x2xI2xB9x2xH5xB2x12s")  # 60 bytes
+_FIXED_IPV6_RECORD = struct.Struct("!16x2x2xI2xB9x4xHBx36s")  # 80 bytes
+_FIXED_IFINDEX_OFFSET = 16 + 4  # sll2_if_index in a record
+_FIXED_HATYPE = struct.Struct("!H")  # sll2_hatype, right after sll2_if_index
 # IP version -> (record layout, bytes to add to the length read to get the IP length)
 FIXED_RECORDS: dict[int, tuple[struct.Struct, int]] = {
     4: (_FIXED_IPV4_RECORD, 0),
@@ -87,6 +91,17 @@ _RECEIVED, _SENT, _LOOPBACK = (
 )
 _TCP_SUMS = 3
 _NO_MTU = 1 << 62  # stands for an MTU of 0 (unknown): no packet is larger
+
+
+def _fixed_record_hatype(records: bytes, record_bytes: int, ifindex: int) -> int:
+    """sll2_hatype of the first record of a fixed-lane batch whose sll2_if_index is ifindex."""
+    pattern = ifindex.to_bytes(4, "big")
+    position = records.find(pattern, _FIXED_IFINDEX_OFFSET)
+    while position >= 0:
+        if (position - _FIXED_IFINDEX_OFFSET) % record_bytes == 0:
+            return int(_FIXED_HATYPE.unpack_from(records, position + 4)[0])
+        position = records.find(pattern, position + 1)
+    return 0  # not reached: the caller read ifindex from one of these records
 
 
 class FlowState(IntEnum):
@@ -480,10 +495,24 @@ class FlowTable:
             return
         sums_by_kind: tuple[dict[bytes, list[int]], ...] = ({}, {}, {}, {}, {}, {})
         order: list[tuple[int, bytes]] = []
-        link_facts: dict[int, tuple[int, int, int]] = {}
-        for (ifindex, hatype, pkttype, ip_len, proto, key), packets in Counter(
+        # ifindex -> (sll2_hatype, link overhead, MTU, GSO overhead per segment)
+        link_facts: dict[int, tuple[int, int, int, int]] = {}
+        for (ifindex, pkttype, ip_len, proto, key), packets in Counter(
             layout.iter_unpack(records)
         ).items():
+            facts = link_facts.get(ifindex)
+            if facts is None:
+                try:
+                    hhl, mtu = links[ifindex]
+                except KeyError:
+                    hhl, mtu = UNKNOWN_LINK
+                facts = link_facts[ifindex] = (
+                    _fixed_record_hatype(records, layout.size, ifindex),
+                    hhl + CRC_BYTES,
+                    mtu if mtu > 0 else _NO_MTU,
+                    20 + hhl + CRC_BYTES,
+                )
+            hatype, overhead, mtu, gso_overhead = facts
             if hatype == 772:  # ARPHRD_LOOPBACK: seen once, a send and a receive
                 if pkttype == 4:  # PacketType.OUTGOING
                     rejects[Reject.LOOPBACK_OUTGOING] += packets
@@ -501,18 +530,6 @@ class FlowTable:
             elif proto != PROTO_UDP:  # the lane filter lets no other through
                 rejects[Reject.OTHER_PROTOCOL] += packets
                 continue
-            facts = link_facts.get(ifindex)
-            if facts is None:
-                try:
-                    hhl, mtu = links[ifindex]
-                except KeyError:
-                    hhl, mtu = UNKNOWN_LINK
-                facts = link_facts[ifindex] = (
-                    hhl + CRC_BYTES,
-                    mtu if mtu > 0 else _NO_MTU,
-                    20 + hhl + CRC_BYTES,
-                )
-            overhead, mtu, gso_overhead = facts
             ip_len += length_extra
             wire_bytes = ip_len + overhead  # parse.wire_bytes, inlined
             if ip_len > mtu:

@@ -312,8 +312,10 @@ def test_forked_child_gets_its_traffic(ns: Any, daemon: Any) -> None:
         wait_go=True,
     )
     try:
-        child_pid = server.read()["child"]
-        forked = server.read()
+        # The parent names its child and the child reports from itself: two
+        # processes on one pipe, so the two lines come in either order.
+        forked = {**server.read(), **server.read()}
+        child_pid = forked["child"]
         assert forked["forked"] == child_pid
         at_fork = forked["at_fork"]
         time.sleep(0.6)  # the daemon notices the new process (it rescans when processes appear)
@@ -418,6 +420,16 @@ def test_hold_under_load_counts_every_packet(ns: Any, daemon: Any) -> None:
         server.finish()
         load.finish()
         clients.finish()
+
+
+def test_default_hold_follows_the_ownership_source(ns: Any, daemon: Any) -> None:
+    """--hold-ms -1 (the default): 30 ms with the eBPF helper, no hold from /proc alone;
+    an explicit value is kept in both."""
+    d = daemon()
+    status = d.status()
+    expected = 30 if status["ownership"] == "kernel" else 0
+    assert status["capture_hold_ms"] == expected
+    assert daemon("--hold-ms", "12").status()["capture_hold_ms"] == 12
 
 
 def test_exit_list_lifecycle(ns: Any, daemon: Any) -> None:

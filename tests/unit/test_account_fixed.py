@@ -157,6 +157,10 @@ def test_a_short_record_sends_the_batch_the_slow_way() -> None:
 
 
 def test_random_damage_counts_the_same() -> None:
+    # Damage lands on the bytes that come from the wire (IP header and ports), not on
+    # the cooked header, which libpcap writes from the kernel's facts about the
+    # packet: an interface's hatype is the same in every record (account_fixed reads
+    # it once per interface and batch).
     rng = random.Random(16)
     frames = varied_frames()
     for _ in range(300):
@@ -164,12 +168,33 @@ def test_random_damage_counts_the_same() -> None:
         for frame in rng.sample(frames, 8):
             data = bytearray(frame)
             for _ in range(rng.randrange(0, 4)):
-                data[rng.randrange(0, min(len(data), 70))] = rng.randrange(256)
+                data[rng.randrange(20, min(len(data), 70))] = rng.randrange(256)
             damaged.append(bytes(data))
         for kind in (LaneKind.IPV4, LaneKind.IPV6):
             batch = lane_records(kind, damaged)
             walked, walked_rejects, fixed, fixed_rejects = fixed_and_walked(kind, [batch])
             assert (fixed, fixed_rejects) == (walked, walked_rejects)
+
+
+def test_hatype_is_read_per_interface_from_the_batch() -> None:
+    # Two interfaces in one batch whose ifindex bytes also occur elsewhere in the
+    # records (ifindex 0x0a000001 = the bytes of 10.0.0.1): lo (ifindex 1, loopback:
+    # a send and a receive) and an ethernet interface (received only).
+    lo_index, eth_index = 1, 0x0A000001
+    links = {lo_index: (14, 65536), eth_index: (14, 1500)}
+    ten = bytes((10, 0, 0, 1))
+    eth = sll2(0x0800, eth_index, ARPHRD_ETHER, HOST) + ipv4(PROTO_UDP, ten, A4, udp(53, 6000))
+    lo = sll2(0x0800, lo_index, ARPHRD_LOOPBACK, HOST) + ipv4(PROTO_UDP, ten, ten, udp(7, 8))
+    data, count = lane_records(LaneKind.IPV4, [lo, eth, lo, eth, eth])
+    flows = FlowTable()
+    rejects = [0] * REJECT_COUNTERS_LENGTH
+    flows.account_fixed(data, count, LaneKind.IPV4, links, rejects, 1.0)
+    # ip_len 44 (16 data bytes): wire 62 on either link.
+    assert flows.totals.udp_received == 3 + 2 and flows.totals.udp_sent == 2
+    received = flows.udp_local[A4 + (6000).to_bytes(2, "big")]
+    assert (received.rcv_packs, received.rcv_bytes) == (3, 3 * 62)
+    looped = flows.udp_local[ten + (8).to_bytes(2, "big")]
+    assert (looped.rcv_packs, flows.udp_local[ten + (7).to_bytes(2, "big")].snd_packs) == (2, 2)
 
 
 def test_flow_cap_refuses_like_account_records() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from netatopd import daemon
+from netatopd.capture.pcap import CaptureStats
 from netatopd.config import ConfigError, resolve
 
 
@@ -72,7 +73,29 @@ def test_never_without_the_option(clock: Clock) -> None:
 def test_option_default_and_minimum(tmp_path: Path) -> None:
     config = tmp_path / "empty.toml"
     config.write_text("")
-    assert resolve(["--config", str(config)], environ={}).hold_ms == 0
+    # -1: decided by the ownership source when the engine starts (see
+    # tests/privileged/test_daemon.py::test_default_hold_follows_the_ownership_source)
+    assert resolve(["--config", str(config)], environ={}).hold_ms == -1
     assert resolve(["--config", str(config), "--hold-ms", "30"], environ={}).hold_ms == 30
+    assert resolve(["--config", str(config), "--hold-ms", "0"], environ={}).hold_ms == 0
     with pytest.raises(ConfigError):
-        resolve(["--config", str(config), "--hold-ms", "-1"], environ={})
+        resolve(["--config", str(config), "--hold-ms", "-2"], environ={})
+
+
+def test_proc_ownership_engine_has_no_default_hold(tmp_path: Path) -> None:
+    options = resolve(
+        ["--run-dir", str(tmp_path), "--no-history", "--ownership", "proc", "--no-atop-socket"],
+        environ={},
+    )
+    engine = daemon.Engine(options, FakeLanes())  # type: ignore[arg-type]
+    try:
+        assert engine.hold_s == 0.0
+    finally:
+        engine.close()
+
+
+class FakeLanes:
+    """What Engine needs of CaptureLanes outside the loop."""
+
+    def stats(self) -> CaptureStats:
+        return CaptureStats(0, 0, 0)
