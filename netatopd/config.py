@@ -93,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
         -1,
         "under sustained load (20,000 packets a second or more) leave the capture"
         " ring unread this long after each drain, so batches grow; 0: never;"
-        " -1: 30 with the eBPF helper (owners are recorded at system-call time),"
+        " -1: 50 with the eBPF helper (owners are recorded at system-call time),"
         " 0 without it",
         -1,
     ),

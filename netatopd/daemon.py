@@ -67,7 +67,7 @@ HOLD_MIN_PPS = 20_000  # --hold-ms applies from this counted rate (config.py's h
 # --hold-ms -1: the hold with the eBPF helper.  It records each flow's owner when the
 # process sends or receives, so reading packets later loses no owner; without it a
 # later read finds fewer short-lived processes in /proc, so there is no hold then.
-HOLD_MS_WITH_KERNEL_OWNERSHIP = 30
+HOLD_MS_WITH_KERNEL_OWNERSHIP = 50
 MALFORMED = (
     "TRUNCATED_LINK",
     "TRUNCATED_IP",

@@ -423,11 +423,11 @@ def test_hold_under_load_counts_every_packet(ns: Any, daemon: Any) -> None:
 
 
 def test_default_hold_follows_the_ownership_source(ns: Any, daemon: Any) -> None:
-    """--hold-ms -1 (the default): 30 ms with the eBPF helper, no hold from /proc alone;
+    """--hold-ms -1 (the default): 50 ms with the eBPF helper, no hold from /proc alone;
     an explicit value is kept in both."""
     d = daemon()
     status = d.status()
-    expected = 30 if status["ownership"] == "kernel" else 0
+    expected = 50 if status["ownership"] == "kernel" else 0
     assert status["capture_hold_ms"] == expected
     assert daemon("--hold-ms", "12").status()["capture_hold_ms"] == 12
 
