@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netatopd import attribution, daemon, exitlist, flows, server  # noqa: E402
+from netatopd import attribution, daemon, exitlist, flows, server, store  # noqa: E402
 from netatopd.capture import pcap  # noqa: E402
 from netatopd.ebpf import helper, syscalls  # noqa: E402
 
@@ -65,6 +65,11 @@ STEPS: tuple[tuple[type, str], ...] = (
     (daemon.Engine, "publish"),
     (daemon.Engine, "seconds_until_next_work"),
     (exitlist.Sweeper, "run"),
+    (exitlist.Sweeper, "due"),
+    (exitlist.ExitList, "expire"),
+    (store.HistoryWriter, "sample_due"),
+    (daemon.Engine, "table_figures"),
+    (daemon.Engine, "hold_due"),
     (server.ControlServer, "service_waiters"),
     (selectors.EpollSelector, "select"),
 )

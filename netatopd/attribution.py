@@ -41,7 +41,7 @@ UNOWNED_LIMIT_S_DEFAULT = 60.0  # a flow with no owner this long is written off
 RESCAN_INTERVAL_S_DEFAULT = 0.25  # incremental /proc refresh while traffic flows
 FULL_SCAN_MIN_INTERVAL_S = 1.0
 UDP_RECHECK_IDLE_S = 1.0  # a UDP flow quiet this long is looked up again when it speaks
-FULL_SCAN_STEP_S = 0.003  # a full rescan proceeds in steps this long
+FULL_SCAN_STEP_S = 0.003  # a full rescan proceeds in steps this long (and a lookup's refresh)
 REMEMBER_OWNERS_S = 120.0  # how long a tuple -> owner mapping outlives its flow
 REMEMBER_OWNERS_MAX = 65_536
 FIRST_RETRY_S = 0.005
@@ -70,6 +70,7 @@ class InodeIndex:
         self.denied = 0  # processes whose fds could not be read (permission)
         self.last_full_scan_s = 0.0
         self.full_scan_queue: list[int] = []  # pids the full scan in progress has still to read
+        self.refresh_queue: list[int] = []  # pids a budgeted refresh has still to look at
 
     def holder(self, inode: int) -> int | None:
         """The newest process holding the inode, or None if none is known."""
@@ -117,9 +118,15 @@ class InodeIndex:
         self.pid_inodes[pid] = inodes
         return added
 
-    def refresh(self, full: bool = False) -> list[tuple[int, int]]:
+    def refresh(self, full: bool = False, budget_s: float | None = None) -> list[tuple[int, int]]:
         """Rescan new processes and those whose descriptor count changed (all if full).
 
+        Without ``budget_s`` one whole pass over every process, newest first.
+        With it, processes not seen before come first (newest first: a new
+        flow's owner most likely just started), then a pass over the others
+        goes on where the previous budgeted call stopped; the call returns after
+        about ``budget_s`` (one process at least), so a host where a thousand
+        processes just started never holds up the capture loop for a whole pass.
         Returns the (pid, inode) holdings found that were not known before.
         """
         found: list[tuple[int, int]] = []
@@ -127,23 +134,42 @@ class InodeIndex:
         alive = set(pids)
         for pid in [pid for pid in self.pid_inodes if pid not in alive]:
             self._forget(pid)
-        # Newest first: a new flow's owner is most likely a process that just started.
-        for pid in sorted(pids, reverse=True):
-            try:
-                count = self.procfs.fd_count(pid)
-            except ProcessGone:
-                self._forget(pid)
-                continue
-            except ProcAccessDenied:
-                continue
-            known = self.pid_fd_count.get(pid)
-            if full or known is None or count != known or count == 0:
-                self.pid_fd_count[pid] = count
-                found.extend((pid, inode) for inode in self._scan(pid))
-        if full:
-            self.full_scans += 1
-            self.last_full_scan_s = time.monotonic()
+        if budget_s is None or full:
+            self.refresh_queue = []
+            for pid in sorted(pids, reverse=True):
+                self._look(pid, full, found)
+            if full:
+                self.full_scans += 1
+                self.last_full_scan_s = time.monotonic()
+            return found
+        deadline = time.monotonic() + budget_s
+        known = self.pid_fd_count
+        for pid in sorted((pid for pid in pids if pid not in known), reverse=True):
+            self._look(pid, False, found)
+            if time.monotonic() >= deadline:
+                return found
+        if not self.refresh_queue:
+            self.refresh_queue = sorted(pids)  # popped from the end: newest first
+        queue = self.refresh_queue
+        while queue:
+            self._look(queue.pop(), False, found)
+            if time.monotonic() >= deadline:
+                break
         return found
+
+    def _look(self, pid: int, full: bool, found: list[tuple[int, int]]) -> None:
+        """Rescan pid if it is new, its descriptor count changed (or is 0), or full."""
+        try:
+            count = self.procfs.fd_count(pid)
+        except ProcessGone:
+            self._forget(pid)
+            return
+        except ProcAccessDenied:
+            return
+        known = self.pid_fd_count.get(pid)
+        if full or known is None or count != known or count == 0:
+            self.pid_fd_count[pid] = count
+            found.extend((pid, inode) for inode in self._scan(pid))
 
     def full_scan_step(self, budget_s: float) -> list[tuple[int, int]]:
         """Part of a full rescan of every process, newest first, for at most budget_s.
@@ -624,7 +650,7 @@ class Resolver:
         if now - self.last_refresh_monotonic_s < REFRESH_MIN_INTERVAL_S:
             return False
         self.last_refresh_monotonic_s = now
-        self.inodes.refresh()
+        self.inodes.refresh(budget_s=FULL_SCAN_STEP_S)
         return True
 
     def _holder(self, inode: int) -> int | None:

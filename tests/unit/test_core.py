@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netatopd.attribution import Resolver
+from netatopd.attribution import InodeIndex, Resolver
 from netatopd.exitlist import ExitList, Sweeper
 from netatopd.flows import FlowTable
 from netatopd.netlink.sockdiag import SocketInfo
@@ -333,3 +333,37 @@ def test_task_add_puts_counters_in_struct_taskcount_order(udp: bool, index: int)
     expected = [0] * 8
     expected[index : index + 4] = [1, 2, 3, 4]
     assert task.counters == expected and task.first_activity_s == 5.0
+
+
+def test_budgeted_refresh_goes_on_where_it_stopped() -> None:
+    """A refresh with a budget looks at one process at least: processes not seen
+    before first, newest first, then a pass over the others that the next call
+    goes on with.
+
+    Ground truth: the fake /proc's holdings (pid -> inodes), declared here.
+    """
+    procfs = FakeProcFS()
+    for pid in range(200, 210):
+        procfs.add(pid, f"p{pid}", pid * 10, {9000 + pid: 3})
+    index = InodeIndex(procfs)  # type: ignore[arg-type]
+    seen: list[tuple[int, int]] = []
+    for _ in range(10):
+        step = index.refresh(budget_s=0.0)  # spent at once: one process a call
+        assert len(step) == 1
+        seen.extend(step)
+    assert seen == [(pid, 9000 + pid) for pid in range(209, 199, -1)]
+    assert index.refresh_queue == []
+    procfs.add(300, "late", 3000, {9300: 4})
+    assert index.refresh(budget_s=0.0) == [(300, 9300)]  # a new pass: the newest first
+    assert index.holder(9300) == 300 and index.holder(9205) == 205
+    # A process whose descriptor count changed is found by the pass, in its turn.
+    procfs.add(203, "p203", 2030, {9203: 3, 9999: 5})
+    steps = [index.refresh(budget_s=0.0) for _ in range(11)]
+    assert [step for step in steps if step] == [[(203, 9999)]]
+    assert steps.index([(203, 9999)]) == 7  # after 300 and 209..204
+    # A process that starts meanwhile comes before the rest of the pass.
+    procfs.add(301, "later", 3010, {9301: 4})
+    assert index.refresh(budget_s=0.0) == [(301, 9301)]
+    # Unbudgeted: one whole pass; nothing new to find.
+    assert index.refresh() == []
+    assert index.refresh_queue == []
