@@ -3,7 +3,9 @@
 Builds batches of pcap records (PCAP_SF_PKTHDR + cooked v2 frame) as
 Capture.read_batch hands them out, and times, per packet:
   * parse_batch + FlowTable.account (the two-step path),
-  * FlowTable.account_records (the fused walk),
+  * FlowTable.account_records (the fused walk, the lane for uncommon frames),
+  * FlowTable.account_fixed (a fixed lane's batch: the same frames captured to
+    the lane's length, counted with Counter over struct.iter_unpack),
 for established flows: UDP over loopback (each packet a send and a receive),
 TCP received on ethernet, and UDP over IPv6 loopback.  The best of a few
 rounds is taken (the least disturbed by the machine).
@@ -21,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from netatopd.capture.lanes import LaneKind  # noqa: E402
 from netatopd.flows import FlowTable  # noqa: E402
 from netatopd.parse import REJECT_COUNTERS_LENGTH, parse_batch  # noqa: E402
 
@@ -56,11 +59,13 @@ def frame(version: int, proto: int, ifindex: int, hatype: int, flow: int) -> byt
     return SLL2.pack(ethertype, 0, ifindex, hatype, PACKET_HOST, 6, bytes(8)) + ip + transport
 
 
-def records(version: int, proto: int, ifindex: int, hatype: int) -> bytes:
+def records(
+    version: int, proto: int, ifindex: int, hatype: int, snaplen: int = SNAPLEN_BYTES
+) -> bytes:
     out = []
     for n in range(BATCH_PACKETS):
         data = frame(version, proto, ifindex, hatype, n % FLOWS)
-        captured = data[:SNAPLEN_BYTES]
+        captured = data[:snaplen]
         out.append(RECORD_HEADER.pack(1_700_000_000, n, len(captured), len(data)) + captured)
     return b"".join(out)
 
@@ -99,8 +104,17 @@ def measure() -> dict[str, float]:
             table.account_records(batch, LINKS, rejects, 1.0)
             table.dirty.clear()
 
+        lane = LaneKind(facts[0])
+        fixed_batch = records(*facts, snaplen=lane.frame_bytes)
+        lanes = FlowTable()
+
+        def account_fixed(batch: bytes, table: FlowTable = lanes, lane: LaneKind = lane) -> None:
+            table.account_fixed(batch, BATCH_PACKETS, lane, LINKS, rejects, 1.0)
+            table.dirty.clear()
+
         results[f"parse_batch+account, {name}"] = best_ns_per_packet(parse_and_account, batch)
         results[f"account_records, {name}"] = best_ns_per_packet(account_records, batch)
+        results[f"account_fixed, {name}"] = best_ns_per_packet(account_fixed, fixed_batch)
     return results
 
 
