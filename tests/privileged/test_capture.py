@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from netatopd.capture import Capture, CaptureError, LinkTable
-from netatopd.capture.lanes import CaptureLanes
+from netatopd.capture.lanes import CaptureLanes, LaneKind
 from netatopd.capture.pcap import PcapStatus
 from netatopd.flows import FlowTable
 from netatopd.parse import (
@@ -319,6 +319,24 @@ def test_no_such_interface(make_netns: Callable[[str], object]) -> None:
     with inside(ns.name), pytest.raises(CaptureError) as caught:  # type: ignore[attr-defined]
         Capture("ntpAnosuch0")
     assert caught.value.status == PcapStatus.ERROR_NO_SUCH_DEVICE
+
+
+def test_lanes_on_a_missing_interface_fail_whole(make_netns: Callable[[str], object]) -> None:
+    ns = make_netns("ntpA")
+    before = len(os.listdir("/proc/self/fd"))
+    with inside(ns.name), pytest.raises(CaptureError) as caught:  # type: ignore[attr-defined]
+        CaptureLanes("ntpAnosuch0")
+    assert caught.value.status == PcapStatus.ERROR_NO_SUCH_DEVICE
+    assert len(os.listdir("/proc/self/fd")) == before  # no lane left open
+    with inside(ns.name):  # type: ignore[attr-defined]
+        lanes = CaptureLanes("any", buffer_bytes=4 << 20)
+    assert [lane.kind for lane in lanes.lanes] == [LaneKind.IPV4, LaneKind.IPV6, LaneKind.OTHER]
+    assert len(lanes.filenos()) == 3
+    lanes.close()
+    lanes.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(CaptureError):
+        lanes.stats()
 
 
 def test_bad_filter(make_netns: Callable[[str], object]) -> None:
