@@ -120,6 +120,17 @@ class CaptureLanes:
         except BaseException:
             self.close()
             raise
+        log.info(
+            "capturing on %r in %d lane%s, block timeout %d ms: %s",
+            interface,
+            len(plan),
+            "" if len(plan) == 1 else "s",
+            timeout_ms,
+            ", ".join(
+                f"{kind.name.lower()} ({snap} bytes a packet, {ring_bytes >> 20} MiB)"
+                for kind, _, snap, ring_bytes in plan
+            ),
+        )
 
     def filenos(self) -> list[int]:
         """Every lane's packet socket, for the selector."""

@@ -360,7 +360,7 @@ class Capture:
         if lib.pcap_setnonblock(handle, 1, errbuf) != 0:
             raise CaptureError(f"pcap_setnonblock: {errbuf.value.decode(errors='replace')}")
         self._open_stream(handle)
-        log.info(
+        log.debug(
             "capturing on %r: snaplen %d bytes, buffer %d bytes, block timeout %d ms, filter %r",
             interface,
             snaplen_bytes,
