@@ -508,6 +508,15 @@ def latency_figures(
                     time.sleep(0.0005)
                 else:
                     unresolved += 1
+            own = client.status()  # the daemon's own figure: first packet read -> owner known
+        if int(own.get("owner_latency_samples", 0)):
+            for name in ("p50", "p99", "max"):
+                figures.add(
+                    f"  daemon's own: first packet read -> owner known, {name}",
+                    "netatopd",
+                    float(own[f"owner_latency_ms_{name}"]),
+                    "ms",
+                )
         if latencies:
             latencies.sort()
             p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]

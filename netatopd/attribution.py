@@ -24,7 +24,7 @@ import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -42,6 +42,7 @@ RESCAN_INTERVAL_S_DEFAULT = 0.25  # incremental /proc refresh while traffic flow
 FULL_SCAN_MIN_INTERVAL_S = 1.0
 UDP_RECHECK_IDLE_S = 1.0  # a UDP flow quiet this long is looked up again when it speaks
 FULL_SCAN_STEP_S = 0.003  # a full rescan proceeds in steps this long (and a lookup's refresh)
+OWNER_LATENCY_SAMPLES = 1000  # new flows whose seen -> owner-known delay STATUS summarises
 REMEMBER_OWNERS_S = 120.0  # how long a tuple -> owner mapping outlives its flow
 REMEMBER_OWNERS_MAX = 65_536
 FIRST_RETRY_S = 0.005
@@ -325,6 +326,8 @@ class Resolver:
         self.misses = 0  # lookups that found a socket but no process holding it
         self.not_found = 0  # lookups that found no socket
         self.unowned_written_off = 0  # flows given up after unowned_limit_s
+        # Seconds from a flow's first packet read to its first owner, latest flows.
+        self.owner_latencies_s: deque[float] = deque(maxlen=OWNER_LATENCY_SAMPLES)
 
     # -- settling counters -----------------------------------------------------
 
@@ -518,6 +521,20 @@ class Resolver:
             flow.state = FlowState.PENDING
         heapq.heappush(self.pending, (flow.next_lookup_s, next(self._sequence), flow))
 
+    def owner_latency_ms(self) -> dict[str, float | int]:
+        """p50, p99 and max of first packet read -> owner known over the latest new flows."""
+        samples = sorted(self.owner_latencies_s)
+        if not samples:
+            return {"owner_latency_samples": 0}
+        return {
+            "owner_latency_samples": len(samples),
+            "owner_latency_ms_p50": round(samples[len(samples) // 2] * 1000, 3),
+            "owner_latency_ms_p99": round(
+                samples[min(len(samples) - 1, len(samples) * 99 // 100)] * 1000, 3
+            ),
+            "owner_latency_ms_max": round(samples[-1] * 1000, 3),
+        }
+
     def pending_count(self) -> int:
         return sum(
             1
@@ -699,6 +716,8 @@ class Resolver:
     def _assign(self, flow: Flow, task: TaskInfo, now_s: float, final: bool, tid: int = 0) -> None:
         """Give the flow to task (and thread tid, if the kernel named it); its unsettled
         counters (held while unowned) go along."""
+        if flow.owner is None and flow.state in (FlowState.NEW, FlowState.PENDING):
+            self.owner_latencies_s.append(max(0.0, time.time() - flow.first_seen_s))
         flow.owner = task
         flow.tid = tid
         flow.state = FlowState.OWNED if final else FlowState.PROVISIONAL

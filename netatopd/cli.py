@@ -643,6 +643,12 @@ def status_lines(
             f"endpoint finds {take('resolver_endpoint_finds')}",
             f"full inode scans {take('inode_full_scans')}",
             f"/proc denied {take('proc_denied')}",
+            *_owner_latency_items(
+                take("owner_latency_samples"),
+                take("owner_latency_ms_p50", None),
+                take("owner_latency_ms_p99", None),
+                take("owner_latency_ms_max", None),
+            ),
         ],
         width,
     )
@@ -686,6 +692,17 @@ def status_lines(
     if other:
         lines += _wrap("Other", other, width)
     return lines
+
+
+def _owner_latency_items(samples: int, p50: Any, p99: Any, largest: Any) -> list[str]:
+    """The resolver's first packet read -> owner known delay over the latest new flows."""
+    if not samples or p50 is None:
+        return ["owner known after: no new flow yet"]
+    return [
+        f"owner known after {float(p50):.1f} ms (p50)",
+        f"{float(p99):.1f} ms (p99)",
+        f"{float(largest):.1f} ms (max) over the last {samples} new flows",
+    ]
 
 
 def _status_figures(run_dir: str | None) -> tuple[dict[str, Any], bool]:

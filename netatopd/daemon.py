@@ -443,6 +443,7 @@ class Engine:
             resolver_not_found=self.resolver.not_found,
             resolver_endpoint_finds=self.resolver.endpoint_finds,
             resolver_udp_rechecks=self.resolver.udp_rechecks,
+            **self.resolver.owner_latency_ms(),
             inode_full_scans=self.resolver.inodes.full_scans,
             proc_denied=self.resolver.inodes.denied,
             gc_runs=self.sweeper.runs,

@@ -367,3 +367,35 @@ def test_budgeted_refresh_goes_on_where_it_stopped() -> None:
     # Unbudgeted: one whole pass; nothing new to find.
     assert index.refresh() == []
     assert index.refresh_queue == []
+
+
+def test_owner_latency_is_first_packet_read_to_first_owner() -> None:
+    """STATUS's owner_latency_ms_*: for each new flow, from the time its first packet
+    was counted (the batch time) to the moment it got its first owner.
+
+    Ground truth: the batch times given to feed(); one flow found at once (its
+    first packet counted 20 ms "ago"), one only when its process appears.
+    """
+    w = World()
+    assert w.resolver.owner_latency_ms() == {"owner_latency_samples": 0}
+    w.procfs.add(100, "client", 500, {7001: 3})
+    w.sockdiag.add(PROTO_TCP, 40000, 7001)
+    w.feed([(Direction.SENT, PROTO_TCP, key(LOCAL, REMOTE, 40000, 443), 60)], time.time() - 0.02)
+    (first,) = w.resolver.owner_latencies_s
+    assert 0.02 <= first < 1.0
+    w.sockdiag.add(PROTO_TCP, 40001, 7002)  # the socket exists, no process holds it yet
+    seen_s = time.time() - 0.5
+    w.feed([(Direction.SENT, PROTO_TCP, key(LOCAL, REMOTE, 40001, 443), 60)], seen_s)
+    assert len(w.resolver.owner_latencies_s) == 1  # pending: no owner, no sample
+    w.procfs.add(101, "late", 600, {7002: 4})
+    time.sleep(0.01)  # past REFRESH_MIN_INTERVAL_S: the retry looks at /proc again
+    w.resolver.resolve(time.time(), everything=True)
+    assert w.tasks.get(101) is not None
+    assert len(w.resolver.owner_latencies_s) == 2
+    assert 0.5 <= w.resolver.owner_latencies_s[1] < 1.5
+    # A flow given to another owner later (a fork) adds no sample.
+    w.procfs.add(102, "child", 700, {7002: 4})
+    w.resolver.rescan(time.time())
+    figures = w.resolver.owner_latency_ms()
+    assert figures["owner_latency_samples"] == 2
+    assert figures["owner_latency_ms_max"] >= 500
