@@ -78,7 +78,8 @@ OPTIONS: tuple[Option, ...] = (
         bool,
         False,
         "capture with one libpcap handle and walk every frame in Python (slower;"
-        " for comparison) instead of the IPv4, IPv6 and other lanes",
+        " for comparison) instead of the IPv4, IPv6 and other lanes (also the"
+        " fallback when libpcap refuses a lane's filter)",
     ),
     Option(
         "--capture-timeout-ms",

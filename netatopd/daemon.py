@@ -440,6 +440,7 @@ class Engine:
             capture_dropped=stats.dropped,
             capture_interface_dropped=stats.interface_dropped,
             packets_counted=self.packets,
+            capture_lanes=len(self.capture.lanes),
             capture_holds=self.holds,
             capture_hold_ms=round(self.hold_s * 1000),
             resolver_lookups=self.resolver.lookups,
@@ -457,6 +458,8 @@ class Engine:
             ownership_note=self.ownership_note,
             uptime_s=round(time.time() - self.started_s, 3),
         )
+        if self.capture.fallback:
+            status["capture_lanes_fallback"] = self.capture.fallback
         if self.kernel is not None:
             for name, value in self.kernel.status().items():
                 if name != "ownership":

@@ -34,7 +34,7 @@ import logging
 from enum import IntEnum
 from typing import NamedTuple
 
-from .pcap import DEFAULT_FILTER, Capture, CaptureError, CaptureStats
+from .pcap import DEFAULT_FILTER, Capture, CaptureError, CaptureFilterError, CaptureStats
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,12 @@ class Lane(NamedTuple):
 
 
 class CaptureLanes:
-    """The lanes of one capture (or one lane taking everything, with single=True)."""
+    """The lanes of one capture (or one lane taking everything, with single=True).
+
+    Where libpcap or the kernel refuses a lane's filter, the capture falls back
+    to one lane (``fallback`` says why) rather than not starting: the counts
+    are the same, only dearer.
+    """
 
     def __init__(
         self,
@@ -96,7 +101,21 @@ class CaptureLanes:
     ) -> None:
         self.interface = interface
         self.single = single
+        self.fallback = ""  # why the lanes were given up for a single handle, if they were
         self.lanes: list[Lane] = []
+        try:
+            self._open(interface, snaplen_bytes, buffer_bytes, timeout_ms, single)
+        except CaptureFilterError as err:
+            if single:
+                raise
+            self.fallback = str(err)
+            log.warning("capture lanes not usable (%s); capturing with one handle instead", err)
+            self.single = True
+            self._open(interface, snaplen_bytes, buffer_bytes, timeout_ms, True)
+
+    def _open(
+        self, interface: str, snaplen_bytes: int, buffer_bytes: int, timeout_ms: int, single: bool
+    ) -> None:
         if single:
             plan = [(LaneKind.OTHER, DEFAULT_FILTER, snaplen_bytes, buffer_bytes)]
         else:

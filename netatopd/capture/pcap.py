@@ -100,6 +100,10 @@ class CapturePermissionError(CaptureError):
     """The kernel refused the packet socket: privileges are missing."""
 
 
+class CaptureFilterError(CaptureError):
+    """libpcap could not compile a capture filter, or the kernel refused it."""
+
+
 class CaptureStats(NamedTuple):
     """struct pcap_stat, with names and ints.  Counters wrap at 2**32 (u_int in C)."""
 
@@ -404,10 +408,10 @@ class Capture:
             )
             != 0
         ):
-            raise CaptureError(f"bad capture filter {bpf_filter!r}: {self._error_text()}")
+            raise CaptureFilterError(f"bad capture filter {bpf_filter!r}: {self._error_text()}")
         try:
             if self._lib.pcap_setfilter(handle, ctypes.byref(program)) != 0:
-                raise CaptureError(f"pcap_setfilter({bpf_filter!r}): {self._error_text()}")
+                raise CaptureFilterError(f"pcap_setfilter({bpf_filter!r}): {self._error_text()}")
         finally:
             self._lib.pcap_freecode(ctypes.byref(program))
 

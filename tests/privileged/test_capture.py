@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 
 from netatopd.capture import Capture, CaptureError, LinkTable
+from netatopd.capture import lanes as lanes_module
 from netatopd.capture.lanes import CaptureLanes, LaneKind
-from netatopd.capture.pcap import PcapStatus
+from netatopd.capture.pcap import CaptureFilterError, PcapStatus
 from netatopd.flows import FlowTable
 from netatopd.parse import (
     PROTO_UDP,
@@ -337,6 +338,29 @@ def test_lanes_on_a_missing_interface_fail_whole(make_netns: Callable[[str], obj
     assert len(os.listdir("/proc/self/fd")) == before
     with pytest.raises(CaptureError):
         lanes.stats()
+
+
+def test_lanes_fall_back_to_one_handle_when_a_filter_is_refused(
+    make_netns: Callable[[str], object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libpcap that cannot compile a lane's filter: one handle takes everything."""
+    ns = make_netns("ntpA")
+    monkeypatch.setattr(lanes_module, "IPV4_FIXED_FILTER", "ip and and")
+    before = len(os.listdir("/proc/self/fd"))
+    with inside(ns.name):  # type: ignore[attr-defined]
+        lanes = CaptureLanes("any", buffer_bytes=4 << 20)
+    try:
+        assert lanes.single is True
+        assert "bad capture filter 'ip and and'" in lanes.fallback
+        assert [lane.kind for lane in lanes.lanes] == [LaneKind.OTHER]
+        assert len(os.listdir("/proc/self/fd")) == before + 1  # the one handle's socket
+    finally:
+        lanes.close()
+    # One handle asked for, and its filter refused: nothing to fall back to.
+    monkeypatch.setattr(lanes_module, "DEFAULT_FILTER", "ip and and")
+    with inside(ns.name), pytest.raises(CaptureFilterError):  # type: ignore[attr-defined]
+        CaptureLanes("any", single=True, buffer_bytes=4 << 20)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_bad_filter(make_netns: Callable[[str], object]) -> None:

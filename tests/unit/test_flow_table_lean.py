@@ -94,7 +94,10 @@ def test_address_sharing_past_its_limit_keeps_values() -> None:
 
 
 class FakeCapture:
-    """What Engine needs of a Capture outside the loop: its counters."""
+    """What Engine needs of CaptureLanes outside the loop: its counters and lanes."""
+
+    lanes: list[object] = [object(), object(), object()]
+    fallback = ""
 
     def stats(self) -> CaptureStats:
         return CaptureStats(1234, 5, 6)
