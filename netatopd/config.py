@@ -70,7 +70,7 @@ OPTIONS: tuple[Option, ...] = (
         "--buffer-mib",
         int,
         64,
-        "capture ring size in MiB: each fixed lane gets half, the other lane a quarter",
+        "capture ring memory in MiB: each fixed lane gets 2/5, the other lane 1/5",
         1,
     ),
     Option(
