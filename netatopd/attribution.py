@@ -200,8 +200,6 @@ class InodeIndex:
         return found
 
 
-# The eBPF helper's records are read at once when new flows need owners, else
-# this often (a thread taking over a flow is seen this late at most).
 KERNEL_OWNER_KEEP_S = 300.0  # a record this old (and its flow unseen) is forgotten
 KERNEL_OWNERS_MAX = 200_000
 
@@ -226,7 +224,6 @@ class KernelOwners:
         self.helper = helper
         self.connect: dict[tuple[bytes, int, bytes, int], KernelOwner] = {}
         self.used: dict[tuple[int, bytes, int, bytes, int], KernelOwner] = {}
-        self.last_drain_monotonic_s = 0.0
         self.records = 0
         self.drains = 0
         self.drains_skipped = 0  # looks that found the programs' change count unmoved
@@ -240,7 +237,6 @@ class KernelOwners:
         return news
 
     def drain(self) -> list[FlowOwner]:
-        self.last_drain_monotonic_s = time.monotonic()
         # The count first: a record written during the walk moves it again.
         self.changes_drained = self.helper.changes()
         records = self.helper.drain()

@@ -31,6 +31,8 @@ from .parse import (
     Reject,
     parse_record,
 )
+from .parse import direction as frame_direction
+from .parse import wire_bytes as packet_wire_bytes
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +418,7 @@ class FlowTable:
                 else:
                     proto = 0
             if proto == PROTO_UDP or proto == PROTO_TCP:
+                # parse.direction(hatype, pkttype), inlined
                 if hatype == 772:  # ARPHRD_LOOPBACK: seen once, a send and a receive
                     if pkttype == 4:  # PacketType.OUTGOING
                         rejects[Reject.LOOPBACK_OUTGOING] += 1
@@ -495,53 +498,38 @@ class FlowTable:
             return
         sums_by_kind: tuple[dict[bytes, list[int]], ...] = ({}, {}, {}, {}, {}, {})
         order: list[tuple[int, bytes]] = []
-        # ifindex -> (sll2_hatype, link overhead, MTU, GSO overhead per segment)
-        link_facts: dict[int, tuple[int, int, int, int]] = {}
+        interfaces: dict[int, tuple[int, int, int]] = {}  # ifindex -> (sll2_hatype, hhl, mtu)
         for (ifindex, pkttype, ip_len, proto, key), packets in Counter(
             layout.iter_unpack(records)
         ).items():
-            facts = link_facts.get(ifindex)
-            if facts is None:
+            interface = interfaces.get(ifindex)
+            if interface is None:
                 try:
                     hhl, mtu = links[ifindex]
                 except KeyError:
                     hhl, mtu = UNKNOWN_LINK
-                facts = link_facts[ifindex] = (
-                    _fixed_record_hatype(records, layout.size, ifindex),
-                    hhl + CRC_BYTES,
-                    mtu if mtu > 0 else _NO_MTU,
-                    20 + hhl + CRC_BYTES,
-                )
-            hatype, overhead, mtu, gso_overhead = facts
-            if hatype == 772:  # ARPHRD_LOOPBACK: seen once, a send and a receive
-                if pkttype == 4:  # PacketType.OUTGOING
-                    rejects[Reject.LOOPBACK_OUTGOING] += packets
-                    continue
-                kind = _LOOPBACK
-            elif pkttype == 4:  # PacketType.OUTGOING
-                kind = _SENT
-            elif pkttype <= 2:  # PacketType.HOST, BROADCAST, MULTICAST
-                kind = _RECEIVED
-            else:
-                rejects[Reject.OTHERHOST] += packets
+                hatype = _fixed_record_hatype(records, layout.size, ifindex)
+                interface = interfaces[ifindex] = (hatype, hhl, mtu)
+            hatype, hhl, mtu = interface
+            counted_as = frame_direction(hatype, pkttype)
+            if isinstance(counted_as, Reject):
+                rejects[counted_as] += packets
                 continue
+            kind = int(counted_as)
             if proto == PROTO_TCP:
                 kind += _TCP_SUMS
             elif proto != PROTO_UDP:  # the lane filter lets no other through
                 rejects[Reject.OTHER_PROTOCOL] += packets
                 continue
-            ip_len += length_extra
-            wire_bytes = ip_len + overhead  # parse.wire_bytes, inlined
-            if ip_len > mtu:
-                wire_bytes += (ip_len // mtu) * gso_overhead
+            packet_bytes = packet_wire_bytes(ip_len + length_extra, hhl, mtu)
             sums_of_kind = sums_by_kind[kind]
             sums = sums_of_kind.get(key)
             if sums is None:
-                sums_of_kind[key] = [packets, packets * wire_bytes]
+                sums_of_kind[key] = [packets, packets * packet_bytes]
                 order.append((kind, key))
             else:
                 sums[0] += packets
-                sums[1] += packets * wire_bytes
+                sums[1] += packets * packet_bytes
         if order:
             self._account_sums(order, sums_by_kind, now_s)
 

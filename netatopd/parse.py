@@ -178,6 +178,24 @@ def wire_bytes(ip_len: int, hhl: int, mtu: int) -> int:
     return total
 
 
+def direction(hatype: int, pkttype: int) -> Direction | Reject:
+    """How a frame counts, from its cooked header's sll2_hatype and sll2_pkttype.
+
+    Loopback frames are seen once (their outgoing copy is refused); elsewhere
+    outgoing frames are sends and host, broadcast and multicast ones receives.
+    The per-packet walks (_parse, flows.FlowTable.account_records) inline this.
+    """
+    if hatype == ARPHRD_LOOPBACK:
+        if pkttype == PacketType.OUTGOING:
+            return Reject.LOOPBACK_OUTGOING
+        return Direction.LOOPBACK
+    if pkttype == PacketType.OUTGOING:
+        return Direction.SENT
+    if pkttype <= PacketType.MULTICAST:
+        return Direction.RECEIVED
+    return Reject.OTHERHOST
+
+
 def _parse(
     buf: bytes,
     start: int,
@@ -189,6 +207,7 @@ def _parse(
     if end - start < 20:
         return Reject.TRUNCATED_LINK
     ethertype, ifindex, hatype, pkttype = _SLL2_FIELDS.unpack_from(buf, start)
+    # direction(hatype, pkttype), inlined
     if hatype == ARPHRD_LOOPBACK:
         if pkttype == 4:  # PacketType.OUTGOING
             return Reject.LOOPBACK_OUTGOING

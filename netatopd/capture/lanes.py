@@ -101,7 +101,6 @@ class CaptureLanes:
         single: bool = False,
     ) -> None:
         self.interface = interface
-        self.single = single
         self.fallback = ""  # why the lanes were given up for a single handle, if they were
         self.lanes: list[Lane] = []
         try:
@@ -111,7 +110,6 @@ class CaptureLanes:
                 raise
             self.fallback = str(err)
             log.warning("capture lanes not usable (%s); capturing with one handle instead", err)
-            self.single = True
             self._open(interface, snaplen_bytes, buffer_bytes, timeout_ms, True)
 
     def _open(
@@ -151,6 +149,11 @@ class CaptureLanes:
                 for kind, _, snap, ring_bytes in plan
             ),
         )
+
+    @property
+    def single(self) -> bool:
+        """Whether one handle takes everything (asked for, or the lanes' fallback)."""
+        return [lane.kind for lane in self.lanes] == [LaneKind.OTHER]
 
     def filenos(self) -> list[int]:
         """Every lane's packet socket, for the selector."""
