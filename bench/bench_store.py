@@ -1,4 +1,4 @@
-"""Benchmark of the history writer (netatopd/store.py); not a test.
+"""Benchmark of the history writer (netatopd/history/writer.py); not a test.
 
 Prints:
   * finished-process inserts per second, committed in batches of 1, 100 and 1000
@@ -27,7 +27,8 @@ from typing import NamedTuple
 
 import apsw
 
-from netatopd import store
+from netatopd import history
+from netatopd.history.rows import exited_row
 from netatopd.tasks import ExitedTask
 
 BATCH_SIZES = (1, 100, 1000)
@@ -56,7 +57,7 @@ def make_records(count: int, first_tgid: int = 1) -> list[ExitedTask]:
 
 def inserts_per_second(directory: Path, batch: int, count: int) -> float:
     path = directory / f"rate{batch}.db"
-    writer = store.HistoryWriter(str(path), sample_interval_s=None, retention_days=0)
+    writer = history.HistoryWriter(str(path), sample_interval_s=None, retention_days=0)
     records = make_records(count)
     start = time.perf_counter()
     for offset in range(0, count, batch):
@@ -70,8 +71,8 @@ def inserts_per_second(directory: Path, batch: int, count: int) -> float:
 
 def reference_per_second(batch: int, count: int) -> float:
     conn = apsw.Connection(":memory:")
-    conn.execute((store.sql_dir() / "schema.sql").read_text())
-    rows = [store._exited_row(r) for r in make_records(count)]
+    conn.execute((history.sql_dir() / "schema.sql").read_text())
+    rows = [exited_row(r) for r in make_records(count)]
     insert = f"INSERT INTO exited VALUES ({', '.join('?' * 16)})"
     start = time.perf_counter()
     for offset in range(0, count, batch):
@@ -125,7 +126,7 @@ def capture_loop(
 
 def stall(directory: Path, total: int, round_number: int) -> None:
     # With the writer thread: the loop only appends.
-    writer = store.HistoryWriter(
+    writer = history.HistoryWriter(
         str(directory / f"stall{round_number}.db"),
         flush_interval_s=0.05,
         sample_interval_s=None,
@@ -143,7 +144,7 @@ def stall(directory: Path, total: int, round_number: int) -> None:
     idle = capture_loop(0, None, lambda: time.perf_counter() >= deadline)
 
     # The loop writing each burst itself (no thread).
-    inline = store.HistoryWriter(
+    inline = history.HistoryWriter(
         str(directory / f"inline{round_number}.db"), sample_interval_s=None, retention_days=0
     )
 

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netatopd import attribution, daemon, exitlist, flows, server, store  # noqa: E402
+from netatopd import attribution, daemon, exitlist, flows, history, server  # noqa: E402
 from netatopd.capture import pcap  # noqa: E402
 from netatopd.ebpf import helper, syscalls  # noqa: E402
 
@@ -67,7 +67,7 @@ STEPS: tuple[tuple[type, str], ...] = (
     (exitlist.Sweeper, "run"),
     (exitlist.Sweeper, "due"),
     (exitlist.ExitList, "expire"),
-    (store.HistoryWriter, "sample_due"),
+    (history.HistoryWriter, "sample_due"),
     (daemon.Engine, "table_figures"),
     (daemon.Engine, "hold_due"),
     (server.ControlServer, "service_waiters"),

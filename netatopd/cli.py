@@ -44,7 +44,7 @@ from typing import Annotated, Any, NamedTuple, NoReturn, TextIO, TypeVar
 
 import typer
 
-from . import store
+from . import history
 from .client import (
     ControlClient,
     DaemonNotRunning,
@@ -206,7 +206,7 @@ def _errors() -> Iterator[None]:
         _fail(f"lost the daemon: {err.strerror or err}")
     except TableError as err:
         _fail(str(err))
-    except store.StoreError as err:
+    except history.StoreError as err:
         _fail(str(err))
 
 
@@ -228,7 +228,7 @@ def _parse_time(text: str | None, option: str) -> float | None:
     if text is None:
         return None
     try:
-        return store.parse_time(text)
+        return history.parse_time(text)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint=option) from None
 
@@ -871,7 +871,7 @@ def exited(
     since: Since = None,
     until: Until = None,
     limit: Limit = None,
-    db: DbPath = store.DEFAULT_DB_PATH,
+    db: DbPath = history.DEFAULT_DB_PATH,
     run_dir: RunDir = None,
 ) -> None:
     """Finished processes, oldest first.
@@ -896,9 +896,9 @@ def exited(
             rows = [task_row(record, Kind.EXITED.name.lower()) for record in records]
             emit(rows[:limit] if limit else rows, output, TASK_COLUMNS, ROW_FIELDS)
             return
-        conn = store.open_db(db, readonly=True)
+        conn = history.open_db(db, readonly=True)
         try:
-            tasks = store.query_exited(conn, since_s, until_s, limit)
+            tasks = history.query_exited(conn, since_s, until_s, limit)
         finally:
             conn.close()
     emit([row_from_exited(t) for t in tasks], output, EXITED_DB_COLUMNS, EXITED_DB_FIELDS)
@@ -929,7 +929,7 @@ def report(
         str | None,
         typer.Option("--command", metavar="COMM", help="only processes with this command name"),
     ] = None,
-    db: DbPath = store.DEFAULT_DB_PATH,
+    db: DbPath = history.DEFAULT_DB_PATH,
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
     ] = OutputFormat.TABLE,
@@ -949,7 +949,7 @@ def report(
     """
     with _errors():
         if list_reports:
-            reports = store.list_reports()
+            reports = history.list_reports()
             rows: list[Row] = [
                 {"name": r.name, "description": r.description, "params": list(r.params)}
                 for r in reports
@@ -972,10 +972,10 @@ def report(
             "limit": limit,
             "command": command,
         }
-        conn = store.open_db(db, readonly=True)
+        conn = history.open_db(db, readonly=True)
         try:
             try:
-                columns, values = store.run_report(conn, name, params)
+                columns, values = history.run_report(conn, name, params)
             except ValueError as err:
                 raise Unavailable(str(err)) from None
         finally:

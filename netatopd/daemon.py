@@ -46,12 +46,12 @@ from .exitlist import (
     Sweeper,
 )
 from .flows import FlowTable
+from .history import HistoryWriter, StoreError, open_db
 from .netlink.sockdiag import SockDiag
 from .parse import Reject
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
 from .server import AtopServer, ControlServer, ServerError, prepare_socket_path
-from .store import HistoryWriter, StoreError, open_db
 from .table import TableWriter, table_path
 from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
 

@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from netatopd import cli, store
+from netatopd import cli
+from netatopd.history import open_db
 from netatopd.protocol import (
     REPLY,
     REPLY_MAGIC,
@@ -600,7 +601,7 @@ def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     path = tmp_path / "history.db"
-    conn = store.open_db(str(path))
+    conn = open_db(str(path))
     with conn:
         conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED_ROWS)
     conn.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from netatopd import store
+from netatopd.history import StoreError, list_reports, open_db, parse_time, run_report
 
 T0 = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp())  # 1795737600
 assert T0 == 1795737600
@@ -159,16 +159,16 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def history(tmp_path: Path) -> apsw.Connection:
     path = str(tmp_path / "known.db")
-    conn = store.open_db(path)
+    conn = open_db(path)
     with conn:
         conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", SAMPLES)
         conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED)
     conn.close()
-    return store.open_db(path, readonly=True)
+    return open_db(path, readonly=True)
 
 
 def test_every_report_has_a_header_and_a_known_answer() -> None:
-    reports = store.list_reports()
+    reports = list_reports()
     assert sorted(r.name for r in reports) == sorted(EXPECTED)
     for report in reports:
         assert Path(report.path).stem == report.name
@@ -183,11 +183,11 @@ def test_report_returns_the_known_answer(
     utc: None, history: apsw.Connection, name: str, case: int
 ) -> None:
     params, columns, rows = EXPECTED[name][case]
-    assert store.run_report(history, name, params) == (columns, rows)
+    assert run_report(history, name, params) == (columns, rows)
 
 
 def test_report_with_no_rows_still_names_its_columns(utc: None, history: apsw.Connection) -> None:
-    columns, rows = store.run_report(history, "hourly", {"since": T0 + 86400})
+    columns, rows = run_report(history, "hourly", {"since": T0 + 86400})
     assert rows == []
     assert columns == ["hour_start", "hour", "processes", *WINDOW_COLUMNS]
 
@@ -198,7 +198,7 @@ def test_report_hour_is_local_time(
     monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
     time.tzset()
     try:
-        _, rows = store.run_report(history, "hourly", {"limit": 1})
+        _, rows = run_report(history, "hourly", {"limit": 1})
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -206,12 +206,12 @@ def test_report_hour_is_local_time(
 
 
 def test_run_report_refusals(tmp_path: Path, history: apsw.Connection) -> None:
-    with pytest.raises(store.StoreError, match="no report named 'nope'"):
-        store.run_report(history, "nope", {})
+    with pytest.raises(StoreError, match="no report named 'nope'"):
+        run_report(history, "nope", {})
     with pytest.raises(ValueError, match=":pid"):
-        store.run_report(history, "hourly", {"pid": 5})
+        run_report(history, "hourly", {"pid": 5})
     # A parameter the report does not take is fine when it is NULL, with or without colon.
-    assert store.run_report(history, "hourly", {":pid": None, ":limit": 0})[1] == []
+    assert run_report(history, "hourly", {":pid": None, ":limit": 0})[1] == []
 
     own = tmp_path / "reports"
     own.mkdir()
@@ -226,18 +226,18 @@ def test_run_report_refusals(tmp_path: Path, history: apsw.Connection) -> None:
         "SELECT command, count(*) AS n FROM exited WHERE :command IS NULL OR command = :command"
         " GROUP BY command ORDER BY command;\n"
     )
-    assert [r.name for r in store.list_reports(own)] == ["liar", "mine", "two", "wipe"]
-    with pytest.raises(store.StoreError, match="would change the database"):
-        store.run_report(history, "wipe", {}, own)
-    with pytest.raises(store.StoreError, match="one SQL statement"):
-        store.run_report(history, "two", {}, own)
-    with pytest.raises(store.StoreError, match="header declares :since but the SQL uses :until"):
-        store.run_report(history, "liar", {}, own)
-    assert store.run_report(history, "mine", {}, own) == (
+    assert [r.name for r in list_reports(own)] == ["liar", "mine", "two", "wipe"]
+    with pytest.raises(StoreError, match="would change the database"):
+        run_report(history, "wipe", {}, own)
+    with pytest.raises(StoreError, match="one SQL statement"):
+        run_report(history, "two", {}, own)
+    with pytest.raises(StoreError, match="header declares :since but the SQL uses :until"):
+        run_report(history, "liar", {}, own)
+    assert run_report(history, "mine", {}, own) == (
         ["command", "n"],
         [("curl", 1), ("dig", 1), ("ssh", 1)],
     )
-    assert store.run_report(history, "mine", {"command": "dig"}, own) == (
+    assert run_report(history, "mine", {"command": "dig"}, own) == (
         ["command", "n"],
         [("dig", 1)],
     )
@@ -271,15 +271,15 @@ NOW = 1_800_000_000.0
     ],
 )
 def test_parse_time(utc: None, text: str, expected: float) -> None:
-    assert store.parse_time(text, now_s=NOW) == expected
+    assert parse_time(text, now_s=NOW) == expected
 
 
 def test_parse_time_naive_is_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Asia/Kolkata")
     time.tzset()
     try:
-        assert store.parse_time("2026-11-27T05:30") == float(T0)
-        assert store.parse_time("2026-11-27T05:30Z") == float(T0) + 5.5 * 3600
+        assert parse_time("2026-11-27T05:30") == float(T0)
+        assert parse_time("2026-11-27T05:30Z") == float(T0) + 5.5 * 3600
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -291,4 +291,4 @@ def test_parse_time_naive_is_local(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_parse_time_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read time"):
-        store.parse_time(text, now_s=NOW)
+        parse_time(text, now_s=NOW)

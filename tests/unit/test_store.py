@@ -15,12 +15,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from pathlib import Path
 
 import apsw
 import pytest
 
-from netatopd import store
+import netatopd
+from netatopd import history
+from netatopd.history import writer as history_writer
 from netatopd.protocol import COUNTER_NAMES
 from netatopd.tasks import ExitedTask, Kind, TaskRow
 
@@ -84,10 +87,10 @@ def table(conn: apsw.Connection, name: str) -> list[tuple[object, ...]]:
     return [tuple(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY 1, 2, 3")]
 
 
-def writer(path: Path, **options: object) -> store.HistoryWriter:
+def writer(path: Path, **options: object) -> history.HistoryWriter:
     options.setdefault("sample_interval_s", None)
     options.setdefault("retention_days", 0)
-    return store.HistoryWriter(str(path), **options)  # type: ignore[arg-type]
+    return history.HistoryWriter(str(path), **options)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------- schema and migrations
@@ -95,9 +98,9 @@ def writer(path: Path, **options: object) -> store.HistoryWriter:
 
 def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "netatop.db"
-    conn = store.open_db(str(path))
+    conn = history.open_db(str(path))
     assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
-    assert store.latest_schema_version() == 2
+    assert history.latest_schema_version() == 2
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchall()[0][0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchall()[0][0] == 5000
@@ -116,7 +119,22 @@ def test_migration_numbers_unique_and_contiguous() -> None:
     files = sorted(p.name for p in (REPO / "sql" / "migrations").iterdir())
     numbers = [int(re.match(r"(\d{4})_", name).group(1)) for name in files]  # type: ignore[union-attr]
     assert numbers == list(range(2, 2 + len(numbers)))
-    assert [n for n, _ in store.schema_steps()] == list(range(1, 2 + len(numbers)))
+    assert [n for n, _ in history.schema_steps()] == list(range(1, 2 + len(numbers)))
+
+
+def test_sql_files_found_beside_the_package_and_shipped_as_package_data() -> None:
+    package = Path(netatopd.__file__).resolve().parent
+    # netatopd/sql (the installed package data; a symlink to ../sql in this tree) comes
+    # first, so an installed netatopd reads its own copy wherever the history code lives.
+    assert history.schema.SQL_DIR_CANDIDATES == (package / "sql", package.parent / "sql")
+    assert history.sql_dir() == package / "sql"
+    assert history.reports_dir() == package / "sql" / "reports"
+    assert [p for _, p in history.schema_steps()][0] == package / "sql" / "schema.sql"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["netatopd"]
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    assert shipped == set((package / "sql").rglob("*.sql"))
+    assert {p for _, p in history.schema_steps()} <= shipped
 
 
 @pytest.mark.parametrize(
@@ -128,8 +146,8 @@ def test_schema_steps_refuse_gaps_and_repeats(tmp_path: Path, names: list[str]) 
     (tmp_path / "migrations").mkdir()
     for name in names:
         (tmp_path / "migrations" / name).write_text("SELECT 1;\n")
-    with pytest.raises(store.StoreError):
-        store.schema_steps(tmp_path)
+    with pytest.raises(history.StoreError):
+        history.schema_steps(tmp_path)
 
 
 def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
@@ -145,7 +163,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     )
     old.close()
 
-    conn = store.open_db(str(path))
+    conn = history.open_db(str(path))
     assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
     assert table(conn, "exited") == [
         (42, 1700000000, "wget", "wget x", 0, 1.5, 2.5, 3.5, 1, 2, 3, 4, 5, 6, 7, 8)
@@ -162,21 +180,21 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     assert "exited_exit_time" in indexes
     conn.close()
     # Opening again changes nothing.
-    conn = store.open_db(str(path))
+    conn = history.open_db(str(path))
     assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
     conn.close()
 
 
 def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
-    store.open_db(str(path)).close()
+    history.open_db(str(path)).close()
     conn = apsw.Connection(str(path))
     conn.execute("PRAGMA user_version = 3")
     conn.close()
-    with pytest.raises(store.StoreError, match="newer than this netatop"):
-        store.open_db(str(path))
-    with pytest.raises(store.StoreError, match="use a newer netatop"):
-        store.open_db(str(path), readonly=True)
+    with pytest.raises(history.StoreError, match="newer than this netatop"):
+        history.open_db(str(path))
+    with pytest.raises(history.StoreError, match="use a newer netatop"):
+        history.open_db(str(path), readonly=True)
 
 
 def test_foreign_database_is_refused(tmp_path: Path) -> None:
@@ -184,27 +202,27 @@ def test_foreign_database_is_refused(tmp_path: Path) -> None:
     conn = apsw.Connection(str(path))
     conn.execute("CREATE TABLE something (a)")
     conn.close()
-    with pytest.raises(store.StoreError, match="not a netatop database"):
-        store.open_db(str(path))
+    with pytest.raises(history.StoreError, match="not a netatop database"):
+        history.open_db(str(path))
     conn = apsw.Connection(str(path))
     assert [r[0] for r in conn.execute("SELECT name FROM sqlite_schema")] == ["something"]
 
 
 def test_readonly_needs_existing_current_database(tmp_path: Path) -> None:
-    with pytest.raises(store.StoreError, match="no history database"):
-        store.open_db(str(tmp_path / "missing.db"), readonly=True)
+    with pytest.raises(history.StoreError, match="no history database"):
+        history.open_db(str(tmp_path / "missing.db"), readonly=True)
     assert not (tmp_path / "missing.db").exists()
     old = apsw.Connection(str(tmp_path / "v1.db"))
     old.execute(SCHEMA_V1)
     old.close()
-    with pytest.raises(store.StoreError, match="start netatopd once"):
-        store.open_db(str(tmp_path / "v1.db"), readonly=True)
+    with pytest.raises(history.StoreError, match="start netatopd once"):
+        history.open_db(str(tmp_path / "v1.db"), readonly=True)
 
 
 def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
     path = tmp_path / "n.db"
-    store.open_db(str(path)).close()
-    conn = store.open_db(str(path), readonly=True)
+    history.open_db(str(path)).close()
+    conn = history.open_db(str(path), readonly=True)
     with pytest.raises(apsw.ReadOnlyError):
         conn.execute("DELETE FROM exited")
 
@@ -227,7 +245,7 @@ def test_exited_records_land_with_exact_counters(tmp_path: Path) -> None:
     assert w.stats()["pending"] == 0
     w.stop()
 
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert table(conn, "exited") == [
         (1, 1700000001, "cmd1", "/usr/bin/cmd1 --flag", 1000, 1_800_000_000.5, 1_800_000_010.25)
         + (1_800_000_020.125, 1, 2, 3, 4, 5, 6, 7, 8),
@@ -237,10 +255,10 @@ def test_exited_records_land_with_exact_counters(tmp_path: Path) -> None:
         + (1_800_000_020.125, 2**63 - 1, 0, 0, 0, 0, 0, 0, 0),
     ]
     # query_exited gives the records back (unknowns as ExitedTask spells them, u64 clamped).
-    back = store.query_exited(conn)
+    back = history.query_exited(conn)
     assert back[:2] == records[:2]
     assert back[2] == records[2]._replace(counters=(2**63 - 1, 0, 0, 0, 0, 0, 0, 0))
-    assert store.query_exited(conn, limit=1) == records[:1]
+    assert history.query_exited(conn, limit=1) == records[:1]
 
 
 def test_query_exited_window(tmp_path: Path) -> None:
@@ -249,10 +267,10 @@ def test_query_exited_window(tmp_path: Path) -> None:
     w.add_exited([exited(t, (t, 0, 0, 0, 0, 0, 0, 0), exit_time_s=100.0 * t) for t in range(1, 6)])
     w.flush()
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
-    assert [r.tgid for r in store.query_exited(conn, since_s=200.0, until_s=500.0)] == [2, 3, 4]
-    assert [r.tgid for r in store.query_exited(conn, since_s=200.0, limit=2)] == [2, 3]
-    assert [r.tgid for r in store.query_exited(conn, until_s=200.0)] == [1]
+    conn = history.open_db(str(path), readonly=True)
+    assert [r.tgid for r in history.query_exited(conn, since_s=200.0, until_s=500.0)] == [2, 3, 4]
+    assert [r.tgid for r in history.query_exited(conn, since_s=200.0, limit=2)] == [2, 3]
+    assert [r.tgid for r in history.query_exited(conn, until_s=200.0)] == [1]
 
 
 def test_same_key_twice_keeps_one_row_with_later_counters(tmp_path: Path) -> None:
@@ -265,7 +283,7 @@ def test_same_key_twice_keeps_one_row_with_later_counters(tmp_path: Path) -> Non
     w.add_exited([exited(7, (9, 900, 9, 900, 1, 1, 1, 1), cmdline="", exit_time_s=1_800_000_040.0)])
     w.flush()
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert table(conn, "exited") == [
         (7, 1700000007, "cmd7", "/usr/bin/cmd7 --flag", 1000, 1_800_000_000.5, 1_800_000_010.25)
         + (1_800_000_040.0, 9, 900, 9, 900, 1, 1, 1, 1)
@@ -286,7 +304,7 @@ def test_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     w.add_exited([exited(t, (t, t, t, t, t, t, t, t)) for t in range(101, 111)])
     w.stop()
 
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     rows = table(conn, "exited")
     assert [r[0] for r in rows] == list(range(1, 111))
     assert all(r[8:] == (r[0],) * 8 for r in rows)
@@ -324,7 +342,7 @@ def test_bad_record_is_rejected_not_retried_forever(tmp_path: Path) -> None:
     assert w.stats()["rejected"] == 1
     assert w.stats()["pending"] == 0
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert [r[0] for r in table(conn, "exited")] == [1, 3]
 
 
@@ -342,7 +360,7 @@ def test_text_and_times_are_made_storable(tmp_path: Path) -> None:
     assert w.flush() == 2
     assert w.stats()["rejected"] == 1
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert [r[:4] for r in table(conn, "exited")] == [
         (1, 1700000001, "tar", "tar -cf caf\ufffd.tar \U0001f600"),
         (3, 1700000003, 'q"uote\\\n', "/usr/bin/cmd3 --flag"),
@@ -405,7 +423,7 @@ def test_samples_store_nonzero_deltas_and_exit_closes_the_series(tmp_path: Path)
     )
     assert w.flush() == 2 + 6
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert table(conn, "samples") == [
         (60.0, 60.0, 1, 501, "p1", 0, 1, 100, 0, 0, 0, 0, 0, 0),
         (120.0, 60.0, 1, 501, "p1", 0, 2, 200, 1, 50, 0, 0, 0, 0),
@@ -428,7 +446,7 @@ def test_exit_after_process_left_the_samples_is_not_counted_twice(tmp_path: Path
     w.add_exited([ExitedTask(1, 501, "p1", "", 0, 1.0, 2.0, 125.0, (2, 200, 0, 0, 0, 0, 0, 0))])
     w.flush()
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert [r[0:3] + r[6:8] for r in table(conn, "samples")] == [
         (60.0, 60.0, 1, 1, 100),
         (125.0, 5.0, 1, 1, 100),
@@ -443,7 +461,7 @@ def test_sampling_disabled_stores_no_samples(tmp_path: Path) -> None:
     w.add_exited([exited(1, (2,) * 8)])
     assert w.flush() == 1
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert table(conn, "samples") == []
 
 
@@ -462,8 +480,8 @@ def test_sample_due_follows_the_interval(tmp_path: Path) -> None:
 def test_retention_prunes_in_small_transactions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store, "PRUNE_ROWS_PER_TRANSACTION", 100)
-    monkeypatch.setattr(store, "PRUNE_MAX_TRANSACTIONS", 4)
+    monkeypatch.setattr(history_writer, "PRUNE_ROWS_PER_TRANSACTION", 100)
+    monkeypatch.setattr(history_writer, "PRUNE_MAX_TRANSACTIONS", 4)
     path = tmp_path / "n.db"
     now = 1_900_000_000.0
     w = writer(path, retention_days=1.0)
@@ -491,7 +509,7 @@ def test_retention_prunes_in_small_transactions(
     assert statements[:3] == ["BEGIN IMMEDIATE", statements[1], "COMMIT"]
     assert w.stats()["pruned"] == 650
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert [r[0] for r in table(conn, "exited")] == [1001, 1002, 1003]
 
 
@@ -505,7 +523,7 @@ def test_long_read_transaction_does_not_stop_the_writer(tmp_path: Path) -> None:
     w.add_exited([exited(t, (t,) * 8) for t in range(1, 11)])
     assert w.flush(timeout_s=60.0) == 10
 
-    reader = store.open_db(str(path), readonly=True)
+    reader = history.open_db(str(path), readonly=True)
     reader.execute("BEGIN")
     assert reader.execute("SELECT count(*) FROM exited").fetchall()[0][0] == 10
     w.add_exited([exited(t, (t,) * 8) for t in range(11, 1011)])
@@ -522,7 +540,7 @@ def test_long_read_transaction_does_not_stop_the_writer(tmp_path: Path) -> None:
 CHILD = textwrap.dedent(
     """
     import os, sys
-    from netatopd.store import HistoryWriter
+    from netatopd.history import HistoryWriter
     from netatopd.tasks import ExitedTask
 
     db, report_fd, go_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -556,12 +574,12 @@ def test_sigkill_mid_burst_keeps_every_reported_record(
     tmp_path: Path, extra_batches: int, kill_delay_s: float
 ) -> None:
     path = tmp_path / "crash.db"
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
     report_read, report_write = os.pipe()
     go_read, go_write = os.pipe()
     child = subprocess.Popen(
-        [sys.executable, str(script), str(path), str(report_write), str(go_read)],
+        # -c puts the working directory (this tree) first on sys.path, so the child
+        # imports the netatopd under test rather than an installed one.
+        [sys.executable, "-c", CHILD, str(path), str(report_write), str(go_read)],
         pass_fds=(report_write, go_read),
         cwd=REPO,
     )
@@ -591,7 +609,7 @@ def test_sigkill_mid_burst_keeps_every_reported_record(
     assert child.returncode == -signal.SIGKILL
     assert 1000 <= len(reported) < 2000
 
-    conn = store.open_db(str(path))  # as the restarted daemon would
+    conn = history.open_db(str(path))  # as the restarted daemon would
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     rows = {(r[0], r[1]): r for r in table(conn, "exited")}
     assert reported <= set(rows)
@@ -609,7 +627,7 @@ def test_sigkill_mid_burst_keeps_every_reported_record(
 def test_disk_nearly_full_pauses_keeps_and_catches_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="netatopd.store")
+    caplog.set_level(logging.WARNING, logger="netatopd.history")
     path = tmp_path / "n.db"
     free = [0.50]
     w = writer(path, max_pending=100, free_fraction=lambda p: free[0])
@@ -642,14 +660,14 @@ def test_disk_nearly_full_pauses_keeps_and_catches_up(
     w.stop()  # final flush fails too: the record is reported lost
     assert any("could not be written before shutdown" in r.getMessage() for r in caplog.records)
 
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert [r[0] for r in table(conn, "exited")] == list(range(0, 110))
 
 
 def test_sqlite_full_error_keeps_records_and_retries(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="netatopd.store")
+    caplog.set_level(logging.WARNING, logger="netatopd.history")
     path = tmp_path / "n.db"
     w = writer(path)
     w.add_exited([exited(1, (1,) * 8)])
@@ -673,5 +691,5 @@ def test_sqlite_full_error_keeps_records_and_retries(
     stats = w.stats()
     assert (stats["write_errors"], stats["last_error"], stats["pending"]) == (1, 0, 0)
     w.stop()
-    conn = store.open_db(str(path), readonly=True)
+    conn = history.open_db(str(path), readonly=True)
     assert conn.execute("SELECT count(*), sum(tgid) FROM exited").fetchall() == [(201, 20301)]

@@ -1,20 +1,17 @@
-"""Stage 7: durable history in SQLite (apsw).
+"""The history writer: a background thread that persists processes to SQLite.
 
-Owns the history database: the one place its connection pragmas are set
-(:func:`open_db`), the schema runner (``sql/schema.sql`` plus the numbered
-files in ``sql/migrations/``, tracked with ``PRAGMA user_version``), the
-background writer that persists finished processes and samples of running
-processes (:class:`HistoryWriter`), and the SQL reports in ``sql/reports/``
-(:func:`list_reports`, :func:`run_report`, :func:`query_exited`).
+Owns :class:`HistoryWriter`: the queue the capture thread hands records to,
+the in-memory backlog of rows waiting for a commit (bounded by
+``max_pending``), the per-process bases that turn cumulative counters into
+sample deltas, the batched transactions, the retention prune and the
+counters behind ``netatop status``.  Only the writer thread touches the
+writer's connection; a failed or skipped write keeps its rows for the next
+interval.
 
-Callers: daemon.py creates one HistoryWriter and feeds it from the capture
-loop (``add_exited`` from the exit-list sweep, ``add_samples`` on the sample
-timer; neither waits for the disk); cli.py opens the database read-only for
-``netatop report`` and ``netatop exited``.
-
-Only the writer thread touches the writer's connection.  Records wait in
-memory (bounded by ``max_pending``) until a batch commits; a failed or skipped
-write keeps them for the next interval.
+Callers: daemon.py (``Engine``) creates one HistoryWriter, calls
+``add_exited`` from the exit-list sweep and ``add_samples`` when
+``sample_due`` says so (neither waits for the disk), reads ``stats`` for
+STATUS and calls ``stop`` on shutdown.
 """
 
 from __future__ import annotations
@@ -22,29 +19,29 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
-from datetime import time as dt_time
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import apsw
-import apsw.ext
 
-from .protocol import COUNTER_NAMES
-from .tasks import ExitedTask, Kind, TaskRow
+from ..tasks import ExitedTask, Kind, TaskRow
+from .rows import (
+    EXITED_INSERT,
+    SAMPLES_INSERT,
+    ExitedRow,
+    SampleRow,
+    clamp_counters,
+    clean_text,
+    exited_row,
+)
+from .schema import StoreError, open_db
+from .timeparse import finite_seconds
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_PATH = "/var/lib/netatop/netatop.db"
-DB_DIRECTORY_MODE = 0o750
-BUSY_TIMEOUT_MS = 5000
-JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # WAL file truncated to this after a checkpoint
 ROWS_PER_TRANSACTION = 10_000  # a catch-up after a long outage commits in slices
 # Rows per INSERT statement: json.dumps holds the GIL (the capture thread waits) for
 # about 1 ms per 500 rows; SQLite then runs the statement with the GIL released.
@@ -55,359 +52,6 @@ PRUNE_INTERVAL_S = 600.0
 PREVIOUS_SAMPLE_GRACE = 3  # samples a process may be missing before its base is forgotten
 ERROR_LOG_INTERVAL_S = 300.0  # the same write error is logged again after this long
 SECONDS_PER_DAY = 86400.0
-INT64_MAX = (1 << 63) - 1  # SQLite INTEGER; counters are u64 but never get near this
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-# Installed package data first (netatopd/sql), then the repository layout (sql/ beside
-# the package), which is what an editable install sees.
-SQL_DIR_CANDIDATES: tuple[Path, ...] = (_PACKAGE_DIR / "sql", _PACKAGE_DIR.parent / "sql")
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_\-]+\.sql$")
-_RELATIVE_TIME = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_TIME_OF_DAY = re.compile(r"^\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
-_RELATIVE_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-_COUNTER_COLUMNS = ", ".join(COUNTER_NAMES)
-_EXITED_COLUMNS = (
-    "tgid",
-    "btime",
-    "command",
-    "cmdline",
-    "uid",
-    "first_activity",
-    "last_activity",
-    "exit_time",
-    *COUNTER_NAMES,
-)
-_SAMPLES_COLUMNS = ("time", "interval_s", "tgid", "btime", "command", "uid", *COUNTER_NAMES)
-
-
-def _json_upsert(table: str, columns: tuple[str, ...], key: str, updates: list[str]) -> str:
-    """INSERT of every row of a JSON array of arrays (one parameter), with ON CONFLICT.
-
-    One statement for a whole batch instead of executemany: SQLite then runs in one
-    call that drops the GIL once, so a busy capture thread cannot slow the writer
-    down by taking the GIL back between rows (measured in bench/bench_store.py).
-    """
-    values = ", ".join(f"value ->> {index}" for index in range(len(columns)))
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values} FROM json_each(?)"
-        f" WHERE true ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
-    )
-
-
-# Later records win: counters never decrease while a process lives, and a retried
-# write carries the same or later values; what the later record does not know is kept.
-_EXITED_INSERT = _json_upsert(
-    "exited",
-    _EXITED_COLUMNS,
-    "tgid, btime",
-    [
-        "command = excluded.command",
-        "cmdline = coalesce(excluded.cmdline, cmdline)",
-        "uid = coalesce(excluded.uid, uid)",
-        "first_activity = coalesce(excluded.first_activity, first_activity)",
-        "last_activity = coalesce(excluded.last_activity, last_activity)",
-        "exit_time = excluded.exit_time",
-        *(f"{name} = excluded.{name}" for name in COUNTER_NAMES),
-    ],
-)
-_SAMPLES_INSERT = _json_upsert(
-    "samples",
-    _SAMPLES_COLUMNS,
-    "time, tgid, btime",
-    [
-        "interval_s = excluded.interval_s",
-        "command = excluded.command",
-        "uid = excluded.uid",
-        *(f"{name} = excluded.{name}" for name in COUNTER_NAMES),
-    ],
-)
-_EXITED_SELECT = (
-    "SELECT tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time,"
-    f" {_COUNTER_COLUMNS} FROM exited"
-)
-
-# A row as bound to _EXITED_INSERT / _SAMPLES_INSERT.
-# ExitedRow: tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time,
-# then the counters.  SampleRow: time, interval_s, tgid, btime, command, uid, the deltas.
-ExitedRow = tuple[object, ...]
-SampleRow = tuple[object, ...]
-
-
-class StoreError(Exception):
-    """The history database cannot be opened, migrated or queried as asked."""
-
-    def __init__(self, message: str, path: str | None = None, code: int | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.code = code  # SQLite extended result code when SQLite said no
-
-
-# --------------------------------------------------------------------------- schema
-
-
-def sql_dir() -> Path:
-    """The directory holding schema.sql, migrations/ and reports/."""
-    for candidate in SQL_DIR_CANDIDATES:
-        if (candidate / "schema.sql").is_file():
-            return candidate
-    raise StoreError(
-        "SQL files not found: looked for schema.sql in "
-        + " and ".join(str(c) for c in SQL_DIR_CANDIDATES)
-    )
-
-
-def schema_steps(directory: Path | None = None) -> list[tuple[int, Path]]:
-    """(version, file) in order: schema.sql is version 1, then each migration.
-
-    Raises StoreError when migration numbers repeat or leave a gap.
-    """
-    base = directory if directory is not None else sql_dir()
-    steps: list[tuple[int, Path]] = [(1, base / "schema.sql")]
-    migrations = base / "migrations"
-    numbered: list[tuple[int, Path]] = []
-    if migrations.is_dir():
-        for entry in sorted(migrations.iterdir()):
-            if entry.suffix != ".sql":
-                continue
-            match = _MIGRATION_NAME.match(entry.name)
-            if match is None:
-                raise StoreError(f"migration file name not NNNN_name.sql: {entry}", str(entry))
-            numbered.append((int(match.group(1)), entry))
-    numbered.sort()
-    for expected, (number, entry) in enumerate(numbered, start=2):
-        if number != expected:
-            raise StoreError(
-                f"migrations must be numbered 0002, 0003 ... without gaps or repeats:"
-                f" found {entry.name} where {expected:04d} was expected",
-                str(entry),
-            )
-    return steps + numbered
-
-
-def latest_schema_version() -> int:
-    """The schema version this code writes and reads."""
-    return schema_steps()[-1][0]
-
-
-def _scalar_int(conn: apsw.Connection, sql: str) -> int:
-    value = conn.execute(sql).fetchall()[0][0]
-    if not isinstance(value, int):
-        raise StoreError(f"{sql!r} answered {value!r}, not an integer")
-    return value
-
-
-def _user_version(conn: apsw.Connection) -> int:
-    return _scalar_int(conn, "PRAGMA user_version")
-
-
-def _table_count(conn: apsw.Connection) -> int:
-    return _scalar_int(conn, "SELECT count(*) FROM sqlite_schema")
-
-
-def _migrate(conn: apsw.Connection, path: str) -> None:
-    """Bring the database to the latest version, one transaction per step."""
-    steps = schema_steps()
-    latest = steps[-1][0]
-    version = _user_version(conn)
-    if version > latest:
-        raise StoreError(
-            f"{path}: database schema version {version} is newer than this netatop"
-            f" (version {latest}); use a newer netatop or another --db",
-            path,
-        )
-    for number, file in steps:
-        if number <= version:
-            continue
-        script = file.read_text(encoding="utf-8")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                current = _user_version(conn)  # another process may have migrated meanwhile
-                if current >= number:
-                    conn.execute("ROLLBACK")
-                    version = current
-                    continue
-                if current == 0 and _table_count(conn) > 0:
-                    raise StoreError(
-                        f"{path}: not a netatop database (user_version 0 but it has tables)",
-                        path,
-                    )
-                conn.execute(script).fetchall()  # a cursor runs later statements lazily
-                conn.execute(f"PRAGMA user_version = {number:d}")
-                conn.execute("COMMIT")
-            except BaseException:
-                if not conn.get_autocommit():
-                    conn.execute("ROLLBACK")
-                raise
-        except apsw.Error as err:
-            raise StoreError(
-                f"{path}: applying {file.name} (schema version {number}) failed: {err}",
-                path,
-                getattr(err, "extendedresult", None),
-            ) from err
-        log.info("%s: schema version %d applied (%s)", path, number, file.name)
-        version = number
-
-
-def open_db(path: str, readonly: bool = False) -> apsw.Connection:
-    """Open the history database with the project's pragmas.
-
-    Writing: creates the parent directory (mode 0750) and the database, turns on
-    WAL, and applies schema.sql and pending migrations.  Read-only: the database
-    must exist at the latest schema version; works while the daemon writes.
-    Raises StoreError with a sentence a person can act on.
-    """
-    if readonly:
-        if not os.path.exists(path):
-            raise StoreError(
-                f"{path}: no history database here (has netatopd run with --db?)", path
-            )
-        flags = apsw.SQLITE_OPEN_READONLY
-    else:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            try:
-                os.makedirs(parent, mode=DB_DIRECTORY_MODE)
-                os.chmod(parent, DB_DIRECTORY_MODE)  # makedirs' mode is filtered by the umask
-            except OSError as err:
-                raise StoreError(
-                    f"{parent}: cannot create the database directory: {err.strerror}",
-                    path,
-                ) from err
-        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    try:
-        conn = apsw.Connection(path, flags=flags)
-    except apsw.Error as err:
-        raise StoreError(f"{path}: cannot open the history database: {err}", path) from err
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if readonly:
-            version = _user_version(conn)  # also proves the file is a database
-            latest = latest_schema_version()
-            if version != latest:
-                raise StoreError(
-                    f"{path}: database schema version {version}, this netatop reads version"
-                    f" {latest}"
-                    + (
-                        "; use a newer netatop"
-                        if version > latest
-                        else "; start netatopd once to migrate it"
-                    ),
-                    path,
-                )
-        else:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            if str(mode).lower() != "wal":
-                log.warning(
-                    "%s: journal_mode is %s, not wal: readers may block the writer", path, mode
-                )
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES:d}")
-            _migrate(conn, path)
-    except StoreError:
-        conn.close()
-        raise
-    except apsw.Error as err:
-        conn.close()
-        raise StoreError(
-            f"{path}: cannot use the history database: {err}",
-            path,
-            getattr(err, "extendedresult", None),
-        ) from err
-    return conn
-
-
-# --------------------------------------------------------------------------- rows
-
-
-def _clamp(value: int) -> int:
-    value = int(value)
-    if value < 0:
-        return 0
-    return INT64_MAX if value > INT64_MAX else value
-
-
-def _text(value: object) -> str:
-    """A str SQLite can store: undecodable bytes (surrogate escapes) become U+FFFD."""
-    text = str(value)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _seconds(value: float) -> float:
-    result = float(value)
-    if not math.isfinite(result):
-        raise ValueError(f"time {value!r} is not a finite number")
-    return result
-
-
-def _counters(values: Iterable[int]) -> tuple[int, ...]:
-    result = tuple(_clamp(v) for v in values)
-    if len(result) != len(COUNTER_NAMES):
-        raise ValueError(f"{len(result)} counters, expected {len(COUNTER_NAMES)}")
-    return result
-
-
-def _exited_row(task: ExitedTask) -> ExitedRow:
-    return (
-        int(task.tgid),
-        int(task.btime),
-        _text(task.command),
-        _text(task.cmdline) if task.cmdline else None,
-        int(task.uid) if task.uid >= 0 else None,
-        _seconds(task.first_activity_s) if task.first_activity_s > 0 else None,
-        _seconds(task.last_activity_s) if task.last_activity_s > 0 else None,
-        _seconds(task.exit_time_s),
-        *_counters(task.counters),
-    )
-
-
-def _exited_task(row: Iterable[object]) -> ExitedTask:
-    values = list(row)
-    tgid, btime, command, cmdline, uid, first, last, exit_time = values[:8]
-    return ExitedTask(
-        tgid=int(tgid),  # type: ignore[call-overload]
-        btime=int(btime),  # type: ignore[call-overload]
-        command=str(command),
-        cmdline=str(cmdline) if cmdline is not None else "",
-        uid=int(uid) if uid is not None else -1,  # type: ignore[call-overload]
-        first_activity_s=float(first) if first is not None else 0.0,  # type: ignore[arg-type]
-        last_activity_s=float(last) if last is not None else 0.0,  # type: ignore[arg-type]
-        exit_time_s=float(exit_time),  # type: ignore[arg-type]
-        counters=tuple(int(v) for v in values[8:]),  # type: ignore[call-overload]
-    )
-
-
-def query_exited(
-    conn: apsw.Connection,
-    since_s: float | None = None,
-    until_s: float | None = None,
-    limit: int | None = None,
-) -> list[ExitedTask]:
-    """Finished processes with exit_time in [since_s, until_s), oldest first."""
-    sql = (
-        _EXITED_SELECT + " WHERE (:since IS NULL OR exit_time >= :since)"
-        " AND (:until IS NULL OR exit_time < :until)"
-        " ORDER BY exit_time, tgid, btime LIMIT coalesce(:limit, -1)"
-    )
-    try:
-        rows = conn.execute(sql, {"since": since_s, "until": until_s, "limit": limit}).fetchall()
-    except apsw.Error as err:
-        raise StoreError(f"reading finished processes failed: {err}") from err
-    return [_exited_task(row) for row in rows]
-
-
-# --------------------------------------------------------------------------- writer
 
 
 class _SampleBatch(NamedTuple):
@@ -663,21 +307,21 @@ class HistoryWriter:
             self._stats["dropped"] += dropped
 
     def _add_exit_row(self, task: ExitedTask) -> None:
-        row = _exited_row(task)
+        row = exited_row(task)
         key = (int(task.tgid), int(task.btime))
         self._exit_rows[key] = row
         previous = self._previous.pop(key, None)
         if self.sample_interval_s is None:
             return
         # The process's last interval: from its last sample to its exit.
-        delta = _delta(_counters(task.counters), previous.counters if previous else None)
+        delta = _delta(clamp_counters(task.counters), previous.counters if previous else None)
         if not any(delta):
             return
-        exit_time_s = _seconds(task.exit_time_s)
+        exit_time_s = finite_seconds(task.exit_time_s)
         if self._last_sample_time_s is not None:
             interval_s = exit_time_s - self._last_sample_time_s
         elif task.first_activity_s > 0:
-            interval_s = exit_time_s - _seconds(task.first_activity_s)
+            interval_s = exit_time_s - finite_seconds(task.first_activity_s)
         else:
             interval_s = 0.0
         self._sample_rows[(exit_time_s, key[0], key[1])] = (
@@ -685,23 +329,23 @@ class HistoryWriter:
             max(0.0, interval_s),
             key[0],
             key[1],
-            _text(task.command),
+            clean_text(task.command),
             int(task.uid) if task.uid >= 0 else None,
             *delta,
         )
 
     def _add_sample_rows(self, batch: _SampleBatch) -> int:
         """Deltas of one sample into the backlog; returns the rows refused."""
-        time_s = _seconds(batch.time_s)
-        interval_s = _seconds(batch.interval_s)
+        time_s = finite_seconds(batch.time_s)
+        interval_s = finite_seconds(batch.interval_s)
         self._sample_number += 1
         number = self._sample_number
         rejected = 0
         for task, uid in batch.rows:
             try:
                 key = (int(task.tgid), int(task.btime))
-                counters = _counters(task.counters)
-                row_tail = (_text(task.command), int(uid) if uid >= 0 else None)
+                counters = clamp_counters(task.counters)
+                row_tail = (clean_text(task.command), int(uid) if uid >= 0 else None)
             except (TypeError, ValueError, OverflowError) as err:
                 rejected += 1
                 log.warning("%s: sample row refused: %s (%r)", self.path, err, task)
@@ -799,8 +443,8 @@ class HistoryWriter:
 
             def write(conn: apsw.Connection) -> int:
                 for statement, rows in (
-                    (_EXITED_INSERT, exit_rows),
-                    (_SAMPLES_INSERT, sample_rows),
+                    (EXITED_INSERT, exit_rows),
+                    (SAMPLES_INSERT, sample_rows),
                 ):
                     for start in range(0, len(rows), ROWS_PER_STATEMENT):
                         chunk = rows[start : start + ROWS_PER_STATEMENT]
@@ -944,140 +588,3 @@ def _delta(counters: tuple[int, ...], base: tuple[int, ...] | None) -> tuple[int
     if base is None or any(c < b for c, b in zip(counters, base, strict=True)):
         return counters
     return tuple(c - b for c, b in zip(counters, base, strict=True))
-
-
-# --------------------------------------------------------------------------- reports
-
-
-class Report(NamedTuple):
-    """One sql/reports/NAME.sql file, described by its header comment."""
-
-    name: str
-    description: str
-    params: tuple[str, ...]  # without the colon: ("since", "until", ...)
-    path: str
-
-
-def _parse_report(path: Path) -> Report | None:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or not lines[0].startswith("--") or ":" not in lines[0]:
-        return None
-    name, _, description = lines[0][2:].partition(":")
-    params: list[str] = []
-    for line in lines[1:]:
-        if not line.startswith("--"):
-            break
-        text = line[2:].strip()
-        if text.lower().startswith("params:"):
-            for word in text[len("params:") :].split():
-                if not word.startswith(":") or len(word) < 2:
-                    return None
-                params.append(word[1:])
-    return Report(name.strip(), description.strip(), tuple(params), str(path))
-
-
-def reports_dir() -> Path:
-    return sql_dir() / "reports"
-
-
-def list_reports(directory: Path | str | None = None) -> list[Report]:
-    """Every report in sql/reports (or directory), sorted by name.
-
-    A file without a ``-- NAME: description`` first line is skipped with a warning.
-    """
-    base = Path(directory) if directory is not None else reports_dir()
-    result: list[Report] = []
-    for path in sorted(base.glob("*.sql")):
-        report = _parse_report(path)
-        if report is None:
-            log.warning("%s: no '-- NAME: description' header, report skipped", path)
-            continue
-        result.append(report)
-    return result
-
-
-def run_report(
-    conn: apsw.Connection,
-    name: str,
-    params: Mapping[str, object],
-    directory: Path | str | None = None,
-) -> tuple[list[str], list[tuple[object, ...]]]:
-    """Run report NAME; returns (column names, rows).
-
-    params maps parameter names (with or without the colon) to values; a declared
-    parameter left out is NULL.  A non-NULL value for a parameter the report does
-    not declare is a ValueError (the filter would be silently ignored).  A report
-    that would write to the database, holds more than one statement, or whose
-    header does not list exactly the parameters its SQL uses, is refused with
-    StoreError.
-    """
-    reports = {r.name: r for r in list_reports(directory)}
-    report = reports.get(name)
-    if report is None:
-        raise StoreError(f"no report named {name!r}; known: {', '.join(sorted(reports)) or 'none'}")
-    values = {key.lstrip(":"): value for key, value in params.items()}
-    unknown = sorted(k for k, v in values.items() if v is not None and k not in report.params)
-    if unknown:
-        raise ValueError(f"report {name} takes no parameter {', '.join(':' + k for k in unknown)}")
-    bindings = {p: values.get(p) for p in report.params}
-    sql = Path(report.path).read_text(encoding="utf-8")
-    try:
-        info = apsw.ext.query_info(conn, sql)  # prepares only
-    except apsw.Error as err:
-        raise StoreError(f"report {name} ({report.path}): {err}") from err
-    if info.query_remaining and info.query_remaining.strip():
-        raise StoreError(f"report {name} ({report.path}): one SQL statement per report")
-    if not info.is_readonly:
-        raise StoreError(f"report {name} ({report.path}) would change the database; refused")
-    used = {b.lstrip(":") for b in info.bindings_names if b}
-    if used != set(report.params):
-        raise StoreError(
-            f"report {name} ({report.path}): header declares"
-            f" {' '.join(':' + p for p in report.params) or 'no parameters'} but the SQL uses"
-            f" {' '.join(':' + p for p in sorted(used)) or 'none'}"
-        )
-    columns = [column for column, _ in (info.description or ())]
-    try:
-        rows = [tuple(row) for row in conn.execute(sql, bindings)]
-    except apsw.Error as err:
-        raise StoreError(f"report {name} failed: {err}") from err
-    return columns, rows
-
-
-# --------------------------------------------------------------------------- times
-
-
-def parse_time(text: str, now_s: float | None = None) -> float:
-    """Epoch seconds from ISO 8601, a time of day, or a relative age.
-
-    Accepts "2026-11-27T02:00", "2026-11-27 02:00:30", "2026-11-27" (local time
-    unless an offset or Z is given), "02:00" (today, local time), "90s" "15m" "2h"
-    "1d" "1w" (now minus that), "now" and "@EPOCH".  Anything else is a ValueError.
-    """
-    value = text.strip()
-    now = time.time() if now_s is None else now_s
-    if value.lower() == "now":
-        return now
-    match = _RELATIVE_TIME.match(value.lower())
-    if match is not None:
-        return now - float(match.group(1)) * _RELATIVE_UNIT_S[match.group(2)]
-    if value.startswith("@"):
-        try:
-            return _seconds(float(value[1:]))
-        except ValueError:
-            pass
-    elif _TIME_OF_DAY.match(value):
-        try:
-            of_day = dt_time.fromisoformat(value)
-            return datetime.combine(datetime.fromtimestamp(now).date(), of_day).timestamp()
-        except ValueError:
-            pass
-    else:
-        try:
-            return datetime.fromisoformat(value).timestamp()  # naive: local time
-        except ValueError:
-            pass
-    raise ValueError(
-        f"cannot read time {text!r}: use ISO 8601 (2026-11-27T02:00 or 2026-11-27),"
-        " a time of day today (02:00), a relative age (90s, 15m, 2h, 1d, 1w), now, or @EPOCH"
-    )

@@ -1,0 +1,219 @@
+"""The history database file: opening it, its pragmas, its schema and migrations.
+
+Owns :func:`open_db`, the one place the connection pragmas are set, and the
+schema runner: ``sql/schema.sql`` is version 1, each ``sql/migrations/NNNN_name.sql``
+is version NNNN, and ``PRAGMA user_version`` records how far a database has
+come.  Each step runs in its own transaction; a database newer than this code
+is refused.  Also owns :class:`StoreError`, the one exception the history
+package raises, and :func:`sql_dir`, which finds the SQL files.
+
+Callers: ``HistoryWriter`` (writer.py) opens the database for writing, which
+creates and migrates it; cli.py (``netatop report``, ``netatop exited``) opens
+it read-only; daemon.py opens it once for ``netatopd --check``; reports.py
+finds its report files through :func:`sql_dir`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import apsw
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB_PATH = "/var/lib/netatop/netatop.db"
+DB_DIRECTORY_MODE = 0o750
+BUSY_TIMEOUT_MS = 5000
+JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # WAL file truncated to this after a checkpoint
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # netatopd/
+# Installed package data first (netatopd/sql), then the repository layout (sql/ beside
+# the package), which is what an editable install sees.
+SQL_DIR_CANDIDATES: tuple[Path, ...] = (_PACKAGE_DIR / "sql", _PACKAGE_DIR.parent / "sql")
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_\-]+\.sql$")
+
+
+class StoreError(Exception):
+    """The history database cannot be opened, migrated or queried as asked."""
+
+    def __init__(self, message: str, path: str | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.code = code  # SQLite extended result code when SQLite said no
+
+
+def sql_dir() -> Path:
+    """The directory holding schema.sql, migrations/ and reports/."""
+    for candidate in SQL_DIR_CANDIDATES:
+        if (candidate / "schema.sql").is_file():
+            return candidate
+    raise StoreError(
+        "SQL files not found: looked for schema.sql in "
+        + " and ".join(str(c) for c in SQL_DIR_CANDIDATES)
+    )
+
+
+def schema_steps(directory: Path | None = None) -> list[tuple[int, Path]]:
+    """(version, file) in order: schema.sql is version 1, then each migration.
+
+    Raises StoreError when migration numbers repeat or leave a gap.
+    """
+    base = directory if directory is not None else sql_dir()
+    steps: list[tuple[int, Path]] = [(1, base / "schema.sql")]
+    migrations = base / "migrations"
+    numbered: list[tuple[int, Path]] = []
+    if migrations.is_dir():
+        for entry in sorted(migrations.iterdir()):
+            if entry.suffix != ".sql":
+                continue
+            match = _MIGRATION_NAME.match(entry.name)
+            if match is None:
+                raise StoreError(f"migration file name not NNNN_name.sql: {entry}", str(entry))
+            numbered.append((int(match.group(1)), entry))
+    numbered.sort()
+    for expected, (number, entry) in enumerate(numbered, start=2):
+        if number != expected:
+            raise StoreError(
+                f"migrations must be numbered 0002, 0003 ... without gaps or repeats:"
+                f" found {entry.name} where {expected:04d} was expected",
+                str(entry),
+            )
+    return steps + numbered
+
+
+def latest_schema_version() -> int:
+    """The schema version this code writes and reads."""
+    return schema_steps()[-1][0]
+
+
+def _scalar_int(conn: apsw.Connection, sql: str) -> int:
+    value = conn.execute(sql).fetchall()[0][0]
+    if not isinstance(value, int):
+        raise StoreError(f"{sql!r} answered {value!r}, not an integer")
+    return value
+
+
+def _user_version(conn: apsw.Connection) -> int:
+    return _scalar_int(conn, "PRAGMA user_version")
+
+
+def _table_count(conn: apsw.Connection) -> int:
+    return _scalar_int(conn, "SELECT count(*) FROM sqlite_schema")
+
+
+def _migrate(conn: apsw.Connection, path: str) -> None:
+    """Bring the database to the latest version, one transaction per step."""
+    steps = schema_steps()
+    latest = steps[-1][0]
+    version = _user_version(conn)
+    if version > latest:
+        raise StoreError(
+            f"{path}: database schema version {version} is newer than this netatop"
+            f" (version {latest}); use a newer netatop or another --db",
+            path,
+        )
+    for number, file in steps:
+        if number <= version:
+            continue
+        script = file.read_text(encoding="utf-8")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = _user_version(conn)  # another process may have migrated meanwhile
+                if current >= number:
+                    conn.execute("ROLLBACK")
+                    version = current
+                    continue
+                if current == 0 and _table_count(conn) > 0:
+                    raise StoreError(
+                        f"{path}: not a netatop database (user_version 0 but it has tables)",
+                        path,
+                    )
+                conn.execute(script).fetchall()  # a cursor runs later statements lazily
+                conn.execute(f"PRAGMA user_version = {number:d}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                raise
+        except apsw.Error as err:
+            raise StoreError(
+                f"{path}: applying {file.name} (schema version {number}) failed: {err}",
+                path,
+                getattr(err, "extendedresult", None),
+            ) from err
+        log.info("%s: schema version %d applied (%s)", path, number, file.name)
+        version = number
+
+
+def open_db(path: str, readonly: bool = False) -> apsw.Connection:
+    """Open the history database with the project's pragmas.
+
+    Writing: creates the parent directory (mode 0750) and the database, turns on
+    WAL, and applies schema.sql and pending migrations.  Read-only: the database
+    must exist at the latest schema version; works while the daemon writes.
+    Raises StoreError with a sentence a person can act on.
+    """
+    if readonly:
+        if not os.path.exists(path):
+            raise StoreError(
+                f"{path}: no history database here (has netatopd run with --db?)", path
+            )
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            try:
+                os.makedirs(parent, mode=DB_DIRECTORY_MODE)
+                os.chmod(parent, DB_DIRECTORY_MODE)  # makedirs' mode is filtered by the umask
+            except OSError as err:
+                raise StoreError(
+                    f"{parent}: cannot create the database directory: {err.strerror}",
+                    path,
+                ) from err
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    try:
+        conn = apsw.Connection(path, flags=flags)
+    except apsw.Error as err:
+        raise StoreError(f"{path}: cannot open the history database: {err}", path) from err
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            version = _user_version(conn)  # also proves the file is a database
+            latest = latest_schema_version()
+            if version != latest:
+                raise StoreError(
+                    f"{path}: database schema version {version}, this netatop reads version"
+                    f" {latest}"
+                    + (
+                        "; use a newer netatop"
+                        if version > latest
+                        else "; start netatopd once to migrate it"
+                    ),
+                    path,
+                )
+        else:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+            if str(mode).lower() != "wal":
+                log.warning(
+                    "%s: journal_mode is %s, not wal: readers may block the writer", path, mode
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES:d}")
+            _migrate(conn, path)
+    except StoreError:
+        conn.close()
+        raise
+    except apsw.Error as err:
+        conn.close()
+        raise StoreError(
+            f"{path}: cannot use the history database: {err}",
+            path,
+            getattr(err, "extendedresult", None),
+        ) from err
+    return conn
