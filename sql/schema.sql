@@ -1,7 +1,7 @@
 -- netatop history database: schema version 1 (the baseline).
 --
 -- A fresh database gets this file, then every numbered migration in
--- sql/migrations/ in order; netatopd.store.open_db() runs each file in one
+-- sql/migrations/ in order; netatopd.history.open_db() runs each file in one
 -- transaction and sets PRAGMA user_version itself (files never touch it).
 -- Times are REAL seconds since the epoch (UTC), except btime which is the
 -- INTEGER process start in seconds since the epoch, as atop computes it.
