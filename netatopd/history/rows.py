@@ -21,7 +21,7 @@ from .timeparse import finite_seconds
 INT64_MAX = (1 << 63) - 1  # SQLite INTEGER; counters are u64 but never get near this
 
 _COUNTER_COLUMNS = ", ".join(COUNTER_NAMES)
-EXITED_COLUMNS = (
+_EXITED_COLUMNS = (
     "tgid",
     "btime",
     "command",
@@ -32,7 +32,7 @@ EXITED_COLUMNS = (
     "exit_time",
     *COUNTER_NAMES,
 )
-SAMPLES_COLUMNS = ("time", "interval_s", "tgid", "btime", "command", "uid", *COUNTER_NAMES)
+_SAMPLES_COLUMNS = ("time", "interval_s", "tgid", "btime", "command", "uid", *COUNTER_NAMES)
 
 # A row as bound to EXITED_INSERT / SAMPLES_INSERT, in the column order above.
 # ExitedRow: tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time,
@@ -59,7 +59,7 @@ def _json_upsert(table: str, columns: tuple[str, ...], key: str, updates: list[s
 # write carries the same or later values; what the later record does not know is kept.
 EXITED_INSERT = _json_upsert(
     "exited",
-    EXITED_COLUMNS,
+    _EXITED_COLUMNS,
     "tgid, btime",
     [
         "command = excluded.command",
@@ -73,7 +73,7 @@ EXITED_INSERT = _json_upsert(
 )
 SAMPLES_INSERT = _json_upsert(
     "samples",
-    SAMPLES_COLUMNS,
+    _SAMPLES_COLUMNS,
     "time, tgid, btime",
     [
         "interval_s = excluded.interval_s",
