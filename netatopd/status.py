@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-_ABSENT = object()
+ABSENT = object()  # what a source yields when its stage is off
 
 
 class Style(Enum):
@@ -92,16 +92,16 @@ def _getter(path: str) -> Callable[[object], object]:
         value = root
         for name, call in steps:
             if value is None:
-                return _ABSENT
+                return ABSENT
             if isinstance(value, Mapping):
-                value = value.get(name, _ABSENT)
-                if value is _ABSENT:
-                    return _ABSENT
+                value = value.get(name, ABSENT)
+                if value is ABSENT:
+                    return ABSENT
             else:
                 value = getattr(value, name)
             if call:
                 value = value()
-        return _ABSENT if value is None else value
+        return ABSENT if value is None else value
 
     return get
 
@@ -149,11 +149,11 @@ class Field:
         return f"{shown} {self.unit}" if self.unit else shown
 
     def value(self, root: object) -> object:
-        """The figure read from root, or _ABSENT."""
+        """The figure read from root, or ABSENT."""
         if self.present is not None:
             shown = self.present(root)
-            if shown is _ABSENT or not shown:
-                return _ABSENT
+            if shown is ABSENT or not shown:
+                return ABSENT
         return self.read(root)
 
 
@@ -320,7 +320,7 @@ def collect(root: object) -> dict[str, object]:
             status.update(entry.items(root))
             continue
         value = entry.value(root)
-        if value is not _ABSENT:
+        if value is not ABSENT:
             status[entry.name] = value
     return status
 
@@ -330,7 +330,7 @@ def collect_table(root: object) -> dict[str, int]:
     figures: dict[str, int] = {}
     for entry in _TABLE:
         value = entry.value(root)
-        if value is not _ABSENT:
+        if value is not ABSENT:
             assert isinstance(value, int)
             figures[entry.name] = value
     return figures

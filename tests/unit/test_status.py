@@ -74,9 +74,9 @@ def test_sources_are_followed_and_absent_ones_left_out() -> None:
 
     field = status.FIELDS["atop_clients"]
     assert field.value(Root()) == 2
-    assert status.FIELDS["atop_requests"].value(Root()) is status._ABSENT
-    assert status.FIELDS["history_pending"].value(Root()) is status._ABSENT
-    assert status.FIELDS["resolver_kernel_finds"].value(Root()) is status._ABSENT  # when="kernel"
+    assert status.FIELDS["atop_requests"].value(Root()) is status.ABSENT
+    assert status.FIELDS["history_pending"].value(Root()) is status.ABSENT
+    assert status.FIELDS["resolver_kernel_finds"].value(Root()) is status.ABSENT  # when="kernel"
 
 
 def test_the_registry_imports_none_of_the_counting_stages() -> None:
