@@ -41,6 +41,8 @@ class Style(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Group:
+    """A heading of the netatop status screen and how its figures read under it."""
+
     heading: str
     style: Style = Style.LINE
     headline_colon: bool = False  # 'headline: a, b' instead of 'headline (a, b)'
