@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netatopd import attribution, daemon, exitlist, flows, history, server  # noqa: E402
 from netatopd.capture import pcap  # noqa: E402
+from netatopd.daemon import engine, hold  # noqa: E402
 from netatopd.ebpf import helper, syscalls  # noqa: E402
 
 OUT_ENV = "NETATOPD_LOOP_CPU_OUT"
@@ -50,7 +51,7 @@ def wrap_method(owner: type, name: str) -> None:
 
 
 STEPS: tuple[tuple[type, str], ...] = (
-    (daemon.Engine, "drain_capture"),
+    (engine.Engine, "drain_capture"),
     (pcap.Capture, "read_batch"),
     (flows.FlowTable, "account_records"),
     (flows.FlowTable, "account_fixed"),
@@ -61,15 +62,15 @@ STEPS: tuple[tuple[type, str], ...] = (
     (attribution.Resolver, "_processes_changed"),
     (attribution.Resolver, "rescan"),
     (attribution.Resolver, "settle"),
-    (daemon.Engine, "housekeeping"),
-    (daemon.Engine, "publish"),
-    (daemon.Engine, "seconds_until_next_work"),
+    (engine.Engine, "housekeeping"),
+    (engine.Engine, "publish"),
+    (engine.Engine, "seconds_until_next_work"),
     (exitlist.Sweeper, "run"),
     (exitlist.Sweeper, "due"),
     (exitlist.ExitList, "expire"),
     (history.HistoryWriter, "sample_due"),
-    (daemon.Engine, "table_figures"),
-    (daemon.Engine, "hold_due"),
+    (engine.Engine, "table_figures"),
+    (hold.Hold, "due"),
     (server.ControlServer, "service_waiters"),
     (selectors.EpollSelector, "select"),
 )

@@ -45,6 +45,7 @@ from typing import Annotated, Any, NamedTuple, NoReturn, TextIO, TypeVar
 import typer
 
 from . import history
+from . import status as status_registry
 from .client import (
     ControlClient,
     DaemonNotRunning,
@@ -560,148 +561,106 @@ def status_lines(
     run_dir: str,
     width: int,
     table_problem: str = "no table file in the run directory",
+    verbose: bool = False,
 ) -> list[str]:
-    """The STATUS figures grouped for a person; figures nobody groups go under Other.
+    """The STATUS figures in the groups of the STATUS registry (netatopd.status).
 
-    snapshot gives the table fill; without one, table_problem says why.
+    snapshot gives the table fill; without one, table_problem says why.  Groups
+    marked verbose (the eBPF helper's internals) only with verbose; figures the
+    registry does not know (from a newer daemon) only in --json.
     """
-    used: set[str] = set()
-
-    def take(name: str, default: Any = 0) -> Any:
-        used.add(name)
-        return figures.get(name, default)
-
-    lines = [
-        f"netatopd {take('version', '?')}, up {_duration(float(take('uptime_s', 0)))}, "
-        f"owner resolution: {take('ownership', '?')}",
-        *_wrap("Run directory", [run_dir], width),
-        "",
-    ]
-    packet_rows: list[Row] = []
-    for protocol in ("tcp", "udp"):
-        packet_rows.append(
-            {
-                "name": protocol.upper(),
-                "sent": take(f"{protocol}_sent"),
-                "received": take(f"{protocol}_received"),
-                "sent_unidentified": take(f"{protocol}_sent_unidentified"),
-                "received_unidentified": take(f"{protocol}_received_unidentified"),
-            }
-        )
-    packet_rows.append(
-        {
-            "name": "ICMP",
-            "sent": take("icmp_sent"),
-            "received": take("icmp_received"),
-            "sent_unidentified": None,
-            "received_unidentified": None,
-        }
-    )
-    packet_columns = (
-        Column("Packets", lambda r: "  " + r["name"], right=False),
-        Column("SENT", lambda r: _text(r["sent"])),
-        Column("RECEIVED", lambda r: _text(r["received"])),
-        Column("UNIDENTIFIED SENT", lambda r: _text(r["sent_unidentified"])),
-        Column("UNIDENTIFIED RECEIVED", lambda r: _text(r["received_unidentified"])),
-    )
-    packet_lines = render_table(packet_rows, packet_columns, width)
-    lines += packet_lines
-    rejected = take("rejected", {})
-    reasons = [f"{name} {count}" for name, count in rejected.items() if count]
-    lines += _wrap(
-        "Malformed", [f"{take('malformed')} (rejected: {', '.join(reasons) or 'none'})"], width
-    )
-    lines += _wrap(
-        "Flows",
-        [
-            f"{take('flows')} (overflow {take('flows_overflow')}",
-            f"pending owner {take('flows_pending')}",
-            f"written off {take('flows_written_off')})",
-        ],
-        width,
-    )
-    lines += _wrap("Tasks", [f"{take('tasks')} (overflow {take('tasks_overflow')})"], width)
-    lines += _wrap(
-        "Exit list", [f"{take('exited')} (expired unread {take('exited_expired')})"], width
-    )
-    lines += _wrap(
-        "Capture",
-        [
-            f"received {take('capture_received')}",
-            f"dropped {take('capture_dropped')}",
-            f"dropped by the interface {take('capture_interface_dropped')}",
-            f"packets counted {take('packets_counted')}",
-        ],
-        width,
-    )
-    lines += _wrap(
-        "Resolver",
-        [
-            f"lookups {take('resolver_lookups')}",
-            f"misses {take('resolver_misses')}",
-            f"not found {take('resolver_not_found')}",
-            f"endpoint finds {take('resolver_endpoint_finds')}",
-            f"full inode scans {take('inode_full_scans')}",
-            f"/proc denied {take('proc_denied')}",
-            *_owner_latency_items(
-                take("owner_latency_samples"),
-                take("owner_latency_ms_p50", None),
-                take("owner_latency_ms_p99", None),
-                take("owner_latency_ms_max", None),
-            ),
-        ],
-        width,
-    )
-    capacity = take("table_capacity", None)
-    if snapshot is None:
-        lines += _wrap("Table", [f"capacity {capacity}", f"not readable: {table_problem}"], width)
-    else:
-        kinds = {kind: 0 for kind in Kind}
-        for task in snapshot.rows:
-            kinds[task.kind] += 1
-        fill = 100.0 * len(snapshot.rows) / snapshot.capacity if snapshot.capacity else 0.0
-        lines += _wrap(
-            "Table",
-            [
-                f"{len(snapshot.rows)} rows of {snapshot.capacity} ({fill:.1f}%)",
-                f"processes {kinds[Kind.PROCESS]}",
-                f"threads {kinds[Kind.THREAD]}",
-                f"exited {kinds[Kind.EXITED]}",
-                f"refused {snapshot.refused}",
-                f"updated {_clock(snapshot.updated_s)}",
-            ],
-            width,
-        )
-    history = take("history", None)
-    if "history_persisted" in figures or history is not None:
-        lines += _wrap(
-            "History",
-            [
-                f"{history or 'on'}: persisted {take('history_persisted')}",
-                f"samples {take('history_samples')}",
-                f"pending {take('history_pending')}",
-                f"dropped {take('history_dropped')}",
-                f"disk-full skips {take('history_disk_full_skips')}",
-                f"write errors {take('history_write_errors')}",
-            ],
-            width,
-        )
-    else:
-        lines += _wrap("History", ["off"], width)
-    other = [f"{name} {figures[name]}" for name in figures if name not in used]
-    if other:
-        lines += _wrap("Other", other, width)
+    lines: list[str] = []
+    for group in status_registry.GROUPS:
+        if group.verbose and not verbose:
+            continue
+        found = status_registry.group_figures(group, figures)
+        if group.style is status_registry.Style.HEADER:
+            lines.append(", ".join(_figure_text(field, value) for field, value in found))
+            lines += _wrap("Run directory", [run_dir], width)
+            lines.append("")
+        elif group.style is status_registry.Style.TABLE:
+            lines += _figures_table(group.heading, found, width)
+        elif group.style is status_registry.Style.SHARED_TABLE:
+            items = _shared_table_items(found, snapshot, table_problem)
+            lines += _wrap(group.heading, items, width)
+        elif found:
+            lines += _wrap(group.heading, _group_items(group, found), width)
+        elif group.when_empty:
+            lines += _wrap(group.heading, [group.when_empty], width)
     return lines
 
 
-def _owner_latency_items(samples: int, p50: Any, p99: Any, largest: Any) -> list[str]:
-    """The resolver's first packet read -> owner known delay over the latest new flows."""
-    if not samples or p50 is None:
-        return ["owner known after: no new flow yet"]
+def _figure_text(field: status_registry.Field, value: Any) -> str:
+    """One figure as its group shows it: 'label value', a duration, or a reason list."""
+    if field.duration:
+        return field.text(_duration(float(value)))
+    if isinstance(value, dict):
+        reasons = [f"{name} {count}" for name, count in value.items() if count]
+        return f"{field.label}: {', '.join(reasons) or 'none'}"
+    return field.text(value)
+
+
+def _group_items(
+    group: status_registry.Group, found: list[tuple[status_registry.Field, Any]]
+) -> list[str]:
+    """'headline (a, b)' or 'headline: a, b' (group.headline_colon) or 'a, b', as items."""
+    headline = next((str(value) for field, value in found if field.headline), None)
+    items = [_figure_text(field, value) for field, value in found if not field.headline]
+    if headline is None:
+        return items
+    if not items:
+        return [headline]
+    if group.headline_colon:
+        return [f"{headline}: {items[0]}", *items[1:]]
+    items[0] = f"{headline} ({items[0]}"
+    items[-1] += ")"
+    return items
+
+
+def _figures_table(
+    heading: str, found: list[tuple[status_registry.Field, Any]], width: int
+) -> list[str]:
+    """A group of figures as a table: a figure's label is its row, its column its column."""
+    if not found:
+        return []
+    cells: dict[str, Row] = {}
+    columns: list[str] = []
+    for field, value in found:
+        cells.setdefault(field.label, {})[field.column] = value
+        if field.column not in columns:
+            columns.append(field.column)
+    rows = [{"name": label, **values} for label, values in cells.items()]
+    table_columns = [Column(heading, lambda r: "  " + r["name"], right=False)]
+    table_columns += [Column(column, _cell(column)) for column in columns]
+    return render_table(rows, table_columns, width)
+
+
+def _cell(column: str) -> Callable[[Row], str]:
+    return lambda row: _text(row.get(column))
+
+
+def _shared_table_items(
+    found: list[tuple[status_registry.Field, Any]],
+    snapshot: Snapshot | None,
+    table_problem: str,
+) -> list[str]:
+    """The shared table's fill from a snapshot; else its figures and why it is not readable."""
+    if snapshot is None:
+        return [
+            *(_figure_text(field, value) for field, value in found),
+            f"not readable: {table_problem}",
+        ]
+    kinds = {kind: 0 for kind in Kind}
+    for task in snapshot.rows:
+        kinds[task.kind] += 1
+    fill = 100.0 * len(snapshot.rows) / snapshot.capacity if snapshot.capacity else 0.0
     return [
-        f"owner known after {float(p50):.1f} ms (p50)",
-        f"{float(p99):.1f} ms (p99)",
-        f"{float(largest):.1f} ms (max) over the last {samples} new flows",
+        f"{len(snapshot.rows)} rows of {snapshot.capacity} ({fill:.1f}%)",
+        f"processes {kinds[Kind.PROCESS]}",
+        f"threads {kinds[Kind.THREAD]}",
+        f"exited {kinds[Kind.EXITED]}",
+        f"refused {snapshot.refused}",
+        f"updated {_clock(snapshot.updated_s)}",
     ]
 
 
@@ -724,16 +683,24 @@ def _status_figures(run_dir: str | None) -> tuple[dict[str, Any], bool]:
 
 
 @app.command()
-def status(run_dir: RunDir = None, as_json: Json = False) -> None:
+def status(
+    run_dir: RunDir = None,
+    as_json: Json = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="also the eBPF helper's internal figures")
+    ] = False,
+) -> None:
     """The daemon's figures: packets, flows, tasks, exit list, capture, resolver, table, history.
 
     The figures of the kernel module's /proc/netatop and what a user-space
     reader must add: packets dropped by the capture ring, resolver misses,
-    table fill, history.  --json prints the daemon's STATUS object as it is.
+    table fill, history.  --verbose adds the eBPF helper's internal figures;
+    --json prints the daemon's STATUS object as it is.
 
     \b
     Examples:
       netatop status
+      netatop status --verbose
       netatop status --json | jq .capture_dropped
     """
     with _errors():
@@ -747,7 +714,8 @@ def status(run_dir: RunDir = None, as_json: Json = False) -> None:
         except (Unavailable, TableError) as err:
             snapshot, problem = None, str(err)
     width = terminal_width()
-    for line in status_lines(figures, snapshot, run_dir_from_env(run_dir), width, problem):
+    run_dir_shown = run_dir_from_env(run_dir)
+    for line in status_lines(figures, snapshot, run_dir_shown, width, problem, verbose):
         typer.echo(line)
 
 

@@ -11,7 +11,7 @@ A reader copies what it needs and keeps the copy only when the generation was
 even and unchanged around the copy.  The writer never waits for readers.
 
 State owned: the writer's mapping and its packing buffer; each reader's
-read-only mapping.  Callers: daemon.py (TableWriter, once per publish
+read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
 interval), cli.py and any other reader (TableReader, open_table).
 """
 
@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from .protocol import COUNTER_NAMES
+from .status import TABLE_FIELDS, TABLE_SLOTS
 from .tasks import Kind, TaskRow
 
 log = logging.getLogger(__name__)
@@ -38,37 +39,10 @@ TABLE_FILE_NAME = "table"
 TABLE_MAGIC = b"NETATOPT"
 TABLE_LAYOUT_VERSION = 1
 
-# Names of the STATUS counters, in the order of the header's status[] array.
-# Append only: a name's index is part of the layout.
-STATUS_FIELDS: tuple[str, ...] = (
-    "tcp_sent",
-    "tcp_received",
-    "udp_sent",
-    "udp_received",
-    "tcp_sent_unidentified",
-    "tcp_received_unidentified",
-    "udp_sent_unidentified",
-    "udp_received_unidentified",
-    "icmp_sent",
-    "icmp_received",
-    "malformed",
-    "flows",
-    "flows_overflow",
-    "tasks",
-    "tasks_overflow",
-    "exited",
-    "capture_received",
-    "capture_dropped",
-    "resolver_misses",
-    "flows_pending",
-    "resolver_lookups",
-    "exited_expired",
-    "capture_interface_dropped",
-    "history_persisted",
-    "history_pending",
-    "history_dropped",
-)
-STATUS_SLOTS = 64  # room reserved in the header, so adding a name keeps the layout
+# Names of the STATUS counters, in the order of the header's status[] array: the
+# fields of the STATUS registry that have a table slot (a slot is part of the layout).
+STATUS_FIELDS: tuple[str, ...] = TABLE_FIELDS
+STATUS_SLOTS = TABLE_SLOTS  # room reserved in the header, so adding a name keeps the layout
 _STATUS_INDEX = {name: index for index, name in enumerate(STATUS_FIELDS)}
 
 # struct netatop_table_header, little endian, 640 bytes, every member at its
@@ -308,7 +282,7 @@ class TableWriter:
         for name, value in status.items():
             index = _STATUS_INDEX.get(name)
             if index is None:
-                raise ValueError(f"unknown status counter {name!r}: add it to STATUS_FIELDS")
+                raise ValueError(f"unknown status counter {name!r}: give it a slot in status.py")
             if not 0 <= value < 2**64:
                 raise ValueError(f"status counter {name} out of range: {value}")
             values[index] = value

@@ -511,7 +511,7 @@ def test_status_human_groups_every_figure(fake: FakeDaemon, tmp_path: Path) -> N
         writer.close()
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "netatopd 0.1.0, up 1 d 01:01:01, owner resolution: proc",
+        "netatopd 0.1.0, owner resolution: proc, up 1 d 01:01:01",
         f"Run directory {tmp_path}",
         "",
         "Packets SENT RECEIVED UNIDENTIFIED SENT UNIDENTIFIED RECEIVED",
@@ -522,17 +522,71 @@ def test_status_human_groups_every_figure(fake: FakeDaemon, tmp_path: Path) -> N
         "Flows         13 (overflow 14, pending owner 15, written off 16)",
         "Tasks         17 (overflow 18)",
         "Exit list     19 (expired unread 20)",
+        "Sweep         runs 37",
         "Capture       received 21, dropped 22, dropped by the interface 23,",
         "              packets counted 24",
         "Resolver      lookups 25, misses 26, not found 27, endpoint finds 28,",
-        "              full inode scans 29, /proc denied 30,",
-        "              owner known after 1.5 ms (p50), 4.2 ms (p99),",
-        "              9.0 ms (max) over the last 100 new flows",
+        "              new flows timed 100, owner known after 1.5 ms (p50), 4.2 ms (p99),",
+        "              9.0 ms (max), full inode scans 29, /proc denied 30",
         "Table         5 rows of 64 (7.8%), processes 4, threads 0, exited 1, refused 0,",
         f"              updated {clock}",
         "History       /var/lib/netatop/netatop.db: persisted 31, samples 32, pending 33,",
         "              dropped 34, disk-full skips 35, write errors 36",
-        "Other         gc_runs 37, something_new 38",
+    ]
+    assert "something_new" not in result.stdout  # not in the registry: --json only
+
+
+KERNEL_STATUS = {
+    **STATUS,
+    "ownership": "kernel",
+    "ownership_note": "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)",
+    "capture_lanes": 3,
+    "capture_holds": 41,
+    "capture_hold_ms": 50,
+    "capture_lanes_fallback": "one handle: filter refused",
+    "resolver_udp_rechecks": 42,
+    "ebpf_load_ms": 43,
+    "ebpf_sock_send_length_run_cnt": 44,
+    "ebpf_flow_update_failed": 45,
+    "ebpf_drains": 46,
+    "resolver_kernel_finds": 47,
+    "atop_clients": 1,
+    "atop_requests": 48,
+    "atop_answers": 49,
+    "atop_abandoned": 0,
+    "atop_garbage": 0,
+    "atop_journal": 2,
+    "atop_journal_dropped": 0,
+    "history_persisted": 0,  # a group whose figures are 0 still shows
+}
+
+
+def test_status_verbose_adds_the_ebpf_internals_under_their_heading() -> None:
+    plain = cli.status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80)
+    verbose = cli.status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80, verbose=True)
+    assert plain[0] == "netatopd 0.1.0, owner resolution: kernel, up 1 d 01:01:01"
+    start = plain.index("Sweep         runs 37")
+    assert plain[start:] == [
+        "Sweep         runs 37",
+        "Capture       received 21, dropped 22, dropped by the interface 23,",
+        "              packets counted 24, lanes 3, holds 41, hold 50 ms,",
+        "              fallback one handle: filter refused",
+        "Owners from   eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)",
+        "Resolver      lookups 25, misses 26, not found 27, endpoint finds 28,",
+        "              UDP rechecks 42, new flows timed 100,",
+        "              owner known after 1.5 ms (p50), 4.2 ms (p99), 9.0 ms (max),",
+        "              full inode scans 29, /proc denied 30, kernel finds 47",
+        "Table         capacity 64, not readable: no table file in the run directory",
+        "Atop socket   clients 1, requests 48, answers 49, abandoned 0, garbage 0,",
+        "              journal 2, journal dropped 0",
+        "History       /var/lib/netatop/netatop.db: persisted 0, samples 32, pending 33,",
+        "              dropped 34, disk-full skips 35, write errors 36",
+    ]
+    assert not any(line.startswith("eBPF") or "run cnt" in line for line in plain)
+    assert verbose[: len(plain)] == plain
+    assert verbose[len(plain) :] == [
+        "eBPF          load ms 43, sock send length run cnt 44, flow update failed 45,",
+        "              drains 46",
     ]
 
 
@@ -997,7 +1051,7 @@ def test_manual_page_lists_every_command_and_option() -> None:
         }:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
-    assert options_seen == 24  # 1 + 5 + 3 + 6 + 7 + 2 (status query top exited report wait-exit)
+    assert options_seen == 25  # 2 + 5 + 3 + 6 + 7 + 2 (status query top exited report wait-exit)
 
 
 def test_manual_page_renders_without_warnings() -> None:

@@ -1,24 +1,17 @@
-"""Unit tests of the flow table's lean bookkeeping and the daemon's cheaper publish.
+"""Unit tests of the flow table's lean bookkeeping.
 
 Ground truth: the tables a flow must be reachable from (a TCP flow under the key
 of a packet it sent and the same key with source and destination swapped; a UDP
 flow under its local address + port), worked out by hand from the addresses
-below; and, for the shared-table figures, the daemon's own ``status()``, of
-which ``publish`` writes the STATUS_FIELDS that are integers.
+below.  (The daemon's shared-table figures: test_engine.py.)
 """
 
 from __future__ import annotations
 
-import argparse
 import struct
-from pathlib import Path
 
-from netatopd.capture.pcap import CaptureStats
-from netatopd.config import resolve
-from netatopd.daemon import Engine
 from netatopd.flows import INTERNED_ADDRESSES_MAX, FlowTable
-from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Packet, Reject
-from netatopd.table import STATUS_FIELDS
+from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Packet
 
 A4 = bytes((192, 0, 2, 1))
 C4 = bytes((192, 0, 2, 3))
@@ -91,59 +84,3 @@ def test_address_sharing_past_its_limit_keeps_values() -> None:
     assert flows.count == count
     assert len(flows._addresses) <= INTERNED_ADDRESSES_MAX
     assert [flows.tcp_sent[key4(A4, r, 1024, 443)].remote_addr for r in remotes] == remotes
-
-
-class FakeCapture:
-    """What Engine needs of CaptureLanes outside the loop: its counters and lanes."""
-
-    lanes: list[object] = [object(), object(), object()]
-    fallback = ""
-
-    def stats(self) -> CaptureStats:
-        return CaptureStats(1234, 5, 6)
-
-
-def make_engine(tmp_path: Path) -> Engine:
-    options: argparse.Namespace = resolve(
-        [
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--no-history",
-            "--ownership",
-            "proc",
-            "--no-atop-socket",
-        ],
-        environ={},
-    )
-    (tmp_path / "run").mkdir()
-    return Engine(options, FakeCapture())  # type: ignore[arg-type]
-
-
-def test_table_figures_are_the_integer_status_fields(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path)
-    try:
-        engine.flows.account(
-            [
-                (Direction.SENT, PROTO_TCP, key4(A4, B4, 40000, 443), 60),
-                (Direction.LOOPBACK, PROTO_UDP, key4(A4, A4, 5000, 53), 80),
-            ],
-            1.0,
-        )
-        engine.rejects[Reject.TRUNCATED_IP] = 2
-        engine.rejects[Reject.OTHERHOST] = 9  # not malformed
-        status = engine.status()
-        expected = {
-            name: status[name] for name in STATUS_FIELDS if isinstance(status.get(name), int)
-        }
-        figures = engine.table_figures()
-        assert figures == expected
-        assert figures["malformed"] == 2
-        assert figures["capture_received"] == 1234
-        assert figures["capture_dropped"] == 5
-        assert figures["capture_interface_dropped"] == 6
-        assert figures["tcp_sent"] == 1 and figures["udp_sent"] == 1
-        assert figures["flows"] == 3  # one TCP flow, two UDP endpoints
-        assert "history_persisted" not in figures  # --no-history
-    finally:
-        engine.table.close(unlink=True)
-        engine.sockdiag.close()

@@ -1,0 +1,285 @@
+"""The daemon's engine: every counting stage wired together, the counting pass and housekeeping.
+
+Owns each stage's object (flow table, task table, resolver, sweeper, exit
+list, exit journal, shared-table writer, history writer, the eBPF helper)
+and the figures about them.  The event loop (loop.EventLoop) calls
+``drain_capture`` and ``housekeeping`` on every pass and asks
+``seconds_until_next_work`` how long it may sleep; the control and atop
+answers (answers.Answers) read the same objects.  Each pass reads the capture
+lanes dry in batches; each batch is counted on its flows
+(``FlowTable.account_fixed`` / ``account_records``), then new flows' owners are
+looked up and counters settled into tasks.  Nothing here runs per packet.
+
+Time comes from a ``Clock`` (wall and monotonic), passed in so tests can
+drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..attribution import Resolver
+from ..capture.lanes import CaptureLanes, LaneKind
+from ..capture.links import LinkTable
+from ..ebpf import EbpfUnavailable, KernelOwnership
+from ..exitlist import ExitJournal, ExitList, Sweeper
+from ..flows import FlowTable
+from ..history import HistoryWriter, StoreError
+from ..netlink.sockdiag import SockDiag
+from ..parse import Reject
+from ..procfs import ProcFS
+from ..status import collect_table
+from ..table import TableWriter, table_path
+from ..tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
+from .hold import Hold, hold_seconds
+from .readings import StatusReadings
+
+log = logging.getLogger(__name__)
+
+# Records a read takes from one capture lane at most: with the 50 ms hold a lane
+# gathers a few thousand packets at moderate rates, and one read of them costs one
+# pass of the counting functions.
+BATCH_PACKETS = 8192
+IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
+RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
+SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Where the engine reads the time: wall (epoch seconds) and monotonic seconds."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class KernelOwnershipFailed(Exception):
+    """--ownership kernel was asked for and the eBPF helper did not load."""
+
+
+def load_kernel_ownership(mode: str) -> tuple[KernelOwnership | None, str]:
+    """The eBPF helper for --ownership auto|kernel, or None for proc; and a note for STATUS."""
+    if mode == "proc":
+        return None, "/proc and sock_diag (--ownership proc)"
+    try:
+        if os.environ.get(SIMULATE_EBPF_FAILURE_ENV) == "1":
+            raise EbpfUnavailable(f"simulated load failure ({SIMULATE_EBPF_FAILURE_ENV}=1)")
+        helper = KernelOwnership.load()
+    except EbpfUnavailable as err:
+        if mode == "kernel":
+            raise KernelOwnershipFailed(
+                f"the eBPF ownership helper did not load: {err.reason}"
+            ) from err
+        log.warning("eBPF ownership helper not loaded (%s); owners come from /proc", err.reason)
+        return None, f"/proc and sock_diag: eBPF helper not loaded: {err.reason}"
+    return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
+
+
+class Engine:
+    """Every counting stage wired together, the counting pass and housekeeping."""
+
+    def __init__(
+        self, options: argparse.Namespace, capture: CaptureLanes, clock: Clock | None = None
+    ) -> None:
+        self.options = options
+        self.capture = capture
+        self.clock = clock = clock or Clock()
+        self.timeout_s = options.capture_timeout_ms / 1000.0
+        self.links = LinkTable()
+        self.rejects = [0] * (max(int(r) for r in Reject) + 1)
+        self.procfs = ProcFS()
+        self.sockdiag = SockDiag()
+        self.kernel, self.ownership_note = load_kernel_ownership(options.ownership)
+        self.hold = Hold(
+            hold_seconds(options.hold_ms, self.kernel is not None), self.timeout_s, clock.monotonic
+        )
+        self.flows = FlowTable(max_flows=options.max_flows)
+        self.tasks = TaskTable(max_tasks=options.max_tasks)
+        self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
+        self.journal = ExitJournal()
+        self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
+        self.resolver = Resolver(
+            self.flows,
+            self.tasks,
+            self.procfs,
+            self.sockdiag,
+            on_task_gone=self._task_gone,
+            unowned_limit_s=options.unowned_limit_s,
+            rescan_interval_s=options.rescan_interval_ms / 1000.0,
+            kernel=self.kernel,
+        )
+        self.sweeper = Sweeper(
+            self.flows,
+            self.tasks,
+            self.resolver,
+            self.exit_list,
+            self.procfs,
+            self.sockdiag,
+            gc_interval_s=options.gc_interval_s,
+            tcp_idle_s=options.tcp_idle_s,
+            udp_idle_s=options.udp_idle_s,
+        )
+        self.table = TableWriter(
+            table_path(options.run_dir), options.table_capacity, options.publish_interval_ms
+        )
+        self.publish_interval_s = options.publish_interval_ms / 1000.0
+        self.last_publish_monotonic_s = 0.0
+        self.packets_at_publish = -1
+        self.last_packet_monotonic_s = 0.0
+        self.history: HistoryWriter | None = None
+        self.history_problem = "disabled (--no-history)" if options.no_history else ""
+        if not options.no_history:
+            try:
+                self.history = HistoryWriter(
+                    options.db,
+                    flush_interval_s=options.flush_interval_s,
+                    sample_interval_s=options.sample_interval_s or None,
+                    retention_days=options.retention_days,
+                )
+            except StoreError as err:
+                # Counting matters more than history: carry on without it, and say so.
+                self.history_problem = f"disabled: {err}"
+                log.error("history %s", self.history_problem)
+            else:
+                self.history.start()
+                self.exit_list.listeners.append(self._persist_exited)
+        self.started_s = clock.wall()
+        self.packets = 0
+        self.batches = 0
+        self.last_drained_s = 0.0  # wall time of the last read that left the ring empty
+        self.errors = 0
+
+    # -- the counting pass ---------------------------------------------------------------
+
+    def drain_capture(self) -> bool:
+        """Read every capture lane dry, batch by batch, and count every packet.
+
+        True when packets were counted: then the resolver has just looked up,
+        retried and settled everything due (housekeeping need not again).
+        """
+        flows = self.flows
+        links = self.links
+        rejects = self.rejects
+        wall = self.clock.wall
+        counted = False
+        started_s = wall()
+        for kind, capture in self.capture.lanes:
+            while True:
+                batch = capture.read_batch(BATCH_PACKETS)
+                count = batch.count
+                if count:
+                    now_s = wall()
+                    if kind == LaneKind.OTHER:
+                        flows.account_records(batch.records, links, rejects, now_s)
+                    else:
+                        flows.account_fixed(batch.records, count, kind, links, rejects, now_s)
+                    self.packets += count
+                    self.batches += 1
+                    counted = True
+                if count < BATCH_PACKETS:
+                    break
+        self.last_drained_s = started_s
+        if counted:
+            now_s = wall()
+            # Owners first: the kernel may name a new holder of a flow (a port
+            # reused by another process), and these packets are its.
+            self.resolver.resolve(now_s)
+            self.resolver.settle(now_s)
+            self.last_packet_monotonic_s = self.clock.monotonic()
+        return counted
+
+    def _task_gone(self, task: TaskInfo) -> None:
+        self.tasks.remove(task)
+        exited = task.finished(self.clock.wall())
+        self.exit_list.add(exited)
+        self.journal.append(exited)  # for the atop socket's once-more rule
+
+    def _persist_exited(self, exited: ExitedTask) -> None:
+        if self.history is not None:
+            self.history.add_exited((exited,))
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def housekeeping(self, resolved: bool = False) -> None:
+        """Everything due besides counting; resolved: drain_capture just resolved and settled."""
+        now_s = self.clock.wall()
+        if not resolved or self.flows.dirty or self.flows.new:
+            self.resolver.settle(now_s)
+            self.resolver.resolve(now_s)
+        if self.sweeper.due():
+            self.sweeper.run(now_s)
+            self.gc_requested = False
+        elif self.gc_requested and self.sweeper.force(now_s):
+            self.gc_requested = False
+        self.exit_list.expire()
+        if self.history is not None and self.history.sample_due(now_s):
+            self.history.add_samples(
+                now_s,
+                self.options.sample_interval_s,
+                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+            )
+        # Publish every interval while anything is counted, else once a second
+        # (a heartbeat: readers tell a live daemon from a dead one by the update time).
+        since_publish_s = self.clock.monotonic() - self.last_publish_monotonic_s
+        active = self.packets != self.packets_at_publish
+        if since_publish_s >= (self.publish_interval_s if active else IDLE_WAKE_S):
+            self.publish()
+
+    def seconds_until_next_work(self) -> float:
+        monotonic_s = self.clock.monotonic()
+        wait = min(IDLE_WAKE_S, self.sweeper.seconds_until_due())
+        if self.kernel is None and monotonic_s - self.last_packet_monotonic_s < RECENT_TRAFFIC_S:
+            # Flows are in use: look for processes that took sockets over (forks) promptly
+            # (the eBPF helper names them itself).
+            wait = min(wait, self.resolver.rescan_interval_s)
+        if self.gc_requested:
+            wait = min(wait, self.sweeper.seconds_until_forcible())
+        if self.resolver.pending:
+            wait = min(wait, max(0.0, self.resolver.pending[0][0] - self.clock.wall()))
+        if self.packets != self.packets_at_publish:
+            next_publish = self.last_publish_monotonic_s + self.publish_interval_s
+            wait = min(wait, max(0.0, next_publish - monotonic_s))
+        if self.exit_list.entries:
+            oldest = self.exit_list.entries[0][1]
+            wait = min(wait, max(0.0, oldest + self.exit_list.lifetime_s - monotonic_s))
+        return wait
+
+    # -- the shared table ----------------------------------------------------------------
+
+    def rows(self) -> list[TaskRow]:
+        """Every live process (and thread the kernel named), then the exit list."""
+        rows = self.tasks.rows(threads=True)
+        rows.extend(
+            TaskRow(Kind.EXITED, e.tgid, e.tgid, e.btime, e.command, e.counters, e.last_activity_s)
+            for e in self.exit_list.snapshot()
+        )
+        return rows
+
+    def publish(self) -> None:
+        """Write the shared table (batched: every publish interval, never per packet)."""
+        self.last_publish_monotonic_s = self.clock.monotonic()
+        self.packets_at_publish = self.packets
+        self.table.publish(self.rows(), self.table_figures())
+
+    def table_figures(self) -> dict[str, int]:
+        """The STATUS figures that have a slot in the shared table."""
+        return collect_table(StatusReadings(self))
+
+    def close(self) -> None:
+        """Stop: the last counters into the table and the history, then release everything."""
+        now_s = self.clock.wall()
+        self.resolver.settle(now_s)
+        try:
+            self.publish()
+        finally:
+            self.table.close(unlink=True)
+            if self.history is not None:
+                self.history.stop()
+            if self.kernel is not None:
+                self.kernel.close()
+            self.sockdiag.close()

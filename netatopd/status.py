@@ -1,0 +1,366 @@
+"""The STATUS registry: every figure the daemon reports, declared once.
+
+Each ``Field`` names one STATUS figure and says where the daemon reads it
+(``source``), its slot in the shared table's status array if it has one
+(``slot``), the group it belongs to and its label on the ``netatop status``
+screen.  A ``Family`` stands for figures whose names a source makes up itself
+(the eBPF helper's program and map figures).  From ``REGISTRY``:
+
+* the daemon's STATUS object (``collect``, called by the daemon's control
+  answers) and the shared table's figures (``collect_table``, called by the
+  daemon's engine at each publish);
+* the table's status layout, ``TABLE_FIELDS`` (read by table.py: a slot is
+  part of the file format, so slots are only ever appended);
+* the groups and labels ``netatop status`` shows (cli.py's status_lines).
+
+A source is an attribute path evaluated on an object the daemon hands in:
+dots separate the steps, a step ending in ``()`` is called, a step into a
+mapping is a key.  A step that meets None or a missing key makes the figure
+absent (its stage is off: no history, no eBPF helper, no atop socket).  This
+module imports none of the counting stages, so the command line loads it
+cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+ABSENT = object()  # what a source yields when its stage is off
+
+
+class Style(Enum):
+    """How a group's line reads on the ``netatop status`` screen."""
+
+    HEADER = "header"  # the opening line: its fields' texts joined by commas
+    TABLE = "table"  # a table: each field's label is its row, its column its column
+    LINE = "line"  # 'Heading  headline (label value, ...)' or 'Heading  label value, ...'
+    SHARED_TABLE = "shared_table"  # a line, plus the fill read from the shared table itself
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A heading of the netatop status screen and how its figures read under it."""
+
+    heading: str
+    style: Style = Style.LINE
+    headline_colon: bool = False  # 'headline: a, b' instead of 'headline (a, b)'
+    when_empty: str = ""  # shown when the group has no figure; '' leaves the group out
+    verbose: bool = False  # only with netatop status --verbose
+    always: bool = False  # shown with its fields' defaults even when it has no figure
+    prefix: str = ""  # a family's figures: every name that starts with this
+
+
+HEADER = Group("", Style.HEADER, always=True)
+PACKETS = Group("Packets", Style.TABLE)
+MALFORMED = Group("Malformed")
+FLOWS = Group("Flows")
+TASKS = Group("Tasks")
+EXIT_LIST = Group("Exit list")
+SWEEP = Group("Sweep")
+CAPTURE = Group("Capture")
+OWNERS = Group("Owners from")
+RESOLVER = Group("Resolver")
+TABLE = Group("Table", Style.SHARED_TABLE)
+ATOP = Group("Atop socket")
+HISTORY = Group("History", headline_colon=True, when_empty="off")
+EBPF = Group("eBPF", verbose=True, prefix="ebpf_")
+
+# The order of the netatop status screen.
+GROUPS: tuple[Group, ...] = (
+    HEADER,
+    PACKETS,
+    MALFORMED,
+    FLOWS,
+    TASKS,
+    EXIT_LIST,
+    SWEEP,
+    CAPTURE,
+    OWNERS,
+    RESOLVER,
+    TABLE,
+    ATOP,
+    HISTORY,
+    EBPF,
+)
+
+
+def _getter(path: str) -> Callable[[object], object]:
+    """The function that follows path (see the module docstring) from an object."""
+    steps = tuple((step.removesuffix("()"), step.endswith("()")) for step in path.split("."))
+
+    def get(root: object) -> object:
+        value = root
+        for name, call in steps:
+            if value is None:
+                return ABSENT
+            if isinstance(value, Mapping):
+                value = value.get(name, ABSENT)
+                if value is ABSENT:
+                    return ABSENT
+            else:
+                value = getattr(value, name)
+            if call:
+                value = value()
+        return ABSENT if value is None else value
+
+    return get
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One STATUS figure.
+
+    label: its text on the status screen, '' for a group's headline (shown
+    bare); fmt: a format for the value instead of 'label value' ('{}' is the
+    value); unit: a word after the value; column: its column in a TABLE group;
+    default: shown when absent (None: not shown); duration: seconds shown as
+    days and h:mm:ss; when: a path whose value must be true for the figure
+    to be reported at all.
+    """
+
+    name: str
+    group: Group
+    label: str
+    source: str
+    slot: int | None = None
+    fmt: str = ""
+    unit: str = ""
+    column: str = ""
+    default: object = None
+    duration: bool = False
+    when: str = ""
+    read: Callable[[object], object] = field(init=False, repr=False, compare=False)
+    present: Callable[[object], object] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read", _getter(self.source))
+        object.__setattr__(self, "present", _getter(self.when) if self.when else None)
+
+    @property
+    def headline(self) -> bool:
+        """Shown bare, first on its group's line."""
+        return not self.label and not self.fmt
+
+    def text(self, value: object) -> str:
+        """'label value unit', or fmt with the value (a duration already formatted)."""
+        if self.fmt:
+            return self.fmt.format(value)
+        shown = f"{self.label} {value}" if self.label else str(value)
+        return f"{shown} {self.unit}" if self.unit else shown
+
+    def value(self, root: object) -> object:
+        """The figure read from root, or ABSENT."""
+        if self.present is not None:
+            shown = self.present(root)
+            if shown is ABSENT or not shown:
+                return ABSENT
+        return self.read(root)
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """Figures a source names itself: a mapping of name -> value.
+
+    Each name is reported with prefix put in front unless it has it already;
+    names in exclude are left out (the source reports them elsewhere).
+    """
+
+    prefix: str
+    group: Group
+    source: str
+    exclude: tuple[str, ...] = ()
+    read: Callable[[object], object] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read", _getter(self.source))
+
+    def items(self, root: object) -> Iterable[tuple[str, object]]:
+        figures = self.read(root)
+        if not isinstance(figures, Mapping):
+            return ()
+        prefix = self.prefix
+        return (
+            (name if name.startswith(prefix) else prefix + name, value)
+            for name, value in figures.items()
+            if name not in self.exclude
+        )
+
+
+def _totals(slot: int, name: str, label: str, column: str) -> Field:
+    return Field(name, PACKETS, label, f"flows.totals.{name}", slot=slot, column=column)
+
+
+# In the order of the STATUS object (a JSON object: the order its readers see).
+REGISTRY: tuple[Field | Family, ...] = (
+    Field("version", HEADER, "", "version", fmt="netatopd {}", default="?"),
+    # The kernel module's /proc/netatop figures: packets, and those no process was found for.
+    _totals(0, "tcp_sent", "TCP", "SENT"),
+    _totals(1, "tcp_received", "TCP", "RECEIVED"),
+    _totals(2, "udp_sent", "UDP", "SENT"),
+    _totals(3, "udp_received", "UDP", "RECEIVED"),
+    _totals(4, "tcp_sent_unidentified", "TCP", "UNIDENTIFIED SENT"),
+    _totals(5, "tcp_received_unidentified", "TCP", "UNIDENTIFIED RECEIVED"),
+    _totals(6, "udp_sent_unidentified", "UDP", "UNIDENTIFIED SENT"),
+    _totals(7, "udp_received_unidentified", "UDP", "UNIDENTIFIED RECEIVED"),
+    _totals(8, "icmp_sent", "ICMP", "SENT"),
+    _totals(9, "icmp_received", "ICMP", "RECEIVED"),
+    Field("malformed", MALFORMED, "", "malformed", slot=10),
+    Field("rejected", MALFORMED, "rejected", "rejected"),
+    Field("flows", FLOWS, "", "flows.count", slot=11),
+    Field("flows_overflow", FLOWS, "overflow", "flows.overflow", slot=12),
+    Field("flows_pending", FLOWS, "pending owner", "resolver.pending_count()", slot=19),
+    Field("flows_written_off", FLOWS, "written off", "resolver.unowned_written_off"),
+    Field("tasks", TASKS, "", "task_count", slot=13),
+    Field("tasks_overflow", TASKS, "overflow", "tasks.overflow", slot=14),
+    Field("exited", EXIT_LIST, "", "exit_count", slot=15),
+    Field("exited_expired", EXIT_LIST, "expired unread", "exit_list.expired", slot=21),
+    Field("capture_received", CAPTURE, "received", "capture_stats.received", slot=16),
+    Field("capture_dropped", CAPTURE, "dropped", "capture_stats.dropped", slot=17),
+    Field(
+        "capture_interface_dropped",
+        CAPTURE,
+        "dropped by the interface",
+        "capture_stats.interface_dropped",
+        slot=22,
+    ),
+    Field("packets_counted", CAPTURE, "packets counted", "packets"),
+    Field("capture_lanes", CAPTURE, "lanes", "lane_count"),
+    Field("capture_holds", CAPTURE, "holds", "hold.holds"),
+    Field("capture_hold_ms", CAPTURE, "hold", "hold.hold_ms", unit="ms"),
+    Field("resolver_lookups", RESOLVER, "lookups", "resolver.lookups", slot=20),
+    Field("resolver_misses", RESOLVER, "misses", "resolver.misses", slot=18),
+    Field("resolver_not_found", RESOLVER, "not found", "resolver.not_found"),
+    Field("resolver_endpoint_finds", RESOLVER, "endpoint finds", "resolver.endpoint_finds"),
+    Field("resolver_udp_rechecks", RESOLVER, "UDP rechecks", "resolver.udp_rechecks"),
+    # First packet read -> owner known, over the latest new flows; the three
+    # figures are there once one new flow has been timed.
+    Field(
+        "owner_latency_samples",
+        RESOLVER,
+        "",
+        "owner_latency.owner_latency_samples",
+        fmt="new flows timed {}",
+    ),
+    Field(
+        "owner_latency_ms_p50",
+        RESOLVER,
+        "",
+        "owner_latency.owner_latency_ms_p50",
+        fmt="owner known after {:.1f} ms (p50)",
+    ),
+    Field(
+        "owner_latency_ms_p99",
+        RESOLVER,
+        "",
+        "owner_latency.owner_latency_ms_p99",
+        fmt="{:.1f} ms (p99)",
+    ),
+    Field(
+        "owner_latency_ms_max",
+        RESOLVER,
+        "",
+        "owner_latency.owner_latency_ms_max",
+        fmt="{:.1f} ms (max)",
+    ),
+    Field("inode_full_scans", RESOLVER, "full inode scans", "resolver.inodes.full_scans"),
+    Field("proc_denied", RESOLVER, "/proc denied", "resolver.inodes.denied"),
+    Field("gc_runs", SWEEP, "runs", "sweeper.runs"),
+    Field("table_capacity", TABLE, "capacity", "table.capacity"),
+    Field("history", HISTORY, "", "history_note", default="on"),
+    Field("ownership", HEADER, "", "ownership", fmt="owner resolution: {}", default="?"),
+    Field("ownership_note", OWNERS, "", "ownership_note"),
+    Field("uptime_s", HEADER, "", "uptime_s", fmt="up {}", default=0, duration=True),
+    Field(
+        "capture_lanes_fallback", CAPTURE, "fallback", "capture.fallback", when="capture.fallback"
+    ),
+    # With the eBPF helper: its programs' and maps' figures, and what the daemon drained.
+    Family("ebpf_", EBPF, "kernel_status", exclude=("ownership",)),
+    Field("ebpf_records", EBPF, "records", "resolver.kernel.records"),
+    Field("ebpf_drains", EBPF, "drains", "resolver.kernel.drains"),
+    Field("ebpf_drains_skipped", EBPF, "drains skipped", "resolver.kernel.drains_skipped"),
+    Field(
+        "resolver_kernel_finds", RESOLVER, "kernel finds", "resolver.kernel_finds", when="kernel"
+    ),
+    Field("atop_clients", ATOP, "clients", "atop_stats.atop_clients"),
+    Field("atop_requests", ATOP, "requests", "atop_stats.atop_requests"),
+    Field("atop_answers", ATOP, "answers", "atop_stats.atop_answers"),
+    Field("atop_abandoned", ATOP, "abandoned", "atop_stats.atop_abandoned"),
+    Field("atop_garbage", ATOP, "garbage", "atop_stats.atop_garbage"),
+    Field("atop_journal", ATOP, "journal", "atop_stats.atop_journal"),
+    Field("atop_journal_dropped", ATOP, "journal dropped", "atop_stats.atop_journal_dropped"),
+    Field("history_persisted", HISTORY, "persisted", "history_stats.persisted_exited", slot=23),
+    Field("history_samples", HISTORY, "samples", "history_stats.persisted_samples"),
+    Field("history_pending", HISTORY, "pending", "history_stats.pending", slot=24),
+    Field("history_dropped", HISTORY, "dropped", "history_stats.dropped", slot=25),
+    Field("history_disk_full_skips", HISTORY, "disk-full skips", "history_stats.disk_full_skips"),
+    Field("history_write_errors", HISTORY, "write errors", "history_stats.write_errors"),
+)
+
+FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}
+TABLE_SLOTS = 64  # room in the table's header: adding a slotted field keeps the layout
+
+
+def _table_fields() -> tuple[Field, ...]:
+    slotted = sorted((f for f in FIELDS.values() if f.slot is not None), key=lambda f: f.slot or 0)
+    if [f.slot for f in slotted] != list(range(len(slotted))) or len(slotted) > TABLE_SLOTS:
+        raise AssertionError("table slots must run 0, 1, 2 ... without a gap")
+    return tuple(slotted)
+
+
+_TABLE = _table_fields()
+# The shared table's status[] array, in slot order (netatop-table(5)).
+TABLE_FIELDS: tuple[str, ...] = tuple(f.name for f in _TABLE)
+
+
+def collect(root: object) -> dict[str, object]:
+    """The STATUS object: every figure root has, in REGISTRY order."""
+    status: dict[str, object] = {}
+    for entry in REGISTRY:
+        if isinstance(entry, Family):
+            status.update(entry.items(root))
+            continue
+        value = entry.value(root)
+        if value is not ABSENT:
+            status[entry.name] = value
+    return status
+
+
+def collect_table(root: object) -> dict[str, int]:
+    """The figures of root that have a table slot (only those: cheaper than collect)."""
+    figures: dict[str, int] = {}
+    for entry in _TABLE:
+        value = entry.value(root)
+        if value is not ABSENT:
+            assert isinstance(value, int)
+            figures[entry.name] = value
+    return figures
+
+
+def group_figures(group: Group, figures: Mapping[str, object]) -> list[tuple[Field, object]]:
+    """The figures of one group that figures has, in REGISTRY order.
+
+    A family's figures that no Field declares get a Field made from their
+    name (label: the name without the prefix, underscores as spaces).
+    """
+    found: list[tuple[Field, object]] = []
+    if group.prefix:
+        # A family: every figure under the prefix, declared or not.
+        for name, value in figures.items():
+            if name.startswith(group.prefix):
+                declared = FIELDS.get(name)
+                if declared is None:
+                    label = name.removeprefix(group.prefix).replace("_", " ")
+                    declared = Field(name, group, label, name)
+                found.append((declared, value))
+        return found
+    members = [entry for entry in FIELDS.values() if entry.group is group]
+    if not group.always and not any(entry.name in figures for entry in members):
+        return found
+    for entry in members:
+        if entry.name in figures:
+            found.append((entry, figures[entry.name]))
+        elif entry.default is not None:
+            found.append((entry, entry.default))
+    return found

@@ -1,0 +1,189 @@
+"""The daemon's engine and its answers, built from fakes with a clock the test drives.
+
+Ground truth: the packets and rejects each test feeds in, the capture
+counters of FakeCapture, and the clock's readings; the table figures are the
+integer STATUS figures that have a table slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netatopd.capture.pcap import CaptureStats
+from netatopd.config import resolve
+from netatopd.daemon.answers import Answers
+from netatopd.daemon.engine import IDLE_WAKE_S, Clock, Engine
+from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
+from netatopd.table import STATUS_FIELDS
+
+A4 = bytes((192, 0, 2, 1))
+B4 = bytes((198, 51, 100, 2))
+WALL_START_S = 1_700_000_000.0
+
+
+def key4(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    return src + dst + struct.pack("!HH", sport, dport)
+
+
+class FakeTime:
+    """Wall and monotonic seconds that move only when the test says."""
+
+    def __init__(self) -> None:
+        self.wall_s = WALL_START_S
+        self.monotonic_s = 500.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall_s += seconds
+        self.monotonic_s += seconds
+
+    def clock(self) -> Clock:
+        return Clock(wall=lambda: self.wall_s, monotonic=lambda: self.monotonic_s)
+
+
+class FakeCapture:
+    """What Engine needs of CaptureLanes outside the loop: its counters and lanes."""
+
+    lanes: list[object] = [object(), object(), object()]
+    fallback = ""
+
+    def stats(self) -> CaptureStats:
+        return CaptureStats(1234, 5, 6)
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, fake_time: FakeTime) -> Iterator[Engine]:
+    options: argparse.Namespace = resolve(
+        [
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-history",
+            "--ownership",
+            "proc",
+            "--no-atop-socket",
+        ],
+        environ={},
+    )
+    (tmp_path / "run").mkdir()
+    engine = Engine(options, FakeCapture(), fake_time.clock())  # type: ignore[arg-type]
+    try:
+        yield engine
+    finally:
+        engine.table.close(unlink=True)
+        engine.sockdiag.close()
+
+
+def test_table_figures_are_the_integer_status_fields(engine: Engine) -> None:
+    engine.flows.account(
+        [
+            (Direction.SENT, PROTO_TCP, key4(A4, B4, 40000, 443), 60),
+            (Direction.LOOPBACK, PROTO_UDP, key4(A4, A4, 5000, 53), 80),
+        ],
+        1.0,
+    )
+    engine.rejects[Reject.TRUNCATED_IP] = 2
+    engine.rejects[Reject.OTHERHOST] = 9  # not malformed
+    status = Answers(engine).status()
+    expected = {name: status[name] for name in STATUS_FIELDS if isinstance(status.get(name), int)}
+    figures = engine.table_figures()
+    assert figures == expected
+    assert figures["malformed"] == 2
+    assert figures["capture_received"] == 1234
+    assert figures["capture_dropped"] == 5
+    assert figures["capture_interface_dropped"] == 6
+    assert figures["tcp_sent"] == 1 and figures["udp_sent"] == 1
+    assert figures["flows"] == 3  # one TCP flow, two UDP endpoints
+    assert "history_persisted" not in figures  # --no-history
+    rejected = status["rejected"]
+    assert isinstance(rejected, dict) and len(rejected) == len(Reject)
+    assert rejected["truncated_ip"] == 2 and rejected["otherhost"] == 9
+    assert sum(rejected.values()) == 11
+
+
+STATUS_ORDER_PROC = [
+    "version",
+    *STATUS_FIELDS[:10],
+    "malformed",
+    "rejected",
+    "flows",
+    "flows_overflow",
+    "flows_pending",
+    "flows_written_off",
+    "tasks",
+    "tasks_overflow",
+    "exited",
+    "exited_expired",
+    "capture_received",
+    "capture_dropped",
+    "capture_interface_dropped",
+    "packets_counted",
+    "capture_lanes",
+    "capture_holds",
+    "capture_hold_ms",
+    "resolver_lookups",
+    "resolver_misses",
+    "resolver_not_found",
+    "resolver_endpoint_finds",
+    "resolver_udp_rechecks",
+    "owner_latency_samples",
+    "inode_full_scans",
+    "proc_denied",
+    "gc_runs",
+    "table_capacity",
+    "history",
+    "ownership",
+    "ownership_note",
+    "uptime_s",
+]
+
+
+def test_status_names_and_their_order_on_the_control_socket(engine: Engine) -> None:
+    assert list(Answers(engine).status()) == STATUS_ORDER_PROC
+
+
+def test_status_without_the_stages_that_are_off(engine: Engine, fake_time: FakeTime) -> None:
+    fake_time.advance(90.25)
+    status = Answers(engine).status()
+    assert status["uptime_s"] == 90.25  # from the engine's clock
+    assert status["ownership"] == "proc"
+    assert status["history"] == "disabled (--no-history)"
+    assert status["capture_lanes"] == 3 and status["capture_hold_ms"] == 0
+    assert status["owner_latency_samples"] == 0 and "owner_latency_ms_p50" not in status
+    absent = ("capture_lanes_fallback", "resolver_kernel_finds", "atop_clients", "history_pending")
+    assert [name for name in absent if name in status] == []
+    assert not any(name.startswith("ebpf_") for name in status)
+
+
+def test_publish_follows_the_interval_while_counting_and_beats_once_a_second_idle(
+    engine: Engine, fake_time: FakeTime
+) -> None:
+    interval_s = engine.publish_interval_s
+    assert interval_s < IDLE_WAKE_S
+    engine.housekeeping()
+    published_s = fake_time.monotonic_s
+    assert engine.last_publish_monotonic_s == published_s  # the first: at once
+    fake_time.advance(interval_s)
+    engine.housekeeping()
+    assert engine.last_publish_monotonic_s == published_s  # idle: only the heartbeat
+    fake_time.advance(IDLE_WAKE_S - interval_s)
+    engine.housekeeping()
+    assert engine.last_publish_monotonic_s == fake_time.monotonic_s
+    published_s = fake_time.monotonic_s
+    engine.packets += 1  # counting: every interval
+    assert engine.seconds_until_next_work() == pytest.approx(interval_s)
+    fake_time.advance(interval_s / 2)
+    assert engine.seconds_until_next_work() == pytest.approx(interval_s / 2)
+    engine.housekeeping()
+    assert engine.last_publish_monotonic_s == published_s
+    fake_time.advance(interval_s / 2)
+    engine.housekeeping()
+    assert engine.last_publish_monotonic_s == fake_time.monotonic_s
