@@ -52,10 +52,6 @@ class TaskCounts:
     exit_time: float | None = None
     total_bytes: int = 0
 
-    def counters(self) -> tuple[float, ...]:
-        """The eight counters in COUNTER_NAMES order."""
-        return tuple(getattr(self, name) for name in COUNTER_NAMES)
-
     def record(self, fields: Sequence[str] | None = None) -> Record:
         """The fields (TASK_FIELDS unless given) by name, as JSON and CSV print them."""
         return {
