@@ -1,7 +1,9 @@
 """A client of the control socket, for the CLI, scripts and tests.
 
-Stage: interfaces (beside server.py).  Owns one Unix stream connection.
-Translates the daemon's error replies into Python exceptions:
+Owns one Unix stream connection to server.py's control socket and NetPerTask,
+a reply record as the wire carries it (struct netpertask).  Called by the
+netatop command (cli.sources, cli.commands), the privileged tests and
+bench_daemon.py.  Translates the daemon's error replies into Python exceptions:
 ESRCH -> ProcessLookupError, an unreachable or refused socket -> DaemonNotRunning
 (which names the run directory), a socket we may not open -> PermissionError.
 """
@@ -37,8 +39,10 @@ class ProtocolError(Exception):
     """The daemon's reply did not follow the protocol."""
 
 
-class TaskCounters(NamedTuple):
-    id: int
+class NetPerTask(NamedTuple):
+    """One struct netpertask of a reply; the CLI turns it into its row (cli.rows.from_reply)."""
+
+    id: int  # the tgid, or the tid for GETCNT_PID
     btime: int
     command: str
     counters: tuple[int, ...]
@@ -105,11 +109,11 @@ class ControlClient:
         return payload
 
     @staticmethod
-    def _records(payload: bytes) -> list[TaskCounters]:
+    def _records(payload: bytes) -> list[NetPerTask]:
         if len(payload) % NETPERTASK_SIZE:
             raise ProtocolError(f"payload of {len(payload)} bytes is not whole records")
         return [
-            TaskCounters(*unpack_netpertask(payload[i : i + NETPERTASK_SIZE]))
+            NetPerTask(*unpack_netpertask(payload[i : i + NETPERTASK_SIZE]))
             for i in range(0, len(payload), NETPERTASK_SIZE)
         ]
 
@@ -129,17 +133,17 @@ class ControlClient:
     def empty_exit(self) -> None:
         self.request(Command.EMPTY_EXIT)
 
-    def getcnt_exit(self) -> TaskCounters:
+    def getcnt_exit(self) -> NetPerTask:
         return self._records(self.request(Command.GETCNT_EXIT))[0]
 
-    def getcnt_tgid(self, tgid: int) -> TaskCounters:
+    def getcnt_tgid(self, tgid: int) -> NetPerTask:
         return self._records(self.request(Command.GETCNT_TGID, tgid))[0]
 
-    def getcnt_pid(self, pid: int) -> TaskCounters:
+    def getcnt_pid(self, pid: int) -> NetPerTask:
         return self._records(self.request(Command.GETCNT_PID, pid))[0]
 
-    def list_tasks(self) -> list[TaskCounters]:
+    def list_tasks(self) -> list[NetPerTask]:
         return self._records(self.request(Command.LIST_TASKS))
 
-    def list_exited(self) -> list[TaskCounters]:
+    def list_exited(self) -> list[NetPerTask]:
         return self._records(self.request(Command.LIST_EXIT))

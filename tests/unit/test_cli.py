@@ -1,4 +1,4 @@
-"""The netatop command line (netatopd/cli.py) without root and without a daemon.
+"""The netatop command line (the netatopd.cli package) without root and without a daemon.
 
 Ground truth: the rows each test publishes itself into a shared table with
 table.TableWriter, the records a fake control server (below, speaking the
@@ -30,7 +30,20 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from netatopd import cli
+from netatopd.cli import commands
+from netatopd.cli.format import format_bytes, format_count
+from netatopd.cli.rows import (
+    EXITED_FIELDS,
+    TASK_FIELDS,
+    SortKey,
+    TaskCounts,
+    from_history,
+    from_reply,
+    from_table,
+)
+from netatopd.cli.status import status_lines
+from netatopd.cli.top import rate_rows, top_frame
+from netatopd.client import NetPerTask
 from netatopd.history import open_db
 from netatopd.protocol import (
     REPLY,
@@ -41,7 +54,7 @@ from netatopd.protocol import (
     pack_netpertask,
 )
 from netatopd.table import TableReader, TableWriter, table_path
-from netatopd.tasks import Kind, TaskRow
+from netatopd.tasks import ExitedTask, Kind, TaskRow
 
 REPO = Path(__file__).resolve().parents[2]
 MAN_PAGE = REPO / "man" / "netatop.1"
@@ -108,7 +121,7 @@ QUERY_TABLE = [
 def invoke(*args: str, columns: int = 80, **env: str) -> Result:
     runner = CliRunner()
     return runner.invoke(
-        cli.app,
+        commands.app,
         list(args),
         prog_name="netatop",
         env={"COLUMNS": str(columns), "NETATOP_RUN_DIR": None, "NETATOP_DB": None, **env},
@@ -148,7 +161,7 @@ def run_dir(tmp_path: Path) -> Iterator[Path]:
     ],
 )
 def test_format_bytes(count: float, text: str) -> None:
-    assert cli.format_bytes(count) == text
+    assert format_bytes(count) == text
 
 
 @pytest.mark.parametrize(
@@ -162,7 +175,32 @@ def test_format_bytes(count: float, text: str) -> None:
     ],
 )
 def test_format_count(count: int, text: str) -> None:
-    assert cli.format_count(count) == text
+    assert format_count(count) == text
+
+
+# --------------------------------------------------------------------------- the row
+
+
+def test_one_row_from_every_source() -> None:
+    """The daemon's reply, the table row and the history row of one process print alike."""
+    counters = (1, 2, 3, 4, 5, 6, 7, 8)
+    from_socket = from_reply(NetPerTask(400, 5000, "wget", counters), Kind.EXITED)
+    from_shared = from_table(TaskRow(Kind.EXITED, 400, 400, 5000, "wget", counters, 0.0))
+    finished = ExitedTask(400, 5000, "wget", "", -1, 0.0, 0.0, T0 + 60.5, counters)
+    from_sqlite = from_history(finished)
+    expected = as_json(WGET_EXITED, "exited")
+    assert from_socket.record() == from_shared.record() == from_sqlite.record() == expected
+    assert list(from_socket.record()) == list(TASK_FIELDS)  # the order of JSON and CSV
+    assert from_sqlite.record(EXITED_FIELDS) == {
+        **expected,
+        "cmdline": None,  # unknown: "" and -1 in SQLite, null in JSON, empty in CSV
+        "uid": None,
+        "first_activity": None,
+        "last_activity": None,
+        "exit_time": T0 + 60.5,
+    }
+    thread = from_table(TaskRow(Kind.THREAD, 101, 100, 1000, "nginx", counters, 0.0))
+    assert (thread.pid, thread.tgid, thread.record()["kind"]) == (101, 100, "thread")
 
 
 # --------------------------------------------------------------------------- query
@@ -237,7 +275,7 @@ def test_query_threads_says_there_are_none(run_dir: Path) -> None:
     assert result.stdout.splitlines() == [
         "TID TGID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB"
     ]
-    assert result.stderr == f"netatop: {cli.NO_THREAD_ROWS}\n"
+    assert result.stderr == f"netatop: {commands.NO_THREAD_ROWS}\n"
     asked = invoke("query", "--run-dir", str(run_dir), "--threads", "100")
     assert asked.exit_code == 1
     assert "netatop: no thread rows for 100" in asked.stderr.splitlines()
@@ -562,8 +600,8 @@ KERNEL_STATUS = {
 
 
 def test_status_verbose_adds_the_ebpf_internals_under_their_heading() -> None:
-    plain = cli.status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80)
-    verbose = cli.status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80, verbose=True)
+    plain = status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80)
+    verbose = status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80, verbose=True)
     assert plain[0] == "netatopd 0.1.0, owner resolution: kernel, up 1 d 01:01:01"
     start = plain.index("Sweep         runs 37")
     assert plain[start:] == [
@@ -843,26 +881,24 @@ def test_rate_rows_are_deltas_over_the_publish_interval(tmp_path: Path) -> None:
     finally:
         writer.close()
     elapsed = second.updated_s - first.updated_s
-    rows = {r["pid"]: r for r in cli.rate_rows(first, second)}
-    assert rows[100]["tcpsndpacks"] * elapsed == pytest.approx(10)
-    assert rows[100]["tcpsndbytes"] * elapsed == pytest.approx(4000)
-    assert rows[100]["tcprcvbytes"] * elapsed == pytest.approx(100)
-    assert rows[100]["total_bytes"] == 2_097_152 + 4000 + 90_100
+    rows = {r.pid: r for r in rate_rows(first, second)}
+    assert rows[100].tcpsndpacks * elapsed == pytest.approx(10)
+    assert rows[100].tcpsndbytes * elapsed == pytest.approx(4000)
+    assert rows[100].tcprcvbytes * elapsed == pytest.approx(100)
+    assert rows[100].total_bytes == 2_097_152 + 4000 + 90_100
     # (200, 2999) is another process than (200, 2000): all its counters are new.
-    assert rows[200]["udpsndbytes"] * elapsed == pytest.approx(100)
+    assert rows[200].udpsndbytes * elapsed == pytest.approx(100)
 
 
 def test_top_frame_fits_80x24_and_sorts() -> None:
     rows = []
     for pid in range(1, 41):  # 40 processes, pid n sends n KiB/s
-        rows.append(
-            {
-                "pid": pid, "tgid": pid, "kind": "process", "btime": 1, "command": f"proc{pid}",
-                **dict.fromkeys(COUNTERS, 0.0), "tcpsndbytes": pid * 1024.0, "tcpsndpacks": 1.0,
-                "udprcvpacks": 41.0 - pid, "total_bytes": 0,
-            }
-        )  # fmt: skip
-    frame = cli.top_frame(rows, cli.SortKey.BYTES, 2.0, time.time(), (80, 24))
+        rates = {
+            **dict.fromkeys(COUNTERS, 0.0), "tcpsndbytes": pid * 1024.0, "tcpsndpacks": 1.0,
+            "udprcvpacks": 41.0 - pid,
+        }  # fmt: skip
+        rows.append(TaskCounts(Kind.PROCESS, pid, pid, 1, f"proc{pid}", **rates, total_bytes=0))
+    frame = top_frame(rows, SortKey.BYTES, 2.0, time.time(), (80, 24))
     assert len(frame) == 23 and max(len(line) for line in frame) <= 80
     # total sent: 1 + 2 + ... + 40 KiB = 820 KiB; packets 40 sent, 1 + ... + 40 = 820 received
     assert frame[2] == "total: sent 820 KiB/s 40.0 pk/s, received 0 B/s 820.0 pk/s, 40 processes"
@@ -878,7 +914,7 @@ def test_top_frame_fits_80x24_and_sorts() -> None:
         "TOTAL",
     ]
     assert [int(line.split()[0]) for line in frame[5:]] == list(range(40, 22, -1))
-    by_packets = cli.top_frame(rows, cli.SortKey.PACKETS, 2.0, time.time(), (80, 24))
+    by_packets = top_frame(rows, SortKey.PACKETS, 2.0, time.time(), (80, 24))
     assert [int(line.split()[0]) for line in by_packets[5:]] == list(range(1, 19))
 
 
@@ -1025,7 +1061,8 @@ COMMANDS = ("status", "query", "top", "exited", "report", "sync", "gc", "wait-ex
 
 def test_every_command_has_help_with_examples() -> None:
     registered = {
-        c.name or (c.callback.__name__ if c.callback else "") for c in cli.app.registered_commands
+        c.name or (c.callback.__name__ if c.callback else "")
+        for c in commands.app.registered_commands
     }
     assert registered == set(COMMANDS)
     for command in COMMANDS:

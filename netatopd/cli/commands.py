@@ -1,0 +1,499 @@
+"""The ``netatop`` command: thin typer commands over the library's readers.
+
+Owns the command line (the typer app, its options and help), the exit
+status and the translation of every "cannot answer" error into one sentence on
+stderr.  Each command asks sources for rows (rows.TaskCounts) or figures and
+prints them through format.emit, status.status_lines or top.show.  Called by
+the console script ``netatop`` (main) and ``python -m netatopd.cli``.
+
+Exit status: 0 success, 1 a process asked for is not known, 2 the daemon is
+not running or not reachable (or its table is stale), the database is missing,
+or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Annotated, NoReturn
+
+import typer
+
+from .. import history
+from ..client import ControlClient, DaemonNotRunning, ProtocolError, run_dir_from_env
+from ..table import TableError
+from . import rows, sources
+from . import top as top_view
+from .format import (
+    Column,
+    OutputFormat,
+    Record,
+    emit,
+    format_bytes,
+    format_text,
+    render_csv,
+    render_json,
+    terminal_width,
+)
+from .rows import SortKey, TaskCounts
+from .sources import Unavailable
+from .status import status_lines
+
+EXIT_UNKNOWN_PID = 1
+EXIT_UNAVAILABLE = 2
+EXIT_INTERRUPTED = 130
+
+NO_THREAD_ROWS = (
+    "no thread rows: netatopd publishes per-thread counters only while its eBPF "
+    "ownership helper runs (see 'ownership' in netatop status)"
+)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Ask netatopd which processes use the network.\n\n"
+    "\b\nExamples:\n"
+    "  netatop status\n"
+    "  netatop query --top 10\n"
+    "  netatop query --json 1234\n"
+    "  netatop top\n"
+    "  netatop exited --since 2h\n"
+    "  netatop report top-processes --since 1d --limit 10\n"
+    "  netatop wait-exit --json",
+)
+
+RunDir = Annotated[
+    str | None,
+    typer.Option(
+        "--run-dir",
+        envvar="NETATOP_RUN_DIR",
+        metavar="DIR",
+        help="netatopd's run directory (default: /run/netatop)",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="print one JSON array of objects")]
+Csv = Annotated[bool, typer.Option("--csv", help="print CSV with a header line")]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        metavar="TIME",
+        help="from this time: ISO 8601 (2026-11-27T02:00), a time of day (02:00), "
+        "or an age (90s, 15m, 2h, 1d, 1w)",
+    ),
+]
+Until = Annotated[
+    str | None,
+    typer.Option("--until", metavar="TIME", help="up to this time (same forms as --since)"),
+]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="at most N rows")]
+DbPath = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="NETATOP_DB",
+        metavar="PATH",
+        help="history database, opened read-only",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _fail(message: str, code: int = EXIT_UNAVAILABLE) -> NoReturn:
+    typer.echo(f"netatop: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn every "cannot answer" error into one sentence on stderr and exit status 2."""
+    try:
+        yield
+    except Unavailable as err:
+        _fail(str(err))
+    except DaemonNotRunning as err:
+        _fail(str(err))
+    except PermissionError as err:
+        _fail(str(err.strerror or err))
+    except ProtocolError as err:
+        _fail(f"lost the daemon: {err}")
+    except (ConnectionError, TimeoutError) as err:
+        _fail(f"lost the daemon: {err.strerror or err}")
+    except TableError as err:
+        _fail(str(err))
+    except history.StoreError as err:
+        _fail(str(err))
+
+
+def _output_format(as_json: bool, as_csv: bool) -> OutputFormat:
+    if as_json and as_csv:
+        raise typer.BadParameter("--json and --csv exclude each other")
+    return OutputFormat.JSON if as_json else OutputFormat.CSV if as_csv else OutputFormat.TABLE
+
+
+def _parse_time(text: str | None, option: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return history.parse_time(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint=option) from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def status(
+    run_dir: RunDir = None,
+    as_json: Json = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="also the eBPF helper's internal figures")
+    ] = False,
+) -> None:
+    """The daemon's figures: packets, flows, tasks, exit list, capture, resolver, table, history.
+
+    The figures of the kernel module's /proc/netatop and what a user-space
+    reader must add: packets dropped by the capture ring, resolver misses,
+    table fill, history.  --verbose adds the eBPF helper's internal figures;
+    --json prints the daemon's STATUS object as it is.
+
+    \b
+    Examples:
+      netatop status
+      netatop status --verbose
+      netatop status --json | jq .capture_dropped
+    """
+    with _errors():
+        figures = sources.status_figures(run_dir)
+        if as_json:
+            typer.echo(json.dumps(figures, indent=1))
+            return
+        problem = "no table file in the run directory"
+        try:
+            snapshot = sources.table_snapshot(run_dir)
+        except (Unavailable, TableError) as err:
+            snapshot, problem = None, str(err)
+    width = terminal_width()
+    for line in status_lines(figures, snapshot, run_dir_from_env(run_dir), width, problem, verbose):
+        typer.echo(line)
+
+
+@app.command()
+def query(
+    pids: Annotated[
+        list[int] | None,
+        typer.Argument(metavar="PID", help="process ids (default: every process)"),
+    ] = None,
+    threads: Annotated[
+        bool, typer.Option("--threads", help="thread rows (tid) instead of process rows")
+    ] = False,
+    sort: Annotated[
+        SortKey | None,
+        typer.Option(
+            "--sort",
+            help="largest first by bytes, packets, tcp bytes or udp bytes, or by pid "
+            "(default: bytes; the order given when PIDs are given)",
+        ),
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", min=1, metavar="N", help="only the first N rows")
+    ] = None,
+    as_json: Json = False,
+    as_csv: Csv = False,
+    run_dir: RunDir = None,
+) -> None:
+    """Counters of running processes (all of them, or the PIDs given).
+
+    Read from the shared table the daemon publishes every 250 ms, without
+    asking the daemon; run 'netatop sync' first for counters that include
+    every packet sent so far.  A PID that is not known is reported on stderr
+    and the exit status is 1 (the others are still printed).
+
+    \b
+    Examples:
+      netatop query
+      netatop query --sort udp --top 5
+      netatop query --json 1234 5678
+      netatop query --csv > counters.csv
+      netatop query --threads 1234
+    """
+    output = _output_format(as_json, as_csv)
+    wanted = list(pids or [])
+    with _errors():
+        found, complaints, no_threads = sources.query(run_dir, wanted, threads)
+    if sort is not None or not wanted:
+        found = rows.sort_rows(found, sort or SortKey.BYTES)
+    if top is not None:
+        found = found[:top]
+    columns = rows.THREAD_COLUMNS if threads else rows.TASK_COLUMNS
+    emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
+    if no_threads:
+        typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
+    for complaint in complaints:
+        typer.echo(f"netatop: {complaint}", err=True)
+    if complaints:
+        raise typer.Exit(EXIT_UNKNOWN_PID)
+
+
+@app.command()
+def exited(
+    as_json: Json = False,
+    as_csv: Csv = False,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = None,
+    db: DbPath = history.DEFAULT_DB_PATH,
+    run_dir: RunDir = None,
+) -> None:
+    """Finished processes, oldest first.
+
+    Without --since and --until: the daemon's exit list (read, not consumed;
+    an entry stays there for 15 s).  With either: the history database
+    (read-only), with the command line, uid and exit time of each process.
+
+    \b
+    Examples:
+      netatop exited
+      netatop exited --since 2h
+      netatop exited --since 2026-11-27T02:00 --until 2026-11-27T03:00 --csv
+      netatop exited --since 1d --limit 20 --db /srv/netatop.db
+    """
+    output = _output_format(as_json, as_csv)
+    since_s = _parse_time(since, "--since")
+    until_s = _parse_time(until, "--until")
+    with _errors():
+        if since_s is None and until_s is None:
+            finished = sources.exit_list(run_dir)
+            emit(
+                finished[:limit] if limit else finished,
+                output,
+                rows.TASK_COLUMNS,
+                rows.TASK_FIELDS,
+                TaskCounts.record,
+            )
+            return
+        finished = sources.history_exited(db, since_s, until_s, limit)
+    emit(
+        finished,
+        output,
+        rows.EXITED_COLUMNS,
+        rows.EXITED_FIELDS,
+        lambda row: row.record(rows.EXITED_FIELDS),
+    )
+
+
+def _report_cell(column: str) -> Callable[[Record], str]:
+    def cell(row: Record) -> str:
+        value = row[column]
+        if column.endswith("bytes") and isinstance(value, int | float):
+            return format_bytes(value)
+        return format_text(value)
+
+    return cell
+
+
+@app.command()
+def report(
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="report to run (see --list)")
+    ] = None,
+    list_reports: Annotated[
+        bool, typer.Option("--list", help="list the reports with a one-line description")
+    ] = False,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = None,
+    command: Annotated[
+        str | None,
+        typer.Option("--command", metavar="COMM", help="only processes with this command name"),
+    ] = None,
+    db: DbPath = history.DEFAULT_DB_PATH,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="table (with units), csv or json")
+    ] = OutputFormat.TABLE,
+) -> None:
+    """Run one of the SQL reports (sql/reports/NAME.sql) on the history database.
+
+    The database is opened read-only and works while netatopd writes.  In
+    table format byte columns get units; csv and json give the raw numbers.
+
+    \b
+    Examples:
+      netatop report --list
+      netatop report top-processes --since 1d --limit 10
+      netatop report by-command --since 02:00 --until 03:00
+      netatop report hourly --since 1w --format csv
+      netatop report recent-exits --command curl --format json
+    """
+    with _errors():
+        if list_reports:
+            reports = history.list_reports()
+            listed: list[Record] = [
+                {"name": r.name, "description": r.description, "params": list(r.params)}
+                for r in reports
+            ]
+            if output is OutputFormat.TABLE:
+                width = max((len(r.name) for r in reports), default=0)
+                for item in reports:
+                    typer.echo(f"{item.name:<{width}}  {item.description}")
+            elif output is OutputFormat.CSV:
+                flat = [{**row, "params": " ".join(row["params"])} for row in listed]
+                typer.echo(render_csv(flat, ("name", "description", "params")))
+            else:
+                typer.echo(render_json(listed))
+            return
+        if name is None:
+            raise typer.BadParameter("give a report NAME, or --list to see them", param_hint="NAME")
+        params = {
+            "since": _parse_time(since, "--since"),
+            "until": _parse_time(until, "--until"),
+            "limit": limit,
+            "command": command,
+        }
+        conn = history.open_db(db, readonly=True)
+        try:
+            try:
+                columns, values = history.run_report(conn, name, params)
+            except ValueError as err:
+                raise Unavailable(str(err)) from None
+        finally:
+            conn.close()
+    records: list[Record] = [dict(zip(columns, row, strict=True)) for row in values]
+    numeric = {
+        column: any(isinstance(r[column], int | float) for r in records)
+        and all(isinstance(r[column], int | float) or r[column] is None for r in records)
+        for column in columns
+    }
+    flex = "cmdline" if "cmdline" in columns else "command"
+    table_columns = [
+        Column(column, _report_cell(column), right=numeric[column], flex=column == flex)
+        for column in columns
+    ]
+    emit(records, output, table_columns, columns, lambda record: record)
+
+
+@app.command()
+def sync(run_dir: RunDir = None) -> None:
+    """Return once every packet captured before this command has been counted.
+
+    \b
+    Examples:
+      netatop sync && netatop query 1234
+    """
+    with _errors():
+        sources.call(run_dir, lambda c: c.sync())
+
+
+@app.command()
+def gc(run_dir: RunDir = None) -> None:
+    """Run the garbage collector now (finished processes go to the exit list).
+
+    \b
+    Examples:
+      netatop gc && netatop exited
+    """
+    with _errors():
+        sources.call(run_dir, lambda c: c.force_gc())
+
+
+@app.command("wait-exit")
+def wait_exit(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
+    count: Annotated[
+        int, typer.Option("--count", min=0, metavar="N", help="stop after N (0: until interrupted)")
+    ] = 0,
+    run_dir: RunDir = None,
+) -> None:
+    """Print finished processes as they arrive, taking them from the exit list (GETCNT_EXIT).
+
+    Each process is taken from the exit list (consumed, as atop's netatopd
+    did) and printed at once: one line of name=value pairs, or one JSON
+    object a line.  Runs until interrupted, or until N processes.
+
+    \b
+    Examples:
+      netatop wait-exit
+      netatop wait-exit --json --count 1
+    """
+
+    def loop(client: ControlClient) -> None:
+        seen = 0
+        while count == 0 or seen < count:
+            record = sources.take_exited(client).record()
+            if as_json:
+                typer.echo(json.dumps(record))
+            else:
+                typer.echo(" ".join(f"{k}={v}" for k, v in record.items()))
+            sys.stdout.flush()
+            seen += 1
+
+    try:
+        with _errors():
+            sources.call(run_dir, loop, timeout_s=None)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command("wait-empty")
+def wait_empty(run_dir: RunDir = None) -> None:
+    """Return once the exit list is empty (EMPTY_EXIT).
+
+    \b
+    Examples:
+      netatop wait-empty; echo every finished process has been read
+    """
+    try:
+        with _errors():
+            sources.call(run_dir, lambda c: c.empty_exit(), timeout_s=None)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command()
+def top(
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            min=top_view.TOP_INTERVAL_S_MIN,
+            metavar="SECONDS",
+            help="refresh interval; rates are averages over it",
+        ),
+    ] = top_view.TOP_INTERVAL_S_DEFAULT,
+    sort: Annotated[
+        SortKey, typer.Option("--sort", help="first order (keys b p t u n switch it)")
+    ] = SortKey.BYTES,
+    iterations: Annotated[
+        int,
+        typer.Option(
+            "--iterations", min=0, metavar="N", help="draw N frames, then exit (0: until q)"
+        ),
+    ] = 0,
+    run_dir: RunDir = None,
+) -> None:
+    """A live view of the processes using the network, like top or nethogs.
+
+    Per process: bytes and packets per second sent and received, TCP and
+    UDP bytes per second (from two snapshots of the shared table one interval
+    apart) and its lifetime bytes; a totals line above.  Keys: b p t u n sort
+    by bytes, packets, tcp, udp or pid; q or Ctrl-C quits and restores the
+    terminal.  Piped, it prints one frame after the other.
+
+    \b
+    Examples:
+      netatop top
+      netatop top --interval 5 --sort udp
+      netatop top --iterations 3 > frames.txt
+    """
+    with _errors():
+        top_view.show(run_dir, interval, sort, iterations)
+
+
+def main() -> None:
+    app(prog_name="netatop")

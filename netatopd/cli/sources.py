@@ -1,0 +1,207 @@
+"""Where netatop's answers come from, and which source is asked when.
+
+Owns the fallback policy between the three sources, and turns what each
+returns into rows (rows.TaskCounts):
+
+* the shared-memory table (table.py), read without asking the daemon: query
+  and top, and the table fill of status; a table not published for a while
+  counts as a stuck daemon (Unavailable);
+* the control socket (client.py): status, the exit list, sync, gc, the wait
+  commands, and query when the daemon publishes no table; status falls back
+  to the table's copy of STATUS when the socket is not ours to use;
+* the history database (netatopd.history, read-only): exited --since/--until.
+
+Called by commands and top.  Raises Unavailable (one sentence for stderr) and
+lets the client's, the table's and the history's errors through to commands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import typer
+
+from .. import history
+from ..client import ControlClient, run_dir_from_env
+from ..table import Snapshot, TableMissing, TableReader, TableStale, open_table
+from ..tasks import Kind
+from . import rows
+from .format import format_clock
+from .rows import TaskCounts
+
+T = TypeVar("T")
+
+# A table counts as stale (daemon alive but stuck) when its last publish is older
+# than this many publish intervals, and at least STALE_MIN_S.
+STALE_PUBLISHES = 20
+STALE_MIN_S = 5.0
+
+
+class Unavailable(Exception):
+    """What the command needs is not there; the message is one sentence for stderr."""
+
+
+def call(
+    run_dir: str | None, action: Callable[[ControlClient], T], timeout_s: float | None = 30.0
+) -> T:
+    """Run action on a fresh control connection."""
+    with ControlClient(run_dir, timeout_s=timeout_s) as client:
+        return action(client)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _stale_after_s(reader: TableReader) -> float:
+    return max(STALE_MIN_S, STALE_PUBLISHES * reader.publish_interval_ms / 1000.0)
+
+
+def open_reader(run_dir: str | None) -> TableReader | None:
+    """The daemon's table, or None when there is none (a daemon without one, or no daemon)."""
+    try:
+        return open_table(run_dir_from_env(run_dir))
+    except TableMissing:
+        return None
+
+
+def snapshot(reader: TableReader) -> Snapshot:
+    """A fresh snapshot; Unavailable when the daemon is gone or has stopped publishing."""
+    try:
+        taken = reader.snapshot()
+    except TableStale as err:
+        age_s = max(0.0, time.time() - err.updated_s)
+        raise Unavailable(
+            f"netatopd is not running (table last updated {format_clock(err.updated_s)}, "
+            f"{age_s:.0f} s ago)"
+        ) from None
+    age_s = time.time() - taken.updated_s
+    if age_s > _stale_after_s(reader):
+        raise Unavailable(
+            f"netatopd (pid {taken.daemon_pid}) has not updated its table for "
+            f"{age_s:.0f} s (last update {format_clock(taken.updated_s)}); it may be stuck"
+        )
+    return taken
+
+
+def table_snapshot(run_dir: str | None) -> Snapshot | None:
+    """One fresh snapshot of the table, or None when the daemon publishes none."""
+    reader = open_reader(run_dir)
+    if reader is None:
+        return None
+    with reader:
+        return snapshot(reader)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status_figures(run_dir: str | None) -> dict[str, Any]:
+    """STATUS from the control socket; from the table when the socket is not ours to use."""
+    try:
+        return call(run_dir, lambda c: c.status())
+    except PermissionError as err:
+        taken = table_snapshot(run_dir)
+        if taken is None:
+            raise
+        typer.echo(f"netatop: {err.strerror}; figures from the shared table instead", err=True)
+        return dict(taken.status)
+
+
+# --------------------------------------------------------------------------- query
+
+
+class Answer(NamedTuple):
+    """What query prints: rows, complaints about pids, and whether no thread row exists."""
+
+    rows: list[TaskCounts]
+    complaints: list[str]
+    no_threads: bool = False
+
+
+def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
+    """Rows and complaints about pids from one table snapshot."""
+    kind = Kind.THREAD if threads else Kind.PROCESS
+    candidates = [task for task in taken.rows if task.kind == kind]
+    no_threads = threads and not candidates
+    if not pids:
+        return Answer([rows.from_table(task) for task in candidates], [], no_threads)
+    found: list[TaskCounts] = []
+    seen: set[tuple[int, int]] = set()
+    complaints = []
+    for pid in pids:
+        if threads:
+            matches = [task for task in candidates if pid in (task.id, task.tgid)]
+        else:
+            matches = [task for task in candidates if task.id == pid]
+        for task in matches:
+            if (task.id, task.tgid) not in seen:
+                seen.add((task.id, task.tgid))
+                found.append(rows.from_table(task))
+        if matches:
+            continue
+        if threads:
+            complaints.append(f"no thread rows for {pid}")
+        elif any(task.kind == Kind.EXITED and task.id == pid for task in taken.rows):
+            complaints.append(f"process {pid} has finished (see netatop exited)")
+        else:
+            complaints.append(f"process {pid} is not known to netatopd")
+    return Answer(found, complaints, no_threads)
+
+
+def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
+    """The same from the control socket, for a daemon that publishes no table."""
+
+    def ask(client: ControlClient) -> Answer:
+        if not pids:
+            return Answer([rows.from_reply(record) for record in client.list_tasks()], [])
+        found, complaints = [], []
+        for pid in pids:
+            try:
+                found.append(rows.from_reply(client.getcnt_tgid(pid)))
+            except ProcessLookupError:
+                complaints.append(f"process {pid} is not known to netatopd")
+        return Answer(found, complaints)
+
+    return call(run_dir, ask)
+
+
+def query(run_dir: str | None, pids: Sequence[int], threads: bool) -> Answer:
+    """Running tasks: from the table, else (a daemon without one) the control socket.
+
+    Thread rows exist only in the table: without it every pid gets a complaint.
+    """
+    taken = table_snapshot(run_dir)
+    if taken is not None:
+        return _query_table(taken, pids, threads)
+    if threads:
+        call(run_dir, lambda c: c.probe())  # not running: say that, not "no threads"
+        return Answer([], [f"no thread rows for {pid}" for pid in pids], True)
+    return _query_socket(run_dir, pids)
+
+
+# --------------------------------------------------------------------------- finished
+
+
+def exit_list(run_dir: str | None) -> list[TaskCounts]:
+    """The daemon's exit list, read and not consumed."""
+    records = call(run_dir, lambda c: c.list_exited())
+    return [rows.from_reply(record, Kind.EXITED) for record in records]
+
+
+def take_exited(client: ControlClient) -> TaskCounts:
+    """The oldest finished process, taken off the exit list (waits for one)."""
+    return rows.from_reply(client.getcnt_exit(), Kind.EXITED)
+
+
+def history_exited(
+    db: str, since_s: float | None, until_s: float | None, limit: int | None
+) -> list[TaskCounts]:
+    """Finished processes with exit_time in [since_s, until_s) from the history database."""
+    conn = history.open_db(db, readonly=True)
+    try:
+        tasks = history.query_exited(conn, since_s, until_s, limit)
+    finally:
+        conn.close()
+    return [rows.from_history(task) for task in tasks]
