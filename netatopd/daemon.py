@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from typing import NoReturn
 
 from . import __version__
-from .attribution import Resolver
 from .capture.lanes import CaptureLanes, LaneKind
 from .capture.links import LinkTable
 from .capture.pcap import (
@@ -40,13 +39,10 @@ from .capture.pcap import (
 from .client import CONTROL_SOCKET_NAME
 from .config import OPTIONS, ConfigError, resolve
 from .ebpf import EbpfUnavailable, KernelOwnership
-from .exitlist import (
-    ExitJournal,
-    ExitList,
-    Sweeper,
-)
+from .exitlist import ExitJournal, ExitList
 from .flows import FlowTable
 from .netlink.sockdiag import SockDiag
+from .ownership import Resolver, Sweeper, TaskRegistry
 from .parse import Reject
 from .procfs import ProcAccessDenied, ProcessGone, ProcFS
 from .protocol import pack_netpertask
@@ -130,22 +126,19 @@ class Engine:
         self.journal = ExitJournal()
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
         self.atop: AtopServer | None = None
+        self.registry = TaskRegistry(self.tasks, self.procfs, self.exit_list, self.journal)
         self.resolver = Resolver(
             self.flows,
-            self.tasks,
-            self.procfs,
+            self.registry,
             self.sockdiag,
-            on_task_gone=self._task_gone,
             unowned_limit_s=options.unowned_limit_s,
             rescan_interval_s=options.rescan_interval_ms / 1000.0,
             kernel=self.kernel,
         )
         self.sweeper = Sweeper(
             self.flows,
-            self.tasks,
+            self.registry,
             self.resolver,
-            self.exit_list,
-            self.procfs,
             self.sockdiag,
             gc_interval_s=options.gc_interval_s,
             tcp_idle_s=options.tcp_idle_s,
@@ -231,12 +224,6 @@ class Engine:
         if not self.hold_s:
             return False
         return self.packets - packets_before >= HOLD_MIN_PPS * max(elapsed_s, self.timeout_s)
-
-    def _task_gone(self, task: TaskInfo) -> None:
-        self.tasks.remove(task)
-        exited = task.finished(time.time())
-        self.exit_list.add(exited)
-        self.journal.append(exited)  # for the atop socket's once-more rule
 
     def atop_tasks(self) -> Iterable[TaskInfo]:
         return self.tasks.by_tgid.values()

@@ -41,6 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from ..procfs import IPV4_MAPPED_PREFIX
 from . import syscalls
 from .asm import assemble, instruction_count
 from .btf import (
@@ -105,7 +106,6 @@ BATCH_CHUNK_ENTRIES = 1024
 VERIFIER_LOG_BYTES = 1 << 20
 ATTACH_CPU = 0  # one perf event per tracepoint is enough: the program runs on every CPU
 
-_IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 SELF_NETNS_PATH = Path("/proc/self/ns/net")
 
 
@@ -158,7 +158,7 @@ def _address(family: int, raw: bytes) -> bytes:
     """4 bytes for IPv4 and IPv4-mapped IPv6, else 16."""
     if family == AF_INET:
         return raw[:4]
-    if raw[:12] == _IPV4_MAPPED_PREFIX:
+    if raw[:12] == IPV4_MAPPED_PREFIX:
         return raw[12:16]
     return raw
 

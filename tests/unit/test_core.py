@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from netatopd.attribution import InodeIndex, Resolver
-from netatopd.exitlist import ExitList, Sweeper
+from netatopd.exitlist import ExitList
 from netatopd.flows import FlowTable
 from netatopd.netlink.sockdiag import SocketInfo
+from netatopd.ownership import InodeIndex, Resolver, Sweeper, TaskRegistry
 from netatopd.parse import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Direction
 from netatopd.procfs import ProcessGone, ProcStat
 from netatopd.tasks import ExitedTask, TaskInfo, TaskTable
@@ -106,22 +106,14 @@ class World:
         self.flows = FlowTable(max_flows=100)
         self.tasks = TaskTable(max_tasks=10)
         self.exit_list = ExitList(lifetime_s=15)
-
-        def gone(task: TaskInfo) -> None:
-            self.tasks.remove(task)
-            self.exit_list.add(task.finished(time.time()))
-
+        self.registry = TaskRegistry(self.tasks, self.procfs, self.exit_list)  # type: ignore[arg-type]
         self.resolver = Resolver(
             self.flows,
-            self.tasks,
-            self.procfs,
-            self.sockdiag,
-            on_task_gone=gone,
-            **resolver_options,  # type: ignore[arg-type]
+            self.registry,
+            self.sockdiag,  # type: ignore[arg-type]
+            **resolver_options,
         )
-        self.sweeper = Sweeper(
-            self.flows, self.tasks, self.resolver, self.exit_list, self.procfs, self.sockdiag
-        )  # type: ignore[arg-type]
+        self.sweeper = Sweeper(self.flows, self.registry, self.resolver, self.sockdiag)  # type: ignore[arg-type]
 
     def feed(self, packets: list[tuple[int, int, bytes, int]], now_s: float | None = None) -> None:
         now = time.time() if now_s is None else now_s
