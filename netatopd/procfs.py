@@ -1,10 +1,13 @@
-"""Stage 3c: what /proc says about processes (inode -> tgid, stat, start time).
+"""What /proc says about processes: stat (comm, start time), socket inodes, threads.
 
 Owns nothing but the root of the proc tree it reads (``proc_root``, so tests
-build a fake tree under ``tmp_path``), the clock tick rate and the boot time.
-Called by the owner resolver (socket inodes of a process, thread to tgid) and
-by the garbage collector (is a process still the one we knew: stat and
-start time; command line, uid).
+build a fake tree under ``tmp_path``), the clock tick rate and the boot time;
+declares the identity rule (``same_process``: a pid plus its start time names
+one process) and the IPv4-mapped IPv6 prefix.  Called by the ownership
+package (``InodeIndex``: socket inodes of a process; ``TaskRegistry``: stat,
+command line, uid, threads; ``Resolver``: socket names), by the daemon (thread
+to tgid for GETCNT_PID) and by table.py (``read_stat``: is the table's writer
+still running).
 
 Errors: a process that vanished (ENOENT, ESRCH) raises ProcessGone, which is a
 normal race; EACCES or EPERM raise ProcAccessDenied, a configuration problem
