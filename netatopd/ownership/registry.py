@@ -10,7 +10,8 @@ exited, out of the table, onto the exit list and the atop socket's journal,
 then every ``on_finish`` listener is told (``Resolver`` frees their flows).
 
 Whether a task is still its process is ``procfs.same_process`` (pid plus
-start time), applied here, in ``InodeIndex`` and in nothing else.
+start time); here and in ``InodeIndex`` (a pid's socket holdings) the
+ownership package applies it.
 
 Called by ``Resolver`` (``task``, ``task_named_by_kernel``), ``Sweeper``
 (``sweep``) and the daemon, which builds it with the exit list and journal.
