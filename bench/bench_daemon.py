@@ -471,7 +471,7 @@ def cpu_figures(
 def latency_figures(
     figures: Figures, ns: Netns, workdir: Path, samples: int, processes: int, descriptors: int
 ) -> None:
-    from netatopd.attribution import InodeIndex
+    from netatopd.ownership import InodeIndex
     from netatopd.procfs import ProcFS
 
     idle = Traffic(ns, "idle", processes=processes, descriptors=descriptors)

@@ -95,7 +95,6 @@ def main() -> None:
 
         def drain() -> None:
             helper.drain()
-            helper.thread_counts()
 
         on_send = best(time_udp_sends, args.sends, drain)
         on_conn = best(time_tcp_connections, args.connections, drain)

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netatopd import attribution, daemon, exitlist, flows, history, server  # noqa: E402
+from netatopd import daemon, exitlist, flows, history, ownership, server  # noqa: E402
 from netatopd.capture import pcap  # noqa: E402
 from netatopd.daemon import engine, hold  # noqa: E402
 from netatopd.ebpf import helper, syscalls  # noqa: E402
@@ -55,18 +55,18 @@ STEPS: tuple[tuple[type, str], ...] = (
     (pcap.Capture, "read_batch"),
     (flows.FlowTable, "account_records"),
     (flows.FlowTable, "account_fixed"),
-    (attribution.Resolver, "resolve"),
-    (attribution.KernelOwners, "drain"),
+    (ownership.Resolver, "resolve"),
+    (ownership.KernelOwners, "drain"),
     (helper.KernelOwnership, "drain"),
-    (attribution.Resolver, "_apply_kernel_records"),
-    (attribution.Resolver, "_processes_changed"),
-    (attribution.Resolver, "rescan"),
-    (attribution.Resolver, "settle"),
+    (ownership.Resolver, "_apply_kernel_records"),
+    (ownership.Resolver, "_processes_changed"),
+    (ownership.Resolver, "rescan"),
+    (ownership.Resolver, "settle"),
     (engine.Engine, "housekeeping"),
     (engine.Engine, "publish"),
     (engine.Engine, "seconds_until_next_work"),
-    (exitlist.Sweeper, "run"),
-    (exitlist.Sweeper, "due"),
+    (ownership.Sweeper, "run"),
+    (ownership.Sweeper, "due"),
     (exitlist.ExitList, "expire"),
     (history.HistoryWriter, "sample_due"),
     (engine.Engine, "table_figures"),

@@ -15,15 +15,16 @@ import tomllib
 from typing import Any, NamedTuple
 
 from . import __version__
-from .attribution import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT
 from .client import RUN_DIR_DEFAULT
-from .exitlist import (
-    EXIT_LIFETIME_S_DEFAULT,
+from .exitlist import EXIT_LIFETIME_S_DEFAULT
+from .flows import MAX_FLOWS_DEFAULT
+from .ownership import (
     GC_INTERVAL_S_DEFAULT,
+    RESCAN_INTERVAL_S_DEFAULT,
     TCP_IDLE_S_DEFAULT,
     UDP_IDLE_S_DEFAULT,
+    UNOWNED_LIMIT_S_DEFAULT,
 )
-from .flows import MAX_FLOWS_DEFAULT
 from .tasks import MAX_TASKS_DEFAULT
 
 DB_DEFAULT = "/var/lib/netatop/netatop.db"

@@ -18,6 +18,7 @@ import struct
 from collections import Counter
 from collections.abc import Mapping
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from .parse import (
     CRC_BYTES,
@@ -33,6 +34,9 @@ from .parse import (
 )
 from .parse import direction as frame_direction
 from .parse import wire_bytes as packet_wire_bytes
+
+if TYPE_CHECKING:
+    from .tasks import TaskInfo
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ class Flow:
         self.rcv_bytes = 0
         self.dirty = False
         self.state = FlowState.NEW
-        self.owner: object | None = None  # a tasks.TaskInfo, set by attribution
+        self.owner: TaskInfo | None = None  # set by ownership.Resolver
         self.tid = 0  # the owning thread, where the kernel told it (0: not known)
         self.inode = 0
         self.uid = -1

@@ -1,10 +1,13 @@
-"""Stage 3c: what /proc says about processes (inode -> tgid, stat, start time).
+"""What /proc says about processes: stat (comm, start time), socket inodes, threads.
 
 Owns nothing but the root of the proc tree it reads (``proc_root``, so tests
-build a fake tree under ``tmp_path``), the clock tick rate and the boot time.
-Called by the owner resolver (socket inodes of a process, thread to tgid) and
-by the garbage collector (is a process still the one we knew: stat and
-start time; command line, uid).
+build a fake tree under ``tmp_path``), the clock tick rate and the boot time;
+declares the identity rule (``same_process``: a pid plus its start time names
+one process) and the IPv4-mapped IPv6 prefix.  Called by the ownership
+package (``InodeIndex``: socket inodes of a process; ``TaskRegistry``: stat,
+command line, uid, threads; ``Resolver``: socket names), by the daemon (thread
+to tgid for GETCNT_PID) and by table.py (``read_stat``: is the table's writer
+still running).
 
 Errors: a process that vanished (ENOENT, ESRCH) raises ProcessGone, which is a
 normal race; EACCES or EPERM raise ProcAccessDenied, a configuration problem
@@ -19,6 +22,8 @@ import logging
 import os
 import socket
 from typing import NamedTuple
+
+from .libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,8 @@ class ProcAccessDenied(ProcError):
 # System call numbers (x86-64) for borrowing another process's descriptor.
 SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+PROC_ROOT_DEFAULT = "/proc"
+# An IPv6 socket's name for an IPv4 peer (::ffff:a.b.c.d): these 12 bytes, then the IPv4 address.
 IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
@@ -119,6 +124,29 @@ def parse_stat(pid: int, content: bytes) -> ProcStat:
         raise ProcError(f"/proc/{pid}/stat: {err}") from err
 
 
+def read_stat(pid: int, proc_root: str = PROC_ROOT_DEFAULT) -> ProcStat:
+    """/proc/PID/stat of ``pid`` under ``proc_root``, parsed (ProcessGone, ProcAccessDenied)."""
+    path = f"{proc_root}/{pid}/stat"
+    try:
+        with open(path, "rb", buffering=0) as file:
+            content = file.read()
+    except OSError as err:
+        raise _translate(err, pid, path) from err
+    if not content:
+        raise ProcessGone(pid, path)
+    return parse_stat(pid, content)
+
+
+def same_process(stat: ProcStat, start_time_ticks: int) -> bool:
+    """Whether ``stat``, read now, is the process that started at ``start_time_ticks``.
+
+    The identity rule: a pid alone does not name a process (the kernel gives
+    a finished process's pid to a new one); the pid together with its start
+    time (field 22 of /proc/PID/stat) does.
+    """
+    return stat.start_time_ticks == start_time_ticks
+
+
 def _status_field(pid: int, content: bytes, name: bytes) -> list[bytes]:
     """The values of the line ``name:`` of /proc/PID/status."""
     prefix = name + b":"
@@ -131,7 +159,9 @@ def _status_field(pid: int, content: bytes, name: bytes) -> list[bytes]:
 class ProcFS:
     """Reads of one proc tree (``/proc``, or a fake one in tests)."""
 
-    def __init__(self, proc_root: str = "/proc", *, clock_ticks_per_s: int | None = None) -> None:
+    def __init__(
+        self, proc_root: str = PROC_ROOT_DEFAULT, *, clock_ticks_per_s: int | None = None
+    ) -> None:
         self.proc_root = proc_root.rstrip("/") or "/"
         if clock_ticks_per_s is None:
             clock_ticks_per_s = os.sysconf("SC_CLK_TCK")
@@ -174,10 +204,7 @@ class ProcFS:
 
     def stat(self, pid: int) -> ProcStat:
         """/proc/PID/stat, parsed."""
-        content = self._read(pid, "stat")
-        if not content:
-            raise ProcessGone(pid, self._path(pid, "stat"))
-        return parse_stat(pid, content)
+        return read_stat(pid, self.proc_root)
 
     def btime(self, start_time_ticks: int) -> int:
         """Epoch seconds of a process start, as atop computes it.
@@ -263,7 +290,7 @@ class ProcFS:
 
 
 def _pidfd_syscall(number: int, *args: int) -> int:
-    result = _libc.syscall(number, *[ctypes.c_long(a) for a in args])
+    result = libc().syscall(number, *[ctypes.c_long(a) for a in args])
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

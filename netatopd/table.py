@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import NamedTuple
 
+from .procfs import ProcError, read_stat
 from .protocol import COUNTER_NAMES
 from .status import TABLE_FIELDS, TABLE_SLOTS
 from .tasks import Kind, TaskRow
@@ -159,18 +160,11 @@ def table_path(run_dir: str) -> str:
     return os.path.join(run_dir, TABLE_FILE_NAME)
 
 
-def _read_start_ticks(pid: int | str, proc_root: str = _PROC_ROOT) -> int | None:
+def _read_start_ticks(pid: int, proc_root: str = _PROC_ROOT) -> int | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks after boot), None if unreadable."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as stat_file:
-            text = stat_file.read()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'.
-    fields = text[text.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
+        return read_stat(pid, proc_root).start_time_ticks
+    except ProcError:
         return None
 
 
@@ -202,7 +196,7 @@ class TableWriter:
         self.publish_interval_ms = publish_interval_ms
         self._size = TABLE_HEADER.size + capacity_rows * TABLE_ROW.size
         self._pid = os.getpid()
-        self._start_ticks = _read_start_ticks("self") or 0
+        self._start_ticks = _read_start_ticks(os.getpid()) or 0
         self._boot_id = _read_boot_id()
         self._created_ns = time.time_ns()
         self._generation = 0

@@ -1,10 +1,12 @@
-"""Stage 5: the task table (the kernel module's "taskinfo").
+"""The task table (the kernel module's "taskinfo") and the records read from it.
 
-Owns one TaskInfo per process (tgid) that has been seen on the network, with the
-eight counters of ``struct taskcount``.  The attribution stage settles a flow's
-pending counters into its owner's TaskInfo; the exit-list stage moves TaskInfos
-of finished processes out; the server, table and store read snapshots as
-TaskRow / ExitedTask records.
+Owns one TaskInfo per process (tgid) that has been seen on the network, with
+the eight counters of ``struct taskcount`` (and per thread where the kernel
+named the thread), and the TaskTable that holds them with its cap.  Data
+only: ``ownership.TaskRegistry`` makes and finishes tasks, ``Resolver``
+settles a flow's counters into its owner (``add``); the table, the store,
+the servers and the CLI read snapshots as TaskRow / ExitedTask records, and
+so depend on this module without importing the ownership package.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class TaskInfo:
         ]
 
     def finished(self, exit_time_s: float) -> ExitedTask:
+        """This task's exit-list record (a snapshot; ``TaskRegistry.finish`` finishes it)."""
         return ExitedTask(
             self.tgid,
             self.btime,

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..libc import libc
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FILTER = "ip or ip6"  # parse.py sorts out TCP/UDP/ICMP and extension headers
@@ -42,7 +44,6 @@ PCAP_MAGIC_MICROSECONDS = 0xA1B2C3D4
 
 # The fallback name when ctypes.util.find_library cannot ask ldconfig.
 LIBPCAP_FALLBACK_NAME = "libpcap.so.0.8"
-LIBC_FALLBACK_NAME = "libc.so.6"
 
 # struct pcap_file_header (pcap/pcap.h), the savefile header pcap_dump_fopen
 # writes first, 24 bytes, native byte order:
@@ -276,14 +277,13 @@ def load_libpcap(candidates: Sequence[str] | None = None) -> ctypes.CDLL:
 
 
 def load_libc() -> ctypes.CDLL:
-    """The C library (open_memstream, fflush, fseek, fclose, free), loaded once."""
+    """The C library (open_memstream, fflush, fseek, fclose, free), declared once."""
     global _libc
     if _libc is None:
-        name = ctypes.util.find_library("c") or LIBC_FALLBACK_NAME
         try:
-            lib = ctypes.CDLL(name, use_errno=True)
+            lib = libc()
         except OSError as err:
-            raise CaptureError(f"cannot load the C library {name}: {err}") from err
+            raise CaptureError(f"cannot load the C library: {err}") from err
         _declare_libc(lib)
         _libc = lib
     return _libc

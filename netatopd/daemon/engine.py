@@ -23,19 +23,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..attribution import Resolver
 from ..capture.lanes import CaptureLanes, LaneKind
 from ..capture.links import LinkTable
 from ..ebpf import EbpfUnavailable, KernelOwnership
-from ..exitlist import ExitJournal, ExitList, Sweeper
+from ..exitlist import ExitJournal, ExitList
 from ..flows import FlowTable
 from ..history import HistoryWriter, StoreError
 from ..netlink.sockdiag import SockDiag
+from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..parse import Reject
 from ..procfs import ProcFS
 from ..status import collect_table
 from ..table import TableWriter, table_path
-from ..tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
+from ..tasks import ExitedTask, Kind, TaskRow, TaskTable
 from .hold import Hold, hold_seconds
 from .readings import StatusReadings
 
@@ -103,22 +103,21 @@ class Engine:
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
         self.journal = ExitJournal()
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
+        self.registry = TaskRegistry(
+            self.tasks, self.procfs, self.exit_list, self.journal, clock=clock.wall
+        )
         self.resolver = Resolver(
             self.flows,
-            self.tasks,
-            self.procfs,
+            self.registry,
             self.sockdiag,
-            on_task_gone=self._task_gone,
             unowned_limit_s=options.unowned_limit_s,
             rescan_interval_s=options.rescan_interval_ms / 1000.0,
             kernel=self.kernel,
         )
         self.sweeper = Sweeper(
             self.flows,
-            self.tasks,
+            self.registry,
             self.resolver,
-            self.exit_list,
-            self.procfs,
             self.sockdiag,
             gc_interval_s=options.gc_interval_s,
             tcp_idle_s=options.tcp_idle_s,
@@ -192,12 +191,6 @@ class Engine:
             self.resolver.settle(now_s)
             self.last_packet_monotonic_s = self.clock.monotonic()
         return counted
-
-    def _task_gone(self, task: TaskInfo) -> None:
-        self.tasks.remove(task)
-        exited = task.finished(self.clock.wall())
-        self.exit_list.add(exited)
-        self.journal.append(exited)  # for the atop socket's once-more rule
 
     def _persist_exited(self, exited: ExitedTask) -> None:
         if self.history is not None:

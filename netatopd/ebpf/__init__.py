@@ -1,6 +1,6 @@
 """Optional in-kernel ownership helper: eBPF tracepoint programs loaded with raw bpf().
 
-Stage: attribution (kernel side, optional).  Owns nothing itself; the
+Used by ``ownership.KernelOwners`` and the daemon.  Owns nothing itself; the
 modules are, in load order: ``syscalls`` (bpf(2), perf_event_open(2) through
 ctypes), ``asm`` (instruction encoding), ``btf`` (struct sock offsets from
 /sys/kernel/btf/vmlinux), ``calibrate`` (the same offsets without BTF, from

@@ -1,6 +1,6 @@
 """A small assembler for the eBPF instructions the ownership programs use.
 
-Stage: attribution (kernel side, optional).  Pure: no I/O, no state.  Each
+Part of the optional in-kernel ownership helper.  Pure: no I/O, no state.  Each
 function returns one instruction (``Insn``) or, for the 16-byte LD_IMM64, a
 pair; ``assemble`` turns a list of instructions and ``Label`` markers into
 the bytes BPF_PROG_LOAD takes, resolving jump targets given as label names.

@@ -1,6 +1,6 @@
 """A reader of the kernel's BTF, enough to find struct member offsets.
 
-Stage: attribution (kernel side, optional).  Owns a parsed copy of one BTF
+Part of the optional in-kernel ownership helper.  Owns a parsed copy of one BTF
 blob (normally ``/sys/kernel/btf/vmlinux``): the position of every type
 record and an index of struct/union names; members are decoded on demand.
 Callers: ``helper.py`` (``sock_offsets`` and ``net_offsets`` at load

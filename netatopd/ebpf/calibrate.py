@@ -1,6 +1,6 @@
 """Struct offsets without BTF: found by looking at sockets whose contents we know.
 
-Stage: attribution (kernel side, optional).  Owns, only while ``calibrate``
+Part of the optional in-kernel ownership helper.  Owns, only while ``calibrate``
 runs, one tracepoint program (``ntp_calib``), its array map and perf event,
 and a handful of loopback probe sockets; everything is closed before it
 returns or raises.  Callers: ``helper.py`` (``KernelOwnership.load`` when the

@@ -1,11 +1,11 @@
 """The optional in-kernel ownership helper: load, drain, report, unload.
 
-Stage: attribution (kernel side, optional).  Owns the file descriptors of
-the helper's maps, programs and perf events (nothing is pinned, so the
-kernel frees everything once they are closed, also when the process dies)
-and the drain statistics.  Callers: the attribution stage / daemon (``load``
-at start, ``drain`` and ``thread_counts`` on a short interval, ``status`` for
-STATUS, ``close`` at exit), the privileged tests and bench/bench_ebpf.py.
+Owns the file descriptors of the helper's maps, programs and perf events
+(nothing is pinned, so the kernel frees everything once they are closed,
+also when the process dies) and the drain statistics.  Callers: the daemon
+(``load`` at start, ``status`` for STATUS, ``close`` at exit),
+``ownership.KernelOwners`` (``changes`` and ``drain`` each pass), the
+privileged tests and bench/bench_ebpf.py.
 
 Records come from ``programs.py``; see its docstring for what is recorded
 when.  ``drain`` returns them with the addresses normalised: 4 bytes for
@@ -41,6 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from ..procfs import IPV4_MAPPED_PREFIX
 from . import syscalls
 from .asm import assemble, instruction_count
 from .btf import (
@@ -63,8 +64,6 @@ from .programs import (
     OBJECT_NAME_PREFIX,
     OWNER,
     SEEN,
-    THREAD_COUNTS,
-    THREAD_KEY,
     TRACEFS_ROOT,
     Counter,
     MapFds,
@@ -90,8 +89,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Map sizes: the flows that can be recorded between two drains (three
-# records per TCP flow at most: IO, OPEN, CLOSE), the threads that can send
-# between two thread_counts() calls, and the connect() calls in flight.
+# records per TCP flow at most: IO, OPEN, CLOSE) and the connect() calls in flight.
 # Flows recorded between two drains (the daemon drains every captured batch, about
 # every 10 ms under traffic). The kernel's batch lookup walks every bucket, so a
 # larger map costs every drain: 32768 entries took 54 us per empty drain, 8192 took 23.
@@ -99,13 +97,11 @@ FLOW_MAP_ENTRIES = 8192
 # Flows whose last reported thread the programs remember (LRU: the oldest are
 # forgotten first, and then merely reported again).
 SEEN_MAP_ENTRIES = 16384
-THREAD_MAP_ENTRIES = 16384
 CONNECT_MAP_ENTRIES = 8192
 BATCH_CHUNK_ENTRIES = 1024
 VERIFIER_LOG_BYTES = 1 << 20
 ATTACH_CPU = 0  # one perf event per tracepoint is enough: the program runs on every CPU
 
-_IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 SELF_NETNS_PATH = Path("/proc/self/ns/net")
 
 
@@ -158,7 +154,7 @@ def _address(family: int, raw: bytes) -> bytes:
     """4 bytes for IPv4 and IPv4-mapped IPv6, else 16."""
     if family == AF_INET:
         return raw[:4]
-    if raw[:12] == _IPV4_MAPPED_PREFIX:
+    if raw[:12] == IPV4_MAPPED_PREFIX:
         return raw[12:16]
     return raw
 
@@ -263,7 +259,7 @@ def _reason(what: str, err: BpfSyscallError) -> str:
 
 
 class KernelOwnership:
-    """The loaded helper: three programs attached, four maps, their statistics."""
+    """The loaded helper: three programs attached, five maps, their statistics."""
 
     def __init__(self) -> None:
         # Use load(); the constructor only prepares empty state.
@@ -281,7 +277,6 @@ class KernelOwnership:
         self._flows_peak_drain = 0
         self._flows_drained = 0
         self._drains = 0
-        self._threads_last_drain = 0
         self._load_ms = 0.0
         self._offsets_source = OffsetSource.NONE
         self._closed = False
@@ -353,15 +348,6 @@ class KernelOwnership:
                 flows=self._keep(
                     syscalls.map_create(
                         MapType.HASH, FLOW_KEY.size, OWNER.size, self._flow_entries, "ntp_flows"
-                    )
-                ),
-                threads=self._keep(
-                    syscalls.map_create(
-                        MapType.HASH,
-                        THREAD_KEY.size,
-                        THREAD_COUNTS.size,
-                        THREAD_MAP_ENTRIES,
-                        "ntp_threads",
                     )
                 ),
                 connect=self._keep(
@@ -538,31 +524,6 @@ class KernelOwnership:
         self._flows_drained += len(owners)
         return owners
 
-    def thread_counts(self) -> dict[int, tuple[int, int]]:
-        """tid -> (calls, bytes) of successful send/recv since the last call (then reset).
-
-        Draining keeps the map from filling with threads that have exited; a
-        caller that wants totals adds the answers up.
-        """
-        maps = self._require_loaded()
-        try:
-            pairs = syscalls.map_lookup_batch(
-                maps.threads,
-                THREAD_KEY.size,
-                THREAD_COUNTS.size,
-                delete=True,
-                chunk_count=BATCH_CHUNK_ENTRIES,
-            )
-        except BpfSyscallError as err:
-            raise EbpfUnavailable(f"draining ntp_threads failed: {err}") from err
-        counts: dict[int, tuple[int, int]] = {}
-        for key, value in pairs:
-            (tid,) = THREAD_KEY.unpack(key)
-            calls, moved = THREAD_COUNTS.unpack(value)
-            counts[tid] = (calls, moved)
-        self._threads_last_drain = len(counts)
-        return counts
-
     def counters(self) -> dict[Counter, int]:
         """The programs' event counters, summed over every CPU."""
         maps = self._require_loaded()
@@ -609,16 +570,12 @@ class KernelOwnership:
         result["ebpf_flows_drained"] = self._flows_drained
         result["ebpf_records_written"] = self.changes()
         result["ebpf_drains"] = self._drains
-        result["ebpf_threads_last_drain"] = self._threads_last_drain
-        result["ebpf_thread_map_entries"] = THREAD_MAP_ENTRIES
         result["ebpf_connect_map_entries"] = CONNECT_MAP_ENTRIES
         # Drops: refusals of the preallocated hash maps (E2BIG when full) and
         # connect() records not found at establishment (a state event lost to
         # recursion, or evicted from the LRU connect map).
-        result["ebpf_drops"] = (
-            int(result["ebpf_flow_update_failed"])
-            + int(result["ebpf_thread_update_failed"])
-            + int(result["ebpf_connect_update_failed"])
+        result["ebpf_drops"] = int(result["ebpf_flow_update_failed"]) + int(
+            result["ebpf_connect_update_failed"]
         )
         return result
 

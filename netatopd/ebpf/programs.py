@@ -1,9 +1,9 @@
 """The three tracepoint programs and the layout of the maps they fill.
 
-Stage: attribution (kernel side, optional).  Pure: builds instruction lists
+Part of the optional in-kernel ownership helper.  Pure: builds instruction lists
 from the tracepoints' format files (parsed here, read at load time) and the
 ``struct sock`` offsets found in BTF; owns the C layouts shared with user
-space (flow key, owner record, thread counters, event counters).  Callers:
+space (flow key, owner record, event counters).  Callers:
 ``helper.py`` (loads what is built here) and the unit tests.
 
 What the programs record:
@@ -18,7 +18,8 @@ What the programs record:
   that called sendmsg/recvmsg.  They read the flow tuple from the socket
   (``bpf_probe_read_kernel`` on ``struct sock_common``) and store, in the
   flows map under slot IO, the last (tid, tgid, comm, time, SEND/RECV) of the
-  flow; per thread they add one call and the bytes moved.
+  flow.  Nothing is kept per thread: the record names the thread, and the
+  daemon counts a thread's packets from the captured traffic of its flows.
 * ``sock:inet_sock_set_state`` (TCP) keeps only what a system call does in
   its owner's context: CLOSE->SYN_SENT inside connect() (the local port is
   still 0, so the owner is kept under the socket's address in the connect
@@ -87,7 +88,6 @@ AF_INET = 2
 AF_INET6 = 10
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
-MSG_PEEK = 2
 
 R0, R1, R2, R3, R4 = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R4
 R6, R7, R8, R9, FP = Reg.R6, Reg.R7, Reg.R8, Reg.R9, Reg.FP
@@ -121,18 +121,17 @@ class Counter(IntEnum):
     LOCAL_PORT_ZERO = 4  # skipped: local port 0
     READ_FAILED = 5  # bpf_probe_read_kernel failed
     FLOW_UPDATE_FAILED = 6  # flows map refused a new entry (E2BIG when full)
-    THREAD_UPDATE_FAILED = 7  # threads map refused a new entry
-    CONNECT_UPDATE_FAILED = 8  # connect map refused an entry
-    CONNECT_JOINED = 9  # SYN_SENT->ESTABLISHED found its connect() record
-    CONNECT_NOT_FOUND = 10  # ... and did not (state event lost, or LRU eviction)
-    OTHER_PROTOCOL = 11  # send/recv on a socket that is not TCP or UDP over IP
-    OTHER_NETNS = 12  # skipped: the socket belongs to another network namespace
+    CONNECT_UPDATE_FAILED = 7  # connect map refused an entry
+    CONNECT_JOINED = 8  # SYN_SENT->ESTABLISHED found its connect() record
+    CONNECT_NOT_FOUND = 9  # ... and did not (state event lost, or LRU eviction)
+    OTHER_PROTOCOL = 10  # send/recv on a socket that is not TCP or UDP over IP
+    OTHER_NETNS = 11  # skipped: the socket belongs to another network namespace
 
 
 COUNTER_SLOTS = len(Counter)
 
 # The same thread on the same flow is recorded again after this long (the daemon
-# keeps what it learnt much longer, attribution.KERNEL_OWNER_KEEP_S).
+# keeps what it learnt much longer, ownership.kernel.KERNEL_OWNER_KEEP_S).
 REPORT_INTERVAL_NS = 1_000_000_000
 
 # struct seen, 16 bytes, the seen map's value (key: struct flow_key):
@@ -170,12 +169,6 @@ FLOW_KEY_LPORT, FLOW_KEY_RPORT, FLOW_KEY_FAMILY, FLOW_KEY_SLOT, FLOW_KEY_PROTOCO
 OWNER = struct.Struct("=QII16sII")
 OWNER_TIME, OWNER_PID_TGID, OWNER_COMM, OWNER_KIND, OWNER_CLOSED = 0, 8, 16, 32, 36
 
-# struct thread_counts, 16 bytes, the threads map's value (key: __u32 tid):
-#   __u64 calls;  send/recv calls that succeeded
-#   __u64 bytes;  bytes they moved (0 for MSG_PEEK)
-THREAD_KEY = struct.Struct("=I")
-THREAD_COUNTS = struct.Struct("=QQ")
-
 # The connect map's key: the struct sock pointer (__u64).
 CONNECT_KEY = struct.Struct("=Q")
 
@@ -185,8 +178,8 @@ COUNTERS = struct.Struct(f"={COUNTER_SLOTS}Q")
 # The programs' stack frame (offsets from the frame pointer R10).
 STACK_KEY = -40  # struct flow_key
 STACK_VALUE = -80  # struct owner
-STACK_THREAD = -96  # struct thread_counts
-STACK_SCRATCH = -104  # __u32 tid / counter index / netns inode, __u64 socket or net address
+STACK_SEEN = -96  # struct seen, the seen map's new value
+STACK_SCRATCH = -104  # __u32 counter index / netns inode, __u64 socket or net address
 STACK_CHANGES_KEY = -112  # __u32 0, the changes map's key
 
 _ACCESS = {1: Size.B, 2: Size.H, 4: Size.W, 8: Size.DW}
@@ -267,7 +260,7 @@ def _require(fmt: TracepointFormat, sizes: dict[str, int]) -> dict[str, Field]:
     return found
 
 
-LENGTH_FIELDS = {"sk": 8, "family": 2, "protocol": 2, "ret": 4, "flags": 4}
+LENGTH_FIELDS = {"sk": 8, "family": 2, "protocol": 2, "ret": 4}
 STATE_FIELDS = {
     "skaddr": 8,
     "oldstate": 4,
@@ -287,7 +280,6 @@ class MapFds(NamedTuple):
     """File descriptors of the maps the programs refer to."""
 
     flows: int
-    threads: int
     connect: int
     counters: int
     seen: int
@@ -448,7 +440,7 @@ def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
 
     Falls through (to the record) when the flow is new, the thread changed or the
     last report is old.  Uses the owner's time_ns at STACK_VALUE as now and
-    STACK_THREAD for the new seen value.  Clobbers R0-R5.
+    STACK_SEEN for the new seen value.  Clobbers R0-R5.
     """
     return [
         ld_map_fd(R1, seen_fd),
@@ -464,14 +456,14 @@ def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
         alu64_reg(AluOp.SUB, R2, R1),
         jmp_imm(JmpOp.JLT, R2, REPORT_INTERVAL_NS, reported),
         Label("seen_update"),
-        stx(Size.DW, FP, STACK_THREAD, pid_tgid),
+        stx(Size.DW, FP, STACK_SEEN, pid_tgid),
         ldx(Size.DW, R1, FP, STACK_VALUE + OWNER_TIME),
-        stx(Size.DW, FP, STACK_THREAD + 8, R1),
+        stx(Size.DW, FP, STACK_SEEN + 8, R1),
         ld_map_fd(R1, seen_fd),
         mov64_reg(R2, FP),
         alu64_imm(AluOp.ADD, R2, STACK_KEY),
         mov64_reg(R3, FP),
-        alu64_imm(AluOp.ADD, R3, STACK_THREAD),
+        alu64_imm(AluOp.ADD, R3, STACK_SEEN),
         mov64_imm(R4, 0),  # BPF_ANY; an LRU map makes room itself
         call(Helper.MAP_UPDATE_ELEM),
     ]
@@ -512,12 +504,6 @@ def length_program(
         # R7 = ret (bytes moved, or -errno); a failed call is not recorded
         ldx(Size.W, R7, R6, f["ret"].offset),
         jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
-        # MSG_PEEK moved nothing: bytes = 0
-        ldx(Size.W, R1, R6, f["flags"].offset),
-        alu64_imm(AluOp.AND, R1, MSG_PEEK),
-        jmp_imm(JmpOp.JEQ, R1, 0, "bytes_known"),
-        mov64_imm(R7, 0),
-        Label("bytes_known"),
         *_zero_key(),
         # key.protocol: TCP or UDP only
         ldx(Size.H, R1, R6, f["protocol"].offset),
@@ -551,34 +537,11 @@ def length_program(
         jmp_imm(JmpOp.JEQ, R1, 0, "port_zero"),
         # key.slot = IO (already 0); value = the calling thread
         *_current_owner(kind),
-        # R6 = pid_tgid again, for the thread key (the record is no longer needed)
+        # R6 = pid_tgid, the thread to compare (the record is no longer needed)
         ldx(Size.DW, R6, FP, STACK_VALUE + OWNER_PID_TGID),
         # flows[key] = value, unless this thread was reported for the flow just now
         *_seen_before(fds.seen, R6, "flow_done"),
         *_update_flows(fds, None, "flow_done"),
-        # threads[tid].calls += 1, .bytes += R7 (insert if new)
-        stx(Size.W, FP, STACK_SCRATCH, R6),
-        ld_map_fd(R1, fds.threads),
-        mov64_reg(R2, FP),
-        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
-        call(Helper.MAP_LOOKUP_ELEM),
-        jmp_imm(JmpOp.JEQ, R0, 0, "new_thread"),
-        mov64_imm(R1, 1),
-        atomic_add(Size.DW, R0, 0, R1),
-        atomic_add(Size.DW, R0, 8, R7),
-        ja("out"),
-        Label("new_thread"),
-        st_imm(Size.DW, FP, STACK_THREAD, 1),
-        stx(Size.DW, FP, STACK_THREAD + 8, R7),
-        ld_map_fd(R1, fds.threads),
-        mov64_reg(R2, FP),
-        alu64_imm(AluOp.ADD, R2, STACK_SCRATCH),
-        mov64_reg(R3, FP),
-        alu64_imm(AluOp.ADD, R3, STACK_THREAD),
-        mov64_imm(R4, 1),  # BPF_NOEXIST: another CPU may have inserted it meanwhile
-        call(Helper.MAP_UPDATE_ELEM),
-        jmp_imm(JmpOp.JEQ, R0, 0, "out"),
-        *_count(Counter.THREAD_UPDATE_FAILED),
         ja("out"),
     ]
     tails: list[Item] = [

@@ -1,7 +1,7 @@
 """The raw bpf(2) and perf_event_open(2) system calls through ctypes.
 
-Stage: attribution (kernel side, optional).  Owns nothing but the ctypes
-binding of libc's ``syscall()``; every function here is one system call with
+Part of the optional in-kernel ownership helper.  Owns nothing; calls
+libc's ``syscall()`` (``netatopd.libc``).  Every function here is one system call with
 its ``union bpf_attr`` member (or ``struct perf_event_attr``) packed with
 ``struct``.  Every failure is raised as :class:`BpfSyscallError` carrying the
 command name and the errno.  Callers: ``programs.py`` (map creation, program
@@ -15,7 +15,6 @@ its own as long as it knows every member we pass.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -23,13 +22,14 @@ import os
 import struct
 from enum import IntEnum
 
+from ..libc import libc
+
 log = logging.getLogger(__name__)
 
 # System call numbers on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl).
 NR_PERF_EVENT_OPEN = 298
 NR_BPF = 321
 
-LIBC_FALLBACK_NAME = "libc.so.6"
 BPF_OBJ_NAME_LEN = 16
 
 
@@ -174,19 +174,9 @@ class BpfSyscallError(Exception):
         super().__init__(f"{call}: [Errno {error_number}] {os.strerror(error_number)}")
 
 
-def _load_libc() -> ctypes.CDLL:
-    name = ctypes.util.find_library("c") or LIBC_FALLBACK_NAME
-    libc = ctypes.CDLL(name, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
-_libc = _load_libc()
-
-
 def _syscall(call: str, number: int, *args: object) -> int:
     """One raw system call; returns its result or raises BpfSyscallError."""
-    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    result = int(libc().syscall(ctypes.c_long(number), *args))
     if result < 0:
         raise BpfSyscallError(call, ctypes.get_errno())
     return result
@@ -455,15 +445,16 @@ def perf_event_disable(perf_fd: int) -> None:
 
 def mount_tracefs(target: str) -> None:
     """mount -t tracefs tracefs <target>."""
-    _libc.mount.argtypes = [
+    mount = libc().mount
+    mount.argtypes = [
         ctypes.c_char_p,
         ctypes.c_char_p,
         ctypes.c_char_p,
         ctypes.c_ulong,
         ctypes.c_void_p,
     ]
-    _libc.mount.restype = ctypes.c_int
-    if _libc.mount(b"tracefs", target.encode(), b"tracefs", 0, None) != 0:
+    mount.restype = ctypes.c_int
+    if mount(b"tracefs", target.encode(), b"tracefs", 0, None) != 0:
         raise BpfSyscallError("mount tracefs", ctypes.get_errno())
 
 

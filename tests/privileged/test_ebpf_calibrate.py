@@ -211,8 +211,8 @@ def test_load_without_btf_attributes_a_tcp_connection_in_a_namespace(
     }
     assert accepted == {report["server"]}
     assert status["ebpf_read_failed"] == 0 and status["ebpf_drops"] == 0
-    # ntp_calib and its map, then the helper's 3 programs and 6 maps: all gone
-    assert [len(ids) for ids in created] == [4, 7]
+    # ntp_calib and its map, then the helper's 3 programs and 5 maps: all gone
+    assert [len(ids) for ids in created] == [4, 6]
     assert still_loaded(*created) == (set(), set())
 
 

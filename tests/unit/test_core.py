@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from netatopd.attribution import InodeIndex, Resolver
-from netatopd.exitlist import ExitList, Sweeper
+from netatopd.exitlist import ExitJournal, ExitList
 from netatopd.flows import FlowTable
 from netatopd.netlink.sockdiag import SocketInfo
+from netatopd.ownership import InodeIndex, Resolver, Sweeper, TaskRegistry
 from netatopd.parse import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Direction
 from netatopd.procfs import ProcessGone, ProcStat
 from netatopd.tasks import ExitedTask, TaskInfo, TaskTable
@@ -106,22 +106,15 @@ class World:
         self.flows = FlowTable(max_flows=100)
         self.tasks = TaskTable(max_tasks=10)
         self.exit_list = ExitList(lifetime_s=15)
-
-        def gone(task: TaskInfo) -> None:
-            self.tasks.remove(task)
-            self.exit_list.add(task.finished(time.time()))
-
+        self.journal = ExitJournal()
+        self.registry = TaskRegistry(self.tasks, self.procfs, self.exit_list, self.journal)  # type: ignore[arg-type]
         self.resolver = Resolver(
             self.flows,
-            self.tasks,
-            self.procfs,
-            self.sockdiag,
-            on_task_gone=gone,
-            **resolver_options,  # type: ignore[arg-type]
+            self.registry,
+            self.sockdiag,  # type: ignore[arg-type]
+            **resolver_options,
         )
-        self.sweeper = Sweeper(
-            self.flows, self.tasks, self.resolver, self.exit_list, self.procfs, self.sockdiag
-        )  # type: ignore[arg-type]
+        self.sweeper = Sweeper(self.flows, self.registry, self.resolver, self.sockdiag)  # type: ignore[arg-type]
 
     def feed(self, packets: list[tuple[int, int, bytes, int]], now_s: float | None = None) -> None:
         now = time.time() if now_s is None else now_s
@@ -248,6 +241,41 @@ def test_reused_pid_does_not_inherit_counters() -> None:
         "old",
         (4, 360),
     )
+
+
+def test_finishing_a_task_fills_exit_list_and_journal_and_frees_its_flows() -> None:
+    """TaskRegistry.finish is the one way out: exit list, journal, flows pending again."""
+    w = World()
+    w.registry.clock = lambda: 1_700_000_500.0
+    w.procfs.add(100, "worker", 500, {7001: 3})
+    w.sockdiag.add(PROTO_UDP, 5353, 7001)
+    w.feed([(Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 90)] * 2)
+    task = w.tasks.get(100)
+    flow = w.flows.udp_local[LOCAL + (5353).to_bytes(2, "big")]
+    assert task is not None and flow.owner is task
+    del w.procfs.procs[100]  # the process ends
+    w.registry.finish([task], time.time())
+    assert task.exited and w.tasks.get(100) is None
+    assert flow.owner is None and w.resolver.pending_count() == 1
+    (exited,) = w.exit_list.snapshot()
+    assert (exited.tgid, exited.exit_time_s, exited.counters[4:6]) == (
+        100,
+        1_700_000_500.0,
+        (2, 180),
+    )
+    assert w.journal.since(0) == [(1, exited)]
+    # a late kernel record of the finished process does not bring it back
+    assert w.registry.task_named_by_kernel(100, "worker") is None
+    assert w.tasks.get(100) is None
+
+
+def test_task_of_a_process_gone_before_it_was_looked_at_comes_from_the_kernel() -> None:
+    w = World()
+    task = w.registry.task_named_by_kernel(4242, "brief")
+    assert task is not None and (task.tgid, task.command, task.btime) == (4242, "brief", 0)
+    assert w.registry.task(4242) is None  # not in /proc
+    assert w.registry.sweep(time.time()) == [task]  # the next sweep finishes it
+    assert [e.tgid for e in w.exit_list.snapshot()] == [4242]
 
 
 def test_flow_without_owner_is_written_off_as_unidentified() -> None:

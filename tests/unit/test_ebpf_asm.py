@@ -32,7 +32,6 @@ from netatopd.ebpf.programs import (
     COUNTERS,
     FLOW_KEY,
     OWNER,
-    THREAD_COUNTS,
     Counter,
     MapFds,
     OwnerKind,
@@ -190,7 +189,7 @@ format:
 """
 
 SOCK = SockOffsets(16, 14, 12, 4, 0, 72, 56, 532, False)
-FDS = MapFds(flows=3, threads=4, connect=5, counters=6, seen=7, changes=8)
+FDS = MapFds(flows=3, connect=5, counters=6, seen=7, changes=8)
 NET = NetOffsets(sk_net=48, net_ns_inum=136)
 INODE = 0xEFFFFFF9  # 4026531833, the initial network namespace's usual inode
 
@@ -220,8 +219,8 @@ def test_program_refuses_a_missing_or_resized_field() -> None:
     )
     with pytest.raises(TracepointError, match="ret is 8 bytes"):
         length_program(OwnerKind.SEND, fmt, SOCK, FDS, NET, INODE)
-    fmt = parse_format("sock", "sock_send_length", SEND_FORMAT.replace("flags", "other"))
-    with pytest.raises(TracepointError, match="no field flags"):
+    fmt = parse_format("sock", "sock_send_length", SEND_FORMAT.replace("protocol", "other"))
+    with pytest.raises(TracepointError, match="no field protocol"):
         length_program(OwnerKind.SEND, fmt, SOCK, FDS, NET, INODE)
 
 
@@ -238,7 +237,7 @@ def test_length_program_uses_the_parsed_offsets_and_map_fds() -> None:
     assert (0x79, 0x68, 8, 0) in insns
     # map fds appear as BPF_PSEUDO_MAP_FD loads
     fds = {imm for code_, regs, _off, imm in insns if code_ == 0x18 and regs >> 4 == 1}
-    assert fds == {3, 4, 6, 7, 8}  # flows, threads, counters, seen, changes
+    assert fds == {3, 6, 7, 8}  # flows, counters, seen, changes (connect: the state program)
     # the kind stored in the owner record is SEND (st_imm W at value+32)
     assert (0x62, 0x0A, -80 + 32, OwnerKind.SEND) in insns
     # it ends with r0 = 0; exit
@@ -378,9 +377,8 @@ def test_namespace_inode(tmp_path: Path) -> None:
 def test_layout_sizes() -> None:
     assert FLOW_KEY.size == 40
     assert OWNER.size == 40
-    assert THREAD_COUNTS.size == 16
-    assert COUNTERS.size == 8 * len(Counter) == 8 * 13
-    assert Counter.OTHER_NETNS == 12
+    assert COUNTERS.size == 8 * len(Counter) == 8 * 12
+    assert Counter.OTHER_NETNS == 11
 
 
 def test_decode_ipv4_flow() -> None:

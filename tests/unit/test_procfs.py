@@ -120,6 +120,19 @@ def test_stat_truncated_is_proc_error() -> None:
     assert not isinstance(caught.value, ProcessGone)
 
 
+def test_read_stat_without_procfs_object(proc_root: Path) -> None:
+    """The reader table.py uses: no /proc/stat needed, the same answer as ProcFS.stat."""
+    assert procfs.read_stat(100, str(proc_root)).start_time_ticks == 123456
+    with pytest.raises(ProcessGone):
+        procfs.read_stat(300, str(proc_root))
+
+
+def test_same_process_is_pid_and_start_time(proc: ProcFS) -> None:
+    stat = proc.stat(100)
+    assert procfs.same_process(stat, 123456)
+    assert not procfs.same_process(stat, 123457)  # the pid now names a later process
+
+
 def test_btime_as_atop(proc: ProcFS) -> None:
     # (123456 ticks + 1_700_000_000 s * 100 ticks/s) // 100 ticks/s
     assert proc.btime(123456) == 1_700_001_234

@@ -1,11 +1,14 @@
-"""Stage 4: owner resolution, flow (sockinfo) -> process (taskinfo).
+"""The resolver: flow (sockinfo) -> process (taskinfo).
 
-Owns the inode index (socket inode -> processes holding it, from
-``/proc/PID/fd``), the list of flows waiting for an owner, the memory of
-recent owners, and the resolver's counters.  The daemon loop calls, after each
-captured batch: ``FlowTable.account`` (flows.py), then ``settle`` here (moves
-the batch's counters of owned flows into their tasks), then ``resolve`` (looks
-up the owners of new flows and retries pending ones).
+Owns the flows waiting for an owner, the memory of recent owners (tuple ->
+task), the sockets named by ``procfs.socket_endpoints``, the inode index
+(``InodeIndex``), the kernel-owner join (``KernelOwners``, with the eBPF
+helper) and the resolver's counters.  Tasks come from the ``TaskRegistry``;
+when it finishes tasks, their flows look for an owner again here.  The
+daemon calls, after each captured batch counted into the ``FlowTable``:
+``resolve`` (looks up the owners of new flows, retries pending ones, applies
+what the kernel recorded) and ``settle`` (moves the counters of owned flows
+into their tasks); ``Sweeper`` calls ``forget_flow``.
 
 How an owner is found, cheapest first:
 1. sock_diag exact lookup of the flow's tuple: the socket's inode, uid, state;
@@ -25,15 +28,16 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import NamedTuple
 
-from .ebpf import FlowOwner, KernelOwnership, OwnerKind
-from .flows import Flow, FlowState, FlowTable
-from .netlink.sockdiag import SockDiag, SocketInfo, TcpState
-from .parse import PROTO_UDP
-from .procfs import ProcAccessDenied, ProcessGone, ProcFS, SocketEndpoint, socket_endpoints
-from .tasks import TaskInfo, TaskTable
+from ..ebpf import FlowOwner, KernelOwnership, OwnerKind
+from ..flows import Flow, FlowState, FlowTable
+from ..netlink.sockdiag import SockDiag, SocketInfo, TcpState
+from ..parse import PROTO_UDP
+from ..procfs import ProcAccessDenied, ProcessGone, SocketEndpoint, socket_endpoints
+from ..tasks import TaskInfo
+from .inodes import InodeIndex
+from .kernel import KernelOwners
+from .registry import TaskRegistry
 
 log = logging.getLogger(__name__)
 
@@ -57,254 +61,28 @@ RESOLVE_BUDGET_S = 0.005  # lookups per pass stop after this long; the rest wait
 REFRESH_MIN_INTERVAL_S = 0.002  # the incremental /proc refresh runs at most this often
 
 
-class InodeIndex:
-    """Socket inode -> pids holding it, kept current with cheap incremental scans."""
-
-    def __init__(self, procfs: ProcFS) -> None:
-        self.procfs = procfs
-        self.holders: dict[int, set[int]] = {}
-        self.pid_inodes: dict[int, set[int]] = {}
-        self.pid_fd_count: dict[int, int] = {}
-        self.pid_start_ticks: dict[int, int] = {}
-        self.scanned_descriptors = 0
-        self.full_scans = 0
-        self.denied = 0  # processes whose fds could not be read (permission)
-        self.last_full_scan_s = 0.0
-        self.full_scan_queue: list[int] = []  # pids the full scan in progress has still to read
-        self.refresh_queue: list[int] = []  # pids a budgeted refresh has still to look at
-
-    def holder(self, inode: int) -> int | None:
-        """The newest process holding the inode, or None if none is known."""
-        pids = self.holders.get(inode)
-        if not pids:
-            return None
-        start = self.pid_start_ticks
-        return max(pids, key=lambda pid: (start.get(pid, 0), pid))
-
-    def _forget(self, pid: int) -> None:
-        for inode in self.pid_inodes.pop(pid, ()):
-            pids = self.holders.get(inode)
-            if pids is not None:
-                pids.discard(pid)
-                if not pids:
-                    del self.holders[inode]
-        self.pid_fd_count.pop(pid, None)
-        self.pid_start_ticks.pop(pid, None)
-
-    def _scan(self, pid: int) -> list[int]:
-        """Rescan one process; returns the inodes it holds that it did not hold before."""
-        try:
-            start = self.procfs.stat(pid).start_time_ticks
-            if self.pid_start_ticks.get(pid, start) != start:
-                self._forget(pid)  # the pid was reused
-            inodes = set(self.procfs.socket_inodes(pid))
-        except ProcessGone:
-            self._forget(pid)
-            return []
-        except ProcAccessDenied:
-            self.denied += 1
-            return []
-        self.scanned_descriptors += len(inodes)
-        self.pid_start_ticks[pid] = start
-        old = self.pid_inodes.get(pid, set())
-        for inode in old - inodes:
-            pids = self.holders.get(inode)
-            if pids is not None:
-                pids.discard(pid)
-                if not pids:
-                    del self.holders[inode]
-        added = [inode for inode in inodes if inode not in old]
-        for inode in added:
-            self.holders.setdefault(inode, set()).add(pid)
-        self.pid_inodes[pid] = inodes
-        return added
-
-    def refresh(self, full: bool = False, budget_s: float | None = None) -> list[tuple[int, int]]:
-        """Rescan new processes and those whose descriptor count changed (all if full).
-
-        Without ``budget_s`` one whole pass over every process, newest first.
-        With it, processes not seen before come first (newest first: a new
-        flow's owner most likely just started), then a pass over the others
-        goes on where the previous budgeted call stopped; the call returns after
-        about ``budget_s`` (one process at least), so a host where a thousand
-        processes just started never holds up the capture loop for a whole pass.
-        Returns the (pid, inode) holdings found that were not known before.
-        """
-        found: list[tuple[int, int]] = []
-        pids = self.procfs.pids()
-        alive = set(pids)
-        for pid in [pid for pid in self.pid_inodes if pid not in alive]:
-            self._forget(pid)
-        if budget_s is None or full:
-            self.refresh_queue = []
-            for pid in sorted(pids, reverse=True):
-                self._look(pid, full, found)
-            if full:
-                self.full_scans += 1
-                self.last_full_scan_s = time.monotonic()
-            return found
-        deadline = time.monotonic() + budget_s
-        known = self.pid_fd_count
-        for pid in sorted((pid for pid in pids if pid not in known), reverse=True):
-            self._look(pid, False, found)
-            if time.monotonic() >= deadline:
-                return found
-        if not self.refresh_queue:
-            self.refresh_queue = sorted(pids)  # popped from the end: newest first
-        queue = self.refresh_queue
-        while queue:
-            self._look(queue.pop(), False, found)
-            if time.monotonic() >= deadline:
-                break
-        return found
-
-    def _look(self, pid: int, full: bool, found: list[tuple[int, int]]) -> None:
-        """Rescan pid if it is new, its descriptor count changed (or is 0), or full."""
-        try:
-            count = self.procfs.fd_count(pid)
-        except ProcessGone:
-            self._forget(pid)
-            return
-        except ProcAccessDenied:
-            return
-        known = self.pid_fd_count.get(pid)
-        if full or known is None or count != known or count == 0:
-            self.pid_fd_count[pid] = count
-            found.extend((pid, inode) for inode in self._scan(pid))
-
-    def full_scan_step(self, budget_s: float) -> list[tuple[int, int]]:
-        """Part of a full rescan of every process, newest first, for at most budget_s.
-
-        A full scan of thousands of descriptors takes a tenth of a second or more;
-        done in steps, it never holds up the capture loop.  The next step resumes
-        where this one stopped; a pass that reaches the end counts as a full scan.
-        """
-        if not self.full_scan_queue:
-            self.full_scan_queue = sorted(self.procfs.pids())  # popped from the end: newest first
-        deadline = time.monotonic() + budget_s
-        found: list[tuple[int, int]] = []
-        queue = self.full_scan_queue
-        while queue and time.monotonic() < deadline:
-            pid = queue.pop()
-            try:
-                self.pid_fd_count[pid] = self.procfs.fd_count(pid)
-            except ProcessGone:
-                self._forget(pid)
-                continue
-            except ProcAccessDenied:
-                continue
-            found.extend((pid, inode) for inode in self._scan(pid))
-        if not queue:
-            self.full_scans += 1
-            self.last_full_scan_s = time.monotonic()
-        return found
-
-
-KERNEL_OWNER_KEEP_S = 300.0  # a record this old (and its flow unseen) is forgotten
-KERNEL_OWNERS_MAX = 200_000
-
-
-class KernelOwner(NamedTuple):
-    tgid: int
-    tid: int
-    comm: str
-    time_ns: int
-
-
-class KernelOwners:
-    """What the eBPF helper said about each flow: who opened it, who used it last.
-
-    Rule: an actively opened TCP connection belongs to the thread that called
-    connect(); any other flow to the last thread that sent or received on it.
-    State-change records alone are never trusted for ownership (the kernel
-    may skip them under load), only together with send/recv records.
-    """
-
-    def __init__(self, helper: KernelOwnership) -> None:
-        self.helper = helper
-        self.connect: dict[tuple[bytes, int, bytes, int], KernelOwner] = {}
-        self.used: dict[tuple[int, bytes, int, bytes, int], KernelOwner] = {}
-        self.records = 0
-        self.drains = 0
-        self.drains_skipped = 0  # looks that found the programs' change count unmoved
-        self.changes_drained = -1  # the programs' change count before the last drain
-
-    def has_news(self) -> bool:
-        """Whether the programs wrote a record since the last drain (one cheap syscall)."""
-        news = self.helper.changes() != self.changes_drained
-        if not news:
-            self.drains_skipped += 1
-        return news
-
-    def drain(self) -> list[FlowOwner]:
-        # The count first: a record written during the walk moves it again.
-        self.changes_drained = self.helper.changes()
-        records = self.helper.drain()
-        self.drains += 1
-        self.records += len(records)
-        for r in records:
-            owner = KernelOwner(r.tgid, r.tid, r.comm, r.time_ns)
-            if r.kind == OwnerKind.CONNECT:
-                self.connect[(r.local_addr, r.local_port, r.remote_addr, r.remote_port)] = owner
-            elif r.kind in (OwnerKind.SEND, OwnerKind.RECV):
-                key = (r.protocol, r.local_addr, r.local_port, r.remote_addr, r.remote_port)
-                known = self.used.get(key)
-                if known is None or known.time_ns <= r.time_ns:
-                    self.used[key] = owner
-        if len(self.connect) + len(self.used) > KERNEL_OWNERS_MAX:
-            self.expire(time.monotonic_ns() - int(KERNEL_OWNER_KEEP_S * 1e9) // 10)
-        return records
-
-    def expire(self, older_than_ns: int | None = None) -> None:
-        if older_than_ns is None:
-            older_than_ns = time.monotonic_ns() - int(KERNEL_OWNER_KEEP_S * 1e9)
-        limit = older_than_ns
-        self.connect = {k: v for k, v in self.connect.items() if v.time_ns >= limit}
-        self.used = {k: v for k, v in self.used.items() if v.time_ns >= limit}
-
-    def owner_of(self, flow: Flow) -> KernelOwner | None:
-        if flow.proto == PROTO_UDP:
-            wildcard = bytes(len(flow.local_addr))
-            for local in (flow.local_addr, wildcard):
-                # a connected socket first, then an unconnected one
-                for remote, rport in ((flow.remote_addr, flow.remote_port), (b"", 0)):
-                    owner = self.used.get((PROTO_UDP, local, flow.local_port, remote, rport))
-                    if owner is not None:
-                        return owner
-            return None
-        tuple4 = (flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port)
-        owner = self.connect.get(tuple4)
-        if owner is not None:
-            return owner
-        return self.used.get((flow.proto, *tuple4))
-
-
 class Resolver:
     """Finds the owner of each flow and keeps it current."""
 
     def __init__(
         self,
         flows: FlowTable,
-        tasks: TaskTable,
-        procfs: ProcFS,
+        registry: TaskRegistry,
         sockdiag: SockDiag,
-        on_task_gone: Callable[[TaskInfo], None],
         unowned_limit_s: float = UNOWNED_LIMIT_S_DEFAULT,
         rescan_interval_s: float = RESCAN_INTERVAL_S_DEFAULT,
         kernel: KernelOwnership | None = None,
     ) -> None:
         self.flows = flows
-        self.tasks = tasks
-        self.procfs = procfs
+        self.registry = registry
+        self.procfs = procfs = registry.procfs
         self.sockdiag = sockdiag
-        self.on_task_gone = on_task_gone
         self.unowned_limit_s = unowned_limit_s
         self.rescan_interval_s = rescan_interval_s
         self.inodes = InodeIndex(procfs)
         self.kernel = KernelOwners(kernel) if kernel is not None else None
         self.kernel_finds = 0  # owners known from the eBPF helper
         self.udp_rechecks = 0  # UDP flows found to belong to a new socket
-        self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
         self.proc_nlink = 0
         self.inode_flows: dict[int, list[Flow]] = {}
         # Flows waiting for an owner, by when to look again: (due_s, sequence, flow).
@@ -324,6 +102,7 @@ class Resolver:
         self.unowned_written_off = 0  # flows given up after unowned_limit_s
         # Seconds from a flow's first packet read to its first owner, latest flows.
         self.owner_latencies_s: deque[float] = deque(maxlen=OWNER_LATENCY_SAMPLES)
+        registry.on_finish.append(self._owners_finished)
 
     # -- settling counters -----------------------------------------------------
 
@@ -346,7 +125,6 @@ class Resolver:
             flow.last_seen_s = now_s
             owner = flow.owner
             if owner is not None:
-                assert isinstance(owner, TaskInfo)
                 owner.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s, flow.tid)
             elif flow.state == FlowState.ORPHANED:
                 self.flows.write_off(flow)
@@ -475,26 +253,11 @@ class Resolver:
         if owner is None:
             return
         current = flow.owner
-        if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:  # type: ignore[attr-defined]
+        if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:
             return
-        task = self._task_from_kernel(owner, now_s)
+        task = self.registry.task_named_by_kernel(owner.tgid, owner.comm)
         if task is not None:
             self._assign(flow, task, now_s, final=True, tid=owner.tid)
-
-    def _task_from_kernel(self, owner: KernelOwner, now_s: float) -> TaskInfo | None:
-        """The TaskInfo of a process the kernel named; from the record if it is gone already."""
-        task = self._task(owner.tgid, now_s)
-        if task is not None:
-            return task
-        task = self.tasks.get(owner.tgid)
-        if task is not None:
-            return task
-        if owner.tgid in self.finished:
-            return None  # already in the exit list: it is not resurrected
-        # Finished before we looked: its name is known, its start time is not (btime 0);
-        # the next sweep moves it to the exit list with these packets.
-        task = TaskInfo(owner.tgid, -1, 0, owner.comm)
-        return task if self.tasks.admit(task) else None
 
     def rescan(self, now_s: float, full: bool = False) -> None:
         """Refresh the inode index; sockets gained by a newer process move to it."""
@@ -504,8 +267,8 @@ class Resolver:
                 if flow.owner is None or flow.state not in (FlowState.OWNED, FlowState.PROVISIONAL):
                     continue
                 holder = self.inodes.holder(inode)
-                if holder is not None and holder != flow.owner.tgid:  # type: ignore[attr-defined]
-                    task = self._task(holder, now_s)
+                if holder is not None and holder != flow.owner.tgid:
+                    task = self.registry.task(holder)
                     if task is not None:
                         log.debug("%s moves to pid %d", flow.describe(), holder)
                         self._assign(flow, task, now_s, final=True)
@@ -559,7 +322,7 @@ class Resolver:
         if self.kernel is not None:
             owner = self.kernel.owner_of(flow)
             if owner is not None:
-                task = self._task_from_kernel(owner, now_s)
+                task = self.registry.task_named_by_kernel(owner.tgid, owner.comm)
                 if task is not None:
                     self.kernel_finds += 1
                     self._assign(flow, task, now_s, final=True, tid=owner.tid)
@@ -582,7 +345,7 @@ class Resolver:
             self.misses += 1
             self._retry(flow, now_s)
             return
-        task = self._task(pid, now_s)
+        task = self.registry.task(pid)
         if task is None:
             self._retry(flow, now_s)
             return
@@ -645,7 +408,7 @@ class Resolver:
                     and endpoint.local_port == flow.local_port
                     and endpoint.local_addr in (flow.local_addr, bytes(len(endpoint.local_addr)))
                 ):
-                    task = self._task(pid, now_s)
+                    task = self.registry.task(pid)
                     if task is not None:
                         self.endpoint_finds += 1
                         return task
@@ -680,35 +443,6 @@ class Resolver:
             pid = self.inodes.holder(inode)
         return pid
 
-    def _task(self, pid: int, now_s: float) -> TaskInfo | None:
-        """The TaskInfo of a live process, created on first sight; None if it is gone."""
-        try:
-            stat = self.procfs.stat(pid)
-        except (ProcessGone, ProcAccessDenied):
-            return None
-        task = self.tasks.get(pid)
-        if task is not None:
-            if task.start_time_ticks == stat.start_time_ticks:
-                return task
-            # The pid was reused: the old process is finished, the new one starts at zero.
-            self.tasks_gone([task], time.time())
-        try:
-            cmdline = self.procfs.cmdline(pid)
-            uid = self.procfs.uid(pid)
-        except (ProcessGone, ProcAccessDenied):
-            cmdline, uid = "", -1
-        task = TaskInfo(
-            pid,
-            stat.start_time_ticks,
-            self.procfs.btime(stat.start_time_ticks),
-            stat.comm,
-            cmdline,
-            uid,
-        )
-        if not self.tasks.admit(task):
-            return None
-        return task
-
     def _assign(self, flow: Flow, task: TaskInfo, now_s: float, final: bool, tid: int = 0) -> None:
         """Give the flow to task (and thread tid, if the kernel named it); its unsettled
         counters (held while unowned) go along."""
@@ -727,20 +461,11 @@ class Resolver:
 
     # -- tasks and flows going away ---------------------------------------------
 
-    def tasks_gone(self, tasks: list[TaskInfo], now_s: float) -> None:
-        """These processes finished: they leave, and their flows look for a new holder."""
-        if not tasks:
-            return
-        for task in tasks:
-            task.exited = True
-            self.finished[task.tgid] = None
-            self.finished.move_to_end(task.tgid)
-            self.on_task_gone(task)
-        while len(self.finished) > REMEMBER_OWNERS_MAX:
-            self.finished.popitem(last=False)
+    def _owners_finished(self, tasks: list[TaskInfo], now_s: float) -> None:
+        """The registry finished these processes: their flows look for a new holder."""
         for flow in self.flows.all_flows():
             owner = flow.owner
-            if owner is not None and owner.exited:  # type: ignore[attr-defined]
+            if owner is not None and owner.exited:
                 flow.owner = None
                 flow.state = FlowState.PENDING
                 self._retry(flow, now_s)
