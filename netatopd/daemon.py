@@ -39,6 +39,7 @@ from .capture.pcap import (
 )
 from .client import CONTROL_SOCKET_NAME
 from .config import OPTIONS, ConfigError, resolve
+from .counting import count_fixed, count_records
 from .ebpf import EbpfUnavailable, KernelOwnership
 from .exitlist import (
     ExitJournal,
@@ -201,9 +202,10 @@ class Engine:
                 if count:
                     now_s = time.time()
                     if kind == LaneKind.OTHER:
-                        flows.account_records(batch.records, links, rejects, now_s)
+                        sums = count_records(batch.records, links, rejects)
                     else:
-                        flows.account_fixed(batch.records, count, kind, links, rejects, now_s)
+                        sums = count_fixed(batch.records, count, kind, links, rejects)
+                    flows.charge(sums, now_s)
                     self.packets += count
                     self.batches += 1
                     counted = True
