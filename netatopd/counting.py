@@ -165,7 +165,9 @@ def count_records(
     unpack_lengths = _PCAP_SF_PKTHDR_LENGTHS.unpack_from
     unpack_ipv4 = _IPV4_FRAME.unpack_from
     unpack_ipv6 = _IPV6_FRAME.unpack_from
-    # wire.py's fixed frames, as locals for the loop.
+    # wire.py's numbers and fixed frames, as locals for the loop.
+    eth_p_ip, eth_p_ipv6, ip_offset_mask = ETH_P_IP, ETH_P_IPV6, IP_OFFSET_MASK
+    arphrd_loopback, proto_tcp, proto_udp = ARPHRD_LOOPBACK, PROTO_TCP, PROTO_UDP
     ipv4_frame_bytes, ipv6_frame_bytes = IPV4_FIXED.frame_bytes, IPV6_FIXED.frame_bytes
     ipv4_first_byte, ipv4_length_min = IPV4_FIXED.first_byte, IPV4_FIXED.length_min
     ipv6_version_mask, ipv6_first_byte = IPV6_FIXED.first_byte_mask, IPV6_FIXED.first_byte
@@ -187,14 +189,14 @@ def count_records(
             (ethertype, ifindex, hatype, pkttype, first_byte, ip_len, frag_off, proto, key) = (
                 unpack_ipv4(records, frame)
             )
-            if ethertype == ETH_P_IP:
+            if ethertype == eth_p_ip:
                 if (
                     first_byte != ipv4_first_byte  # first_byte_mask 0xff
-                    or frag_off & IP_OFFSET_MASK
+                    or frag_off & ip_offset_mask
                     or ip_len < ipv4_length_min
                 ):
                     proto = 0
-            elif ethertype == ETH_P_IPV6 and caplen >= ipv6_frame_bytes:
+            elif ethertype == eth_p_ipv6 and caplen >= ipv6_frame_bytes:
                 (ethertype, ifindex, hatype, pkttype, first_byte, ip_len, proto, key) = unpack_ipv6(
                     records, frame
                 )
@@ -203,10 +205,10 @@ def count_records(
                 ip_len += ipv6_length_extra  # payload_len -> the IP length
             else:
                 proto = 0
-        if proto == PROTO_UDP or proto == PROTO_TCP:
+        if proto == proto_udp or proto == proto_tcp:
             # parse.direction(hatype, pkttype), inlined: a call a packet is measurably
             # dearer (bench/perpacket.py); test_parse.py holds this copy to it.
-            if hatype == ARPHRD_LOOPBACK:  # seen once, a send and a receive
+            if hatype == arphrd_loopback:  # seen once, a send and a receive
                 if pkttype == 4:  # PacketType.OUTGOING
                     rejects[Reject.LOOPBACK_OUTGOING] += 1
                     continue
@@ -238,10 +240,10 @@ def count_records(
                 rejects[result] += 1  # type: ignore[index]
                 continue
             kind, proto, key, packet_bytes = result
-            if proto != PROTO_UDP and proto != PROTO_TCP:  # ICMP, ICMPv6: only counted
+            if proto != proto_udp and proto != proto_tcp:  # ICMP, ICMPv6: only counted
                 batch.add_icmp(kind, 1)
                 continue
-        if proto == PROTO_TCP:
+        if proto == proto_tcp:
             kind += TCP_KIND
         sums_of_kind = sums_by_kind[kind]
         sums = sums_of_kind.get(key)

@@ -238,15 +238,17 @@ class FlowTable:
         totals.icmp_received += sums.icmp_received
         dirty = self.dirty
         by_kind = sums.by_kind
+        endpoints_of_kind = _ENDPOINTS_OF_KIND
+        receiving = _RECEIVING
         # Per endpoint (_UDP_SENDER ... _TCP_RECEIVER): the packet keys that lead to
-        # known flows, packets seen, packets without a flow.
+        # known flows, and packets without a flow; per kind: packets.
         known = (self._udp_sent_cache, self._udp_received_cache, self._tcp_sent, self._tcp_received)
-        seen = [0, 0, 0, 0]
         unidentified = [0, 0, 0, 0]
+        of_kind = [0] * len(endpoints_of_kind)
         for kind, key in sums.order:
             packets, wire_bytes = by_kind[kind][key]
-            for endpoint in _ENDPOINTS_OF_KIND[kind]:
-                seen[endpoint] += packets
+            of_kind[kind] += packets
+            for endpoint in endpoints_of_kind[kind]:
                 flow = known[endpoint].get(key)
                 if flow is None or flow.table_key is None:
                     flow = self._endpoint_flow(endpoint, key, now_s)
@@ -254,7 +256,7 @@ class FlowTable:
                         unidentified[endpoint] += packets
                         self.overflow += packets - 1  # _admit counted one refusal
                         continue
-                if endpoint & _RECEIVING:
+                if endpoint & receiving:
                     flow.rcv_packs += packets
                     flow.rcv_bytes += wire_bytes
                 else:
@@ -263,6 +265,10 @@ class FlowTable:
                 if not flow.dirty:
                     flow.dirty = True
                     dirty.append(flow)
+        seen = [0, 0, 0, 0]  # per endpoint
+        for kind, packets in enumerate(of_kind):
+            for endpoint in endpoints_of_kind[kind]:
+                seen[endpoint] += packets
         totals.udp_sent += seen[_UDP_SENDER]
         totals.udp_received += seen[_UDP_RECEIVER]
         totals.tcp_sent += seen[_TCP_SENDER]

@@ -84,6 +84,8 @@ def test_fixed_frames_are_cooked_header_ip_header_and_ports() -> None:
     assert wire.IPV4_FIXED.record_bytes == 16 + 44
     assert wire.IPV6_FIXED.record_bytes == 16 + 64
     assert wire.FIXED_FRAMES == {4: wire.IPV4_FIXED, 6: wire.IPV6_FIXED}
+    # counting.count_records compares IPv4's whole first byte (no mask to apply).
+    assert wire.IPV4_FIXED.first_byte_mask == 0xFF
 
 
 @pytest.mark.parametrize("kind", [LaneKind.IPV4, LaneKind.IPV6])
