@@ -15,8 +15,8 @@ Figures (see bench/README.md for what each one measures and how):
   * RSS with 100,000 flows and 10,000 tasks (tables built by the library);
   * idle CPU with no traffic;
   * ``netatop query --json`` and one atop-socket answer with 50,000 processes;
-  * in-process cost of the per-packet path (parse_batch + account against
-    FlowTable.account_records) on synthetic batches.
+  * in-process cost of the per-packet path (parse_batch + count_packets against
+    count_records and count_fixed, each charged to a FlowTable) on synthetic batches.
 """
 
 from __future__ import annotations
@@ -570,6 +570,7 @@ def idle_figures(figures: Figures, ns: Netns, workdir: Path, seconds: float) -> 
 MEMORY_SCRIPT = r"""
 import json, struct, sys
 import netatopd.daemon  # every module the daemon loads
+from netatopd.counting import count_records
 from netatopd.flows import FlowTable, FlowState
 from netatopd.parse import REJECT_COUNTERS_LENGTH
 from netatopd.tasks import TaskInfo, TaskTable
@@ -603,9 +604,9 @@ for n in range(flows_wanted):
     else:  # UDP local ports
         batch.append(frame(17, remote, local, 53, 1024 + n % 50000))
     if len(batch) == 2048:
-        flows.account_records(b"".join(batch), links, rejects, 1.0)
+        flows.charge(count_records(b"".join(batch), links, rejects), 1.0)
         batch = []
-flows.account_records(b"".join(batch), links, rejects, 1.0)
+flows.charge(count_records(b"".join(batch), links, rejects), 1.0)
 tasks = TaskTable(max_tasks=tasks_wanted * 2)
 owners = []
 for n in range(tasks_wanted):

@@ -1,11 +1,12 @@
 """In-process cost of the per-packet path on synthetic capture batches; not a test.
 
-Builds batches of pcap records (PCAP_SF_PKTHDR + cooked v2 frame) as
-Capture.read_batch hands them out, and times, per packet:
-  * parse_batch + FlowTable.account (the two-step path),
-  * FlowTable.account_records (the fused walk, the lane for uncommon frames),
-  * FlowTable.account_fixed (a fixed lane's batch: the same frames captured to
-    the lane's length, counted with Counter over struct.iter_unpack),
+Builds batches of pcap records (pcap_sf_pkthdr + cooked v2 frame) as
+Capture.read_batch hands them out, and times, per packet, each counting path
+of counting.py followed by FlowTable.charge of its sums:
+  * parse.parse_batch + count_packets (the two-step path),
+  * count_records (the fused walk, the lane for uncommon frames),
+  * count_fixed (a fixed lane's batch: the same frames captured to the lane's
+    length, counted with Counter over struct.iter_unpack),
 for established flows: UDP over loopback (each packet a send and a receive),
 TCP received on ethernet, and UDP over IPv6 loopback.  The best of a few
 rounds is taken (the least disturbed by the machine).
@@ -15,7 +16,6 @@ Usage: .venv/bin/python bench/perpacket.py
 
 from __future__ import annotations
 
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -24,8 +24,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netatopd.capture.lanes import LaneKind  # noqa: E402
+from netatopd.counting import count_fixed, count_packets, count_records  # noqa: E402
 from netatopd.flows import FlowTable  # noqa: E402
 from netatopd.parse import REJECT_COUNTERS_LENGTH, parse_batch  # noqa: E402
+from netatopd.wire import (  # noqa: E402
+    ARPHRD_ETHER,
+    ARPHRD_LOOPBACK,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPHDR,
+    IPV6HDR,
+    PCAP_SF_PKTHDR,
+    PROTO_TCP,
+    PROTO_UDP,
+    SLL2_HEADER,
+    TCPHDR,
+    UDPHDR,
+    PacketType,
+)
 
 BATCH_PACKETS = 2048
 FLOWS = 8
@@ -33,30 +49,29 @@ ROUNDS = 5
 BATCHES_PER_ROUND = 100
 SNAPLEN_BYTES = 128
 LINKS = {1: (14, 65536), 2: (14, 1500)}
-ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
-PACKET_HOST = 0
 
-RECORD_HEADER = struct.Struct("=IIII")  # pcap_sf_pkthdr: ts_sec, ts_usec, caplen, len
-SLL2 = struct.Struct("!HHIHBB8s")  # sll2_header
-IPV4 = struct.Struct("!BBHHHBBH4s4s")  # iphdr without options
-IPV6 = struct.Struct("!IHBB16s16s")  # ipv6hdr
+RECORD_HEADER = PCAP_SF_PKTHDR.struct
+SLL2 = SLL2_HEADER.struct
+IPV4 = IPHDR.struct  # without options
+IPV6 = IPV6HDR.struct
 
 
 def frame(version: int, proto: int, ifindex: int, hatype: int, flow: int) -> bytes:
     transport = (
-        struct.pack("!HHIIHHHH", 40000 + flow, 443, 1, 1, 0x5010, 512, 0, 0) + b"\xa5" * 64
-        if proto == 6
-        else struct.pack("!HHHH", 40000 + flow, 50000 + flow, 72, 0) + b"\xa5" * 64
+        TCPHDR.struct.pack(40000 + flow, 443, 1, 1, 0x5010, 512, 0, 0) + b"\xa5" * 64
+        if proto == PROTO_TCP
+        else UDPHDR.struct.pack(40000 + flow, 50000 + flow, 72, 0) + b"\xa5" * 64
     )
     if version == 4:
         ip = IPV4.pack(
             0x45, 0, 20 + len(transport), 1, 0x4000, 64, proto, 0, b"\x7f\0\0\1", b"\x7f\0\0\1"
         )
-        ethertype = 0x0800
+        ethertype = ETH_P_IP
     else:
-        ip = IPV6.pack(0x60000000, len(transport), proto, 64, bytes(15) + b"\1", bytes(15) + b"\1")
-        ethertype = 0x86DD
-    return SLL2.pack(ethertype, 0, ifindex, hatype, PACKET_HOST, 6, bytes(8)) + ip + transport
+        loopback = bytes(15) + b"\1"
+        ip = IPV6.pack(0x60, bytes(3), len(transport), proto, 64, loopback, loopback)
+        ethertype = ETH_P_IPV6
+    return SLL2.pack(ethertype, 0, ifindex, hatype, PacketType.HOST, 6, bytes(8)) + ip + transport
 
 
 def records(
@@ -71,9 +86,9 @@ def records(
 
 
 SCENARIOS = {
-    "UDP v4 loopback": (4, 17, 1, ARPHRD_LOOPBACK),
-    "TCP v4 ethernet received": (4, 6, 2, ARPHRD_ETHER),
-    "UDP v6 loopback": (6, 17, 1, ARPHRD_LOOPBACK),
+    "UDP v4 loopback": (4, PROTO_UDP, 1, ARPHRD_LOOPBACK),
+    "TCP v4 ethernet received": (4, PROTO_TCP, 2, ARPHRD_ETHER),
+    "UDP v6 loopback": (6, PROTO_UDP, 1, ARPHRD_LOOPBACK),
 }
 
 
@@ -96,25 +111,25 @@ def measure() -> dict[str, float]:
         two_step = FlowTable()
         fused = FlowTable()
 
-        def parse_and_account(batch: bytes, table: FlowTable = two_step) -> None:
-            table.account(parse_batch(batch, LINKS, rejects), 1.0)
+        def parse_and_count(batch: bytes, table: FlowTable = two_step) -> None:
+            table.charge(count_packets(parse_batch(batch, LINKS, rejects)), 1.0)
             table.dirty.clear()
 
-        def account_records(batch: bytes, table: FlowTable = fused) -> None:
-            table.account_records(batch, LINKS, rejects, 1.0)
+        def fused_walk(batch: bytes, table: FlowTable = fused) -> None:
+            table.charge(count_records(batch, LINKS, rejects), 1.0)
             table.dirty.clear()
 
         lane = LaneKind(facts[0])
         fixed_batch = records(*facts, snaplen=lane.frame_bytes)
         lanes = FlowTable()
 
-        def account_fixed(batch: bytes, table: FlowTable = lanes, lane: LaneKind = lane) -> None:
-            table.account_fixed(batch, BATCH_PACKETS, lane, LINKS, rejects, 1.0)
+        def fixed_lane(batch: bytes, table: FlowTable = lanes, lane: LaneKind = lane) -> None:
+            table.charge(count_fixed(batch, BATCH_PACKETS, lane, LINKS, rejects), 1.0)
             table.dirty.clear()
 
-        results[f"parse_batch+account, {name}"] = best_ns_per_packet(parse_and_account, batch)
-        results[f"account_records, {name}"] = best_ns_per_packet(account_records, batch)
-        results[f"account_fixed, {name}"] = best_ns_per_packet(account_fixed, fixed_batch)
+        results[f"parse_batch+count_packets, {name}"] = best_ns_per_packet(parse_and_count, batch)
+        results[f"count_records, {name}"] = best_ns_per_packet(fused_walk, batch)
+        results[f"count_fixed, {name}"] = best_ns_per_packet(fixed_lane, fixed_batch)
     return results
 
 

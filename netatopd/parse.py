@@ -1,10 +1,15 @@
 """Packet parser: captured cooked-v2 frames in, packet tuples or reject reasons out.
 
-Stage: parse (second stage, after capture/).  Pure: no I/O, no state of its
-own, no object per packet except the result tuple and its key.  The caller
-owns the reject counters (a list indexed by ``Reject``) and the link table
-(ifindex -> (link header bytes, MTU bytes), see capture/links.py).
-Callers: the daemon loop (``parse_batch`` on each capture Batch) and the tests.
+Owns the rules of what a frame counts as: ``direction`` (from the cooked
+header's hatype and packet type), the packet's key and its ``wire_bytes``,
+and why a frame is refused (``Reject``).  Pure: no I/O, no state of its own,
+no object per packet except the result tuple and its key.  The layouts it
+reads are wire.py's.  The caller owns the reject counters (a list indexed by
+``Reject``) and the link table (ifindex -> (link header bytes, MTU bytes),
+see capture/links.py).
+Callers: counting.py (``parse_record`` for the frames its fast walk does not
+take, ``direction`` and ``wire_bytes`` per distinct row of a fixed lane),
+``parse_batch`` for the tests, the benchmarks and the privileged capture tests.
 
 A packet is ``(direction, proto, key, wire_bytes)``:
 
@@ -24,30 +29,55 @@ A packet is ``(direction, proto, key, wire_bytes)``:
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Mapping
 from enum import IntEnum
 
+from .wire import (
+    ARPHRD_LOOPBACK,
+    CRC_BYTES,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    FRAG_HDR,
+    IP6_OFFSET_MASK,
+    IP_OFFSET_MASK,
+    IPHDR,
+    IPPROTO_AH,
+    IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS,
+    IPPROTO_ROUTING,
+    IPV6_OPT_HDR,
+    IPV6HDR,
+    PCAP_SF_PKTHDR,
+    PORTS,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    SLL2_HEADER,
+    PacketType,
+)
+
 log = logging.getLogger(__name__)
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMPV6 = 58
+__all__ = [  # what other modules take from here, wire.py's numbers included
+    "PROTO_ICMP",
+    "PROTO_ICMPV6",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "REJECT_COUNTERS_LENGTH",
+    "UNKNOWN_LINK",
+    "Direction",
+    "Packet",
+    "Reject",
+    "direction",
+    "parse_batch",
+    "parse_frame",
+    "parse_record",
+    "wire_bytes",
+]
 
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86DD
-ARPHRD_LOOPBACK = 772
-
-# IPv6 extension headers this parser walks (next-header values).
-IPPROTO_HOPOPTS = 0
-IPPROTO_ROUTING = 43
-IPPROTO_FRAGMENT = 44
-IPPROTO_AH = 51
-IPPROTO_DSTOPTS = 60
 IPV6_EXTENSION_HEADERS_MAX = 8  # a longer chain is refused
-
-CRC_BYTES = 4  # the Ethernet frame check sequence the module adds to every packet
 UNKNOWN_LINK = (0, 65536)  # (hhl, mtu) for an ifindex the link table does not know
 
 
@@ -55,16 +85,6 @@ class Direction(IntEnum):
     RECEIVED = 0
     SENT = 1
     LOOPBACK = 2  # a send for the source endpoint and a receive for the destination
-
-
-class PacketType(IntEnum):
-    """sll2_pkttype: the kernel's PACKET_* (linux/if_packet.h)."""
-
-    HOST = 0
-    BROADCAST = 1
-    MULTICAST = 2
-    OTHERHOST = 3
-    OUTGOING = 4
 
 
 class Reject(IntEnum):
@@ -87,67 +107,23 @@ REJECT_COUNTERS_LENGTH = len(Reject) + 1
 # A packet: (Direction, IP protocol, key, wire bytes).
 Packet = tuple[int, int, bytes, int]
 
-# struct sll2_header (libpcap pcap/sll.h), 20 bytes, network order:
-#   uint16 sll2_protocol;       ETH_P_*
-#   uint16 sll2_reserved_mbz;
-#   uint32 sll2_if_index;
-#   uint16 sll2_hatype;         ARPHRD_*
-#   uint8  sll2_pkttype;        PACKET_*
-#   uint8  sll2_halen;
-#   uint8  sll2_addr[8];
-SLL2_HEADER = struct.Struct("!HHIHBB8s")
-# The sll2_header members parse reads: protocol, if_index, hatype, pkttype.
-_SLL2_FIELDS = struct.Struct("!H2xIHB")
-
-# struct iphdr (linux/ip.h), 20 bytes without options, network order:
-#   uint8  version:4, ihl:4;  uint8 tos;  uint16 tot_len;  uint16 id;
-#   uint16 frag_off (flags:3, offset:13);  uint8 ttl;  uint8 protocol;
-#   uint16 check;  uint32 saddr;  uint32 daddr
-IPHDR = struct.Struct("!BBHHHBBH4s4s")
-# The iphdr members parse reads: version/ihl, tot_len, frag_off, protocol.
-_IPHDR_FIELDS = struct.Struct("!BxH2xHxB")
-IPV4_ADDRESSES_OFFSET = 12  # saddr, daddr: 8 bytes
-IP_OFFSET_MASK = 0x1FFF  # fragment offset in frag_off, 8-byte units
-
-# struct ipv6hdr (linux/ipv6.h), 40 bytes, network order:
-#   uint32 version:4, priority (traffic class):8, flow_lbl:20;
-#   uint16 payload_len;  uint8 nexthdr;  uint8 hop_limit;
-#   uint8 saddr[16];  uint8 daddr[16]
-IPV6HDR = struct.Struct("!IHBB16s16s")
-# The ipv6hdr members parse reads: first byte (version), payload_len, nexthdr.
-_IPV6HDR_FIELDS = struct.Struct("!B3xHB")
-IPV6_ADDRESSES_OFFSET = 8  # saddr, daddr: 32 bytes
-
-# struct ipv6_opt_hdr (linux/ipv6.h), 2 bytes, the start of hop-by-hop,
-# routing and destination options headers (and, with another unit, AH):
-#   uint8 nexthdr;  uint8 hdrlen   (8-byte units, not counting the first 8)
-IPV6_OPT_HDR = struct.Struct("!BB")
-
-# struct frag_hdr (net/ipv6.h), 8 bytes:
-#   uint8 nexthdr;  uint8 reserved;  uint16 frag_off (offset:13, res:2, M:1);
-#   uint32 identification
-FRAG_HDR = struct.Struct("!BBHI")
-# The frag_hdr members parse reads: nexthdr, frag_off.
-_FRAG_HDR_FIELDS = struct.Struct("!BxH")
-IP6_OFFSET_MASK = 0xFFF8  # fragment offset in frag_off, already in bytes
-
-# struct ip_auth_hdr (linux/ip.h), 12 bytes before the variable ICV:
-#   uint8 nexthdr;  uint8 hdrlen (4-byte units, minus 2);  uint16 reserved;
-#   uint32 spi;  uint32 seq_no
-IP_AUTH_HDR = struct.Struct("!BBHII")
-
-# struct udphdr (linux/udp.h), 8 bytes: uint16 source, dest, len, check.
-UDPHDR = struct.Struct("!HHHH")
-# struct tcphdr (linux/tcp.h), 20 bytes without options: uint16 source, dest;
-# uint32 seq, ack_seq; uint16 doff/flags; uint16 window, check, urg_ptr.
-TCPHDR = struct.Struct("!HHIIHHHH")
-PORTS_BYTES = 4  # source port + destination port, the start of both headers
-
-# struct pcap_sf_pkthdr (libpcap sf-pcap.h), the record header of a Batch,
-# 16 bytes, native order: uint32 ts_sec, ts_usec, caplen, len (len includes
-# the 20-byte cooked header).  The members parse_batch reads: caplen, len.
-PCAP_SF_PKTHDR = struct.Struct("=IIII")
-_PCAP_SF_PKTHDR_LENGTHS = struct.Struct("=8xII")
+# The members parse reads, from wire.py's layouts:
+_SLL2_FIELDS = SLL2_HEADER.view("sll2_protocol", "sll2_if_index", "sll2_hatype", "sll2_pkttype")
+_IPHDR_FIELDS = IPHDR.view("version_ihl", "tot_len", "frag_off", "protocol")
+_IPV6HDR_FIELDS = IPV6HDR.view("version_priority", "payload_len", "nexthdr")
+_IPV6_OPT_HDR = IPV6_OPT_HDR.struct  # nexthdr, hdrlen (AH's first two members too)
+_FRAG_HDR_FIELDS = FRAG_HDR.view("nexthdr", "frag_off")
+_PCAP_SF_PKTHDR_LENGTHS = PCAP_SF_PKTHDR.view("caplen", "len")
+_RECORD_HEADER_BYTES = PCAP_SF_PKTHDR.size
+_SLL2_BYTES = SLL2_HEADER.size
+_IPHDR_BYTES = IPHDR.size  # without options
+_IPV6HDR_BYTES = IPV6HDR.size
+_IPV4_ADDRESSES_OFFSET = IPHDR.offset("saddr")  # saddr, daddr
+_IPV4_ADDRESSES_BYTES = IPHDR.width("saddr") + IPHDR.width("daddr")
+_IPV6_ADDRESSES_OFFSET = IPV6HDR.offset("saddr")
+_IPV6_ADDRESSES_BYTES = IPV6HDR.width("saddr") + IPV6HDR.width("daddr")
+_FRAG_HDR_BYTES = FRAG_HDR.size
+_PORTS_BYTES = PORTS.size  # source port + destination port, the start of TCP and UDP
 
 _IPV6_EXTENSIONS = frozenset(
     (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_AH, IPPROTO_DSTOPTS)
@@ -171,10 +147,15 @@ def auth_header_bytes(hdrlen: int) -> int:
 
 
 def wire_bytes(ip_len: int, hhl: int, mtu: int) -> int:
-    """The kernel module's load on the wire for one IP packet of ip_len bytes."""
+    """The kernel module's load on the wire for one IP packet of ip_len bytes.
+
+    An aggregate larger than the MTU also pays, for each further segment, an
+    IPv4 header (20 bytes, as the module counts for either family), a link
+    header and a CRC.
+    """
     total = ip_len + hhl + CRC_BYTES
     if mtu > 0 and ip_len > mtu:
-        total += (ip_len // mtu) * (20 + hhl + CRC_BYTES)
+        total += (ip_len // mtu) * (_IPHDR_BYTES + hhl + CRC_BYTES)
     return total
 
 
@@ -183,7 +164,10 @@ def direction(hatype: int, pkttype: int) -> Direction | Reject:
 
     Loopback frames are seen once (their outgoing copy is refused); elsewhere
     outgoing frames are sends and host, broadcast and multicast ones receives.
-    The per-packet walks (_parse, flows.FlowTable.account_records) inline this.
+    The per-packet walks (``_parse`` here and ``counting.count_records``)
+    inline this rule, a call a packet being measurably dearer
+    (bench/perpacket.py); tests/unit/test_parse.py holds both inline copies
+    to this function for every (hatype, pkttype).
     """
     if hatype == ARPHRD_LOOPBACK:
         if pkttype == PacketType.OUTGOING:
@@ -204,10 +188,10 @@ def _parse(
     links: Mapping[int, tuple[int, int]],
 ) -> Packet | Reject:
     """Parse the frame buf[start:end]; original_bytes is its length on the wire (or 0)."""
-    if end - start < 20:
+    if end - start < _SLL2_BYTES:
         return Reject.TRUNCATED_LINK
     ethertype, ifindex, hatype, pkttype = _SLL2_FIELDS.unpack_from(buf, start)
-    # direction(hatype, pkttype), inlined
+    # direction(hatype, pkttype), inlined (see there)
     if hatype == ARPHRD_LOOPBACK:
         if pkttype == 4:  # PacketType.OUTGOING
             return Reject.LOOPBACK_OUTGOING
@@ -218,18 +202,18 @@ def _parse(
         direction = 0  # Direction.RECEIVED
     else:
         return Reject.OTHERHOST
-    ip = start + 20
+    ip = start + _SLL2_BYTES
     if ethertype == ETH_P_IP:
-        if end - ip < 20:
+        if end - ip < _IPHDR_BYTES:
             return Reject.TRUNCATED_IP
         version_ihl, ip_len, frag_off, proto = _IPHDR_FIELDS.unpack_from(buf, ip)
         header_bytes = (version_ihl & 0x0F) * 4  # ihl_bytes
-        if version_ihl >> 4 != 4 or header_bytes < 20:
+        if version_ihl >> 4 != 4 or header_bytes < _IPHDR_BYTES:
             return Reject.BAD_IP_HEADER
         if ip_len < header_bytes:
             # A BIG TCP aggregate (over 64 KiB) has tot_len 0; the frame says how long it is.
-            if ip_len == 0 and original_bytes - 20 > _IP_MAX_BYTES:
-                ip_len = original_bytes - 20
+            if ip_len == 0 and original_bytes - _SLL2_BYTES > _IP_MAX_BYTES:
+                ip_len = original_bytes - _SLL2_BYTES
             else:
                 return Reject.BAD_IP_HEADER
         if frag_off & IP_OFFSET_MASK:
@@ -237,18 +221,18 @@ def _parse(
         transport = ip + header_bytes
         if transport > end:
             return Reject.TRUNCATED_IP
-        addresses = ip + IPV4_ADDRESSES_OFFSET
-        addresses_end = addresses + 8
+        addresses = ip + _IPV4_ADDRESSES_OFFSET
+        addresses_end = addresses + _IPV4_ADDRESSES_BYTES
     elif ethertype == ETH_P_IPV6:
-        if end - ip < 40:
+        if end - ip < _IPV6HDR_BYTES:
             return Reject.TRUNCATED_IP
         first_byte, payload_len, proto = _IPV6HDR_FIELDS.unpack_from(buf, ip)
         if first_byte >> 4 != 6:
             return Reject.BAD_IP_HEADER
-        ip_len = 40 + payload_len
-        if payload_len == 0 and original_bytes - 60 > _IP_MAX_BYTES:
-            ip_len = original_bytes - 20  # BIG TCP aggregate: payload_len 0
-        transport = ip + 40
+        ip_len = _IPV6HDR_BYTES + payload_len
+        if payload_len == 0 and original_bytes - _SLL2_BYTES - _IPV6HDR_BYTES > _IP_MAX_BYTES:
+            ip_len = original_bytes - _SLL2_BYTES  # BIG TCP aggregate: payload_len 0
+        transport = ip + _IPV6HDR_BYTES
         if proto in _IPV6_EXTENSIONS:
             ip_end = ip + ip_len
             limit = end if end < ip_end else ip_end
@@ -262,21 +246,21 @@ def _parse(
                     proto, frag_off = _FRAG_HDR_FIELDS.unpack_from(buf, transport)
                     if frag_off & IP6_OFFSET_MASK:
                         return Reject.FRAGMENT
-                    transport += 8
+                    transport += _FRAG_HDR_BYTES
                 elif proto == IPPROTO_AH:
-                    proto, hdrlen = IPV6_OPT_HDR.unpack_from(buf, transport)
+                    proto, hdrlen = _IPV6_OPT_HDR.unpack_from(buf, transport)
                     transport += (hdrlen + 2) * 4  # auth_header_bytes
                 else:
-                    proto, hdrlen = IPV6_OPT_HDR.unpack_from(buf, transport)
+                    proto, hdrlen = _IPV6_OPT_HDR.unpack_from(buf, transport)
                     transport += (hdrlen + 1) * 8  # ipv6_option_header_bytes
             if transport > limit:
                 return Reject.BAD_IPV6_EXTENSION
-        addresses = ip + IPV6_ADDRESSES_OFFSET
-        addresses_end = addresses + 32
+        addresses = ip + _IPV6_ADDRESSES_OFFSET
+        addresses_end = addresses + _IPV6_ADDRESSES_BYTES
     else:
         return Reject.NOT_IP
     if proto == PROTO_TCP or proto == PROTO_UDP:
-        ports_end = transport + PORTS_BYTES
+        ports_end = transport + _PORTS_BYTES
         if ports_end > end or ports_end > ip + ip_len:
             return Reject.TRUNCATED_TRANSPORT
         key = buf[addresses:addresses_end] + buf[transport:ports_end]
@@ -290,7 +274,7 @@ def _parse(
         hhl, mtu = UNKNOWN_LINK
     total = ip_len + hhl + CRC_BYTES  # wire_bytes, inlined
     if ip_len > mtu > 0:
-        total += (ip_len // mtu) * (20 + hhl + CRC_BYTES)
+        total += (ip_len // mtu) * (_IPHDR_BYTES + hhl + CRC_BYTES)
     return (direction, proto, key, total)
 
 
@@ -317,8 +301,8 @@ def parse_record(
 ) -> Packet | Reject:
     """The frame records[start:end] of a Batch -> a Packet, or the Reject reason.
 
-    For callers that walk a Batch themselves (flows.FlowTable.account_records
-    hands it the frames its fast path does not take); never raises.
+    For callers that walk a Batch themselves (counting.count_records hands it
+    the frames its fast walk does not take); never raises.
     """
     return _parse(records, start, end, original_bytes, links)
 
@@ -340,7 +324,7 @@ def parse_batch(
     size = len(records)
     position = 0
     while position < size:
-        frame = position + 16
+        frame = position + _RECORD_HEADER_BYTES
         if frame > size:
             rejects[Reject.TRUNCATED_LINK] += 1
             break

@@ -1,20 +1,22 @@
 """Capture lanes: the traffic split over a few libpcap handles by kernel filters.
 
-Stage: capture (beside pcap.py).  Owns the handles of one capture: two *fixed*
-lanes whose kernel BPF filter takes only the common TCP/UDP frames of one IP
-family and whose snap length stops right after the ports, and one *other*
-lane for every remaining IP frame.  Callers: the daemon loop (``filenos`` for
-the selector, ``lanes`` to read, ``stats``, ``close``), the privileged tests
-and the benchmarks.
+Owns the handles of one capture: two *fixed* lanes whose kernel BPF filter
+takes only the common TCP/UDP frames of one IP family and whose snap length
+stops right after the ports, and one *other* lane for every remaining IP
+frame.  Callers: the daemon's drain_capture (``filenos`` for the selector,
+``lanes`` to read, ``stats``, ``close``), the privileged tests and the
+benchmarks.
 
 Why lanes: every frame of a fixed lane is captured to exactly the same length
 (``LaneKind.frame_bytes``), so a batch of them is a run of equal-sized records
 that Python can split and count in C (``struct.iter_unpack`` and
-``collections.Counter``, see ``flows.FlowTable.account_fixed``) instead of
-walking it record by record.  The filters partition the traffic: a frame is
-captured by exactly one lane, so the lanes' counters add up.
+``collections.Counter``, see ``counting.count_fixed``) instead of walking it
+record by record.  The filters partition the traffic: a frame is captured by
+exactly one lane, so the lanes' counters add up.
 
-The fixed lanes' guarantees, enforced in the kernel:
+The fixed lanes' guarantees, enforced in the kernel by filters built here
+from wire.FIXED_FRAMES (members, offsets, values), the layouts the counting
+code reads:
 
 * IPv4: cooked protocol ETH_P_IP, first byte 0x45 (version 4, 20-byte header),
   fragment offset 0, protocol TCP or UDP, tot_len >= 24 (the ports are inside
@@ -34,21 +36,49 @@ import logging
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..wire import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    FIXED_FRAMES,
+    IP_OFFSET_MASK,
+    IPV4_FIXED,
+    IPV6_FIXED,
+    FixedFrame,
+)
 from .pcap import DEFAULT_FILTER, Capture, CaptureError, CaptureFilterError, CaptureStats
 
 log = logging.getLogger(__name__)
 
-COOKED_HEADER_BYTES = 20  # struct sll2_header
-PORTS_BYTES = 4
+# pcap-filter(7)'s primitive for a cooked protocol, also the name of its header
+# (ip[n] is byte n of the IPv4 header).
+_FILTER_PROTOCOL = {ETH_P_IP: "ip", ETH_P_IPV6: "ip6"}
 
-# The fixed lanes' kernel filters (pcap-filter(7) syntax; offsets in the IP header).
-IPV4_FIXED_FILTER = (
-    "ip and ip[0] == 0x45 and ip[6:2] & 0x1fff == 0"
-    " and (ip[9] == 6 or ip[9] == 17) and ip[2:2] >= 24"
-)
-IPV6_FIXED_FILTER = (
-    "ip6 and ip6[0] & 0xf0 == 0x60 and (ip6[6] == 6 or ip6[6] == 17) and ip6[4:2] >= 4"
-)
+
+def fixed_filter(frame: FixedFrame) -> str:
+    """The pcap-filter(7) expression that takes exactly the frames of a fixed lane."""
+    ip = _FILTER_PROTOCOL[frame.ethertype]
+    header = frame.ip_header
+
+    def load(member: str) -> str:
+        offset, width = header.offset(member), header.width(member)
+        return f"{ip}[{offset}]" if width == 1 else f"{ip}[{offset}:{width}]"
+
+    first = load(frame.first_byte_member)
+    if frame.first_byte_mask == 0xFF:
+        tests = [ip, f"{first} == {frame.first_byte:#x}"]
+    else:
+        tests = [ip, f"{first} & {frame.first_byte_mask:#x} == {frame.first_byte:#x}"]
+    if frame.fragment_member is not None:
+        tests.append(f"{load(frame.fragment_member)} & {IP_OFFSET_MASK:#x} == 0")
+    protocol = load(frame.protocol_member)
+    tests.append("(" + " or ".join(f"{protocol} == {p}" for p in frame.protocols) + ")")
+    tests.append(f"{load(frame.length_member)} >= {frame.length_min}")
+    return " and ".join(tests)
+
+
+# The fixed lanes' kernel filters and the other lane's, which takes what they do not.
+IPV4_FIXED_FILTER = fixed_filter(IPV4_FIXED)
+IPV6_FIXED_FILTER = fixed_filter(IPV6_FIXED)
 OTHER_FILTER = f"({DEFAULT_FILTER}) and not ({IPV4_FIXED_FILTER}) and not ({IPV6_FIXED_FILTER})"
 
 # Share of --buffer-mib each lane's ring gets (the rings add up to it).  A fixed
@@ -70,13 +100,8 @@ class LaneKind(IntEnum):
     @property
     def frame_bytes(self) -> int:
         """The captured length of every frame of a fixed lane (0: varies)."""
-        return _FIXED_FRAME_BYTES.get(self, 0)
-
-
-_FIXED_FRAME_BYTES = {
-    LaneKind.IPV4: COOKED_HEADER_BYTES + 20 + PORTS_BYTES,  # 44
-    LaneKind.IPV6: COOKED_HEADER_BYTES + 40 + PORTS_BYTES,  # 64
-}
+        frame = FIXED_FRAMES.get(self.value)
+        return 0 if frame is None else frame.frame_bytes
 
 
 class Lane(NamedTuple):

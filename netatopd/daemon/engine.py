@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ..capture.lanes import CaptureLanes, LaneKind
 from ..capture.links import LinkTable
+from ..counting import count_fixed, count_records
 from ..ebpf import EbpfUnavailable, KernelOwnership
 from ..exitlist import ExitJournal, ExitList
 from ..flows import FlowTable
@@ -174,9 +175,10 @@ class Engine:
                 if count:
                     now_s = wall()
                     if kind == LaneKind.OTHER:
-                        flows.account_records(batch.records, links, rejects, now_s)
+                        sums = count_records(batch.records, links, rejects)
                     else:
-                        flows.account_fixed(batch.records, count, kind, links, rejects, now_s)
+                        sums = count_fixed(batch.records, count, kind, links, rejects)
+                    flows.charge(sums, now_s)
                     self.packets += count
                     self.batches += 1
                     counted = True

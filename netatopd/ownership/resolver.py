@@ -221,25 +221,15 @@ class Resolver:
                 continue
             if r.protocol == PROTO_UDP:
                 if any(r.local_addr):
-                    flow = flows.udp_local.get(r.local_addr + r.local_port.to_bytes(2, "big"))
-                    candidates = [flow] if flow is not None else []
+                    flow = flows.udp_flow(r.local_addr, r.local_port)
+                    candidates: tuple[Flow, ...] = () if flow is None else (flow,)
                 else:  # an unbound socket: every local address of that port
-                    candidates = [
-                        f
-                        for f in flows.udp_by_port.get(r.local_port, ())
-                        if len(f.local_addr) == len(r.local_addr)
-                    ]
+                    candidates = flows.udp_flows_on_port(r.local_port, len(r.local_addr))
                 for flow in candidates:
                     self._apply_kernel_owner(flow, now_s)
                 continue
             if r.remote_addr:
-                key = (
-                    r.local_addr
-                    + r.remote_addr
-                    + r.local_port.to_bytes(2, "big")
-                    + r.remote_port.to_bytes(2, "big")
-                )
-                flow = flows.tcp_sent.get(key)
+                flow = flows.tcp_flow(r.local_addr, r.local_port, r.remote_addr, r.remote_port)
             else:
                 continue
             if flow is not None:

@@ -32,6 +32,7 @@ from netatopd.capture import Capture, CaptureError, LinkTable
 from netatopd.capture import lanes as lanes_module
 from netatopd.capture.lanes import CaptureLanes, LaneKind
 from netatopd.capture.pcap import CaptureFilterError, PcapStatus
+from netatopd.counting import count_fixed, count_records
 from netatopd.flows import FlowTable
 from netatopd.parse import (
     PROTO_UDP,
@@ -447,9 +448,10 @@ def _drain_lanes(
                         caplen = struct.unpack_from("=8xI", batch.records, position)[0]
                         assert caplen == kind.frame_bytes, kind.name
                         position += 16 + caplen
-                    table.account_fixed(batch.records, batch.count, kind, links, reasons, 1.0)
+                    sums = count_fixed(batch.records, batch.count, kind, links, reasons)
                 else:
-                    table.account_records(batch.records, links, reasons, 1.0)
+                    sums = count_records(batch.records, links, reasons)
+                table.charge(sums, 1.0)
     return counted
 
 

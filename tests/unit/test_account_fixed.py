@@ -1,17 +1,16 @@
-"""Unit tests of FlowTable.account_fixed, the count of a fixed capture lane's batch.
+"""Unit tests of counting.count_fixed, the sums of a fixed capture lane's batch.
 
-Ground truth: FlowTable.account_records on the same records (held to the
-two-step parse_batch + account path by test_account_records.py), and for one
+Ground truth: counting.count_records on the same records (held to the
+two-step parse_batch + count_packets path by test_account_records.py), and for one
 batch the counts worked out by hand.  The records are what a fixed lane hands
 over: only the frames its kernel filter takes (``lane_takes`` below restates
-the filters of capture/lanes.py; tests/privileged/test_lanes.py holds the
+the filters of capture/lanes.py; tests/privileged/test_capture.py holds the
 kernel to them), each cut to the lane's frame length.
 """
 
 from __future__ import annotations
 
 import random
-import struct
 
 from frames import (
     A4,
@@ -36,7 +35,8 @@ from frames import (
 )
 
 from netatopd.capture.lanes import LaneKind
-from netatopd.flows import FIXED_RECORDS, FlowTable
+from netatopd.counting import FIXED_RECORDS, count_fixed, count_records
+from netatopd.flows import FlowTable
 from netatopd.parse import PROTO_TCP, PROTO_UDP, REJECT_COUNTERS_LENGTH, Reject
 
 
@@ -75,8 +75,8 @@ def fixed_and_walked(
     walked_rejects = [0] * REJECT_COUNTERS_LENGTH
     fixed_rejects = [0] * REJECT_COUNTERS_LENGTH
     for data, count in batches:
-        walked.account_records(data, LINKS, walked_rejects, 5.0)
-        fixed.account_fixed(data, count, kind, LINKS, fixed_rejects, 5.0)
+        walked.charge(count_records(data, LINKS, walked_rejects), 5.0)
+        fixed.charge(count_fixed(data, count, kind, LINKS, fixed_rejects), 5.0)
     return snapshot(walked), walked_rejects, snapshot(fixed), fixed_rejects
 
 
@@ -106,12 +106,15 @@ def test_hand_worked_batch() -> None:
     assert count == 11 and len(data) == 11 * 60
     flows = FlowTable()
     rejects = [0] * REJECT_COUNTERS_LENGTH
-    flows.account_fixed(data, count, LaneKind.IPV4, LINKS, rejects, 1.0)
-    sender = flows.udp_local[A4 + (40000).to_bytes(2, "big")]
-    receiver = flows.udp_local[A4 + (53).to_bytes(2, "big")]
+    flows.charge(count_fixed(data, count, LaneKind.IPV4, LINKS, rejects), 1.0)
+    sender = flows.udp_flow(A4, 40000)
+    assert sender is not None
+    receiver = flows.udp_flow(A4, 53)
+    assert receiver is not None
     assert (sender.snd_packs, sender.snd_bytes, sender.rcv_packs) == (8, 748, 0)
     assert (receiver.rcv_packs, receiver.rcv_bytes, receiver.snd_packs) == (8, 748, 0)
-    connection = flows.tcp_sent[A4 + B4 + struct.pack("!HH", 50000, 443)]
+    connection = flows.tcp_flow(A4, 50000, B4, 443)
+    assert connection is not None
     assert (connection.snd_packs, connection.snd_bytes, connection.rcv_packs) == (2, 196, 0)
     assert flows.totals.udp_sent == 8 and flows.totals.tcp_sent == 2
     assert rejects[Reject.LOOPBACK_OUTGOING] == 1
@@ -120,7 +123,7 @@ def test_hand_worked_batch() -> None:
     assert [f.local_port for f in flows.new] == [40000, 53, 50000]
 
 
-def test_same_counts_as_account_records_for_both_lanes() -> None:
+def test_same_counts_as_count_records_for_both_lanes() -> None:
     frames = varied_frames()
     # Two more IPv6 endpoints and a received IPv6 segment of a known connection.
     frames += [
@@ -142,7 +145,7 @@ def test_same_counts_as_account_records_for_both_lanes() -> None:
 def test_a_short_record_sends_the_batch_the_slow_way() -> None:
     # A frame from the wire claiming tot_len 60 but only 30 IP bytes long passes the
     # IPv4 lane's filter and is captured with 50 bytes, not 44+: the batch is then not
-    # whole 60-byte records and account_records walks it (counting the short frame as
+    # whole 60-byte records and count_records walks it (counting the short frame as
     # truncated, like every other path).
     head = sll2(0x0800, ETH, ARPHRD_ETHER, HOST)
     good = head + ipv4(PROTO_UDP, B4, A4, udp(53, 5000))
@@ -159,7 +162,7 @@ def test_a_short_record_sends_the_batch_the_slow_way() -> None:
 def test_random_damage_counts_the_same() -> None:
     # Damage lands on the bytes that come from the wire (IP header and ports), not on
     # the cooked header, which libpcap writes from the kernel's facts about the
-    # packet: an interface's hatype is the same in every record (account_fixed reads
+    # packet: an interface's hatype is the same in every record (count_fixed reads
     # it once per interface and batch).
     rng = random.Random(16)
     frames = varied_frames()
@@ -188,16 +191,20 @@ def test_hatype_is_read_per_interface_from_the_batch() -> None:
     data, count = lane_records(LaneKind.IPV4, [lo, eth, lo, eth, eth])
     flows = FlowTable()
     rejects = [0] * REJECT_COUNTERS_LENGTH
-    flows.account_fixed(data, count, LaneKind.IPV4, links, rejects, 1.0)
+    flows.charge(count_fixed(data, count, LaneKind.IPV4, links, rejects), 1.0)
     # ip_len 44 (16 data bytes): wire 62 on either link.
     assert flows.totals.udp_received == 3 + 2 and flows.totals.udp_sent == 2
-    received = flows.udp_local[A4 + (6000).to_bytes(2, "big")]
+    received = flows.udp_flow(A4, 6000)
+    assert received is not None
     assert (received.rcv_packs, received.rcv_bytes) == (3, 3 * 62)
-    looped = flows.udp_local[ten + (8).to_bytes(2, "big")]
-    assert (looped.rcv_packs, flows.udp_local[ten + (7).to_bytes(2, "big")].snd_packs) == (2, 2)
+    looped = flows.udp_flow(ten, 8)
+    assert looped is not None
+    sender = flows.udp_flow(ten, 7)
+    assert sender is not None
+    assert (looped.rcv_packs, sender.snd_packs) == (2, 2)
 
 
-def test_flow_cap_refuses_like_account_records() -> None:
+def test_flow_cap_refuses_like_count_records() -> None:
     frames = [
         sll2(0x0800, ETH, ARPHRD_ETHER, HOST) + ipv4(PROTO_UDP, B4, A4, udp(53, port))
         for port in range(1000, 1010)
@@ -211,6 +218,6 @@ def test_flow_cap_refuses_like_account_records() -> None:
 def test_empty_batch_counts_nothing() -> None:
     flows = FlowTable()
     rejects = [0] * REJECT_COUNTERS_LENGTH
-    flows.account_fixed(b"", 0, LaneKind.IPV6, LINKS, rejects, 1.0)
+    flows.charge(count_fixed(b"", 0, LaneKind.IPV6, LINKS, rejects), 1.0)
     assert flows.count == 0 and flows.totals.as_dict() == FlowTable().totals.as_dict()
     assert rejects == [0] * REJECT_COUNTERS_LENGTH

@@ -1,6 +1,6 @@
-"""Unit tests of FlowTable.account_records, the fused parse-and-count walk.
+"""Unit tests of counting.count_records, the fused parse-and-count walk, charged to flows.
 
-Ground truth: the two-step path it replaces, ``account(parse_batch(...))``,
+Ground truth: the two-step path it replaces, ``count_packets(parse_batch(...))``,
 which test_parse.py and test_core.py pin to hand-worked values; and, for a few
 frames, the counts worked out by hand in the comments.  Frames are laid out
 from the header formats (sll2_header, iphdr, ipv6hdr, udphdr, tcphdr).
@@ -33,7 +33,8 @@ from frames import (
 )
 
 from netatopd.capture.pcap import Batch
-from netatopd.flows import UDP_KEY_CACHE_ENTRIES_MAX, Flow, FlowTable
+from netatopd.counting import count_packets, count_records
+from netatopd.flows import UDP_KEY_CACHE_ENTRIES_MAX, FlowTable
 from netatopd.parse import PROTO_TCP, PROTO_UDP, REJECT_COUNTERS_LENGTH, Reject, parse_batch
 
 
@@ -44,8 +45,8 @@ def both_ways(
     two_step_rejects = [0] * REJECT_COUNTERS_LENGTH
     fused_rejects = [0] * REJECT_COUNTERS_LENGTH
     for batch in batches:
-        two_step.account(parse_batch(batch, LINKS, two_step_rejects), 5.0)
-        fused.account_records(batch, LINKS, fused_rejects, 5.0)
+        two_step.charge(count_packets(parse_batch(batch, LINKS, two_step_rejects)), 5.0)
+        fused.charge(count_records(batch, LINKS, fused_rejects), 5.0)
     return snapshot(two_step), two_step_rejects, snapshot(fused), fused_rejects
 
 
@@ -56,9 +57,11 @@ def test_hand_worked_loopback_udp() -> None:
     frame = sll2(0x0800, LO, ARPHRD_LOOPBACK, HOST) + ipv4(PROTO_UDP, A4, A4, udp(40000, 53))
     flows = FlowTable()
     rejects = [0] * REJECT_COUNTERS_LENGTH
-    flows.account_records(records([frame] * 3), LINKS, rejects, 1.0)
-    sender = flows.udp_local[A4 + (40000).to_bytes(2, "big")]
-    receiver = flows.udp_local[A4 + (53).to_bytes(2, "big")]
+    flows.charge(count_records(records([frame] * 3), LINKS, rejects), 1.0)
+    sender = flows.udp_flow(A4, 40000)
+    assert sender is not None
+    receiver = flows.udp_flow(A4, 53)
+    assert receiver is not None
     assert (sender.snd_packs, sender.snd_bytes, sender.rcv_packs) == (3, 186, 0)
     assert (receiver.rcv_packs, receiver.rcv_bytes, receiver.snd_packs) == (3, 186, 0)
     assert flows.totals.udp_sent == 3 and flows.totals.udp_received == 3
@@ -73,14 +76,16 @@ def test_hand_worked_gso_and_tun() -> None:
     # Received on a tun device (hhl 0): 44 + 0 + 4 = 48.
     tun = sll2(0x0800, TUN, ARPHRD_NONE, HOST) + ipv4(PROTO_UDP, B4, A4, udp(1194, 1194))
     flows = FlowTable()
-    flows.account_records(records([big, tun]), LINKS, [0] * REJECT_COUNTERS_LENGTH, 1.0)
-    connection = flows.tcp_sent[A4 + B4 + struct.pack("!HH", 50000, 443)]
+    flows.charge(count_records(records([big, tun]), LINKS, [0] * REJECT_COUNTERS_LENGTH), 1.0)
+    connection = flows.tcp_flow(A4, 50000, B4, 443)
+    assert connection is not None
     assert (connection.snd_packs, connection.snd_bytes) == (1, 4094)
-    local = flows.udp_local[A4 + (1194).to_bytes(2, "big")]
+    local = flows.udp_flow(A4, 1194)
+    assert local is not None
     assert (local.rcv_packs, local.rcv_bytes) == (1, 48)
 
 
-def test_same_counts_as_parse_batch_and_account() -> None:
+def test_same_counts_as_parse_batch_and_count_packets() -> None:
     frames = varied_frames()
     batches = [records(frames), records(frames[::-1]), records(frames[3:9] * 5)]
     two_step, two_step_rejects, fused, fused_rejects = both_ways(batches)
@@ -127,7 +132,7 @@ def test_random_damage_counts_the_same() -> None:
         assert (fused, fused_rejects) == (two_step, two_step_rejects)
 
 
-def test_flow_cap_refuses_like_account() -> None:
+def test_flow_cap_refuses_like_count_packets() -> None:
     frames = [
         sll2(0x0800, ETH, ARPHRD_ETHER, HOST) + ipv4(PROTO_UDP, B4, A4, udp(53, port))
         for port in range(1000, 1010)
@@ -142,11 +147,13 @@ def test_removed_flow_is_not_counted_again() -> None:
     frame = sll2(0x0800, ETH, ARPHRD_ETHER, HOST) + ipv4(PROTO_UDP, B4, A4, udp(53, 5000))
     flows = FlowTable()
     rejects = [0] * REJECT_COUNTERS_LENGTH
-    flows.account_records(records([frame]), LINKS, rejects, 1.0)
-    first = flows.udp_local[A4 + (5000).to_bytes(2, "big")]
+    flows.charge(count_records(records([frame]), LINKS, rejects), 1.0)
+    first = flows.udp_flow(A4, 5000)
+    assert first is not None
     flows.remove(first)
-    flows.account_records(records([frame, frame]), LINKS, rejects, 2.0)
-    second = flows.udp_local[A4 + (5000).to_bytes(2, "big")]
+    flows.charge(count_records(records([frame, frame]), LINKS, rejects), 2.0)
+    second = flows.udp_flow(A4, 5000)
+    assert second is not None
     assert second is not first
     assert (first.rcv_packs, second.rcv_packs) == (1, 2)
     assert flows.count == 1
@@ -163,8 +170,9 @@ def test_udp_key_cache_is_bounded() -> None:
             head + ipv4(PROTO_UDP, bytes((198, 51, 100, n % 250)), A4, udp(1024 + n // 250, 53))
             for n in range(first, min(count, first + 4096))
         ]
-        flows.account_records(records(frames), LINKS, rejects, 1.0)
-    local: Flow = flows.udp_local[A4 + (53).to_bytes(2, "big")]
+        flows.charge(count_records(records(frames), LINKS, rejects), 1.0)
+    local = flows.udp_flow(A4, 53)
+    assert local is not None
     assert local.rcv_packs == count
     assert flows.count == 1
     assert len(flows._udp_received_cache) <= UDP_KEY_CACHE_ENTRIES_MAX

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from netatopd.counting import count_packets
 from netatopd.exitlist import ExitJournal, ExitList
-from netatopd.flows import FlowTable
+from netatopd.flows import Flow, FlowTable
 from netatopd.netlink.sockdiag import SocketInfo
 from netatopd.ownership import InodeIndex, Resolver, Sweeper, TaskRegistry
 from netatopd.parse import PROTO_ICMP, PROTO_TCP, PROTO_UDP, Direction
@@ -118,7 +119,7 @@ class World:
 
     def feed(self, packets: list[tuple[int, int, bytes, int]], now_s: float | None = None) -> None:
         now = time.time() if now_s is None else now_s
-        self.flows.account(packets, now)
+        self.flows.charge(count_packets(packets), now)
         self.resolver.settle(now)
         self.resolver.resolve(now)
 
@@ -126,9 +127,11 @@ class World:
 def test_loopback_packet_is_a_send_and_a_receive() -> None:
     flows = FlowTable()
     k = key(LOCAL, LOCAL, 40000, 80)
-    flows.account([(Direction.LOOPBACK, PROTO_TCP, k, 100)], 1.0)
+    flows.charge(count_packets([(Direction.LOOPBACK, PROTO_TCP, k, 100)]), 1.0)
     assert flows.count == 2
-    sender, receiver = flows.tcp_sent[k], flows.tcp_received[k]
+    sender = flows.tcp_flow(LOCAL, 40000, LOCAL, 80)
+    receiver = flows.tcp_flow(LOCAL, 80, LOCAL, 40000)
+    assert sender is not None and receiver is not None
     assert sender is not receiver
     assert (sender.local_port, sender.remote_port, sender.snd_packs, sender.snd_bytes) == (
         40000,
@@ -149,12 +152,16 @@ def test_both_directions_of_a_connection_are_one_flow() -> None:
     flows = FlowTable()
     out = key(LOCAL, REMOTE, 40000, 443)
     back = key(REMOTE, LOCAL, 443, 40000)
-    flows.account(
-        [(Direction.SENT, PROTO_TCP, out, 60), (Direction.RECEIVED, PROTO_TCP, back, 1500)], 1.0
+    flows.charge(
+        count_packets(
+            [(Direction.SENT, PROTO_TCP, out, 60), (Direction.RECEIVED, PROTO_TCP, back, 1500)]
+        ),
+        1.0,
     )
     assert flows.count == 1
-    flow = flows.tcp_sent[out]
-    assert flows.tcp_received[back] is flow
+    flow = flows.tcp_flow(LOCAL, 40000, REMOTE, 443)
+    assert flow is not None
+    assert flow.keys == (out, back)
     assert flow.take_pending() == (1, 60, 1, 1500)
 
 
@@ -163,9 +170,10 @@ def test_udp_flows_are_local_endpoints_and_icmp_is_only_counted() -> None:
     packets = [
         (Direction.RECEIVED, PROTO_UDP, key(REMOTE, LOCAL, 5000 + i, 53), 80) for i in range(5)
     ] + [(Direction.SENT, PROTO_ICMP, b"", 70)]
-    flows.account(packets, 1.0)
+    flows.charge(count_packets(packets), 1.0)
     assert flows.count == 1
-    assert flows.udp_local[LOCAL + (53).to_bytes(2, "big")].take_pending() == (0, 0, 5, 400)
+    local: Flow | None = flows.udp_flow(LOCAL, 53)
+    assert local is not None and local.take_pending() == (0, 0, 5, 400)
     assert flows.totals.icmp_sent == 1 and flows.totals.icmp_received == 0
 
 
@@ -174,7 +182,7 @@ def test_flow_cap_refuses_and_counts_unidentified() -> None:
     packets = [
         (Direction.RECEIVED, PROTO_UDP, key(REMOTE, LOCAL, 9, 2000 + i), 50) for i in range(10)
     ]
-    flows.account(packets, 1.0)
+    flows.charge(count_packets(packets), 1.0)
     assert flows.count == 3
     assert flows.overflow == 7
     assert flows.totals.udp_received_unidentified == 7
@@ -251,7 +259,7 @@ def test_finishing_a_task_fills_exit_list_and_journal_and_frees_its_flows() -> N
     w.sockdiag.add(PROTO_UDP, 5353, 7001)
     w.feed([(Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 90)] * 2)
     task = w.tasks.get(100)
-    flow = w.flows.udp_local[LOCAL + (5353).to_bytes(2, "big")]
+    flow = w.flows.udp_flow(LOCAL, 5353)
     assert task is not None and flow.owner is task
     del w.procfs.procs[100]  # the process ends
     w.registry.finish([task], time.time())
@@ -301,7 +309,8 @@ def test_listener_gives_a_provisional_owner_until_the_socket_is_accepted() -> No
     w.sockdiag.add(PROTO_TCP, 8080, 7002)  # accepted: established socket with its inode
     w.resolver.resolve(time.time(), everything=True)
     assert w.resolver.pending_count() == 0
-    assert w.flows.tcp_received[inbound].inode == 7002
+    accepted = w.flows.tcp_flow(LOCAL, 8080, REMOTE, 5555)
+    assert accepted is not None and accepted.inode == 7002
 
 
 def test_sweep_moves_finished_processes_to_the_exit_list() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from netatopd.capture.pcap import CaptureStats
 from netatopd.config import resolve
+from netatopd.counting import count_packets
 from netatopd.daemon.answers import Answers
 from netatopd.daemon.engine import IDLE_WAKE_S, Clock, Engine
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
@@ -83,11 +84,13 @@ def engine(tmp_path: Path, fake_time: FakeTime) -> Iterator[Engine]:
 
 
 def test_table_figures_are_the_integer_status_fields(engine: Engine) -> None:
-    engine.flows.account(
-        [
-            (Direction.SENT, PROTO_TCP, key4(A4, B4, 40000, 443), 60),
-            (Direction.LOOPBACK, PROTO_UDP, key4(A4, A4, 5000, 53), 80),
-        ],
+    engine.flows.charge(
+        count_packets(
+            [
+                (Direction.SENT, PROTO_TCP, key4(A4, B4, 40000, 443), 60),
+                (Direction.LOOPBACK, PROTO_UDP, key4(A4, A4, 5000, 53), 80),
+            ]
+        ),
         1.0,
     )
     engine.rejects[Reject.TRUNCATED_IP] = 2

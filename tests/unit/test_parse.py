@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from netatopd import parse
+from netatopd import counting, parse, wire
 from netatopd.parse import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -474,36 +474,108 @@ def test_fuzz_random_bytes_and_mutations() -> None:
         assert all(_valid_result(packet) for packet in packets)
 
 
-def test_struct_sizes_match_c_sizeof() -> None:
-    # sizeof in C on x86-64 Linux (libpcap sll.h and sf-pcap.h, linux/ip.h,
-    # linux/ipv6.h, net/ipv6.h, linux/udp.h, linux/tcp.h).
-    assert parse.SLL2_HEADER.size == 20
-    assert parse.IPHDR.size == 20
-    assert parse.IPV6HDR.size == 40
-    assert parse.IPV6_OPT_HDR.size == 2
-    assert parse.FRAG_HDR.size == 8
-    assert parse.IP_AUTH_HDR.size == 12
-    assert parse.UDPHDR.size == 8
-    assert parse.TCPHDR.size == 20
-    assert parse.PCAP_SF_PKTHDR.size == 16
-
-
 def test_field_views_read_the_right_members() -> None:
-    # The partial structs parse uses must pick the same members as the full ones.
-    sll2 = parse.SLL2_HEADER.unpack_from(IPV4_TCP_SENT)
+    # The partial structs parse uses (built by wire.Layout.view) must pick the same
+    # members as the whole C structs.
+    sll2 = wire.SLL2_HEADER.struct.unpack_from(IPV4_TCP_SENT)
     assert parse._SLL2_FIELDS.unpack_from(IPV4_TCP_SENT) == (sll2[0], sll2[2], sll2[3], sll2[4])
-    ip = parse.IPHDR.unpack_from(IPV4_TCP_SENT, 20)
+    ip = wire.IPHDR.struct.unpack_from(IPV4_TCP_SENT, 20)
     assert parse._IPHDR_FIELDS.unpack_from(IPV4_TCP_SENT, 20) == (ip[0], ip[2], ip[4], ip[6])
-    ip6 = parse.IPV6HDR.unpack_from(IPV6_TCP_EXTENSIONS, 20)
-    assert parse._IPV6HDR_FIELDS.unpack_from(IPV6_TCP_EXTENSIONS, 20) == (
-        ip6[0] >> 24,
-        ip6[1],
-        ip6[2],
-    )
-    fragment = parse.FRAG_HDR.unpack_from(IPV6_LATER_FRAGMENT, 60)
+    ip6 = wire.IPV6HDR.struct.unpack_from(IPV6_TCP_EXTENSIONS, 20)
+    assert parse._IPV6HDR_FIELDS.unpack_from(IPV6_TCP_EXTENSIONS, 20) == (ip6[0], ip6[2], ip6[3])
+    assert ip6[0] >> 4 == 6  # the version, in the high nibble of the first member
+    fragment = wire.FRAG_HDR.struct.unpack_from(IPV6_LATER_FRAGMENT, 60)
     assert parse._FRAG_HDR_FIELDS.unpack_from(IPV6_LATER_FRAGMENT, 60) == (
         fragment[0],
         fragment[2],
     )
     record = struct.pack("=IIII", 1, 2, 3, 4)
     assert parse._PCAP_SF_PKTHDR_LENGTHS.unpack_from(record) == (3, 4)
+
+
+# -- one rule for a frame's direction ---------------------------------------------------
+
+# sll2_hatype values: every one the rule names, its neighbours, and some it does not.
+HATYPES = (0, 1, 24, 512, 771, 772, 773, 776, 0xFFFE, 0xFFFF)
+
+
+def _udp_frame(hatype: int, pkttype: int, sport: int, options: bool = False) -> bytes:
+    """An IPv4 UDP frame 192.0.2.1:sport -> 192.0.2.2:53; with options it is not a
+    fixed frame, so counting.count_records hands it to parse."""
+    option_bytes = bytes(4) if options else b""
+    header_bytes = 20 + len(option_bytes)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x40 | header_bytes // 4,
+        0,
+        header_bytes + 8,
+        1,
+        0,
+        64,
+        PROTO_UDP,
+        0,
+        bytes((192, 0, 2, 1)),
+        bytes((192, 0, 2, 2)),
+    )
+    sll2 = struct.pack("!HHIHBB8s", 0x0800, 0, 2, hatype, pkttype, 6, bytes(8))
+    return sll2 + ip + option_bytes + struct.pack("!HHHH", sport, 53, 8, 0)
+
+
+def _records(frames: list[bytes]) -> bytes:
+    return b"".join(struct.pack("=IIII", 0, 0, len(f), len(f)) + f for f in frames)
+
+
+def _expected(frames: list[tuple[int, int, int]]) -> tuple[dict[int, int], list[int]]:
+    """parse.direction's answers: source port -> Direction, and the rejects."""
+    directions: dict[int, int] = {}
+    rejects = [0] * REJECT_COUNTERS_LENGTH
+    for hatype, pkttype, sport in frames:
+        counted_as = parse.direction(hatype, pkttype)
+        if isinstance(counted_as, Reject):
+            rejects[counted_as] += 1
+        else:
+            directions[sport] = counted_as
+    return directions, rejects
+
+
+def _counted(data: bytes) -> tuple[dict[int, int], list[int]]:
+    """counting.count_records' answers on the same frames, as _expected gives them."""
+    rejects = [0] * REJECT_COUNTERS_LENGTH
+    sums = counting.count_records(data, LINKS, rejects)
+    directions = {int.from_bytes(key[8:10], "big"): kind for kind, key in sums.order}
+    return directions, rejects
+
+
+@pytest.mark.parametrize("options", [False, True], ids=["fixed frame", "parsed frame"])
+def test_inline_direction_rules_agree_with_direction(options: bool) -> None:
+    # parse._parse and counting.count_records inline parse.direction; both must give
+    # its answer for every packet type on every hatype above, and for every hatype
+    # with the packet types the rule tells apart (host, multicast, otherhost, outgoing).
+    combinations = [(h, p) for h in HATYPES for p in range(256)]
+    combinations += [(h, p) for h in range(65536) for p in (0, 2, 3, 4) if h not in HATYPES]
+    for first in range(0, len(combinations), 60000):
+        chunk = [(h, p, n) for n, (h, p) in enumerate(combinations[first : first + 60000])]
+        frames = [_udp_frame(h, p, 1024 + n, options) for h, p, n in chunk]
+        expected = _expected([(h, p, 1024 + n) for h, p, n in chunk])
+        assert _counted(_records(frames)) == expected
+        for (hatype, pkttype, _), data in zip(chunk[::97], frames[::97], strict=True):
+            result = parse_frame(data, LINKS)
+            answer = parse.direction(hatype, pkttype)
+            assert (result if isinstance(result, Reject) else result[0]) == answer
+    # Every answer the rule has was reached.
+    answers = {parse.direction(h, p) for h, p in combinations}
+    assert answers == {
+        Direction.RECEIVED,
+        Direction.SENT,
+        Direction.LOOPBACK,
+        Reject.OTHERHOST,
+        Reject.LOOPBACK_OUTGOING,
+    }
+
+
+def test_parse_frame_direction_for_every_packet_type() -> None:
+    for hatype in HATYPES:
+        for pkttype in range(256):
+            result = parse_frame(_udp_frame(hatype, pkttype, 9, options=True), LINKS)
+            answer = parse.direction(hatype, pkttype)
+            assert (result if isinstance(result, Reject) else result[0]) == answer

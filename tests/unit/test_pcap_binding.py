@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from netatopd import parse
+from netatopd import wire
 from netatopd.capture import links, pcap
 from netatopd.capture.links import LinkTable
 from netatopd.capture.pcap import CaptureError, LibpcapMissing, load_libpcap
@@ -90,7 +90,7 @@ def test_struct_sizes_match_c_sizeof() -> None:
     assert ctypes.sizeof(pcap.pcap_pkthdr) == 24
     assert pcap.PCAP_FILE_HEADER.size == 24
     assert pcap.PCAP_SF_PKTHDR.size == 16
-    assert pcap.PCAP_SF_PKTHDR.format == parse.PCAP_SF_PKTHDR.format
+    assert pcap.PCAP_SF_PKTHDR.format == wire.PCAP_SF_PKTHDR.struct.format
     assert links.IFREQ.size == 40
     assert links.IFREQ_INT.size == 40
     assert links.IFREQ_HWADDR.size == 40
