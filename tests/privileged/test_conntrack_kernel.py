@@ -1,0 +1,235 @@
+"""Conntrack against the real kernel (root, a namespace the test makes).
+
+No NAT rules: this machine has neither ``nft`` nor ``iptables`` (Debian
+packages nftables / iptables), so the entries NAT would make are made
+directly with IPCTNL_MSG_CT_NEW (the ``conntrack -I`` request), CTA_NAT_DST
+or CTA_NAT_SRC asking the kernel's NAT core to pick the rewritten tuple.
+What is checked is what the kernel answers a GET with, in every direction.
+Real traffic checks the other fact: a namespace with no rule that uses
+conntrack has no entry for it (UNTRACKED).  Traffic: loopback of the test's
+namespace only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from netatopd.netlink.attributes import pack_attribute, pack_nested
+from netatopd.netlink.conntrack import (
+    BE16,
+    BE32,
+    NETLINK_NETFILTER,
+    NFGENMSG,
+    Conntrack,
+    CtaAttr,
+    CtaNat,
+    CtaProtoNat,
+    CtnlMsg,
+    CtState,
+    CtStatus,
+    FiveTuple,
+    ctnl_msg_type,
+    pack_tuple,
+)
+from netatopd.netlink.socket import NLM_F_ACK, NetlinkSocket
+
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="NOT RUN: needs root to create network namespaces; a run that skips this is no pass",
+    ),
+]
+
+CLONE_NEWNET = 0x40000000
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+ENTRY_TIMEOUT_S = 120
+TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+T = TypeVar("T")
+
+CLIENT = socket.inet_aton("198.51.100.7")
+PUBLIC = socket.inet_aton("192.0.2.1")
+INNER = socket.inet_aton("192.0.2.9")
+HOST = socket.inet_aton("192.0.2.2")
+CLIENT6 = socket.inet_pton(socket.AF_INET6, "2001:db8:1::7")
+INNER6 = socket.inet_pton(socket.AF_INET6, "2001:db8::9")
+HOST6 = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+
+
+def in_namespace(name: str, body: Callable[[], T]) -> T:
+    """Run ``body`` in a thread that entered network namespace ``name``; its value."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        namespace_fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(namespace_fd, CLONE_NEWNET) != 0:
+                outcome["error"] = OSError(ctypes.get_errno(), "setns")
+                return
+        finally:
+            os.close(namespace_fd)
+        try:
+            outcome["value"] = body()
+        except BaseException as err:  # handed to the test's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "namespace thread did not finish"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def create_entry(
+    original: FiveTuple,
+    *,
+    nat_attribute: int | None = None,
+    nat_address: bytes = b"",
+    nat_port: int = 0,
+) -> None:
+    """Add a conntrack entry for ``original`` in the current thread's namespace."""
+    family = socket.AF_INET if len(original.src) == 4 else socket.AF_INET6
+    body = NFGENMSG.pack(family, 0, 0)
+    body += pack_tuple(CtaAttr.TUPLE_ORIG, original)
+    body += pack_tuple(CtaAttr.TUPLE_REPLY, original.inverted())
+    body += pack_attribute(CtaAttr.TIMEOUT, BE32.pack(ENTRY_TIMEOUT_S))
+    if nat_attribute is not None:
+        if family == socket.AF_INET:
+            low, high = CtaNat.V4_MINIP, CtaNat.V4_MAXIP
+        else:
+            low, high = CtaNat.V6_MINIP, CtaNat.V6_MAXIP
+        body += pack_nested(
+            nat_attribute,
+            pack_attribute(low, nat_address),
+            pack_attribute(high, nat_address),
+            pack_nested(
+                CtaNat.PROTO,
+                pack_attribute(CtaProtoNat.PORT_MIN, BE16.pack(nat_port)),
+                pack_attribute(CtaProtoNat.PORT_MAX, BE16.pack(nat_port)),
+            ),
+        )
+    with NetlinkSocket(NETLINK_NETFILTER) as netlink:
+        netlink.request(ctnl_msg_type(CtnlMsg.NEW), NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK, body)
+
+
+def test_dnat_entry_every_direction(make_netns: Callable[[str], Any]) -> None:
+    """Port forward: CLIENT -> PUBLIC:80 rewritten to INNER:8080."""
+    ns = make_netns("ntpCd")
+    original = FiveTuple(TCP, CLIENT, 40000, PUBLIC, 80)
+
+    def body() -> None:
+        create_entry(original, nat_attribute=CtaAttr.NAT_DST, nat_address=INNER, nat_port=8080)
+        with Conntrack() as ct:
+            state, entry = ct.lookup(original)
+            assert state == CtState.TRACKED and entry is not None
+            assert entry.original == original
+            assert entry.reply == FiveTuple(TCP, INNER, 8080, CLIENT, 40000)
+            assert entry.status & CtStatus.DST_NAT and not entry.status & CtStatus.SRC_NAT
+            assert entry.nated
+            # received before PREROUTING: delivered to the DNAT target
+            assert ct.received_destination(TCP, CLIENT, 40000, PUBLIC, 80) == (
+                CtState.TRACKED,
+                INNER,
+            )
+            # the reply leaves after the reverse NAT as PUBLIC:80, sent by INNER
+            assert ct.sent_source(TCP, PUBLIC, 80, CLIENT, 40000) == (CtState.TRACKED, INNER)
+            # the kernel finds the entry by its reply tuple too
+            assert ct.lookup(entry.reply) == (CtState.TRACKED, entry)
+            assert ct.received_destination(TCP, CLIENT, 40001, PUBLIC, 80) == (
+                CtState.UNTRACKED,
+                PUBLIC,
+            )
+            assert ct.available
+
+    in_namespace(ns.name, body)
+
+
+def test_masquerade_entry_every_direction_ipv6(make_netns: Callable[[str], Any]) -> None:
+    """Source NAT: INNER6:5000 -> CLIENT6:53 leaves as HOST6:61000."""
+    ns = make_netns("ntpCs")
+    original = FiveTuple(UDP, INNER6, 5000, CLIENT6, 53)
+
+    def body() -> None:
+        create_entry(original, nat_attribute=CtaAttr.NAT_SRC, nat_address=HOST6, nat_port=61000)
+        with Conntrack() as ct:
+            state, entry = ct.lookup(original)
+            assert state == CtState.TRACKED and entry is not None
+            assert entry.reply == FiveTuple(UDP, CLIENT6, 53, HOST6, 61000)
+            assert entry.status & CtStatus.SRC_NAT
+            # sent after POSTROUTING from HOST6 (local): it came from INNER6
+            assert ct.sent_source(UDP, HOST6, 61000, CLIENT6, 53) == (CtState.TRACKED, INNER6)
+            # the reply arrives for HOST6 (local): it goes on to INNER6
+            assert ct.received_destination(UDP, CLIENT6, 53, HOST6, 61000) == (
+                CtState.TRACKED,
+                INNER6,
+            )
+
+    in_namespace(ns.name, body)
+
+
+def test_entry_without_nat_leaves_the_addresses(make_netns: Callable[[str], Any]) -> None:
+    ns = make_netns("ntpCn")
+    original = FiveTuple(UDP, HOST, 5000, CLIENT, 53)
+
+    def body() -> None:
+        create_entry(original)
+        with Conntrack() as ct:
+            state, entry = ct.lookup(original)
+            assert state == CtState.TRACKED and entry is not None
+            assert not entry.nated
+            assert ct.sent_source(UDP, HOST, 5000, CLIENT, 53) == (CtState.TRACKED, HOST)
+            assert ct.received_destination(UDP, CLIENT, 53, HOST, 5000) == (
+                CtState.TRACKED,
+                HOST,
+            )
+
+    in_namespace(ns.name, body)
+
+
+def test_real_traffic_without_rules_is_untracked(make_netns: Callable[[str], Any]) -> None:
+    """No rule uses conntrack in a fresh namespace, so it tracks nothing there."""
+    ns = make_netns("ntpCu")
+
+    def body() -> tuple[CtState, CtState]:
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            receiver.bind(("127.0.0.1", 0))
+            sender.bind(("127.0.0.1", 0))
+            sender.sendto(b"x" * 16, receiver.getsockname())
+            receiver.settimeout(5)
+            receiver.recvfrom(64)
+            loopback = socket.inet_aton("127.0.0.1")
+            with Conntrack() as ct:
+                received = ct.received_destination(
+                    UDP,
+                    loopback,
+                    sender.getsockname()[1],
+                    loopback,
+                    receiver.getsockname()[1],
+                )
+                sent = ct.sent_source(
+                    UDP,
+                    loopback,
+                    sender.getsockname()[1],
+                    loopback,
+                    receiver.getsockname()[1],
+                )
+            assert received[1] == loopback and sent[1] == loopback
+            return received[0], sent[0]
+        finally:
+            receiver.close()
+            sender.close()
+
+    assert in_namespace(ns.name, body) == (CtState.UNTRACKED, CtState.UNTRACKED)
