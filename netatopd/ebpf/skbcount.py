@@ -1,0 +1,880 @@
+"""The kernel counting path: per-socket packets and bytes from cgroup_skb programs.
+
+Stage: capture (kernel side, the ``--capture kernel`` path; not wired into
+the daemon yet).  Owns the two ``BPF_PROG_TYPE_CGROUP_SKB`` programs
+(ingress, egress), their maps, their attachment at the root of the cgroup v2
+hierarchy (and the private cgroup2 mount made when the host has none) and
+every file descriptor behind them.  Callers: the privileged tests
+(tests/privileged/test_skbcount.py) and bench/bench_skbcount.py; later the
+daemon (``KernelCounter.open`` at start, ``drain`` on an interval,
+``close`` at exit).
+
+What the programs count.  The kernel runs a cgroup_skb program where a
+packet is handed to a local socket (ingress: ``sk_filter`` in the TCP and UDP
+receive paths) or leaves one (egress: ``ip_finish_output`` /
+``ip6_finish_output``), in every network namespace, never for a forwarded
+packet (it has no socket).  Both programs only observe: they always return 1
+(allow).  Per socket cookie (``bpf_get_socket_cookie``) they add:
+
+* packets: ``__sk_buff->gso_segs``, 0 meaning 1 -- the segments the wire
+  carries for a GSO/GRO aggregate (TCP's ``tcpi_segs_out``/``tcpi_segs_in``
+  count the same way);
+* IP bytes: ``__sk_buff->len`` (the IP packet: the cgroup hook sees the skb
+  from its network header), plus, for an aggregate of n > 1 segments,
+  (n - 1) times one set of network and transport headers (IPv4 IHL or 40
+  for IPv6; TCP data offset or 8 for UDP), read with ``bpf_skb_load_bytes``.
+  IPv6 extension headers are not counted into that per-segment set.
+
+The link header and CRC are not known to the program (they depend on the
+interface); ``wire_bytes`` adds them per packet in user space, giving the
+module's "real load on the wire": IP length + link header + 4 per segment.
+
+On the first packet of a socket the entry also records the socket's
+protocol and family (``bpf_sk_fullsock`` on ``__sk_buff->sk``, ``struct
+bpf_sock``) and its network namespace cookie (``bpf_get_netns_cookie``), so
+user space can tell namespaces apart and ignore protocols other than TCP
+and UDP.
+
+Exact draining.  The programs add into a hash map reached through a
+one-slot ``ARRAY_OF_MAPS``.  ``drain`` puts the empty spare hash map into
+that slot -- the kernel waits for an RCU grace period on such an update, so
+when it returns no program still holds the old map -- and then reads and
+deletes everything in the old one: no packet is lost between two drains and
+none is counted twice.
+
+Attachment.  By default with ``BPF_LINK_CREATE`` (cgroup links are in
+``BPF_F_ALLOW_MULTI`` mode): the kernel detaches a link when its last fd is
+closed, so the programs go away even when the process is killed.  With
+``attach=AttachMode.PROG_ATTACH``, ``BPF_PROG_ATTACH`` with
+``BPF_F_ALLOW_MULTI``; such an attachment outlives the process, so
+``close`` (also run by ``atexit`` through ``weakref.finalize``) detaches it
+with ``BPF_PROG_DETACH``.  Objects are named ``ntp_skb_*``, so
+``helper.loaded_object_ids()`` lists them with the helper's.
+
+The bpf() commands this module needs and ``syscalls.py`` does not have yet
+(PROG_LOAD with an expected attach type, MAP_CREATE with an inner map,
+PROG_ATTACH, PROG_DETACH, PROG_QUERY, LINK_CREATE) and mount(2)/umount2(2)
+are wrapped here; they belong in ``syscalls.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import struct
+import tempfile
+import threading
+import weakref
+from enum import IntEnum
+from pathlib import Path
+from typing import NamedTuple
+
+from . import syscalls
+from .asm import (
+    AluOp,
+    Insn,
+    InsnClass,
+    Item,
+    JmpOp,
+    Label,
+    Reg,
+    Size,
+    alu64_imm,
+    alu64_reg,
+    assemble,
+    atomic_add,
+    exit_insn,
+    instruction_count,
+    ja,
+    jmp32_imm,
+    jmp_imm,
+    ld_map_fd,
+    ldx,
+    mov64_imm,
+    mov64_reg,
+    st_imm,
+    stx,
+)
+from .syscalls import BpfCmd, BpfSyscallError, MapType
+
+log = logging.getLogger(__name__)
+
+LICENSE = "GPL"
+MOUNTINFO_PATH = Path("/proc/self/mountinfo")
+CGROUP2_FSTYPE = "cgroup2"
+
+# Map sizes: sockets with traffic between two drains.
+SOCKET_MAP_ENTRIES = 16384
+BATCH_CHUNK_ENTRIES = 1024
+VERIFIER_LOG_BYTES = 1 << 20
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPV4_VERSION = 4
+IPV6_VERSION = 6
+IPV6_HEADER_BYTES = 40
+UDP_HEADER_BYTES = 8
+TCP_DATA_OFFSET_BYTE = 12  # the byte of the TCP header whose high nibble is the data offset
+CRC_BYTES = 4  # the module's Ethernet frame check sequence, per packet
+
+
+class ProgTypeSkb(IntEnum):
+    """enum bpf_prog_type (linux/bpf.h), the one used here."""
+
+    CGROUP_SKB = 8
+
+
+class MapTypeSkb(IntEnum):
+    """enum bpf_map_type (linux/bpf.h), the ones used here beyond syscalls.MapType."""
+
+    ARRAY_OF_MAPS = 12
+
+
+class AttachType(IntEnum):
+    """enum bpf_attach_type (linux/bpf.h), the ones used here."""
+
+    CGROUP_INET_INGRESS = 0
+    CGROUP_INET_EGRESS = 1
+
+
+class SkbCmd(IntEnum):
+    """Commands of bpf(2) (enum bpf_cmd, linux/bpf.h) beyond syscalls.BpfCmd."""
+
+    PROG_ATTACH = 8
+    PROG_DETACH = 9
+    PROG_QUERY = 16
+    LINK_CREATE = 28
+
+
+class AttachMode(IntEnum):
+    """How the programs are attached to the cgroup."""
+
+    LINK = 1  # BPF_LINK_CREATE: detached by the kernel when the last fd closes
+    PROG_ATTACH = 2  # BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI: detached by close()
+
+
+BPF_F_ALLOW_MULTI = 1 << 1
+BPF_F_QUERY_EFFECTIVE = 1 << 0
+BPF_NOEXIST = 1
+
+
+class SkbHelper(IntEnum):
+    """BPF helper function numbers (enum bpf_func_id, linux/bpf.h) the programs call."""
+
+    MAP_LOOKUP_ELEM = 1
+    MAP_UPDATE_ELEM = 2
+    SKB_LOAD_BYTES = 26
+    GET_SOCKET_COOKIE = 46
+    SK_FULLSOCK = 95
+    GET_NETNS_COOKIE = 122
+
+
+# struct __sk_buff (linux/bpf.h), the members read, at their UAPI offsets:
+#   __u32 len @0; ... __u32 gso_segs @164; __bpf_md_ptr(struct bpf_sock *, sk) @168
+SKB_LEN = 0
+SKB_GSO_SEGS = 164
+SKB_SK = 168
+
+# struct bpf_sock (linux/bpf.h): __u32 bound_dev_if @0; __u32 family @4;
+# __u32 type @8; __u32 protocol @12 (protocol needs a full socket).
+BPF_SOCK_FAMILY = 4
+BPF_SOCK_PROTOCOL = 12
+
+# The socket map's key: the socket cookie, __u64.
+SOCKET_KEY = struct.Struct("=Q")
+
+# struct sock_counts, 48 bytes, the socket map's value:
+#   __u64 sent_packets;   wire segments sent
+#   __u64 sent_ip_bytes;  IP bytes of those segments
+#   __u64 recv_packets;   wire segments received
+#   __u64 recv_ip_bytes;  IP bytes of those segments
+#   __u64 netns_cookie;   the socket's network namespace cookie (0 if unknown)
+#   __u32 protocol;       struct bpf_sock protocol (IPPROTO_*), 0 if unknown
+#   __u32 family;         struct bpf_sock family (AF_INET, AF_INET6), 0 if unknown
+SOCK_COUNTS = struct.Struct("=QQQQQII")
+SENT_PACKETS, SENT_IP_BYTES, RECV_PACKETS, RECV_IP_BYTES = 0, 8, 16, 24
+NETNS_COOKIE, PROTOCOL, FAMILY = 32, 40, 44
+
+# The stats array's one value: __u64 lost_skbs; __u64 lost_packets; (map full)
+STATS = struct.Struct("=QQ")
+ARRAY_KEY = struct.Struct("=I")
+
+# union bpf_attr, BPF_PROG_ATTACH / BPF_PROG_DETACH member (first members), 20 bytes:
+#   __u32 target_fd; __u32 attach_bpf_fd; __u32 attach_type; __u32 attach_flags;
+#   __u32 replace_bpf_fd;
+BPF_ATTR_PROG_ATTACH = struct.Struct("=IIIII")
+# union bpf_attr, BPF_PROG_QUERY member (first members), 32 bytes:
+#   __u32 target_fd; __u32 attach_type; __u32 query_flags; __u32 attach_flags;
+#   __aligned_u64 prog_ids; __u32 prog_cnt; (pad 4)
+BPF_ATTR_PROG_QUERY = struct.Struct("=IIIIQI4x")
+BPF_ATTR_PROG_QUERY_COUNT_OFFSET = 24
+# union bpf_attr, BPF_LINK_CREATE member (first members), 16 bytes:
+#   __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags;
+BPF_ATTR_LINK_CREATE = struct.Struct("=IIII")
+
+# The programs' stack frame (offsets from the frame pointer R10).
+STACK_KEY = -8  # __u64 socket cookie
+STACK_VALUE = -56  # struct sock_counts (48 bytes)
+STACK_ARRAY_KEY = -64  # __u32 0
+STACK_SCRATCH = -80  # 16 bytes: the first 10 bytes of the IP header, a TCP byte
+
+R0, R1, R2, R3, R4 = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R4
+R6, R7, R8, R9, FP = Reg.R6, Reg.R7, Reg.R8, Reg.R9, Reg.FP
+
+OBJECT_NAMES = ("ntp_skb_in", "ntp_skb_out")
+
+
+class KernelCounterError(Exception):
+    """The kernel counting path cannot be used here; ``reason`` is a sentence for logs."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class SocketCounts(NamedTuple):
+    """What one socket sent and received since the previous drain."""
+
+    cookie: int
+    netns_cookie: int  # 0 if the kernel could not tell
+    protocol: int  # IPPROTO_TCP, IPPROTO_UDP, other, or 0 if unknown
+    family: int  # AF_INET, AF_INET6, or 0 if unknown
+    sent_packets: int  # wire segments
+    sent_ip_bytes: int
+    recv_packets: int
+    recv_ip_bytes: int
+
+
+def wire_bytes(ip_bytes: int, packets: int, link_header_bytes: int) -> int:
+    """The module's load on the wire: IP bytes + (link header + CRC) per segment."""
+    return ip_bytes + packets * (link_header_bytes + CRC_BYTES)
+
+
+# --- the programs ------------------------------------------------------------------
+
+
+def _call(helper: SkbHelper) -> Insn:
+    """r0 = helper(r1, ..., r5)."""
+    return Insn(InsnClass.JMP | JmpOp.CALL, 0, 0, 0, int(helper))
+
+
+def _load_bytes(offset_reg: Reg | None, offset: int, stack: int, size: int) -> list[Item]:
+    """r0 = bpf_skb_load_bytes(skb (R6), offset_reg + offset, fp + stack, size)."""
+    items: list[Item] = [mov64_reg(R1, R6)]
+    if offset_reg is None:
+        items.append(mov64_imm(R2, offset))
+    else:
+        items += [mov64_reg(R2, offset_reg), alu64_imm(AluOp.ADD, R2, offset)]
+    items += [
+        mov64_reg(R3, FP),
+        alu64_imm(AluOp.ADD, R3, stack),
+        mov64_imm(R4, size),
+        _call(SkbHelper.SKB_LOAD_BYTES),
+    ]
+    return items
+
+
+def _segments_and_bytes() -> list[Item]:
+    """R7 = wire segments, R8 = their IP bytes (R6 = skb); clobbers R0-R4, R9."""
+    return [
+        ldx(Size.W, R7, R6, SKB_GSO_SEGS),
+        jmp32_imm(JmpOp.JNE, R7, 0, "segs_known"),
+        mov64_imm(R7, 1),
+        Label("segs_known"),
+        ldx(Size.W, R8, R6, SKB_LEN),
+        jmp_imm(JmpOp.JLE, R7, 1, "counted"),
+        # An aggregate: one set of network + transport headers per extra segment.
+        *_load_bytes(None, 0, STACK_SCRATCH, 10),
+        jmp_imm(JmpOp.JNE, R0, 0, "counted"),
+        ldx(Size.B, R2, FP, STACK_SCRATCH),  # version << 4 | IHL
+        mov64_reg(R1, R2),
+        alu64_imm(AluOp.RSH, R1, 4),
+        jmp_imm(JmpOp.JEQ, R1, IPV4_VERSION, "ipv4"),
+        jmp_imm(JmpOp.JNE, R1, IPV6_VERSION, "counted"),
+        mov64_imm(R9, IPV6_HEADER_BYTES),
+        ldx(Size.B, R3, FP, STACK_SCRATCH + 6),  # IPv6 next header
+        ja("transport"),
+        Label("ipv4"),
+        mov64_reg(R9, R2),
+        alu64_imm(AluOp.AND, R9, 0x0F),
+        alu64_imm(AluOp.LSH, R9, 2),
+        ldx(Size.B, R3, FP, STACK_SCRATCH + 9),  # IPv4 protocol
+        Label("transport"),
+        jmp_imm(JmpOp.JEQ, R3, IPPROTO_UDP, "udp"),
+        jmp_imm(JmpOp.JNE, R3, IPPROTO_TCP, "counted"),
+        *_load_bytes(R9, TCP_DATA_OFFSET_BYTE, STACK_SCRATCH, 1),
+        jmp_imm(JmpOp.JNE, R0, 0, "counted"),
+        ldx(Size.B, R1, FP, STACK_SCRATCH),
+        alu64_imm(AluOp.RSH, R1, 4),
+        alu64_imm(AluOp.LSH, R1, 2),
+        alu64_reg(AluOp.ADD, R9, R1),
+        ja("extra"),
+        Label("udp"),
+        alu64_imm(AluOp.ADD, R9, UDP_HEADER_BYTES),
+        Label("extra"),
+        mov64_reg(R1, R7),
+        alu64_imm(AluOp.SUB, R1, 1),
+        alu64_reg(AluOp.MUL, R1, R9),
+        alu64_reg(AluOp.ADD, R8, R1),
+        Label("counted"),
+    ]
+
+
+def _new_entry() -> list[Item]:
+    """struct sock_counts on the stack: zero counts, the socket's protocol, family, netns."""
+    items: list[Item] = [
+        st_imm(Size.DW, FP, STACK_VALUE + offset, 0) for offset in range(0, SOCK_COUNTS.size, 8)
+    ]
+    items += [
+        ldx(Size.DW, R1, R6, SKB_SK),
+        jmp_imm(JmpOp.JEQ, R1, 0, "no_fullsock"),
+        _call(SkbHelper.SK_FULLSOCK),
+        jmp_imm(JmpOp.JEQ, R0, 0, "no_fullsock"),
+        ldx(Size.W, R1, R0, BPF_SOCK_PROTOCOL),
+        stx(Size.W, FP, STACK_VALUE + PROTOCOL, R1),
+        ldx(Size.W, R1, R0, BPF_SOCK_FAMILY),
+        stx(Size.W, FP, STACK_VALUE + FAMILY, R1),
+        Label("no_fullsock"),
+        mov64_reg(R1, R6),
+        _call(SkbHelper.GET_NETNS_COOKIE),
+        stx(Size.DW, FP, STACK_VALUE + NETNS_COOKIE, R0),
+    ]
+    return items
+
+
+def _lookup(map_reg: Reg) -> list[Item]:
+    """r0 = bpf_map_lookup_elem(map_reg, &cookie)."""
+    return [
+        mov64_reg(R1, map_reg),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        _call(SkbHelper.MAP_LOOKUP_ELEM),
+    ]
+
+
+def count_program(attach_type: AttachType, current_fd: int, stats_fd: int) -> list[Item]:
+    """The ingress or egress program: add this skb to its socket's entry, return 1.
+
+    ``current_fd`` is the one-slot ARRAY_OF_MAPS holding the socket map in
+    use; ``stats_fd`` the array whose one STATS value counts what could not
+    be recorded because the socket map was full.
+    """
+    if attach_type == AttachType.CGROUP_INET_EGRESS:
+        packets_at, bytes_at = SENT_PACKETS, SENT_IP_BYTES
+    else:
+        packets_at, bytes_at = RECV_PACKETS, RECV_IP_BYTES
+    return [
+        mov64_reg(R6, R1),
+        *_segments_and_bytes(),
+        mov64_reg(R1, R6),
+        _call(SkbHelper.GET_SOCKET_COOKIE),
+        stx(Size.DW, FP, STACK_KEY, R0),
+        st_imm(Size.W, FP, STACK_ARRAY_KEY, 0),
+        ld_map_fd(R1, current_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_ARRAY_KEY),
+        _call(SkbHelper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "out"),
+        mov64_reg(R9, R0),  # the socket map in use
+        *_lookup(R9),
+        jmp_imm(JmpOp.JNE, R0, 0, "add"),
+        *_new_entry(),
+        mov64_reg(R1, R9),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        mov64_reg(R3, FP),
+        alu64_imm(AluOp.ADD, R3, STACK_VALUE),
+        mov64_imm(R4, BPF_NOEXIST),  # another CPU may have made it meanwhile: fine
+        _call(SkbHelper.MAP_UPDATE_ELEM),
+        *_lookup(R9),
+        jmp_imm(JmpOp.JEQ, R0, 0, "lost"),
+        Label("add"),
+        atomic_add(Size.DW, R0, packets_at, R7),
+        atomic_add(Size.DW, R0, bytes_at, R8),
+        ja("out"),
+        Label("lost"),
+        ld_map_fd(R1, stats_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_ARRAY_KEY),
+        _call(SkbHelper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "out"),
+        mov64_imm(R1, 1),
+        atomic_add(Size.DW, R0, 0, R1),
+        atomic_add(Size.DW, R0, 8, R7),
+        Label("out"),
+        mov64_imm(R0, 1),  # allow: the programs only observe
+        exit_insn(),
+    ]
+
+
+# --- bpf() commands not in syscalls.py yet -------------------------------------------
+
+
+def _buffer(data: bytes) -> ctypes.Array[ctypes.c_char]:
+    return ctypes.create_string_buffer(data, len(data))
+
+
+def map_create_with_inner(
+    map_type: int, key_size: int, value_size: int, max_entries: int, name: str, inner_fd: int
+) -> int:
+    """BPF_MAP_CREATE with ``inner_map_fd`` (map-in-map); returns the fd."""
+    attr = _buffer(
+        syscalls.BPF_ATTR_MAP_CREATE.pack(
+            map_type,
+            key_size,
+            value_size,
+            max_entries,
+            0,
+            inner_fd,
+            0,
+            name.encode()[: syscalls.BPF_OBJ_NAME_LEN - 1],
+        )
+    )
+    return syscalls.bpf(BpfCmd.MAP_CREATE, attr)
+
+
+def prog_load_typed(
+    prog_type: int, attach_type: int, instructions: bytes, name: str, log_size: int = 0
+) -> int:
+    """BPF_PROG_LOAD with ``expected_attach_type``; returns the program's fd."""
+    insns = _buffer(instructions)
+    license_buffer = ctypes.create_string_buffer(LICENSE.encode())
+    log_buffer = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = _buffer(
+        syscalls.BPF_ATTR_PROG_LOAD.pack(
+            prog_type,
+            len(instructions) // 8,
+            ctypes.addressof(insns),
+            ctypes.addressof(license_buffer),
+            1 if log_size else 0,
+            log_size,
+            0 if log_buffer is None else ctypes.addressof(log_buffer),
+            0,
+            0,
+            name.encode()[: syscalls.BPF_OBJ_NAME_LEN - 1],
+            0,
+            attach_type,
+        )
+    )
+    try:
+        return syscalls.bpf(BpfCmd.PROG_LOAD, attr)
+    except BpfSyscallError as err:
+        if log_buffer is not None:
+            err.log = log_buffer.value.decode("utf-8", "replace")
+        raise
+
+
+def _bpf(cmd: SkbCmd, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """syscalls.bpf for a command syscalls.BpfCmd does not list yet."""
+    result = int(
+        syscalls._libc.syscall(
+            ctypes.c_long(syscalls.NR_BPF),
+            ctypes.c_int(cmd),
+            ctypes.cast(attr, ctypes.c_void_p),
+            ctypes.c_uint(ctypes.sizeof(attr)),
+        )
+    )
+    if result < 0:
+        raise BpfSyscallError(cmd.name, ctypes.get_errno())
+    return result
+
+
+def prog_attach(target_fd: int, prog_fd: int, attach_type: AttachType, flags: int) -> None:
+    """BPF_PROG_ATTACH."""
+    _bpf(
+        SkbCmd.PROG_ATTACH,
+        _buffer(BPF_ATTR_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, flags, 0)),
+    )
+
+
+def prog_detach(target_fd: int, prog_fd: int, attach_type: AttachType) -> None:
+    """BPF_PROG_DETACH of one program (needed for BPF_F_ALLOW_MULTI attachments)."""
+    _bpf(
+        SkbCmd.PROG_DETACH,
+        _buffer(BPF_ATTR_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, 0, 0)),
+    )
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: AttachType) -> int:
+    """BPF_LINK_CREATE; returns the link's fd (closing its last copy detaches)."""
+    return _bpf(
+        SkbCmd.LINK_CREATE,
+        _buffer(BPF_ATTR_LINK_CREATE.pack(prog_fd, target_fd, attach_type, 0)),
+    )
+
+
+def prog_query(target_fd: int, attach_type: AttachType, capacity: int = 256) -> list[int]:
+    """BPF_PROG_QUERY: ids of the programs attached at the cgroup (not inherited ones)."""
+    ids = (ctypes.c_uint32 * capacity)()
+    attr = _buffer(
+        BPF_ATTR_PROG_QUERY.pack(target_fd, attach_type, 0, 0, ctypes.addressof(ids), capacity)
+    )
+    _bpf(SkbCmd.PROG_QUERY, attr)
+    (count,) = struct.unpack_from("=I", attr.raw, BPF_ATTR_PROG_QUERY_COUNT_OFFSET)
+    return [int(ids[index]) for index in range(min(count, capacity))]
+
+
+def _libc_call(name: str, *args: object) -> None:
+    function = getattr(syscalls._libc, name)
+    if function(*args) != 0:
+        raise KernelCounterError(f"{name} failed: {os.strerror(ctypes.get_errno())}")
+
+
+def mount_cgroup2(target: str) -> None:
+    """mount -t cgroup2 cgroup2 <target>."""
+    _libc_call("mount", b"cgroup2", target.encode(), b"cgroup2", ctypes.c_ulong(0), None)
+
+
+MNT_DETACH = 2
+
+
+def umount_lazy(target: str) -> None:
+    """umount2(target, MNT_DETACH)."""
+    _libc_call("umount2", target.encode(), ctypes.c_int(MNT_DETACH))
+
+
+# --- the cgroup v2 root --------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: octal escapes (\\040 for a space) decoded."""
+    out, index = [], 0
+    while index < len(field):
+        escape = field[index + 1 : index + 4]
+        if field[index] == "\\" and len(escape) == 3 and escape.isdigit():
+            out.append(chr(int(escape, 8)))
+            index += 4
+        else:
+            out.append(field[index])
+            index += 1
+    return "".join(out)
+
+
+def cgroup2_mounts(mountinfo: str) -> list[str]:
+    """Mount points of cgroup2 file systems whose root is the hierarchy's root."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        separator = fields.index("-")
+        if len(fields) <= separator + 1 or len(fields) < 5:
+            continue
+        if fields[separator + 1] == CGROUP2_FSTYPE and fields[3] == "/":
+            found.append(_unescape(fields[4]))
+    return found
+
+
+def find_cgroup2_root(mountinfo_path: Path = MOUNTINFO_PATH) -> str | None:
+    """The cgroup v2 root's mount point (/sys/fs/cgroup, /sys/fs/cgroup/unified), or None."""
+    try:
+        mounts = cgroup2_mounts(mountinfo_path.read_text())
+    except OSError as err:
+        raise KernelCounterError(f"cannot read {mountinfo_path}: {err.strerror}") from err
+    return mounts[0] if mounts else None
+
+
+# --- the counter ---------------------------------------------------------------------
+
+
+class _Resources:
+    """Every fd, attachment and mount of one KernelCounter, released once, in order."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []  # maps and programs: closed last
+        self.links: list[int] = []  # link fds: closed first (detaches)
+        self.attached: list[tuple[int, AttachType]] = []  # (prog fd, type) to PROG_DETACH
+        self.cgroup_fd = -1
+        self.private_mount: str | None = None
+        self.lock = threading.Lock()
+
+    def release(self, detach: bool = True) -> None:
+        with self.lock:
+            if detach and self.cgroup_fd >= 0:
+                for prog_fd, attach_type in self.attached:
+                    try:
+                        prog_detach(self.cgroup_fd, prog_fd, attach_type)
+                    except BpfSyscallError as err:
+                        log.warning("detaching program fd %d: %s", prog_fd, err)
+            self.attached.clear()
+            fds = [*self.links, *self.fds]
+            if self.cgroup_fd >= 0:
+                fds.append(self.cgroup_fd)
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError as err:
+                    log.debug("close(%d): %s", fd, err.strerror)
+            self.links.clear()
+            self.fds.clear()
+            self.cgroup_fd = -1
+            mount, self.private_mount = self.private_mount, None
+            if mount is not None and detach:
+                try:
+                    umount_lazy(mount)
+                    os.rmdir(mount)
+                except (KernelCounterError, OSError) as err:
+                    log.warning("removing the private cgroup2 mount %s: %s", mount, err)
+
+
+_live: weakref.WeakSet[KernelCounter] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """After fork(): the child drops its copies of the fds without detaching anything."""
+    for instance in list(_live):
+        instance._resources.release(detach=False)
+        instance._closed = True
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class KernelCounter:
+    """The two cgroup_skb programs attached at the cgroup v2 root, and their maps."""
+
+    def __init__(self) -> None:
+        # Use open(); the constructor only prepares empty state.
+        self._resources = _Resources()
+        self._finalizer = weakref.finalize(self, self._resources.release)
+        self._closed = False
+        self._prog_fds: dict[str, int] = {}
+        self._current_fd = -1  # the ARRAY_OF_MAPS
+        self._socket_fds: list[int] = []  # [in use, spare]
+        self._stats_fd = -1
+        self._cgroup_path = ""
+        self._attach = AttachMode.LINK
+        self._run_stats = False
+        self._drain_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        cgroup_root: str | None = None,
+        attach: AttachMode = AttachMode.LINK,
+        socket_entries: int = SOCKET_MAP_ENTRIES,
+        run_stats: bool = False,
+        mountinfo_path: Path = MOUNTINFO_PATH,
+    ) -> KernelCounter:
+        """Create the maps, load both programs and attach them at the cgroup v2 root.
+
+        ``cgroup_root`` None means the mount point found in ``mountinfo_path``,
+        or a private cgroup2 mount in a temporary directory when there is none
+        (removed by ``close``).  ``run_stats`` keeps the kernel's run
+        time/count statistics on while the counter is open.
+        KernelCounterError says why it cannot be done.
+        """
+        self = cls()
+        self._attach = attach
+        try:
+            self._open(cgroup_root, socket_entries, run_stats, mountinfo_path)
+        except BaseException:
+            self.close()
+            raise
+        _live.add(self)
+        return self
+
+    def _keep(self, fd: int) -> int:
+        self._resources.fds.append(fd)
+        return fd
+
+    def _open(
+        self, cgroup_root: str | None, entries: int, run_stats: bool, mountinfo_path: Path
+    ) -> None:
+        resources = self._resources
+        if cgroup_root is None:
+            cgroup_root = find_cgroup2_root(mountinfo_path)
+        if cgroup_root is None:
+            cgroup_root = tempfile.mkdtemp(prefix="netatopd-cgroup2-")
+            try:
+                mount_cgroup2(cgroup_root)
+            except KernelCounterError:
+                os.rmdir(cgroup_root)
+                raise
+            resources.private_mount = cgroup_root
+            log.info("no cgroup2 mount: mounted a private one at %s", cgroup_root)
+        self._cgroup_path = cgroup_root
+        try:
+            resources.cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise KernelCounterError(f"cannot open {cgroup_root}: {err.strerror}") from err
+        try:
+            for _ in range(2):
+                self._socket_fds.append(
+                    self._keep(
+                        syscalls.map_create(
+                            MapType.HASH,
+                            SOCKET_KEY.size,
+                            SOCK_COUNTS.size,
+                            entries,
+                            "ntp_skb_socks",
+                        )
+                    )
+                )
+            self._current_fd = self._keep(
+                map_create_with_inner(
+                    MapTypeSkb.ARRAY_OF_MAPS, 4, 4, 1, "ntp_skb_current", self._socket_fds[0]
+                )
+            )
+            syscalls.map_update(
+                self._current_fd, ARRAY_KEY.pack(0), ARRAY_KEY.pack(self._socket_fds[0])
+            )
+            self._stats_fd = self._keep(
+                syscalls.map_create(MapType.ARRAY, 4, STATS.size, 1, "ntp_skb_stats")
+            )
+        except BpfSyscallError as err:
+            raise KernelCounterError(_reason("creating the BPF maps", err)) from err
+        if run_stats:
+            try:
+                self._keep(syscalls.enable_run_stats())
+                self._run_stats = True
+            except BpfSyscallError as err:
+                log.warning("BPF run statistics not available: %s", err)
+        for name, attach_type in zip(
+            OBJECT_NAMES,
+            (AttachType.CGROUP_INET_INGRESS, AttachType.CGROUP_INET_EGRESS),
+            strict=True,
+        ):
+            items = count_program(attach_type, self._current_fd, self._stats_fd)
+            fd = self._keep(_load(name, attach_type, items))
+            self._prog_fds[name] = fd
+            log.debug("%s: %d instructions", name, instruction_count(items))
+            try:
+                if self._attach == AttachMode.LINK:
+                    resources.links.append(link_create(fd, resources.cgroup_fd, attach_type))
+                else:
+                    prog_attach(resources.cgroup_fd, fd, attach_type, BPF_F_ALLOW_MULTI)
+                    resources.attached.append((fd, attach_type))
+            except BpfSyscallError as err:
+                raise KernelCounterError(
+                    _reason(f"attaching {name} at {cgroup_root}", err)
+                ) from err
+        log.info("cgroup_skb counting programs attached at %s", cgroup_root)
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise KernelCounterError("the kernel counter is closed")
+
+    def drain(self) -> dict[int, SocketCounts]:
+        """cookie -> what the socket sent and received since the previous drain.
+
+        Exact: the programs are switched to the empty spare map first (the
+        kernel waits until no program runs on the old one), then the old map
+        is read and emptied.
+        """
+        self._require_open()
+        with self._drain_lock:
+            full, spare = self._socket_fds
+            try:
+                syscalls.map_update(self._current_fd, ARRAY_KEY.pack(0), ARRAY_KEY.pack(spare))
+                self._socket_fds = [spare, full]
+                pairs = syscalls.map_lookup_batch(
+                    full,
+                    SOCKET_KEY.size,
+                    SOCK_COUNTS.size,
+                    delete=True,
+                    chunk_count=BATCH_CHUNK_ENTRIES,
+                )
+            except BpfSyscallError as err:
+                raise KernelCounterError(f"draining ntp_skb_socks failed: {err}") from err
+        result: dict[int, SocketCounts] = {}
+        for key, value in pairs:
+            (cookie,) = SOCKET_KEY.unpack(key)
+            sent_p, sent_b, recv_p, recv_b, netns, protocol, family = SOCK_COUNTS.unpack(value)
+            result[cookie] = SocketCounts(
+                cookie, netns, protocol, family, sent_p, sent_b, recv_p, recv_b
+            )
+        return result
+
+    def lost(self) -> tuple[int, int]:
+        """(skbs, packets) not recorded because the socket map was full, since open."""
+        self._require_open()
+        try:
+            raw = syscalls.map_lookup(self._stats_fd, ARRAY_KEY.pack(0), STATS.size)
+        except BpfSyscallError as err:
+            raise KernelCounterError(f"reading ntp_skb_stats failed: {err}") from err
+        if raw is None:
+            return 0, 0
+        skbs, packets = STATS.unpack(raw)
+        return skbs, packets
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        """Program name -> (run count, run time ns), from the kernel's statistics."""
+        self._require_open()
+        result = {}
+        for name, fd in self._prog_fds.items():
+            try:
+                info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+            except BpfSyscallError as err:
+                raise KernelCounterError(f"reading {name} info failed: {err}") from err
+            run_time_ns, run_cnt, _misses, _verified = syscalls.BPF_PROG_INFO_RUN.unpack_from(
+                info, syscalls.BPF_PROG_INFO_RUN_OFFSET
+            )
+            result[name] = (int(run_cnt), int(run_time_ns))
+        return result
+
+    def object_ids(self) -> tuple[list[int], list[int]]:
+        """Kernel ids of the two programs and of the four maps."""
+        self._require_open()
+        maps = [*self._socket_fds, self._current_fd, self._stats_fd]
+        return [_object_id(fd) for fd in self._prog_fds.values()], [_object_id(fd) for fd in maps]
+
+    @property
+    def cgroup_path(self) -> str:
+        """Where the programs are attached (the cgroup v2 root's mount point)."""
+        return self._cgroup_path
+
+    @property
+    def closed(self) -> bool:
+        """True once close() ran (or in a child after fork)."""
+        return self._closed
+
+    # --- unloading -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach both programs, close every fd, remove a private mount; safe twice."""
+        self._closed = True
+        self._finalizer()
+        _live.discard(self)
+
+    def __enter__(self) -> KernelCounter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _object_id(fd: int) -> int:
+    """The kernel id of a program or map (both info structs start with type, id)."""
+    info = syscalls.obj_get_info(fd, syscalls.BPF_INFO_HEAD.size)
+    return int(syscalls.BPF_INFO_HEAD.unpack(info)[1])
+
+
+def _reason(what: str, err: BpfSyscallError) -> str:
+    if err.errno in (errno.EPERM, errno.EACCES):
+        return f"{what} was refused ({os.strerror(err.errno)}): needs root (CAP_BPF, CAP_NET_ADMIN)"
+    return f"{what} failed: {err}"
+
+
+def _load(name: str, attach_type: AttachType, items: list[Item]) -> int:
+    code = assemble(items)
+    try:
+        return prog_load_typed(ProgTypeSkb.CGROUP_SKB, attach_type, code, name)
+    except BpfSyscallError as err:
+        if err.errno in (errno.EPERM, errno.EACCES):
+            raise KernelCounterError(_reason(f"loading {name}", err)) from err
+        try:
+            return prog_load_typed(
+                ProgTypeSkb.CGROUP_SKB, attach_type, code, name, VERIFIER_LOG_BYTES
+            )
+        except BpfSyscallError as logged:
+            tail = "\n".join(logged.log.strip().splitlines()[-12:])
+            log.error("verifier rejected %s:\n%s", name, tail)
+            raise KernelCounterError(
+                f"the kernel's verifier rejected {name} ({os.strerror(logged.errno)}): {tail}"
+            ) from logged
