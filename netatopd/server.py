@@ -19,9 +19,16 @@ live process from an ``AtopBackend``, the processes finished since its previous
 request once more (from the daemon's ``ExitJournal``), and a record with id 0.
 See ``AtopServer`` for the send discipline atop needs.
 
+Both sockets bound what a client can cost (see ``UnixStreamServer``,
+``ControlServer`` and ``AtopServer``): queued output per client and in total,
+timeouts for idle, slow and non-reading clients (time from an injectable
+clock), MAX_CLIENTS connections with the oldest idle one evicted for a
+newcomer, and forced closures logged through a rate-limited ``DropLog``.
+
 The daemon loop owns the selector: it calls the callables registered as
 selector data with the event mask, and the control server's
-``service_waiters`` after every pass.
+``service_waiters`` after every pass (which also runs its ``expire``); the atop
+server runs its ``expire`` after each of its own events.
 """
 
 from __future__ import annotations
