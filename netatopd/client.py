@@ -5,7 +5,8 @@ a reply record as the wire carries it (struct netpertask).  Called by the
 netatop command (cli.sources, cli.commands), the privileged tests and
 bench_daemon.py.  Translates the daemon's error replies into Python exceptions:
 ESRCH -> ProcessLookupError, an unreachable or refused socket -> DaemonNotRunning
-(which names the run directory), a socket we may not open -> PermissionError.
+(which names the run directory), a socket we may not open, or one that root (or
+we) did not make and serve (SO_PEERCRED) -> PermissionError.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import json
 import os
 import socket
+import struct
 from typing import NamedTuple
 
 from .protocol import (
@@ -74,6 +76,27 @@ class ControlClient:
                 f"netatopd is not running (no control socket at {self.path}; "
                 f"run directory {self.run_dir})"
             ) from err
+        # Believe only a daemon of root (or of ourselves): the socket file's owner and the
+        # credentials of the process listening on it (SO_PEERCRED: pid, uid, gid).
+        trusted = (0, os.geteuid())
+        try:
+            file_uid = os.stat(self.path).st_uid
+            _, peer_uid, _ = struct.unpack(
+                "3i", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            )
+        except OSError as err:
+            self.sock.close()
+            raise DaemonNotRunning(
+                f"cannot check the control socket {self.path}: {err.strerror}"
+            ) from err
+        for what, uid in (("owned", file_uid), ("served", peer_uid)):
+            if uid not in trusted:
+                self.sock.close()
+                raise PermissionError(
+                    errno.EPERM,
+                    f"{self.path} is {what} by uid {uid}, not by root: not trusting it "
+                    f"(a forged control socket?); check the run directory {self.run_dir}",
+                )
 
     def close(self) -> None:
         self.sock.close()

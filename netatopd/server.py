@@ -19,9 +19,16 @@ live process from an ``AtopBackend``, the processes finished since its previous
 request once more (from the daemon's ``ExitJournal``), and a record with id 0.
 See ``AtopServer`` for the send discipline atop needs.
 
+Both sockets bound what a client can cost (see ``UnixStreamServer``,
+``ControlServer`` and ``AtopServer``): queued output per client and in total,
+timeouts for idle, slow and non-reading clients (time from an injectable
+clock), MAX_CLIENTS connections with the oldest idle one evicted for a
+newcomer, and forced closures logged through a rate-limited ``DropLog``.
+
 The daemon loop owns the selector: it calls the callables registered as
 selector data with the event mask, and the control server's
-``service_waiters`` after every pass.
+``service_waiters`` after every pass (which also runs its ``expire``); the atop
+server runs its ``expire`` after each of its own events.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import os
 import selectors
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterable, Sized
 from typing import Generic, Protocol, TypeVar
 
@@ -51,9 +59,23 @@ from .tasks import ExitedTask, TaskInfo
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 256
+MAX_CLIENTS = 256  # per socket; a newcomer beyond it evicts the oldest idle connection
 MAX_INPUT_BYTES = 4096  # requests are 16 bytes; a client piling up more is cut off
 SEND_CHUNK_BYTES = 64 * 1024
+# Answers queued for one control client: past this it is served no further request
+# (and not read from) until it reads them.
+MAX_OUTPUT_BYTES_PER_CLIENT = 1 << 20
+# Answers queued for all control clients: past this, clients that hold more than their
+# own cap and read nothing for OVERLOAD_STALL_S are closed, oldest first.
+MAX_OUTPUT_BYTES_TOTAL = 16 << 20
+OVERLOAD_STALL_S = 1.0
+# A control client with no request waiting that completes no exchange (request answered
+# and read) for this long is closed: idle, slowloris, or not reading its answers.
+CONTROL_IDLE_TIMEOUT_S = 30.0
+EXPIRE_INTERVAL_S = 0.25  # how often the timeouts are looked at
+DROP_LOG_INTERVAL_S = 10.0  # at most one line about closed clients per socket this often
+
+Clock = Callable[[], float]
 
 
 class ServerError(Exception):
@@ -83,15 +105,63 @@ ConnectionT = TypeVar("ConnectionT", bound=HasSocket)
 
 
 class Connection:
-    __slots__ = ("sock", "inbox", "outbox", "waiting", "closing", "peer")
+    __slots__ = (
+        "sock",
+        "inbox",
+        "outbox",
+        "waiting",
+        "closing",
+        "peer",
+        "events",
+        "handler",
+        "last_active_s",
+        "last_progress_s",
+    )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, now_s: float) -> None:
         self.sock = sock
         self.inbox = bytearray()
         self.outbox = bytearray()
         self.waiting: tuple[Command, object] | None = None  # a blocking request in progress
         self.closing = False  # close once the outbox is empty
         self.peer = ""
+        self.events = selectors.EVENT_READ  # as registered with the selector
+        self.handler: Callable[[int], None] | None = None
+        self.last_active_s = now_s  # accepted, a request taken, or every answer read
+        self.last_progress_s = now_s  # the client last took some of its answers
+
+
+class DropLog:
+    """Warnings about clients closed by force, at most one line per interval.
+
+    The first closure is logged at once; those that follow within the interval
+    are counted by reason and told in one line when the interval is over (on the
+    next closure or the next ``flush``).
+    """
+
+    def __init__(self, what: str, clock: Clock) -> None:
+        self.what = what
+        self.clock = clock
+        self.counts: dict[str, int] = {}
+        self.next_line_s = -float("inf")
+        self.total = 0  # clients closed by force since start
+
+    def note(self, reason: str) -> None:
+        self.total += 1
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.flush()
+
+    def flush(self) -> None:
+        now_s = self.clock()
+        if not self.counts or now_s < self.next_line_s:
+            return
+        closed = sum(self.counts.values())
+        reasons = "; ".join(f"{n} {reason}" for reason, n in self.counts.items())
+        log.warning(
+            "%s: closed %d client%s (%s)", self.what, closed, "" if closed == 1 else "s", reasons
+        )
+        self.counts.clear()
+        self.next_line_s = now_s + DROP_LOG_INTERVAL_S
 
 
 def prepare_socket_path(path: str, what: str, remove_stale: bool = True) -> None:
@@ -138,17 +208,25 @@ def listen_unix(path: str, mode: int, what: str) -> socket.socket:
 class UnixStreamServer(Generic[ConnectionT]):
     """A listening Unix stream socket and its non-blocking client connections.
 
-    Shared by the control and atop sockets: accepting (up to MAX_CLIENTS),
-    closing one connection, closing everything and removing the socket file.
-    Subclasses make a connection object in ``_accepted`` and register it.
+    Shared by the control and atop sockets: accepting, closing one connection,
+    closing everything and removing the socket file.  The number of connections
+    is capped at MAX_CLIENTS, and a newcomer is never refused for it: the
+    oldest idle connection (the oldest of all if none is idle) is closed to make
+    room.  Connections closed by force are logged through a ``DropLog``.
+    Subclasses make a connection object in ``_accepted`` and register it, say
+    which connections are idle, and close the expired ones in ``_expire``.
+    Time comes from ``clock`` (time.monotonic; tests pass their own).
     """
 
-    def __init__(self, path: str, mode: int, what: str) -> None:
+    def __init__(self, path: str, mode: int, what: str, clock: Clock = time.monotonic) -> None:
         self.path = path
         self.what = what
+        self.clock = clock
         self.listener = listen_unix(path, mode, what)
         self.connections: dict[int, ConnectionT] = {}
         self.selector: selectors.BaseSelector | None = None
+        self.drops = DropLog(what, clock)
+        self.next_expire_s = -float("inf")
 
     def register(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
@@ -161,15 +239,48 @@ class UnixStreamServer(Generic[ConnectionT]):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
-                log.warning("%s: accept failed: %s", self.what, err.strerror)
+                # Out of descriptors (EMFILE, ENFILE): free one for the next try.
+                if err.errno in (errno.EMFILE, errno.ENFILE) and self.connections:
+                    self._drop(self._eviction_victim(), "evicted: out of file descriptors")
+                self.drops.note(f"not accepted: {err.strerror}")
                 return
             if len(self.connections) >= MAX_CLIENTS:
-                log.warning("%s: %d clients already, refusing one", self.what, MAX_CLIENTS)
-                sock.close()
-                continue
+                self._drop(
+                    self._eviction_victim(),
+                    f"evicted for a new client ({MAX_CLIENTS} connections at most)",
+                )
             sock.setblocking(False)
             conn = self._accepted(sock)
             self.connections[sock.fileno()] = conn
+
+    def _eviction_victim(self) -> ConnectionT:
+        """The connection to close for a newcomer: the oldest idle one, else the oldest."""
+        conns = list(self.connections.values())
+        idle = [conn for conn in conns if self._idle(conn)]
+        return min(idle or conns, key=self._last_active_s)
+
+    def _idle(self, conn: ConnectionT) -> bool:
+        raise NotImplementedError
+
+    def _last_active_s(self, conn: ConnectionT) -> float:
+        raise NotImplementedError
+
+    def _drop(self, conn: ConnectionT, reason: str) -> None:
+        """Close conn by force; logged (rate-limited) with reason."""
+        self._close(conn)
+        self.drops.note(reason)
+
+    def expire(self) -> None:
+        """Close the connections whose time is up (looked at every EXPIRE_INTERVAL_S);
+        tell closures not logged yet once their interval is over."""
+        now_s = self.clock()
+        if now_s >= self.next_expire_s:
+            self.next_expire_s = now_s + EXPIRE_INTERVAL_S
+            self._expire(now_s)
+        self.drops.flush()
+
+    def _expire(self, now_s: float) -> None:
+        raise NotImplementedError
 
     def _accepted(self, sock: socket.socket) -> ConnectionT:
         raise NotImplementedError
@@ -203,10 +314,26 @@ class UnixStreamServer(Generic[ConnectionT]):
 
 
 class ControlServer(UnixStreamServer[Connection]):
-    """The control socket: requests in, replies out, blocking requests parked."""
+    """The control socket: requests in, replies out, blocking requests parked.
 
-    def __init__(self, path: str, backend: ControlBackend, mode: int = 0o600) -> None:
-        super().__init__(path, mode, "the netatopd control socket")
+    Limits (netatop-control(5)): a client whose queued answers exceed
+    MAX_OUTPUT_BYTES_PER_CLIENT is served no further request and not read from
+    until it has read them; while the answers queued for all clients exceed
+    MAX_OUTPUT_BYTES_TOTAL, no client with answers queued is served either, and
+    those over their own cap that read nothing for OVERLOAD_STALL_S are closed.
+    A client with no request waiting that completes no exchange for
+    CONTROL_IDLE_TIMEOUT_S is closed (idle, slowloris, or not reading).
+    A client waiting for GETCNT_EXIT or EMPTY_EXIT may wait for ever.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        backend: ControlBackend,
+        mode: int = 0o600,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(path, mode, "the netatopd control socket", clock)
         self.backend = backend
         self.bad_requests = 0
         self.requests = 0
@@ -214,9 +341,10 @@ class ControlServer(UnixStreamServer[Connection]):
     # -- selector plumbing -------------------------------------------------------
 
     def _accepted(self, sock: socket.socket) -> Connection:
-        conn = Connection(sock)
+        conn = Connection(sock, self.clock())
+        conn.handler = self._make_handler(conn)
         assert self.selector is not None
-        self.selector.register(sock, selectors.EVENT_READ, self._make_handler(conn))
+        self.selector.register(sock, conn.events, conn.handler)
         return conn
 
     def _make_handler(self, conn: Connection) -> Callable[[int], None]:
@@ -225,8 +353,65 @@ class ControlServer(UnixStreamServer[Connection]):
                 self._readable(conn)
             if mask & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
                 self._flush(conn)
+                if conn.sock.fileno() >= 0:
+                    self._process(conn)  # requests held back while its answers were unread
 
         return handler
+
+    # -- limits ------------------------------------------------------------------
+
+    def queued_output_bytes(self) -> int:
+        return sum(len(conn.outbox) for conn in self.connections.values())
+
+    def _held_back(self, conn: Connection) -> bool:
+        """conn's answers are not being read fast enough to serve it more now."""
+        queued = len(conn.outbox)
+        if not queued:
+            return False
+        return (
+            queued > MAX_OUTPUT_BYTES_PER_CLIENT
+            or self.queued_output_bytes() > MAX_OUTPUT_BYTES_TOTAL
+        )
+
+    def _idle(self, conn: Connection) -> bool:
+        return conn.waiting is None and not conn.outbox and not conn.inbox
+
+    def _last_active_s(self, conn: Connection) -> float:
+        return conn.last_active_s
+
+    def _expire(self, now_s: float) -> None:
+        timeout_s = CONTROL_IDLE_TIMEOUT_S
+        for conn in list(self.connections.values()):
+            if conn.waiting is not None or now_s - conn.last_active_s < timeout_s:
+                continue
+            if conn.outbox:
+                reason = f"did not read its answers for {timeout_s:g} s"
+            elif conn.inbox:
+                reason = f"sent part of a request and nothing more for {timeout_s:g} s"
+            else:
+                reason = f"idle for {timeout_s:g} s"
+            self._drop(conn, reason)
+        total = self.queued_output_bytes()
+        if total <= MAX_OUTPUT_BYTES_TOTAL:
+            return
+        stalled = sorted(
+            (
+                conn
+                for conn in self.connections.values()
+                if len(conn.outbox) > MAX_OUTPUT_BYTES_PER_CLIENT
+                and now_s - conn.last_progress_s >= OVERLOAD_STALL_S
+            ),
+            key=lambda conn: conn.last_progress_s,
+        )
+        for conn in stalled:
+            if total <= MAX_OUTPUT_BYTES_TOTAL:
+                break
+            total -= len(conn.outbox)
+            self._drop(
+                conn,
+                f"did not read its answers while over {MAX_OUTPUT_BYTES_TOTAL >> 20} MiB "
+                "were queued for all clients",
+            )
 
     # -- input -------------------------------------------------------------------
 
@@ -249,10 +434,16 @@ class ControlServer(UnixStreamServer[Connection]):
         self._process(conn)
 
     def _process(self, conn: Connection) -> None:
-        while conn.waiting is None and not conn.closing and len(conn.inbox) >= REQUEST.size:
+        while (
+            conn.waiting is None
+            and not conn.closing
+            and len(conn.inbox) >= REQUEST.size
+            and not self._held_back(conn)
+        ):
             magic, command, task_id, _ = REQUEST.unpack_from(conn.inbox)
             del conn.inbox[: REQUEST.size]
             self.requests += 1
+            conn.last_active_s = self.clock()
             if magic != REQUEST_MAGIC:
                 self._reject(conn, command, errno.EBADMSG, f"bad magic {magic:#x}")
                 return
@@ -262,6 +453,8 @@ class ControlServer(UnixStreamServer[Connection]):
                 self._reject(conn, command, errno.EINVAL, f"unknown command {command}")
                 return
             self._dispatch(conn, cmd, task_id)
+            if conn.sock.fileno() < 0:
+                return
 
     def _reject(self, conn: Connection, command: int, error: int, why: str) -> None:
         self.bad_requests += 1
@@ -297,14 +490,19 @@ class ControlServer(UnixStreamServer[Connection]):
             conn.waiting = (cmd, backend.start_sync())
         else:  # GETCNT_EXIT and EMPTY_EXIT block until they can be answered
             conn.waiting = (cmd, None)
-        self.service_waiters()
+        self._answer_waiters()
 
     # -- blocking requests -------------------------------------------------------------
 
     def service_waiters(self) -> None:
-        """Answer the parked requests that can be answered now (called every loop pass)."""
+        """Answer the parked requests that can be answered now, and close the connections
+        whose time is up (called every loop pass)."""
+        self._answer_waiters()
+        self.expire()
+
+    def _answer_waiters(self) -> None:
         for conn in list(self.connections.values()):
-            if conn.waiting is None:
+            if conn.waiting is None or conn.sock.fileno() < 0:
                 continue
             cmd, token = conn.waiting
             if cmd == Command.GETCNT_EXIT:
@@ -337,11 +535,14 @@ class ControlServer(UnixStreamServer[Connection]):
     # -- output ------------------------------------------------------------------
 
     def _reply(self, conn: Connection, command: int, error: int, payload: bytes) -> None:
+        if not conn.outbox:
+            conn.last_progress_s = self.clock()
         conn.outbox += REPLY.pack(REPLY_MAGIC, command, error, len(payload))
         conn.outbox += payload
         self._flush(conn)
 
     def _flush(self, conn: Connection) -> None:
+        queued = len(conn.outbox)
         while conn.outbox:
             try:
                 sent = conn.sock.send(conn.outbox[:SEND_CHUNK_BYTES])
@@ -352,15 +553,25 @@ class ControlServer(UnixStreamServer[Connection]):
                 self._close(conn)
                 return
             del conn.outbox[:sent]
-        assert self.selector is not None
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbox else 0)
+        if len(conn.outbox) < queued:
+            conn.last_progress_s = self.clock()
+            if not conn.outbox:
+                conn.last_active_s = conn.last_progress_s
         if conn.closing and not conn.outbox:
             self._close(conn)
             return
+        # Not read from while held back: its requests wait in the kernel's buffer.
+        events = 0 if self._held_back(conn) else selectors.EVENT_READ
+        if conn.outbox:
+            events |= selectors.EVENT_WRITE
+        if events == conn.events:
+            return
+        assert self.selector is not None
         try:
-            self.selector.modify(conn.sock, events, self._make_handler(conn))
+            self.selector.modify(conn.sock, events, conn.handler)
         except (KeyError, ValueError):
-            pass
+            return
+        conn.events = events
 
 
 # -- the atop socket ----------------------------------------------------------------------
@@ -375,6 +586,13 @@ ATOP_SNDBUF_BYTES = 2 * (ATOP_SEND_BATCH_BYTES + 64)  # SO_SNDBUF that holds one
 SKB_OVERHEAD_BYTES = 64  # what Linux keeps back of SO_SNDBUF / 2 per Unix stream skb
 ATOP_MAX_QUEUED_REQUESTS = 16  # requests sent ahead of their answers; more is not atop
 ATOP_RECV_BYTES = 4096
+# An atop client is never closed for being idle (atop keeps its connection between
+# samples, up to its interval, which can be 10 minutes and more); one that reads none of
+# an answer for this long is closed.
+ATOP_STALL_TIMEOUT_S = 30.0
+# Answers held for all atop clients (one each at most): past this, clients that read
+# none of theirs for OVERLOAD_STALL_S are closed, oldest first.
+ATOP_MAX_OUTPUT_BYTES_TOTAL = 64 << 20
 
 
 class AtopBackend(Protocol):
@@ -453,9 +671,11 @@ class AtopConnection:
         "sent_bytes",
         "last_sequence",
         "input_closed",
+        "last_active_s",
+        "last_progress_s",
     )
 
-    def __init__(self, sock: socket.socket, last_sequence: int) -> None:
+    def __init__(self, sock: socket.socket, last_sequence: int, now_s: float) -> None:
         self.sock = sock
         self.batch_bytes = ATOP_SEND_BATCH_BYTES  # bytes per send(), whole records
         self.handler: Callable[[int], None] | None = None
@@ -465,6 +685,8 @@ class AtopConnection:
         self.sent_bytes = 0  # of answer
         self.last_sequence = last_sequence  # newest ExitJournal entry this client was given
         self.input_closed = False  # the client shut down its side; answer, then close
+        self.last_active_s = now_s  # accepted, or the last request or answer
+        self.last_progress_s = now_s  # the client last took some of its answer
 
 
 class AtopServer(UnixStreamServer[AtopConnection]):
@@ -504,14 +726,15 @@ class AtopServer(UnixStreamServer[AtopConnection]):
         journal: ExitJournal,
         mode: int = 0o600,
         group: str | int | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         gid = None if group is None else resolve_group(group)
         if gid is not None:
             mode |= 0o060  # a group that may connect needs read and write
-        super().__init__(path, mode, "the atop socket")
+        super().__init__(path, mode, "the atop socket", clock)
         if gid is not None:
             try:
-                os.chown(path, -1, gid)
+                os.chown(path, -1, gid, follow_symlinks=False)
             except OSError as err:
                 self.close()
                 raise ServerError(f"cannot give {path} to group {group}: {err.strerror}") from err
@@ -536,7 +759,7 @@ class AtopServer(UnixStreamServer[AtopConnection]):
     # -- selector plumbing -------------------------------------------------------
 
     def _accepted(self, sock: socket.socket) -> AtopConnection:
-        conn = AtopConnection(sock, self.journal.last_sequence)
+        conn = AtopConnection(sock, self.journal.last_sequence, self.clock())
         conn.batch_bytes = self._fit_send_buffer(sock)
 
         def handler(mask: int) -> None:
@@ -548,11 +771,56 @@ class AtopServer(UnixStreamServer[AtopConnection]):
             except Exception:
                 self._close(conn)  # never leave atop waiting for an answer; it reconnects
                 raise
+            self.expire()
 
         conn.handler = handler
         assert self.selector is not None
         self.selector.register(sock, conn.events, handler)
         return conn
+
+    def _accept(self, mask: int) -> None:
+        super()._accept(mask)
+        self.expire()
+
+    # -- limits ------------------------------------------------------------------
+
+    def _idle(self, conn: AtopConnection) -> bool:
+        return conn.answer is None and conn.request_bytes < NETPERTASK_SIZE
+
+    def _last_active_s(self, conn: AtopConnection) -> float:
+        return conn.last_active_s if self._idle(conn) else conn.last_progress_s
+
+    def held_output_bytes(self) -> int:
+        return sum(len(c.answer) for c in self.connections.values() if c.answer is not None)
+
+    def _expire(self, now_s: float) -> None:
+        timeout_s = ATOP_STALL_TIMEOUT_S
+        for conn in list(self.connections.values()):
+            if conn.answer is not None and now_s - conn.last_progress_s >= timeout_s:
+                self.abandoned += 1
+                self._drop(conn, f"did not read its answer for {timeout_s:g} s")
+        total = self.held_output_bytes()
+        if total <= ATOP_MAX_OUTPUT_BYTES_TOTAL:
+            return
+        stalled = sorted(
+            (
+                conn
+                for conn in self.connections.values()
+                if conn.answer is not None and now_s - conn.last_progress_s >= OVERLOAD_STALL_S
+            ),
+            key=lambda conn: conn.last_progress_s,
+        )
+        for conn in stalled:
+            if total <= ATOP_MAX_OUTPUT_BYTES_TOTAL:
+                break
+            assert conn.answer is not None
+            total -= len(conn.answer)
+            self.abandoned += 1
+            self._drop(
+                conn,
+                f"did not read its answer while over {ATOP_MAX_OUTPUT_BYTES_TOTAL >> 20} MiB "
+                "were held for all clients",
+            )
 
     @staticmethod
     def _fit_send_buffer(sock: socket.socket) -> int:
@@ -626,7 +894,9 @@ class AtopServer(UnixStreamServer[AtopConnection]):
                 conn.request_bytes -= NETPERTASK_SIZE
                 conn.answer = memoryview(self.build_answer(conn))
                 conn.sent_bytes = 0
+                conn.last_active_s = conn.last_progress_s = self.clock()
                 self.requests += 1
+            sent_before = conn.sent_bytes
             try:
                 conn.sent_bytes = send_records(
                     conn.sock.send, conn.answer, conn.sent_bytes, conn.batch_bytes
@@ -636,9 +906,12 @@ class AtopServer(UnixStreamServer[AtopConnection]):
                 log.debug("atop client gone while answering: %s", err.strerror)
                 self._close(conn)
                 return
+            if conn.sent_bytes != sent_before:
+                conn.last_progress_s = self.clock()
             if conn.sent_bytes < len(conn.answer):
                 break  # the socket is full: go on at EVENT_WRITE
             conn.answer = None
+            conn.last_active_s = conn.last_progress_s
             self.answers += 1
         if conn.input_closed and conn.answer is None:
             self._close(conn)
