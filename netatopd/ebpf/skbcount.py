@@ -71,6 +71,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
 
+from ..libc import libc
 from . import syscalls
 from .asm import (
     AluOp,
@@ -469,7 +470,7 @@ def prog_load_typed(
 def _bpf(cmd: SkbCmd, attr: ctypes.Array[ctypes.c_char]) -> int:
     """syscalls.bpf for a command syscalls.BpfCmd does not list yet."""
     result = int(
-        syscalls._libc.syscall(
+        libc().syscall(
             ctypes.c_long(syscalls.NR_BPF),
             ctypes.c_int(cmd),
             ctypes.cast(attr, ctypes.c_void_p),
@@ -517,7 +518,7 @@ def prog_query(target_fd: int, attach_type: AttachType, capacity: int = 256) -> 
 
 
 def _libc_call(name: str, *args: object) -> None:
-    function = getattr(syscalls._libc, name)
+    function = getattr(libc(), name)
     if function(*args) != 0:
         raise KernelCounterError(f"{name} failed: {os.strerror(ctypes.get_errno())}")
 
