@@ -31,13 +31,12 @@ from .format import (
     OutputFormat,
     Record,
     emit,
-    format_bytes,
-    format_text,
+    format_time,
     render_csv,
     render_json,
     terminal_width,
 )
-from .rows import SortKey, TaskCounts
+from .rows import TIE_BREAK, ReportOrder, SortKey, TaskCounts
 from .sources import Unavailable
 from .status import status_lines
 
@@ -82,7 +81,7 @@ Since = Annotated[
         "--since",
         metavar="TIME",
         help="from this time: ISO 8601 (2026-11-27T02:00), a time of day (02:00), "
-        "or an age (90s, 15m, 2h, 1d, 1w)",
+        "an age (90s, 15m, 10min, 2h, 2h ago, 1d, 1w), today, yesterday or now",
     ),
 ]
 Until = Annotated[
@@ -90,6 +89,14 @@ Until = Annotated[
     typer.Option("--until", metavar="TIME", help="up to this time (same forms as --since)"),
 ]
 Limit = Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="at most N rows")]
+Pid = Annotated[
+    int | None,
+    typer.Option("--pid", min=0, metavar="PID", help="only the process with this id"),
+]
+SORT_HELP = (
+    "largest first by bytes (sent and received), packets, sent (bytes), received, "
+    f"sent-packets, received-packets, tcp or udp (bytes), or by pid (ascending); {TIE_BREAK}"
+)
 DbPath = Annotated[
     str,
     typer.Option(
@@ -145,6 +152,19 @@ def _parse_time(text: str | None, option: str) -> float | None:
         raise typer.BadParameter(str(err), param_hint=option) from None
 
 
+def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """--since and --until as epoch seconds; a window that ends before it starts is refused."""
+    since_s = _parse_time(since, "--since")
+    until_s = _parse_time(until, "--until")
+    if since_s is not None and until_s is not None and since_s >= until_s:
+        raise typer.BadParameter(
+            f"the window is empty: --since {since} ({format_time(since_s)}) is not before "
+            f"--until {until} ({format_time(until_s)})",
+            param_hint="--since/--until",
+        )
+    return since_s, until_s
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -170,17 +190,30 @@ def status(
       netatop status --json | jq .capture_dropped
     """
     with _errors():
-        figures = sources.status_figures(run_dir)
+        answer = sources.status_figures(run_dir)
         if as_json:
-            typer.echo(json.dumps(figures, indent=1))
+            if answer.from_table is not None:
+                typer.echo(f"netatop: {answer.problem}; figures from the shared table", err=True)
+            typer.echo(json.dumps(answer.figures, indent=1))
             return
         problem = "no table file in the run directory"
-        try:
-            snapshot = sources.table_snapshot(run_dir)
-        except (Unavailable, TableError) as err:
-            snapshot, problem = None, str(err)
+        snapshot = answer.from_table
+        if snapshot is None:
+            try:
+                snapshot = sources.table_snapshot(run_dir)
+            except (Unavailable, TableError) as err:
+                snapshot, problem = None, str(err)
     width = terminal_width()
-    for line in status_lines(figures, snapshot, run_dir_from_env(run_dir), width, problem, verbose):
+    lines = status_lines(
+        answer.figures,
+        snapshot,
+        run_dir_from_env(run_dir),
+        width,
+        problem,
+        verbose,
+        from_table=answer.from_table is not None,
+    )
+    for line in lines:
         typer.echo(line)
 
 
@@ -197,8 +230,7 @@ def query(
         SortKey | None,
         typer.Option(
             "--sort",
-            help="largest first by bytes, packets, tcp bytes or udp bytes, or by pid "
-            "(default: bytes; the order given when PIDs are given)",
+            help=SORT_HELP + " (default: bytes; the order given when PIDs are given)",
         ),
     ] = None,
     top: Annotated[
@@ -213,12 +245,15 @@ def query(
     Read from the shared table the daemon publishes every 250 ms, without
     asking the daemon; run 'netatop sync' first for counters that include
     every packet sent so far.  A PID that is not known is reported on stderr
-    and the exit status is 1 (the others are still printed).
+    and the exit status is 1 (the others are still printed); one that has
+    finished and is still in the exit list is printed with its final
+    counters, marked <exited> (kind exited), and a note on stderr.  For one
+    that left the exit list, see netatop exited --pid PID --since TIME.
 
     \b
     Examples:
       netatop query
-      netatop query --sort udp --top 5
+      netatop query --sort sent --top 5
       netatop query --json 1234 5678
       netatop query --csv > counters.csv
       netatop query --threads 1234
@@ -226,7 +261,7 @@ def query(
     output = _output_format(as_json, as_csv)
     wanted = list(pids or [])
     with _errors():
-        found, complaints, no_threads = sources.query(run_dir, wanted, threads)
+        found, complaints, no_threads, notes = sources.query(run_dir, wanted, threads)
     if sort is not None or not wanted:
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:
@@ -235,7 +270,7 @@ def query(
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
-    for complaint in complaints:
+    for complaint in [*notes, *complaints]:
         typer.echo(f"netatop: {complaint}", err=True)
     if complaints:
         raise typer.Exit(EXIT_UNKNOWN_PID)
@@ -248,37 +283,46 @@ def exited(
     since: Since = None,
     until: Until = None,
     limit: Limit = None,
+    pid: Pid = None,
     db: DbPath = history.DEFAULT_DB_PATH,
     run_dir: RunDir = None,
 ) -> None:
     """Finished processes, oldest first.
 
     Without --since and --until: the daemon's exit list (read, not consumed;
-    an entry stays there for 15 s).  With either: the history database
-    (read-only), with the command line, uid and exit time of each process.
+    an entry stays there for 15 s; root or netatopd's --control-group).
+    With either: the history database (read-only, for anyone who may read
+    it), with the command line, user and exit time of each process.  --pid
+    keeps the process with that id; when it has none, the exit status is 1.
 
     \b
     Examples:
       netatop exited
       netatop exited --since 2h
+      netatop exited --pid 1234 --since yesterday
       netatop exited --since 2026-11-27T02:00 --until 2026-11-27T03:00 --csv
       netatop exited --since 1d --limit 20 --db /srv/netatop.db
     """
     output = _output_format(as_json, as_csv)
-    since_s = _parse_time(since, "--since")
-    until_s = _parse_time(until, "--until")
+    since_s, until_s = _window(since, until)
     with _errors():
         if since_s is None and until_s is None:
-            finished = sources.exit_list(run_dir)
+            finished = sources.exit_list(run_dir, pid)
             emit(
                 finished[:limit] if limit else finished,
                 output,
-                rows.TASK_COLUMNS,
+                rows.EXIT_LIST_COLUMNS,
                 rows.TASK_FIELDS,
                 TaskCounts.record,
             )
+            if pid is not None and not finished:
+                _fail(
+                    f"process {pid} is not in the exit list (it keeps a finished process "
+                    f"for 15 s); {sources.history_hint(pid)}",
+                    EXIT_UNKNOWN_PID,
+                )
             return
-        finished = sources.history_exited(db, since_s, until_s, limit)
+        finished = sources.history_exited(db, since_s, until_s, limit, pid)
     emit(
         finished,
         output,
@@ -286,16 +330,12 @@ def exited(
         rows.EXITED_FIELDS,
         lambda row: row.record(rows.EXITED_FIELDS),
     )
+    if pid is not None and not finished:
+        _fail(f"no exit of process {pid} in the history in that window", EXIT_UNKNOWN_PID)
 
 
 def _report_cell(column: str) -> Callable[[Record], str]:
-    def cell(row: Record) -> str:
-        value = row[column]
-        if column.endswith("bytes") and isinstance(value, int | float):
-            return format_bytes(value)
-        return format_text(value)
-
-    return cell
+    return lambda row: rows.cell_text(column, row[column])
 
 
 @app.command()
@@ -313,6 +353,16 @@ def report(
         str | None,
         typer.Option("--command", metavar="COMM", help="only processes with this command name"),
     ] = None,
+    pid: Pid = None,
+    order: Annotated[
+        ReportOrder | None,
+        typer.Option(
+            "--order",
+            help="largest first by bytes (sent and received), packets, sent (bytes), "
+            "received, sent-packets or received-packets (default: the report's own order; "
+            f"{TIE_BREAK})",
+        ),
+    ] = None,
     db: DbPath = history.DEFAULT_DB_PATH,
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
@@ -321,12 +371,16 @@ def report(
     """Run one of the SQL reports (sql/reports/NAME.sql) on the history database.
 
     The database is opened read-only and works while netatopd writes.  In
-    table format byte columns get units; csv and json give the raw numbers.
+    table format byte counts get units, times are local (2026-11-27 02:00:00)
+    and users are names; csv and json give the numbers as stored (times in
+    epoch seconds).
 
     \b
     Examples:
       netatop report --list
       netatop report top-processes --since 1d --limit 10
+      netatop report top-processes --since 10min --order sent --limit 1
+      netatop report top-exited --pid 1234 --since yesterday
       netatop report by-command --since 02:00 --until 03:00
       netatop report hourly --since 1w --format csv
       netatop report recent-exits --command curl --format json
@@ -350,11 +404,14 @@ def report(
             return
         if name is None:
             raise typer.BadParameter("give a report NAME, or --list to see them", param_hint="NAME")
+        since_s, until_s = _window(since, until)
         params = {
-            "since": _parse_time(since, "--since"),
-            "until": _parse_time(until, "--until"),
+            "since": since_s,
+            "until": until_s,
             "limit": limit,
             "command": command,
+            "pid": pid,
+            "order": None if order is None else order.value,
         }
         conn = history.open_db(db, readonly=True)
         try:
@@ -365,6 +422,7 @@ def report(
         finally:
             conn.close()
     records: list[Record] = [dict(zip(columns, row, strict=True)) for row in values]
+    as_text = rows.TIME_FIELDS | {"uid"}  # shown as local times and user names
     numeric = {
         column: any(isinstance(r[column], int | float) for r in records)
         and all(isinstance(r[column], int | float) or r[column] is None for r in records)
@@ -372,7 +430,12 @@ def report(
     }
     flex = "cmdline" if "cmdline" in columns else "command"
     table_columns = [
-        Column(column, _report_cell(column), right=numeric[column], flex=column == flex)
+        Column(
+            rows.header(column),
+            _report_cell(column),
+            right=numeric[column] and column not in as_text,
+            flex=column == flex,
+        )
         for column in columns
     ]
     emit(records, output, table_columns, columns, lambda record: record)
@@ -467,7 +530,8 @@ def top(
         ),
     ] = top_view.TOP_INTERVAL_S_DEFAULT,
     sort: Annotated[
-        SortKey, typer.Option("--sort", help="first order (keys b p t u n switch it)")
+        SortKey,
+        typer.Option("--sort", help=f"first order, {SORT_HELP} (keys b p s r S R t u n switch it)"),
     ] = SortKey.BYTES,
     iterations: Annotated[
         int,
@@ -481,14 +545,15 @@ def top(
 
     Per process: bytes and packets per second sent and received, TCP and
     UDP bytes per second (from two snapshots of the shared table one interval
-    apart) and its lifetime bytes; a totals line above.  Keys: b p t u n sort
-    by bytes, packets, tcp, udp or pid; q or Ctrl-C quits and restores the
+    apart) and its lifetime bytes; a totals line above.  Keys: b p s r S R t
+    u n sort by bytes, packets, sent, received, sent-packets,
+    received-packets, tcp, udp or pid; q or Ctrl-C quits and restores the
     terminal.  Piped, it prints one frame after the other.
 
     \b
     Examples:
       netatop top
-      netatop top --interval 5 --sort udp
+      netatop top --interval 5 --sort sent
       netatop top --iterations 3 > frames.txt
     """
     with _errors():

@@ -1,11 +1,12 @@
 """Text for a person or a program: units, the table formatter, JSON and CSV.
 
 Owns the number formats (bytes with binary units, packet counts, rates, clock
-times, durations), the Column model and the three renderers that turn rows into
-text: render_table (widths fitted to the terminal), render_json and
-render_csv, and emit, the one place a command's rows are printed.  Knows no
-row type: a Column reads a cell from any row, and JSON and CSV take records
-(name -> value).  Called by rows (the task columns), status, top and commands.
+times, moments in local ISO 8601, user names, durations), the Column model
+and the three renderers that turn rows into text: render_table (widths
+fitted to the terminal), render_json and render_csv, and emit, the one place
+a command's rows are printed.  Knows no row type: a Column reads a cell from
+any row, and JSON and CSV take records (name -> value).  Called by rows (the
+task columns and the vocabulary), status, top and commands.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pwd
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +94,19 @@ def format_clock(epoch_s: float, now_s: float | None = None) -> str:
     if moment.date() == today:
         return moment.strftime("%H:%M:%S")
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_time(epoch_s: float) -> str:
+    """A moment in local time, ISO 8601 with a space: 2026-12-03 08:13:14."""
+    return datetime.fromtimestamp(epoch_s).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_user(uid: int) -> str:
+    """The user name of uid, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError, ValueError):
+        return str(uid)
 
 
 def format_duration(seconds: float) -> str:

@@ -4,23 +4,32 @@ Owns TaskCounts, the row of query, exited, wait-exit and top and of their JSON
 and CSV output, with one constructor per source: from_reply (a struct
 netpertask record of the control socket), from_table (a row of the shared
 table) and from_history (a finished process read from SQLite).  Also owns the
-sort orders (SortKey, sort_rows), the fields of JSON and CSV (TASK_FIELDS,
-EXITED_FIELDS) and the table columns of query and exited.  Called by sources
+sort orders (SortKey, ReportOrder, sort_rows, TIE_BREAK), the vocabulary
+(the fields of JSON and CSV, TASK_FIELDS and EXITED_FIELDS, and each field's
+table header and cell text: HEADERS, header, cell_text) and the table columns
+of query and exited.  Called by sources
 (which builds rows), top (rates) and commands (which prints them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any
 
 from ..client import NetPerTask
 from ..protocol import COUNTER_NAMES
 from ..tasks import ExitedTask, Kind, TaskRow
-from .format import Column, Record, format_bytes, format_count, format_text
+from .format import (
+    Column,
+    Record,
+    format_bytes,
+    format_count,
+    format_text,
+    format_time,
+    format_user,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,81 +135,187 @@ def with_counters(row: TaskCounts, counters: Iterable[float], total_bytes: int) 
 class SortKey(StrEnum):
     """Orders of query and top; every one but pid puts the largest first."""
 
-    BYTES = "bytes"
+    BYTES = "bytes"  # sent and received
     PACKETS = "packets"
-    TCP = "tcp"
+    SENT = "sent"  # bytes sent
+    RECEIVED = "received"  # bytes received
+    SENT_PACKETS = "sent-packets"
+    RECEIVED_PACKETS = "received-packets"
+    TCP = "tcp"  # TCP bytes, both ways
     UDP = "udp"
     PID = "pid"
 
 
-def _sort_value(row: TaskCounts, key: SortKey) -> float:
-    if key is SortKey.BYTES:
-        return byte_total(row)
-    if key is SortKey.PACKETS:
-        return sum(getattr(row, name) for name in PACKET_COUNTERS)
-    if key is SortKey.TCP:
-        return float(row.tcpsndbytes + row.tcprcvbytes)
-    if key is SortKey.UDP:
-        return float(row.udpsndbytes + row.udprcvbytes)
-    return 0.0
+class ReportOrder(StrEnum):
+    """Orders a report can be asked for (its :order parameter), largest first."""
+
+    BYTES = "bytes"
+    PACKETS = "packets"
+    SENT = "sent"
+    RECEIVED = "received"
+    SENT_PACKETS = "sent-packets"
+    RECEIVED_PACKETS = "received-packets"
+
+
+# Said in --help and netatop(1): how rows equal in the order asked for are ordered.
+TIE_BREAK = (
+    "ties go to more bytes sent and received, then to more bytes sent, then to the lower pid"
+)
+
+
+def sent_bytes(row: TaskCounts) -> float:
+    return row.tcpsndbytes + row.udpsndbytes
+
+
+def received_bytes(row: TaskCounts) -> float:
+    return row.tcprcvbytes + row.udprcvbytes
+
+
+def sent_packets(row: TaskCounts) -> float:
+    return row.tcpsndpacks + row.udpsndpacks
+
+
+def received_packets(row: TaskCounts) -> float:
+    return row.tcprcvpacks + row.udprcvpacks
+
+
+def packet_total(row: TaskCounts) -> float:
+    return sum(getattr(row, name) for name in PACKET_COUNTERS)
+
+
+_SORT_VALUE: dict[SortKey, Callable[[TaskCounts], float]] = {
+    SortKey.BYTES: byte_total,
+    SortKey.PACKETS: packet_total,
+    SortKey.SENT: sent_bytes,
+    SortKey.RECEIVED: received_bytes,
+    SortKey.SENT_PACKETS: sent_packets,
+    SortKey.RECEIVED_PACKETS: received_packets,
+    SortKey.TCP: lambda r: float(r.tcpsndbytes + r.tcprcvbytes),
+    SortKey.UDP: lambda r: float(r.udpsndbytes + r.udprcvbytes),
+}
 
 
 def sort_rows(rows: Iterable[TaskCounts], key: SortKey) -> list[TaskCounts]:
-    """Largest first by key (pid: ascending); ties by lifetime bytes, then pid."""
+    """Largest first by key (pid: ascending); ties as TIE_BREAK says.
+
+    Between the bytes sent and the pid, top's rows (rates) also compare the
+    bytes since the process started (total_bytes; 0 elsewhere).
+    """
     if key is SortKey.PID:
         return sorted(rows, key=lambda r: (r.pid, r.kind.name))
-    return sorted(rows, key=lambda r: (-_sort_value(r, key), -r.total_bytes, r.pid, r.kind.name))
+    value = _SORT_VALUE[key]
+    return sorted(
+        rows,
+        key=lambda r: (
+            -value(r),
+            -byte_total(r),
+            -sent_bytes(r),
+            -r.total_bytes,
+            r.pid,
+            r.kind.name,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+# One name per field: JSON keys, CSV headers and the columns of the SQL reports
+# use the field name; tables use its header.  Sums over TCP and UDP are named
+# like the counters without the protocol (sndbytes = tcpsndbytes + udpsndbytes).
+HEADERS: dict[str, str] = {
+    "pid": "PID",
+    "tgid": "TGID",
+    "kind": "KIND",
+    "btime": "STARTED",
+    "command": "COMMAND",
+    "tcpsndpacks": "TCPSND",
+    "tcpsndbytes": "TCPSNDB",
+    "tcprcvpacks": "TCPRCV",
+    "tcprcvbytes": "TCPRCVB",
+    "udpsndpacks": "UDPSND",
+    "udpsndbytes": "UDPSNDB",
+    "udprcvpacks": "UDPRCV",
+    "udprcvbytes": "UDPRCVB",
+    "sndpacks": "SNDPK",
+    "sndbytes": "SENT",
+    "rcvpacks": "RCVPK",
+    "rcvbytes": "RCVD",
+    "total_bytes": "TOTAL",
+    "uid": "USER",
+    "cmdline": "CMDLINE",
+    "first_activity": "FIRST",
+    "last_activity": "LAST",
+    "exit_time": "EXITED",
+    "processes": "PROCS",
+    "hour_start": "HOUR",
+}
+# Fields holding a moment (epoch seconds in JSON and CSV, local ISO 8601 in tables).
+TIME_FIELDS = frozenset({"btime", "first_activity", "last_activity", "exit_time", "hour_start"})
+TEXT_FIELDS = frozenset({"command", "cmdline", "kind"})
+
+
+def header(field: str) -> str:
+    """The table header of a field (a report's own column: its name in capitals)."""
+    return HEADERS.get(field, field.upper())
+
+
+def cell_text(field: str, value: object) -> str:
+    """How a table shows a field's value: units, local times, user names; '-' if unknown."""
+    if value is None:
+        return "-"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if field in TIME_FIELDS:
+            return format_time(value)
+        if field == "uid":
+            return format_user(int(value))
+        if field.endswith("bytes"):
+            return format_bytes(value)
+        if field.endswith("packs"):
+            return format_count(value)
+    return format_text(value)
 
 
 # --------------------------------------------------------------------------- columns
 
 
-def _counter_column(header: str, name: str) -> Column[TaskCounts]:
+def _counter_column(name: str) -> Column[TaskCounts]:
     if name.endswith("bytes"):
-        return Column(header, lambda r: format_bytes(getattr(r, name)))
-    return Column(header, lambda r: format_count(getattr(r, name)))
+        return Column(header(name), lambda r: format_bytes(getattr(r, name)))
+    return Column(header(name), lambda r: format_count(getattr(r, name)))
 
 
-PID_COLUMN: Column[TaskCounts] = Column("PID", lambda r: str(r.pid))
-COMMAND_COLUMN: Column[TaskCounts] = Column("COMMAND", lambda r: r.command, right=False, flex=True)
-COUNTER_HEADERS = (
-    "TCPSND",
-    "TCPSNDB",
-    "TCPRCV",
-    "TCPRCVB",
-    "UDPSND",
-    "UDPSNDB",
-    "UDPRCV",
-    "UDPRCVB",
+def _command_cell(row: TaskCounts) -> str:
+    return f"{row.command} <exited>" if row.kind is Kind.EXITED else row.command
+
+
+PID_COLUMN: Column[TaskCounts] = Column(header("pid"), lambda r: str(r.pid))
+COMMAND_COLUMN: Column[TaskCounts] = Column(
+    header("command"), _command_cell, right=False, flex=True
 )
 TASK_COLUMNS: tuple[Column[TaskCounts], ...] = (
     PID_COLUMN,
     COMMAND_COLUMN,
-    *(
-        _counter_column(header, name)
-        for header, name in zip(COUNTER_HEADERS, COUNTER_NAMES, strict=True)
-    ),
+    *(_counter_column(name) for name in COUNTER_NAMES),
+)
+# The exit list: every row is a finished process, no need to mark them.
+EXIT_LIST_COLUMNS: tuple[Column[TaskCounts], ...] = (
+    PID_COLUMN,
+    Column(header("command"), lambda r: r.command, right=False, flex=True),
+    *TASK_COLUMNS[2:],
 )
 THREAD_COLUMNS: tuple[Column[TaskCounts], ...] = (
     Column("TID", lambda r: str(r.pid)),
-    Column("TGID", lambda r: str(r.tgid)),
+    Column(header("tgid"), lambda r: str(r.tgid)),
     *TASK_COLUMNS[1:],
 )
 
-
-def _exit_clock(row: TaskCounts) -> str:
-    if row.exit_time is None:
-        return "-"
-    return datetime.fromtimestamp(row.exit_time).strftime("%m-%d %H:%M:%S")
-
-
 EXITED_COLUMNS: tuple[Column[TaskCounts], ...] = (
     PID_COLUMN,
-    Column("UID", lambda r: format_text(r.uid)),
-    Column("EXITED", _exit_clock, right=False),
-    Column("SNDPK", lambda r: format_count(r.tcpsndpacks + r.udpsndpacks)),
-    Column("SENT", lambda r: format_bytes(r.tcpsndbytes + r.udpsndbytes)),
-    Column("RCVPK", lambda r: format_count(r.tcprcvpacks + r.udprcvpacks)),
-    Column("RECEIVED", lambda r: format_bytes(r.tcprcvbytes + r.udprcvbytes)),
-    Column("COMMAND LINE", lambda r: r.cmdline or f"[{r.command}]", right=False, flex=True),
+    Column(header("uid"), lambda r: cell_text("uid", r.uid), right=False),
+    Column(header("exit_time"), lambda r: cell_text("exit_time", r.exit_time), right=False),
+    Column(header("sndpacks"), lambda r: format_count(sent_packets(r))),
+    Column(header("sndbytes"), lambda r: format_bytes(sent_bytes(r))),
+    Column(header("rcvpacks"), lambda r: format_count(received_packets(r))),
+    Column(header("rcvbytes"), lambda r: format_bytes(received_bytes(r))),
+    Column(header("cmdline"), lambda r: r.cmdline or f"[{r.command}]", right=False, flex=True),
 )

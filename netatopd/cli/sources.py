@@ -17,15 +17,21 @@ lets the client's, the table's and the history's errors through to commands.
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-import typer
-
 from .. import history
-from ..client import ControlClient, run_dir_from_env
-from ..table import Snapshot, TableMissing, TableReader, TableStale, open_table
+from ..client import (
+    CONTROL_SOCKET_NAME,
+    RUN_DIR_DEFAULT,
+    ControlClient,
+    DaemonNotRunning,
+    run_dir_from_env,
+)
+from ..table import Snapshot, TableError, TableMissing, TableReader, TableStale, open_table
 from ..tasks import Kind
 from . import rows
 from .format import format_clock
@@ -43,11 +49,80 @@ class Unavailable(Exception):
     """What the command needs is not there; the message is one sentence for stderr."""
 
 
+class NoPermission(Unavailable):
+    """The control socket is not ours to use (not root, not in its group)."""
+
+
+# How long `exited --pid` and `query PID` suggest looking back in the history.
+HISTORY_HINT_SINCE = "1d"
+
+
+def history_hint(pid: int) -> str:
+    return f"netatop exited --pid {pid} --since {HISTORY_HINT_SINCE} looks in the history"
+
+
+def _run_dir_origin(run_dir: str | None) -> str:
+    """Where the run directory came from, in words."""
+    if run_dir is None:
+        return "the default"
+    if os.environ.get("NETATOP_RUN_DIR") == run_dir:
+        return "from NETATOP_RUN_DIR"
+    return "from --run-dir"
+
+
+def not_running(run_dir: str | None, missing: str = CONTROL_SOCKET_NAME) -> str:
+    """Why nobody answers on the control socket, naming where the run directory came from.
+
+    missing: the file of the run directory that is not there (or not answering).
+    """
+    directory = run_dir_from_env(run_dir)
+    origin = _run_dir_origin(run_dir)
+    others = f"the default is {RUN_DIR_DEFAULT}; give another with --run-dir or NETATOP_RUN_DIR"
+    if not os.path.isdir(directory):
+        return (
+            f"netatopd is not running, or not with this run directory: {directory} "
+            f"({origin}) does not exist; {others}"
+        )
+    path = os.path.join(directory, missing)
+    if missing != CONTROL_SOCKET_NAME:
+        what = f"no {missing} at"
+    elif os.path.exists(path):
+        what = "nobody answers on"
+    else:
+        what = "no control socket at"
+    if origin == "the default":
+        return f"netatopd is not running ({what} {path}; run directory {directory}, the default)"
+    return f"netatopd is not running ({what} {path}; run directory {directory} {origin}; {others})"
+
+
+def no_permission(path: str) -> str:
+    return (
+        f"no permission to use {path}: run as root, or ask to be in the group netatopd gives "
+        "its control socket (netatopd --control-group); netatop exited --since TIME works "
+        "without it (it reads the history database, if that is readable)"
+    )
+
+
 def call(
     run_dir: str | None, action: Callable[[ControlClient], T], timeout_s: float | None = 30.0
 ) -> T:
-    """Run action on a fresh control connection."""
-    with ControlClient(run_dir, timeout_s=timeout_s) as client:
+    """Run action on a fresh control connection.
+
+    Unavailable when nobody answers (the sentence names the run directory and
+    where it came from), NoPermission when the socket is not ours to use.
+    """
+    try:
+        client = ControlClient(run_dir, timeout_s=timeout_s)
+    except DaemonNotRunning as err:
+        if isinstance(err.__cause__, FileNotFoundError | ConnectionRefusedError):
+            raise Unavailable(not_running(run_dir)) from None
+        raise
+    except PermissionError as err:
+        if err.errno != errno.EACCES:
+            raise  # a socket we do not trust: its own sentence
+        path = os.path.join(run_dir_from_env(run_dir), CONTROL_SOCKET_NAME)
+        raise NoPermission(no_permission(path)) from None
+    with client:
         return action(client)
 
 
@@ -97,27 +172,49 @@ def table_snapshot(run_dir: str | None) -> Snapshot | None:
 # --------------------------------------------------------------------------- status
 
 
-def status_figures(run_dir: str | None) -> dict[str, Any]:
+class Figures(NamedTuple):
+    """STATUS figures, and the table snapshot they come from when the socket was not ours."""
+
+    figures: dict[str, Any]
+    from_table: Snapshot | None = None
+    problem: str = ""  # why the control socket did not answer
+
+
+def status_figures(run_dir: str | None) -> Figures:
     """STATUS from the control socket; from the table when the socket is not ours to use."""
     try:
-        return call(run_dir, lambda c: c.status())
-    except PermissionError as err:
-        taken = table_snapshot(run_dir)
+        return Figures(call(run_dir, lambda c: c.status()))
+    except NoPermission as err:
+        try:
+            taken = table_snapshot(run_dir)
+        except TableError:
+            taken = None
         if taken is None:
             raise
-        typer.echo(f"netatop: {err.strerror}; figures from the shared table instead", err=True)
-        return dict(taken.status)
+        return Figures(dict(taken.status), taken, str(err))
 
 
 # --------------------------------------------------------------------------- query
 
 
 class Answer(NamedTuple):
-    """What query prints: rows, complaints about pids, and whether no thread row exists."""
+    """What query prints: rows, complaints about pids, whether no thread row exists, notes."""
 
     rows: list[TaskCounts]
     complaints: list[str]
     no_threads: bool = False
+    notes: list[str] = []
+
+
+def finished_note(pid: int) -> str:
+    return f"process {pid} has finished: its final counters, from the exit list (kind exited)"
+
+
+def unknown_pid(pid: int) -> str:
+    return (
+        f"process {pid} is not known to netatopd (no traffic seen, or it finished "
+        f"and left the exit list: {history_hint(pid)})"
+    )
 
 
 def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
@@ -129,7 +226,8 @@ def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
         return Answer([rows.from_table(task) for task in candidates], [], no_threads)
     found: list[TaskCounts] = []
     seen: set[tuple[int, int]] = set()
-    complaints = []
+    complaints: list[str] = []
+    notes: list[str] = []
     for pid in pids:
         if threads:
             matches = [task for task in candidates if pid in (task.id, task.tgid)]
@@ -141,13 +239,15 @@ def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
                 found.append(rows.from_table(task))
         if matches:
             continue
+        finished = [task for task in taken.rows if task.kind == Kind.EXITED and task.id == pid]
         if threads:
             complaints.append(f"no thread rows for {pid}")
-        elif any(task.kind == Kind.EXITED and task.id == pid for task in taken.rows):
-            complaints.append(f"process {pid} has finished (see netatop exited)")
+        elif finished:
+            found += [rows.from_table(task) for task in finished]
+            notes.append(finished_note(pid))
         else:
-            complaints.append(f"process {pid} is not known to netatopd")
-    return Answer(found, complaints, no_threads)
+            complaints.append(unknown_pid(pid))
+    return Answer(found, complaints, no_threads, notes)
 
 
 def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
@@ -156,13 +256,23 @@ def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
     def ask(client: ControlClient) -> Answer:
         if not pids:
             return Answer([rows.from_reply(record) for record in client.list_tasks()], [])
-        found, complaints = [], []
+        found, complaints, notes = [], [], []
+        exit_list: list[TaskCounts] | None = None
         for pid in pids:
             try:
                 found.append(rows.from_reply(client.getcnt_tgid(pid)))
+                continue
             except ProcessLookupError:
-                complaints.append(f"process {pid} is not known to netatopd")
-        return Answer(found, complaints)
+                pass
+            if exit_list is None:
+                exit_list = [rows.from_reply(r, Kind.EXITED) for r in client.list_exited()]
+            finished = [row for row in exit_list if row.pid == pid]
+            if finished:
+                found += finished
+                notes.append(finished_note(pid))
+            else:
+                complaints.append(unknown_pid(pid))
+        return Answer(found, complaints, notes=notes)
 
     return call(run_dir, ask)
 
@@ -184,10 +294,14 @@ def query(run_dir: str | None, pids: Sequence[int], threads: bool) -> Answer:
 # --------------------------------------------------------------------------- finished
 
 
-def exit_list(run_dir: str | None) -> list[TaskCounts]:
-    """The daemon's exit list, read and not consumed."""
+def exit_list(run_dir: str | None, pid: int | None = None) -> list[TaskCounts]:
+    """The daemon's exit list (only process pid's entries if given), read and not consumed."""
     records = call(run_dir, lambda c: c.list_exited())
-    return [rows.from_reply(record, Kind.EXITED) for record in records]
+    return [
+        rows.from_reply(record, Kind.EXITED)
+        for record in records
+        if pid is None or record.id == pid
+    ]
 
 
 def take_exited(client: ControlClient) -> TaskCounts:
@@ -196,12 +310,16 @@ def take_exited(client: ControlClient) -> TaskCounts:
 
 
 def history_exited(
-    db: str, since_s: float | None, until_s: float | None, limit: int | None
+    db: str,
+    since_s: float | None,
+    until_s: float | None,
+    limit: int | None,
+    pid: int | None = None,
 ) -> list[TaskCounts]:
     """Finished processes with exit_time in [since_s, until_s) from the history database."""
     conn = history.open_db(db, readonly=True)
     try:
-        tasks = history.query_exited(conn, since_s, until_s, limit)
+        tasks = history.query_exited(conn, since_s, until_s, limit, pid)
     finally:
         conn.close()
     return [rows.from_history(task) for task in tasks]

@@ -43,19 +43,34 @@ def status_lines(
     width: int,
     table_problem: str = "no table file in the run directory",
     verbose: bool = False,
+    from_table: bool = False,
 ) -> list[str]:
     """The STATUS figures in the groups of the STATUS registry (netatopd.status).
 
     snapshot gives the table fill; without one, table_problem says why.  Groups
     marked verbose (the eBPF helper's internals) only with verbose; figures the
-    registry does not know (from a newer daemon) only in --json.
+    registry does not know (from a newer daemon) only in --json.  from_table:
+    the figures are the table's copy (snapshot's), for a user the control
+    socket does not serve: the opening line says so instead of showing the
+    figures only the socket gives (version, owner resolution, uptime).
     """
     lines: list[str] = []
     for group in status_registry.GROUPS:
         if group.verbose and not verbose:
             continue
         found = status_registry.group_figures(group, figures)
-        if group.style is status_registry.Style.HEADER:
+        if group.style is status_registry.Style.HEADER and from_table and snapshot is not None:
+            lines += _wrap(
+                f"netatopd pid {snapshot.daemon_pid}:",
+                [
+                    f"figures from the shared table (updated {_clock(snapshot.updated_s)})",
+                    "the rest needs root or netatopd's --control-group",
+                ],
+                width,
+            )
+            lines += _wrap("Run directory", [run_dir], width)
+            lines.append("")
+        elif group.style is status_registry.Style.HEADER:
             lines.append(", ".join(_figure_text(field, value) for field, value in found))
             lines += _wrap("Run directory", [run_dir], width)
             lines.append("")

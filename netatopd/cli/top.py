@@ -33,7 +33,7 @@ from .format import (
     render_table,
 )
 from .rows import COMMAND_COLUMN, PID_COLUMN, SortKey, TaskCounts
-from .sources import Unavailable
+from .sources import NoPermission, Unavailable
 
 TOP_INTERVAL_S_DEFAULT = 2.0
 TOP_INTERVAL_S_MIN = 0.1
@@ -43,11 +43,22 @@ TOP_HEADER_LINES = 5  # title, keys, totals, blank line, column header
 TOP_SORT_KEYS: dict[str, SortKey] = {
     "b": SortKey.BYTES,
     "p": SortKey.PACKETS,
+    "s": SortKey.SENT,
+    "r": SortKey.RECEIVED,
+    "S": SortKey.SENT_PACKETS,
+    "R": SortKey.RECEIVED_PACKETS,
     "t": SortKey.TCP,
     "u": SortKey.UDP,
     "n": SortKey.PID,
 }
 TOP_QUIT_KEYS = frozenset("qQ")
+# How the keys line names each order: the column it sorts by, where there is one.
+TOP_KEY_LABELS: dict[SortKey, str] = {
+    SortKey.SENT: "sent",
+    SortKey.RECEIVED: "rcvd",
+    SortKey.SENT_PACKETS: "sndpk",
+    SortKey.RECEIVED_PACKETS: "rcvpk",
+}
 
 
 class OutputClosed(Exception):
@@ -103,10 +114,10 @@ def top_frame(
     at the fallback width (a pipe).
     """
     width, height = size if size is not None else (TERMINAL_FALLBACK[0], 0)
-    sort_names = "  ".join(f"{k}:{v.value}" for k, v in TOP_SORT_KEYS.items())
+    sort_names = " ".join(f"{k}:{TOP_KEY_LABELS.get(v, v.value)}" for k, v in TOP_SORT_KEYS.items())
     lines = [
         f"netatop top  {format_clock(updated_s)}  every {interval_s:g} s  sorted by {sort.value}",
-        f"keys: {sort_names}  q:quit",
+        f"keys: {sort_names} q:quit",
     ]
     if rates is None:
         lines += [f"measuring for {interval_s:g} s ..."]
@@ -206,10 +217,13 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def _open(run_dir: str | None) -> TableReader:
     reader = sources.open_reader(run_dir)
     if reader is None:
-        sources.call(run_dir, lambda c: c.probe())  # not running: the control socket's sentence
+        try:
+            sources.call(run_dir, lambda c: c.probe())  # not running: say so, and where
+        except NoPermission:
+            raise Unavailable(sources.not_running(run_dir, "table")) from None
         raise Unavailable(
-            f"netatopd publishes no table in {run_dir_from_env(run_dir)}; "
-            "netatop top needs one (use netatop query)"
+            f"netatopd answers on its control socket but there is no table in "
+            f"{run_dir_from_env(run_dir)}; netatop top needs it"
         )
     return reader
 

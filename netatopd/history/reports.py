@@ -34,15 +34,21 @@ def query_exited(
     since_s: float | None = None,
     until_s: float | None = None,
     limit: int | None = None,
+    pid: int | None = None,
 ) -> list[ExitedTask]:
-    """Finished processes with exit_time in [since_s, until_s), oldest first."""
+    """Finished processes with exit_time in [since_s, until_s), oldest first.
+
+    pid narrows to the processes with that id (more than one if it was reused).
+    """
     sql = (
         EXITED_SELECT + " WHERE (:since IS NULL OR exit_time >= :since)"
         " AND (:until IS NULL OR exit_time < :until)"
+        " AND (:pid IS NULL OR tgid = :pid)"
         " ORDER BY exit_time, tgid, btime LIMIT coalesce(:limit, -1)"
     )
+    bindings = {"since": since_s, "until": until_s, "limit": limit, "pid": pid}
     try:
-        rows = conn.execute(sql, {"since": since_s, "until": until_s, "limit": limit}).fetchall()
+        rows = conn.execute(sql, bindings).fetchall()
     except apsw.Error as err:
         raise StoreError(f"reading finished processes failed: {err}") from err
     return [exited_task(row) for row in rows]

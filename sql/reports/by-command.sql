@@ -1,8 +1,10 @@
 -- by-command: bytes and packets per command name in a time window (from samples), largest first
--- params: :since :until :limit :command
+-- params: :since :until :limit :command :pid :order
 --
 -- Sample rows whose time is in [:since, :until), grouped by command;
--- processes counts the distinct processes (tgid, btime) behind each command.
+-- processes counts the distinct processes (pid, btime) behind each command.
+-- :pid narrows to one process; :order as in top-processes (ties: more
+-- bytes in all, then more bytes sent, then the command name).
 SELECT
     command,
     count(DISTINCT tgid || '/' || btime) AS processes,
@@ -15,6 +17,16 @@ FROM sample_totals
 WHERE (:since IS NULL OR time >= :since)
   AND (:until IS NULL OR time < :until)
   AND (:command IS NULL OR command = :command)
+  AND (:pid IS NULL OR tgid = :pid)
 GROUP BY command
-ORDER BY total_bytes DESC, command
+ORDER BY
+    CASE :order
+        WHEN 'packets' THEN sum(sndpacks) + sum(rcvpacks)
+        WHEN 'sent' THEN sum(sndbytes)
+        WHEN 'received' THEN sum(rcvbytes)
+        WHEN 'sent-packets' THEN sum(sndpacks)
+        WHEN 'received-packets' THEN sum(rcvpacks)
+        ELSE sum(total_bytes)
+    END DESC,
+    sum(total_bytes) DESC, sum(sndbytes) DESC, command
 LIMIT coalesce(:limit, -1);

@@ -53,35 +53,49 @@ DIG = (300, 3000, "dig", 1000, 2, 150, 2, 350, 500)
 NGINX2 = (101, 1001, "nginx", 33, 1, 100, 1, 100, 200)
 SSH = (400, 4000, "ssh", None, 1, 60, 1, 40, 100)
 WINDOW_COLUMNS = ["sndpacks", "sndbytes", "rcvpacks", "rcvbytes", "total_bytes"]
-EXIT_COLUMNS = ["tgid", "btime", "command", "uid", "exit_time", *WINDOW_COLUMNS, "cmdline"]
-EXIT_CURL = (200, 2000, "curl", 1000, "2026-11-27 01:21:40", 4, 400, 5, 4200, 4600) + (
+PROCESS_COLUMNS = ["pid", "btime", "command", "uid", *WINDOW_COLUMNS]
+EXIT_COLUMNS = ["pid", "btime", "command", "uid", "exit_time", *WINDOW_COLUMNS, "cmdline"]
+# exit_time in epoch seconds: 01:21:40, 02:01:40 and 00:11:40 UTC
+EXIT_CURL = (200, 2000, "curl", 1000, T0 + 4900.0, 4, 400, 5, 4200, 4600) + (
     "curl https://example.org/",
 )
-EXIT_DIG = (300, 3000, "dig", 1000, "2026-11-27 02:01:40", 2, 150, 2, 350, 500, "dig example.org")
-EXIT_SSH = (400, 4000, "ssh", None, "2026-11-27 00:11:40", 1, 60, 1, 40, 100, None)
+EXIT_DIG = (300, 3000, "dig", 1000, T0 + 7300.0, 2, 150, 2, 350, 500, "dig example.org")
+EXIT_SSH = (400, 4000, "ssh", None, T0 + 700.0, 1, 60, 1, 40, 100, None)
+HOURLY_COLUMNS = ["hour_start", "processes", *WINDOW_COLUMNS]
+# Per hour: 00:xx nginx 100 (10, 1000, 20, 2000), nginx 101 (1, 100, 1, 100), ssh (1, 60, 1, 40);
+# 01:xx nginx 100 (5, 500, 5, 500), curl (4, 400, 5, 4200); 02:xx dig.
+HOUR_0 = (T0, 3, 12, 1160, 22, 2140, 3300)
+HOUR_1 = (T0 + 3600, 2, 9, 900, 10, 4700, 5600)
+HOUR_2 = (T0 + 7200, 1, 2, 150, 2, 350, 500)
 
-NO_FILTER: dict[str, object] = {"since": None, "until": None, "limit": None, "command": None}
+NO_FILTER: dict[str, object] = {
+    "since": None,
+    "until": None,
+    "limit": None,
+    "command": None,
+    "pid": None,
+    "order": None,
+}
 
 # name -> (params, columns, rows): one entry per report file, all of them.
 EXPECTED: dict[str, list[tuple[dict[str, object], list[str], list[tuple[object, ...]]]]] = {
     "top-processes": [
-        (
-            NO_FILTER,
-            ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS],
-            [CURL, NGINX, DIG, NGINX2, SSH],
-        ),
+        (NO_FILTER, PROCESS_COLUMNS, [CURL, NGINX, DIG, NGINX2, SSH]),
         # 01:00 to 02:00: nginx 100's second sample and curl.
         (
             {"since": T0 + 3600, "until": T0 + 7200},
-            ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS],
+            PROCESS_COLUMNS,
             [CURL, (100, 1000, "nginx", 33, 5, 500, 5, 500, 1000)],
         ),
-        ({"limit": 2}, ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS], [CURL, NGINX]),
-        (
-            {"command": "nginx"},
-            ["tgid", "btime", "command", "uid", *WINDOW_COLUMNS],
-            [NGINX, NGINX2],
-        ),
+        ({"limit": 2}, PROCESS_COLUMNS, [CURL, NGINX]),
+        ({"command": "nginx"}, PROCESS_COLUMNS, [NGINX, NGINX2]),
+        ({"pid": 100}, PROCESS_COLUMNS, [NGINX]),
+        # bytes sent: nginx 1500, curl 400, dig 150, nginx 101 100, ssh 60
+        ({"order": "sent"}, PROCESS_COLUMNS, [NGINX, CURL, DIG, NGINX2, SSH]),
+        # packets: nginx 40, curl 9, dig 4, then nginx 101 and ssh tie at 2: more bytes first
+        ({"order": "packets"}, PROCESS_COLUMNS, [NGINX, CURL, DIG, NGINX2, SSH]),
+        # packets received: nginx 25, curl 5; limit 1
+        ({"order": "received-packets", "limit": 1}, PROCESS_COLUMNS, [NGINX]),
     ],
     "by-command": [
         (
@@ -98,6 +112,21 @@ EXPECTED: dict[str, list[tuple[dict[str, object], list[str], list[tuple[object, 
             {"until": T0 + 3600},  # 00:xx only: nginx 100 first sample, nginx 101, ssh
             ["command", "processes", *WINDOW_COLUMNS],
             [("nginx", 2, 11, 1100, 21, 2100, 3200), ("ssh", 1, 1, 60, 1, 40, 100)],
+        ),
+        (
+            {"order": "sent", "pid": 101},
+            ["command", "processes", *WINDOW_COLUMNS],
+            [("nginx", 1, 1, 100, 1, 100, 200)],
+        ),
+        (
+            {"order": "sent"},  # nginx 1600, curl 400, dig 150, ssh 60
+            ["command", "processes", *WINDOW_COLUMNS],
+            [
+                ("nginx", 2, 16, 1600, 26, 2600, 4200),
+                ("curl", 1, 4, 400, 5, 4200, 4600),
+                ("dig", 1, 2, 150, 2, 350, 500),
+                ("ssh", 1, 1, 60, 1, 40, 100),
+            ],
         ),
     ],
     "by-user": [
@@ -117,32 +146,24 @@ EXPECTED: dict[str, list[tuple[dict[str, object], list[str], list[tuple[object, 
         ),
     ],
     "hourly": [
-        (
-            NO_FILTER,
-            ["hour_start", "hour", "processes", *WINDOW_COLUMNS],
-            [
-                # 00:xx: nginx 100 (10, 1000, 20, 2000), nginx 101 (1, 100, 1, 100),
-                # ssh (1, 60, 1, 40)
-                (T0, "2026-11-27 00:00", 3, 12, 1160, 22, 2140, 3300),
-                # 01:xx: nginx 100 (5, 500, 5, 500), curl (4, 400, 5, 4200)
-                (T0 + 3600, "2026-11-27 01:00", 2, 9, 900, 10, 4700, 5600),
-                (T0 + 7200, "2026-11-27 02:00", 1, 2, 150, 2, 350, 500),
-            ],
-        ),
-        (
-            {"since": T0 + 3600, "limit": 1},
-            ["hour_start", "hour", "processes", *WINDOW_COLUMNS],
-            [(T0 + 3600, "2026-11-27 01:00", 2, 9, 900, 10, 4700, 5600)],
-        ),
+        (NO_FILTER, HOURLY_COLUMNS, [HOUR_0, HOUR_1, HOUR_2]),
+        ({"since": T0 + 3600, "limit": 1}, HOURLY_COLUMNS, [HOUR_1]),
+        # bytes received: 01:xx 4700, 00:xx 2140, 02:xx 350
+        ({"order": "received"}, HOURLY_COLUMNS, [HOUR_1, HOUR_0, HOUR_2]),
+        ({"pid": 300}, HOURLY_COLUMNS, [HOUR_2]),
     ],
     "recent-exits": [
         (NO_FILTER, EXIT_COLUMNS, [EXIT_DIG, EXIT_CURL, EXIT_SSH]),
         ({"since": T0 + 700.0, "until": T0 + 7300.0}, EXIT_COLUMNS, [EXIT_CURL, EXIT_SSH]),
         ({"limit": 1}, EXIT_COLUMNS, [EXIT_DIG]),
+        ({"pid": 200}, EXIT_COLUMNS, [EXIT_CURL]),
+        ({"order": "bytes"}, EXIT_COLUMNS, [EXIT_CURL, EXIT_DIG, EXIT_SSH]),
     ],
     "top-exited": [
         (NO_FILTER, EXIT_COLUMNS, [EXIT_CURL, EXIT_DIG, EXIT_SSH]),
         ({"command": "ssh"}, EXIT_COLUMNS, [EXIT_SSH]),
+        ({"pid": 400}, EXIT_COLUMNS, [EXIT_SSH]),
+        ({"order": "sent-packets", "limit": 2}, EXIT_COLUMNS, [EXIT_CURL, EXIT_DIG]),
     ],
 }
 
@@ -173,7 +194,7 @@ def test_every_report_has_a_header_and_a_known_answer() -> None:
     for report in reports:
         assert Path(report.path).stem == report.name
         assert report.description and "\n" not in report.description
-        assert report.params == ("since", "until", "limit", "command")
+        assert report.params == ("since", "until", "limit", "command", "pid", "order")
 
 
 @pytest.mark.parametrize(
@@ -189,29 +210,55 @@ def test_report_returns_the_known_answer(
 def test_report_with_no_rows_still_names_its_columns(utc: None, history: apsw.Connection) -> None:
     columns, rows = run_report(history, "hourly", {"since": T0 + 86400})
     assert rows == []
-    assert columns == ["hour_start", "hour", "processes", *WINDOW_COLUMNS]
+    assert columns == HOURLY_COLUMNS
 
 
-def test_report_hour_is_local_time(
+def test_report_times_are_epoch_seconds_in_any_zone(
     monkeypatch: pytest.MonkeyPatch, history: apsw.Connection
 ) -> None:
+    """The SQL gives numbers; only the CLI's table format shows local time."""
     monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
     time.tzset()
     try:
-        _, rows = run_report(history, "hourly", {"limit": 1})
+        _, hours = run_report(history, "hourly", {"limit": 1})
+        _, exits = run_report(history, "recent-exits", {"limit": 1})
     finally:
         monkeypatch.undo()
         time.tzset()
-    assert rows[0][:2] == (T0, "2026-11-27 05:30")
+    assert hours[0][0] == T0  # hours are cut in UTC
+    assert exits[0][:5] == EXIT_DIG[:5]
+
+
+# An iperf3-like pair: the receiver (lower pid) and the sender moved the same bytes in all.
+IPERF_SAMPLES = [
+    (T0 + 60, 60.0, 500, 5000, "iperf3", 0, 100, 6000, 2000, 3_000_000, 0, 0, 0, 0),
+    (T0 + 60, 60.0, 501, 5001, "iperf3", 0, 2000, 3_000_000, 100, 6000, 0, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("order", "pid"),
+    [(None, 501), ("bytes", 501), ("sent", 501), ("received", 500), ("sent-packets", 501)],
+)
+def test_top_processes_tie_goes_to_the_sender(
+    tmp_path: Path, order: str | None, pid: int
+) -> None:
+    """Equal totals: more bytes sent wins, whatever the pids (the receiver's is lower)."""
+    conn = open_db(str(tmp_path / "iperf.db"))
+    with conn:
+        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", IPERF_SAMPLES)
+    columns, rows = run_report(conn, "top-processes", {"limit": 1, "order": order})
+    assert (columns[0], [row[0] for row in rows]) == ("pid", [pid])
+    conn.close()
 
 
 def test_run_report_refusals(tmp_path: Path, history: apsw.Connection) -> None:
     with pytest.raises(StoreError, match="no report named 'nope'"):
         run_report(history, "nope", {})
-    with pytest.raises(ValueError, match=":pid"):
-        run_report(history, "hourly", {"pid": 5})
+    with pytest.raises(ValueError, match=":user"):
+        run_report(history, "hourly", {"user": 5})
     # A parameter the report does not take is fine when it is NULL, with or without colon.
-    assert run_report(history, "hourly", {":pid": None, ":limit": 0})[1] == []
+    assert run_report(history, "hourly", {":user": None, ":limit": 0})[1] == []
 
     own = tmp_path / "reports"
     own.mkdir()
@@ -259,6 +306,20 @@ NOW = 1_800_000_000.0
         ("1.5h", NOW - 5400),
         (" 2H ", NOW - 7200),
         ("now", NOW),
+        # journalctl's forms: longer unit names, "ago", a minus, several terms, day names
+        ("10min", NOW - 600),
+        ("10 min", NOW - 600),
+        ("2h ago", NOW - 7200),
+        ("2 hours ago", NOW - 7200),
+        ("-2h", NOW - 7200),
+        ("1h 30min", NOW - 5400),
+        ("3 days", NOW - 3 * 86400),
+        ("1week", NOW - 604800),
+        ("45sec ago", NOW - 45),
+        # NOW is 2027-01-15 08:00 UTC: today starts 8 h before it, yesterday 32 h before
+        ("today", NOW - 8 * 3600),
+        ("Yesterday", NOW - 32 * 3600),
+        ("tomorrow", NOW + 16 * 3600),
         ("@1795737600", 1795737600.0),
         ("2026-11-27T02:00", T0 + 7200.0),
         ("2026-11-27 02:00:30", T0 + 7230.0),
@@ -287,7 +348,22 @@ def test_parse_time_naive_is_local(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "yesterday", "2h ago", "-2h", "5", "2026-13-01", "@x", "1y", "25:00", "2:00", "@nan"],
+    [
+        "",
+        "5",
+        "2026-13-01",
+        "@x",
+        "1y",
+        "25:00",
+        "2:00",
+        "@nan",
+        "ago",
+        "2h ago ago",
+        "-2h ago",
+        "2 fortnights",
+        "yesterday-ish",
+        "h",
+    ],
 )
 def test_parse_time_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="cannot read time"):
