@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import re
 import select
 import signal
@@ -61,11 +62,13 @@ MAN_PAGE = REPO / "man" / "netatop.1"
 ZERO = (0, 0, 0, 0)
 
 # The processes of the shared table.  Sums used by the sort orders:
-#   pid      bytes          packets    tcp bytes   udp bytes
-#   100      2_187_152      3_001_200  2_187_152   0
-#   200      20_000         100        0           20_000
-#   300      4_600          9          4_300       300
-#   1234567  3_221_226_472  1_000_010  0           3_221_226_472
+#   pid      bytes          packets    tcp bytes   udp bytes      sent       received
+#   100      2_187_152      3_001_200  2_187_152   0              2_097_152  90_000
+#   200      20_000         100        0           20_000         5000       15_000
+#   300      4_600          9          4_300       300            400        4200
+#   1234567  3_221_226_472  1_000_010  0           3_221_226_472  1000       3_221_225_472
+# packets sent: 100 3_000_000, 200 50, 1234567 10, 300 4;
+# packets received: 1234567 1_000_000, 100 1200, 200 50, 300 5
 NGINX = TaskRow(
     Kind.PROCESS, 100, 100, 1000, "nginx", (3_000_000, 2_097_152, 1200, 90_000, *ZERO), 0.0
 )
@@ -244,9 +247,13 @@ def test_query_csv_has_a_header_and_exact_counters(run_dir: Path) -> None:
     [
         ("bytes", [1234567, 100, 200, 300]),
         ("packets", [100, 1234567, 200, 300]),
-        ("tcp", [100, 300, 200, 1234567]),  # 200 and 1234567 tie at 0: by pid
+        ("tcp", [100, 300, 1234567, 200]),  # 200 and 1234567 tie at 0: more bytes first
         ("udp", [1234567, 200, 300, 100]),
         ("pid", [100, 200, 300, 1234567]),
+        ("sent", [100, 200, 1234567, 300]),
+        ("received", [1234567, 100, 200, 300]),
+        ("sent-packets", [100, 200, 1234567, 300]),
+        ("received-packets", [1234567, 100, 200, 300]),
     ],
 )
 def test_query_sort_orders(run_dir: Path, key: str, order: list[int]) -> None:
@@ -254,18 +261,65 @@ def test_query_sort_orders(run_dir: Path, key: str, order: list[int]) -> None:
     assert [row["pid"] for row in json.loads(result.stdout)] == order
 
 
+# An iperf3-like pair: the receiver (lower pid) and the sender moved the same bytes in all.
+RECEIVER = TaskRow(Kind.PROCESS, 500, 500, 9000, "iperf3", (100, 6000, 2000, 3_000_000, *ZERO), 0.0)
+SENDER = TaskRow(Kind.PROCESS, 501, 501, 9001, "iperf3", (2000, 3_000_000, 100, 6000, *ZERO), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "order"),
+    [
+        ("bytes", [501, 500]),  # a tie on bytes: more bytes sent first
+        ("packets", [501, 500]),  # a tie on packets too
+        ("sent", [501, 500]),
+        ("received", [500, 501]),
+        ("tcp", [501, 500]),
+    ],
+)
+def test_query_ties_go_to_the_sender(tmp_path: Path, key: str, order: list[int]) -> None:
+    writer = TableWriter(table_path(str(tmp_path)), 8, 250)
+    writer.publish([RECEIVER, SENDER], {})
+    try:
+        result = invoke("query", "--run-dir", str(tmp_path), "--json", "--sort", key)
+    finally:
+        writer.close()
+    assert [row["pid"] for row in json.loads(result.stdout)] == order
+
+
+def test_sort_help_states_the_tie_break() -> None:
+    for command in ("query", "top"):
+        text = " ".join(invoke(command, "--help", columns=200).stdout.split())
+        assert "ties go to more bytes sent and received, then to more bytes sent" in text
+        assert "sent-packets" in text and "received-packets" in text
+    page = " ".join(MAN_PAGE.read_text(encoding="utf-8").split())
+    assert "Ties go to more bytes sent and received, then to more bytes sent" in page
+
+
 def test_query_top_keeps_the_first_rows_of_the_order(run_dir: Path) -> None:
     result = invoke("query", "--run-dir", str(run_dir), "--json", "--sort", "udp", "--top", "2")
     assert [row["pid"] for row in json.loads(result.stdout)] == [1234567, 200]
 
 
+UNKNOWN_999 = (
+    "netatop: process 999 is not known to netatopd (no traffic seen, or it finished and left "
+    "the exit list: netatop exited --pid 999 --since 1d looks in the history)"
+)
+
+
 def test_query_unknown_and_finished_pids_exit_1_and_print_the_rest(run_dir: Path) -> None:
     result = invoke("query", "--run-dir", str(run_dir), "--json", "100", "999", "400")
     assert result.exit_code == 1
-    assert json.loads(result.stdout) == [as_json(NGINX)]
+    # 400 has finished and is in the exit list: its final counters, marked exited
+    assert json.loads(result.stdout) == [as_json(NGINX), as_json(WGET_EXITED, "exited")]
     assert result.stderr.splitlines() == [
-        "netatop: process 999 is not known to netatopd",
-        "netatop: process 400 has finished (see netatop exited)",
+        "netatop: process 400 has finished: its final counters, from the exit list (kind exited)",
+        UNKNOWN_999,
+    ]
+    finished = invoke("query", "--run-dir", str(run_dir), "400", columns=100)
+    assert finished.exit_code == 0
+    assert finished.stdout.splitlines() == [
+        "PID COMMAND       TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
+        "400 wget <exited>      1     2 B      3     4 B      5     6 B      7     8 B",
     ]
 
 
@@ -322,7 +376,8 @@ def test_json_and_csv_together_are_refused(run_dir: Path) -> None:
 def test_every_command_without_a_daemon_says_so_and_exits_2(tmp_path: Path) -> None:
     sentence = (
         f"netatop: netatopd is not running (no control socket at {tmp_path}/control; "
-        f"run directory {tmp_path})\n"
+        f"run directory {tmp_path} from --run-dir; the default is /run/netatop; "
+        "give another with --run-dir or NETATOP_RUN_DIR)\n"
     )
     for command in (
         ["query"],
@@ -337,6 +392,31 @@ def test_every_command_without_a_daemon_says_so_and_exits_2(tmp_path: Path) -> N
     ):
         result = invoke(*command, "--run-dir", str(tmp_path))
         assert (result.exit_code, result.stdout, result.stderr) == (2, "", sentence), command
+
+
+def test_a_wrong_run_directory_names_the_option_the_variable_and_the_default(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "nowhere"
+    for command in (["status"], ["query"], ["top", "--iterations", "1"], ["sync"]):
+        given = invoke(*command, "--run-dir", str(missing))
+        assert (given.exit_code, given.stdout) == (2, ""), command
+        assert given.stderr == (
+            f"netatop: netatopd is not running, or not with this run directory: {missing} "
+            "(from --run-dir) does not exist; the default is /run/netatop; give another with "
+            "--run-dir or NETATOP_RUN_DIR\n"
+        ), command
+    from_env = invoke("query", NETATOP_RUN_DIR=str(missing))
+    assert f"{missing} (from NETATOP_RUN_DIR) does not exist" in from_env.stderr
+    # A leftover socket nobody listens on: not running, said the same way.
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(tmp_path / "control"))
+    leftover.close()
+    for command in (["top", "--iterations", "1"], ["gc"]):
+        stale = invoke(*command, "--run-dir", str(tmp_path))
+        assert stale.exit_code == 2 and stale.stderr.startswith(
+            f"netatop: netatopd is not running (nobody answers on {tmp_path}/control; "
+        ), command
 
 
 def test_run_dir_from_the_environment(run_dir: Path) -> None:
@@ -634,10 +714,14 @@ def test_query_falls_back_to_the_control_socket_without_a_table(
     result = invoke("query", "--run-dir", str(tmp_path), "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == [as_json(NGINX), as_json(CURL)]
-    missing = invoke("query", "--run-dir", str(tmp_path), "--json", "300", "200")
+    missing = invoke("query", "--run-dir", str(tmp_path), "--json", "300", "200", "999")
     assert missing.exit_code == 1
-    assert json.loads(missing.stdout) == [as_json(CURL)]
-    assert missing.stderr == "netatop: process 200 is not known to netatopd\n"
+    # 200 is in the exit list: its final counters
+    assert json.loads(missing.stdout) == [as_json(CURL), as_json(DIG, "exited")]
+    assert missing.stderr.splitlines() == [
+        "netatop: process 200 has finished: its final counters, from the exit list (kind exited)",
+        UNKNOWN_999,
+    ]
 
 
 def test_exited_lists_the_exit_list(fake: FakeDaemon, tmp_path: Path) -> None:
@@ -704,6 +788,19 @@ def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         time.tzset()
 
 
+@pytest.fixture
+def users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User names that do not depend on this machine: 0 is root, 1000 alice, others none."""
+    names = {0: "root", 1000: "alice"}
+
+    def getpwuid(uid: int) -> pwd.struct_passwd:
+        if uid not in names:
+            raise KeyError(uid)
+        return pwd.struct_passwd((names[uid], "x", uid, uid, "", "/", "/bin/sh"))
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+
+
 def exited_json(row: tuple[Any, ...]) -> dict[str, Any]:
     tgid, btime, command, cmdline, uid, first, last, exit_time = row[:8]
     return {
@@ -735,16 +832,17 @@ def test_exited_since_reads_sqlite(history: Path) -> None:
     assert json.loads(limited.stdout) == [exited_json(EXITED_ROWS[2])]
 
 
-def test_exited_since_human_and_csv(history: Path) -> None:
-    result = invoke("exited", "--db", str(history), "--since", f"@{T0}")
-    # scp: sent 5_000_000 = 4.77 MiB; curl received 4200 = 4.10 KiB; ssh has no uid or cmdline
+def test_exited_since_human_and_csv(history: Path, users: None) -> None:
+    result = invoke("exited", "--db", str(history), "--since", f"@{T0}", columns=100)
+    # scp: sent 5_000_000 = 4.77 MiB; curl received 4200 = 4.10 KiB; ssh has no uid or cmdline;
+    # times in local time (TZ=UTC here) with the year, users by name
     lines = result.stdout.splitlines()
     assert lines == [
-        "PID  UID EXITED         SNDPK     SENT RCVPK RECEIVED COMMAND LINE",
-        "400    - 11-27 00:11:40     1     60 B     1     40 B [ssh]",
-        "200 1000 11-27 01:21:40     4    400 B     5 4.10 KiB curl https://example.org/",
-        "300 1000 11-27 02:01:40     2    150 B     2    350 B dig example.org",
-        "500    0 11-27 02:30:00    10 4.77 MiB    20   1000 B scp big host:",
+        "PID USER  EXITED              SNDPK     SENT RCVPK     RCVD CMDLINE",
+        "400 -     2026-11-27 00:11:40     1     60 B     1     40 B [ssh]",
+        "200 alice 2026-11-27 01:21:40     4    400 B     5 4.10 KiB curl https://example.org/",
+        "300 alice 2026-11-27 02:01:40     2    150 B     2    350 B dig example.org",
+        "500 root  2026-11-27 02:30:00    10 4.77 MiB    20   1000 B scp big host:",
     ]
     as_csv = invoke("exited", "--db", str(history), "--csv", "--since", f"@{T0}", "--limit", "1")
     assert as_csv.stdout.splitlines() == [
@@ -793,7 +891,7 @@ def test_report_list_names_and_descriptions() -> None:
     assert [(r["name"], r["description"]) for r in as_json_list] == list(headers.items())
 
 
-def test_report_top_exited_json_table_csv(history: Path) -> None:
+def test_report_top_exited_json_table_csv(history: Path, users: None) -> None:
     # total_bytes: scp 5_001_000, curl 4600, dig 500, ssh 100 -> largest first.
     result = invoke(
         "report", "top-exited", "--db", str(history), "--format", "json", "--limit", "2"
@@ -801,25 +899,34 @@ def test_report_top_exited_json_table_csv(history: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
         {
-            "tgid": 500, "btime": 5000, "command": "scp", "uid": 0,
-            "exit_time": "2026-11-27 02:30:00", "sndpacks": 10, "sndbytes": 5_000_000,
+            "pid": 500, "btime": 5000, "command": "scp", "uid": 0,
+            "exit_time": T0 + 9000.0, "sndpacks": 10, "sndbytes": 5_000_000,
             "rcvpacks": 20, "rcvbytes": 1000, "total_bytes": 5_001_000, "cmdline": "scp big host:",
         },
         {
-            "tgid": 200, "btime": 2000, "command": "curl", "uid": 1000,
-            "exit_time": "2026-11-27 01:21:40", "sndpacks": 4, "sndbytes": 400,
+            "pid": 200, "btime": 2000, "command": "curl", "uid": 1000,
+            "exit_time": T0 + 4900.0, "sndpacks": 4, "sndbytes": 400,
             "rcvpacks": 5, "rcvbytes": 4200, "total_bytes": 4600,
             "cmdline": "curl https://example.org/",
         },
     ]  # fmt: skip
-    table = invoke("report", "top-exited", "--db", str(history), "--command", "ssh", columns=200)
-    # uid and cmdline are NULL: "-", left-aligned (no number in the column)
+    table = invoke("report", "top-exited", "--db", str(history), columns=200)
+    # The headers of exited; times local (TZ=UTC) with the year; NULL uid and cmdline: "-".
     assert table.stdout.splitlines() == [
-        "tgid btime command uid exit_time           sndpacks sndbytes rcvpacks rcvbytes "
-        "total_bytes cmdline",
-        " 400  4000 ssh     -   2026-11-27 00:11:40        1     60 B        1     40 B "
-        "      100 B -",
+        "PID STARTED             COMMAND USER  EXITED              SNDPK     SENT RCVPK     RCVD"
+        "    TOTAL CMDLINE",
+        "500 1970-01-01 01:23:20 scp     root  2026-11-27 02:30:00    10 4.77 MiB    20   1000 B"
+        " 4.77 MiB scp big host:",
+        "200 1970-01-01 00:33:20 curl    alice 2026-11-27 01:21:40     4    400 B     5 4.10 KiB"
+        " 4.49 KiB curl https://example.org/",
+        "300 1970-01-01 00:50:00 dig     alice 2026-11-27 02:01:40     2    150 B     2    350 B"
+        "    500 B dig example.org",
+        "400 1970-01-01 01:06:40 ssh     -     2026-11-27 00:11:40     1     60 B     1     40 B"
+        "    100 B -",
     ]
+    # The same words in the exited table, the report table and the JSON fields.
+    exited_header = invoke("exited", "--db", str(history), "--since", f"@{T0}").stdout
+    assert set(exited_header.splitlines()[0].split()) <= set(table.stdout.splitlines()[0].split())
     as_csv = invoke(
         "report",
         "top-exited",
@@ -831,9 +938,9 @@ def test_report_top_exited_json_table_csv(history: Path) -> None:
         "2026-11-27T02:00Z",
     )
     assert as_csv.stdout.splitlines() == [
-        "tgid,btime,command,uid,exit_time,sndpacks,sndbytes,rcvpacks,rcvbytes,total_bytes,cmdline",
-        "500,5000,scp,0,2026-11-27 02:30:00,10,5000000,20,1000,5001000,scp big host:",
-        "300,3000,dig,1000,2026-11-27 02:01:40,2,150,2,350,500,dig example.org",
+        "pid,btime,command,uid,exit_time,sndpacks,sndbytes,rcvpacks,rcvbytes,total_bytes,cmdline",
+        f"500,5000,scp,0,{T0 + 9000.0},10,5000000,20,1000,5001000,scp big host:",
+        f"300,3000,dig,1000,{T0 + 7300.5},2,150,2,350,500,dig example.org",
     ]
 
 
@@ -1088,7 +1195,9 @@ def test_manual_page_lists_every_command_and_option() -> None:
         }:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
-    assert options_seen == 25  # 2 + 5 + 3 + 6 + 7 + 2 (status query top exited report wait-exit)
+    # status 2, query 5 + --pid --since (its pointer to the history), top 3,
+    # exited 7 + --control-group (who may read the exit list), report 9, wait-exit 2
+    assert options_seen == 31
 
 
 def test_manual_page_renders_without_warnings() -> None:
