@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from netatopd.cli import commands
+from netatopd.cli import commands, sources
 from netatopd.cli.format import format_bytes, format_count
 from netatopd.cli.rows import (
     EXITED_FIELDS,
@@ -1228,3 +1228,145 @@ def test_status_without_a_table_says_why(fake: FakeDaemon, tmp_path: Path) -> No
     assert table_lines == [
         "Table         capacity 64, not readable: no table file in the run directory"
     ]
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def test_exited_pid_from_the_exit_list(fake: FakeDaemon, tmp_path: Path) -> None:
+    found = invoke("exited", "--run-dir", str(tmp_path), "--pid", "200", "--json")
+    assert (found.exit_code, json.loads(found.stdout)) == (0, [as_json(DIG, "exited")])
+    table = invoke("exited", "--run-dir", str(tmp_path), "--pid", "400")
+    assert table.stdout.splitlines() == [
+        "PID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
+        "400 wget         1     2 B      3     4 B      5     6 B      7     8 B",
+    ]  # every row of the exit list has finished: no <exited> mark
+    gone = invoke("exited", "--run-dir", str(tmp_path), "--pid", "999", "--json")
+    assert (gone.exit_code, json.loads(gone.stdout)) == (1, [])
+    assert gone.stderr == (
+        "netatop: process 999 is not in the exit list (it keeps a finished process for 15 s); "
+        "netatop exited --pid 999 --since 1d looks in the history\n"
+    )
+
+
+def test_exited_pid_from_the_history(history: Path) -> None:
+    found = invoke("exited", "--db", str(history), "--since", f"@{T0}", "--pid", "300", "--json")
+    assert (found.exit_code, json.loads(found.stdout)) == (0, [exited_json(EXITED_ROWS[1])])
+    gone = invoke("exited", "--db", str(history), "--since", f"@{T0}", "--pid", "999")
+    assert gone.exit_code == 1
+    assert gone.stderr == "netatop: no exit of process 999 in the history in that window\n"
+
+
+def test_journalctl_times_and_a_reversed_window(history: Path) -> None:
+    # The rows exited on 2026-11-27; "yesterday" and "2h ago" are long after that.
+    for since in ("yesterday", "today", "2h ago", "10min", "now"):
+        result = invoke("exited", "--db", str(history), "--json", "--since", since)
+        assert (result.exit_code, json.loads(result.stdout)) == (0, []), since
+    everything = invoke("exited", "--db", str(history), "--json", "--since", "1000 days ago")
+    assert len(json.loads(everything.stdout)) == len(EXITED_ROWS)
+    for command in (["exited"], ["report", "top-exited"]):
+        reversed_window = invoke(*command, "--db", str(history), "--since", "5m", "--until", "10m")
+        assert reversed_window.exit_code == 2 and reversed_window.stdout == ""
+        assert "the window is empty: --since 5m (" in reversed_window.stderr
+        assert ") is not before --until 10m (" in reversed_window.stderr
+
+
+# An iperf3-like pair in the samples: the receiver (pid 500) and the sender (pid 501)
+# moved 3_006_000 bytes each in the same minute.
+IPERF_SAMPLES = [
+    (T0 + 60, 60.0, 500, 5000, "iperf3", 0, 100, 6000, 2000, 3_000_000, 0, 0, 0, 0),
+    (T0 + 60, 60.0, 501, 5001, "iperf3", 0, 2000, 3_000_000, 100, 6000, 0, 0, 0, 0),
+    (T0 + 60, 60.0, 502, 5002, "curl", 1000, 10, 1000, 10, 2000, 0, 0, 0, 0),
+]
+
+
+def test_report_order_and_pid_name_the_sender(history: Path) -> None:
+    conn = open_db(str(history))
+    with conn:
+        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", IPERF_SAMPLES)
+    conn.close()
+
+    def first(*options: str) -> list[int]:
+        result = invoke("report", "top-processes", "--db", str(history), *options, "--format",
+                        "json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return [row["pid"] for row in json.loads(result.stdout)]
+
+    assert first("--order", "sent", "--limit", "1") == [501]
+    assert first("--limit", "1") == [501]  # a tie on bytes: the sender first
+    assert first("--order", "received", "--limit", "1") == [500]
+    assert first("--order", "sent-packets") == [501, 500, 502]
+    assert first("--order", "received-packets") == [500, 501, 502]
+    assert first("--pid", "502") == [502]
+    table = invoke("report", "top-processes", "--db", str(history), "--order", "sent",
+                   "--limit", "1", columns=200)  # fmt: skip
+    assert table.stdout.splitlines() == [
+        "PID STARTED             COMMAND USER SNDPK     SENT RCVPK     RCVD    TOTAL",
+        "501 1970-01-01 01:23:21 iperf3  root  2000 2.86 MiB   100 5.86 KiB 2.87 MiB",
+    ]
+    refused = invoke("report", "top-processes", "--db", str(history), "--order", "pid")
+    assert refused.exit_code == 2 and "'pid' is not one of" in refused.stderr
+
+
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control socket refuses us, as it refuses a user outside root and its group."""
+
+    def refuse(run_dir: str | None = None, timeout_s: float | None = 30.0) -> None:
+        path = os.path.join(run_dir or "/run/netatop", "control")
+        raise PermissionError(13, f"no permission to use {path} (run as root)")
+
+    monkeypatch.setattr(sources, "ControlClient", refuse)
+
+
+def test_control_commands_as_another_user_name_the_group_and_the_history(
+    tmp_path: Path, not_root: None
+) -> None:
+    sentence = (
+        f"netatop: no permission to use {tmp_path}/control: run as root, or ask to be in the "
+        "group netatopd gives its control socket (netatopd --control-group); netatop exited "
+        "--since TIME works without it (it reads the history database, if that is readable)\n"
+    )
+    for command in (["sync"], ["gc"], ["exited"], ["wait-exit"], ["wait-empty"], ["status"]):
+        result = invoke(*command, "--run-dir", str(tmp_path))
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", sentence), command
+
+
+def test_status_as_another_user_shows_the_table(run_dir: Path, not_root: None) -> None:
+    with TableReader(table_path(str(run_dir))) as reader:
+        clock = datetime.fromtimestamp(reader.snapshot().updated_s).strftime("%H:%M:%S")
+    result = invoke("status", "--run-dir", str(run_dir), columns=100)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        f"netatopd pid {os.getpid()}: figures from the shared table (updated {clock}),",
+        "              the rest needs root or netatopd's --control-group",
+        f"Run directory {run_dir}",
+    ]
+    assert "netatopd ?" not in result.stdout
+    assert "  TCP     11        0                 0                     0" in lines
+    assert any(line.startswith("Table         5 rows of 64") for line in lines)
+    as_json_figures = invoke("status", "--run-dir", str(run_dir), "--json")
+    assert json.loads(as_json_figures.stdout)["tcp_sent"] == 11
+    assert as_json_figures.stderr.endswith("; figures from the shared table\n")
+
+
+def test_top_sorts_by_sent_and_received() -> None:
+    rows = [
+        TaskCounts(Kind.PROCESS, 500, 500, 1, "receiver", 1.0, 100.0, 50.0, 9000.0, *ZERO),
+        TaskCounts(Kind.PROCESS, 501, 501, 1, "sender", 50.0, 9000.0, 1.0, 100.0, *ZERO),
+        TaskCounts(Kind.PROCESS, 502, 502, 1, "idle", *ZERO, *ZERO),
+    ]
+    for sort, order in (
+        (SortKey.SENT, [501, 500, 502]),
+        (SortKey.RECEIVED, [500, 501, 502]),
+        (SortKey.SENT_PACKETS, [501, 500, 502]),
+        (SortKey.RECEIVED_PACKETS, [500, 501, 502]),
+        (SortKey.BYTES, [501, 500, 502]),  # a tie: the sender first
+    ):
+        frame = top_frame(rows, sort, 2.0, time.time(), (80, 24))
+        assert f"sorted by {sort.value}" in frame[0]
+        assert [int(line.split()[0]) for line in frame[5:]] == order, sort
+    assert frame[1] == (
+        "keys: b:bytes p:packets s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid q:quit"
+    )

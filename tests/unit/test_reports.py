@@ -240,9 +240,7 @@ IPERF_SAMPLES = [
     ("order", "pid"),
     [(None, 501), ("bytes", 501), ("sent", 501), ("received", 500), ("sent-packets", 501)],
 )
-def test_top_processes_tie_goes_to_the_sender(
-    tmp_path: Path, order: str | None, pid: int
-) -> None:
+def test_top_processes_tie_goes_to_the_sender(tmp_path: Path, order: str | None, pid: int) -> None:
     """Equal totals: more bytes sent wins, whatever the pids (the receiver's is lower)."""
     conn = open_db(str(tmp_path / "iperf.db"))
     with conn:
