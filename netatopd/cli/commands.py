@@ -6,9 +6,10 @@ stderr.  Each command asks sources for rows (rows.TaskCounts) or figures and
 prints them through format.emit, status.status_lines or top.show.  Called by
 the console script ``netatop`` (main) and ``python -m netatopd.cli``.
 
-Exit status: 0 success, 1 a process asked for is not known, 2 the daemon is
-not running or not reachable (or its table is stale), the database is missing,
-or the command line is wrong.
+Exit status: 0 success, 1 a process asked for is not known (query PID,
+exited --pid), 2 the daemon is not running or not reachable (or its table is
+stale), the control socket is not ours, the database is missing, or the
+command line is wrong (a reversed --since/--until window among them).
 """
 
 from __future__ import annotations

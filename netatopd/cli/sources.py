@@ -11,8 +11,14 @@ returns into rows (rows.TaskCounts):
   to the table's copy of STATUS when the socket is not ours to use;
 * the history database (netatopd.history, read-only): exited --since/--until.
 
-Called by commands and top.  Raises Unavailable (one sentence for stderr) and
-lets the client's, the table's and the history's errors through to commands.
+Also owns the sentences that say where to look instead: a daemon that does
+not answer (naming the run directory, --run-dir, NETATOP_RUN_DIR and the
+default), a control socket that is not ours (root or netatopd's
+--control-group; exited --since works without), a finished or unknown pid
+(the exit list, the history).  Called by commands and top.  Raises
+Unavailable (one sentence for stderr; NoPermission for the control socket)
+and lets the client's, the table's and the history's errors through to
+commands.
 """
 
 from __future__ import annotations

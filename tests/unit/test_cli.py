@@ -35,6 +35,7 @@ from netatopd.cli import commands, sources
 from netatopd.cli.format import format_bytes, format_count
 from netatopd.cli.rows import (
     EXITED_FIELDS,
+    HEADERS,
     TASK_FIELDS,
     SortKey,
     TaskCounts,
@@ -1370,3 +1371,12 @@ def test_top_sorts_by_sent_and_received() -> None:
     assert frame[1] == (
         "keys: b:bytes p:packets s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid q:quit"
     )
+
+
+def test_manual_page_lists_the_vocabulary() -> None:
+    """Every field name with its table header, as rows.HEADERS has them."""
+    page = MAN_PAGE.read_text(encoding="utf-8").replace("\\-", "-")
+    for field, header in HEADERS.items():
+        assert re.search(rf"^{field} +{re.escape(header)} +\S", page, re.M), field
+    lines = page[page.index("FIELD ") :].splitlines()
+    assert max(len(line) for line in lines[: len(HEADERS) + 1]) <= 66  # fits 80 once indented
