@@ -15,9 +15,11 @@ import json
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Iterator
@@ -91,7 +93,11 @@ def traffic(ns: Any, daemon: Daemon) -> Iterator[tuple[Actor, Actor]]:
         client.finish()
 
 
-def netatop(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def netatop(run_dir: Path, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it; user: another uid (and its group, no other group)."""
+    as_user: dict[str, Any] = {}
+    if user is not None:
+        as_user = {"user": user, "group": user, "extra_groups": []}
     return subprocess.run(
         [sys.executable, "-m", "netatopd.cli", *args, "--run-dir", str(run_dir)],
         capture_output=True,
@@ -99,6 +105,7 @@ def netatop(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         cwd=REPO,
         env={**os.environ, "COLUMNS": "80"},
+        **as_user,
     )
 
 
@@ -146,7 +153,10 @@ def test_query_human_units_and_unknown_pid(daemon: Daemon, traffic: tuple[Actor,
     unknown = 4194304 + 1  # above any pid_max: never a process
     done = netatop(daemon.run_dir, "query", str(client.pid), str(unknown))
     assert done.returncode == 1
-    assert done.stderr == f"netatop: process {unknown} is not known to netatopd\n"
+    assert done.stderr == (
+        f"netatop: process {unknown} is not known to netatopd (no traffic seen, or it finished "
+        f"and left the exit list: netatop exited --pid {unknown} --since 1d looks in the history)\n"
+    )
     lines = done.stdout.splitlines()
     assert lines[0].split() == [
         "PID", "COMMAND", "TCPSND", "TCPSNDB", "TCPRCV", "TCPRCVB",
@@ -248,3 +258,97 @@ def test_top_in_a_terminal_shows_the_process_and_quits_on_q(
     assert seen.startswith(b"\x1b[?1049h")
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # cursor back, alternate screen left
     assert modes_after == modes_before
+
+
+def test_a_finished_process_by_pid(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:
+    """query PID and exited --pid give a finished client's final counters (the ground truth)."""
+    server, client = traffic
+    sync_and_wait_for_a_publish(daemon.run_dir)
+    client.finish()
+    deadline = time.monotonic() + PUBLISH_WAIT_S
+    while True:
+        gc = netatop(daemon.run_dir, "gc")
+        assert gc.returncode == 0, gc.stderr
+        done = netatop(daemon.run_dir, "query", "--json", str(client.pid))
+        if done.returncode == 0 and json.loads(done.stdout)[0]["kind"] == "exited":
+            break  # until then the table may still show it running
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.1)
+    (row,) = json.loads(done.stdout)
+    assert (row["pid"], row["kind"]) == (client.pid, "exited")
+    assert {name: row[name] for name in CLIENT} == CLIENT
+    assert "has finished: its final counters" in done.stderr
+    listed = netatop(daemon.run_dir, "exited", "--json", "--pid", str(client.pid))
+    assert listed.returncode == 0, listed.stderr
+    assert [{name: r[name] for name in CLIENT} for r in json.loads(listed.stdout)] == [CLIENT]
+    # The history has it too, once the writer has committed it.
+    db = daemon.run_dir.parent / f"{daemon.run_dir.name}.db"
+    while True:
+        stored = netatop(
+            daemon.run_dir, "exited", "--json", "--pid", str(client.pid), "--since", "1h ago",
+            "--db", str(db),
+        )  # fmt: skip
+        if stored.returncode == 0:
+            break
+        assert time.monotonic() < deadline + PUBLISH_WAIT_S, stored.stderr
+        time.sleep(0.2)
+    (kept,) = json.loads(stored.stdout)
+    assert {name: kept[name] for name in CLIENT} == CLIENT
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_run_dir() -> Iterator[Path]:
+    """A run directory another user may reach (pytest's tmp_path is root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="netatop-e2e-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base / "run"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_another_user_is_pointed_to_the_group_and_sees_the_table(
+    ns: Any, open_run_dir: Path
+) -> None:
+    daemon = Daemon(ns, open_run_dir)
+    try:
+        server = Actor(ns, "udp_server", addr="127.0.0.1", count=DATAGRAMS, reply_bytes=REPLY_BYTES)
+        client = Actor(
+            ns, "udp_client", addr="127.0.0.1", port=server.port, count=DATAGRAMS,
+            size=REQUEST_BYTES, expect_reply=True,
+        )  # fmt: skip
+        try:
+            assert client.read()["sent"] == DATAGRAMS
+            sync_and_wait_for_a_publish(open_run_dir)
+            sentence = (
+                f"netatop: no permission to use {open_run_dir}/control: run as root, or ask to "
+                "be in the group netatopd gives its control socket (netatopd --control-group); "
+                "netatop exited --since TIME works without it (it reads the history database, "
+                "if that is readable)\n"
+            )
+            for command in (["sync"], ["gc"], ["exited"], ["wait-exit", "--count", "1"]):
+                refused = netatop(open_run_dir, *command, user=NOBODY)
+                assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", sentence)
+            status = netatop(open_run_dir, "status", user=NOBODY)
+            assert status.returncode == 0, status.stderr
+            lines = status.stdout.splitlines()
+            with TableReader(table_path(str(open_run_dir))) as reader:
+                daemon_pid = reader.snapshot().daemon_pid
+            assert lines[0].startswith(
+                f"netatopd pid {daemon_pid}: figures from the shared table (updated "
+            )
+            assert "netatopd ?" not in status.stdout
+            # 40 requests and 40 replies: 80 sent and 80 received, as root sees them
+            assert any(re.fullmatch(r"  UDP +80 +80 +0 +0", line) for line in lines), lines
+            query = netatop(open_run_dir, "query", "--json", str(client.pid), user=NOBODY)
+            assert query.returncode == 0, query.stderr
+            assert {name: json.loads(query.stdout)[0][name] for name in CLIENT} == CLIENT
+        finally:
+            client.finish()
+            server.finish()
+    finally:
+        code = daemon.stop()
+        assert code == 0, f"netatopd stopped with {code}:\n{daemon.logs()}"
