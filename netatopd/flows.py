@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from .counting import BatchSums
+from .defaults import MAX_FLOWS_DEFAULT
 from .wire import PROTO_TCP, PROTO_UDP
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_FLOWS_DEFAULT = 200_000
 # Entries in each of the two UDP packet-key caches of charge; a cache that grows
 # past this is emptied (it is refilled from the local endpoints as packets come).
 UDP_KEY_CACHE_ENTRIES_MAX = 16_384

@@ -23,6 +23,7 @@ import os
 import socket
 from typing import NamedTuple
 
+from .defaults import PROC_ROOT_DEFAULT
 from .libc import libc
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ class ProcAccessDenied(ProcError):
 # System call numbers (x86-64) for borrowing another process's descriptor.
 SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
-PROC_ROOT_DEFAULT = "/proc"
 # An IPv6 socket's name for an IPv4 peer (::ffff:a.b.c.d): these 12 bytes, then the IPv4 address.
 IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 

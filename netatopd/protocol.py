@@ -32,12 +32,11 @@ COUNTER_NAMES: tuple[str, ...] = (
 NETPERTASK = struct.Struct("=i4xQ16s8Q")
 NETPERTASK_SIZE = 96
 
-# getsockopt command numbers of the kernel module (netatop.h, NETATOP_BASE_CTL
-# 15661); the control socket keeps them, and adds its own from BASE + 16.
-NETATOP_BASE_CTL = 15661
-
 
 class Command(IntEnum):
+    """The getsockopt command numbers of the kernel module (netatop.h: NETATOP_BASE_CTL
+    15661 and up); the control socket keeps them and adds its own from 15661 + 16."""
+
     PROBE = 15661
     FORCE_GC = 15662
     EMPTY_EXIT = 15663

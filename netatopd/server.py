@@ -576,7 +576,6 @@ class ControlServer(UnixStreamServer[Connection]):
 
 # -- the atop socket ----------------------------------------------------------------------
 
-ATOP_SOCKET_PATH_DEFAULT = "/run/netatop-bpf-socket"
 # Records per send(): 341 x 96 = 32736 bytes, a whole number of records that fits in
 # one kernel buffer (skb) of a Unix stream socket, so the peer never sees a part of it.
 # Linux puts at most (SO_SNDBUF / 2 - 64) bytes, and about 36 KiB, in one skb.

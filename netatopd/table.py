@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import NamedTuple
 
+from .defaults import TABLE_FILE_NAME
 from .procfs import ProcError, read_stat
 from .protocol import COUNTER_NAMES
 from .status import TABLE_FIELDS, TABLE_SLOTS
@@ -36,7 +37,6 @@ from .tasks import Kind, TaskRow
 
 log = logging.getLogger(__name__)
 
-TABLE_FILE_NAME = "table"
 TABLE_MAGIC = b"NETATOPT"
 TABLE_LAYOUT_VERSION = 1
 

@@ -15,6 +15,7 @@ import logging
 from enum import IntEnum
 from typing import NamedTuple
 
+from .defaults import MAX_TASKS_DEFAULT
 from .protocol import COUNTER_NAMES
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ class ExitedTask(NamedTuple):
     last_activity_s: float
     exit_time_s: float  # epoch seconds when the garbage collector saw it gone
     counters: tuple[int, ...]
-
-
-MAX_TASKS_DEFAULT = 100_000
 
 
 class TaskInfo:

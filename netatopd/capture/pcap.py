@@ -29,6 +29,12 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..defaults import (
+    BUFFER_MIB_DEFAULT,
+    CAPTURE_TIMEOUT_MS_DEFAULT,
+    INTERFACE_DEFAULT,
+    SNAPLEN_BYTES_DEFAULT,
+)
 from ..libc import libc
 
 log = logging.getLogger(__name__)
@@ -299,10 +305,10 @@ class Capture:
 
     def __init__(
         self,
-        interface: str = "any",
-        snaplen_bytes: int = 128,
-        buffer_bytes: int = 64 << 20,
-        timeout_ms: int = 10,
+        interface: str = INTERFACE_DEFAULT,
+        snaplen_bytes: int = SNAPLEN_BYTES_DEFAULT,
+        buffer_bytes: int = BUFFER_MIB_DEFAULT << 20,
+        timeout_ms: int = CAPTURE_TIMEOUT_MS_DEFAULT,
         bpf_filter: str = DEFAULT_FILTER,
     ) -> None:
         self.interface = interface

@@ -23,6 +23,7 @@ import typer
 
 from .. import history
 from ..client import ControlClient, DaemonNotRunning, ProtocolError, run_dir_from_env
+from ..defaults import DB_DEFAULT, TOP_INTERVAL_S_DEFAULT
 from ..table import TableError
 from . import rows, sources
 from . import top as top_view
@@ -248,7 +249,7 @@ def exited(
     since: Since = None,
     until: Until = None,
     limit: Limit = None,
-    db: DbPath = history.DEFAULT_DB_PATH,
+    db: DbPath = DB_DEFAULT,
     run_dir: RunDir = None,
 ) -> None:
     """Finished processes, oldest first.
@@ -313,7 +314,7 @@ def report(
         str | None,
         typer.Option("--command", metavar="COMM", help="only processes with this command name"),
     ] = None,
-    db: DbPath = history.DEFAULT_DB_PATH,
+    db: DbPath = DB_DEFAULT,
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
     ] = OutputFormat.TABLE,
@@ -465,7 +466,7 @@ def top(
             metavar="SECONDS",
             help="refresh interval; rates are averages over it",
         ),
-    ] = top_view.TOP_INTERVAL_S_DEFAULT,
+    ] = TOP_INTERVAL_S_DEFAULT,
     sort: Annotated[
         SortKey, typer.Option("--sort", help="first order (keys b p t u n switch it)")
     ] = SortKey.BYTES,

@@ -17,7 +17,6 @@ Callers import from here: daemon.py (``HistoryWriter``, ``open_db``,
 
 from .reports import Report, list_reports, query_exited, reports_dir, run_report
 from .schema import (
-    DEFAULT_DB_PATH,
     StoreError,
     latest_schema_version,
     open_db,
@@ -28,7 +27,6 @@ from .timeparse import parse_time
 from .writer import HistoryWriter
 
 __all__ = [
-    "DEFAULT_DB_PATH",
     "HistoryWriter",
     "Report",
     "StoreError",

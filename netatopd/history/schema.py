@@ -24,7 +24,6 @@ import apsw
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_PATH = "/var/lib/netatop/netatop.db"
 DB_DIRECTORY_MODE = 0o750
 BUSY_TIMEOUT_MS = 5000
 JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # WAL file truncated to this after a checkpoint
