@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from .defaults import PROC_ROOT_DEFAULT
 from .libc import libc
+from .wire import IPV4_MAPPED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ class ProcAccessDenied(ProcError):
 # System call numbers (x86-64) for borrowing another process's descriptor.
 SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
-# An IPv6 socket's name for an IPv4 peer (::ffff:a.b.c.d): these 12 bytes, then the IPv4 address.
-IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 class SocketEndpoint(NamedTuple):

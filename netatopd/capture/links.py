@@ -18,14 +18,14 @@ import socket
 import struct
 import time
 
+from ..wire import ARPHRD_ETHER, ARPHRD_LOOPBACK
+
 log = logging.getLogger(__name__)
 
 SIOCGIFNAME = 0x8910
 SIOCGIFMTU = 0x8921
 SIOCGIFHWADDR = 0x8927
 
-ARPHRD_ETHER = 1
-ARPHRD_LOOPBACK = 772
 ETHERNET_HEADER_BYTES = 14  # what the kernel module adds for ethernet and loopback
 
 VANISHED_LINK = (0, 65536)  # (hhl, mtu) for an ifindex that no longer exists

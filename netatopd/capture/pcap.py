@@ -13,7 +13,7 @@ inside libpcap) as its callback and a ``pcap_dumper_t`` writing into a
 memory stream.  After the dispatch the stream is flushed, the bytes written
 are copied out, and the stream is rewound, so its buffer never grows past the
 largest batch.  Each record is a 16-byte ``struct pcap_sf_pkthdr`` followed by
-``caplen`` captured bytes (see ``PCAP_SF_PKTHDR`` in parse.py).
+``caplen`` captured bytes (``PCAP_SF_PKTHDR`` in wire.py).
 
 Immediate mode is deliberately not used: it turns off TPACKET_V3 block
 batching, which is what keeps the per-packet cost low.
@@ -36,6 +36,7 @@ from ..defaults import (
     SNAPLEN_BYTES_DEFAULT,
 )
 from ..libc import libc
+from ..wire import PCAP_SF_PKTHDR
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,9 @@ LIBPCAP_FALLBACK_NAME = "libpcap.so.0.8"
 #   bpf_u_int32 linktype;       DLT_LINUX_SLL2 here
 PCAP_FILE_HEADER = struct.Struct("=IHHiIII")
 
-# struct pcap_sf_pkthdr (libpcap sf-pcap.h), the record header pcap_dump
-# writes before each packet, 16 bytes, native byte order:
-#   uint32 ts_sec;  uint32 ts_usec;  uint32 caplen;  uint32 len
-PCAP_SF_PKTHDR = struct.Struct("=IIII")
-# The members of pcap_sf_pkthdr that Batch.newest_timestamp_s reads: ts_sec, ts_usec, caplen.
-_PCAP_SF_PKTHDR_TS_CAPLEN = struct.Struct("=III")
+# The members of pcap_sf_pkthdr (wire.PCAP_SF_PKTHDR, the record header pcap_dump
+# writes before each packet) that Batch.newest_timestamp_s reads.
+_PCAP_SF_PKTHDR_TS_CAPLEN = PCAP_SF_PKTHDR.view("ts_sec", "ts_usec", "caplen")
 
 
 class PcapStatus(IntEnum):

@@ -41,7 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
-from ..procfs import IPV4_MAPPED_PREFIX
+from ..wire import IPV4_MAPPED_PREFIX
 from . import syscalls
 from .asm import assemble, instruction_count
 from .btf import (

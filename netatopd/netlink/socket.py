@@ -148,6 +148,31 @@ class RawSocket(Protocol):
     def close(self) -> None: ...
 
 
+def open_raw(
+    protocol: int,
+    timeout_s: float | None = None,
+    *,
+    nonblocking: bool = False,
+    what: str = "",
+) -> socket.socket:
+    """An AF_NETLINK raw socket of ``protocol`` (close-on-exec); NetlinkError if refused.
+
+    ``timeout_s`` sets a kernel-side receive timeout (SO_RCVTIMEO) rather
+    than settimeout(): no poll() before each recv, and MSG_DONTWAIT still
+    returns at once while draining.  ``what`` names the socket in the error.
+    """
+    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if nonblocking else 0)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, kind, protocol)
+    except OSError as err:
+        raise NetlinkError(err.errno or errno.EIO, what or f"netlink protocol {protocol}") from err
+    if timeout_s is not None:
+        seconds = int(timeout_s)
+        microseconds = int((timeout_s - seconds) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(seconds, microseconds))
+    return sock
+
+
 class NetlinkSocket:
     """One netlink socket of protocol ``protocol`` talking to the kernel.
 
@@ -163,22 +188,7 @@ class NetlinkSocket:
         sock: RawSocket | None = None,
     ) -> None:
         if sock is None:
-            try:
-                real = socket.socket(
-                    socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol
-                )
-            except OSError as err:
-                raise NetlinkError(err.errno or errno.EIO, f"netlink protocol {protocol}") from err
-            if timeout_s is not None:
-                # A kernel-side receive timeout (SO_RCVTIMEO) rather than
-                # settimeout(): no poll() before each recv, and MSG_DONTWAIT
-                # still returns at once while draining.
-                seconds = int(timeout_s)
-                microseconds = int((timeout_s - seconds) * 1_000_000)
-                real.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(seconds, microseconds)
-                )
-            sock = real
+            sock = open_raw(protocol, timeout_s)
         self._sock: RawSocket | None = sock
         self._seq = 0
         self._buffer = bytearray(RECEIVE_BUFFER_BYTES)

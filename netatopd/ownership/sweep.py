@@ -22,7 +22,7 @@ from ..defaults import GC_INTERVAL_S_DEFAULT, TCP_IDLE_S_DEFAULT, UDP_IDLE_S_DEF
 from ..flows import Flow, FlowTable
 from ..netlink.sockdiag import SockDiag, TcpState
 from ..parse import PROTO_TCP
-from ..procfs import IPV4_MAPPED_PREFIX
+from ..wire import IPV4_MAPPED_PREFIX
 from .registry import TaskRegistry
 from .resolver import Resolver
 
