@@ -1,10 +1,12 @@
 """The daemon's options: one table for the command line, the environment and the file.
 
-Stage: interfaces.  Owns the option table (OPTIONS), the parser built from it,
-and the layering of sources: command line > environment (NETATOPD_<OPTION>,
-e.g. NETATOPD_RUN_DIR) > configuration file (TOML, keys are the long options
-without their dashes, e.g. ``run-dir = "/run/netatop"``) > defaults.  Called
-by daemon.main(); the manual page test reads OPTIONS too.
+Owns the option table (OPTIONS), the parser built from it, and the layering
+of sources: command line > environment (NETATOPD_<OPTION>, e.g.
+NETATOPD_RUN_DIR) > configuration file (TOML, keys are the long options
+without their dashes, e.g. ``run-dir = "/run/netatop"``) > defaults.  The
+default values are defaults.py's; this module imports nothing else of ours.
+Called by daemon.main.main and daemon.check; the manual page test reads
+OPTIONS too.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Owns nothing but the root of the proc tree it reads (``proc_root``, so tests
 build a fake tree under ``tmp_path``), the clock tick rate and the boot time;
 declares the identity rule (``same_process``: a pid plus its start time names
-one process) and the IPv4-mapped IPv6 prefix.  Called by the ownership
+one process).  Called by the ownership
 package (``InodeIndex``: socket inodes of a process; ``TaskRegistry``: stat,
 command line, uid, threads; ``Resolver``: socket names), by the daemon (thread
 to tgid for GETCNT_PID) and by table.py (``read_stat``: is the table's writer

@@ -1,9 +1,10 @@
 """Wire formats shared by the daemon and its clients.
 
-Stage: none (definitions only).  Owns the counter names of the kernel module's
-``struct taskcount``, the C layout of ``struct netpertask`` and the control
-socket's request and reply frames.  Imported by server.py, client.py, table.py
-and the tests; imports nothing of the package.
+Definitions only.  Owns the counter names of the kernel module's ``struct
+taskcount``, the C layout of ``struct netpertask``, the command numbers and
+the control socket's request and reply frames.  Imported by server.py,
+client.py, tasks.py, table.py, the history rows, the CLI and the tests;
+imports nothing of the package.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Stage 8: the control socket and the atop socket.
+"""The control socket and the atop socket: their listeners, clients and limits.
 
 Control socket (the kernel module's getsockopt commands): owns the listening
 Unix stream socket, the client connections with their input and output
 buffers, and the requests that are waiting (GETCNT_EXIT while the exit list is
 empty, EMPTY_EXIT while it is not, SYNC until the capture ring is drained).
-Answers come from a ``ControlBackend`` (implemented by the daemon), so this
-module never reaches into the counting stages.
+Answers come from a ``ControlBackend`` (implemented by daemon.answers), so
+this module never reaches into the counting stages (tests/unit/test_layering.py
+checks it loads only protocol, tasks, exitlist and defaults).  Built by
+daemon.main; served by daemon.loop.
 
 Wire format (see netatop-control(5) and protocol.py): a client sends 16-byte
 requests; every request gets a 16-byte reply header and a payload.  A request

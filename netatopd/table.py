@@ -1,4 +1,4 @@
-"""Stage 6: the shared-memory counter table.
+"""The shared-memory counter table: every task's counters and STATUS, for any reader.
 
 The daemon, the only writer, publishes every task's counters and the STATUS
 counters into one file in the run directory (tmpfs), memory-mapped; any number
@@ -12,7 +12,8 @@ even and unchanged around the copy.  The writer never waits for readers.
 
 State owned: the writer's mapping and its packing buffer; each reader's
 read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
-interval), cli.py and any other reader (TableReader, open_table).
+interval), the netatop command (cli.sources, cli.top: TableReader, open_table)
+and any other reader.  Whether the writer still runs is procfs.same_process.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """libpcap through ctypes: the capture stage's only contact with C.
 
-Stage: capture (first stage).  Owns one libpcap handle opened on ``any`` (or a
+Owns one libpcap handle opened on ``any`` (or a
 named interface) in Linux cooked v2 framing (DLT_LINUX_SLL2), its kernel BPF
 filter, and a libc ``open_memstream`` buffer that libpcap's own ``pcap_dump``
 writes packet records into, so that no Python code runs per packet.
-Callers: the daemon loop (``fileno()`` for poll, ``read_batch()`` when
-readable, ``stats()`` for the status counters) and the privileged tests; the
-records of a Batch are walked by ``netatopd.parse.parse_batch``.
+Callers: capture/lanes.py (one Capture per lane: ``fileno()`` for the
+selector, ``read_batch()`` when readable, ``stats()`` for STATUS),
+daemon.check (``load_libpcap``) and the privileged tests; the records of a
+Batch are summed by counting.py (``count_records``, ``count_fixed``).
 
 How a batch is read: ``pcap_dispatch`` is given ``pcap_dump`` (a C function
 inside libpcap) as its callback and a ``pcap_dumper_t`` writing into a
@@ -127,8 +128,8 @@ class Batch(NamedTuple):
     def newest_timestamp_s(self) -> float:
         """The latest record time stamp (0.0 when empty), found by a walk on request.
 
-        Not taken on the counting path: the walk costs about a tenth of a
-        microsecond per packet and the daemon does not need it.
+        Not taken on the counting path: it visits every record, and the daemon
+        does not need it (the tests do).
         """
         records = self.records
         size = len(records)

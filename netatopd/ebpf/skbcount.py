@@ -1,6 +1,6 @@
 """The kernel counting path: per-socket packets and bytes from cgroup_skb programs.
 
-Stage: capture (kernel side, the ``--capture kernel`` path; not wired into
+The kernel side of capture (a ``--capture kernel`` path; not wired into
 the daemon yet).  Owns the two ``BPF_PROG_TYPE_CGROUP_SKB`` programs
 (ingress, egress), their maps, their attachment at the root of the cgroup v2
 hierarchy (and the private cgroup2 mount made when the host has none) and

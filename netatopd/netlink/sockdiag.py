@@ -1,11 +1,12 @@
-"""Stage 3b: NETLINK_SOCK_DIAG inet_diag client (TCP, UDP; IPv4, IPv6).
+"""NETLINK_SOCK_DIAG inet_diag client (TCP, UDP; IPv4, IPv6).
 
 Owns one NetlinkSocket of protocol NETLINK_SOCK_DIAG.  ``SockDiag.lookup``
 asks the kernel for the one socket a packet's 4-tuple belongs to (an exact
 lookup, no dump); ``SockDiag.dump`` lists every socket of a protocol and
 family.  Both give SocketInfo records carrying the socket inode and uid that
-the owner resolver maps to a process through procfs.  Called by the owner
-resolver (attribution).
+the owner resolver maps to a process through procfs.  Called by
+ownership.Resolver (exact lookups: whose is this flow) and ownership.Sweeper
+(dumps of the TCP sockets: which flows' sockets are gone or closing).
 
 Facts measured on Linux 6.18 (tests/privileged/test_sockdiag.py):
 

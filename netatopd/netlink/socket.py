@@ -1,10 +1,12 @@
-"""Stage 3a: a raw AF_NETLINK request/reply socket.
+"""A raw AF_NETLINK request/reply socket.
 
-Owns one kernel netlink socket (``socket.socket(AF_NETLINK, SOCK_RAW, proto)``),
-its sequence counter and its receive buffer.  ``NetlinkSocket.request`` sends
+Owns one kernel netlink socket (``open_raw``: ``AF_NETLINK``, ``SOCK_RAW``,
+close-on-exec, the receive timeout), its sequence counter and its receive
+buffer.  ``NetlinkSocket.request`` sends
 one request and collects the payloads of the reply: a single message, or a
 multi-part reply up to NLMSG_DONE; NLMSG_ERROR becomes ``NetlinkError`` with
-the kernel's errno (an error of 0 is an ACK).  Called by ``sockdiag``.
+the kernel's errno (an error of 0 is an ACK).  Called by ``sockdiag``,
+``rtnetlink`` and ``conntrack``.
 
 The socket belongs to the network namespace of the thread that created it;
 every later request is answered from that namespace.
