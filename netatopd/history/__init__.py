@@ -10,8 +10,9 @@ A package of five modules, each with one job:
 * reports.py — the SQL report files and :func:`query_exited`;
 * timeparse.py — :func:`parse_time` for --since and --until.
 
-Callers import from here: daemon.py (``HistoryWriter``, ``open_db``,
-``StoreError``) and cli.py (``open_db`` read-only, the reports,
+Callers import from here: the daemon (daemon.engine: ``HistoryWriter``,
+``StoreError``; daemon.check: ``open_db``) and the netatop command
+(cli.commands: ``open_db`` read-only, the reports,
 ``query_exited``, ``parse_time``).
 """
 

@@ -8,7 +8,7 @@ counters behind ``netatop status``.  Only the writer thread touches the
 writer's connection; a failed or skipped write keeps its rows for the next
 interval.
 
-Callers: daemon.py (``Engine``) creates one HistoryWriter, calls
+Callers: daemon.engine.Engine creates one HistoryWriter, calls
 ``add_exited`` from the exit-list sweep and ``add_samples`` when
 ``sample_due`` says so (neither waits for the disk), reads ``stats`` for
 STATUS and calls ``stop`` on shutdown.

@@ -14,7 +14,7 @@ The modules, each owning one part:
 
 The per-task data (``TaskInfo``, ``TaskTable``, the row records) stays in
 ``netatopd.tasks`` and the exit list in ``netatopd.exitlist``: the table,
-the store and the servers read those without importing this package.  The
+the history and the servers read those without importing this package.  The
 daemon builds everything here; nothing below the daemon imports it.
 """
 
