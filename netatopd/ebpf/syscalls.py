@@ -1,6 +1,8 @@
-"""The raw bpf(2) and perf_event_open(2) system calls through ctypes.
+"""The raw bpf(2), perf_event_open(2), mount(2) and umount2(2) system calls through ctypes.
 
-Part of the optional in-kernel ownership helper.  Owns nothing; calls
+The one home of every bpf() command, flag and ``union bpf_attr`` layout the
+ebpf package uses (the ownership helper and the cgroup_skb counter).  Owns
+nothing; calls
 libc's ``syscall()`` (``netatopd.libc``).  Every function here is one system call with
 its ``union bpf_attr`` member (or ``struct perf_event_attr``) packed with
 ``struct``.  Every failure is raised as :class:`BpfSyscallError` carrying the
