@@ -648,20 +648,19 @@ class KernelCounter:
         result = {}
         for name, fd in self._prog_fds.items():
             try:
-                info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+                stats = syscalls.prog_run_stats(fd)
             except BpfSyscallError as err:
                 raise KernelCounterError(f"reading {name} info failed: {err}") from err
-            run_time_ns, run_cnt, _misses, _verified = syscalls.BPF_PROG_INFO_RUN.unpack_from(
-                info, syscalls.BPF_PROG_INFO_RUN_OFFSET
-            )
-            result[name] = (int(run_cnt), int(run_time_ns))
+            result[name] = (stats.run_cnt, stats.run_time_ns)
         return result
 
     def object_ids(self) -> tuple[list[int], list[int]]:
         """Kernel ids of the two programs and of the four maps."""
         self._require_open()
         maps = [*self._socket_fds, self._current_fd, self._stats_fd]
-        return [_object_id(fd) for fd in self._prog_fds.values()], [_object_id(fd) for fd in maps]
+        return [syscalls.object_id(fd) for fd in self._prog_fds.values()], [
+            syscalls.object_id(fd) for fd in maps
+        ]
 
     @property
     def cgroup_path(self) -> str:
@@ -686,12 +685,6 @@ class KernelCounter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _object_id(fd: int) -> int:
-    """The kernel id of a program or map (both info structs start with type, id)."""
-    info = syscalls.obj_get_info(fd, syscalls.BPF_INFO_HEAD.size)
-    return int(syscalls.BPF_INFO_HEAD.unpack(info)[1])
 
 
 def _reason(what: str, err: BpfSyscallError) -> str:

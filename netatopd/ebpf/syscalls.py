@@ -25,6 +25,7 @@ import logging
 import os
 import struct
 from enum import IntEnum
+from typing import NamedTuple
 
 from ..libc import libc
 
@@ -468,6 +469,28 @@ def obj_get_info(fd: int, info_size: int) -> bytes:
     attr = _buffer(BPF_ATTR_INFO.pack(fd, info_size, _address(info)))
     bpf(BpfCmd.OBJ_GET_INFO_BY_FD, attr)
     return info.raw
+
+
+def object_id(fd: int) -> int:
+    """The kernel id of a program or map (both info structs start with type, id)."""
+    info = obj_get_info(fd, BPF_INFO_HEAD.size)
+    return int(BPF_INFO_HEAD.unpack(info)[1])
+
+
+class ProgRunStats(NamedTuple):
+    """A program's run statistics from struct bpf_prog_info (counted while
+    BPF_ENABLE_STATS is on) and its verified instruction count."""
+
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+    verified_insns: int
+
+
+def prog_run_stats(prog_fd: int) -> ProgRunStats:
+    """BPF_OBJ_GET_INFO_BY_FD of a program, its run statistics."""
+    info = obj_get_info(prog_fd, BPF_PROG_INFO_SIZE)
+    return ProgRunStats(*BPF_PROG_INFO_RUN.unpack_from(info, BPF_PROG_INFO_RUN_OFFSET))
 
 
 def enable_run_stats() -> int:

@@ -150,6 +150,15 @@ class RawSocket(Protocol):
     def close(self) -> None: ...
 
 
+def family_of(address: bytes) -> int:
+    """AF_INET for a 4-byte address, AF_INET6 for a 16-byte one."""
+    if len(address) == 4:
+        return socket.AF_INET
+    if len(address) == 16:
+        return socket.AF_INET6
+    raise ValueError(f"an address is 4 or 16 bytes, not {len(address)}")
+
+
 def open_raw(
     protocol: int,
     timeout_s: float | None = None,
