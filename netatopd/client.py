@@ -18,6 +18,7 @@ import socket
 import struct
 from typing import NamedTuple
 
+from .defaults import CONTROL_SOCKET_NAME, RUN_DIR_DEFAULT
 from .protocol import (
     COUNTER_NAMES,
     NETPERTASK_SIZE,
@@ -28,9 +29,6 @@ from .protocol import (
     Command,
     unpack_netpertask,
 )
-
-RUN_DIR_DEFAULT = "/run/netatop"
-CONTROL_SOCKET_NAME = "control"
 
 
 class DaemonNotRunning(ConnectionError):

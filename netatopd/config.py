@@ -1,10 +1,12 @@
 """The daemon's options: one table for the command line, the environment and the file.
 
-Stage: interfaces.  Owns the option table (OPTIONS), the parser built from it,
-and the layering of sources: command line > environment (NETATOPD_<OPTION>,
-e.g. NETATOPD_RUN_DIR) > configuration file (TOML, keys are the long options
-without their dashes, e.g. ``run-dir = "/run/netatop"``) > defaults.  Called
-by daemon.main(); the manual page test reads OPTIONS too.
+Owns the option table (OPTIONS), the parser built from it, and the layering
+of sources: command line > environment (NETATOPD_<OPTION>, e.g.
+NETATOPD_RUN_DIR) > configuration file (TOML, keys are the long options
+without their dashes, e.g. ``run-dir = "/run/netatop"``) > defaults.  The
+default values are defaults.py's; this module imports nothing else of ours.
+Called by daemon.main.main and daemon.check; the manual page test reads
+OPTIONS too.
 """
 
 from __future__ import annotations
@@ -15,21 +17,36 @@ import tomllib
 from typing import Any, NamedTuple
 
 from . import __version__
-from .client import RUN_DIR_DEFAULT
-from .exitlist import EXIT_LIFETIME_S_DEFAULT
-from .flows import MAX_FLOWS_DEFAULT
-from .ownership import (
+from .defaults import (
+    ATOP_SOCKET_DEFAULT,
+    BUFFER_MIB_DEFAULT,
+    CAPTURE_TIMEOUT_MS_DEFAULT,
+    CONFIG_DEFAULT,
+    CONTROL_MODE_DEFAULT,
+    DB_DEFAULT,
+    EXIT_LIFETIME_S_DEFAULT,
+    FLUSH_INTERVAL_S_DEFAULT,
     GC_INTERVAL_S_DEFAULT,
+    HOLD_MIN_PPS,
+    HOLD_MS_DEFAULT,
+    HOLD_MS_WITH_KERNEL_OWNERSHIP,
+    INTERFACE_DEFAULT,
+    LOG_LEVEL_DEFAULT,
+    MAX_FLOWS_DEFAULT,
+    MAX_TASKS_DEFAULT,
+    OWNERSHIP_DEFAULT,
+    PUBLISH_INTERVAL_MS_DEFAULT,
     RESCAN_INTERVAL_S_DEFAULT,
+    RETENTION_DAYS_DEFAULT,
+    RUN_DIR_DEFAULT,
+    SAMPLE_INTERVAL_S_DEFAULT,
+    SNAPLEN_BYTES_DEFAULT,
+    TABLE_CAPACITY_DEFAULT,
     TCP_IDLE_S_DEFAULT,
     UDP_IDLE_S_DEFAULT,
     UNOWNED_LIMIT_S_DEFAULT,
 )
-from .tasks import MAX_TASKS_DEFAULT
 
-DB_DEFAULT = "/var/lib/netatop/netatop.db"
-ATOP_SOCKET_DEFAULT = "/run/netatop-bpf-socket"
-CONFIG_DEFAULT = "/etc/netatop/netatopd.toml"
 ENV_PREFIX = "NETATOPD_"
 
 
@@ -49,7 +66,7 @@ class Option(NamedTuple):
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--interface", str, "any", "interface to capture on"),
+    Option("--interface", str, INTERFACE_DEFAULT, "interface to capture on"),
     Option("--run-dir", str, RUN_DIR_DEFAULT, "runtime directory: control socket, shared table"),
     Option("--db", str, DB_DEFAULT, "SQLite history database"),
     Option(
@@ -58,11 +75,13 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "keep no SQLite history (finished processes stay only in the exit list)",
     ),
-    Option("--control-mode", str, "0600", "permission bits of the control socket, octal"),
+    Option(
+        "--control-mode", str, CONTROL_MODE_DEFAULT, "permission bits of the control socket, octal"
+    ),
     Option(
         "--snaplen",
         int,
-        128,
+        SNAPLEN_BYTES_DEFAULT,
         "bytes captured per packet of the lane for uncommon frames (the fixed"
         " lanes capture 44 or 64)",
         64,
@@ -70,7 +89,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--buffer-mib",
         int,
-        64,
+        BUFFER_MIB_DEFAULT,
         "capture ring memory in MiB: each fixed lane gets 2/5, the other lane 1/5",
         1,
     ),
@@ -85,18 +104,18 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--capture-timeout-ms",
         int,
-        10,
+        CAPTURE_TIMEOUT_MS_DEFAULT,
         "libpcap block timeout: a packet is read at most this late",
         1,
     ),
     Option(
         "--hold-ms",
         int,
-        -1,
-        "under sustained load (20,000 packets a second or more) leave the capture"
-        " ring unread this long after each drain, so batches grow; 0: never;"
-        " -1: 50 with the eBPF helper (owners are recorded at system-call time),"
-        " 0 without it",
+        HOLD_MS_DEFAULT,
+        f"under sustained load ({HOLD_MIN_PPS:,} packets a second or more) leave the"
+        " capture ring unread this long after each drain, so batches grow; 0: never;"
+        f" -1: {HOLD_MS_WITH_KERNEL_OWNERSHIP} with the eBPF helper (owners are recorded"
+        " at system-call time), 0 without it",
         -1,
     ),
     Option("--gc-interval-s", float, GC_INTERVAL_S_DEFAULT, "garbage collection interval", 0.01),
@@ -137,23 +156,39 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--max-flows", int, MAX_FLOWS_DEFAULT, "flow table cap", 1),
     Option("--max-tasks", int, MAX_TASKS_DEFAULT, "task table cap", 1),
-    Option("--publish-interval-ms", int, 250, "how often the shared table is rewritten", 10),
-    Option("--table-capacity", int, MAX_TASKS_DEFAULT + 20_000, "rows of the shared table", 1),
     Option(
-        "--flush-interval-s", float, 5.0, "how often finished processes are written to SQLite", 0.01
+        "--publish-interval-ms",
+        int,
+        PUBLISH_INTERVAL_MS_DEFAULT,
+        "how often the shared table is rewritten",
+        10,
+    ),
+    Option("--table-capacity", int, TABLE_CAPACITY_DEFAULT, "rows of the shared table", 1),
+    Option(
+        "--flush-interval-s",
+        float,
+        FLUSH_INTERVAL_S_DEFAULT,
+        "how often finished processes are written to SQLite",
+        0.01,
     ),
     Option(
         "--sample-interval-s",
         float,
-        60.0,
+        SAMPLE_INTERVAL_S_DEFAULT,
         "how often running processes are sampled into SQLite; 0 disables",
         0,
     ),
-    Option("--retention-days", float, 30.0, "history older than this is deleted", 0.001),
+    Option(
+        "--retention-days",
+        float,
+        RETENTION_DAYS_DEFAULT,
+        "history older than this is deleted",
+        0.001,
+    ),
     Option(
         "--ownership",
         str,
-        "auto",
+        OWNERSHIP_DEFAULT,
         "who tells the owner of a flow: kernel (eBPF helper), proc (/proc and sock_diag), "
         "auto (kernel where it loads, else proc)",
         None,
@@ -175,7 +210,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--log-level",
         str,
-        "warning",
+        LOG_LEVEL_DEFAULT,
         "log level on stderr",
         None,
         ("debug", "info", "warning", "error"),

@@ -17,9 +17,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from .defaults import EXIT_LIFETIME_S_DEFAULT
 from .tasks import ExitedTask
-
-EXIT_LIFETIME_S_DEFAULT = 15.0
 
 
 class ExitList:

@@ -3,11 +3,12 @@
 Owns one Flow per local socket endpoint seen on the wire: a TCP connection
 (local and remote address and port) or a UDP local endpoint (local address and
 port, as the module keys UDP by local port).  A flow holds the counters of its
-packets that were not yet settled into a task.  Callers: the daemon's
-drain_capture (``charge`` with counting.py's sums of each batch); the resolver
-(attribution.py: ``new``, ``dirty``, the named lookups ``tcp_flow``,
-``udp_flow`` and ``udp_flows_on_port``, ``remove``, ``write_off``), which finds
-owners and settles counters; the sweep (exitlist.py: ``all_flows``).
+packets that were not yet settled into a task.  Callers: the daemon's engine
+(daemon.engine.Engine, ``charge`` with counting.py's sums of each batch);
+ownership.Resolver (``new``, ``dirty``, the named lookups ``tcp_flow``,
+``udp_flow`` and ``udp_flows_on_port``, ``remove``, ``write_off``), which
+finds owners and settles counters; ownership.Sweeper (``all_flows``), which
+drops idle and closed flows.
 
 Per batch this table does one dictionary lookup per endpoint of each distinct
 (kind, packet key) sum and four integer additions; everything else (owners,
@@ -21,6 +22,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from .counting import BatchSums
+from .defaults import MAX_FLOWS_DEFAULT
 from .wire import PROTO_TCP, PROTO_UDP
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_FLOWS_DEFAULT = 200_000
 # Entries in each of the two UDP packet-key caches of charge; a cache that grows
 # past this is emptied (it is refilled from the local endpoints as packets come).
 UDP_KEY_CACHE_ENTRIES_MAX = 16_384

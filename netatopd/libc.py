@@ -3,9 +3,10 @@
 Owns the one ``ctypes.CDLL`` handle of libc (errno kept for
 ``ctypes.get_errno()``, ``syscall()`` returning a C long).  Callers:
 ``procfs`` (pidfd_open, pidfd_getfd), ``capture.pcap`` (the open_memstream
-stream libpcap writes through) and ``ebpf.syscalls`` (bpf, perf_event_open,
-mount).  Each caller declares the prototypes of the other calls it makes;
-the handle is loaded at the first call, so importing a caller costs nothing.
+stream libpcap writes through), ``ebpf.syscalls`` (bpf, perf_event_open,
+mount, umount2) and the privileged tests (setns, tests/privileged/netns.py).
+Each caller declares the prototypes of the other calls it makes; the handle
+is loaded at the first call, so importing a caller costs nothing.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ reads are wire.py's.  The caller owns the reject counters (a list indexed by
 ``Reject``) and the link table (ifindex -> (link header bytes, MTU bytes),
 see capture/links.py).
 Callers: counting.py (``parse_record`` for the frames its fast walk does not
-take, ``direction`` and ``wire_bytes`` per distinct row of a fixed lane),
-``parse_batch`` for the tests, the benchmarks and the privileged capture tests.
+take, ``direction`` and ``wire_bytes`` per distinct row of a fixed lane).
+``parse_batch`` (every record of a batch, one by one) is the plain path the
+tests, the benchmarks and the privileged capture tests compare against; the
+daemon does not call it.
 
 A packet is ``(direction, proto, key, wire_bytes)``:
 

@@ -3,7 +3,7 @@
 Owns nothing but the root of the proc tree it reads (``proc_root``, so tests
 build a fake tree under ``tmp_path``), the clock tick rate and the boot time;
 declares the identity rule (``same_process``: a pid plus its start time names
-one process) and the IPv4-mapped IPv6 prefix.  Called by the ownership
+one process).  Called by the ownership
 package (``InodeIndex``: socket inodes of a process; ``TaskRegistry``: stat,
 command line, uid, threads; ``Resolver``: socket names), by the daemon (thread
 to tgid for GETCNT_PID) and by table.py (``read_stat``: is the table's writer
@@ -23,7 +23,9 @@ import os
 import socket
 from typing import NamedTuple
 
+from .defaults import PROC_ROOT_DEFAULT
 from .libc import libc
+from .wire import IPV4_MAPPED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,6 @@ class ProcAccessDenied(ProcError):
 # System call numbers (x86-64) for borrowing another process's descriptor.
 SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
-PROC_ROOT_DEFAULT = "/proc"
-# An IPv6 socket's name for an IPv4 peer (::ffff:a.b.c.d): these 12 bytes, then the IPv4 address.
-IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 class SocketEndpoint(NamedTuple):

@@ -1,9 +1,10 @@
 """Wire formats shared by the daemon and its clients.
 
-Stage: none (definitions only).  Owns the counter names of the kernel module's
-``struct taskcount``, the C layout of ``struct netpertask`` and the control
-socket's request and reply frames.  Imported by server.py, client.py, table.py
-and the tests; imports nothing of the package.
+Definitions only.  Owns the counter names of the kernel module's ``struct
+taskcount``, the C layout of ``struct netpertask``, the command numbers and
+the control socket's request and reply frames.  Imported by server.py,
+client.py, tasks.py, table.py, the history rows, the CLI and the tests;
+imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ COUNTER_NAMES: tuple[str, ...] = (
 NETPERTASK = struct.Struct("=i4xQ16s8Q")
 NETPERTASK_SIZE = 96
 
-# getsockopt command numbers of the kernel module (netatop.h, NETATOP_BASE_CTL
-# 15661); the control socket keeps them, and adds its own from BASE + 16.
-NETATOP_BASE_CTL = 15661
-
 
 class Command(IntEnum):
+    """The getsockopt command numbers of the kernel module (netatop.h: NETATOP_BASE_CTL
+    15661 and up); the control socket keeps them and adds its own from 15661 + 16."""
+
     PROBE = 15661
     FORCE_GC = 15662
     EMPTY_EXIT = 15663

@@ -33,7 +33,8 @@ import pwd
 import socket
 import stat
 
-LOCK_NAME = "lock"
+from .defaults import LOCK_NAME
+
 RUN_DIR_MODE = 0o755
 DATABASE_DIR_MODE = 0o750
 

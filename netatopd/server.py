@@ -1,11 +1,13 @@
-"""Stage 8: the control socket and the atop socket.
+"""The control socket and the atop socket: their listeners, clients and limits.
 
 Control socket (the kernel module's getsockopt commands): owns the listening
 Unix stream socket, the client connections with their input and output
 buffers, and the requests that are waiting (GETCNT_EXIT while the exit list is
 empty, EMPTY_EXIT while it is not, SYNC until the capture ring is drained).
-Answers come from a ``ControlBackend`` (implemented by the daemon), so this
-module never reaches into the counting stages.
+Answers come from a ``ControlBackend`` (implemented by daemon.answers), so
+this module never reaches into the counting stages (tests/unit/test_layering.py
+checks it loads only protocol, tasks, exitlist and defaults).  Built by
+daemon.main; served by daemon.loop.
 
 Wire format (see netatop-control(5) and protocol.py): a client sends 16-byte
 requests; every request gets a 16-byte reply header and a payload.  A request
@@ -576,7 +578,6 @@ class ControlServer(UnixStreamServer[Connection]):
 
 # -- the atop socket ----------------------------------------------------------------------
 
-ATOP_SOCKET_PATH_DEFAULT = "/run/netatop-bpf-socket"
 # Records per send(): 341 x 96 = 32736 bytes, a whole number of records that fits in
 # one kernel buffer (skb) of a Unix stream socket, so the peer never sees a part of it.
 # Linux puts at most (SO_SNDBUF / 2 - 64) bytes, and about 36 KiB, in one skb.

@@ -11,7 +11,7 @@ screen.  A ``Family`` stands for figures whose names a source makes up itself
   daemon's engine at each publish);
 * the table's status layout, ``TABLE_FIELDS`` (read by table.py: a slot is
   part of the file format, so slots are only ever appended);
-* the groups and labels ``netatop status`` shows (cli.py's status_lines).
+* the groups and labels ``netatop status`` shows (cli.status.status_lines).
 
 A source is an attribute path evaluated on an object the daemon hands in:
 dots separate the steps, a step ending in ``()`` is called, a step into a

@@ -1,4 +1,4 @@
-"""Stage 6: the shared-memory counter table.
+"""The shared-memory counter table: every task's counters and STATUS, for any reader.
 
 The daemon, the only writer, publishes every task's counters and the STATUS
 counters into one file in the run directory (tmpfs), memory-mapped; any number
@@ -12,7 +12,8 @@ even and unchanged around the copy.  The writer never waits for readers.
 
 State owned: the writer's mapping and its packing buffer; each reader's
 read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
-interval), cli.py and any other reader (TableReader, open_table).
+interval), the netatop command (cli.sources, cli.top: TableReader, open_table)
+and any other reader.  Whether the writer still runs is procfs.same_process.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import NamedTuple
 
-from .procfs import ProcError, read_stat
+from .defaults import PROC_ROOT_DEFAULT, TABLE_FILE_NAME
+from .procfs import ProcError, read_stat, same_process
 from .protocol import COUNTER_NAMES
 from .status import TABLE_FIELDS, TABLE_SLOTS
 from .tasks import Kind, TaskRow
 
 log = logging.getLogger(__name__)
 
-TABLE_FILE_NAME = "table"
 TABLE_MAGIC = b"NETATOPT"
 TABLE_LAYOUT_VERSION = 1
 
@@ -118,7 +119,6 @@ _COUNTER_COUNT = len(COUNTER_NAMES)  # counters[] in a row
 NS_PER_S = 1_000_000_000  # int: int / int is rounded once, exactly
 _KINDS = {int(kind): kind for kind in Kind}
 _COMMAND_CACHE_MAX = 65536
-_PROC_ROOT = "/proc"
 
 
 class TableError(Exception):
@@ -160,15 +160,7 @@ def table_path(run_dir: str) -> str:
     return os.path.join(run_dir, TABLE_FILE_NAME)
 
 
-def _read_start_ticks(pid: int, proc_root: str = _PROC_ROOT) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks after boot), None if unreadable."""
-    try:
-        return read_stat(pid, proc_root).start_time_ticks
-    except ProcError:
-        return None
-
-
-def _read_boot_id(proc_root: str = _PROC_ROOT) -> bytes:
+def _read_boot_id(proc_root: str = PROC_ROOT_DEFAULT) -> bytes:
     """The 16 raw bytes of this boot's id, or 16 zero bytes if unknown."""
     try:
         with open(f"{proc_root}/sys/kernel/random/boot_id", encoding="ascii") as boot_file:
@@ -196,7 +188,10 @@ class TableWriter:
         self.publish_interval_ms = publish_interval_ms
         self._size = TABLE_HEADER.size + capacity_rows * TABLE_ROW.size
         self._pid = os.getpid()
-        self._start_ticks = _read_start_ticks(os.getpid()) or 0
+        try:
+            self._start_ticks = read_stat(os.getpid()).start_time_ticks
+        except ProcError:
+            self._start_ticks = 0  # readers then rely on kill(pid, 0) alone
         self._boot_id = _read_boot_id()
         self._created_ns = time.time_ns()
         self._generation = 0
@@ -492,8 +487,10 @@ class TableReader:
             if err.errno != errno.EPERM:
                 gone = True
         if not gone and self.daemon_start_ticks:
-            ticks = _read_start_ticks(pid)
-            gone = ticks is not None and ticks != self.daemon_start_ticks
+            try:
+                gone = not same_process(read_stat(pid), self.daemon_start_ticks)
+            except ProcError:
+                pass  # unreadable: kill(0) found it, so count it as running
         if gone:
             raise TableStale(
                 f"the table {self.path} is stale: its daemon (pid {pid}) is no longer "

@@ -4,7 +4,7 @@ Owns one TaskInfo per process (tgid) that has been seen on the network, with
 the eight counters of ``struct taskcount`` (and per thread where the kernel
 named the thread), and the TaskTable that holds them with its cap.  Data
 only: ``ownership.TaskRegistry`` makes and finishes tasks, ``Resolver``
-settles a flow's counters into its owner (``add``); the table, the store,
+settles a flow's counters into its owner (``add``); the table, the history,
 the servers and the CLI read snapshots as TaskRow / ExitedTask records, and
 so depend on this module without importing the ownership package.
 """
@@ -15,6 +15,7 @@ import logging
 from enum import IntEnum
 from typing import NamedTuple
 
+from .defaults import MAX_TASKS_DEFAULT
 from .protocol import COUNTER_NAMES
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ class ExitedTask(NamedTuple):
     last_activity_s: float
     exit_time_s: float  # epoch seconds when the garbage collector saw it gone
     counters: tuple[int, ...]
-
-
-MAX_TASKS_DEFAULT = 100_000
 
 
 class TaskInfo:

@@ -1,8 +1,11 @@
-"""Capture stage: libpcap ring reader (pcap.py) and interface facts (links.py).
+"""Capture: where packets enter, as batches of raw cooked-v2 records.
 
-Stage: capture, the first stage.  Owns the libpcap handle and the link table;
-hands raw cooked-v2 packet records to parse.py in batches.
-Callers: the daemon loop and the privileged tests.
+``pcap`` owns one libpcap handle (the only contact with libpcap), ``lanes``
+splits the traffic over a few handles by kernel filter (``CaptureLanes``),
+``links`` knows each interface's link header and MTU (``LinkTable``).  The
+batches go to counting.py.  Callers: the daemon (daemon.main opens the
+lanes, daemon.engine drains them, daemon.check loads libpcap), the
+privileged tests and the benchmarks.
 """
 
 from netatopd.capture.links import LinkTable

@@ -36,6 +36,12 @@ import logging
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..defaults import (
+    BUFFER_MIB_DEFAULT,
+    CAPTURE_TIMEOUT_MS_DEFAULT,
+    INTERFACE_DEFAULT,
+    SNAPLEN_BYTES_DEFAULT,
+)
 from ..wire import (
     ETH_P_IP,
     ETH_P_IPV6,
@@ -119,10 +125,10 @@ class CaptureLanes:
 
     def __init__(
         self,
-        interface: str = "any",
-        snaplen_bytes: int = 128,
-        buffer_bytes: int = 64 << 20,
-        timeout_ms: int = 10,
+        interface: str = INTERFACE_DEFAULT,
+        snaplen_bytes: int = SNAPLEN_BYTES_DEFAULT,
+        buffer_bytes: int = BUFFER_MIB_DEFAULT << 20,
+        timeout_ms: int = CAPTURE_TIMEOUT_MS_DEFAULT,
         single: bool = False,
     ) -> None:
         self.interface = interface

@@ -1,12 +1,13 @@
 """Interface facts the parser needs: link header length and MTU per ifindex.
 
-Stage: capture (beside pcap.py).  Owns a cache ifindex -> (link header bytes,
+Owns a cache ifindex -> (link header bytes,
 MTU bytes) filled on first use from the kernel with ioctls (SIOCGIFNAME,
 SIOCGIFMTU, SIOCGIFHWADDR) on one datagram socket.  That socket is opened when
 the table is made, so every lookup answers for the network namespace the
 table was made in, whichever thread or namespace asks later.
-Callers: the daemon (makes one table, ``forget``/``clear`` when links change)
-and parse.py (reads it as a Mapping, per packet).
+Callers: the daemon (daemon.engine makes one table, daemon.loop clears it
+when links change), counting.py and parse.py (read it as a Mapping, per distinct
+interface of a batch or per packet).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import socket
 import struct
 import time
 
+from ..wire import ARPHRD_ETHER, ARPHRD_LOOPBACK
+
 log = logging.getLogger(__name__)
 
 SIOCGIFNAME = 0x8910
 SIOCGIFMTU = 0x8921
 SIOCGIFHWADDR = 0x8927
 
-ARPHRD_ETHER = 1
-ARPHRD_LOOPBACK = 772
 ETHERNET_HEADER_BYTES = 14  # what the kernel module adds for ethernet and loopback
 
 VANISHED_LINK = (0, 65536)  # (hhl, mtu) for an ifindex that no longer exists

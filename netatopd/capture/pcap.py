@@ -1,19 +1,20 @@
 """libpcap through ctypes: the capture stage's only contact with C.
 
-Stage: capture (first stage).  Owns one libpcap handle opened on ``any`` (or a
+Owns one libpcap handle opened on ``any`` (or a
 named interface) in Linux cooked v2 framing (DLT_LINUX_SLL2), its kernel BPF
 filter, and a libc ``open_memstream`` buffer that libpcap's own ``pcap_dump``
 writes packet records into, so that no Python code runs per packet.
-Callers: the daemon loop (``fileno()`` for poll, ``read_batch()`` when
-readable, ``stats()`` for the status counters) and the privileged tests; the
-records of a Batch are walked by ``netatopd.parse.parse_batch``.
+Callers: capture/lanes.py (one Capture per lane: ``fileno()`` for the
+selector, ``read_batch()`` when readable, ``stats()`` for STATUS),
+daemon.check (``load_libpcap``) and the privileged tests; the records of a
+Batch are summed by counting.py (``count_records``, ``count_fixed``).
 
 How a batch is read: ``pcap_dispatch`` is given ``pcap_dump`` (a C function
 inside libpcap) as its callback and a ``pcap_dumper_t`` writing into a
 memory stream.  After the dispatch the stream is flushed, the bytes written
 are copied out, and the stream is rewound, so its buffer never grows past the
 largest batch.  Each record is a 16-byte ``struct pcap_sf_pkthdr`` followed by
-``caplen`` captured bytes (see ``PCAP_SF_PKTHDR`` in parse.py).
+``caplen`` captured bytes (``PCAP_SF_PKTHDR`` in wire.py).
 
 Immediate mode is deliberately not used: it turns off TPACKET_V3 block
 batching, which is what keeps the per-packet cost low.
@@ -29,7 +30,14 @@ from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..defaults import (
+    BUFFER_MIB_DEFAULT,
+    CAPTURE_TIMEOUT_MS_DEFAULT,
+    INTERFACE_DEFAULT,
+    SNAPLEN_BYTES_DEFAULT,
+)
 from ..libc import libc
+from ..wire import PCAP_SF_PKTHDR
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +64,9 @@ LIBPCAP_FALLBACK_NAME = "libpcap.so.0.8"
 #   bpf_u_int32 linktype;       DLT_LINUX_SLL2 here
 PCAP_FILE_HEADER = struct.Struct("=IHHiIII")
 
-# struct pcap_sf_pkthdr (libpcap sf-pcap.h), the record header pcap_dump
-# writes before each packet, 16 bytes, native byte order:
-#   uint32 ts_sec;  uint32 ts_usec;  uint32 caplen;  uint32 len
-PCAP_SF_PKTHDR = struct.Struct("=IIII")
-# The members of pcap_sf_pkthdr that Batch.newest_timestamp_s reads: ts_sec, ts_usec, caplen.
-_PCAP_SF_PKTHDR_TS_CAPLEN = struct.Struct("=III")
+# The members of pcap_sf_pkthdr (wire.PCAP_SF_PKTHDR, the record header pcap_dump
+# writes before each packet) that Batch.newest_timestamp_s reads.
+_PCAP_SF_PKTHDR_TS_CAPLEN = PCAP_SF_PKTHDR.view("ts_sec", "ts_usec", "caplen")
 
 
 class PcapStatus(IntEnum):
@@ -123,8 +128,8 @@ class Batch(NamedTuple):
     def newest_timestamp_s(self) -> float:
         """The latest record time stamp (0.0 when empty), found by a walk on request.
 
-        Not taken on the counting path: the walk costs about a tenth of a
-        microsecond per packet and the daemon does not need it.
+        Not taken on the counting path: it visits every record, and the daemon
+        does not need it (the tests do).
         """
         records = self.records
         size = len(records)
@@ -299,10 +304,10 @@ class Capture:
 
     def __init__(
         self,
-        interface: str = "any",
-        snaplen_bytes: int = 128,
-        buffer_bytes: int = 64 << 20,
-        timeout_ms: int = 10,
+        interface: str = INTERFACE_DEFAULT,
+        snaplen_bytes: int = SNAPLEN_BYTES_DEFAULT,
+        buffer_bytes: int = BUFFER_MIB_DEFAULT << 20,
+        timeout_ms: int = CAPTURE_TIMEOUT_MS_DEFAULT,
         bpf_filter: str = DEFAULT_FILTER,
     ) -> None:
         self.interface = interface

@@ -24,6 +24,7 @@ import typer
 
 from .. import history
 from ..client import ControlClient, DaemonNotRunning, ProtocolError, run_dir_from_env
+from ..defaults import DB_DEFAULT, TOP_INTERVAL_S_DEFAULT
 from ..table import TableError
 from . import rows, sources
 from . import top as top_view
@@ -285,7 +286,7 @@ def exited(
     until: Until = None,
     limit: Limit = None,
     pid: Pid = None,
-    db: DbPath = history.DEFAULT_DB_PATH,
+    db: DbPath = DB_DEFAULT,
     run_dir: RunDir = None,
 ) -> None:
     """Finished processes, oldest first.
@@ -364,7 +365,7 @@ def report(
             f"{TIE_BREAK})",
         ),
     ] = None,
-    db: DbPath = history.DEFAULT_DB_PATH,
+    db: DbPath = DB_DEFAULT,
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
     ] = OutputFormat.TABLE,
@@ -529,7 +530,7 @@ def top(
             metavar="SECONDS",
             help="refresh interval; rates are averages over it",
         ),
-    ] = top_view.TOP_INTERVAL_S_DEFAULT,
+    ] = TOP_INTERVAL_S_DEFAULT,
     sort: Annotated[
         SortKey,
         typer.Option("--sort", help=f"first order, {SORT_HELP} (keys b p s r S R t u n switch it)"),

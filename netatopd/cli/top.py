@@ -35,7 +35,6 @@ from .format import (
 from .rows import COMMAND_COLUMN, PID_COLUMN, SortKey, TaskCounts
 from .sources import NoPermission, Unavailable
 
-TOP_INTERVAL_S_DEFAULT = 2.0
 TOP_INTERVAL_S_MIN = 0.1
 TOP_HEADER_LINES = 5  # title, keys, totals, blank line, column header
 

@@ -12,8 +12,8 @@ import os
 
 from .. import __version__
 from ..capture.pcap import LibpcapMissing, load_libpcap
-from ..client import CONTROL_SOCKET_NAME
 from ..config import OPTIONS
+from ..defaults import CONTROL_SOCKET_NAME
 from ..history import StoreError, open_db
 from ..server import ServerError, prepare_socket_path
 from .exitcodes import ExitCode

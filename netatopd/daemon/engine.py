@@ -6,9 +6,9 @@ and the figures about them.  The event loop (loop.EventLoop) calls
 ``drain_capture`` and ``housekeeping`` on every pass and asks
 ``seconds_until_next_work`` how long it may sleep; the control and atop
 answers (answers.Answers) read the same objects.  Each pass reads the capture
-lanes dry in batches; each batch is counted on its flows
-(``FlowTable.account_fixed`` / ``account_records``), then new flows' owners are
-looked up and counters settled into tasks.  Nothing here runs per packet.
+lanes dry in batches; each batch is summed (``counting.count_fixed`` /
+``count_records``) and the sums charged to their flows (``FlowTable.charge``),
+then new flows' owners are looked up and counters settled into tasks.  Nothing here runs per packet.
 
 Time comes from a ``Clock`` (wall and monotonic), passed in so tests can
 drive it.
@@ -42,9 +42,9 @@ from .readings import StatusReadings
 
 log = logging.getLogger(__name__)
 
-# Records a read takes from one capture lane at most: with the 50 ms hold a lane
-# gathers a few thousand packets at moderate rates, and one read of them costs one
-# pass of the counting functions.
+# Records a read takes from one capture lane at most: enough that what a lane gathers
+# during a hold is usually one read (one call of the counting functions), few enough
+# that a batch's memory stays small.
 BATCH_PACKETS = 8192
 IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long

@@ -13,11 +13,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-HOLD_MIN_PPS = 20_000  # --hold-ms applies from this counted rate (config.py's help says it)
-# --hold-ms -1: the hold with the eBPF helper.  It records each flow's owner when the
-# process sends or receives, so reading packets later loses no owner; without it a
-# later read finds fewer short-lived processes in /proc, so there is no hold then.
-HOLD_MS_WITH_KERNEL_OWNERSHIP = 50
+from ..defaults import HOLD_MIN_PPS, HOLD_MS_WITH_KERNEL_OWNERSHIP
 
 
 def hold_seconds(hold_ms_option: int, kernel_ownership: bool) -> float:

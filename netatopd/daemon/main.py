@@ -19,8 +19,8 @@ from typing import NoReturn
 from .. import __version__
 from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError, CapturePermissionError, LibpcapMissing
-from ..client import CONTROL_SOCKET_NAME
 from ..config import ConfigError, resolve
+from ..defaults import CONTROL_SOCKET_NAME
 from ..server import AtopServer, ControlServer, ServerError
 from .answers import Answers
 from .check import check

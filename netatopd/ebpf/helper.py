@@ -41,7 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
-from ..procfs import IPV4_MAPPED_PREFIX
+from ..wire import IPV4_MAPPED_PREFIX
 from . import syscalls
 from .asm import assemble, instruction_count
 from .btf import (
@@ -551,16 +551,13 @@ class KernelOwnership:
         }
         for name, fd in self._prog_fds.items():
             try:
-                info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+                stats = syscalls.prog_run_stats(fd)
             except BpfSyscallError as err:
                 raise EbpfUnavailable(f"reading {name} info failed: {err}") from err
-            run_time_ns, run_cnt, misses, verified = syscalls.BPF_PROG_INFO_RUN.unpack_from(
-                info, syscalls.BPF_PROG_INFO_RUN_OFFSET
-            )
-            result[f"{name}_run_cnt"] = run_cnt
-            result[f"{name}_run_time_ns"] = run_time_ns
-            result[f"{name}_recursion_misses"] = misses
-            result[f"{name}_verified_insns"] = verified
+            result[f"{name}_run_cnt"] = stats.run_cnt
+            result[f"{name}_run_time_ns"] = stats.run_time_ns
+            result[f"{name}_recursion_misses"] = stats.recursion_misses
+            result[f"{name}_verified_insns"] = stats.verified_insns
         for counter, value in self.counters().items():
             result[f"ebpf_{counter.name.lower()}"] = value
         result["ebpf_flow_map_entries"] = self._flow_entries
@@ -592,8 +589,8 @@ class KernelOwnership:
     def object_ids(self) -> tuple[list[int], list[int]]:
         """The kernel ids of this helper's programs and maps."""
         maps = self._require_loaded()
-        prog_ids = [_object_id(fd) for fd in self._prog_fds.values()]
-        map_ids = [_object_id(fd) for fd in maps]
+        prog_ids = [syscalls.object_id(fd) for fd in self._prog_fds.values()]
+        map_ids = [syscalls.object_id(fd) for fd in maps]
         return prog_ids, map_ids
 
     # --- unloading -------------------------------------------------------------------
@@ -620,12 +617,6 @@ class KernelOwnership:
 
 def _monotonic_ms() -> float:
     return time.monotonic_ns() / 1e6
-
-
-def _object_id(fd: int) -> int:
-    """The kernel id of a program or map (both info structs start with type, id)."""
-    info = syscalls.obj_get_info(fd, syscalls.BPF_INFO_HEAD.size)
-    return int(syscalls.BPF_INFO_HEAD.unpack(info)[1])
 
 
 def _named_ids(next_cmd: BpfCmd, fd_cmd: BpfCmd, info_size: int, name_offset: int) -> list[int]:

@@ -1,6 +1,6 @@
 """The kernel counting path: per-socket packets and bytes from cgroup_skb programs.
 
-Stage: capture (kernel side, the ``--capture kernel`` path; not wired into
+The kernel side of capture (a ``--capture kernel`` path; not wired into
 the daemon yet).  Owns the two ``BPF_PROG_TYPE_CGROUP_SKB`` programs
 (ingress, egress), their maps, their attachment at the root of the cgroup v2
 hierarchy (and the private cgroup2 mount made when the host has none) and
@@ -51,15 +51,11 @@ closed, so the programs go away even when the process is killed.  With
 with ``BPF_PROG_DETACH``.  Objects are named ``ntp_skb_*``, so
 ``helper.loaded_object_ids()`` lists them with the helper's.
 
-The bpf() commands this module needs and ``syscalls.py`` does not have yet
-(PROG_LOAD with an expected attach type, MAP_CREATE with an inner map,
-PROG_ATTACH, PROG_DETACH, PROG_QUERY, LINK_CREATE) and mount(2)/umount2(2)
-are wrapped here; they belong in ``syscalls.py``.
+Every bpf(2), mount(2) and umount2(2) call goes through ``syscalls.py``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -71,7 +67,6 @@ from enum import IntEnum
 from pathlib import Path
 from typing import NamedTuple
 
-from ..libc import libc
 from . import syscalls
 from .asm import (
     AluOp,
@@ -98,7 +93,17 @@ from .asm import (
     st_imm,
     stx,
 )
-from .syscalls import BpfCmd, BpfSyscallError, MapType
+from .syscalls import (
+    AttachFlag,
+    AttachType,
+    BpfSyscallError,
+    MapType,
+    ProgType,
+    UpdateFlag,
+    link_create,
+    prog_attach,
+    prog_detach,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,44 +126,11 @@ TCP_DATA_OFFSET_BYTE = 12  # the byte of the TCP header whose high nibble is the
 CRC_BYTES = 4  # the module's Ethernet frame check sequence, per packet
 
 
-class ProgTypeSkb(IntEnum):
-    """enum bpf_prog_type (linux/bpf.h), the one used here."""
-
-    CGROUP_SKB = 8
-
-
-class MapTypeSkb(IntEnum):
-    """enum bpf_map_type (linux/bpf.h), the ones used here beyond syscalls.MapType."""
-
-    ARRAY_OF_MAPS = 12
-
-
-class AttachType(IntEnum):
-    """enum bpf_attach_type (linux/bpf.h), the ones used here."""
-
-    CGROUP_INET_INGRESS = 0
-    CGROUP_INET_EGRESS = 1
-
-
-class SkbCmd(IntEnum):
-    """Commands of bpf(2) (enum bpf_cmd, linux/bpf.h) beyond syscalls.BpfCmd."""
-
-    PROG_ATTACH = 8
-    PROG_DETACH = 9
-    PROG_QUERY = 16
-    LINK_CREATE = 28
-
-
 class AttachMode(IntEnum):
     """How the programs are attached to the cgroup."""
 
     LINK = 1  # BPF_LINK_CREATE: detached by the kernel when the last fd closes
     PROG_ATTACH = 2  # BPF_PROG_ATTACH + BPF_F_ALLOW_MULTI: detached by close()
-
-
-BPF_F_ALLOW_MULTI = 1 << 1
-BPF_F_QUERY_EFFECTIVE = 1 << 0
-BPF_NOEXIST = 1
 
 
 class SkbHelper(IntEnum):
@@ -201,19 +173,6 @@ NETNS_COOKIE, PROTOCOL, FAMILY = 32, 40, 44
 # The stats array's one value: __u64 lost_skbs; __u64 lost_packets; (map full)
 STATS = struct.Struct("=QQ")
 ARRAY_KEY = struct.Struct("=I")
-
-# union bpf_attr, BPF_PROG_ATTACH / BPF_PROG_DETACH member (first members), 20 bytes:
-#   __u32 target_fd; __u32 attach_bpf_fd; __u32 attach_type; __u32 attach_flags;
-#   __u32 replace_bpf_fd;
-BPF_ATTR_PROG_ATTACH = struct.Struct("=IIIII")
-# union bpf_attr, BPF_PROG_QUERY member (first members), 32 bytes:
-#   __u32 target_fd; __u32 attach_type; __u32 query_flags; __u32 attach_flags;
-#   __aligned_u64 prog_ids; __u32 prog_cnt; (pad 4)
-BPF_ATTR_PROG_QUERY = struct.Struct("=IIIIQI4x")
-BPF_ATTR_PROG_QUERY_COUNT_OFFSET = 24
-# union bpf_attr, BPF_LINK_CREATE member (first members), 16 bytes:
-#   __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags;
-BPF_ATTR_LINK_CREATE = struct.Struct("=IIII")
 
 # The programs' stack frame (offsets from the frame pointer R10).
 STACK_KEY = -8  # __u64 socket cookie
@@ -387,7 +346,7 @@ def count_program(attach_type: AttachType, current_fd: int, stats_fd: int) -> li
         alu64_imm(AluOp.ADD, R2, STACK_KEY),
         mov64_reg(R3, FP),
         alu64_imm(AluOp.ADD, R3, STACK_VALUE),
-        mov64_imm(R4, BPF_NOEXIST),  # another CPU may have made it meanwhile: fine
+        mov64_imm(R4, UpdateFlag.NOEXIST),  # another CPU may have made it meanwhile: fine
         _call(SkbHelper.MAP_UPDATE_ELEM),
         *_lookup(R9),
         jmp_imm(JmpOp.JEQ, R0, 0, "lost"),
@@ -408,132 +367,6 @@ def count_program(attach_type: AttachType, current_fd: int, stats_fd: int) -> li
         mov64_imm(R0, 1),  # allow: the programs only observe
         exit_insn(),
     ]
-
-
-# --- bpf() commands not in syscalls.py yet -------------------------------------------
-
-
-def _buffer(data: bytes) -> ctypes.Array[ctypes.c_char]:
-    return ctypes.create_string_buffer(data, len(data))
-
-
-def map_create_with_inner(
-    map_type: int, key_size: int, value_size: int, max_entries: int, name: str, inner_fd: int
-) -> int:
-    """BPF_MAP_CREATE with ``inner_map_fd`` (map-in-map); returns the fd."""
-    attr = _buffer(
-        syscalls.BPF_ATTR_MAP_CREATE.pack(
-            map_type,
-            key_size,
-            value_size,
-            max_entries,
-            0,
-            inner_fd,
-            0,
-            name.encode()[: syscalls.BPF_OBJ_NAME_LEN - 1],
-        )
-    )
-    return syscalls.bpf(BpfCmd.MAP_CREATE, attr)
-
-
-def prog_load_typed(
-    prog_type: int, attach_type: int, instructions: bytes, name: str, log_size: int = 0
-) -> int:
-    """BPF_PROG_LOAD with ``expected_attach_type``; returns the program's fd."""
-    insns = _buffer(instructions)
-    license_buffer = ctypes.create_string_buffer(LICENSE.encode())
-    log_buffer = ctypes.create_string_buffer(log_size) if log_size else None
-    attr = _buffer(
-        syscalls.BPF_ATTR_PROG_LOAD.pack(
-            prog_type,
-            len(instructions) // 8,
-            ctypes.addressof(insns),
-            ctypes.addressof(license_buffer),
-            1 if log_size else 0,
-            log_size,
-            0 if log_buffer is None else ctypes.addressof(log_buffer),
-            0,
-            0,
-            name.encode()[: syscalls.BPF_OBJ_NAME_LEN - 1],
-            0,
-            attach_type,
-        )
-    )
-    try:
-        return syscalls.bpf(BpfCmd.PROG_LOAD, attr)
-    except BpfSyscallError as err:
-        if log_buffer is not None:
-            err.log = log_buffer.value.decode("utf-8", "replace")
-        raise
-
-
-def _bpf(cmd: SkbCmd, attr: ctypes.Array[ctypes.c_char]) -> int:
-    """syscalls.bpf for a command syscalls.BpfCmd does not list yet."""
-    result = int(
-        libc().syscall(
-            ctypes.c_long(syscalls.NR_BPF),
-            ctypes.c_int(cmd),
-            ctypes.cast(attr, ctypes.c_void_p),
-            ctypes.c_uint(ctypes.sizeof(attr)),
-        )
-    )
-    if result < 0:
-        raise BpfSyscallError(cmd.name, ctypes.get_errno())
-    return result
-
-
-def prog_attach(target_fd: int, prog_fd: int, attach_type: AttachType, flags: int) -> None:
-    """BPF_PROG_ATTACH."""
-    _bpf(
-        SkbCmd.PROG_ATTACH,
-        _buffer(BPF_ATTR_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, flags, 0)),
-    )
-
-
-def prog_detach(target_fd: int, prog_fd: int, attach_type: AttachType) -> None:
-    """BPF_PROG_DETACH of one program (needed for BPF_F_ALLOW_MULTI attachments)."""
-    _bpf(
-        SkbCmd.PROG_DETACH,
-        _buffer(BPF_ATTR_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, 0, 0)),
-    )
-
-
-def link_create(prog_fd: int, target_fd: int, attach_type: AttachType) -> int:
-    """BPF_LINK_CREATE; returns the link's fd (closing its last copy detaches)."""
-    return _bpf(
-        SkbCmd.LINK_CREATE,
-        _buffer(BPF_ATTR_LINK_CREATE.pack(prog_fd, target_fd, attach_type, 0)),
-    )
-
-
-def prog_query(target_fd: int, attach_type: AttachType, capacity: int = 256) -> list[int]:
-    """BPF_PROG_QUERY: ids of the programs attached at the cgroup (not inherited ones)."""
-    ids = (ctypes.c_uint32 * capacity)()
-    attr = _buffer(
-        BPF_ATTR_PROG_QUERY.pack(target_fd, attach_type, 0, 0, ctypes.addressof(ids), capacity)
-    )
-    _bpf(SkbCmd.PROG_QUERY, attr)
-    (count,) = struct.unpack_from("=I", attr.raw, BPF_ATTR_PROG_QUERY_COUNT_OFFSET)
-    return [int(ids[index]) for index in range(min(count, capacity))]
-
-
-def _libc_call(name: str, *args: object) -> None:
-    function = getattr(libc(), name)
-    if function(*args) != 0:
-        raise KernelCounterError(f"{name} failed: {os.strerror(ctypes.get_errno())}")
-
-
-def mount_cgroup2(target: str) -> None:
-    """mount -t cgroup2 cgroup2 <target>."""
-    _libc_call("mount", b"cgroup2", target.encode(), b"cgroup2", ctypes.c_ulong(0), None)
-
-
-MNT_DETACH = 2
-
-
-def umount_lazy(target: str) -> None:
-    """umount2(target, MNT_DETACH)."""
-    _libc_call("umount2", target.encode(), ctypes.c_int(MNT_DETACH))
 
 
 # --- the cgroup v2 root --------------------------------------------------------------
@@ -614,9 +447,9 @@ class _Resources:
             mount, self.private_mount = self.private_mount, None
             if mount is not None and detach:
                 try:
-                    umount_lazy(mount)
+                    syscalls.umount_lazy(mount)
                     os.rmdir(mount)
-                except (KernelCounterError, OSError) as err:
+                except (BpfSyscallError, OSError) as err:
                     log.warning("removing the private cgroup2 mount %s: %s", mount, err)
 
 
@@ -691,10 +524,10 @@ class KernelCounter:
         if cgroup_root is None:
             cgroup_root = tempfile.mkdtemp(prefix="netatopd-cgroup2-")
             try:
-                mount_cgroup2(cgroup_root)
-            except KernelCounterError:
+                syscalls.mount_filesystem(CGROUP2_FSTYPE, cgroup_root)
+            except BpfSyscallError as err:
                 os.rmdir(cgroup_root)
-                raise
+                raise KernelCounterError(_reason("mounting a private cgroup2", err)) from err
             resources.private_mount = cgroup_root
             log.info("no cgroup2 mount: mounted a private one at %s", cgroup_root)
         self._cgroup_path = cgroup_root
@@ -716,8 +549,13 @@ class KernelCounter:
                     )
                 )
             self._current_fd = self._keep(
-                map_create_with_inner(
-                    MapTypeSkb.ARRAY_OF_MAPS, 4, 4, 1, "ntp_skb_current", self._socket_fds[0]
+                syscalls.map_create(
+                    MapType.ARRAY_OF_MAPS,
+                    4,
+                    4,
+                    1,
+                    "ntp_skb_current",
+                    inner_map_fd=self._socket_fds[0],
                 )
             )
             syscalls.map_update(
@@ -747,7 +585,7 @@ class KernelCounter:
                 if self._attach == AttachMode.LINK:
                     resources.links.append(link_create(fd, resources.cgroup_fd, attach_type))
                 else:
-                    prog_attach(resources.cgroup_fd, fd, attach_type, BPF_F_ALLOW_MULTI)
+                    prog_attach(resources.cgroup_fd, fd, attach_type, AttachFlag.ALLOW_MULTI)
                     resources.attached.append((fd, attach_type))
             except BpfSyscallError as err:
                 raise KernelCounterError(
@@ -810,20 +648,19 @@ class KernelCounter:
         result = {}
         for name, fd in self._prog_fds.items():
             try:
-                info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+                stats = syscalls.prog_run_stats(fd)
             except BpfSyscallError as err:
                 raise KernelCounterError(f"reading {name} info failed: {err}") from err
-            run_time_ns, run_cnt, _misses, _verified = syscalls.BPF_PROG_INFO_RUN.unpack_from(
-                info, syscalls.BPF_PROG_INFO_RUN_OFFSET
-            )
-            result[name] = (int(run_cnt), int(run_time_ns))
+            result[name] = (stats.run_cnt, stats.run_time_ns)
         return result
 
     def object_ids(self) -> tuple[list[int], list[int]]:
         """Kernel ids of the two programs and of the four maps."""
         self._require_open()
         maps = [*self._socket_fds, self._current_fd, self._stats_fd]
-        return [_object_id(fd) for fd in self._prog_fds.values()], [_object_id(fd) for fd in maps]
+        return [syscalls.object_id(fd) for fd in self._prog_fds.values()], [
+            syscalls.object_id(fd) for fd in maps
+        ]
 
     @property
     def cgroup_path(self) -> str:
@@ -850,12 +687,6 @@ class KernelCounter:
         self.close()
 
 
-def _object_id(fd: int) -> int:
-    """The kernel id of a program or map (both info structs start with type, id)."""
-    info = syscalls.obj_get_info(fd, syscalls.BPF_INFO_HEAD.size)
-    return int(syscalls.BPF_INFO_HEAD.unpack(info)[1])
-
-
 def _reason(what: str, err: BpfSyscallError) -> str:
     if err.errno in (errno.EPERM, errno.EACCES):
         return f"{what} was refused ({os.strerror(err.errno)}): needs root (CAP_BPF, CAP_NET_ADMIN)"
@@ -865,13 +696,20 @@ def _reason(what: str, err: BpfSyscallError) -> str:
 def _load(name: str, attach_type: AttachType, items: list[Item]) -> int:
     code = assemble(items)
     try:
-        return prog_load_typed(ProgTypeSkb.CGROUP_SKB, attach_type, code, name)
+        return syscalls.prog_load(
+            ProgType.CGROUP_SKB, code, LICENSE, name, expected_attach_type=attach_type
+        )
     except BpfSyscallError as err:
         if err.errno in (errno.EPERM, errno.EACCES):
             raise KernelCounterError(_reason(f"loading {name}", err)) from err
         try:
-            return prog_load_typed(
-                ProgTypeSkb.CGROUP_SKB, attach_type, code, name, VERIFIER_LOG_BYTES
+            return syscalls.prog_load(
+                ProgType.CGROUP_SKB,
+                code,
+                LICENSE,
+                name,
+                VERIFIER_LOG_BYTES,
+                expected_attach_type=attach_type,
             )
         except BpfSyscallError as logged:
             tail = "\n".join(logged.log.strip().splitlines()[-12:])

@@ -1,11 +1,15 @@
-"""The raw bpf(2) and perf_event_open(2) system calls through ctypes.
+"""The raw bpf(2), perf_event_open(2), mount(2) and umount2(2) system calls through ctypes.
 
-Part of the optional in-kernel ownership helper.  Owns nothing; calls
+The one home of every bpf() command, flag and ``union bpf_attr`` layout the
+ebpf package uses (the ownership helper and the cgroup_skb counter).  Owns
+nothing; calls
 libc's ``syscall()`` (``netatopd.libc``).  Every function here is one system call with
 its ``union bpf_attr`` member (or ``struct perf_event_attr``) packed with
 ``struct``.  Every failure is raised as :class:`BpfSyscallError` carrying the
 command name and the errno.  Callers: ``programs.py`` (map creation, program
-load), ``helper.py`` (attach, drain, status, enumeration) and the tests.
+load), ``helper.py`` (attach, drain, status, enumeration), ``skbcount.py``
+(cgroup_skb programs: map-in-map, attach, detach, links, query, the cgroup2
+mount) and the tests.
 
 Layouts are those of the kernel UAPI headers ``linux/bpf.h`` and
 ``linux/perf_event.h`` on x86-64; the kernel accepts an attribute shorter than
@@ -21,6 +25,7 @@ import logging
 import os
 import struct
 from enum import IntEnum
+from typing import NamedTuple
 
 from ..libc import libc
 
@@ -42,14 +47,18 @@ class BpfCmd(IntEnum):
     MAP_DELETE_ELEM = 3
     MAP_GET_NEXT_KEY = 4
     PROG_LOAD = 5
+    PROG_ATTACH = 8
+    PROG_DETACH = 9
     PROG_GET_NEXT_ID = 11
     MAP_GET_NEXT_ID = 12
     PROG_GET_FD_BY_ID = 13
     MAP_GET_FD_BY_ID = 14
     OBJ_GET_INFO_BY_FD = 15
+    PROG_QUERY = 16
     MAP_LOOKUP_BATCH = 24
     MAP_LOOKUP_AND_DELETE_BATCH = 25
     MAP_DELETE_BATCH = 27
+    LINK_CREATE = 28
     ENABLE_STATS = 32
 
 
@@ -60,6 +69,7 @@ class MapType(IntEnum):
     ARRAY = 2
     PERCPU_ARRAY = 6
     LRU_HASH = 9
+    ARRAY_OF_MAPS = 12
 
 
 class MapFlag(IntEnum):
@@ -70,9 +80,24 @@ class MapFlag(IntEnum):
 
 
 class ProgType(IntEnum):
-    """enum bpf_prog_type (linux/bpf.h), the one used here."""
+    """enum bpf_prog_type (linux/bpf.h), the ones used here."""
 
     TRACEPOINT = 5
+    CGROUP_SKB = 8
+
+
+class AttachType(IntEnum):
+    """enum bpf_attach_type (linux/bpf.h), the ones used here."""
+
+    CGROUP_INET_INGRESS = 0
+    CGROUP_INET_EGRESS = 1
+
+
+class AttachFlag(IntEnum):
+    """attach_flags of BPF_PROG_ATTACH (linux/bpf.h), the ones used here."""
+
+    NONE = 0
+    ALLOW_MULTI = 1 << 1  # BPF_F_ALLOW_MULTI: beside other programs on the cgroup
 
 
 class UpdateFlag(IntEnum):
@@ -132,6 +157,23 @@ BPF_ATTR_INFO = struct.Struct("=IIQ")
 
 # union bpf_attr, BPF_ENABLE_STATS member, 4 bytes:  __u32 type;
 BPF_ATTR_ENABLE_STATS = struct.Struct("=I")
+
+# union bpf_attr, BPF_PROG_ATTACH / BPF_PROG_DETACH member (first members), 20 bytes:
+#   __u32 target_fd; __u32 attach_bpf_fd; __u32 attach_type; __u32 attach_flags;
+#   __u32 replace_bpf_fd;
+BPF_ATTR_PROG_ATTACH = struct.Struct("=IIIII")
+
+# union bpf_attr, BPF_PROG_QUERY member (first members), 32 bytes:
+#   __u32 target_fd; __u32 attach_type; __u32 query_flags; __u32 attach_flags;
+#   __aligned_u64 prog_ids; __u32 prog_cnt; (pad 4)
+BPF_ATTR_PROG_QUERY = struct.Struct("=IIIIQI4x")
+BPF_ATTR_PROG_QUERY_COUNT_OFFSET = 24
+
+# union bpf_attr, BPF_LINK_CREATE member (first members), 16 bytes:
+#   __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags;
+BPF_ATTR_LINK_CREATE = struct.Struct("=IIII")
+
+MNT_DETACH = 2  # umount2 flag (sys/mount.h): detach now, clean up when unused
 
 # struct bpf_prog_info (linux/bpf.h), the members read here; 232 bytes in all:
 #   __u32 type @0; __u32 id @4; ... char name[16] @64; ...
@@ -209,8 +251,12 @@ def map_create(
     max_entries: int,
     name: str,
     flags: MapFlag = MapFlag.NONE,
+    inner_map_fd: int = 0,
 ) -> int:
-    """BPF_MAP_CREATE; returns the map's fd (close-on-exec)."""
+    """BPF_MAP_CREATE; returns the map's fd (close-on-exec).
+
+    ``inner_map_fd`` is the template map of a map-in-map (ARRAY_OF_MAPS).
+    """
     attr = _buffer(
         BPF_ATTR_MAP_CREATE.pack(
             map_type,
@@ -218,7 +264,7 @@ def map_create(
             value_size,
             max_entries,
             flags,
-            0,
+            inner_map_fd,
             0,
             name.encode()[: BPF_OBJ_NAME_LEN - 1],
         )
@@ -324,12 +370,18 @@ def map_lookup_batch(
 
 
 def prog_load(
-    prog_type: ProgType, instructions: bytes, license_text: str, name: str, log_size: int = 0
+    prog_type: ProgType,
+    instructions: bytes,
+    license_text: str,
+    name: str,
+    log_size: int = 0,
+    expected_attach_type: AttachType | None = None,
 ) -> int:
     """BPF_PROG_LOAD; returns the program's fd.
 
     With ``log_size`` the verifier's log (level 1) is kept and attached to
-    the BpfSyscallError of a rejected program.
+    the BpfSyscallError of a rejected program.  ``expected_attach_type`` is
+    needed by the program types that check it at load (cgroup_skb).
     """
     insns = _buffer(instructions)
     license_buffer = ctypes.create_string_buffer(license_text.encode())
@@ -347,7 +399,7 @@ def prog_load(
             0,
             name.encode()[: BPF_OBJ_NAME_LEN - 1],
             0,
-            0,
+            0 if expected_attach_type is None else expected_attach_type,
         )
     )
     try:
@@ -356,6 +408,35 @@ def prog_load(
         if log_buffer is not None:
             err.log = log_buffer.value.decode("utf-8", "replace")
         raise
+
+
+def prog_attach(target_fd: int, prog_fd: int, attach_type: AttachType, flags: AttachFlag) -> None:
+    """BPF_PROG_ATTACH of a program to a cgroup (``target_fd``)."""
+    attr = _buffer(BPF_ATTR_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, flags, 0))
+    bpf(BpfCmd.PROG_ATTACH, attr)
+
+
+def prog_detach(target_fd: int, prog_fd: int, attach_type: AttachType) -> None:
+    """BPF_PROG_DETACH of one program (needed for AttachFlag.ALLOW_MULTI attachments)."""
+    attr = _buffer(BPF_ATTR_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, 0, 0))
+    bpf(BpfCmd.PROG_DETACH, attr)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: AttachType) -> int:
+    """BPF_LINK_CREATE; returns the link's fd (closing its last copy detaches)."""
+    attr = _buffer(BPF_ATTR_LINK_CREATE.pack(prog_fd, target_fd, attach_type, 0))
+    return bpf(BpfCmd.LINK_CREATE, attr)
+
+
+def prog_query(target_fd: int, attach_type: AttachType, capacity: int = 256) -> list[int]:
+    """BPF_PROG_QUERY: ids of the programs attached at the cgroup (not inherited ones)."""
+    ids = (ctypes.c_uint32 * capacity)()
+    attr = _buffer(
+        BPF_ATTR_PROG_QUERY.pack(target_fd, attach_type, 0, 0, ctypes.addressof(ids), capacity)
+    )
+    bpf(BpfCmd.PROG_QUERY, attr)
+    (count,) = struct.unpack_from("=I", attr.raw, BPF_ATTR_PROG_QUERY_COUNT_OFFSET)
+    return [int(ids[index]) for index in range(min(count, capacity))]
 
 
 def get_next_id(cmd: BpfCmd, start_id: int) -> int | None:
@@ -388,6 +469,28 @@ def obj_get_info(fd: int, info_size: int) -> bytes:
     attr = _buffer(BPF_ATTR_INFO.pack(fd, info_size, _address(info)))
     bpf(BpfCmd.OBJ_GET_INFO_BY_FD, attr)
     return info.raw
+
+
+def object_id(fd: int) -> int:
+    """The kernel id of a program or map (both info structs start with type, id)."""
+    info = obj_get_info(fd, BPF_INFO_HEAD.size)
+    return int(BPF_INFO_HEAD.unpack(info)[1])
+
+
+class ProgRunStats(NamedTuple):
+    """A program's run statistics from struct bpf_prog_info (counted while
+    BPF_ENABLE_STATS is on) and its verified instruction count."""
+
+    run_time_ns: int
+    run_cnt: int
+    recursion_misses: int
+    verified_insns: int
+
+
+def prog_run_stats(prog_fd: int) -> ProgRunStats:
+    """BPF_OBJ_GET_INFO_BY_FD of a program, its run statistics."""
+    info = obj_get_info(prog_fd, BPF_PROG_INFO_SIZE)
+    return ProgRunStats(*BPF_PROG_INFO_RUN.unpack_from(info, BPF_PROG_INFO_RUN_OFFSET))
 
 
 def enable_run_stats() -> int:
@@ -443,8 +546,8 @@ def perf_event_disable(perf_fd: int) -> None:
         raise BpfSyscallError("PERF_EVENT_IOC_DISABLE", err.errno or errno.EIO) from err
 
 
-def mount_tracefs(target: str) -> None:
-    """mount -t tracefs tracefs <target>."""
+def mount_filesystem(fstype: str, target: str) -> None:
+    """mount -t <fstype> <fstype> <target> (tracefs, cgroup2)."""
     mount = libc().mount
     mount.argtypes = [
         ctypes.c_char_p,
@@ -454,8 +557,22 @@ def mount_tracefs(target: str) -> None:
         ctypes.c_void_p,
     ]
     mount.restype = ctypes.c_int
-    if mount(b"tracefs", target.encode(), b"tracefs", 0, None) != 0:
-        raise BpfSyscallError("mount tracefs", ctypes.get_errno())
+    if mount(fstype.encode(), target.encode(), fstype.encode(), 0, None) != 0:
+        raise BpfSyscallError(f"mount {fstype}", ctypes.get_errno())
+
+
+def mount_tracefs(target: str) -> None:
+    """mount -t tracefs tracefs <target>."""
+    mount_filesystem("tracefs", target)
+
+
+def umount_lazy(target: str) -> None:
+    """umount2(target, MNT_DETACH)."""
+    umount2 = libc().umount2
+    umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    umount2.restype = ctypes.c_int
+    if umount2(target.encode(), MNT_DETACH) != 0:
+        raise BpfSyscallError("umount2", ctypes.get_errno())
 
 
 def possible_cpu_count(path: str = "/sys/devices/system/cpu/possible") -> int:

@@ -10,14 +10,14 @@ A package of five modules, each with one job:
 * reports.py — the SQL report files and :func:`query_exited`;
 * timeparse.py — :func:`parse_time` for --since and --until.
 
-Callers import from here: daemon.py (``HistoryWriter``, ``open_db``,
-``StoreError``) and cli.py (``open_db`` read-only, the reports,
+Callers import from here: the daemon (daemon.engine: ``HistoryWriter``,
+``StoreError``; daemon.check: ``open_db``) and the netatop command
+(cli.commands: ``open_db`` read-only, the reports,
 ``query_exited``, ``parse_time``).
 """
 
 from .reports import Report, list_reports, query_exited, reports_dir, run_report
 from .schema import (
-    DEFAULT_DB_PATH,
     StoreError,
     latest_schema_version,
     open_db,
@@ -28,7 +28,6 @@ from .timeparse import parse_time
 from .writer import HistoryWriter
 
 __all__ = [
-    "DEFAULT_DB_PATH",
     "HistoryWriter",
     "Report",
     "StoreError",

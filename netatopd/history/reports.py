@@ -7,7 +7,7 @@ a report that would write, holds two statements or whose header disagrees
 with its SQL) and :func:`query_exited`, the finished processes of a time
 window.
 
-Callers: cli.py, on a connection from ``open_db(path, readonly=True)``:
+Callers: cli.commands, on a connection from ``open_db(path, readonly=True)``:
 ``netatop report`` (list_reports, run_report) and ``netatop exited
 --since/--until`` (query_exited).
 """

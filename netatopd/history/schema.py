@@ -8,8 +8,8 @@ is refused.  Also owns :class:`StoreError`, the one exception the history
 package raises, and :func:`sql_dir`, which finds the SQL files.
 
 Callers: ``HistoryWriter`` (writer.py) opens the database for writing, which
-creates and migrates it; cli.py (``netatop report``, ``netatop exited``) opens
-it read-only; daemon.py opens it once for ``netatopd --check``; reports.py
+creates and migrates it; cli.commands (``netatop report``, ``netatop exited``)
+opens it read-only; daemon.check opens it once for ``netatopd --check``; reports.py
 finds its report files through :func:`sql_dir`.
 """
 
@@ -24,7 +24,6 @@ import apsw
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB_PATH = "/var/lib/netatop/netatop.db"
 DB_DIRECTORY_MODE = 0o750
 BUSY_TIMEOUT_MS = 5000
 JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # WAL file truncated to this after a checkpoint

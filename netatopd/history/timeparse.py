@@ -7,7 +7,7 @@ given), a time of day today, a relative age in the forms journalctl(1) takes
 seconds, and :func:`finite_seconds`, the check every stored time passes.
 Pure: no database, no I/O.
 
-Callers: cli.py (``netatop exited --since/--until`` and the ``netatop report``
+Callers: cli.commands (``netatop exited --since/--until`` and the ``netatop report``
 window options); rows.py and writer.py (finite_seconds).
 """
 

@@ -8,7 +8,7 @@ counters behind ``netatop status``.  Only the writer thread touches the
 writer's connection; a failed or skipped write keeps its rows for the next
 interval.
 
-Callers: daemon.py (``Engine``) creates one HistoryWriter, calls
+Callers: daemon.engine.Engine creates one HistoryWriter, calls
 ``add_exited`` from the exit-list sweep and ``add_samples`` when
 ``sample_due`` says so (neither waits for the disk), reads ``stats`` for
 STATUS and calls ``stop`` on shutdown.
@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import apsw
 
+from ..defaults import FLUSH_INTERVAL_S_DEFAULT, RETENTION_DAYS_DEFAULT, SAMPLE_INTERVAL_S_DEFAULT
 from ..tasks import ExitedTask, Kind, TaskRow
 from .rows import (
     EXITED_INSERT,
@@ -90,9 +91,9 @@ class HistoryWriter:
     def __init__(
         self,
         path: str,
-        flush_interval_s: float = 5.0,
-        sample_interval_s: float | None = 60.0,
-        retention_days: float = 30.0,
+        flush_interval_s: float = FLUSH_INTERVAL_S_DEFAULT,
+        sample_interval_s: float | None = SAMPLE_INTERVAL_S_DEFAULT,
+        retention_days: float = RETENTION_DAYS_DEFAULT,
         max_pending: int = 100_000,
         min_free_fraction: float = 0.05,
         *,

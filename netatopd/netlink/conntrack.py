@@ -52,7 +52,7 @@ from enum import IntEnum, IntFlag
 from typing import NamedTuple
 
 from .attributes import iter_attributes, pack_attribute, pack_nested
-from .socket import NLM_F_ACK, NetlinkError, NetlinkSocket
+from .socket import NLM_F_ACK, NetlinkError, NetlinkSocket, family_of
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +214,9 @@ class ConntrackEntry(NamedTuple):
         return bool(self.status & NAT_STATUS) or self.reply != self.original.inverted()
 
 
-def _family_of(address: bytes) -> int:
-    if len(address) == 4:
-        return socket.AF_INET
-    if len(address) == 16:
-        return socket.AF_INET6
-    raise ValueError(f"an address is 4 or 16 bytes, not {len(address)}")
-
-
 def pack_tuple(attribute_type: int, flow: FiveTuple) -> bytes:
     """A CTA_TUPLE_ORIG / CTA_TUPLE_REPLY attribute describing ``flow``."""
-    if _family_of(flow.src) == socket.AF_INET:
+    if family_of(flow.src) == socket.AF_INET:
         src_type, dst_type = CtaIp.V4_SRC, CtaIp.V4_DST
     else:
         src_type, dst_type = CtaIp.V6_SRC, CtaIp.V6_DST
@@ -248,7 +240,7 @@ def pack_tuple(attribute_type: int, flow: FiveTuple) -> bytes:
 
 def pack_get_request(flow: FiveTuple) -> bytes:
     """The payload of an IPCTNL_MSG_CT_GET for the entry holding ``flow``."""
-    return NFGENMSG.pack(_family_of(flow.src), NFNETLINK_V0, 0) + pack_tuple(
+    return NFGENMSG.pack(family_of(flow.src), NFNETLINK_V0, 0) + pack_tuple(
         CtaAttr.TUPLE_ORIG, flow
     )
 

@@ -65,11 +65,11 @@ from .attributes import iter_attributes, pack_attribute
 from .socket import (
     DEFAULT_TIMEOUT_S,
     NLM_F_DUMP,
-    TIMEVAL,
     NetlinkError,
     NetlinkSocket,
     NlmsgType,
     iter_messages,
+    open_raw,
 )
 
 log = logging.getLogger(__name__)
@@ -299,14 +299,7 @@ def open_event_socket(
     groups: Iterable[int] = (RtnlGroup.LINK, RtnlGroup.IPV4_ROUTE, RtnlGroup.IPV6_ROUTE),
 ) -> socket.socket:
     """A non-blocking NETLINK_ROUTE socket subscribed to ``groups``."""
-    try:
-        sock = socket.socket(
-            socket.AF_NETLINK,
-            socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK,
-            NETLINK_ROUTE,
-        )
-    except OSError as err:
-        raise NetlinkError(err.errno or errno.EIO, "rtnetlink socket") from err
+    sock = open_raw(NETLINK_ROUTE, nonblocking=True, what="rtnetlink socket")
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RECEIVE_BUFFER_BYTES)
         sock.bind((0, 0))
@@ -320,15 +313,7 @@ def open_event_socket(
 
 def open_dump_socket(timeout_s: float = DEFAULT_TIMEOUT_S) -> NetlinkSocket:
     """A NetlinkSocket of NETLINK_ROUTE with strict dump checking on when the kernel has it."""
-    try:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
-        )
-    except OSError as err:
-        raise NetlinkError(err.errno or errno.EIO, "rtnetlink socket") from err
-    seconds = int(timeout_s)
-    microseconds = int((timeout_s - seconds) * 1_000_000)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(seconds, microseconds))
+    sock = open_raw(NETLINK_ROUTE, timeout_s, what="rtnetlink socket")
     try:
         sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
     except OSError as err:  # before Linux 4.20: the dump covers every table

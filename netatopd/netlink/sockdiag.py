@@ -1,11 +1,12 @@
-"""Stage 3b: NETLINK_SOCK_DIAG inet_diag client (TCP, UDP; IPv4, IPv6).
+"""NETLINK_SOCK_DIAG inet_diag client (TCP, UDP; IPv4, IPv6).
 
 Owns one NetlinkSocket of protocol NETLINK_SOCK_DIAG.  ``SockDiag.lookup``
 asks the kernel for the one socket a packet's 4-tuple belongs to (an exact
 lookup, no dump); ``SockDiag.dump`` lists every socket of a protocol and
 family.  Both give SocketInfo records carrying the socket inode and uid that
-the owner resolver maps to a process through procfs.  Called by the owner
-resolver (attribution).
+the owner resolver maps to a process through procfs.  Called by
+ownership.Resolver (exact lookups: whose is this flow) and ownership.Sweeper
+(dumps of the TCP sockets: which flows' sockets are gone or closing).
 
 Facts measured on Linux 6.18 (tests/privileged/test_sockdiag.py):
 
@@ -34,7 +35,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from .socket import NETLINK_SOCK_DIAG, NLM_F_DUMP, NetlinkError, NetlinkSocket
+from .socket import NETLINK_SOCK_DIAG, NLM_F_DUMP, NetlinkError, NetlinkSocket, family_of
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +125,6 @@ def _address_bytes(family: int) -> int:
     if family == socket.AF_INET6:
         return 16
     raise ValueError(f"address family {family} is not AF_INET or AF_INET6")
-
-
-def family_of(address: bytes) -> int:
-    """AF_INET for a 4-byte address, AF_INET6 for a 16-byte one."""
-    if len(address) == 4:
-        return socket.AF_INET
-    if len(address) == 16:
-        return socket.AF_INET6
-    raise ValueError(f"an address is 4 or 16 bytes, not {len(address)}")
 
 
 def pack_inet_diag_req_v2(

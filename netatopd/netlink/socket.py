@@ -1,10 +1,12 @@
-"""Stage 3a: a raw AF_NETLINK request/reply socket.
+"""A raw AF_NETLINK request/reply socket.
 
-Owns one kernel netlink socket (``socket.socket(AF_NETLINK, SOCK_RAW, proto)``),
-its sequence counter and its receive buffer.  ``NetlinkSocket.request`` sends
+Owns one kernel netlink socket (``open_raw``: ``AF_NETLINK``, ``SOCK_RAW``,
+close-on-exec, the receive timeout), its sequence counter and its receive
+buffer.  ``NetlinkSocket.request`` sends
 one request and collects the payloads of the reply: a single message, or a
 multi-part reply up to NLMSG_DONE; NLMSG_ERROR becomes ``NetlinkError`` with
-the kernel's errno (an error of 0 is an ACK).  Called by ``sockdiag``.
+the kernel's errno (an error of 0 is an ACK).  Called by ``sockdiag``,
+``rtnetlink`` and ``conntrack``.
 
 The socket belongs to the network namespace of the thread that created it;
 every later request is answered from that namespace.
@@ -148,6 +150,40 @@ class RawSocket(Protocol):
     def close(self) -> None: ...
 
 
+def family_of(address: bytes) -> int:
+    """AF_INET for a 4-byte address, AF_INET6 for a 16-byte one."""
+    if len(address) == 4:
+        return socket.AF_INET
+    if len(address) == 16:
+        return socket.AF_INET6
+    raise ValueError(f"an address is 4 or 16 bytes, not {len(address)}")
+
+
+def open_raw(
+    protocol: int,
+    timeout_s: float | None = None,
+    *,
+    nonblocking: bool = False,
+    what: str = "",
+) -> socket.socket:
+    """An AF_NETLINK raw socket of ``protocol`` (close-on-exec); NetlinkError if refused.
+
+    ``timeout_s`` sets a kernel-side receive timeout (SO_RCVTIMEO) rather
+    than settimeout(): no poll() before each recv, and MSG_DONTWAIT still
+    returns at once while draining.  ``what`` names the socket in the error.
+    """
+    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if nonblocking else 0)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, kind, protocol)
+    except OSError as err:
+        raise NetlinkError(err.errno or errno.EIO, what or f"netlink protocol {protocol}") from err
+    if timeout_s is not None:
+        seconds = int(timeout_s)
+        microseconds = int((timeout_s - seconds) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(seconds, microseconds))
+    return sock
+
+
 class NetlinkSocket:
     """One netlink socket of protocol ``protocol`` talking to the kernel.
 
@@ -163,22 +199,7 @@ class NetlinkSocket:
         sock: RawSocket | None = None,
     ) -> None:
         if sock is None:
-            try:
-                real = socket.socket(
-                    socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol
-                )
-            except OSError as err:
-                raise NetlinkError(err.errno or errno.EIO, f"netlink protocol {protocol}") from err
-            if timeout_s is not None:
-                # A kernel-side receive timeout (SO_RCVTIMEO) rather than
-                # settimeout(): no poll() before each recv, and MSG_DONTWAIT
-                # still returns at once while draining.
-                seconds = int(timeout_s)
-                microseconds = int((timeout_s - seconds) * 1_000_000)
-                real.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(seconds, microseconds)
-                )
-            sock = real
+            sock = open_raw(protocol, timeout_s)
         self._sock: RawSocket | None = sock
         self._seq = 0
         self._buffer = bytearray(RECEIVE_BUFFER_BYTES)

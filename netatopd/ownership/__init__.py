@@ -14,22 +14,17 @@ The modules, each owning one part:
 
 The per-task data (``TaskInfo``, ``TaskTable``, the row records) stays in
 ``netatopd.tasks`` and the exit list in ``netatopd.exitlist``: the table,
-the store and the servers read those without importing this package.  The
+the history and the servers read those without importing this package.  The
 daemon builds everything here; nothing below the daemon imports it.
 """
 
 from .inodes import InodeIndex
 from .kernel import KernelOwner, KernelOwners
 from .registry import TaskRegistry
-from .resolver import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT, Resolver
-from .sweep import GC_INTERVAL_S_DEFAULT, TCP_IDLE_S_DEFAULT, UDP_IDLE_S_DEFAULT, Sweeper
+from .resolver import Resolver
+from .sweep import Sweeper
 
 __all__ = [
-    "GC_INTERVAL_S_DEFAULT",
-    "RESCAN_INTERVAL_S_DEFAULT",
-    "TCP_IDLE_S_DEFAULT",
-    "UDP_IDLE_S_DEFAULT",
-    "UNOWNED_LIMIT_S_DEFAULT",
     "InodeIndex",
     "KernelOwner",
     "KernelOwners",

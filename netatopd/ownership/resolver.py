@@ -29,6 +29,7 @@ import os
 import time
 from collections import OrderedDict, deque
 
+from ..defaults import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT
 from ..ebpf import FlowOwner, KernelOwnership, OwnerKind
 from ..flows import Flow, FlowState, FlowTable
 from ..netlink.sockdiag import SockDiag, SocketInfo, TcpState
@@ -41,8 +42,6 @@ from .registry import TaskRegistry
 
 log = logging.getLogger(__name__)
 
-UNOWNED_LIMIT_S_DEFAULT = 60.0  # a flow with no owner this long is written off
-RESCAN_INTERVAL_S_DEFAULT = 0.25  # incremental /proc refresh while traffic flows
 FULL_SCAN_MIN_INTERVAL_S = 1.0
 UDP_RECHECK_IDLE_S = 1.0  # a UDP flow quiet this long is looked up again when it speaks
 FULL_SCAN_STEP_S = 0.003  # a full rescan proceeds in steps this long (and a lookup's refresh)

@@ -18,19 +18,17 @@ import logging
 import time
 from socket import AF_INET, AF_INET6
 
+from ..defaults import GC_INTERVAL_S_DEFAULT, TCP_IDLE_S_DEFAULT, UDP_IDLE_S_DEFAULT
 from ..flows import Flow, FlowTable
 from ..netlink.sockdiag import SockDiag, TcpState
 from ..parse import PROTO_TCP
-from ..procfs import IPV4_MAPPED_PREFIX
+from ..wire import IPV4_MAPPED_PREFIX
 from .registry import TaskRegistry
 from .resolver import Resolver
 
 log = logging.getLogger(__name__)
 
-GC_INTERVAL_S_DEFAULT = 15.0
 FORCED_GC_MIN_INTERVAL_S = 0.5  # FORCE_GC runs at most twice a second
-TCP_IDLE_S_DEFAULT = 1800.0
-UDP_IDLE_S_DEFAULT = 16.0
 UDP_IDLE_PORT_ABOVE = 1024
 TCP_YOUNG_S = 2.0  # a TCP flow this young is kept whatever its state (handshake in progress)
 TCP_KEPT_STATES = (TcpState.ESTABLISHED, TcpState.LISTEN)

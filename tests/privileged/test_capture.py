@@ -14,8 +14,6 @@ namespace afterwards.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import select
 import socket
@@ -27,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from netns import inside
 
 from netatopd.capture import Capture, CaptureError, LinkTable
 from netatopd.capture import lanes as lanes_module
@@ -45,40 +44,11 @@ from netatopd.parse import (
 
 pytestmark = pytest.mark.privileged
 
-CLONE_NEWNET = 0x40000000
 DATAGRAMS = 40
 PAYLOAD_BYTES = 200
 DRAIN_LIMIT_S = 5.0  # the most a drain waits for the expected packets
 SETTLE_S = 0.1  # read on this long after the expected count, to catch extras
 REPO = Path(__file__).resolve().parents[2]
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.setns.restype = ctypes.c_int
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def inside(netns_name: str) -> Iterator[None]:
-    """Run the body with this thread in network namespace netns_name."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(f"/run/netns/{netns_name}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(home)
-        finally:
-            os.close(target)
-    finally:
-        os.close(home)
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ namespace only.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
-import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from netns import in_namespace
 
 from netatopd.netlink.attributes import pack_attribute, pack_nested
 from netatopd.netlink.conntrack import (
@@ -48,12 +47,10 @@ pytestmark = [
     ),
 ]
 
-CLONE_NEWNET = 0x40000000
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 ENTRY_TIMEOUT_S = 120
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
-T = TypeVar("T")
 
 CLIENT = socket.inet_aton("198.51.100.7")
 PUBLIC = socket.inet_aton("192.0.2.1")
@@ -62,33 +59,6 @@ HOST = socket.inet_aton("192.0.2.2")
 CLIENT6 = socket.inet_pton(socket.AF_INET6, "2001:db8:1::7")
 INNER6 = socket.inet_pton(socket.AF_INET6, "2001:db8::9")
 HOST6 = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
-
-
-def in_namespace(name: str, body: Callable[[], T]) -> T:
-    """Run ``body`` in a thread that entered network namespace ``name``; its value."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        namespace_fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if libc.setns(namespace_fd, CLONE_NEWNET) != 0:
-                outcome["error"] = OSError(ctypes.get_errno(), "setns")
-                return
-        finally:
-            os.close(namespace_fd)
-        try:
-            outcome["value"] = body()
-        except BaseException as err:  # handed to the test's thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "namespace thread did not finish"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
 
 
 def create_entry(

@@ -64,12 +64,12 @@ def catch_created_ids(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[
 
     def map_create(*args: Any, **kwargs: Any) -> int:
         fd = real_map_create(*args, **kwargs)
-        maps.append(helper._object_id(fd))
+        maps.append(syscalls.object_id(fd))
         return fd
 
     def prog_load(*args: Any, **kwargs: Any) -> int:
         fd = real_prog_load(*args, **kwargs)
-        progs.append(helper._object_id(fd))
+        progs.append(syscalls.object_id(fd))
         return fd
 
     monkeypatch.setattr(syscalls, "map_create", map_create)

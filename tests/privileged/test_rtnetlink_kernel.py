@@ -11,16 +11,15 @@ compared with what notifications built.  No traffic.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from netns import in_namespace
 
 from netatopd.netlink.rtnetlink import LocalAddresses, open_event_socket
 
@@ -32,9 +31,7 @@ pytestmark = [
     ),
 ]
 
-CLONE_NEWNET = 0x40000000
 EVENT_WAIT_S = 3.0  # IPv6 local routes appear from the DAD work queue, a little later
-T = TypeVar("T")
 
 
 def v4(text: str) -> bytes:
@@ -43,33 +40,6 @@ def v4(text: str) -> bytes:
 
 def v6(text: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6, text)
-
-
-def in_namespace(name: str, body: Callable[[], T]) -> T:
-    """Run ``body`` in a thread that entered network namespace ``name``; its value."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        namespace_fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if libc.setns(namespace_fd, CLONE_NEWNET) != 0:
-                outcome["error"] = OSError(ctypes.get_errno(), "setns")
-                return
-        finally:
-            os.close(namespace_fd)
-        try:
-            outcome["value"] = body()
-        except BaseException as err:  # handed to the test's thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "namespace thread did not finish"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
 
 
 def wait_for(local: LocalAddresses, condition: Callable[[], bool]) -> bool:

@@ -25,7 +25,6 @@ Ground truth:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -40,23 +39,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netns import in_namespace
 
 from netatopd.ebpf import loaded_object_ids
 from netatopd.ebpf.skbcount import (
     AttachMode,
-    AttachType,
     KernelCounter,
     SocketCounts,
     find_cgroup2_root,
-    prog_query,
     wire_bytes,
 )
+from netatopd.ebpf.syscalls import AttachType, prog_query
 
 pytestmark = pytest.mark.privileged
 
 NETNS_PREFIX = "ntpK"
-NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 SO_COOKIE = 57
 SO_NETNS_COOKIE = 71
 TCP_INFO_BYTES = 232
@@ -75,8 +72,6 @@ MSS_OPTION_BYTES = 4
 IP4, IP6 = 20, 40
 UDP_HEADER, TCP_HEADER = 8, 20
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def root_or_skip() -> None:
     if os.geteuid() != 0:
@@ -85,27 +80,7 @@ def root_or_skip() -> None:
 
 def in_netns(name: str, function: Callable[[], Any]) -> Any:
     """function() run in a thread inside the namespace /run/netns/<name>; its result."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        fd = os.open(NETNS_DIR / name, os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
-        try:
-            outcome["result"] = function()
-        except BaseException as err:  # re-raised in the caller
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(TIMEOUT_S)
-    assert not thread.is_alive(), "namespace worker did not finish"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return in_namespace(name, function, TIMEOUT_S)
 
 
 def cookie(sock: socket.socket) -> int:

@@ -10,17 +10,16 @@ delivered to.  Traffic: loopback inside the namespace only, bounded.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import select
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 import pytest
+from netns import in_namespace
 
 from netatopd.netlink.sockdiag import ALL_STATES, SockDiag, SocketInfo, TcpState
 
@@ -32,7 +31,6 @@ pytestmark = [
     ),
 ]
 
-CLONE_NEWNET = 0x40000000
 LOOPBACK4 = socket.inet_aton("127.0.0.1")
 LOOPBACK6 = socket.inet_pton(socket.AF_INET6, "::1")
 ANY6 = bytes(16)
@@ -69,31 +67,9 @@ def in_netns() -> Iterator[NetnsRunner]:
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        libc = ctypes.CDLL(None, use_errno=True)
 
         def run(body: Callable[[], T]) -> T:
-            outcome: dict[str, object] = {}
-
-            def target() -> None:
-                namespace_fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    if libc.setns(namespace_fd, CLONE_NEWNET) != 0:
-                        outcome["error"] = OSError(ctypes.get_errno(), "setns")
-                        return
-                finally:
-                    os.close(namespace_fd)
-                try:
-                    outcome["value"] = body()
-                except BaseException as err:  # handed to the test's thread
-                    outcome["error"] = err
-
-            thread = threading.Thread(target=target)
-            thread.start()
-            thread.join(60)
-            assert not thread.is_alive(), "namespace thread did not finish"
-            if "error" in outcome:
-                raise outcome["error"]  # type: ignore[misc]
-            return outcome["value"]  # type: ignore[return-value]
+            return in_namespace(name, body)
 
         yield run
     finally:

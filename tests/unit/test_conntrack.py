@@ -12,6 +12,7 @@ import errno
 import socket
 
 import pytest
+from golden import golden, v4, v6
 
 from netatopd.netlink.conntrack import (
     NFGENMSG,
@@ -31,18 +32,6 @@ from netatopd.netlink.conntrack import (
 from netatopd.netlink.socket import NLMSGHDR, NetlinkError
 
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
-
-
-def golden(text: str) -> bytes:
-    return bytes.fromhex("".join(text.split()))
-
-
-def v4(text: str) -> bytes:
-    return socket.inet_aton(text)
-
-
-def v6(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6, text)
 
 
 # The kernel's answer to IPCTNL_MSG_CT_GET: nlmsg_type 0x0100 (IPCTNL_MSG_CT_NEW),

@@ -11,6 +11,7 @@ import socket
 from collections import deque
 
 import pytest
+from golden import golden
 
 from netatopd.netlink.sockdiag import (
     INET_DIAG_MSG,
@@ -29,11 +30,6 @@ from netatopd.netlink.socket import (
     iter_messages,
     nlmsg_align,
 )
-
-
-def golden(text: str) -> bytes:
-    """Bytes from hex written with spaces and newlines for the reader."""
-    return bytes.fromhex("".join(text.split()))
 
 
 class FakeNetlink:

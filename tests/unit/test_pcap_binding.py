@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from netatopd import wire
 from netatopd.capture import links, pcap
 from netatopd.capture.links import LinkTable
 from netatopd.capture.pcap import CaptureError, LibpcapMissing, load_libpcap
@@ -89,8 +88,6 @@ def test_struct_sizes_match_c_sizeof() -> None:
     assert ctypes.sizeof(pcap.timeval) == 16
     assert ctypes.sizeof(pcap.pcap_pkthdr) == 24
     assert pcap.PCAP_FILE_HEADER.size == 24
-    assert pcap.PCAP_SF_PKTHDR.size == 16
-    assert pcap.PCAP_SF_PKTHDR.format == wire.PCAP_SF_PKTHDR.struct.format
     assert links.IFREQ.size == 40
     assert links.IFREQ_INT.size == 40
     assert links.IFREQ_HWADDR.size == 40

@@ -12,6 +12,7 @@ import socket
 from collections import deque
 
 import pytest
+from golden import golden, v4, v6
 
 from netatopd.netlink.attributes import NLATTR, iter_attributes, pack_attribute
 from netatopd.netlink.rtnetlink import (
@@ -26,20 +27,6 @@ from netatopd.netlink.rtnetlink import (
     unpack_route,
 )
 from netatopd.netlink.socket import NLMSGHDR, NetlinkError, NetlinkSocket
-
-
-def golden(text: str) -> bytes:
-    """Bytes from hex written with spaces and newlines for the reader."""
-    return bytes.fromhex("".join(text.split()))
-
-
-def v4(text: str) -> bytes:
-    return socket.inet_aton(text)
-
-
-def v6(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6, text)
-
 
 # --- golden messages (nlmsghdr + rtmsg + rtattr), seq 0 and pid 0 as notifications ----
 

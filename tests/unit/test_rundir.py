@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from netatopd import rundir
+from netatopd.defaults import LOCK_NAME
 from netatopd.rundir import AlreadyRunning, RunDirError, SafeDirectory, open_directory
 
 NOBODY = 65534
@@ -124,7 +125,7 @@ def test_without_create_a_missing_directory_is_an_error(tmp_path: Path) -> None:
 
 def test_the_lock_is_exclusive_and_names_its_holder(safe: SafeDirectory) -> None:
     lock = safe.lock()
-    path = Path(safe.path) / rundir.LOCK_NAME
+    path = Path(safe.path) / LOCK_NAME
     assert path.read_text() == f"{os.getpid()}\n"
     assert mode_of(path) == 0o600
     with pytest.raises(AlreadyRunning, match=f"another netatopd \\(pid {os.getpid()}\\) holds"):
@@ -139,7 +140,7 @@ def test_the_lock_file_is_never_a_symlink(safe: SafeDirectory, tmp_path: Path) -
     victim = tmp_path / "victim"
     victim.write_text("precious")
     os.chmod(victim, 0o600)
-    (Path(safe.path) / rundir.LOCK_NAME).symlink_to(victim)
+    (Path(safe.path) / LOCK_NAME).symlink_to(victim)
     with pytest.raises(RunDirError, match="lock file"):
         safe.lock()
     assert victim.read_text() == "precious" and mode_of(victim) == 0o600

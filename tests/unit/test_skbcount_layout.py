@@ -7,19 +7,21 @@ from pathlib import Path
 from netatopd.ebpf.asm import assemble, instruction_count
 from netatopd.ebpf.skbcount import (
     ARRAY_KEY,
-    BPF_ATTR_LINK_CREATE,
-    BPF_ATTR_PROG_ATTACH,
-    BPF_ATTR_PROG_QUERY,
     SOCK_COUNTS,
     SOCKET_KEY,
     STACK_SCRATCH,
     STACK_VALUE,
     STATS,
-    AttachType,
     cgroup2_mounts,
     count_program,
     find_cgroup2_root,
     wire_bytes,
+)
+from netatopd.ebpf.syscalls import (
+    BPF_ATTR_LINK_CREATE,
+    BPF_ATTR_PROG_ATTACH,
+    BPF_ATTR_PROG_QUERY,
+    AttachType,
 )
 
 HYBRID = """\
