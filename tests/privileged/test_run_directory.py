@@ -435,3 +435,42 @@ def test_table_group_and_control_group_share_with_that_group_only(
     finally:
         code, err = stop(proc)
     assert code == 0, err
+
+
+# -- --check tells the same -----------------------------------------------------------------
+
+
+def test_check_names_an_unsafe_run_directory_and_a_running_daemon(
+    make_netns: Any, open_tmp: Path, tmp_path: Path
+) -> None:
+    ns = make_netns("ntrd")
+    attack = open_tmp / "attack"
+    attack.mkdir()
+    os.chmod(attack, 0o777)
+    code, out = run_check(ns.exec_prefix, attack)
+    assert code == 5, out
+    assert "--run-dir: the run directory" in out and "writable by others" in out, out
+    assert os.listdir(attack) == []  # --check makes nothing
+    run_dir = tmp_path / "run"
+    proc = start(ns.exec_prefix, run_dir, *QUICK)
+    try:
+        wait_serving(proc, run_dir)
+        code, out = run_check(ns.exec_prefix, run_dir)
+        assert code == 5, out
+        assert f"another netatopd (pid {proc.pid}) holds {run_dir}" in out, out
+    finally:
+        stop(proc)
+    code, out = run_check(ns.exec_prefix, run_dir)
+    assert code == 0, out
+    assert f"run directory {run_dir} is safe" in out, out
+
+
+def run_check(prefix: list[str], run_dir: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        [*daemon_argv(prefix, run_dir, *QUICK), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    return done.returncode, done.stdout + done.stderr
