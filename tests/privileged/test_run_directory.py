@@ -266,6 +266,32 @@ def test_a_storm_of_sighups_then_sigint_stops_the_daemon(make_netns: Any, tmp_pa
     assert sorted(os.listdir(run_dir)) == ["lock"]
 
 
+def test_signals_during_the_start_stop_it_cleanly(make_netns: Any, tmp_path: Path) -> None:
+    """SIGHUP and SIGTERM as soon as the lock names the daemon (its handlers are in
+    place by then), while it still loads the capture and the eBPF helper."""
+    ns = make_netns("ntrd")
+    run_dir = tmp_path / "run"
+    proc = start(ns.exec_prefix, run_dir, "--no-history", "--no-atop-socket")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        lock = run_dir / "lock"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if lock.exists() and lock.read_text().strip() == str(proc.pid):
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a SIGTERM during the start was lost")
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err  # not killed by SIGHUP (-1) nor SIGTERM (-15)
+    assert "Traceback" not in err
+    assert os.listdir(run_dir) == ["lock"]
+
+
 # -- items 11 and 12: a full and an unwritable run directory ------------------------------
 
 
