@@ -66,7 +66,9 @@ class ControlClient:
         except PermissionError as err:
             self.sock.close()
             raise PermissionError(
-                errno.EACCES, f"no permission to use {self.path} (run as root)"
+                errno.EACCES,
+                f"no permission to use {self.path} (run as root, or as a member of "
+                "the group netatopd --control-group names)",
             ) from err
         except (FileNotFoundError, ConnectionRefusedError) as err:
             self.sock.close()

@@ -208,6 +208,18 @@ OPTIONS: tuple[Option, ...] = (
         "group allowed to use the atop socket (mode 0660 instead of 0600); empty: root only",
     ),
     Option(
+        "--table-group",
+        str,
+        "",
+        "group allowed to read the shared table (mode 0640 instead of 0600); empty: root only",
+    ),
+    Option(
+        "--control-group",
+        str,
+        "",
+        "group allowed to use the control socket (its mode gains 0660); empty: none",
+    ),
+    Option(
         "--log-level",
         str,
         LOG_LEVEL_DEFAULT,

@@ -32,9 +32,11 @@ import os
 import pwd
 import socket
 import stat
+import time
 
 from .defaults import LOCK_NAME
 
+PID_WAIT_S = 0.5  # how long a refused daemon waits for the holder to write its pid
 RUN_DIR_MODE = 0o755
 DATABASE_DIR_MODE = 0o750
 
@@ -168,7 +170,7 @@ class SafeDirectory:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                pid = _read_pid(fd)
+                pid = _holder_pid(fd)
                 holder = f"pid {pid}" if pid else "pid unknown"
                 raise AlreadyRunning(
                     f"another netatopd ({holder}) holds {self.path}; stop it first "
@@ -314,6 +316,17 @@ class DirectoryLock:
 def _read_pid(fd: int) -> int | None:
     text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     return int(text) if text.isdigit() else None
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid in the lock file; the holder writes it just after it took the lock,
+    so a file found empty is read again for up to PID_WAIT_S."""
+    deadline = time.monotonic() + PID_WAIT_S
+    while True:
+        pid = _read_pid(fd)
+        if pid is not None or time.monotonic() > deadline:
+            return pid
+        time.sleep(0.005)
 
 
 def open_directory(

@@ -30,7 +30,9 @@ newcomer, and forced closures logged through a rate-limited ``DropLog``.
 The daemon loop owns the selector: it calls the callables registered as
 selector data with the event mask, and the control server's
 ``service_waiters`` after every pass (which also runs its ``expire``); the atop
-server runs its ``expire`` after each of its own events.
+server runs its ``expire`` after each of its own events, and the loop calls it
+after every pass too (at least once a second), so a stalled client is closed
+even when nothing else happens on that socket.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from .protocol import (
     REQUEST_MAGIC,
     Command,
 )
+from .rundir import RunDirError, SafeDirectory
 from .tasks import ExitedTask, TaskInfo
 
 log = logging.getLogger(__name__)
@@ -201,9 +204,8 @@ def listen_unix(path: str, mode: int, what: str) -> socket.socket:
         sock.close()
         raise ServerError(f"cannot create {what} {path}: {err.strerror}") from err
     finally:
-        os.umask(old_umask)
-    os.chmod(path, mode)
-    sock.listen(64)
+        os.umask(old_umask)  # the umask gave the socket its mode at creation: no chmod,
+    sock.listen(64)  # which would follow a symlink put in its place meanwhile
     return sock
 
 
@@ -218,15 +220,50 @@ class UnixStreamServer(Generic[ConnectionT]):
     Subclasses make a connection object in ``_accepted`` and register it, say
     which connections are idle, and close the expired ones in ``_expire``.
     Time comes from ``clock`` (time.monotonic; tests pass their own).
+
+    The daemon passes the checked directory the socket lives in (a
+    ``rundir.SafeDirectory``): the socket is then bound, given to ``group`` and
+    removed through that directory's descriptor, and only if it is still the
+    file this server made.  Without one (tests, benchmarks) the path is used as is.
+    With ``group`` the socket is mode | 0660 and that group's.
     """
 
-    def __init__(self, path: str, mode: int, what: str, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: str,
+        mode: int,
+        what: str,
+        clock: Clock = time.monotonic,
+        directory: SafeDirectory | None = None,
+        group: str | int | None = None,
+    ) -> None:
         self.path = path
         self.what = what
         self.clock = clock
-        self.listener = listen_unix(path, mode, what)
         self.connections: dict[int, ConnectionT] = {}
         self.selector: selectors.BaseSelector | None = None
+        self.directory = directory
+        self.name = os.path.basename(path)
+        gid = None if group is None else resolve_group(group)
+        if gid is not None:
+            mode |= 0o060  # a group that may connect needs read and write
+        if directory is None:
+            self.listener = listen_unix(path, mode, what)
+        else:
+            try:
+                self.listener = directory.bind_socket(self.name, mode)
+            except RunDirError as err:
+                raise ServerError(f"{what}: {err}") from err
+        self.made = os.lstat(path) if directory is None else directory.stat(self.name)
+        if gid is not None:
+            try:
+                if directory is None:
+                    os.chown(path, -1, gid, follow_symlinks=False)
+                else:
+                    os.chown(self.name, -1, gid, dir_fd=directory.fd, follow_symlinks=False)
+            except OSError as err:
+                self.close()
+                raise ServerError(f"cannot give {path} to group {group}: {err.strerror}") from err
         self.drops = DropLog(what, clock)
         self.next_expire_s = -float("inf")
 
@@ -309,8 +346,15 @@ class UnixStreamServer(Generic[ConnectionT]):
             except (KeyError, ValueError):
                 pass
         self.listener.close()
+        if self.directory is not None:
+            try:
+                self.directory.remove(self.name, same_as=self.made)
+            except RunDirError as err:
+                log.warning("%s", err)
+            return
         try:
-            os.unlink(self.path)
+            if os.lstat(self.path).st_ino == self.made.st_ino:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 
@@ -334,8 +378,10 @@ class ControlServer(UnixStreamServer[Connection]):
         backend: ControlBackend,
         mode: int = 0o600,
         clock: Clock = time.monotonic,
+        directory: SafeDirectory | None = None,
+        group: str | int | None = None,
     ) -> None:
-        super().__init__(path, mode, "the netatopd control socket", clock)
+        super().__init__(path, mode, "the netatopd control socket", clock, directory, group)
         self.backend = backend
         self.bad_requests = 0
         self.requests = 0
@@ -728,17 +774,9 @@ class AtopServer(UnixStreamServer[AtopConnection]):
         mode: int = 0o600,
         group: str | int | None = None,
         clock: Clock = time.monotonic,
+        directory: SafeDirectory | None = None,
     ) -> None:
-        gid = None if group is None else resolve_group(group)
-        if gid is not None:
-            mode |= 0o060  # a group that may connect needs read and write
-        super().__init__(path, mode, "the atop socket", clock)
-        if gid is not None:
-            try:
-                os.chown(path, -1, gid, follow_symlinks=False)
-            except OSError as err:
-                self.close()
-                raise ServerError(f"cannot give {path} to group {group}: {err.strerror}") from err
+        super().__init__(path, mode, "the atop socket", clock, directory, group)
         self.backend = backend
         self.journal = journal
         self.requests = 0  # answers started

@@ -33,11 +33,13 @@ from typing import NamedTuple
 from .defaults import PROC_ROOT_DEFAULT, TABLE_FILE_NAME
 from .procfs import ProcError, read_stat, same_process
 from .protocol import COUNTER_NAMES
+from .rundir import RunDirError, SafeDirectory
 from .status import TABLE_FIELDS, TABLE_SLOTS
 from .tasks import Kind, TaskRow
 
 log = logging.getLogger(__name__)
 
+TABLE_MODE = 0o600  # root's only by default; --table-group adds a group that may read
 TABLE_MAGIC = b"NETATOPT"
 TABLE_LAYOUT_VERSION = 1
 
@@ -160,6 +162,16 @@ def table_path(run_dir: str) -> str:
     return os.path.join(run_dir, TABLE_FILE_NAME)
 
 
+def _open_parent(path: str) -> SafeDirectory:
+    """The directory path is in, held open as it is (no ownership check: tests, tools)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise TableError(f"cannot create the table {path}: {err.strerror}", path) from err
+    return SafeDirectory(directory, fd, "table's directory")
+
+
 def _read_boot_id(proc_root: str = PROC_ROOT_DEFAULT) -> bytes:
     """The 16 raw bytes of this boot's id, or 16 zero bytes if unknown."""
     try:
@@ -178,12 +190,29 @@ def _format_time(epoch_s: float) -> str:
 class TableWriter:
     """The daemon's side: creates the file and publishes snapshots into it."""
 
-    def __init__(self, path: str, capacity_rows: int, publish_interval_ms: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        capacity_rows: int,
+        publish_interval_ms: int,
+        directory: SafeDirectory | None = None,
+        mode: int = TABLE_MODE,
+        group: int | None = None,
+    ) -> None:
+        """path: where the table appears; directory: the checked run directory it is
+        in (the daemon's), else its directory is opened here, unchecked (tests, tools).
+        group: a gid given the table, to be read by (mode 0640 then, unless mode says).
+        """
         if capacity_rows < 1:
             raise ValueError(f"capacity_rows must be at least 1, not {capacity_rows}")
         if not 0 < publish_interval_ms < 2**32:
             raise ValueError(f"publish_interval_ms out of range: {publish_interval_ms}")
         self.path = path
+        self.name = os.path.basename(path)
+        self.mode = mode | (0o040 if group is not None else 0)
+        self.group = group
+        self._own_directory = directory is None
+        self._directory = directory if directory is not None else _open_parent(path)
         self.capacity = capacity_rows
         self.publish_interval_ms = publish_interval_ms
         self._size = TABLE_HEADER.size + capacity_rows * TABLE_ROW.size
@@ -198,7 +227,7 @@ class TableWriter:
         self._refused_total = 0
         self._rows_buffer = bytearray(self._size - TABLE_HEADER.size)
         self._command_cache: dict[str, bytes] = {}
-        self._map, self._inode = self._create()
+        self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
         ].cast("Q")
@@ -231,40 +260,52 @@ class TableWriter:
             *status,
         )
 
-    def _create(self) -> tuple[mmap.mmap, int]:
+    def _create(self) -> tuple[mmap.mmap, os.stat_result]:
         """Build the file under a temporary name, then rename it over the path.
 
-        A reader that still maps a previous daemon's file keeps that (now
-        unlinked) file, sees its dead writer and reports the table stale; it is
-        never cut short by a truncate under its mapping (which would be SIGBUS).
+        The file is made through the run directory's descriptor (O_CREAT | O_EXCL |
+        O_NOFOLLOW: a name planted there is never followed) and its space is
+        allocated at once, so a full filesystem fails here and not with SIGBUS
+        when a publish writes into a page that has no room.  A reader that still
+        maps a previous daemon's file keeps that (now unlinked) file, sees its
+        dead writer and reports the table stale; it is never cut short by a
+        truncate under its mapping (which would be SIGBUS).
         """
-        directory, name = os.path.split(self.path)
-        temporary = os.path.join(directory, f".{name}.{self._pid}.new")
+        directory = self._directory
+        temporary = f".{self.name}.{self._pid}.new"
         try:
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise TableError(
-                f"cannot create the table {temporary}: {err.strerror}", self.path
-            ) from err
+            fd = directory.create_file(temporary, 0o600, size_bytes=self._size)
+        except RunDirError as err:
+            self._close_directory()
+            raise TableError(str(err), self.path) from err
+        made = os.fstat(fd)
+        table_map: mmap.mmap | None = None
         try:
-            os.fchmod(fd, 0o644)
-            os.ftruncate(fd, self._size)
+            if self.group is not None:
+                os.fchown(fd, -1, self.group)
+            os.fchmod(fd, self.mode)  # after the group: never readable by the old one
             table_map = mmap.mmap(fd, self._size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             header = self._header(0, 0, [0] * STATUS_SLOTS, self._created_ns)
             table_map[: len(header)] = header
-            os.rename(temporary, self.path)
-            inode = os.fstat(fd).st_ino
-        except OSError as err:
+            directory.rename(temporary, self.name)
+        except (OSError, RunDirError) as err:
+            if table_map is not None:
+                table_map.close()
             try:
-                os.unlink(temporary)
-            except OSError:
+                directory.remove(temporary, same_as=made)
+            except RunDirError:
                 pass
-            raise TableError(
-                f"cannot set up the table {self.path}: {err.strerror}", self.path
-            ) from err
+            self._close_directory()
+            reason = err.strerror if isinstance(err, OSError) else str(err)
+            raise TableError(f"cannot set up the table {self.path}: {reason}", self.path) from err
         finally:
             os.close(fd)
-        return table_map, inode
+        assert table_map is not None
+        return table_map, made
+
+    def _close_directory(self) -> None:
+        if self._own_directory:
+            self._directory.close()
 
     def _pack_status(self, status: Mapping[str, int]) -> list[int]:
         values = [0] * STATUS_SLOTS
@@ -354,17 +395,13 @@ class TableWriter:
             return
         self._generation_view.release()
         self._map.close()
-        if not unlink:
-            return
         try:
-            if os.stat(self.path).st_ino == self._inode:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise TableError(
-                f"cannot remove the table {self.path}: {err.strerror}", self.path
-            ) from err
+            if unlink:
+                self._directory.remove(self.name, same_as=self._made)
+        except RunDirError as err:
+            raise TableError(f"cannot remove the table: {err}", self.path) from err
+        finally:
+            self._close_directory()
 
 
 class TableReader:
@@ -379,6 +416,12 @@ class TableReader:
         except FileNotFoundError as err:
             raise TableMissing(
                 f"no table at {path}: is netatopd running with this run directory?", path
+            ) from err
+        except PermissionError as err:
+            raise TableError(
+                f"cannot open the table {path}: {err.strerror} (it is root's; netatopd "
+                "--table-group GROUP lets that group read it)",
+                path,
             ) from err
         except OSError as err:
             raise TableError(f"cannot open the table {path}: {err.strerror}", path) from err

@@ -1,13 +1,15 @@
 """netatopd --check: what would be used and whether it can be, without starting.
 
 Prints the resolved options with where each came from, then checks libpcap,
-the capabilities, the run directory, the sockets and the history database.
+the capabilities, the run directory (safe, not locked by a running daemon),
+the database and atop socket directories, the sockets and the history database.
 Called by main.main; returns the exit status of the first problem.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 
 from .. import __version__
@@ -15,6 +17,7 @@ from ..capture.pcap import LibpcapMissing, load_libpcap
 from ..config import OPTIONS
 from ..defaults import CONTROL_SOCKET_NAME
 from ..history import StoreError, open_db
+from ..rundir import LOCK_NAME, RunDirError, open_directory
 from ..server import ServerError, prepare_socket_path
 from .exitcodes import ExitCode
 
@@ -28,6 +31,24 @@ def effective_capabilities() -> int:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return 0
+
+
+def lock_holder(path: str) -> str | None:
+    """'pid N' when a daemon holds the lock file at path, else None (nothing is made)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return f"pid {text}" if text.isdigit() else "pid unknown"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also lets go of a shared lock taken
+    return None
 
 
 def check(options: argparse.Namespace) -> int:
@@ -73,6 +94,27 @@ def check(options: argparse.Namespace) -> int:
         f"run directory {run_dir} can be created and written",
         ExitCode.RUN_DIR,
     )
+
+    def directory_of(path: str) -> str:
+        return os.path.dirname(os.path.abspath(path))
+
+    directories = [(run_dir, "--run-dir", "run directory")]
+    if not options.no_history:
+        directories.append((directory_of(options.db), "--db", "database directory"))
+    if not options.no_atop_socket:
+        atop_dir = directory_of(options.atop_socket)
+        directories.append((atop_dir, "--atop-socket", "atop socket's directory"))
+    for path, flag, what in directories:
+        if not os.path.lexists(path):
+            continue  # made at start, safe by construction
+        try:
+            open_directory(path, what=what, create=False).close()
+            report(True, f"{what} {path} is safe for root to write in")
+        except RunDirError as err:
+            report(False, f"{flag}: {err}", ExitCode.RUN_DIR)
+    holder = lock_holder(os.path.join(run_dir, LOCK_NAME))
+    if holder is not None:
+        report(False, f"--run-dir: another netatopd ({holder}) holds {run_dir}", ExitCode.RUN_DIR)
     sockets = [(os.path.join(run_dir, CONTROL_SOCKET_NAME), "control socket")]
     if not options.no_atop_socket:
         sockets.append((options.atop_socket, "atop socket"))

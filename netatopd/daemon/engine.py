@@ -34,6 +34,7 @@ from ..netlink.sockdiag import SockDiag
 from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..parse import Reject
 from ..procfs import ProcFS
+from ..rundir import SafeDirectory
 from ..status import collect_table
 from ..table import TableWriter, table_path
 from ..tasks import ExitedTask, Kind, TaskRow, TaskTable
@@ -85,17 +86,41 @@ class Engine:
     """Every counting stage wired together, the counting pass and housekeeping."""
 
     def __init__(
-        self, options: argparse.Namespace, capture: CaptureLanes, clock: Clock | None = None
+        self,
+        options: argparse.Namespace,
+        capture: CaptureLanes,
+        clock: Clock | None = None,
+        run_dir: SafeDirectory | None = None,
+        table_group: int | None = None,
     ) -> None:
+        """run_dir: the checked, locked run directory (main.run); the shared table is
+        made through it.  table_group: a gid that may read the table (--table-group)."""
         self.options = options
         self.capture = capture
         self.clock = clock = clock or Clock()
         self.timeout_s = options.capture_timeout_ms / 1000.0
         self.links = LinkTable()
         self.rejects = [0] * (max(int(r) for r in Reject) + 1)
+        # The table first: a run directory that cannot hold it stops the start here,
+        # before anything is loaded; a later failure removes it again.
+        self.table = TableWriter(
+            table_path(options.run_dir),
+            options.table_capacity,
+            options.publish_interval_ms,
+            directory=run_dir,
+            group=table_group,
+        )
         self.procfs = ProcFS()
-        self.sockdiag = SockDiag()
-        self.kernel, self.ownership_note = load_kernel_ownership(options.ownership)
+        try:
+            self.sockdiag = SockDiag()
+            try:
+                self.kernel, self.ownership_note = load_kernel_ownership(options.ownership)
+            except BaseException:
+                self.sockdiag.close()
+                raise
+        except BaseException:
+            self.table.close(unlink=True)
+            raise
         self.hold = Hold(
             hold_seconds(options.hold_ms, self.kernel is not None), self.timeout_s, clock.monotonic
         )
@@ -123,9 +148,6 @@ class Engine:
             gc_interval_s=options.gc_interval_s,
             tcp_idle_s=options.tcp_idle_s,
             udp_idle_s=options.udp_idle_s,
-        )
-        self.table = TableWriter(
-            table_path(options.run_dir), options.table_capacity, options.publish_interval_ms
         )
         self.publish_interval_s = options.publish_interval_ms / 1000.0
         self.last_publish_monotonic_s = 0.0

@@ -3,8 +3,10 @@
 The capture lanes' descriptors, the control and atop sockets and a signal
 wake-up socket share one selector.  Each pass drains the capture
 (engine.Engine.drain_capture), applies the hold (hold.Hold), does the
-housekeeping that is due and lets the control server finish waiting requests.
-SIGTERM and SIGINT stop the loop, SIGHUP reloads the interface facts.
+housekeeping that is due, lets the control server finish waiting requests
+and has both servers close clients whose time is up (the loop wakes at least
+once a second).  SIGTERM and SIGINT stop the loop, SIGHUP reloads the
+interface facts; signals are noted by the handler and acted on in the loop.
 Owned by main.run, which builds the engine and the servers first.
 """
 
@@ -41,14 +43,18 @@ class EventLoop:
         capture: CaptureLanes,
         server: ControlServer,
         atop: AtopServer | None,
+        pending_signals: list[int] | None = None,
     ) -> None:
+        """pending_signals: signals noted before the loop existed (main.run's start),
+        acted on at the first pass."""
         self.engine = engine
         self.server = server
+        self.atop = atop
         self.selector = selectors.DefaultSelector()
         self.wake_read, self.wake_write = socket.socketpair()
         self.wake_read.setblocking(False)
         self.wake_write.setblocking(False)
-        self.received: list[int] = []
+        self.received: list[int] = pending_signals if pending_signals is not None else []
         self.capture_fds = capture.filenos()
         signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
         for signum in (*STOP_SIGNALS, signal.SIGHUP):
@@ -94,17 +100,22 @@ class EventLoop:
                     pass
 
     def _signals(self) -> bool:
-        """Act on a received signal; True when it says stop."""
-        if not self.received:
-            return False
-        signum = signal.Signals(self.received.pop(0))
-        if signum == signal.SIGHUP:
+        """Act on the signals received; True when one says stop.
+
+        Every signal noted is looked at (a stop signal behind any number of SIGHUPs
+        is never lost); SIGHUPs received together reload the facts once.
+        """
+        reload = False
+        while self.received:
+            signum = signal.Signals(self.received.pop(0))
+            if signum in STOP_SIGNALS:
+                log.info("%s: stopping", signum.name)
+                return True
+            reload = True
+        if reload:
             log.info("SIGHUP: interface facts reloaded")
             self.engine.links.clear()
-            self.received.clear()
-            return False
-        log.info("%s: stopping", signum.name)
-        return True
+        return False
 
     def _pass(self) -> None:
         """Count what the capture holds, hold if at load, and do what is due."""
@@ -117,7 +128,9 @@ class EventLoop:
         elif change is HoldChange.END:
             self._watch_capture(True)
         engine.housekeeping(counted)
-        self.server.service_waiters()
+        self.server.service_waiters()  # runs the control server's expire
+        if self.atop is not None:
+            self.atop.expire()  # a stalled atop client is closed even if its socket is quiet
 
     def run(self) -> ExitCode:
         """Until a stop signal; raises CaptureFailed when the capture breaks."""

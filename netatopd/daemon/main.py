@@ -1,10 +1,12 @@
 """netatopd's start and stop: options, logging, the wiring of capture, engine and sockets.
 
 ``main`` (the ``netatopd`` command and ``python -m netatopd.daemon``) reads
-the options, runs --check (check.py) or ``run``; ``run`` opens the capture,
-builds the engine (engine.py), the control and atop servers over its answers
-(answers.py), and hands them to the event loop (loop.py).  Start-up failures
-exit with a sentence and a status from exitcodes.py.
+the options, runs --check (check.py) or ``run``; ``run`` checks and locks the
+run directory (rundir.py) before it touches anything in it, checks the
+database and atop socket directories, opens the capture, builds the engine
+(engine.py), the control and atop servers over its answers (answers.py), and
+hands them to the event loop (loop.py).  Start-up failures exit with a
+sentence and a status from exitcodes.py; whatever was set up is undone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
+from contextlib import ExitStack
 from typing import NoReturn
 
 from .. import __version__
@@ -21,12 +25,14 @@ from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError, CapturePermissionError, LibpcapMissing
 from ..config import ConfigError, resolve
 from ..defaults import CONTROL_SOCKET_NAME
-from ..server import AtopServer, ControlServer, ServerError
+from ..rundir import DATABASE_DIR_MODE, RUN_DIR_MODE, RunDirError, SafeDirectory, open_directory
+from ..server import AtopServer, ControlServer, ServerError, resolve_group
+from ..table import TableError
 from .answers import Answers
 from .check import check
 from .engine import Engine, KernelOwnershipFailed
 from .exitcodes import ExitCode
-from .loop import CaptureFailed, EventLoop
+from .loop import STOP_SIGNALS, CaptureFailed, EventLoop
 
 log = logging.getLogger(__name__)
 
@@ -36,67 +42,130 @@ def _fail(code: ExitCode, message: str) -> NoReturn:
     sys.exit(code)
 
 
-def run(options: argparse.Namespace) -> int:
-    try:
-        os.makedirs(options.run_dir, mode=0o755, exist_ok=True)
-    except OSError as err:
-        _fail(ExitCode.RUN_DIR, f"cannot create run directory {options.run_dir}: {err.strerror}")
-    try:
-        capture = CaptureLanes(
-            options.interface,
-            snaplen_bytes=options.snaplen,
-            buffer_bytes=options.buffer_mib << 20,
-            timeout_ms=options.capture_timeout_ms,
-            single=options.single_lane,
-        )
-    except LibpcapMissing as err:
-        _fail(ExitCode.NO_LIBPCAP, str(err))
-    except CapturePermissionError as err:
-        _fail(ExitCode.PRIVILEGES, str(err))
-    except CaptureError as err:
-        _fail(ExitCode.ERROR, f"cannot capture on {options.interface}: {err}")
-    try:
-        engine = Engine(options, capture)
-    except KernelOwnershipFailed as err:
-        capture.close()
-        _fail(ExitCode.NO_KERNEL_OWNERSHIP, str(err))
-    answers = Answers(engine)
-    try:
-        server = ControlServer(
-            os.path.join(options.run_dir, CONTROL_SOCKET_NAME), answers, options.control_mode
-        )
-    except ServerError as err:
-        engine.close()
-        capture.close()
-        _fail(ExitCode.RUN_DIR, str(err))
-    if not options.no_atop_socket:
+def _groups(options: argparse.Namespace) -> dict[str, int | None]:
+    """--table-group, --control-group, --atop-group as gids (None when empty); a group
+    that does not exist is a bad option (exit status 2)."""
+    gids: dict[str, int | None] = {}
+    for dest in ("table_group", "control_group", "atop_group"):
+        name = getattr(options, dest)
         try:
-            answers.atop = AtopServer(
-                options.atop_socket, answers, engine.journal, group=options.atop_group or None
+            gids[dest] = resolve_group(name) if name else None
+        except ServerError as err:
+            _fail(ExitCode.USAGE, f"--{dest.replace('_', '-')}: {err}")
+    return gids
+
+
+def _directory(path: str, option: str, mode: int, what: str) -> SafeDirectory:
+    """The checked directory (made with mode if missing), or exit 5 naming option."""
+    try:
+        return open_directory(path, mode, what)
+    except RunDirError as err:
+        _fail(ExitCode.RUN_DIR, f"{option}: {err}")
+
+
+def _defer_signals() -> list[int]:
+    """Until the event loop takes them over, stop and reload signals are only noted
+    (the loop acts on them first thing): a SIGTERM during the start still stops the
+    daemon cleanly, a SIGHUP does not kill it."""
+    pending: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    for signum in (*STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(signum, note)
+    return pending
+
+
+def run(options: argparse.Namespace) -> int:
+    """Start, count until a stop signal, stop; every step undone on the way out.
+
+    The run directory is checked and locked before anything in it is touched;
+    then the database and atop socket directories are checked, the capture
+    opened, the engine (and the table) built and the sockets bound.
+    """
+    pending_signals = _defer_signals()
+    gids = _groups(options)
+    with ExitStack() as undo:
+        run_dir = _directory(options.run_dir, "--run-dir", RUN_DIR_MODE, "run directory")
+        undo.callback(run_dir.close)
+        try:
+            lock = run_dir.lock()
+        except RunDirError as err:  # AlreadyRunning names the other daemon's pid
+            _fail(ExitCode.RUN_DIR, f"--run-dir: {err}")
+        undo.callback(lock.release)
+        if not options.no_history:
+            db_dir = os.path.dirname(os.path.abspath(options.db))
+            # Checked here, before the history writer opens (and maybe makes) the file.
+            _directory(db_dir, "--db", DATABASE_DIR_MODE, "database directory").close()
+        atop_dir = None
+        if not options.no_atop_socket:
+            atop_dir = _directory(
+                os.path.dirname(os.path.abspath(options.atop_socket)),
+                "--atop-socket",
+                RUN_DIR_MODE,
+                "atop socket's directory",
+            )
+            undo.callback(atop_dir.close)
+        try:
+            capture = CaptureLanes(
+                options.interface,
+                snaplen_bytes=options.snaplen,
+                buffer_bytes=options.buffer_mib << 20,
+                timeout_ms=options.capture_timeout_ms,
+                single=options.single_lane,
+            )
+        except LibpcapMissing as err:
+            _fail(ExitCode.NO_LIBPCAP, str(err))
+        except CapturePermissionError as err:
+            _fail(ExitCode.PRIVILEGES, str(err))
+        except CaptureError as err:
+            _fail(ExitCode.ERROR, f"cannot capture on {options.interface}: {err}")
+        undo.callback(capture.close)
+        try:
+            engine = Engine(options, capture, run_dir=run_dir, table_group=gids["table_group"])
+        except KernelOwnershipFailed as err:
+            _fail(ExitCode.NO_KERNEL_OWNERSHIP, str(err))
+        except TableError as err:
+            _fail(ExitCode.RUN_DIR, f"--run-dir: {err}")
+        undo.callback(engine.close)
+        answers = Answers(engine)
+        try:
+            server = ControlServer(
+                run_dir.join(CONTROL_SOCKET_NAME),
+                answers,
+                options.control_mode,
+                directory=run_dir,
+                group=gids["control_group"],
             )
         except ServerError as err:
-            server.close()
-            engine.close()
-            capture.close()
-            _fail(ExitCode.RUN_DIR, f"atop socket: {err}")
+            _fail(ExitCode.RUN_DIR, f"--run-dir: {err}")
+        undo.callback(server.close)
+        if atop_dir is not None:
+            try:
+                answers.atop = AtopServer(
+                    atop_dir.join(os.path.basename(options.atop_socket)),
+                    answers,
+                    engine.journal,
+                    group=gids["atop_group"],
+                    directory=atop_dir,
+                )
+            except ServerError as err:
+                _fail(ExitCode.RUN_DIR, f"--atop-socket: {err}")
+            undo.callback(answers.atop.close)
 
-    loop = EventLoop(engine, capture, server, answers.atop)
-    log.info(
-        "netatopd %s counting on %s; control socket %s", __version__, options.interface, server.path
-    )
-    try:
-        return loop.run()
-    except CaptureFailed as err:
-        _fail(ExitCode.ERROR, str(err))
-    finally:
-        server.close()
-        if answers.atop is not None:
-            answers.atop.close()
+        loop = EventLoop(engine, capture, server, answers.atop, pending_signals)
+        undo.callback(loop.close)
+        log.info(
+            "netatopd %s counting on %s; control socket %s",
+            __version__,
+            options.interface,
+            server.path,
+        )
         try:
-            engine.close()
-        finally:
-            capture.close()
-            loop.close()
+            return loop.run()
+        except CaptureFailed as err:
+            _fail(ExitCode.ERROR, str(err))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 import apsw
@@ -25,6 +26,7 @@ import apsw
 log = logging.getLogger(__name__)
 
 DB_DIRECTORY_MODE = 0o750
+DB_FILE_MODE = 0o600  # the database, its -wal and -shm: root's only (command lines, uids)
 BUSY_TIMEOUT_MS = 5000
 JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # WAL file truncated to this after a checkpoint
 
@@ -149,6 +151,33 @@ def _migrate(conn: apsw.Connection, path: str) -> None:
         version = number
 
 
+def _private_files(path: str) -> None:
+    """A missing database is made empty with DB_FILE_MODE before SQLite opens it (the
+    umask would give 0644); SQLite gives the -wal and -shm files the database's mode.
+    Others' access to an existing database and its -wal and -shm is taken away."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, DB_FILE_MODE
+        )
+    except FileExistsError:
+        for name in (path, path + "-wal", path + "-shm"):
+            try:
+                st = os.lstat(name)
+                if stat.S_ISREG(st.st_mode) and st.st_mode & 0o007:
+                    os.chmod(name, stat.S_IMODE(st.st_mode) & ~0o007)
+                    log.warning("%s was readable by every user: access for others removed", name)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                log.warning("%s: cannot remove others' access: %s", name, err.strerror)
+        return
+    except OSError as err:
+        message = f"{path}: cannot create the history database: {err.strerror}"
+        raise StoreError(message, path) from err
+    os.fchmod(fd, DB_FILE_MODE)
+    os.close(fd)
+
+
 def open_db(path: str, readonly: bool = False) -> apsw.Connection:
     """Open the history database with the project's pragmas.
 
@@ -174,6 +203,7 @@ def open_db(path: str, readonly: bool = False) -> apsw.Connection:
                     f"{parent}: cannot create the database directory: {err.strerror}",
                     path,
                 ) from err
+        _private_files(path)
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     try:
         conn = apsw.Connection(path, flags=flags)

@@ -29,7 +29,9 @@ def run_daemon(prefix: list[str], *options: str) -> subprocess.CompletedProcess[
 def test_without_privileges_the_daemon_names_the_capabilities(make_netns: Any) -> None:
     ns = make_netns("ntps")
     with tempfile.TemporaryDirectory() as scratch:
-        os.chmod(scratch, 0o777)  # nobody may create the run directory: only capture fails
+        os.chmod(
+            scratch, 0o1777
+        )  # like /tmp: nobody may make its run directory; only capture fails
         done = run_daemon(
             [*ns.exec_prefix, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
             "--run-dir",
@@ -81,7 +83,8 @@ def test_a_second_daemon_on_the_same_run_directory_is_refused(
             "proc",
         )
         assert done.returncode == 5, done.stderr
-        assert "already serves" in done.stderr and "Traceback" not in done.stderr
+        assert f"another netatopd (pid {first.pid})" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
         assert first.poll() is None  # the first daemon is untouched
     finally:
         first.terminate()

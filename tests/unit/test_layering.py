@@ -74,9 +74,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
             ),
         ),
         # Readers and publishers.
-        ("table", ("status", "tasks", "procfs", "libc", "wire", "protocol", "defaults")),
+        ("table", ("status", "tasks", "procfs", "libc", "wire", "protocol", "rundir", "defaults")),
         ("history", ("tasks", "protocol", "defaults")),
-        ("server", ("exitlist", "tasks", "protocol", "defaults")),
+        ("server", ("exitlist", "tasks", "protocol", "rundir", "defaults")),
         ("client", ("protocol", "defaults")),
         ("config", ("defaults",)),
         (
@@ -84,6 +84,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
             (
                 "client",
                 "table",
+                "rundir",
                 "history",
                 "status",
                 "tasks",

@@ -171,7 +171,7 @@ def test_header_bytes_after_creation(tmp_path: Path) -> None:
         # version, header size, row size, capacity, generation, rows, status count,
         # refused, pid, interval
         assert fields == (1, 640, 128, 3, 0, 0, len(STATUS_FIELDS), 0, os.getpid(), 250)
-        assert os.stat(path).st_mode & 0o777 == 0o644
+        assert os.stat(path).st_mode & 0o777 == 0o600  # root's only by default
         assert [name for name in os.listdir(tmp_path)] == ["table"]
     finally:
         writer.close()
@@ -584,3 +584,48 @@ def test_close_keeps_a_newer_writers_file(tmp_path: Path) -> None:
 def test_writer_in_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(TableError, match="cannot create the table"):
         TableWriter(str(tmp_path / "absent" / "table"), capacity_rows=1, publish_interval_ms=100)
+
+
+def test_a_group_may_read_the_table(tmp_path: Path) -> None:
+    gid = 65534 if os.geteuid() == 0 else os.getgid()
+    path = tmp_path / "table"
+    writer = TableWriter(str(path), capacity_rows=1, publish_interval_ms=100, group=gid)
+    try:
+        st = os.stat(path)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o640, gid)
+    finally:
+        writer.close()
+
+
+def test_a_planted_symlink_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    os.chmod(victim, 0o600)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    planted = run_dir / f".table.{os.getpid()}.new"
+    planted.symlink_to(victim)
+    # The symlink is ours (same uid), so it is taken for a leftover and removed, never
+    # followed: the victim keeps its bytes and mode.
+    writer = TableWriter(str(run_dir / "table"), capacity_rows=4, publish_interval_ms=100)
+    try:
+        assert victim.read_bytes() == b"keep me"
+        assert os.stat(victim).st_mode & 0o777 == 0o600
+        assert sorted(os.listdir(run_dir)) == ["table"]
+    finally:
+        writer.close()
+
+
+def test_the_writer_works_through_a_checked_directory(tmp_path: Path) -> None:
+    from netatopd.rundir import open_directory
+
+    with open_directory(str(tmp_path / "run")) as run_dir:
+        writer = TableWriter(
+            run_dir.join("table"), capacity_rows=2, publish_interval_ms=100, directory=run_dir
+        )
+        renamed = tmp_path / "run" / "moved"
+        os.rename(tmp_path / "run" / "table", renamed)
+        (tmp_path / "run" / "table").write_bytes(b"someone else's")
+        writer.close()  # removes only its own file, never the one now under the name
+        assert (tmp_path / "run" / "table").read_bytes() == b"someone else's"
+        assert run_dir.fd >= 0  # the directory is the caller's to close
