@@ -81,6 +81,7 @@ def engine(tmp_path: Path, fake_time: FakeTime) -> Iterator[Engine]:
     finally:
         engine.table.close(unlink=True)
         engine.sockdiag.close()
+        engine.locality.close()
 
 
 def test_table_figures_are_the_integer_status_fields(engine: Engine) -> None:
@@ -146,6 +147,19 @@ STATUS_ORDER_PROC = [
     "ownership",
     "ownership_note",
     "uptime_s",
+    *(
+        f"forwarded_{name}{unit}"
+        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+        for unit in ("", "_bytes")
+    ),
+    "local_addresses",
+    "conntrack",
+    "nat_rewrites",
+    *(
+        f"balance_{name}{term}"
+        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+        for term in ("_counted", "_processes", "_pending", "")
+    ),
 ]
 
 
