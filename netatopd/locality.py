@@ -222,7 +222,9 @@ class Locality:
             if verdict is None:
                 if undecided:
                     undecided = False
-                    self._tracked = self._tracking() if self.conntrack is not None else False
+                    conntrack = self.conntrack
+                    asked = conntrack is not None and conntrack.available
+                    self._tracked = self._tracking() if asked else False
                 verdict = self._decide(kind, key)
             if verdict is not local:
                 others.append((position, kind, key, verdict))
