@@ -7,6 +7,10 @@ of counting.py followed by FlowTable.charge of its sums:
   * count_records (the fused walk, the lane for uncommon frames),
   * count_fixed (a fixed lane's batch: the same frames captured to the lane's
     length, counted with Counter over struct.iter_unpack),
+  * count_records and count_fixed with the daemon's locality split
+    (locality.Locality.split: local or forwarded per distinct row) between
+    counting and charging, on a host that owns the addresses ("+split") and on
+    a router that owns none of them ("+split, forwarded": no flow is charged),
 for established flows: UDP over loopback (each packet a send and a receive),
 TCP received on ethernet, and UDP over IPv6 loopback.  The best of a few
 rounds is taken (the least disturbed by the machine).
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from netatopd.capture.lanes import LaneKind  # noqa: E402
 from netatopd.counting import count_fixed, count_packets, count_records  # noqa: E402
 from netatopd.flows import FlowTable  # noqa: E402
+from netatopd.locality import Locality  # noqa: E402
 from netatopd.parse import REJECT_COUNTERS_LENGTH, parse_batch  # noqa: E402
 from netatopd.wire import (  # noqa: E402
     ARPHRD_ETHER,
@@ -92,6 +97,27 @@ SCENARIOS = {
 }
 
 
+class StaticAddresses:
+    """A local table that never changes: every address local, or none."""
+
+    generation = 1
+
+    def __init__(self, local: bool) -> None:
+        self.local = local
+
+    def is_local(self, address: bytes) -> bool:
+        return self.local
+
+    def fileno(self) -> int:
+        return -1
+
+    def process_events(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 def best_ns_per_packet(step: Callable[[bytes], None], batch: bytes) -> float:
     best = float("inf")
     for _ in range(ROUNDS):
@@ -130,6 +156,31 @@ def measure() -> dict[str, float]:
         results[f"parse_batch+count_packets, {name}"] = best_ns_per_packet(parse_and_count, batch)
         results[f"count_records, {name}"] = best_ns_per_packet(fused_walk, batch)
         results[f"count_fixed, {name}"] = best_ns_per_packet(fixed_lane, fixed_batch)
+        for label, local in (("+split", True), ("+split, forwarded", False)):
+            locality = Locality(StaticAddresses(local))
+            split_records, split_fixed = FlowTable(), FlowTable()
+
+            def records_split(
+                batch: bytes, table: FlowTable = split_records, split: Locality = locality
+            ) -> None:
+                sums = count_records(batch, LINKS, rejects)
+                split.split(sums)
+                table.charge(sums, 1.0)
+                table.dirty.clear()
+
+            def fixed_split(
+                batch: bytes,
+                table: FlowTable = split_fixed,
+                lane: LaneKind = lane,
+                split: Locality = locality,
+            ) -> None:
+                sums = count_fixed(batch, BATCH_PACKETS, lane, LINKS, rejects)
+                split.split(sums)
+                table.charge(sums, 1.0)
+                table.dirty.clear()
+
+            results[f"count_records{label}, {name}"] = best_ns_per_packet(records_split, batch)
+            results[f"count_fixed{label}, {name}"] = best_ns_per_packet(fixed_split, fixed_batch)
     return results
 
 

@@ -66,11 +66,15 @@ TABLE = Group("Table", Style.SHARED_TABLE)
 ATOP = Group("Atop socket")
 HISTORY = Group("History", headline_colon=True, when_empty="off")
 EBPF = Group("eBPF", verbose=True, prefix="ebpf_")
+FORWARDED = Group("Forwarded")
+BALANCE = Group("Balance", Style.TABLE)
 
 # The order of the netatop status screen.
 GROUPS: tuple[Group, ...] = (
     HEADER,
     PACKETS,
+    FORWARDED,
+    BALANCE,
     MALFORMED,
     FLOWS,
     TASKS,
@@ -192,6 +196,32 @@ def _totals(slot: int, name: str, label: str, column: str) -> Field:
     return Field(name, PACKETS, label, f"flows.totals.{name}", slot=slot, column=column)
 
 
+def _forwarded(name: str, label: str, column: str) -> tuple[Field, Field]:
+    """A forwarded figure's packets (in the Packets table) and bytes (on the Forwarded line)."""
+    source = f"locality_figures.forwarded_{name}"
+    return (
+        Field(f"forwarded_{name}", PACKETS, f"{label[:3]} forwarded", source, column=column),
+        Field(f"forwarded_{name}_bytes", FORWARDED, label, f"{source}_bytes", unit="bytes"),
+    )
+
+
+def _balance(name: str, label: str) -> tuple[Field, ...]:
+    """One row of the balance: counted, processes, pending and the difference (0 when even)."""
+    return (
+        *(
+            Field(
+                f"balance_{name}_{term}",
+                BALANCE,
+                label,
+                f"balance.balance_{name}_{term}",
+                column=term.upper(),
+            )
+            for term in ("counted", "processes", "pending")
+        ),
+        Field(f"balance_{name}", BALANCE, label, f"balance.balance_{name}", column="DIFFERENCE"),
+    )
+
+
 # In the order of the STATUS object (a JSON object: the order its readers see).
 REGISTRY: tuple[Field | Family, ...] = (
     Field("version", HEADER, "", "version", fmt="netatopd {}", default="?"),
@@ -296,6 +326,21 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("history_dropped", HISTORY, "dropped", "history_stats.dropped", slot=25),
     Field("history_disk_full_skips", HISTORY, "disk-full skips", "history_stats.disk_full_skips"),
     Field("history_write_errors", HISTORY, "write errors", "history_stats.write_errors"),
+    # Forwarded packets (the libpcap path): counted for no process (locality.py), and
+    # how locality is decided.
+    *_forwarded("tcp_sent", "TCP sent", "SENT"),
+    *_forwarded("tcp_received", "TCP received", "RECEIVED"),
+    *_forwarded("udp_sent", "UDP sent", "SENT"),
+    *_forwarded("udp_received", "UDP received", "RECEIVED"),
+    Field("local_addresses", FORWARDED, "local addresses", "locality.note"),
+    Field("conntrack", FORWARDED, "conntrack", "locality.conntrack_note"),
+    Field("nat_rewrites", FORWARDED, "NAT rewrites", "locality.nat_rewrites"),
+    # counted = processes (running and finished) + unidentified + pending + forwarded,
+    # for each protocol and direction; balance_* is the difference, 0 when nothing is lost.
+    *_balance("tcp_sent", "TCP sent"),
+    *_balance("tcp_received", "TCP received"),
+    *_balance("udp_sent", "UDP sent"),
+    *_balance("udp_received", "UDP received"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

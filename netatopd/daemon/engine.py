@@ -6,9 +6,10 @@ and the figures about them.  The event loop (loop.EventLoop) calls
 ``drain_capture`` and ``housekeeping`` on every pass and asks
 ``seconds_until_next_work`` how long it may sleep; the control and atop
 answers (answers.Answers) read the same objects.  Each pass reads the capture
-lanes dry in batches; each batch is summed (``counting.count_fixed`` /
-``count_records``) and the sums charged to their flows (``FlowTable.charge``),
-then new flows' owners are looked up and counters settled into tasks.  Nothing here runs per packet.
+lanes dry in batches; each batch is summed (counting.py), its forwarded rows
+taken out (``Locality.split``), the rest charged to its flows
+(``FlowTable.charge``), then new flows' owners are looked up and counters
+settled into tasks.  Nothing here runs per packet.
 
 Time comes from a ``Clock`` (wall and monotonic), passed in so tests can
 drive it.
@@ -30,6 +31,7 @@ from ..ebpf import EbpfUnavailable, KernelOwnership
 from ..exitlist import ExitJournal, ExitList
 from ..flows import FlowTable
 from ..history import HistoryWriter, StoreError
+from ..locality import open_locality
 from ..netlink.sockdiag import SockDiag
 from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..parse import Reject
@@ -125,6 +127,8 @@ class Engine:
             hold_seconds(options.hold_ms, self.kernel is not None), self.timeout_s, clock.monotonic
         )
         self.flows = FlowTable(max_flows=options.max_flows)
+        # Forwarded rows of each batch are taken out before the flow table sees them.
+        self.locality = open_locality()
         self.tasks = TaskTable(max_tasks=options.max_tasks)
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
         self.journal = ExitJournal()
@@ -185,6 +189,7 @@ class Engine:
         retried and settled everything due (housekeeping need not again).
         """
         flows = self.flows
+        split = self.locality.split
         links = self.links
         rejects = self.rejects
         wall = self.clock.wall
@@ -200,6 +205,7 @@ class Engine:
                         sums = count_records(batch.records, links, rejects)
                     else:
                         sums = count_fixed(batch.records, count, kind, links, rejects)
+                    split(sums)
                     flows.charge(sums, now_s)
                     self.packets += count
                     self.batches += 1
@@ -300,3 +306,4 @@ class Engine:
             if self.kernel is not None:
                 self.kernel.close()
             self.sockdiag.close()
+            self.locality.close()

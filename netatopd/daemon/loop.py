@@ -1,7 +1,9 @@
 """The daemon's event loop: one selector, the signals, and the --hold-ms hold.
 
-The capture lanes' descriptors, the control and atop sockets and a signal
-wake-up socket share one selector.  Each pass drains the capture
+The capture lanes' descriptors, the control and atop sockets, the rtnetlink
+socket of the local addresses (locality.Locality: a change of the local
+table is applied before the next batch is split) and a signal wake-up socket
+share one selector.  Each pass drains the capture
 (engine.Engine.drain_capture), applies the hold (hold.Hold), does the
 housekeeping that is due, lets the control server finish waiting requests
 and has both servers close clients whose time is up (the loop wakes at least
@@ -20,6 +22,7 @@ import time
 
 from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError
+from ..netlink.socket import NetlinkError
 from ..server import AtopServer, ControlServer
 from .engine import Engine
 from .exitcodes import ExitCode
@@ -61,12 +64,23 @@ class EventLoop:
             signal.signal(signum, self._on_signal)
         self._watch_capture(True)
         self.selector.register(self.wake_read, selectors.EVENT_READ, None)
+        addresses_fd = engine.locality.fileno()
+        if addresses_fd is not None:
+            self.selector.register(addresses_fd, selectors.EVENT_READ, self._on_local_table)
         server.register(self.selector)
         if atop is not None:
             atop.register(self.selector)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.received.append(signum)
+
+    def _on_local_table(self, mask: int) -> None:
+        """rtnetlink told of a change of the local table (or lost some: then it dumps)."""
+        try:
+            self.engine.locality.process_events()
+        except NetlinkError as err:
+            self.engine.errors += 1
+            log.error("local addresses: %s", err)
 
     def _watch_capture(self, watch: bool) -> None:
         for fd in self.capture_fds:

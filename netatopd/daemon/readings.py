@@ -16,10 +16,20 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..capture.pcap import CaptureStats
 from ..parse import Reject
+from ..tasks import TCPRCVPACKS, TCPSNDPACKS, UDPRCVPACKS, UDPSNDPACKS
+from ..wire import PROTO_TCP
 
 if TYPE_CHECKING:
     from ..server import AtopServer
     from .engine import Engine
+
+# The balance's protocol and direction -> the index of its packets in a task's counters.
+BALANCE_COUNTERS = {
+    "tcp_sent": TCPSNDPACKS,
+    "tcp_received": TCPRCVPACKS,
+    "udp_sent": UDPSNDPACKS,
+    "udp_received": UDPRCVPACKS,
+}
 
 # The reasons parse.py rejects a packet for that make it malformed (the others
 # are packets not for this host, or of no protocol counted).
@@ -102,3 +112,40 @@ class StatusReadings:
     @functools.cached_property
     def atop_stats(self) -> Mapping[str, int] | None:
         return None if self.atop is None else self.atop.stats()
+
+    @functools.cached_property
+    def locality_figures(self) -> Mapping[str, int]:
+        """counted_* and forwarded_* by protocol and direction (locality.Locality)."""
+        return self.engine.locality.figures()
+
+    @functools.cached_property
+    def balance(self) -> Mapping[str, int]:
+        """Where every TCP and UDP packet counted went, by protocol and direction.
+
+        counted = processes (running and finished) + unidentified + pending
+        (on flows whose owner is not known yet) + forwarded; the difference,
+        ``balance_<protocol>_<direction>``, is 0 when no packet was lost.
+        """
+        engine = self.engine
+        processes = list(engine.registry.finished_counters)
+        for task in engine.tasks.by_tgid.values():
+            for index, value in enumerate(task.counters):
+                processes[index] += value
+        pending = dict.fromkeys(BALANCE_COUNTERS, 0)
+        for flow in engine.flows.all_flows():
+            proto = "tcp" if flow.proto == PROTO_TCP else "udp"
+            pending[f"{proto}_sent"] += flow.snd_packs
+            pending[f"{proto}_received"] += flow.rcv_packs
+        totals = engine.flows.totals
+        located = self.locality_figures
+        figures: dict[str, int] = {}
+        for name, index in BALANCE_COUNTERS.items():
+            counted = located[f"counted_{name}"]
+            unidentified = getattr(totals, f"{name}_unidentified")
+            accounted = processes[index] + unidentified + pending[name]
+            accounted += located[f"forwarded_{name}"]
+            figures[f"balance_{name}_counted"] = counted
+            figures[f"balance_{name}_processes"] = processes[index]
+            figures[f"balance_{name}_pending"] = pending[name]
+            figures[f"balance_{name}"] = counted - accounted
+        return figures

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import struct
 from enum import IntEnum, IntFlag
@@ -334,6 +335,12 @@ class Conntrack:
     def available(self) -> bool:
         """False once conntrack turned out not to be there (no module, no permission)."""
         return self._unavailable_errno == 0
+
+    @property
+    def unavailable_reason(self) -> str:
+        """Why conntrack cannot be asked ('' while it can)."""
+        error_number = self._unavailable_errno
+        return f"{os.strerror(error_number)} (errno {error_number})" if error_number else ""
 
     def _socket(self) -> NetlinkSocket:
         if self._netlink is None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from ..exitlist import ExitJournal, ExitList
 from ..procfs import ProcAccessDenied, ProcessGone, ProcFS, same_process
-from ..tasks import TaskInfo, TaskTable
+from ..tasks import COUNTER_COUNT, TaskInfo, TaskTable
 
 REMEMBER_FINISHED_MAX = 65_536  # finished tgids remembered (kernel records arrive late)
 
@@ -47,6 +47,9 @@ class TaskRegistry:
         self.journal = journal  # None: no atop socket reads finished processes
         self.clock = clock  # epoch seconds: exit times
         self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
+        # The counters of every process finished so far, summed (the balance's
+        # finished processes, also those no longer on the exit list).
+        self.finished_counters = [0] * COUNTER_COUNT
         # Told (finished tasks, now_s) after every finish.
         self.on_finish: list[Callable[[list[TaskInfo], float], None]] = []
 
@@ -137,6 +140,8 @@ class TaskRegistry:
             self.finished.move_to_end(task.tgid)
             self.tasks.remove(task)
             exited = task.finished(self.clock())
+            for index, value in enumerate(exited.counters):
+                self.finished_counters[index] += value
             self.exit_list.add(exited)
             if self.journal is not None:
                 self.journal.append(exited)  # for the atop socket's once-more rule

@@ -186,3 +186,27 @@ def fix_tcp_header_sizes(netns: Any) -> None:
 
 def pid_alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+BALANCE_DIRECTIONS = ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+
+
+def assert_balanced(status: dict[str, Any]) -> None:
+    """Nothing lost: for each protocol and direction, every TCP and UDP packet counted is
+    a process's (running or finished), unidentified, pending on a flow, or forwarded.
+
+    Recomputed here from the terms STATUS reports, and held to its own difference
+    (balance_*), which must be 0; the packets counted are the local ones (tcp_sent
+    ...) and the forwarded ones.
+    """
+    for name in BALANCE_DIRECTIONS:
+        counted = status[f"balance_{name}_counted"]
+        terms = {
+            "processes": status[f"balance_{name}_processes"],
+            "unidentified": status[f"{name}_unidentified"],
+            "pending": status[f"balance_{name}_pending"],
+            "forwarded": status[f"forwarded_{name}"],
+        }
+        assert counted == sum(terms.values()), (name, counted, terms)
+        assert status[f"balance_{name}"] == 0, (name, counted, terms)
+        assert counted == status[name] + status[f"forwarded_{name}"], (name, counted, status)

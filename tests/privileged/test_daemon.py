@@ -24,6 +24,7 @@ from harness import (
     UDP6_OVERHEAD,
     Actor,
     Daemon,
+    assert_balanced,
     attributed_packets,
     fix_tcp_header_sizes,
 )
@@ -58,6 +59,10 @@ def daemon(ns: Any, tmp_path: Path, ownership: str) -> Any:
 
     yield start
     for d in started:
+        # After every scenario: every packet counted is accounted for (the balance).
+        if d.proc.poll() is None:
+            d.sync()
+            assert_balanced(d.status())
         code = d.stop()
         assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"
 
@@ -110,6 +115,7 @@ def test_udp_request_reply_exact(ns: Any, daemon: Any) -> None:
         status = d.status()
         assert status["udp_sent"] == 80 and status["udp_received"] == 80
         assert status["udp_sent_unidentified"] == 0 and status["udp_received_unidentified"] == 0
+        assert_balanced(status)
     finally:
         server.finish()
         client.finish()
@@ -470,7 +476,11 @@ def test_exit_list_lifecycle(ns: Any, daemon: Any) -> None:
         assert [r.id for r in c.list_exited()] == [server.pid]
         c.empty_exit()  # returns once the entry has expired (3 s)
         assert c.list_exited() == []
-        assert c.status()["exited_expired"] == 1
+        status = c.status()
+        assert status["exited_expired"] == 1
+        # Both processes left the exit list; their packets still balance the count.
+        assert status["balance_udp_sent_processes"] == 20
+        assert_balanced(status)
 
 
 def test_udp_port_flood_stops_at_cap(ns: Any, daemon: Any) -> None:

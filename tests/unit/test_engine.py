@@ -13,14 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_locality import FakeAddresses
 
 from netatopd.capture.pcap import CaptureStats
 from netatopd.config import resolve
 from netatopd.counting import count_packets
 from netatopd.daemon.answers import Answers
 from netatopd.daemon.engine import IDLE_WAKE_S, Clock, Engine
+from netatopd.locality import Locality
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
 from netatopd.table import STATUS_FIELDS
+from netatopd.tasks import TaskInfo
 
 A4 = bytes((192, 0, 2, 1))
 B4 = bytes((198, 51, 100, 2))
@@ -81,6 +84,7 @@ def engine(tmp_path: Path, fake_time: FakeTime) -> Iterator[Engine]:
     finally:
         engine.table.close(unlink=True)
         engine.sockdiag.close()
+        engine.locality.close()
 
 
 def test_table_figures_are_the_integer_status_fields(engine: Engine) -> None:
@@ -146,6 +150,19 @@ STATUS_ORDER_PROC = [
     "ownership",
     "ownership_note",
     "uptime_s",
+    *(
+        f"forwarded_{name}{unit}"
+        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+        for unit in ("", "_bytes")
+    ),
+    "local_addresses",
+    "conntrack",
+    "nat_rewrites",
+    *(
+        f"balance_{name}{term}"
+        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+        for term in ("_counted", "_processes", "_pending", "")
+    ),
 ]
 
 
@@ -190,3 +207,50 @@ def test_publish_follows_the_interval_while_counting_and_beats_once_a_second_idl
     fake_time.advance(interval_s / 2)
     engine.housekeeping()
     assert engine.last_publish_monotonic_s == fake_time.monotonic_s
+
+
+def test_the_balance_holds_through_owners_finish_and_the_exit_list(engine: Engine) -> None:
+    """counted = processes (running and finished) + unidentified + pending + forwarded.
+
+    Ground truth: the packets fed in: 3 UDP sent by a local endpoint, 2 TCP over
+    loopback (each a send and a receive), 4 UDP passing through (forwarded).
+    """
+    engine.locality.close()
+    engine.locality = Locality(FakeAddresses(A4))
+    sums = count_packets(
+        [
+            *[(Direction.SENT, PROTO_UDP, key4(A4, B4, 5353, 53), 100)] * 3,
+            *[(Direction.LOOPBACK, PROTO_TCP, key4(A4, A4, 40000, 80), 60)] * 2,
+            *[(Direction.RECEIVED, PROTO_UDP, key4(B4, B4, 1, 2), 70)] * 4,
+        ]
+    )
+    engine.locality.split(sums)
+    engine.flows.charge(sums, WALL_START_S)
+
+    def balance() -> dict[str, object]:
+        status = Answers(engine).status()
+        return {name: value for name, value in status.items() if name.startswith("balance_")}
+
+    figures = balance()
+    assert figures["balance_udp_sent_counted"] == 3 and figures["balance_udp_sent_pending"] == 3
+    assert figures["balance_tcp_sent_pending"] == 2 and figures["balance_tcp_received_pending"] == 2
+    assert figures["balance_udp_received_counted"] == 4
+    assert Answers(engine).status()["forwarded_udp_received"] == 4
+    assert [
+        figures[f"balance_{n}"] for n in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+    ] == [0] * 4
+    # An owner takes the UDP flow's packets; then it finishes and leaves the exit list.
+    task = TaskInfo(4242, 1, 0, "sender")
+    assert engine.tasks.admit(task)
+    flow = engine.flows.udp_flow(A4, 5353)
+    assert flow is not None
+    flow.owner = task
+    engine.resolver.settle(WALL_START_S)
+    assert balance()["balance_udp_sent_processes"] == 3
+    engine.registry.finish([task], WALL_START_S)
+    engine.exit_list.entries.clear()
+    figures = balance()
+    assert figures["balance_udp_sent_processes"] == 3 and figures["balance_udp_sent_pending"] == 0
+    assert [
+        figures[f"balance_{n}"] for n in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+    ] == [0] * 4

@@ -52,6 +52,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("capture", ("libc", "wire", "defaults")),
         ("procfs", ("libc", "wire", "defaults")),
         ("ebpf", ("libc", "netlink", "wire")),
+        # Local traffic or forwarded: a batch's rows against the local table and conntrack.
+        ("locality", ("counting", "parse", "wire", "netlink")),
         # Per-process state.
         ("tasks", ("protocol", "defaults")),
         ("exitlist", ("tasks", "protocol", "defaults")),
@@ -104,7 +106,7 @@ ORDER = [unit for unit, _ in LAYERS]
 EVERYTHING = frozenset(ORDER)
 # The stages that see packets or the kernel's sockets: no reader or publisher loads one.
 COUNTING_STAGES = frozenset(
-    {"capture", "parse", "counting", "flows", "ownership", "ebpf", "netlink"}
+    {"capture", "parse", "counting", "locality", "flows", "ownership", "ebpf", "netlink"}
 )
 READERS = ("table", "history", "server", "client", "config", "cli", "status")
 # Runs a program when imported, not a module to check.

@@ -33,8 +33,19 @@ class FakeHold:
         return None
 
 
+class FakeLocality:
+    """No local-address socket (the table could not be read): nothing to watch."""
+
+    def fileno(self) -> None:
+        return None
+
+    def process_events(self) -> int:
+        return 0
+
+
 class FakeEngine:
     def __init__(self) -> None:
+        self.locality = FakeLocality()
         self.links = FakeLinks()
         self.hold = FakeHold()
         self.packets = 0

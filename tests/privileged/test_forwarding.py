@@ -1,0 +1,289 @@
+"""Forwarded packets: counted for no process, in their own STATUS figures (libpcap path).
+
+Three namespaces: a client (192.0.2.2), a router (192.0.2.1 and 198.51.100.1,
+``ip_forward=1``) and a server (198.51.100.2); the daemon runs in the router
+and captures on every interface of it.  Ground truth: the actors' own counts
+(datagrams x wire size for UDP, TCP_INFO segments and bytes for TCP); each
+forwarded packet is captured twice in the router, received on one interface
+and sent on the other.  Then the same through source NAT (masquerade) on the
+router, and with destination NAT to a socket of the router itself, whose
+packets are the router's own.  nft (Debian package nftables) sets up NAT.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import (
+    LINK_OVERHEAD,
+    UDP4_OVERHEAD,
+    Actor,
+    Daemon,
+    assert_balanced,
+    fix_tcp_header_sizes,
+    set_sysctl,
+)
+
+pytestmark = pytest.mark.privileged
+
+CLIENT, ROUTER_INSIDE = "192.0.2.2", "192.0.2.1"
+SERVER, ROUTER_OUTSIDE = "198.51.100.2", "198.51.100.1"
+NOWHERE = "198.51.100.99"  # on the server's subnet, held by nobody: DNAT rewrites it
+DATAGRAMS, REQUEST_BYTES, REPLY_BYTES = 30, 100, 300
+ZERO_TCP = {"tcpsndpacks": 0, "tcpsndbytes": 0, "tcprcvpacks": 0, "tcprcvbytes": 0}
+TCP_SEGMENT_OVERHEAD = 20 + 20 + LINK_OVERHEAD  # IP + TCP headers, link header and CRC
+
+
+def nft_or_skip() -> str:
+    nft = shutil.which("nft")
+    if nft is None:
+        pytest.skip("PRIVILEGED TEST SKIPPED: nft (Debian package nftables) is missing")
+    return nft
+
+
+@pytest.fixture
+def net(make_netns: Any) -> dict[str, Any]:
+    """client -- router -- server over two veth pairs; routes through the router."""
+    client, router, server = make_netns("ntfc"), make_netns("ntfr"), make_netns("ntfs")
+    for netns in (client, router, server):
+        fix_tcp_header_sizes(netns)
+    router.run("ip", "link", "add", "ri", "type", "veth", "peer", "name", "ci")
+    router.run("ip", "link", "add", "ro", "type", "veth", "peer", "name", "so")
+    router.run("ip", "link", "set", "ci", "netns", client.name)
+    router.run("ip", "link", "set", "so", "netns", server.name)
+    router.run("ip", "addr", "add", f"{ROUTER_INSIDE}/24", "dev", "ri")
+    router.run("ip", "addr", "add", f"{ROUTER_OUTSIDE}/24", "dev", "ro")
+    client.run("ip", "addr", "add", f"{CLIENT}/24", "dev", "ci")
+    server.run("ip", "addr", "add", f"{SERVER}/24", "dev", "so")
+    for netns, device in ((router, "ri"), (router, "ro"), (client, "ci"), (server, "so")):
+        netns.run("ip", "link", "set", device, "up")
+    client.run("ip", "route", "add", "default", "via", ROUTER_INSIDE)
+    server.run("ip", "route", "add", "default", "via", ROUTER_OUTSIDE)
+    set_sysctl(router, "net.ipv4.ip_forward", "1")
+    return {"client": client, "router": router, "server": server}
+
+
+@pytest.fixture
+def router_daemon(net: dict[str, Any], tmp_path: Path) -> Any:
+    started: list[Daemon] = []
+
+    def start(*options: str) -> Daemon:
+        d = Daemon(net["router"], tmp_path / f"run{len(started)}", *options)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        code = d.stop()
+        assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"
+
+
+def udp_through(net: dict[str, Any], d: Daemon, target: str, server_ns: str = "server") -> None:
+    """DATAGRAMS requests from the client to target, each answered by the server; counted.
+
+    UDP sockets closing send nothing: the figures can be read after.
+    """
+    server = Actor(
+        net[server_ns], "udp_server", addr=SERVER, count=DATAGRAMS, reply_bytes=REPLY_BYTES
+    )
+    client = Actor(
+        net["client"],
+        "udp_client",
+        addr=target,
+        port=server.port,
+        count=DATAGRAMS,
+        size=REQUEST_BYTES,
+        expect_reply=True,
+    )
+    try:
+        assert client.read()["replies"] == DATAGRAMS
+        assert server.read()["received"] == DATAGRAMS
+        d.sync()
+    finally:
+        client.finish()
+        server.finish()
+
+
+def tcp_through(
+    net: dict[str, Any], d: Daemon, rounds: int = 10
+) -> tuple[int, int, dict[str, Any]]:
+    """A TCP exchange client -> server: (segments, wire bytes) the two sides sent, summed,
+    and STATUS read before the connection closes (its FIN segments are not in the truth)."""
+    server = Actor(
+        net["server"], "tcp_server", addr=SERVER, rounds=rounds, request_bytes=700, reply_bytes=900
+    )
+    client = Actor(
+        net["client"],
+        "tcp_client",
+        addr=SERVER,
+        port=server.port,
+        rounds=rounds,
+        request_bytes=700,
+        reply_bytes=900,
+    )
+    try:
+        assert client.read()["done"] and server.read()["done"]
+        time.sleep(0.2)  # quiet: nothing more is in flight
+        client.tell("measure")
+        server.tell("measure")
+        client_info, server_info = client.read(), server.read()
+        d.sync()
+        status = d.status()
+    finally:
+        client.finish()
+        server.finish()
+    # Each side sends one handshake segment with a 4-byte MSS option; the server's
+    # SYN-ACK is not in the accepted socket's tcpi_segs_out.
+    segments = client_info["segs_out"] + server_info["segs_out"] + 1
+    wire_bytes = (
+        segments * TCP_SEGMENT_OVERHEAD
+        + 2 * 4
+        + client_info["bytes_sent"]
+        + server_info["bytes_sent"]
+    )
+    assert client_info["bytes_sent"] == rounds * 700 and server_info["bytes_sent"] == rounds * 900
+    return segments, wire_bytes, status
+
+
+def assert_only_forwarded(status: dict[str, Any]) -> None:
+    """No packet of the router's own, no flow, no owner lookup, nothing unidentified."""
+    for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received"):
+        assert status[name] == 0, (name, status)
+        assert status[f"{name}_unidentified"] == 0, (name, status)
+    assert status["flows"] == 0 and status["tasks"] == 0 and status["exited"] == 0
+    assert status["resolver_lookups"] == 0
+    assert_balanced(status)
+
+
+UDP_FORWARDED_BYTES = DATAGRAMS * (REQUEST_BYTES + UDP4_OVERHEAD + REPLY_BYTES + UDP4_OVERHEAD)
+
+
+def test_forwarded_udp_and_tcp_are_nobody_s(net: dict[str, Any], router_daemon: Any) -> None:
+    """30 requests of 100 bytes and 30 replies of 300 pass the router: each in and out."""
+    d = router_daemon()
+    udp_through(net, d, SERVER)
+    status = d.status()
+    assert status["forwarded_udp_received"] == 2 * DATAGRAMS
+    assert status["forwarded_udp_sent"] == 2 * DATAGRAMS
+    assert status["forwarded_udp_received_bytes"] == UDP_FORWARDED_BYTES
+    assert status["forwarded_udp_sent_bytes"] == UDP_FORWARDED_BYTES
+    assert_only_forwarded(status)
+    segments, wire_bytes, status = tcp_through(net, d)
+    assert status["forwarded_tcp_received"] == segments
+    assert status["forwarded_tcp_sent"] == segments
+    assert status["forwarded_tcp_received_bytes"] == wire_bytes
+    assert status["forwarded_tcp_sent_bytes"] == wire_bytes
+    assert status["forwarded_udp_received"] == 2 * DATAGRAMS  # unchanged
+    assert_only_forwarded(status)
+
+
+def test_masqueraded_traffic_is_forwarded_too(net: dict[str, Any], router_daemon: Any) -> None:
+    """Source NAT on the router: outside, the flows carry the router's own address
+    (198.51.100.1) and look local; conntrack tells them forwarded."""
+    nft = nft_or_skip()
+    router = net["router"]
+    router.run(nft, "add table ip nat")
+    router.run(nft, "add chain ip nat post { type nat hook postrouting priority srcnat ; }")
+    router.run(nft, "add rule ip nat post oifname ro masquerade")
+    d = router_daemon()
+    udp_through(net, d, SERVER)
+    segments, wire_bytes, status = tcp_through(net, d)
+    assert status["forwarded_udp_received"] == 2 * DATAGRAMS
+    assert status["forwarded_udp_sent"] == 2 * DATAGRAMS
+    assert status["forwarded_udp_received_bytes"] == UDP_FORWARDED_BYTES
+    assert status["forwarded_udp_sent_bytes"] == UDP_FORWARDED_BYTES
+    assert status["forwarded_tcp_received"] == segments
+    assert status["forwarded_tcp_sent"] == segments
+    assert status["forwarded_tcp_received_bytes"] == wire_bytes
+    assert status["forwarded_tcp_sent_bytes"] == wire_bytes
+    assert status["conntrack"].startswith("asked for"), status["conntrack"]
+    assert_only_forwarded(status)
+
+
+@pytest.mark.parametrize("ownership", ["proc", "kernel"])
+def test_dnat_to_the_router_is_the_router_s_traffic(
+    net: dict[str, Any], router_daemon: Any, ownership: str
+) -> None:
+    """The client sends to 198.51.100.99:7000, which the router rewrites to a UDP server of
+    its own (192.0.2.1): those packets are local, the server's, on its real tuple."""
+    nft = nft_or_skip()
+    router = net["router"]
+    server = Actor(
+        router, "udp_server", addr=ROUTER_INSIDE, count=DATAGRAMS, reply_bytes=REPLY_BYTES
+    )
+    try:
+        router.run(nft, "add table ip nat")
+        router.run(nft, "add chain ip nat pre { type nat hook prerouting priority dstnat ; }")
+        router.run(
+            nft,
+            f"add rule ip nat pre ip daddr {NOWHERE} udp dport 7000 "
+            f"dnat to {ROUTER_INSIDE}:{server.port}",
+        )
+        d = router_daemon("--ownership", ownership)
+        client = Actor(
+            net["client"],
+            "udp_client",
+            addr=NOWHERE,
+            port=7000,
+            count=DATAGRAMS,
+            size=REQUEST_BYTES,
+            expect_reply=True,
+        )
+        try:
+            assert client.read()["replies"] == DATAGRAMS
+            assert server.read()["received"] == DATAGRAMS
+            d.sync()
+            assert d.counters(server.pid) == {
+                **ZERO_TCP,
+                "udpsndpacks": DATAGRAMS,
+                "udpsndbytes": DATAGRAMS * (REPLY_BYTES + UDP4_OVERHEAD),
+                "udprcvpacks": DATAGRAMS,
+                "udprcvbytes": DATAGRAMS * (REQUEST_BYTES + UDP4_OVERHEAD),
+            }
+        finally:
+            client.finish()
+        status = d.status()
+        for name in ("udp_sent", "udp_received"):
+            assert status[name] == DATAGRAMS and status[f"forwarded_{name}"] == 0
+            assert status[f"{name}_unidentified"] == 0
+        assert status["nat_rewrites"] >= 1
+        assert_balanced(status)
+    finally:
+        server.finish()
+
+
+def test_an_address_added_while_running_is_local_at_once(
+    net: dict[str, Any], router_daemon: Any
+) -> None:
+    """The local table follows rtnetlink notifications: 198.51.100.99, added to the
+    router after the daemon started, is the router's; its UDP server gets the packets."""
+    d = router_daemon()
+    net["router"].run("ip", "addr", "add", f"{NOWHERE}/32", "dev", "lo")
+    server = Actor(net["router"], "udp_server", addr=NOWHERE, count=DATAGRAMS, reply_bytes=0)
+    client = Actor(
+        net["client"],
+        "udp_client",
+        addr=NOWHERE,
+        port=server.port,
+        count=DATAGRAMS,
+        size=REQUEST_BYTES,
+        expect_reply=True,
+    )
+    try:
+        assert client.read()["replies"] == DATAGRAMS
+        assert server.read()["received"] == DATAGRAMS
+        d.sync()
+        counters = d.counters(server.pid)
+        assert counters["udprcvpacks"] == DATAGRAMS and counters["udpsndpacks"] == DATAGRAMS
+        assert counters["udprcvbytes"] == DATAGRAMS * (REQUEST_BYTES + UDP4_OVERHEAD)
+        status = d.status()
+        assert status["forwarded_udp_received"] == 0 and status["forwarded_udp_sent"] == 0
+        assert_balanced(status)
+    finally:
+        client.finish()
+        server.finish()
