@@ -313,7 +313,9 @@ def open_run_dir() -> Iterator[Path]:
 def test_another_user_is_pointed_to_the_group_and_sees_the_table(
     ns: Any, open_run_dir: Path
 ) -> None:
-    daemon = Daemon(ns, open_run_dir)
+    # The table is root's alone by default; --table-group shares it with nobody's
+    # group (nogroup, gid 65534), the control socket stays root's.
+    daemon = Daemon(ns, open_run_dir, "--table-group", str(NOBODY))
     try:
         server = Actor(ns, "udp_server", addr="127.0.0.1", count=DATAGRAMS, reply_bytes=REPLY_BYTES)
         client = Actor(
