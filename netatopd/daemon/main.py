@@ -21,6 +21,7 @@ from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError, CapturePermissionError, LibpcapMissing
 from ..client import CONTROL_SOCKET_NAME
 from ..config import ConfigError, resolve
+from ..metrics import MetricsListenError
 from ..server import AtopServer, ControlServer, ServerError
 from .answers import Answers
 from .check import check
@@ -80,6 +81,20 @@ def run(options: argparse.Namespace) -> int:
             capture.close()
             _fail(ExitCode.RUN_DIR, f"atop socket: {err}")
 
+    metrics_server = None
+    if engine.metrics is not None:
+        from ..metrics.http import MetricsServer  # prometheus_client: only when asked for
+
+        try:
+            metrics_server = MetricsServer(options.metrics_listen, engine.metrics)
+        except MetricsListenError as err:
+            server.close()
+            if answers.atop is not None:
+                answers.atop.close()
+            engine.close()
+            capture.close()
+            _fail(ExitCode.ERROR, str(err))
+
     loop = EventLoop(engine, capture, server, answers.atop)
     log.info(
         "netatopd %s counting on %s; control socket %s", __version__, options.interface, server.path
@@ -90,6 +105,8 @@ def run(options: argparse.Namespace) -> int:
         _fail(ExitCode.ERROR, str(err))
     finally:
         server.close()
+        if metrics_server is not None:
+            metrics_server.close()
         if answers.atop is not None:
             answers.atop.close()
         try:
