@@ -206,12 +206,7 @@ class MetricsBook:
             else:
                 for index in range(COUNTER_COUNT):
                     sums[index] += counters[index]
-        for key in live:
-            self._group(key, now_s)
-
-        rows: list[tuple[Key, Counters]] = []
-        other = list(self.other_base)
-        other_groups = 0
+        # Groups first brought up to date, the idle ones dropped (freeing their places) ...
         for key, group in list(self.groups.items()):
             sums = live.get(key)
             if sums is None:
@@ -223,14 +218,23 @@ class MetricsBook:
                 group.changed_s = now_s
             elif sums is None and now_s - group.changed_s >= self.idle_drop_s:
                 self._drop(key, group)
-                continue
+        # ... then the new groups placed.
+        for key, sums in live.items():
+            if key not in self.groups:
+                self._group(key, now_s).total = tuple(sums)
+
+        rows: list[tuple[Key, Counters]] = []
+        other = list(self.other_base)
+        other_groups = 0
+        for key, group in self.groups.items():
             if group.in_other:
                 other_groups += 1
+                total = group.total
                 for index in range(COUNTER_COUNT):
                     other[index] += total[index]
             else:
-                rows.append((key, total))
-        if other_groups or any(other):
+                rows.append((key, group.total))
+        if other_groups or any(self.other_base):
             rows.append((self.other_key, tuple(other)))
 
         processes: tuple[tuple[int, str, Counters], ...] = ()

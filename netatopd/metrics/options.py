@@ -40,7 +40,7 @@ class MetricsListenError(Exception):
 def parse_listen(text: str) -> tuple[str, int]:
     """ADDR:PORT (IPv6 as [ADDR]:PORT) -> (address, port); MetricsListenError if not."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise MetricsListenError(
             f"metrics-listen: {text!r} is not ADDR:PORT (for example 127.0.0.1:9477)"
         )
