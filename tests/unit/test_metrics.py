@@ -503,3 +503,16 @@ def test_server_refuses_a_port_in_use(big_book: MetricsBook) -> None:
             metrics_http.MetricsServer(f"127.0.0.1:{taken.getsockname()[1]}", big_book)
     finally:
         taken.close()
+
+
+def test_the_manual_page_lists_every_metric() -> None:
+    page = (Path(__file__).resolve().parents[2] / "man" / "netatopd.8").read_text()
+    metrics_section = page[page.index(".SH METRICS") : page.index(".SH SIGNALS")]
+    b = book(top_processes=1, caps={"max_flows": 1, "max_tasks": 1})
+    snap = b.publish([task(1, "a", 0, C1)], FIGURES, 0.0, 0.0)
+    names = {family.name for family in text_string_to_metric_families(exposition(snap))}
+    assert len(names) > 25
+    for name in names:
+        counter = f"{name}_total"
+        assert name in metrics_section or counter in metrics_section, name
+    assert "netatop_forwarded_*_total" in metrics_section
