@@ -487,6 +487,9 @@ def test_server_caps_connections_and_shuts_late_ones(
             conn.settimeout(5)
             assert conn.recv(1) == b""  # shut down at the deadline
         assert s.stats()["expired"] == 2
+        deadline = time.monotonic() + 5
+        while s.httpd.open and time.monotonic() < deadline:  # the handlers' threads end
+            time.sleep(0.01)
         assert "netatop_build_info" in scrape(s)  # places free again
     finally:
         for conn in idle:
