@@ -3,7 +3,8 @@
 ``main`` (the ``netatopd`` command and ``python -m netatopd.daemon``) reads
 the options, runs --check (check.py) or ``run``; ``run`` opens the capture,
 builds the engine (engine.py), the control and atop servers over its answers
-(answers.py), and hands them to the event loop (loop.py).  Start-up failures
+(answers.py) and the metrics server (metrics.http, with --metrics-listen),
+and hands them to the event loop (loop.py).  Start-up failures
 exit with a sentence and a status from exitcodes.py.
 """
 

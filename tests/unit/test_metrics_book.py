@@ -1,4 +1,4 @@
-"""The metrics book, collector and HTTP server with fake tasks and snapshots.
+"""The metrics book, collector and HTTP server with fake tasks and snapshots (no root).
 
 Ground truth: the counters each test gives its fake processes (TaskInfo) and
 finished processes (ExitedTask); the clock is the number each test passes to
