@@ -2,7 +2,8 @@
 
 Owns each stage's object (flow table, task table, resolver, sweeper, exit
 list, exit journal, shared-table writer, history writer, the eBPF helper,
-the metrics book with --metrics-listen) and the figures about them.  The event loop (loop.EventLoop) calls
+the metrics book with --metrics-listen) and the figures about them.  The
+event loop (loop.EventLoop) calls
 ``drain_capture`` and ``housekeeping`` on every pass and asks
 ``seconds_until_next_work`` how long it may sleep; the control and atop
 answers (answers.Answers) read the same objects.  Each pass reads the capture
