@@ -34,6 +34,9 @@ from .defaults import (
     LOG_LEVEL_DEFAULT,
     MAX_FLOWS_DEFAULT,
     MAX_TASKS_DEFAULT,
+    METRICS_GROUP_BY_DEFAULT,
+    METRICS_IDLE_DROP_S_DEFAULT,
+    METRICS_MAX_SERIES_DEFAULT,
     OWNERSHIP_DEFAULT,
     PUBLISH_INTERVAL_MS_DEFAULT,
     RESCAN_INTERVAL_S_DEFAULT,
@@ -45,6 +48,11 @@ from .defaults import (
     TCP_IDLE_S_DEFAULT,
     UDP_IDLE_S_DEFAULT,
     UNOWNED_LIMIT_S_DEFAULT,
+)
+from .metrics.options import (
+    MetricsListenError,
+    parse_group_by,
+    parse_listen,
 )
 
 ENV_PREFIX = "NETATOPD_"
@@ -227,6 +235,41 @@ OPTIONS: tuple[Option, ...] = (
         None,
         ("debug", "info", "warning", "error"),
     ),
+    Option(
+        "--metrics-listen",
+        str,
+        "",
+        "serve Prometheus metrics over HTTP on ADDR:PORT, e.g. 127.0.0.1:9477 (no"
+        " authentication: bind to loopback or firewall it); empty: off",
+    ),
+    Option(
+        "--metrics-group-by",
+        str,
+        METRICS_GROUP_BY_DEFAULT,
+        "labels the metrics group processes by: command, user, or both (comma-separated)",
+    ),
+    Option(
+        "--metrics-top-processes",
+        int,
+        0,
+        "also export the counters of this many busiest running processes, with pid and"
+        " command labels; 0: none",
+        0,
+    ),
+    Option(
+        "--metrics-max-series",
+        int,
+        METRICS_MAX_SERIES_DEFAULT,
+        "groups with series of their own; later groups are counted in the group 'other'",
+        1,
+    ),
+    Option(
+        "--metrics-idle-drop-s",
+        float,
+        METRICS_IDLE_DROP_S_DEFAULT,
+        "a group with no running process that has not grown this long leaves the metrics",
+        1,
+    ),
 )
 
 
@@ -375,5 +418,14 @@ def resolve(
             f"{sources['control_mode']}: control-mode {options.control_mode!r} "
             "is not an octal mode like 0600"
         ) from None
+    try:
+        parse_group_by(options.metrics_group_by)
+    except ValueError as err:
+        raise ConfigError(f"{sources['metrics_group_by']}: {err}") from None
+    if options.metrics_listen:
+        try:
+            parse_listen(options.metrics_listen)
+        except MetricsListenError as err:
+            raise ConfigError(f"{sources['metrics_listen']}: {err}") from None
     options.sources = sources
     return options

@@ -57,3 +57,8 @@ LOG_LEVEL_DEFAULT = "warning"
 
 # The netatop command.
 TOP_INTERVAL_S_DEFAULT = 2.0
+
+# The metrics endpoint (--metrics-*): labels of a group, series cap, idle groups dropped.
+METRICS_GROUP_BY_DEFAULT = "command,user"
+METRICS_MAX_SERIES_DEFAULT = 10_000
+METRICS_IDLE_DROP_S_DEFAULT = 3600.0

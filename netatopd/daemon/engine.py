@@ -1,8 +1,9 @@
 """The daemon's engine: every counting stage wired together, the counting pass and housekeeping.
 
 Owns each stage's object (flow table, task table, resolver, sweeper, exit
-list, exit journal, shared-table writer, history writer, the eBPF helper)
-and the figures about them.  The event loop (loop.EventLoop) calls
+list, exit journal, shared-table writer, history writer, the eBPF helper,
+the metrics book with --metrics-listen) and the figures about them.  The
+event loop (loop.EventLoop) calls
 ``drain_capture`` and ``housekeeping`` on every pass and asks
 ``seconds_until_next_work`` how long it may sleep; the control and atop
 answers (answers.Answers) read the same objects.  Each pass reads the capture
@@ -32,12 +33,14 @@ from ..exitlist import ExitJournal, ExitList
 from ..flows import FlowTable
 from ..history import HistoryWriter, StoreError
 from ..locality import open_locality
+from ..metrics import MetricsBook, parse_group_by
+from ..metrics.catalogue import health_figures
 from ..netlink.sockdiag import SockDiag
 from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..parse import Reject
 from ..procfs import ProcFS
 from ..rundir import SafeDirectory
-from ..status import collect_table
+from ..status import ABSENT, FIELDS, collect_table
 from ..table import TableWriter, table_path
 from ..tasks import ExitedTask, Kind, TaskRow, TaskTable
 from .hold import Hold, hold_seconds
@@ -175,6 +178,18 @@ class Engine:
                 self.history.start()
                 self.exit_list.listeners.append(self._persist_exited)
         self.started_s = clock.wall()
+        # --metrics-listen: per-group totals for Prometheus (daemon.main serves them).
+        self.metrics: MetricsBook | None = None
+        if options.metrics_listen:
+            self.metrics = MetricsBook(
+                parse_group_by(options.metrics_group_by),
+                max_series=options.metrics_max_series,
+                idle_drop_s=options.metrics_idle_drop_s,
+                top_processes=options.metrics_top_processes,
+                caps={"max_flows": options.max_flows, "max_tasks": options.max_tasks},
+                started_s=self.started_s,
+            )
+            self.exit_list.listeners.append(self.metrics.process_finished)
         self.packets = 0
         self.batches = 0
         self.last_drained_s = 0.0  # wall time of the last read that left the ring empty
@@ -288,6 +303,24 @@ class Engine:
         self.last_publish_monotonic_s = self.clock.monotonic()
         self.packets_at_publish = self.packets
         self.table.publish(self.rows(), self.table_figures())
+        metrics = self.metrics
+        if metrics is not None and metrics.due(self.last_publish_monotonic_s):
+            metrics.publish(
+                self.tasks.by_tgid.values(),
+                self.metric_figures(),
+                self.last_publish_monotonic_s,
+                self.clock.wall(),
+            )
+
+    def metric_figures(self) -> dict[str, object]:
+        """The STATUS figures the metrics endpoint exports (metrics.catalogue)."""
+        readings = StatusReadings(self)
+        figures: dict[str, object] = {}
+        for name in health_figures():
+            value = FIELDS[name].value(readings)
+            if value is not ABSENT:
+                figures[name] = value
+        return figures
 
     def table_figures(self) -> dict[str, int]:
         """The STATUS figures that have a slot in the shared table."""

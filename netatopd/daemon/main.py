@@ -4,9 +4,10 @@
 the options, runs --check (check.py) or ``run``; ``run`` checks and locks the
 run directory (rundir.py) before it touches anything in it, checks the
 database and atop socket directories, opens the capture, builds the engine
-(engine.py), the control and atop servers over its answers (answers.py), and
-hands them to the event loop (loop.py).  Start-up failures exit with a
-sentence and a status from exitcodes.py; whatever was set up is undone.
+(engine.py), the control and atop servers over its answers (answers.py) and
+the metrics server (metrics.http, with --metrics-listen), and hands them to
+the event loop (loop.py).  Start-up failures exit with a sentence and a
+status from exitcodes.py; whatever was set up is undone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError, CapturePermissionError, LibpcapMissing
 from ..config import ConfigError, resolve
 from ..defaults import CONTROL_SOCKET_NAME
+from ..metrics import MetricsListenError
 from ..rundir import DATABASE_DIR_MODE, RUN_DIR_MODE, RunDirError, SafeDirectory, open_directory
 from ..server import AtopServer, ControlServer, ServerError, resolve_group
 from ..table import TableError
@@ -153,6 +155,15 @@ def run(options: argparse.Namespace) -> int:
             except ServerError as err:
                 _fail(ExitCode.RUN_DIR, f"--atop-socket: {err}")
             undo.callback(answers.atop.close)
+
+        if engine.metrics is not None:
+            from ..metrics.http import MetricsServer  # prometheus_client: only when asked for
+
+            try:
+                metrics_server = MetricsServer(options.metrics_listen, engine.metrics)
+            except MetricsListenError as err:
+                _fail(ExitCode.ERROR, str(err))
+            undo.callback(metrics_server.close)
 
         loop = EventLoop(engine, capture, server, answers.atop, pending_signals)
         undo.callback(loop.close)

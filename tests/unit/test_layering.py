@@ -80,7 +80,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("history", ("tasks", "protocol", "defaults")),
         ("server", ("exitlist", "tasks", "protocol", "rundir", "defaults")),
         ("client", ("protocol", "defaults")),
-        ("config", ("defaults",)),
+        # Per-group counters for Prometheus, built from finished and running tasks.
+        ("metrics", ("status", "tasks", "protocol", "defaults")),
+        # The options: their defaults, and the metrics options' meaning.
+        ("config", ("metrics", "tasks", "protocol", "defaults")),
         (
             "cli",
             (
@@ -108,7 +111,7 @@ EVERYTHING = frozenset(ORDER)
 COUNTING_STAGES = frozenset(
     {"capture", "parse", "counting", "locality", "flows", "ownership", "ebpf", "netlink"}
 )
-READERS = ("table", "history", "server", "client", "config", "cli", "status")
+READERS = ("table", "history", "server", "client", "metrics", "config", "cli", "status")
 # Runs a program when imported, not a module to check.
 SKIPPED_SUFFIX = ".__main__"
 
