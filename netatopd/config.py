@@ -31,6 +31,7 @@ DB_DEFAULT = "/var/lib/netatop/netatop.db"
 ATOP_SOCKET_DEFAULT = "/run/netatop-bpf-socket"
 CONFIG_DEFAULT = "/etc/netatop/netatopd.toml"
 ENV_PREFIX = "NETATOPD_"
+DRAIN_INTERVAL_MS_DEFAULT = 10  # --capture kernel: the sums are read this often
 
 
 class ConfigError(Exception):
@@ -171,6 +172,25 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "",
         "group allowed to use the atop socket (mode 0660 instead of 0600); empty: root only",
+    ),
+    Option(
+        "--capture",
+        str,
+        "pcap",
+        "how packets are counted: pcap (libpcap on --interface, this network namespace,"
+        " one packet per GSO aggregate like the kernel module) or kernel (cgroup_skb"
+        " programs at the cgroup v2 root: local traffic of every network namespace,"
+        " wire segments)",
+        None,
+        ("pcap", "kernel"),
+    ),
+    Option(
+        "--drain-interval-ms",
+        int,
+        DRAIN_INTERVAL_MS_DEFAULT,
+        "--capture kernel: how often the per-socket sums are read from the kernel"
+        " (a packet is counted at most this late)",
+        1,
     ),
     Option(
         "--log-level",

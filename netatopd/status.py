@@ -66,6 +66,9 @@ TABLE = Group("Table", Style.SHARED_TABLE)
 ATOP = Group("Atop socket")
 HISTORY = Group("History", headline_colon=True, when_empty="off")
 EBPF = Group("eBPF", verbose=True, prefix="ebpf_")
+NAMESPACES = Group("Namespaces")
+NAMESPACE_INODES = Group("Namespace inodes", verbose=True)
+KERNEL_PATH = Group("Kernel path")
 
 # The order of the netatop status screen.
 GROUPS: tuple[Group, ...] = (
@@ -83,6 +86,9 @@ GROUPS: tuple[Group, ...] = (
     ATOP,
     HISTORY,
     EBPF,
+    NAMESPACES,
+    NAMESPACE_INODES,
+    KERNEL_PATH,
 )
 
 
@@ -296,6 +302,53 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("history_dropped", HISTORY, "dropped", "history_stats.dropped", slot=25),
     Field("history_disk_full_skips", HISTORY, "disk-full skips", "history_stats.disk_full_skips"),
     Field("history_write_errors", HISTORY, "write errors", "history_stats.write_errors"),
+    # Network namespaces (issue 12): the capture path in use; with --capture kernel the
+    # namespaces whose sockets were looked up, with --capture pcap the namespaces
+    # holding TCP/UDP sockets that it does not count (looked at every few seconds).
+    Field("capture_path", HEADER, "", "capture_path", fmt="capture: {}"),
+    Field("namespaces_seen", NAMESPACES, "seen", "namespaces.count"),
+    Field(
+        "namespaces_uncovered",
+        NAMESPACES,
+        "",
+        "namespaces_uncovered_count",
+        fmt="{} other namespaces hold sockets not counted (--capture kernel counts them)",
+    ),
+    Field("namespaces_seen_inodes", NAMESPACE_INODES, "seen", "namespaces.inodes"),
+    Field("namespaces_uncovered_inodes", NAMESPACE_INODES, "not counted", "namespaces_uncovered"),
+    # --capture kernel: drains, and its own terms of the balance (packets counted =
+    # processes + unidentified + pending + these): packets still on socket flows whose
+    # owner is not known yet, and packets of sockets of no counted protocol.
+    Field("kernel_drains", KERNEL_PATH, "drains", "kernel_capture.drains"),
+    Field(
+        "kernel_other_protocol_packets",
+        KERNEL_PATH,
+        "other protocols",
+        "flows.other_protocol_packets",
+        when="kernel_capture",
+    ),
+    Field("kernel_pending_tcp_sent", KERNEL_PATH, "pending TCP sent", "kernel_pending.tcp_sent"),
+    Field(
+        "kernel_pending_tcp_received",
+        KERNEL_PATH,
+        "pending TCP received",
+        "kernel_pending.tcp_received",
+    ),
+    Field("kernel_pending_udp_sent", KERNEL_PATH, "pending UDP sent", "kernel_pending.udp_sent"),
+    Field(
+        "kernel_pending_udp_received",
+        KERNEL_PATH,
+        "pending UDP received",
+        "kernel_pending.udp_received",
+    ),
+    Field(
+        "resolver_cookie_finds",
+        RESOLVER,
+        "socket cookie finds",
+        "resolver.cookie_finds",
+        when="kernel_capture",
+    ),
+    Field("namespaces_dumps", NAMESPACES, "sock_diag dumps", "namespaces.dumps"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 
+from ..capture.kernel import KernelCapture
 from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError
 from ..server import AtopServer, ControlServer
@@ -38,7 +39,7 @@ class EventLoop:
     def __init__(
         self,
         engine: Engine,
-        capture: CaptureLanes,
+        capture: CaptureLanes | KernelCapture,
         server: ControlServer,
         atop: AtopServer | None,
     ) -> None:
@@ -71,7 +72,7 @@ class EventLoop:
 
     def _timeout_s(self) -> float:
         engine = self.engine
-        timeout = engine.seconds_until_next_work()
+        timeout = min(engine.seconds_until_next_work(), engine.seconds_until_drain())
         held_s = engine.hold.seconds_left()
         if held_s is not None:
             timeout = min(timeout, held_s)

@@ -17,6 +17,7 @@ import sys
 from typing import NoReturn
 
 from .. import __version__
+from ..capture.kernel import KernelCapture
 from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError, CapturePermissionError, LibpcapMissing
 from ..client import CONTROL_SOCKET_NAME
@@ -30,10 +31,28 @@ from .loop import CaptureFailed, EventLoop
 
 log = logging.getLogger(__name__)
 
+# Benchmarks: keep the kernel's BPF run statistics on while the kernel path runs.
+RUN_STATS_ENV = "NETATOPD_BPF_RUN_STATS"
+
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
     log.error("%s", message)
     sys.exit(code)
+
+
+class KernelCaptureFailed(Exception):
+    """--capture kernel and the cgroup_skb programs did not load."""
+
+
+def open_kernel_capture(options: argparse.Namespace) -> KernelCapture:
+    """The --capture kernel path: the programs loaded and attached, or KernelCaptureFailed."""
+    try:
+        return KernelCapture.open(
+            options.drain_interval_ms / 1000.0,
+            run_stats=os.environ.get(RUN_STATS_ENV) == "1",
+        )
+    except CaptureError as err:
+        raise KernelCaptureFailed(str(err)) from err
 
 
 def run(options: argparse.Namespace) -> int:
@@ -41,14 +60,20 @@ def run(options: argparse.Namespace) -> int:
         os.makedirs(options.run_dir, mode=0o755, exist_ok=True)
     except OSError as err:
         _fail(ExitCode.RUN_DIR, f"cannot create run directory {options.run_dir}: {err.strerror}")
+    capture: CaptureLanes | KernelCapture
     try:
-        capture = CaptureLanes(
-            options.interface,
-            snaplen_bytes=options.snaplen,
-            buffer_bytes=options.buffer_mib << 20,
-            timeout_ms=options.capture_timeout_ms,
-            single=options.single_lane,
-        )
+        if options.capture == "kernel":
+            capture = open_kernel_capture(options)
+        else:
+            capture = CaptureLanes(
+                options.interface,
+                snaplen_bytes=options.snaplen,
+                buffer_bytes=options.buffer_mib << 20,
+                timeout_ms=options.capture_timeout_ms,
+                single=options.single_lane,
+            )
+    except KernelCaptureFailed as err:
+        _fail(ExitCode.NO_KERNEL_CAPTURE, str(err))
     except LibpcapMissing as err:
         _fail(ExitCode.NO_LIBPCAP, str(err))
     except CapturePermissionError as err:
@@ -81,9 +106,12 @@ def run(options: argparse.Namespace) -> int:
             _fail(ExitCode.RUN_DIR, f"atop socket: {err}")
 
     loop = EventLoop(engine, capture, server, answers.atop)
-    log.info(
-        "netatopd %s counting on %s; control socket %s", __version__, options.interface, server.path
+    where = (
+        f"every network namespace (cgroup_skb at {capture.counter.cgroup_path})"
+        if isinstance(capture, KernelCapture)
+        else options.interface
     )
+    log.info("netatopd %s counting on %s; control socket %s", __version__, where, server.path)
     try:
         return loop.run()
     except CaptureFailed as err:

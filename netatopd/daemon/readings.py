@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..capture.pcap import CaptureStats
-from ..parse import Reject
+from ..parse import PROTO_TCP, Reject
 
 if TYPE_CHECKING:
     from ..server import AtopServer
@@ -102,3 +102,34 @@ class StatusReadings:
     @functools.cached_property
     def atop_stats(self) -> Mapping[str, int] | None:
         return None if self.atop is None else self.atop.stats()
+
+    # -- network namespaces and the kernel path (issue 12) --------------------------------
+
+    @property
+    def capture_path(self) -> str:
+        return "kernel" if self.engine.kernel_capture is not None else "pcap"
+
+    @functools.cached_property
+    def namespaces_uncovered(self) -> list[int] | None:
+        """pcap path: namespaces other than ours holding TCP/UDP sockets (None: kernel path)."""
+        if self.engine.kernel_capture is not None:
+            return None
+        return self.engine.namespaces_elsewhere.get()
+
+    @property
+    def namespaces_uncovered_count(self) -> int | None:
+        inodes = self.namespaces_uncovered
+        return None if inodes is None else len(inodes)
+
+    @functools.cached_property
+    def kernel_pending(self) -> Mapping[str, int] | None:
+        """kernel path: packets on socket flows whose owner is not known yet."""
+        if self.engine.kernel_capture is None:
+            return None
+        pending = {"tcp_sent": 0, "tcp_received": 0, "udp_sent": 0, "udp_received": 0}
+        for flow in self.engine.flows.cookie_flows():
+            if flow.owner is None:
+                proto = "tcp" if flow.proto == PROTO_TCP else "udp"
+                pending[f"{proto}_sent"] += flow.snd_packs
+                pending[f"{proto}_received"] += flow.rcv_packs
+        return pending

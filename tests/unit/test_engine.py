@@ -146,6 +146,9 @@ STATUS_ORDER_PROC = [
     "ownership",
     "ownership_note",
     "uptime_s",
+    "capture_path",
+    "namespaces_uncovered",
+    "namespaces_uncovered_inodes",
 ]
 
 
