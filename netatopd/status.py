@@ -69,6 +69,7 @@ EBPF = Group("eBPF", verbose=True, prefix="ebpf_")
 NAMESPACES = Group("Namespaces")
 NAMESPACE_INODES = Group("Namespace inodes", verbose=True)
 KERNEL_PATH = Group("Kernel path")
+KERNEL_PATH_IDS = Group("Kernel path objects", verbose=True)
 
 # The order of the netatop status screen.
 GROUPS: tuple[Group, ...] = (
@@ -89,6 +90,7 @@ GROUPS: tuple[Group, ...] = (
     NAMESPACES,
     NAMESPACE_INODES,
     KERNEL_PATH,
+    KERNEL_PATH_IDS,
 )
 
 
@@ -341,6 +343,8 @@ REGISTRY: tuple[Field | Family, ...] = (
         "pending UDP received",
         "kernel_pending.udp_received",
     ),
+    Field("kernel_cgroup", KERNEL_PATH, "attached at", "kernel_capture.counter.cgroup_path"),
+    Field("kernel_object_ids", KERNEL_PATH_IDS, "ids", "kernel_object_ids"),
     Field(
         "resolver_cookie_finds",
         RESOLVER,

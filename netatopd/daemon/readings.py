@@ -133,3 +133,12 @@ class StatusReadings:
                 pending[f"{proto}_sent"] += flow.snd_packs
                 pending[f"{proto}_received"] += flow.rcv_packs
         return pending
+
+    @functools.cached_property
+    def kernel_object_ids(self) -> Mapping[str, list[int]] | None:
+        """kernel path: the kernel ids of its programs and maps (tests check they go)."""
+        capture = self.engine.kernel_capture
+        if capture is None:
+            return None
+        programs, maps = capture.counter.object_ids()
+        return {"programs": programs, "maps": maps}

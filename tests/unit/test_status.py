@@ -57,6 +57,7 @@ def test_every_figure_is_declared_once_in_a_shown_group() -> None:
     assert {group.heading for group in status.GROUPS if group.verbose} == {
         "eBPF",
         "Namespace inodes",
+        "Kernel path objects",
     }
     families = [entry for entry in status.REGISTRY if isinstance(entry, status.Family)]
     assert [(f.prefix, f.group) for f in families] == [("ebpf_", status.EBPF)]
