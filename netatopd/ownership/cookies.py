@@ -17,9 +17,9 @@ that move a socket to the newest process holding it (a forked child), the
 owners' memory, and the release of flows whose owner finished.  Only the
 lookup differs (by cookie in the socket's namespace instead of by 4-tuple in
 ours), so only ``_resolve`` and the flow identity are overridden; the
-4-tuple-only routes (the eBPF helper's records, the UDP port recheck, the
-search among recently started processes by socket name) are not used for
-cookie flows because a 4-tuple does not say which namespace it is in.
+4-tuple-only routes (the eBPF helper's records, the UDP port recheck) are
+not used for cookie flows because a 4-tuple does not say which namespace it
+is in.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 from ..flows import CookieFlow, Flow, FlowState, FlowTable
 from ..netlink.sockdiag import SockDiag
 from ..parse import PROTO_TCP
+from ..procfs import SocketEndpoint
 from ..tasks import TaskInfo
 from .namespaces import NamespaceSockets
 from .registry import TaskRegistry
@@ -84,12 +85,16 @@ class CookieResolver(Resolver):
         sock = self.namespaces.socket(flow.netns_cookie, flow.cookie, flow.proto, flow.family)
         if sock is None:
             self.not_found += 1
+            if flow.lookups == 1:
+                log.debug("%s: no such socket in its namespace", flow.describe())
         elif not flow.local_addr:
             flow.local_addr, flow.local_port = sock.local_addr, sock.local_port
             flow.remote_addr, flow.remote_port = sock.remote_addr, sock.remote_port
         if sock is None or sock.inode == 0:
-            # Closed (or TIME_WAIT) before it was looked up: a remembered owner, else retry.
-            task = self._remembered_owner(flow, now_s)
+            # Closed (or TIME_WAIT: the process may hold the closed socket still) before it
+            # was looked up: a remembered owner, a recent process holding that cookie, else
+            # retry.
+            task = self._remembered_owner(flow, now_s) or self._search_endpoints(flow, now_s)
             if task is not None:
                 self._assign(flow, task, now_s, final=True)
             else:
@@ -113,6 +118,13 @@ class CookieResolver(Resolver):
         self.inode_flows.setdefault(sock.inode, []).append(flow)
         self.cookie_finds += 1
         self._assign(flow, task, now_s, final=True)
+
+    def _endpoint_matches(self, endpoint: SocketEndpoint, flow: Flow) -> bool:
+        """A cookie flow's socket is the one with its cookie (any namespace: cookies are
+        unique on the host)."""
+        if isinstance(flow, CookieFlow):
+            return endpoint.cookie == flow.cookie
+        return super()._endpoint_matches(endpoint, flow)
 
     def _owners_finished(self, tasks: list[TaskInfo], now_s: float) -> None:
         super()._owners_finished(tasks, now_s)
