@@ -9,6 +9,13 @@ drain_capture (``charge`` with counting.py's sums of each batch); the resolver
 ``udp_flow`` and ``udp_flows_on_port``, ``remove``, ``write_off``), which finds
 owners and settles counters; the sweep (exitlist.py: ``all_flows``).
 
+On the kernel counting path (``--capture kernel``) a flow is one socket,
+kept by socket cookie (``CookieFlow``): ``charge_sockets`` adds a drain's
+per-socket sums (capture/kernel.py), ``cookie_flow`` and ``cookie_flows``
+are the resolver's and the sweep's lookups (ownership/cookies.py).  The
+two kinds of flows share the cap, the totals and the pending lists, never
+the lookup tables.
+
 Per batch this table does one dictionary lookup per endpoint of each distinct
 (kind, packet key) sum and four integer additions; everything else (owners,
 states, garbage collection) is per flow.

@@ -5,6 +5,9 @@ wake-up socket share one selector.  Each pass drains the capture
 (engine.Engine.drain_capture), applies the hold (hold.Hold), does the
 housekeeping that is due and lets the control server finish waiting requests.
 SIGTERM and SIGINT stop the loop, SIGHUP reloads the interface facts.
+With ``--capture kernel`` there is no capture descriptor: the select timeout
+is also bounded by the next drain of the kernel counter
+(``Engine.seconds_until_drain``), the loop's timer.
 Owned by main.run, which builds the engine and the servers first.
 """
 
