@@ -31,12 +31,13 @@ from ..netlink.sockdiag import SockDiag
 from ..parse import PROTO_TCP
 from ..procfs import SocketEndpoint
 from ..tasks import TaskInfo
-from .namespaces import NamespaceSockets
+from .namespaces import NamespaceSockets, pids_in
 from .registry import TaskRegistry
 from .resolver import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT, Resolver
 
 log = logging.getLogger(__name__)
 
+NAMESPACE_SCAN_MAX_PIDS = 64  # a missed holder is looked for in namespaces this small
 SOCKET_GONE_IDLE_S = 2.0  # a cookie flow this idle whose socket is gone is dropped
 
 
@@ -64,6 +65,10 @@ class CookieResolver(Resolver):
 
     def resolve(self, now_s: float, everything: bool = False) -> None:
         self.namespaces.new_pass()
+        if everything:
+            # SYNC: namespaces made since the last look are opened now, whatever the
+            # rate limit of lookups of unknown namespace cookies.
+            self.namespaces.refresh()
         super().resolve(now_s, everything)
 
     def _identity(self, flow: Flow) -> tuple[int, bytes, int, bytes, int]:
@@ -101,6 +106,16 @@ class CookieResolver(Resolver):
                 self._retry(flow, now_s)
             return
         pid = self._holder(sock.inode)
+        if pid is None:
+            # The holder is in the socket's namespace: look at its processes now rather
+            # than wait for the budgeted refreshes to reach them (they cover the host).
+            # A namespace of many processes (the host's) is left to those refreshes.
+            namespace = self.namespaces.by_cookie.get(flow.netns_cookie)
+            if namespace is not None:
+                pids = pids_in(namespace.inode, self.namespaces.proc_root)
+                if len(pids) <= NAMESPACE_SCAN_MAX_PIDS:
+                    self.inodes.scan_pids(pids)
+                    pid = self.inodes.holder(sock.inode)
         if pid is None:
             self.misses += 1
             self._retry(flow, now_s)

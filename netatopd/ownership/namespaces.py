@@ -77,6 +77,23 @@ def namespace_pids(proc_root: str = "/proc") -> dict[int, int]:
     return found
 
 
+def pids_in(inode: int, proc_root: str = "/proc") -> list[int]:
+    """Every pid whose network namespace is the one of nsfs inode ``inode`` (one stat each)."""
+    pids: list[int] = []
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        return pids
+    for name in names:
+        if name.isdigit():
+            try:
+                if os.stat(f"{proc_root}/{name}/ns/net").st_ino == inode:
+                    pids.append(int(name))
+            except OSError:
+                continue
+    return pids
+
+
 def _enter_and_open(path: str) -> tuple[SockDiag, int]:
     """A SockDiag and the namespace cookie, made in a thread inside the namespace at path."""
     outcome: dict[str, object] = {}
