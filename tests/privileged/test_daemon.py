@@ -104,7 +104,7 @@ def run_udp_exchange(
     return server, client
 
 
-def test_udp_request_reply_exact(ns: Any, daemon: Any) -> None:
+def test_udp_request_reply_exact(ns: Any, daemon: Any, ownership: str) -> None:
     """Ground truth: 40 datagrams of 100 bytes each way, each costing 100 + 20 + 8 + 14 + 4 bytes."""
     d = daemon()
     server, client = run_udp_exchange(ns, d, "127.0.0.1", 40, 100, 300)
@@ -123,15 +123,17 @@ def test_udp_request_reply_exact(ns: Any, daemon: Any) -> None:
             "udprcvpacks": 40,
             "udprcvbytes": 40 * (100 + UDP4_OVERHEAD),
         }
-        status = d.status()
-        assert status["udp_sent"] == 80 and status["udp_received"] == 80
-        assert status["udp_sent_unidentified"] == 0 and status["udp_received_unidentified"] == 0
+        if ownership != "capture-kernel":  # that path's totals are the whole machine's
+            status = d.status()
+            assert status["udp_sent"] == 80 and status["udp_received"] == 80
+            assert status["udp_sent_unidentified"] == 0
+            assert status["udp_received_unidentified"] == 0
     finally:
         server.finish()
         client.finish()
 
 
-def test_receive_only_udp_server_is_attributed(ns: Any, daemon: Any) -> None:
+def test_receive_only_udp_server_is_attributed(ns: Any, daemon: Any, ownership: str) -> None:
     """The module cannot attribute a socket that never sends; sock_diag can: 25 x 200 bytes."""
     d = daemon()
     server, client = run_udp_exchange(ns, d, "127.0.0.1", 25, 200, -1)
@@ -144,7 +146,8 @@ def test_receive_only_udp_server_is_attributed(ns: Any, daemon: Any) -> None:
             "udprcvbytes": 25 * (200 + UDP4_OVERHEAD),
         }
         assert d.counters(server.pid) == expected
-        assert d.status()["udp_received_unidentified"] == 0
+        if ownership != "capture-kernel":  # that path's totals are the whole machine's
+            assert d.status()["udp_received_unidentified"] == 0
     finally:
         server.finish()
         client.finish()
