@@ -15,6 +15,11 @@ Figures (see bench/README.md for what each one measures and how):
   * RSS with 100,000 flows and 10,000 tasks (tables built by the library);
   * idle CPU with no traffic;
   * ``netatop query --json`` and one atop-socket answer with 50,000 processes;
+  * the kernel counting path (``--capture kernel``, monitor netatopd-kernel): its
+    CPU per packet as above, and (section sender) what a monitored Python UDP
+    sender pays under no monitor, the libpcap path, the kernel path, tcpdump and
+    nethogs in one run, and the cgroup_skb programs' own ns per packet from the
+    kernel's BPF run statistics;
   * in-process cost of the per-packet path (parse_batch + count_packets against
     count_records and count_fixed, each charged to a FlowTable) on synthetic batches.
 """
@@ -274,6 +279,15 @@ class NetatopdSingleLane(Netatopd):
 
     def argv(self) -> list[str]:
         return [*super().argv(), "--single-lane"]
+
+
+class NetatopdKernel(Netatopd):
+    """The daemon on the kernel counting path (--capture kernel: cgroup_skb programs)."""
+
+    name = "netatopd-kernel"
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--capture", "kernel"]
 
 
 class Tcpdump(Monitor):
@@ -785,20 +799,132 @@ def inprocess_figures(figures: Figures, repeats: int) -> None:
 # -- main ----------------------------------------------------------------------------------
 
 
+SENDER = """
+import json, socket, sys, time
+seconds, max_sends, size = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink.bind(("127.0.0.1", 0))
+sink.setblocking(False)
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sender.connect(sink.getsockname())
+send, payload = sender.send, b"b" * size
+sent, started = 0, time.perf_counter()
+deadline = started + seconds
+while sent < max_sends:
+    for _ in range(1000):
+        send(payload)
+    sent += 1000
+    if time.perf_counter() >= deadline:
+        break
+print(json.dumps({"sent": sent, "per_s": sent / (time.perf_counter() - started)}))
+"""
+SENDER_MAX_SENDS = 20_000_000
+
+
+def sender_rate(ns: Netns, seconds: float) -> tuple[float, int]:
+    """(datagrams per second, datagrams) of one Python UDP sender at its maximum rate,
+    64-byte datagrams on the namespace's loopback, pinned to GENERATOR_CPU."""
+    argv = ["taskset", "-c", str(GENERATOR_CPU), *ns.exec_prefix, PYTHON, "-c", SENDER]
+    done = subprocess.run(
+        [*argv, str(seconds), str(SENDER_MAX_SENDS), "64"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    answer = json.loads(done.stdout)
+    return float(answer["per_s"]), int(answer["sent"])
+
+
+def program_run_stats(object_ids: dict[str, list[int]]) -> tuple[int, int]:
+    """(runs, ns) summed over the kernel path's programs, from the kernel's BPF statistics."""
+    from netatopd.ebpf import syscalls
+
+    runs = run_ns = 0
+    for prog_id in object_ids["programs"]:
+        fd = syscalls.get_fd_by_id(syscalls.BpfCmd.PROG_GET_FD_BY_ID, prog_id)
+        if fd is None:
+            continue
+        try:
+            info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+        finally:
+            os.close(fd)
+        time_ns, count, _misses, _verified = syscalls.BPF_PROG_INFO_RUN.unpack_from(
+            info, syscalls.BPF_PROG_INFO_RUN_OFFSET
+        )
+        runs += int(count)
+        run_ns += int(time_ns)
+    return runs, run_ns
+
+
+def sender_figures(
+    figures: Figures, ns: Netns, workdir: Path, seconds: float, repeats: int, notes: list[str]
+) -> None:
+    """What the monitored application pays: a UDP sender's rate with no monitor, under the
+    libpcap path, the kernel path (BPF statistics off), tcpdump and nethogs, in one run;
+    then the kernel path once more with BPF statistics on for the programs' own ns a
+    packet (a loopback datagram is one run at egress and one at ingress)."""
+    monitors: list[tuple[str, type[Monitor] | None]] = [
+        ("none", None),
+        ("netatopd", Netatopd),
+        ("netatopd-kernel", NetatopdKernel),
+    ]
+    for name, cls in (("tcpdump", Tcpdump), ("nethogs", Nethogs)):
+        if shutil.which(name):
+            monitors.append((name, cls))
+    for _ in range(repeats):
+        for name, monitor_class in monitors:
+            monitor = monitor_class(ns, workdir) if monitor_class is not None else None
+            try:
+                rate, _ = sender_rate(ns, seconds)
+            finally:
+                if monitor is not None:
+                    monitor.stop()
+            figures.add("sender rate, 64-byte UDP, max", name, rate, "pps")
+            baseline = figures.median("sender rate, 64-byte UDP, max", "none")
+            if baseline:
+                figures.add("sender slowed by", name, (1 - rate / baseline) * 100, "%")
+    os.environ["NETATOPD_BPF_RUN_STATS"] = "1"
+    try:
+        monitor = NetatopdKernel(ns, workdir)
+        try:
+            ids = monitor.counts()["kernel_object_ids"]
+            runs_before, ns_before = program_run_stats(ids)
+            _, sent = sender_rate(ns, seconds)
+            runs_after, ns_after = program_run_stats(ids)
+        finally:
+            monitor.stop()
+    finally:
+        del os.environ["NETATOPD_BPF_RUN_STATS"]
+    runs = runs_after - runs_before
+    if runs:
+        figures.add(
+            "programs ns/run (BPF stats on)", "netatopd-kernel", (ns_after - ns_before) / runs, "ns"
+        )
+        figures.add(
+            "programs ns/packet sent (egress+ingress)",
+            "netatopd-kernel",
+            (ns_after - ns_before) / sent,
+            "ns",
+        )
+    else:
+        notes.append("BPF run statistics not available: no programs figure")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer packets and repeats (<1 min)")
     parser.add_argument("--repeats", type=int, help="repeats of each figure (default 3, quick 1)")
     parser.add_argument(
         "--only",
-        default="cpu,latency,memory,idle,query,inprocess",
+        default="cpu,latency,memory,idle,query,inprocess,sender",
         help="comma-separated sections to run (default: all)",
     )
     parser.add_argument(
         "--monitors",
-        default="netatopd,tcpdump,nethogs",
+        default="netatopd,netatopd-kernel,tcpdump,nethogs",
         help="monitors for the CPU figures: netatopd, netatopd-single-lane (the daemon"
-        " with --single-lane), tcpdump, nethogs",
+        " with --single-lane), netatopd-kernel (--capture kernel), tcpdump, nethogs",
     )
     parser.add_argument("--daemon-option", action="append", default=[], help="extra option")
     options = parser.parse_args()
@@ -821,6 +947,7 @@ def main() -> None:
     for monitor_class, package in (
         (Netatopd, ""),
         (NetatopdSingleLane, ""),
+        (NetatopdKernel, ""),
         (Tcpdump, "tcpdump"),
         (Nethogs, "nethogs"),
     ):
@@ -856,9 +983,14 @@ def main() -> None:
                 query_figures(figures, workdir, 50_000, repeats if not quick else 2)
             if "inprocess" in sections:
                 inprocess_figures(figures, repeats)
+            if "sender" in sections:
+                sender_figures(figures, ns, workdir, 2.0 if quick else 5.0, repeats, notes)
     finally:
         ns.delete()
-    print_table(figures, [m.name for m in monitor_classes] or ["netatopd"], notes)
+    shown = [m.name for m in monitor_classes] or ["netatopd"]
+    if "sender" in sections:
+        shown = ["none", *dict.fromkeys([*shown, "netatopd", "netatopd-kernel"])]
+    print_table(figures, shown, notes)
     print(f"bench took {time.monotonic() - started:.0f} s")
 
 

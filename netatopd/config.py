@@ -56,6 +56,7 @@ from .metrics.options import (
 )
 
 ENV_PREFIX = "NETATOPD_"
+DRAIN_INTERVAL_MS_DEFAULT = 10  # --capture kernel: the sums are read this often
 
 
 class ConfigError(Exception):
@@ -226,6 +227,25 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "",
         "group allowed to use the control socket (its mode gains 0660); empty: none",
+    ),
+    Option(
+        "--capture",
+        str,
+        "pcap",
+        "how packets are counted: pcap (libpcap on --interface, this network namespace,"
+        " one packet per GSO aggregate like the kernel module) or kernel (cgroup_skb"
+        " programs at the cgroup v2 root: local traffic of every network namespace,"
+        " wire segments)",
+        None,
+        ("pcap", "kernel"),
+    ),
+    Option(
+        "--drain-interval-ms",
+        int,
+        DRAIN_INTERVAL_MS_DEFAULT,
+        "--capture kernel: how often the per-socket sums are read from the kernel"
+        " (a packet is counted at most this late)",
+        1,
     ),
     Option(
         "--log-level",

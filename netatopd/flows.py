@@ -10,6 +10,13 @@ ownership.Resolver (``new``, ``dirty``, the named lookups ``tcp_flow``,
 finds owners and settles counters; ownership.Sweeper (``all_flows``), which
 drops idle and closed flows.
 
+On the kernel counting path (``--capture kernel``) a flow is one socket,
+kept by socket cookie (``CookieFlow``): ``charge_sockets`` adds a drain's
+per-socket sums (capture/kernel.py), ``cookie_flow`` and ``cookie_flows``
+are the resolver's and the sweep's lookups (ownership/cookies.py).  The
+two kinds of flows share the cap, the totals and the pending lists, never
+the lookup tables.
+
 Per batch this table does one dictionary lookup per endpoint of each distinct
 (kind, packet key) sum and four integer additions; everything else (owners,
 states, garbage collection) is per flow.
@@ -18,6 +25,7 @@ states, garbage collection) is per flow.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -30,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# One socket's sums of a kernel-path drain (FlowTable.charge_sockets): cookie,
+# netns cookie, protocol, family, sent packets, sent wire bytes, received packets,
+# received wire bytes.
+SocketSums = tuple[int, int, int, int, int, int, int, int]
 # Entries in each of the two UDP packet-key caches of charge; a cache that grows
 # past this is emptied (it is refilled from the local endpoints as packets come).
 UDP_KEY_CACHE_ENTRIES_MAX = 16_384
@@ -152,6 +164,37 @@ class Flow:
         return f"{proto} {local}:{self.local_port}"
 
 
+class CookieFlow(Flow):
+    """A flow of the kernel counting path: one socket, known by its cookie.
+
+    The cgroup_skb programs (ebpf/skbcount.py) sum per socket cookie, and a
+    cookie names one socket of one network namespace, so the same 4-tuple in
+    two containers is two CookieFlows.  The addresses and ports are filled in
+    when sock_diag in the socket's namespace reports the socket (empty until
+    then); ``netns_cookie`` says which namespace to ask.
+    """
+
+    __slots__ = ("cookie", "netns_cookie", "family")
+
+    def __init__(self, cookie: int, netns_cookie: int, proto: int, family: int, now_s: float):
+        super().__init__(proto, b"", 0, b"", 0, now_s)
+        self.cookie = cookie
+        self.netns_cookie = netns_cookie
+        self.family = family
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """(the cookie as 8 bytes,) while the flow is in the table; () once removed."""
+        key = self.table_key
+        return () if key is None else (key,)
+
+    def describe(self) -> str:
+        proto = "tcp" if self.proto == PROTO_TCP else "udp"
+        if self.local_addr:
+            return f"{super().describe()} (socket cookie {self.cookie})"
+        return f"{proto} socket cookie {self.cookie} (netns cookie {self.netns_cookie})"
+
+
 def _swap(key: bytes) -> bytes:
     """The key of the same TCP connection seen in the other direction."""
     if len(key) == 12:
@@ -225,6 +268,10 @@ class FlowTable:
         # share few addresses, and a server's flows share its port).
         self._addresses: dict[bytes, bytes] = {}
         self._ports: dict[int, int] = {}
+        # The kernel counting path's flows (--capture kernel), by socket cookie, and
+        # the packets of sockets of another protocol or one the kernel could not tell.
+        self._by_cookie: dict[int, CookieFlow] = {}
+        self.other_protocol_packets = 0
 
     # -- charging a batch ------------------------------------------------------
 
@@ -379,6 +426,12 @@ class FlowTable:
 
     def remove(self, flow: Flow) -> None:
         """Forget a flow (the caller has settled or written off its counters)."""
+        if isinstance(flow, CookieFlow):
+            if self._by_cookie.get(flow.cookie) is flow:
+                del self._by_cookie[flow.cookie]
+                self.count -= 1
+            flow.table_key = None
+            return
         tables = (
             (self._tcp_sent, self._tcp_received) if flow.proto == PROTO_TCP else (self._udp_local,)
         )
@@ -410,3 +463,58 @@ class FlowTable:
     def all_flows(self) -> list[Flow]:
         """Every live flow once (TCP flows appear under two keys)."""
         return list(self._tcp_sent.values()) + list(self._udp_local.values())
+
+    # -- the kernel counting path (--capture kernel) -------------------------------
+
+    def charge_sockets(self, sums: Iterable[SocketSums], now_s: float) -> None:
+        """Add one drain's per-socket sums to their CookieFlows, made when new, and the totals.
+
+        Each sum is (cookie, netns cookie, protocol, family, sent packets, sent
+        wire bytes, received packets, received wire bytes).  A socket of a
+        protocol other than TCP and UDP (or one the kernel could not tell)
+        only adds to ``other_protocol_packets``; a flow refused at the cap
+        counts its packets as unidentified.
+        """
+        totals = self.totals
+        by_cookie = self._by_cookie
+        dirty = self.dirty
+        for cookie, netns_cookie, proto, family, snd_p, snd_b, rcv_p, rcv_b in sums:
+            if proto == PROTO_TCP:
+                totals.tcp_sent += snd_p
+                totals.tcp_received += rcv_p
+            elif proto == PROTO_UDP:
+                totals.udp_sent += snd_p
+                totals.udp_received += rcv_p
+            else:
+                self.other_protocol_packets += snd_p + rcv_p
+                continue
+            flow = by_cookie.get(cookie)
+            if flow is None:
+                if not self._admit():
+                    self.overflow += snd_p + rcv_p - 1  # _admit counted one refusal
+                    if proto == PROTO_TCP:
+                        totals.tcp_sent_unidentified += snd_p
+                        totals.tcp_received_unidentified += rcv_p
+                    else:
+                        totals.udp_sent_unidentified += snd_p
+                        totals.udp_received_unidentified += rcv_p
+                    continue
+                flow = CookieFlow(cookie, netns_cookie, proto, family, now_s)
+                flow.table_key = cookie.to_bytes(8, "little")
+                by_cookie[cookie] = flow
+                self.new.append(flow)
+            flow.snd_packs += snd_p
+            flow.snd_bytes += snd_b
+            flow.rcv_packs += rcv_p
+            flow.rcv_bytes += rcv_b
+            if not flow.dirty:
+                flow.dirty = True
+                dirty.append(flow)
+
+    def cookie_flow(self, cookie: int) -> CookieFlow | None:
+        """The kernel path's flow of one socket cookie."""
+        return self._by_cookie.get(cookie)
+
+    def cookie_flows(self) -> list[CookieFlow]:
+        """Every live flow of the kernel counting path."""
+        return list(self._by_cookie.values())

@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from typing import NamedTuple
 
 from .defaults import PROC_ROOT_DEFAULT
@@ -69,12 +70,17 @@ SYS_PIDFD_OPEN = 434
 SYS_PIDFD_GETFD = 438
 
 
+SO_COOKIE = 57  # asm-generic/socket.h: the socket's cookie, a __u64
+SO_COOKIE_VALUE = struct.Struct("=Q")
+
+
 class SocketEndpoint(NamedTuple):
     """The local end of an internet socket held by a process."""
 
     protocol: int  # IPPROTO_TCP or IPPROTO_UDP
     local_addr: bytes  # 4 bytes for IPv4 (an IPv4-mapped IPv6 address too), 16 for IPv6
     local_port: int
+    cookie: int = 0  # the socket cookie (SO_COOKIE), 0 if it could not be read
 
 
 class ProcStat(NamedTuple):
@@ -333,7 +339,10 @@ def socket_endpoints(pid: int, inodes: dict[int, int]) -> dict[int, SocketEndpoi
                 addr = socket.inet_pton(sock.family, name[0])
                 if addr.startswith(IPV4_MAPPED_PREFIX):
                     addr = addr[12:]
-                found[inode] = SocketEndpoint(protocol, addr, name[1])
+                cookie = SO_COOKIE_VALUE.unpack(
+                    sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, SO_COOKIE_VALUE.size)
+                )[0]
+                found[inode] = SocketEndpoint(protocol, addr, name[1], cookie)
             except OSError:
                 continue
             finally:

@@ -68,6 +68,10 @@ HISTORY = Group("History", headline_colon=True, when_empty="off")
 EBPF = Group("eBPF", verbose=True, prefix="ebpf_")
 FORWARDED = Group("Forwarded")
 BALANCE = Group("Balance", Style.TABLE)
+NAMESPACES = Group("Namespaces")
+NAMESPACE_INODES = Group("Namespace inodes", verbose=True)
+KERNEL_PATH = Group("Kernel path")
+KERNEL_PATH_IDS = Group("Kernel path objects", verbose=True)
 
 # The order of the netatop status screen.
 GROUPS: tuple[Group, ...] = (
@@ -87,6 +91,10 @@ GROUPS: tuple[Group, ...] = (
     ATOP,
     HISTORY,
     EBPF,
+    NAMESPACES,
+    NAMESPACE_INODES,
+    KERNEL_PATH,
+    KERNEL_PATH_IDS,
 )
 
 
@@ -341,6 +349,55 @@ REGISTRY: tuple[Field | Family, ...] = (
     *_balance("tcp_received", "TCP received"),
     *_balance("udp_sent", "UDP sent"),
     *_balance("udp_received", "UDP received"),
+    # Network namespaces (issue 12): the capture path in use; with --capture kernel the
+    # namespaces whose sockets were looked up, with --capture pcap the namespaces
+    # holding TCP/UDP sockets that it does not count (looked at every few seconds).
+    Field("capture_path", HEADER, "", "capture_path", fmt="capture: {}"),
+    Field("namespaces_seen", NAMESPACES, "seen", "namespaces.count"),
+    Field(
+        "namespaces_uncovered",
+        NAMESPACES,
+        "",
+        "namespaces_uncovered_count",
+        fmt="{} other namespaces hold sockets not counted (--capture kernel counts them)",
+    ),
+    Field("namespaces_seen_inodes", NAMESPACE_INODES, "seen", "namespaces.inodes"),
+    Field("namespaces_uncovered_inodes", NAMESPACE_INODES, "not counted", "namespaces_uncovered"),
+    # --capture kernel: drains, and its own terms of the balance (packets counted =
+    # processes + unidentified + pending + these): packets still on socket flows whose
+    # owner is not known yet, and packets of sockets of no counted protocol.
+    Field("kernel_drains", KERNEL_PATH, "drains", "kernel_capture.drains"),
+    Field(
+        "kernel_other_protocol_packets",
+        KERNEL_PATH,
+        "other protocols",
+        "flows.other_protocol_packets",
+        when="kernel_capture",
+    ),
+    Field("kernel_pending_tcp_sent", KERNEL_PATH, "pending TCP sent", "kernel_pending.tcp_sent"),
+    Field(
+        "kernel_pending_tcp_received",
+        KERNEL_PATH,
+        "pending TCP received",
+        "kernel_pending.tcp_received",
+    ),
+    Field("kernel_pending_udp_sent", KERNEL_PATH, "pending UDP sent", "kernel_pending.udp_sent"),
+    Field(
+        "kernel_pending_udp_received",
+        KERNEL_PATH,
+        "pending UDP received",
+        "kernel_pending.udp_received",
+    ),
+    Field("kernel_cgroup", KERNEL_PATH, "attached at", "kernel_capture.counter.cgroup_path"),
+    Field("kernel_object_ids", KERNEL_PATH_IDS, "ids", "kernel_object_ids"),
+    Field(
+        "resolver_cookie_finds",
+        RESOLVER,
+        "socket cookie finds",
+        "resolver.cookie_finds",
+        when="kernel_capture",
+    ),
+    Field("namespaces_dumps", NAMESPACES, "sock_diag dumps", "namespaces.dumps"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -17,6 +17,7 @@ from ..capture.pcap import LibpcapMissing, load_libpcap
 from ..config import OPTIONS
 from ..defaults import CONTROL_SOCKET_NAME
 from ..history import StoreError, open_db
+from ..ownership.namespaces import namespace_pids, sockets_elsewhere
 from ..rundir import LOCK_NAME, RunDirError, open_directory
 from ..server import ServerError, prepare_socket_path
 from .exitcodes import ExitCode
@@ -49,6 +50,40 @@ def lock_holder(path: str) -> str | None:
     finally:
         os.close(fd)  # also lets go of a shared lock taken
     return None
+
+
+def kernel_path_checks() -> list[tuple[bool, str]]:
+    """--capture kernel: whether the cgroup v2 root is there and bpf() answers.
+
+    A one-element array map is made and closed at once (nothing stays); the
+    programs themselves are only loaded by the daemon.
+    """
+    from ..ebpf import syscalls
+    from ..ebpf.skbcount import KernelCounterError, find_cgroup2_root
+
+    results: list[tuple[bool, str]] = []
+    try:
+        root = find_cgroup2_root()
+    except KernelCounterError as err:
+        results.append((False, f"kernel path: {err.reason}"))
+        root = None
+    else:
+        results.append(
+            (
+                True,
+                f"kernel path: cgroup v2 root at {root}"
+                if root
+                else "kernel path: no cgroup2 mount; the daemon will mount a private one",
+            )
+        )
+    try:
+        os.close(syscalls.map_create(syscalls.MapType.ARRAY, 4, 8, 1, "ntp_check"))
+        results.append((True, "kernel path: bpf() creates maps"))
+    except syscalls.BpfSyscallError as err:
+        results.append((False, f"kernel path: bpf() refused: {err} (needs root or CAP_BPF)"))
+    except OSError as err:
+        results.append((False, f"kernel path: bpf() unavailable: {err}"))
+    return results
 
 
 def check(options: argparse.Namespace) -> int:
@@ -138,7 +173,7 @@ def check(options: argparse.Namespace) -> int:
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         report(os.access(existing, os.W_OK), f"history database {options.db} can be created")
-    if options.ownership != "proc":
+    if options.ownership != "proc" and options.capture == "pcap":
         # Loading the helper is the only sure test; --check only tells what it will use.
         btf = os.path.exists("/sys/kernel/btf/vmlinux")
         tracepoints = os.path.isdir("/sys/kernel/tracing/events/sock") or os.path.isdir(
@@ -148,6 +183,18 @@ def check(options: argparse.Namespace) -> int:
             "  -       eBPF helper: struct offsets from "
             + ("the kernel's BTF" if btf else "calibration (no /sys/kernel/btf/vmlinux)")
             + ("" if tracepoints else "; tracefs not mounted yet (the daemon mounts it)")
+        )
+    if options.capture == "kernel":
+        for ok, what in kernel_path_checks():
+            report(ok, what, ExitCode.NO_KERNEL_CAPTURE)
+    elsewhere = sockets_elsewhere()
+    seen = len(namespace_pids())
+    if options.capture == "kernel":
+        print(f"  -       network namespaces: {seen}, all counted (--capture kernel)")
+    else:
+        print(
+            f"  -       network namespaces: {seen}; {len(elsewhere)} other(s) hold TCP/UDP"
+            " sockets that --capture pcap does not count (--capture kernel counts them)"
         )
     if problems:
         print(f"{len(problems)} problem(s); netatopd would not start as configured")

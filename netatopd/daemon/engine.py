@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..capture.kernel import KernelCapture
 from ..capture.lanes import CaptureLanes, LaneKind
 from ..capture.links import LinkTable
 from ..counting import count_fixed, count_records
@@ -37,6 +38,8 @@ from ..metrics import MetricsBook, parse_group_by
 from ..metrics.catalogue import health_figures
 from ..netlink.sockdiag import SockDiag
 from ..ownership import Resolver, Sweeper, TaskRegistry
+from ..ownership.cookies import CookieResolver
+from ..ownership.namespaces import NamespaceSockets, sockets_elsewhere
 from ..parse import Reject
 from ..procfs import ProcFS
 from ..rundir import SafeDirectory
@@ -69,8 +72,19 @@ class KernelOwnershipFailed(Exception):
     """--ownership kernel was asked for and the eBPF helper did not load."""
 
 
-def load_kernel_ownership(mode: str) -> tuple[KernelOwnership | None, str]:
-    """The eBPF helper for --ownership auto|kernel, or None for proc; and a note for STATUS."""
+def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwnership | None, str]:
+    """The eBPF helper for --ownership auto|kernel, or None for proc; and a note for STATUS.
+
+    With --capture kernel the helper is not used: its records name flows by
+    4-tuple, which does not tell one namespace's socket from another's.
+    """
+    if capture == "kernel":
+        if mode == "kernel":
+            raise KernelOwnershipFailed(
+                "--ownership kernel works with --capture pcap only: with --capture kernel"
+                " owners come from sock_diag in each socket's namespace (--ownership auto)"
+            )
+        return None, "sock_diag in each socket's network namespace and /proc (--capture kernel)"
     if mode == "proc":
         return None, "/proc and sock_diag (--ownership proc)"
     try:
@@ -93,7 +107,7 @@ class Engine:
     def __init__(
         self,
         options: argparse.Namespace,
-        capture: CaptureLanes,
+        capture: CaptureLanes | KernelCapture,
         clock: Clock | None = None,
         run_dir: SafeDirectory | None = None,
         table_group: int | None = None,
@@ -104,6 +118,13 @@ class Engine:
         self.capture = capture
         self.clock = clock = clock or Clock()
         self.timeout_s = options.capture_timeout_ms / 1000.0
+        # --capture kernel: the cgroup_skb path, its flows keyed by socket cookie.
+        self.kernel_capture = capture if isinstance(capture, KernelCapture) else None
+        self.namespaces: NamespaceSockets | None = None
+        if self.kernel_capture is not None:
+            self.timeout_s = self.kernel_capture.drain_interval_s
+            self.namespaces = NamespaceSockets()
+        self.namespaces_elsewhere = _Elsewhere(clock.monotonic)
         self.links = LinkTable()
         self.rejects = [0] * (max(int(r) for r in Reject) + 1)
         # The table first: a run directory that cannot hold it stops the start here,
@@ -119,7 +140,9 @@ class Engine:
         try:
             self.sockdiag = SockDiag()
             try:
-                self.kernel, self.ownership_note = load_kernel_ownership(options.ownership)
+                self.kernel, self.ownership_note = load_kernel_ownership(
+                    options.ownership, getattr(options, "capture", "pcap")
+                )
             except BaseException:
                 self.sockdiag.close()
                 raise
@@ -127,7 +150,11 @@ class Engine:
             self.table.close(unlink=True)
             raise
         self.hold = Hold(
-            hold_seconds(options.hold_ms, self.kernel is not None), self.timeout_s, clock.monotonic
+            0.0
+            if self.kernel_capture is not None  # nothing to batch: the drain interval is the batch
+            else hold_seconds(options.hold_ms, self.kernel is not None),
+            self.timeout_s,
+            clock.monotonic,
         )
         self.flows = FlowTable(max_flows=options.max_flows)
         # Forwarded rows of each batch are taken out before the flow table sees them.
@@ -139,14 +166,25 @@ class Engine:
         self.registry = TaskRegistry(
             self.tasks, self.procfs, self.exit_list, self.journal, clock=clock.wall
         )
-        self.resolver = Resolver(
-            self.flows,
-            self.registry,
-            self.sockdiag,
-            unowned_limit_s=options.unowned_limit_s,
-            rescan_interval_s=options.rescan_interval_ms / 1000.0,
-            kernel=self.kernel,
-        )
+        self.resolver: Resolver
+        if self.namespaces is not None:
+            self.resolver = CookieResolver(
+                self.flows,
+                self.registry,
+                self.sockdiag,
+                self.namespaces,
+                unowned_limit_s=options.unowned_limit_s,
+                rescan_interval_s=options.rescan_interval_ms / 1000.0,
+            )
+        else:
+            self.resolver = Resolver(
+                self.flows,
+                self.registry,
+                self.sockdiag,
+                unowned_limit_s=options.unowned_limit_s,
+                rescan_interval_s=options.rescan_interval_ms / 1000.0,
+                kernel=self.kernel,
+            )
         self.sweeper = Sweeper(
             self.flows,
             self.registry,
@@ -203,6 +241,8 @@ class Engine:
         True when packets were counted: then the resolver has just looked up,
         retried and settled everything due (housekeeping need not again).
         """
+        if self.kernel_capture is not None:
+            return self._drain_kernel(self.kernel_capture)
         flows = self.flows
         split = self.locality.split
         links = self.links
@@ -210,6 +250,7 @@ class Engine:
         wall = self.clock.wall
         counted = False
         started_s = wall()
+        assert isinstance(self.capture, CaptureLanes)
         for kind, capture in self.capture.lanes:
             while True:
                 batch = capture.read_batch(BATCH_PACKETS)
@@ -237,6 +278,31 @@ class Engine:
             self.last_packet_monotonic_s = self.clock.monotonic()
         return counted
 
+    def _drain_kernel(self, capture: KernelCapture) -> bool:
+        """--capture kernel: when the drain interval is up, charge the per-socket sums."""
+        if not capture.due():
+            return False
+        started_s = self.clock.wall()
+        packets_before = capture.packets
+        sums = capture.drain()
+        self.last_drained_s = started_s
+        if not sums:
+            return False
+        now_s = self.clock.wall()
+        self.flows.charge_sockets(sums, now_s)
+        self.packets += capture.packets - packets_before
+        self.batches += 1
+        self.resolver.resolve(now_s)
+        self.resolver.settle(now_s)
+        self.last_packet_monotonic_s = self.clock.monotonic()
+        return True
+
+    def seconds_until_drain(self) -> float:
+        """How long the event loop may sleep before the kernel path's next drain (pcap: 1 s)."""
+        if self.kernel_capture is None:
+            return IDLE_WAKE_S
+        return self.kernel_capture.seconds_until_drain()
+
     def _persist_exited(self, exited: ExitedTask) -> None:
         if self.history is not None:
             self.history.add_exited((exited,))
@@ -249,11 +315,18 @@ class Engine:
         if not resolved or self.flows.dirty or self.flows.new:
             self.resolver.settle(now_s)
             self.resolver.resolve(now_s)
+        runs_before = self.sweeper.runs
         if self.sweeper.due():
             self.sweeper.run(now_s)
             self.gc_requested = False
         elif self.gc_requested and self.sweeper.force(now_s):
             self.gc_requested = False
+        if self.sweeper.runs != runs_before and isinstance(self.resolver, CookieResolver):
+            self.resolver.sweep_cookie_flows(
+                now_s, self.options.tcp_idle_s, self.options.udp_idle_s
+            )
+            if self.namespaces is not None:
+                self.namespaces.refresh()  # namespaces no process is in are closed
         self.exit_list.expire()
         if self.history is not None and self.history.sample_due(now_s):
             self.history.add_samples(
@@ -338,5 +411,31 @@ class Engine:
                 self.history.stop()
             if self.kernel is not None:
                 self.kernel.close()
+            if self.namespaces is not None:
+                self.namespaces.close()
             self.sockdiag.close()
             self.locality.close()
+
+
+NAMESPACES_ELSEWHERE_INTERVAL_S = 5.0  # the libpcap path's count is taken at most this often
+
+
+class _Elsewhere:
+    """The network namespaces other than ours holding TCP/UDP sockets, looked at now and then.
+
+    The libpcap path counts only the namespace it runs in; STATUS says how
+    many others hold sockets (namespaces.sockets_elsewhere), taken at most
+    every NAMESPACES_ELSEWHERE_INTERVAL_S.
+    """
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self.monotonic = monotonic
+        self.taken_s: float | None = None
+        self.inodes: list[int] = []
+
+    def get(self) -> list[int]:
+        now_s = self.monotonic()
+        if self.taken_s is None or now_s - self.taken_s >= NAMESPACES_ELSEWHERE_INTERVAL_S:
+            self.inodes = sockets_elsewhere()
+            self.taken_s = now_s
+        return self.inodes

@@ -17,3 +17,4 @@ class ExitCode(IntEnum):
     PRIVILEGES = 4  # missing privileges (capture, sock_diag)
     RUN_DIR = 5  # the run directory or a socket is unusable
     NO_KERNEL_OWNERSHIP = 6  # --ownership kernel and the eBPF helper did not load
+    NO_KERNEL_CAPTURE = 7  # --capture kernel and the cgroup_skb programs did not load

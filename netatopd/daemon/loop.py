@@ -9,6 +9,9 @@ housekeeping that is due, lets the control server finish waiting requests
 and has both servers close clients whose time is up (the loop wakes at least
 once a second).  SIGTERM and SIGINT stop the loop, SIGHUP reloads the
 interface facts; signals are noted by the handler and acted on in the loop.
+With ``--capture kernel`` there is no capture descriptor: the select timeout
+is also bounded by the next drain of the kernel counter
+(``Engine.seconds_until_drain``), the loop's timer.
 Owned by main.run, which builds the engine and the servers first.
 """
 
@@ -20,6 +23,7 @@ import signal
 import socket
 import time
 
+from ..capture.kernel import KernelCapture
 from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError
 from ..netlink.socket import NetlinkError
@@ -43,7 +47,7 @@ class EventLoop:
     def __init__(
         self,
         engine: Engine,
-        capture: CaptureLanes,
+        capture: CaptureLanes | KernelCapture,
         server: ControlServer,
         atop: AtopServer | None,
         pending_signals: list[int] | None = None,
@@ -91,7 +95,7 @@ class EventLoop:
 
     def _timeout_s(self) -> float:
         engine = self.engine
-        timeout = engine.seconds_until_next_work()
+        timeout = min(engine.seconds_until_next_work(), engine.seconds_until_drain())
         held_s = engine.hold.seconds_left()
         if held_s is not None:
             timeout = min(timeout, held_s)

@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from typing import NoReturn
 
 from .. import __version__
+from ..capture.kernel import KernelCapture
 from ..capture.lanes import CaptureLanes
 from ..capture.pcap import CaptureError, CapturePermissionError, LibpcapMissing
 from ..config import ConfigError, resolve
@@ -38,10 +39,28 @@ from .loop import STOP_SIGNALS, CaptureFailed, EventLoop
 
 log = logging.getLogger(__name__)
 
+# Benchmarks: keep the kernel's BPF run statistics on while the kernel path runs.
+RUN_STATS_ENV = "NETATOPD_BPF_RUN_STATS"
+
 
 def _fail(code: ExitCode, message: str) -> NoReturn:
     log.error("%s", message)
     sys.exit(code)
+
+
+class KernelCaptureFailed(Exception):
+    """--capture kernel and the cgroup_skb programs did not load."""
+
+
+def open_kernel_capture(options: argparse.Namespace) -> KernelCapture:
+    """The --capture kernel path: the programs loaded and attached, or KernelCaptureFailed."""
+    try:
+        return KernelCapture.open(
+            options.drain_interval_ms / 1000.0,
+            run_stats=os.environ.get(RUN_STATS_ENV) == "1",
+        )
+    except CaptureError as err:
+        raise KernelCaptureFailed(str(err)) from err
 
 
 def _groups(options: argparse.Namespace) -> dict[str, int | None]:
@@ -109,14 +128,20 @@ def run(options: argparse.Namespace) -> int:
                 "atop socket's directory",
             )
             undo.callback(atop_dir.close)
+        capture: CaptureLanes | KernelCapture
         try:
-            capture = CaptureLanes(
-                options.interface,
-                snaplen_bytes=options.snaplen,
-                buffer_bytes=options.buffer_mib << 20,
-                timeout_ms=options.capture_timeout_ms,
-                single=options.single_lane,
-            )
+            if options.capture == "kernel":
+                capture = open_kernel_capture(options)
+            else:
+                capture = CaptureLanes(
+                    options.interface,
+                    snaplen_bytes=options.snaplen,
+                    buffer_bytes=options.buffer_mib << 20,
+                    timeout_ms=options.capture_timeout_ms,
+                    single=options.single_lane,
+                )
+        except KernelCaptureFailed as err:
+            _fail(ExitCode.NO_KERNEL_CAPTURE, str(err))
         except LibpcapMissing as err:
             _fail(ExitCode.NO_LIBPCAP, str(err))
         except CapturePermissionError as err:
@@ -167,12 +192,12 @@ def run(options: argparse.Namespace) -> int:
 
         loop = EventLoop(engine, capture, server, answers.atop, pending_signals)
         undo.callback(loop.close)
-        log.info(
-            "netatopd %s counting on %s; control socket %s",
-            __version__,
-            options.interface,
-            server.path,
+        where = (
+            f"every network namespace (cgroup_skb at {capture.counter.cgroup_path})"
+            if isinstance(capture, KernelCapture)
+            else options.interface
         )
+        log.info("netatopd %s counting on %s; control socket %s", __version__, where, server.path)
         try:
             return loop.run()
         except CaptureFailed as err:

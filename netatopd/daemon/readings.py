@@ -132,20 +132,65 @@ class StatusReadings:
             for index, value in enumerate(task.counters):
                 processes[index] += value
         pending = dict.fromkeys(BALANCE_COUNTERS, 0)
-        for flow in engine.flows.all_flows():
-            proto = "tcp" if flow.proto == PROTO_TCP else "udp"
-            pending[f"{proto}_sent"] += flow.snd_packs
-            pending[f"{proto}_received"] += flow.rcv_packs
+        for flows in (engine.flows.all_flows(), engine.flows.cookie_flows()):
+            for flow in flows:
+                proto = "tcp" if flow.proto == PROTO_TCP else "udp"
+                pending[f"{proto}_sent"] += flow.snd_packs
+                pending[f"{proto}_received"] += flow.rcv_packs
         totals = engine.flows.totals
+        # The libpcap path counts every frame before locality.py takes the forwarded
+        # ones out; the kernel path sees local sockets' packets only (nothing forwarded).
+        kernel_path = engine.kernel_capture is not None
         located = self.locality_figures
         figures: dict[str, int] = {}
         for name, index in BALANCE_COUNTERS.items():
-            counted = located[f"counted_{name}"]
+            counted = getattr(totals, name) if kernel_path else located[f"counted_{name}"]
             unidentified = getattr(totals, f"{name}_unidentified")
             accounted = processes[index] + unidentified + pending[name]
-            accounted += located[f"forwarded_{name}"]
+            if not kernel_path:
+                accounted += located[f"forwarded_{name}"]
             figures[f"balance_{name}_counted"] = counted
             figures[f"balance_{name}_processes"] = processes[index]
             figures[f"balance_{name}_pending"] = pending[name]
             figures[f"balance_{name}"] = counted - accounted
         return figures
+
+    # -- network namespaces and the kernel path (issue 12) --------------------------------
+
+    @property
+    def capture_path(self) -> str:
+        return "kernel" if self.engine.kernel_capture is not None else "pcap"
+
+    @functools.cached_property
+    def namespaces_uncovered(self) -> list[int] | None:
+        """pcap path: namespaces other than ours holding TCP/UDP sockets (None: kernel path)."""
+        if self.engine.kernel_capture is not None:
+            return None
+        return self.engine.namespaces_elsewhere.get()
+
+    @property
+    def namespaces_uncovered_count(self) -> int | None:
+        inodes = self.namespaces_uncovered
+        return None if inodes is None else len(inodes)
+
+    @functools.cached_property
+    def kernel_pending(self) -> Mapping[str, int] | None:
+        """kernel path: packets on socket flows whose owner is not known yet."""
+        if self.engine.kernel_capture is None:
+            return None
+        pending = {"tcp_sent": 0, "tcp_received": 0, "udp_sent": 0, "udp_received": 0}
+        for flow in self.engine.flows.cookie_flows():
+            if flow.owner is None:
+                proto = "tcp" if flow.proto == PROTO_TCP else "udp"
+                pending[f"{proto}_sent"] += flow.snd_packs
+                pending[f"{proto}_received"] += flow.rcv_packs
+        return pending
+
+    @functools.cached_property
+    def kernel_object_ids(self) -> Mapping[str, list[int]] | None:
+        """kernel path: the kernel ids of its programs and maps (tests check they go)."""
+        capture = self.engine.kernel_capture
+        if capture is None:
+            return None
+        programs, maps = capture.counter.object_ids()
+        return {"programs": programs, "maps": maps}

@@ -133,6 +133,18 @@ class InodeIndex:
             self.pid_fd_count[pid] = count
             found.extend((pid, inode) for inode in self._scan(pid))
 
+    def scan_pids(self, pids: list[int]) -> list[tuple[int, int]]:
+        """Rescan these processes now, whatever their descriptor count (an equal count
+        may hide a closed descriptor and a new socket).
+
+        For a caller that knows where an owner must be (the processes of one
+        network namespace) and need not wait for a budgeted refresh to get there.
+        """
+        found: list[tuple[int, int]] = []
+        for pid in sorted(pids, reverse=True):
+            self._look(pid, True, found)
+        return found
+
     def full_scan_step(self, budget_s: float) -> list[tuple[int, int]]:
         """Part of a full rescan of every process, newest first, for at most budget_s.
 

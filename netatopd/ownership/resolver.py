@@ -391,17 +391,20 @@ class Resolver:
                     self.endpoints.popitem(last=False)
             for inode in self.inodes.pid_inodes.get(pid, ()):
                 endpoint = self.endpoints.get(inode)
-                if (
-                    endpoint is not None
-                    and endpoint.protocol == flow.proto
-                    and endpoint.local_port == flow.local_port
-                    and endpoint.local_addr in (flow.local_addr, bytes(len(endpoint.local_addr)))
-                ):
+                if endpoint is not None and self._endpoint_matches(endpoint, flow):
                     task = self.registry.task(pid)
                     if task is not None:
                         self.endpoint_finds += 1
                         return task
         return None
+
+    def _endpoint_matches(self, endpoint: SocketEndpoint, flow: Flow) -> bool:
+        """Whether a socket named by its process is the flow's (by local address and port)."""
+        return (
+            endpoint.protocol == flow.proto
+            and endpoint.local_port == flow.local_port
+            and endpoint.local_addr in (flow.local_addr, bytes(len(endpoint.local_addr)))
+        )
 
     def _lookup(self, flow: Flow) -> SocketInfo | None:
         remote_addr = flow.remote_addr

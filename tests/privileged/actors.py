@@ -72,13 +72,15 @@ def recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def udp_server(addr: str, count: int, reply_bytes: int, v6only: bool = True) -> None:
-    """Receive count datagrams; answer each with reply_bytes bytes unless reply_bytes < 0."""
+def udp_server(addr: str, count: int, reply_bytes: int, v6only: bool = True, port: int = 0) -> None:
+    """Receive count datagrams; answer each with reply_bytes bytes unless reply_bytes < 0.
+
+    port 0: any free port."""
     sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
     if family_of(addr) == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
     sock.settimeout(TIMEOUT_S)
-    sock.bind((addr, 0))
+    sock.bind((addr, port))
     say(pid=os.getpid(), port=sock.getsockname()[1])
     sizes = []
     for _ in range(count):
@@ -90,9 +92,15 @@ def udp_server(addr: str, count: int, reply_bytes: int, v6only: bool = True) -> 
     wait_for("exit")
 
 
-def udp_client(addr: str, port: int, count: int, size: int, expect_reply: bool) -> None:
+def udp_client(
+    addr: str, port: int, count: int, size: int, expect_reply: bool, bind_port: int = 0
+) -> None:
+    """Send count datagrams of size bytes (from bind_port when not 0), each answered
+    when expect_reply."""
     sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
     sock.settimeout(TIMEOUT_S)
+    if bind_port:
+        sock.bind((addr, bind_port))
     say(pid=os.getpid())
     replies = 0
     for _ in range(count):

@@ -163,6 +163,9 @@ STATUS_ORDER_PROC = [
         for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
         for term in ("_counted", "_processes", "_pending", "")
     ),
+    "capture_path",
+    "namespaces_uncovered",
+    "namespaces_uncovered_inodes",
 ]
 
 

@@ -49,9 +49,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("flows", ("counting", "parse", "wire", "defaults")),
         # The kernel boundaries.
         ("netlink", ()),
-        ("capture", ("libc", "wire", "defaults")),
         ("procfs", ("libc", "wire", "defaults")),
         ("ebpf", ("libc", "netlink", "wire")),
+        # libpcap's lanes, and the kernel path's counter read as a capture.
+        ("capture", ("ebpf", "netlink", "libc", "wire", "defaults")),
         # Local traffic or forwarded: a batch's rows against the local table and conntrack.
         ("locality", ("counting", "parse", "wire", "netlink")),
         # Per-process state.

@@ -62,6 +62,9 @@ class FakeEngine:
     def seconds_until_next_work(self) -> float:
         return 0.0
 
+    def seconds_until_drain(self) -> float:
+        return 1.0  # the libpcap path: no kernel counter to drain
+
 
 class FakeServer:
     def __init__(self) -> None:

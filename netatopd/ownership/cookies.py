@@ -1,0 +1,178 @@
+"""The kernel counting path's owners: socket cookie -> socket inode -> process.
+
+Owns nothing but the route from a ``CookieFlow`` (flows.py, one socket of
+the ``--capture kernel`` path) to its owner: the socket's namespace and
+inode from ``NamespaceSockets`` (sock_diag inside that namespace, found by
+the namespace cookie the programs recorded), then the holder of the inode
+from the ``InodeIndex`` (it reads /proc/PID/fd, so it spans every
+namespace: socket inodes are unique on the host) and the task from the
+``TaskRegistry``.  Built by the daemon's engine instead of ``Resolver`` when
+the capture is ``kernel``; the engine calls what it calls on ``Resolver``
+plus ``sweep_cookie_flows`` after each garbage collection.
+
+Why a subclass of ``Resolver`` rather than a resolver of its own: everything
+after "which inode" is the same -- the pending queue and its retries, the
+unowned limit and write-off, settling counters into tasks, the /proc rescans
+that move a socket to the newest process holding it (a forked child), the
+owners' memory, and the release of flows whose owner finished.  Only the
+lookup differs (by cookie in the socket's namespace instead of by 4-tuple in
+ours), so only ``_resolve`` and the flow identity are overridden; the
+4-tuple-only routes (the eBPF helper's records, the UDP port recheck) are
+not used for cookie flows because a 4-tuple does not say which namespace it
+is in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..flows import CookieFlow, Flow, FlowState, FlowTable
+from ..netlink.sockdiag import SockDiag
+from ..parse import PROTO_TCP
+from ..procfs import SocketEndpoint
+from ..tasks import TaskInfo
+from .namespaces import NamespaceSockets, pids_in
+from .registry import TaskRegistry
+from .resolver import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT, Resolver
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_SCAN_MAX_PIDS = 64  # a missed holder is looked for in namespaces this small
+SOCKET_GONE_IDLE_S = 2.0  # a cookie flow this idle whose socket is gone is dropped
+
+
+class CookieResolver(Resolver):
+    """Finds the owner of each socket the kernel path counted, in any namespace."""
+
+    def __init__(
+        self,
+        flows: FlowTable,
+        registry: TaskRegistry,
+        sockdiag: SockDiag,
+        namespaces: NamespaceSockets,
+        unowned_limit_s: float = UNOWNED_LIMIT_S_DEFAULT,
+        rescan_interval_s: float = RESCAN_INTERVAL_S_DEFAULT,
+    ) -> None:
+        super().__init__(
+            flows,
+            registry,
+            sockdiag,
+            unowned_limit_s=unowned_limit_s,
+            rescan_interval_s=rescan_interval_s,
+        )
+        self.namespaces = namespaces
+        self.cookie_finds = 0  # owners found through a namespace's sock_diag dump
+
+    def resolve(self, now_s: float, everything: bool = False) -> None:
+        self.namespaces.new_pass()
+        if everything:
+            # SYNC: namespaces made since the last look are opened now, whatever the
+            # rate limit of lookups of unknown namespace cookies.
+            self.namespaces.refresh()
+        super().resolve(now_s, everything)
+
+    def _identity(self, flow: Flow) -> tuple[int, bytes, int, bytes, int]:
+        if isinstance(flow, CookieFlow):
+            return (flow.proto, flow.cookie.to_bytes(8, "little"), flow.netns_cookie, b"", 0)
+        return super()._identity(flow)
+
+    def _recheck_udp(self, flow: Flow, now_s: float) -> None:
+        """Not needed: a cookie names one socket for its whole life."""
+        if not isinstance(flow, CookieFlow):
+            super()._recheck_udp(flow, now_s)
+
+    def _resolve(self, flow: Flow, now_s: float) -> None:
+        if not isinstance(flow, CookieFlow):
+            super()._resolve(flow, now_s)
+            return
+        flow.lookups += 1
+        self.lookups += 1
+        sock = self.namespaces.socket(flow.netns_cookie, flow.cookie, flow.proto, flow.family)
+        if sock is None:
+            self.not_found += 1
+            if flow.lookups == 1:
+                log.debug("%s: no such socket in its namespace", flow.describe())
+        elif not flow.local_addr:
+            flow.local_addr, flow.local_port = sock.local_addr, sock.local_port
+            flow.remote_addr, flow.remote_port = sock.remote_addr, sock.remote_port
+        if sock is None or sock.inode == 0:
+            # Closed (or TIME_WAIT: the process may hold the closed socket still) before it
+            # was looked up: a remembered owner, a recent process holding that cookie, else
+            # retry.
+            task = self._remembered_owner(flow, now_s) or self._search_endpoints(flow, now_s)
+            if task is not None:
+                self._assign(flow, task, now_s, final=True)
+            else:
+                self._retry(flow, now_s)
+            return
+        pid = self._holder(sock.inode)
+        if pid is None:
+            # The holder is in the socket's namespace: look at its processes now rather
+            # than wait for the budgeted refreshes to reach them (they cover the host).
+            # A namespace of many processes (the host's) is left to those refreshes.
+            namespace = self.namespaces.by_cookie.get(flow.netns_cookie)
+            if namespace is not None:
+                pids = pids_in(namespace.inode, self.namespaces.proc_root)
+                if len(pids) <= NAMESPACE_SCAN_MAX_PIDS:
+                    self.inodes.scan_pids(pids)
+                    pid = self.inodes.holder(sock.inode)
+        if pid is None:
+            self.misses += 1
+            self._retry(flow, now_s)
+            return
+        task = self.registry.task(pid)
+        if task is None:
+            self._retry(flow, now_s)
+            return
+        flow.uid = sock.uid
+        if task.uid < 0:
+            task.uid = sock.uid
+        if flow.inode and flow.inode != sock.inode:
+            self._unlink_inode(flow)
+        flow.inode = sock.inode
+        self.inode_flows.setdefault(sock.inode, []).append(flow)
+        self.cookie_finds += 1
+        self._assign(flow, task, now_s, final=True)
+
+    def _endpoint_matches(self, endpoint: SocketEndpoint, flow: Flow) -> bool:
+        """A cookie flow's socket is the one with its cookie (any namespace: cookies are
+        unique on the host)."""
+        if isinstance(flow, CookieFlow):
+            return endpoint.cookie == flow.cookie
+        return super()._endpoint_matches(endpoint, flow)
+
+    def _owners_finished(self, tasks: list[TaskInfo], now_s: float) -> None:
+        super()._owners_finished(tasks, now_s)
+        for flow in self.flows.cookie_flows():
+            owner = flow.owner
+            if owner is not None and owner.exited:
+                flow.owner = None
+                flow.state = FlowState.PENDING
+                self._retry(flow, now_s)
+
+    def sweep_cookie_flows(self, now_s: float, tcp_idle_s: float, udp_idle_s: float) -> int:
+        """Drop cookie flows idle past the protocol's limit, or owned ones whose socket is gone.
+
+        Called after each garbage collection, with the counters settled; a
+        flow dropped with counters still unowned writes them off.  Returns
+        how many were dropped.
+        """
+        self.namespaces.new_pass()
+        gone: list[CookieFlow] = []
+        for flow in self.flows.cookie_flows():
+            idle_s = now_s - flow.last_seen_s
+            limit_s = tcp_idle_s if flow.proto == PROTO_TCP else udp_idle_s
+            if idle_s >= limit_s:
+                gone.append(flow)
+            elif flow.owner is None and flow.state in (FlowState.NEW, FlowState.PENDING):
+                continue  # waits for its owner until the unowned limit (Resolver.resolve)
+            elif idle_s >= SOCKET_GONE_IDLE_S and (
+                self.namespaces.socket(flow.netns_cookie, flow.cookie, flow.proto, flow.family)
+                is None
+            ):
+                gone.append(flow)
+        for flow in gone:
+            self.forget_flow(flow)
+        if gone:
+            log.debug("sweep: %d socket flows dropped, %d left", len(gone), self.flows.count)
+        return len(gone)

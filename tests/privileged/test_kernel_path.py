@@ -1,0 +1,324 @@
+"""The kernel counting path end to end: netatopd --capture kernel, traffic in other namespaces.
+
+The daemon runs in one namespace ("home"); the traffic runs in namespaces
+that act as containers (loopback inside one, a veth pair between two
+others).  The cgroup_skb programs sit at the cgroup v2 root and count every
+namespace's local traffic, so the processes in the containers must get
+exactly their traffic although the daemon's own namespace sees none of it.
+
+Ground truth, as in test_daemon.py: datagrams x (size + IP and UDP headers
++ 14 + 4) for UDP; for TCP each socket's TCP_INFO (``expected_tcp``).  On
+this path a packet is a wire segment, so bulk TCP over veth with GSO on is
+exact too (the libpcap path counts one packet per aggregate there).  The
+server process's ground truth is its accepted socket's TCP_INFO plus what
+its listener carried: the kernel sends the SYN-ACK from the listener and
+delivers the SYN and the handshake's final ACK through it (1 sent, 2
+received, under the listener's cookie), while the accepted socket's
+``tcpi_segs_in`` counts that final ACK a second time
+(``tcp_create_openreq_child`` starts it at 1, ``tcp_child_process`` adds the
+same skb) and its ``tcpi_segs_out`` leaves out the SYN-ACK.  So the process
+received ``(segs_in - 2) + 2 = segs_in`` and sent ``segs_out + 1``: exactly
+``expected_tcp(info, passive=True)``.
+
+After every scenario the balance of the kernel path holds: packets counted
+= every process's counters (running and exited) + unidentified + pending
+(socket flows whose owner is not known yet); the daemon counts the whole
+machine's traffic, so it is read when two readings agree.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netatopd.ebpf import loaded_object_ids
+from netatopd.ebpf.skbcount import AttachType, find_cgroup2_root, prog_query
+
+from harness import UDP4_OVERHEAD, UDP6_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
+from test_daemon import ZERO_TCP, ZERO_UDP, expected_tcp, run_tcp
+
+pytestmark = pytest.mark.privileged
+
+FREE_WAIT_S = 5.0
+BALANCE_TRIES = 40
+BULK_BYTES = 4 << 20
+
+
+@pytest.fixture
+def kernel_daemon(make_netns: Any, tmp_path: Path) -> Any:
+    """netatopd --capture kernel in its own namespace; stopped (exit 0) afterwards."""
+    home = make_netns("ntkh")
+    started: list[Daemon] = []
+
+    def start(*options: str) -> Daemon:
+        d = Daemon(
+            home,
+            tmp_path / f"run{len(started)}",
+            "--capture",
+            "kernel",
+            "--exit-lifetime-s",
+            "300",
+            *options,
+        )
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        code = d.stop()
+        assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"
+
+
+def containers(make_netns: Any) -> tuple[Any, Any, Any]:
+    """Three namespaces: c1 (loopback only), c2 and c3 joined by a veth pair
+    (192.0.2.2 and 2001:db8::2 in c2, 192.0.2.3 and 2001:db8::3 in c3)."""
+    c1, c2, c3 = make_netns("ntkc"), make_netns("ntkc"), make_netns("ntkc")
+    for ns in (c1, c2, c3):
+        fix_tcp_header_sizes(ns)
+    left, right = f"{c2.name[-9:]}a", f"{c3.name[-9:]}b"
+    c2.run("ip", "link", "add", left, "type", "veth", "peer", "name", right)
+    c2.run("ip", "link", "set", right, "netns", c3.name)
+    for ns, dev, suffix in ((c2, left, 2), (c3, right, 3)):
+        ns.run("ip", "addr", "add", f"192.0.2.{suffix}/24", "dev", dev)
+        ns.run("ip", "addr", "add", f"2001:db8::{suffix}/64", "dev", dev, "nodad")
+        ns.run("ip", "link", "set", dev, "up")
+    return c1, c2, c3
+
+
+def balance(d: Daemon) -> None:
+    """packets counted = processes (running + exited) + unidentified + pending, per
+    protocol and direction, read when two STATUS readings around the task lists agree."""
+    names = {
+        "tcp_sent": ("tcpsndpacks", "tcp_sent_unidentified", "kernel_pending_tcp_sent"),
+        "tcp_received": ("tcprcvpacks", "tcp_received_unidentified", "kernel_pending_tcp_received"),
+        "udp_sent": ("udpsndpacks", "udp_sent_unidentified", "kernel_pending_udp_sent"),
+        "udp_received": ("udprcvpacks", "udp_received_unidentified", "kernel_pending_udp_received"),
+    }
+    for _ in range(BALANCE_TRIES):
+        d.sync()
+        with d.client() as c:
+            before = c.status()
+            records = [*c.list_tasks(), *c.list_exited()]
+            after = c.status()
+        if all(before[name] == after[name] for name in names):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the machine's traffic never paused long enough to read the balance")
+    for name, (counter, unidentified, pending) in names.items():
+        processes = sum(r.as_dict()[counter] for r in records)
+        assert after[name] == processes + after[unidentified] + after[pending], (name, after)
+
+
+def udp_pair(
+    server_ns: Any, client_ns: Any, addr: str, count: int, request: int, reply: int, **kw: Any
+) -> tuple[Actor, Actor]:
+    server = Actor(
+        server_ns, "udp_server", addr=addr, count=count, reply_bytes=reply, port=kw.get("port", 0)
+    )
+    client = Actor(
+        client_ns,
+        "udp_client",
+        addr=addr,
+        port=server.port,
+        count=count,
+        size=request,
+        expect_reply=True,
+        bind_port=kw.get("bind_port", 0),
+    )
+    return server, client
+
+
+def test_udp_in_three_other_namespaces_exact(make_netns: Any, kernel_daemon: Any) -> None:
+    """IPv4 and IPv6, loopback in c1 and veth between c2 and c3: every process exact."""
+    c1, c2, c3 = containers(make_netns)
+    d = kernel_daemon()
+    cases = [
+        (c1, c1, "127.0.0.1", 40, 100, 300, UDP4_OVERHEAD),
+        (c1, c1, "::1", 30, 64, 64, UDP6_OVERHEAD),
+        (c3, c2, "192.0.2.3", 25, 200, 50, UDP4_OVERHEAD),
+        (c2, c3, "2001:db8::2", 20, 120, 80, UDP6_OVERHEAD),
+    ]
+    actors = []
+    try:
+        for server_ns, client_ns, addr, count, request, reply, overhead in cases:
+            server, client = udp_pair(server_ns, client_ns, addr, count, request, reply)
+            actors += [server, client]
+            assert client.read()["sent"] == count and server.read()["received"] == count
+            d.sync()
+            assert d.counters(client.pid) == {
+                **ZERO_TCP,
+                "udpsndpacks": count,
+                "udpsndbytes": count * (request + overhead),
+                "udprcvpacks": count,
+                "udprcvbytes": count * (reply + overhead),
+            }, addr
+            assert d.counters(server.pid) == {
+                **ZERO_TCP,
+                "udpsndpacks": count,
+                "udpsndbytes": count * (reply + overhead),
+                "udprcvpacks": count,
+                "udprcvbytes": count * (request + overhead),
+            }, addr
+        status = d.status()
+        assert status["capture_path"] == "kernel"
+        assert status["namespaces_seen"] >= 4  # home and the three containers
+        inodes = set(status["namespaces_seen_inodes"])
+        for ns in (c1, c2, c3):
+            assert os.stat(f"/run/netns/{ns.name}").st_ino in inodes
+        balance(d)
+    finally:
+        for actor in actors:
+            actor.finish()
+
+
+@pytest.mark.parametrize(
+    ("where", "addr"),
+    [
+        ("loopback", "127.0.0.1"),
+        ("loopback", "::1"),
+        ("veth", "192.0.2.3"),
+        ("veth", "2001:db8::3"),
+    ],
+)
+def test_tcp_in_other_namespaces_matches_tcp_info(
+    make_netns: Any, kernel_daemon: Any, where: str, addr: str
+) -> None:
+    """20 rounds of 1000 bytes up and 10 down: both processes equal their TCP_INFO."""
+    c1, c2, c3 = containers(make_netns)
+    d = kernel_daemon()
+    server_ns, client_ns = (c1, c1) if where == "loopback" else (c3, c2)
+    server, client, server_info, client_info = run_tcp(
+        server_ns, client_ns, d, addr, addr, 20, 1000, 10
+    )
+    try:
+        extra_ip = 20 if ":" in addr else 0  # the IPv6 header is 20 bytes longer
+        for actor, info, passive in ((client, client_info, False), (server, server_info, True)):
+            expected = expected_tcp(info, passive=passive)
+            packets_out = info["segs_out"] + (1 if passive else 0)
+            expected["tcpsndbytes"] += extra_ip * packets_out
+            expected["tcprcvbytes"] += extra_ip * info["segs_in"]
+            assert d.counters(actor.pid) == {**expected, **ZERO_UDP}
+        balance(d)
+    finally:
+        server.finish()
+        client.finish()
+
+
+@pytest.mark.parametrize("addr", ["192.0.2.3", "2001:db8::3"])
+def test_bulk_tcp_over_veth_with_gso_counts_wire_segments(
+    make_netns: Any, kernel_daemon: Any, addr: str
+) -> None:
+    """4 MiB in one write over veth (GSO and GRO on): packets = TCP_INFO segments exactly.
+
+    Many segments per aggregate (fails on the libpcap path, which counts one packet
+    per aggregate); bytes are segments x (headers + 18) + payload exactly.
+    """
+    _, c2, c3 = containers(make_netns)
+    d = kernel_daemon()
+    server, client, server_info, client_info = run_tcp(c3, c2, d, addr, addr, 1, BULK_BYTES, 0)
+    try:
+        assert client_info["bytes_sent"] == BULK_BYTES
+        assert client_info["segs_out"] > BULK_BYTES // 65536 * 10  # split into MSS segments
+        extra_ip = 20 if ":" in addr else 0
+        for actor, info, passive in ((client, client_info, False), (server, server_info, True)):
+            expected = expected_tcp(info, passive=passive)
+            packets_out = info["segs_out"] + (1 if passive else 0)
+            expected["tcpsndbytes"] += extra_ip * packets_out
+            expected["tcprcvbytes"] += extra_ip * info["segs_in"]
+            assert d.counters(actor.pid) == {**expected, **ZERO_UDP}
+    finally:
+        server.finish()
+        client.finish()
+
+
+def test_same_four_tuple_in_two_namespaces_is_two_flows(
+    make_netns: Any, kernel_daemon: Any
+) -> None:
+    """127.0.0.1:40001 -> 127.0.0.1:40000 in c1 and in c2 at once: four processes, each exact."""
+    c1, c2, _ = containers(make_netns)
+    d = kernel_daemon()
+    pairs = []
+    try:
+        for ns, count in ((c1, 10), (c2, 30)):
+            server, client = udp_pair(
+                ns, ns, "127.0.0.1", count, 100, 100, port=40000, bind_port=40001
+            )
+            pairs.append((server, client, count))
+        for server, client, count in pairs:
+            assert client.read()["sent"] == count and server.read()["received"] == count
+        d.sync()
+        per = 100 + UDP4_OVERHEAD
+        for server, client, count in pairs:
+            both_ways = {
+                **ZERO_TCP,
+                "udpsndpacks": count,
+                "udpsndbytes": count * per,
+                "udprcvpacks": count,
+                "udprcvbytes": count * per,
+            }
+            assert d.counters(client.pid) == both_ways
+            assert d.counters(server.pid) == both_ways
+        balance(d)
+    finally:
+        for server, client, _ in pairs:
+            server.finish()
+            client.finish()
+
+
+def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon: Any) -> None:
+    d = kernel_daemon()
+    status = d.status()
+    ids = status["kernel_object_ids"]
+    programs, maps = ids["programs"], ids["maps"]
+    assert len(programs) == 2 and len(maps) == 4
+    # Under "ip netns exec" the daemon has its own mount namespace without the host's
+    # cgroup2 mount, so it mounts a private one: the same hierarchy's root.
+    assert status["kernel_cgroup"]
+    cgroup = find_cgroup2_root() or "/sys/fs/cgroup"
+    assert d.stop() == 0
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + FREE_WAIT_S
+        while True:
+            attached = set(prog_query(fd, AttachType.CGROUP_INET_INGRESS)) | set(
+                prog_query(fd, AttachType.CGROUP_INET_EGRESS)
+            )
+            loaded_programs, loaded_maps = loaded_object_ids()
+            left = (set(programs) & (attached | set(loaded_programs))) | (
+                set(maps) & set(loaded_maps)
+            )
+            if not left:
+                break
+            assert time.monotonic() < deadline, f"still loaded or attached: {sorted(left)}"
+            time.sleep(0.02)
+    finally:
+        os.close(fd)
+
+
+def test_pcap_path_names_the_namespaces_it_does_not_cover(make_netns: Any, tmp_path: Path) -> None:
+    """A namespace with a UDP socket, the pcap daemon elsewhere: STATUS counts it, names the option."""
+    home, other = make_netns("ntkh"), make_netns("ntkc")
+    sock_holder = Actor(other, "udp_server", addr="127.0.0.1", count=1, reply_bytes=0)
+    d = Daemon(home, tmp_path / "run", "--capture", "pcap")
+    try:
+        status = d.status()
+        assert status["capture_path"] == "pcap"
+        assert os.stat(f"/run/netns/{other.name}").st_ino in status["namespaces_uncovered_inodes"]
+        assert status["namespaces_uncovered"] == len(status["namespaces_uncovered_inodes"])
+        with d.client() as c:
+            text = c.status()
+        assert "kernel_object_ids" not in text
+    finally:
+        assert d.stop() == 0
+        sock_holder.finish()
+
+
+def test_ownership_kernel_is_refused_with_capture_kernel(make_netns: Any, tmp_path: Path) -> None:
+    home = make_netns("ntkh")
+    with pytest.raises(AssertionError, match="exited with 6"):
+        Daemon(home, tmp_path / "run", "--capture", "kernel", "--ownership", "kernel")
