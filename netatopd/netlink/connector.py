@@ -499,6 +499,11 @@ class ProcessEvents:
         each CPU it may run on, then gets its CPU set back.  Returns the number
         of CPUs visited; CPUs outside the thread's cpuset are skipped.
         """
+        visited = self._ask_from_every_cpu()
+        self._pending.extend(self._drain(after_overflow=False))
+        return visited
+
+    def _ask_from_every_cpu(self) -> int:
         allowed = os.sched_getaffinity(0)
         visited = 0
         try:
@@ -511,7 +516,6 @@ class ProcessEvents:
                 visited += 1
         finally:
             os.sched_setaffinity(0, allowed)
-        self._pending.extend(self._drain())
         return visited
 
     # --- events ------------------------------------------------------------------
@@ -537,10 +541,18 @@ class ProcessEvents:
         wanted, self._resync = self._resync, False
         return wanted
 
-    def _drain(self) -> list[ProcessEvent]:
+    def _drain(self, *, after_overflow: bool = True) -> list[ProcessEvent]:
+        """Read what is queued (bounded).
+
+        After an overflow, once the queue is empty: every CPU is asked for an
+        answer (``_ask_from_every_cpu``) and those are read too, so the events
+        dropped until now show as gaps at once rather than at each CPU's next
+        event (when primed).
+        """
         sock = self._socket()
         buffer = self._buffer
         events: list[ProcessEvent] = []
+        overflowed = False
         for _ in range(DATAGRAMS_PER_READ):
             try:
                 length_bytes, address = sock.recvfrom_into(
@@ -549,10 +561,14 @@ class ProcessEvents:
             except InterruptedError:
                 continue
             except BlockingIOError:
+                if overflowed and after_overflow and self.primed_cpus:
+                    self._ask_from_every_cpu()
+                    events.extend(self._drain(after_overflow=False))
                 break
             except OSError as err:
                 if err.errno != errno.ENOBUFS:
                     raise NetlinkError(err.errno or errno.EIO, "proc connector receive") from err
+                overflowed = True
                 self.overflows += 1
                 self._resync = True
                 log.info("proc connector: events lost (ENOBUFS)")

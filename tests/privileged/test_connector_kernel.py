@@ -101,7 +101,11 @@ def test_fork_exec_exit_of_a_shell_and_a_python_child(events: ProcessEvents) -> 
 
 
 def test_a_full_queue_is_reported_and_counted(events: ProcessEvents) -> None:
-    """A tiny receive buffer, 300 processes, nothing read meanwhile: ENOBUFS and exact gaps."""
+    """A tiny receive buffer, 300 processes, nothing read meanwhile: ENOBUFS and exact gaps.
+
+    The loss is counted by the read that meets the overflow (every CPU is
+    asked for an answer then), not only once later events arrive.
+    """
     events.close()
     small = ProcessEvents(receive_buffer_bytes=4096)
     try:
@@ -111,29 +115,12 @@ def test_a_full_queue_is_reported_and_counted(events: ProcessEvents) -> None:
             pid = os.posix_spawn("/bin/true", ["true"], os.environ)
             os.waitpid(pid, 0)
             pids.add(pid)
-        got: list[ProcessEvent] = [e for e in small.read() if e.tgid in pids]
-        # A gap shows when the next event of the same CPU arrives: one more
-        # process on each CPU, now that reading has resumed.
-        allowed = os.sched_getaffinity(0)
-        last: set[int] = set()
-        try:
-            for cpu in sorted(allowed):
-                os.sched_setaffinity(0, {cpu})
-                pid = os.posix_spawn("/bin/true", ["true"], os.environ)
-                os.waitpid(pid, 0)
-                last.add(pid)
-        finally:
-            os.sched_setaffinity(0, allowed)
-        exited: set[int] = set()
-        deadline = time.monotonic() + WAIT_S
-        while exited != last and time.monotonic() < deadline:
-            select.select([small.fileno()], [], [], 0.1)
-            for e in small.read():
-                if e.tgid in pids:
-                    got.append(e)
-                elif e.kind == ProcEventKind.EXIT and e.pid in last:
-                    exited.add(e.pid)
-        assert exited == last
+        got: list[ProcessEvent] = []
+        for _ in range(100):  # drain (bounded); a last EXIT may come after waitpid()
+            batch = small.read()
+            got.extend(e for e in batch if e.tgid in pids)
+            if not batch and not select.select([small.fileno()], [], [], 0.05)[0]:
+                break
         assert small.overflows >= 1
         assert small.take_resync()
         # Every event of ours that never arrived is among the events counted lost.

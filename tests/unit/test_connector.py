@@ -270,6 +270,7 @@ class FakeConnector:
         self.answer_error = answer_error
         self.answer = answer
         self.send_error = 0
+        self.next_seq: dict[int, int] = {}  # cpu -> the number its next answer takes
         self.closed = False
         self._pair = socket.socketpair()  # a real descriptor that never becomes readable
 
@@ -284,9 +285,12 @@ class FakeConnector:
             raise OSError(self.send_error, "fake")
         self.sent.append(data)
         if self.answer and data[-4:] == golden("01000000"):
-            self.push(
-                datagram(500, 0, "00000000", f"{self.answer_error:02x}000000", ack=PORT_ID + 1)
-            )
+            # like the kernel: answered on the sender's CPU, with that CPU's next number
+            cpu = min(os.sched_getaffinity(0))
+            seq = self.next_seq.setdefault(cpu, 1000)
+            self.next_seq[cpu] = seq + 1
+            body = f"{self.answer_error:02x}000000"
+            self.push(datagram(seq, cpu, "00000000", body, ack=PORT_ID + 1))
         return len(data)
 
     def recvfrom_into(self, buffer: bytearray, nbytes: int, flags: int, /) -> tuple[int, object]:
@@ -403,6 +407,32 @@ def test_sequence_gaps_count_lost_events_per_cpu() -> None:
     events.read()
     assert events.lost_events == 2
     assert not events.take_resync()
+
+
+def test_an_overflow_asks_every_cpu_so_the_loss_counts_at_once() -> None:
+    fake = FakeConnector()
+    events = ProcessEvents(sock=fake, subscribe_timeout_s=0.2)  # primed: numbers known
+    cpu = min(os.sched_getaffinity(0))
+    seq = fake.next_seq[cpu]
+    fake.push(exec_event(seq=seq, cpu=cpu))
+    fake.next_seq[cpu] = seq + 1 + 5  # the kernel dropped five events of this CPU
+    fake.push_error(errno.ENOBUFS)
+    sent_before = len(fake.sent)
+    assert [e.kind for e in events.read()] == [ProcEventKind.EXEC]
+    assert len(fake.sent) == sent_before + events.primed_cpus  # asked again, from each CPU
+    assert (events.overflows, events.lost_events) == (1, 5)
+    assert events.take_resync()
+
+
+def test_without_priming_a_loss_counts_at_the_next_event() -> None:
+    events, fake = subscribed()
+    fake.push(exec_event(seq=40, cpu=3))
+    fake.push_error(errno.ENOBUFS)
+    events.read()
+    assert (events.overflows, events.lost_events, len(fake.sent)) == (1, 0, 1)
+    fake.push(exec_event(seq=45, cpu=3))
+    events.read()
+    assert events.lost_events == 4
 
 
 def test_sequence_wraps_without_loss() -> None:
