@@ -19,7 +19,8 @@ cn_proc.h; measured on Linux 6.18 by tests/privileged/test_connector_kernel.py):
   the answer to a subscription included.  A gap in one CPU's numbers is the
   exact number of events this socket did not get; ``lost_events`` sums them
   when the next event of that CPU arrives (``_prime_cpus`` makes sure each
-  CPU's count is known from the start).
+  CPU's count is known from the start, and after an overflow asks every CPU
+  for such a next event at once).
 * When the socket's receive queue is full the kernel drops events and the
   next recv fails once with ENOBUFS (``overflows``).  Either way the caller
   must re-read /proc: ``take_resync()`` says so once.
@@ -402,8 +403,10 @@ class ProcessEvents:
     ``sock`` replaces the OS socket (tests feed hand-built datagrams through
     it); ``netns_path`` creates the socket in that network namespace;
     ``receive_buffer_bytes`` sizes its queue (a small one overflows sooner);
-    ``prime_cpus`` learns each CPU's sequence number at once (see
-    ``_prime_cpus``), so that ``lost_events`` is exact from the start.  The
+    ``prime_cpus`` learns each CPU's sequence number at once and again after
+    an overflow (``_prime_cpus``, ``_drain``), so that ``lost_events`` is
+    exact from the start and counts a loss in the read that meets it; it
+    moves the calling thread to each CPU for a moment each time.  The
     constructor subscribes and waits (at most ``subscribe_timeout_s``) for
     the kernel's answer: NetlinkError with the kernel's errno, ECONNREFUSED
     outside the initial network namespace, ETIMEDOUT when the kernel stays
