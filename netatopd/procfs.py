@@ -7,7 +7,8 @@ one process).  Called by the ownership
 package (``InodeIndex``: socket inodes of a process; ``TaskRegistry``: stat,
 command line, uid, threads; ``Resolver``: socket names), by the daemon (thread
 to tgid for GETCNT_PID) and by table.py (``read_stat``: is the table's writer
-still running).
+still running).  ``read_identity`` reads who a process is (start time, comm,
+command line, uid, cgroup) in one pass, for the task registry at fork and exec.
 
 Errors: a process that vanished (ENOENT, ESRCH) raises ProcessGone, which is a
 normal race; EACCES or EPERM raise ProcAccessDenied, a configuration problem
@@ -350,3 +351,120 @@ def socket_endpoints(pid: int, inodes: dict[int, int]) -> dict[int, SocketEndpoi
     finally:
         os.close(pidfd)
     return found
+
+
+# --- identity at birth ----------------------------------------------------------------
+#
+# What names a process on every row: read once, when the proc connector says a
+# process was forked or exec'ed, while it still exists.  One directory
+# descriptor of /proc/PID and four files read relative to it: every file comes
+# from the same process even if the pid is reused meanwhile (a lookup under the
+# descriptor of a finished process fails instead of reaching its successor).
+
+# Bytes of command line kept; longer ones end with CMDLINE_TRUNCATION_MARKER.
+CMDLINE_MAX_BYTES = 4096
+CMDLINE_TRUNCATION_MARKER = "\u2026"  # "…": visibly not part of the command
+# First read of a file; /proc's seq files hand over their whole text in one
+# read when it fits, so a short read is the end (a full one reads on).
+_FIRST_READ_BYTES = 4096
+# The Uid: line is the ninth of /proc/PID/status, within its first 1 KiB
+# (the Name: line before it is at most 64 escaped characters).
+_STATUS_HEAD_BYTES = 1024
+_CGROUP_V2_PREFIX = b"0::"
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class Identity(NamedTuple):
+    """Who a process is: read at fork and exec, kept after it has gone."""
+
+    pid: int  # the process (tgid)
+    ppid: int
+    start_time_ticks: int  # field 22 of stat: with pid, names the process
+    comm: str  # at most 15 characters
+    cmdline: str  # arguments joined by spaces; "" for kernel threads and zombies
+    uid: int  # real uid (first value of the Uid: line)
+    cgroup: str  # cgroup v2 path (the "0::" line), "" when in no v2 hierarchy
+
+
+def _read_at(pid: int, dir_fd: int, name: str, first_bytes: int, max_bytes: int) -> bytes:
+    """Up to ``max_bytes`` of ``name`` under the process directory ``dir_fd``."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as err:
+        raise _translate(err, pid, f"/proc/{pid}/{name}") from err
+    try:
+        content = b""
+        while len(content) < max_bytes:
+            request = min(first_bytes, max_bytes - len(content))
+            chunk = os.read(fd, request)
+            content += chunk
+            if len(chunk) < request:  # a short read is the end of a /proc file
+                break
+        return content
+    except OSError as err:
+        raise _translate(err, pid, f"/proc/{pid}/{name}") from err
+    finally:
+        os.close(fd)
+
+
+def format_cmdline(raw: bytes, max_bytes: int = CMDLINE_MAX_BYTES) -> str:
+    """The text of /proc/PID/cmdline: NULs as spaces, cut at ``max_bytes`` with a marker.
+
+    The cut never splits a UTF-8 character; bytes that are not UTF-8 become U+FFFD.
+    """
+    truncated = len(raw) > max_bytes
+    if truncated:
+        cut = max_bytes
+        while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # a continuation byte: back off
+            cut -= 1
+        raw = raw[:cut]
+    text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    return text + CMDLINE_TRUNCATION_MARKER if truncated else text
+
+
+def parse_cgroup_v2(content: bytes) -> str:
+    """The path of the "0::" line of /proc/PID/cgroup, "" without one (cgroup v1 only)."""
+    for line in content.splitlines():
+        if line.startswith(_CGROUP_V2_PREFIX):
+            return line[len(_CGROUP_V2_PREFIX) :].decode("utf-8", "replace")
+    return ""
+
+
+def read_identity(pid: int, proc_root: str = PROC_ROOT_DEFAULT) -> Identity:
+    """Identity of process ``pid``: stat, cmdline, status (Uid) and cgroup of one process.
+
+    Raises ProcessGone (the process, or its pid, is gone), ProcAccessDenied,
+    or ProcError (a file that makes no sense).  A zombie still answers, with
+    an empty command line.
+    """
+    path = f"{proc_root}/{pid}"
+    try:
+        dir_fd = os.open(path, _PATH_FLAGS)
+    except OSError as err:
+        raise _translate(err, pid, path) from err
+    try:
+        stat_content = _read_at(pid, dir_fd, "stat", _FIRST_READ_BYTES, 1 << 16)
+        if not stat_content:
+            raise ProcessGone(pid, f"{path}/stat")
+        stat = parse_stat(pid, stat_content)
+        cmdline_raw = _read_at(pid, dir_fd, "cmdline", CMDLINE_MAX_BYTES + 1, CMDLINE_MAX_BYTES + 1)
+        status_head = _read_at(pid, dir_fd, "status", _STATUS_HEAD_BYTES, _STATUS_HEAD_BYTES)
+        cgroup_content = _read_at(pid, dir_fd, "cgroup", _FIRST_READ_BYTES, 1 << 16)
+    finally:
+        os.close(dir_fd)
+    if not status_head:
+        raise ProcessGone(pid, f"{path}/status")
+    values = _status_field(pid, status_head, b"Uid")
+    try:
+        uid = int(values[0])
+    except (IndexError, ValueError) as err:
+        raise ProcError(f"{path}/status: bad Uid line {values!r}") from err
+    return Identity(
+        pid=stat.pid,
+        ppid=stat.ppid,
+        start_time_ticks=stat.start_time_ticks,
+        comm=stat.comm,
+        cmdline=format_cmdline(cmdline_raw),
+        uid=uid,
+        cgroup=parse_cgroup_v2(cgroup_content),
+    )

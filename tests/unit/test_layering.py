@@ -42,13 +42,15 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("protocol", ()),
         ("status", ()),
         ("libc", ()),
+        ("cgroups", ()),
+        ("users", ()),
         ("rundir", ("defaults",)),
         # The per-packet path.
         ("parse", ("wire",)),
         ("counting", ("parse", "wire")),
         ("flows", ("counting", "parse", "wire", "defaults")),
         # The kernel boundaries.
-        ("netlink", ()),
+        ("netlink", ("libc",)),
         ("procfs", ("libc", "wire", "defaults")),
         ("ebpf", ("libc", "netlink", "wire")),
         # libpcap's lanes, and the kernel path's counter read as a capture.
