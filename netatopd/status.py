@@ -296,6 +296,11 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("history_dropped", HISTORY, "dropped", "history_stats.dropped", slot=25),
     Field("history_disk_full_skips", HISTORY, "disk-full skips", "history_stats.disk_full_skips"),
     Field("history_write_errors", HISTORY, "write errors", "history_stats.write_errors"),
+    # Issue 13: the database file deleted or replaced under the daemon (opened anew), damaged
+    # files moved aside (NAME.corrupt-TIME), processes that continued from their last sample.
+    Field("history_reopened", HISTORY, "reopened", "history_stats.reopened"),
+    Field("history_corrupt_moved", HISTORY, "damaged moved aside", "history_stats.corrupt_moved"),
+    Field("tasks_restored", TASKS, "restored", "registry.restored_tasks"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -99,8 +99,8 @@ def writer(path: Path, **options: object) -> history.HistoryWriter:
 def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "netatop.db"
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
-    assert history.latest_schema_version() == 2
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
+    assert history.latest_schema_version() == 3
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchall()[0][0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchall()[0][0] == 5000
@@ -109,6 +109,7 @@ def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
     assert [r[1] for r in conn.execute("PRAGMA table_info(samples)")] == SAMPLES_COLUMNS
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE sql IS NOT NULL")}
     assert {"exited", "samples", "exited_exit_time", "exited_totals", "sample_totals"} <= names
+    assert "samples_process" in names  # version 3
     pk = [r[1] for r in conn.execute("PRAGMA table_info(exited)") if r[5]]
     assert pk == ["tgid", "btime"]
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o750
@@ -164,7 +165,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     old.close()
 
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
     assert table(conn, "exited") == [
         (42, 1700000000, "wget", "wget x", 0, 1.5, 2.5, 3.5, 1, 2, 3, 4, 5, 6, 7, 8)
     ]
@@ -181,7 +182,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     conn.close()
     # Opening again changes nothing.
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
     conn.close()
 
 
@@ -189,7 +190,7 @@ def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     history.open_db(str(path)).close()
     conn = apsw.Connection(str(path))
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("PRAGMA user_version = 4")
     conn.close()
     with pytest.raises(history.StoreError, match="newer than this netatop"):
         history.open_db(str(path))
