@@ -300,7 +300,7 @@ REGISTRY: tuple[Field | Family, ...] = (
     # files moved aside (NAME.corrupt-TIME), processes that continued from their last sample.
     Field("history_reopened", HISTORY, "reopened", "history_stats.reopened"),
     Field("history_corrupt_moved", HISTORY, "damaged moved aside", "history_stats.corrupt_moved"),
-    Field("tasks_restored", TASKS, "restored", "registry.restored_tasks"),
+    Field("tasks_restored", TASKS, "restored", "registry.restored_tasks", when="history"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -136,7 +136,6 @@ class HistoryWriter:
         self._conn: apsw.Connection | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._check_needed = True  # run PRAGMA quick_check at the next open
-        self._open()  # start-up errors reach the caller
 
         # Shared with the callers, under _lock (never held during I/O).
         self._lock = threading.Lock()
@@ -167,6 +166,7 @@ class HistoryWriter:
         self._flush_done = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._open()  # start-up errors reach the caller
 
     # ---- the database file -------------------------------------------------------------
 
