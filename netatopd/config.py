@@ -140,7 +140,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--publish-interval-ms", int, 250, "how often the shared table is rewritten", 10),
     Option("--table-capacity", int, MAX_TASKS_DEFAULT + 20_000, "rows of the shared table", 1),
     Option(
-        "--flush-interval-s", float, 5.0, "how often finished processes are written to SQLite", 0.01
+        "--flush-interval-s",
+        float,
+        5.0,
+        "how often samples are written to SQLite (finished processes: within 1 s)",
+        0.01,
     ),
     Option(
         "--sample-interval-s",
