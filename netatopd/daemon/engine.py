@@ -50,7 +50,7 @@ IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
 # Between sweeps, finished processes are looked for this often, this many tasks at a time
 # (round robin): they reach the exit list and the history within about a second.
 REAP_INTERVAL_S = 0.25
-REAP_TASKS_MAX = 512
+REAP_TASKS_MAX = 256  # about 16 us each: at most about 17 ms of CPU a second
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
 
