@@ -362,10 +362,14 @@ def test_deleted_database_directory_is_created_anew(make_netns: Any, daemons: St
 SIGTERM_CHILDREN = 200
 
 
-def test_sigterm_keeps_every_finished_process(make_netns: Any, daemons: Started) -> None:
+@pytest.mark.parametrize("delay_s", [2.5, 0.0])
+def test_sigterm_keeps_every_finished_process(
+    make_netns: Any, daemons: Started, delay_s: float
+) -> None:
     """200 short-lived processes each sending one datagram; SIGTERM 2.5 s after the last
-    exited, before any sweep (15 s) or flush (5 s) is due: every one has its row, exact,
-    and the server (still running) its final sample."""
+    exited (the issue's case: before any sweep, 15 s, or flush, 5 s, is due), and at
+    once (the last batch is then for the stop itself to find, count and commit): every
+    one has its row, exact, and the server (still running) its final sample."""
     ns = make_netns(NETNS_PREFIX)
     db = daemons.tmp_path / "h.db"
     d = daemons(ns, db)  # the default intervals: gc 15 s, flush 5 s, samples 60 s
@@ -374,7 +378,7 @@ def test_sigterm_keeps_every_finished_process(make_netns: Any, daemons: Started)
         wait_until("the burst", lines.done, timeout_s=WAIT_S)
         pids = children_of(lines.snapshot())
         assert len(pids) == SIGTERM_CHILDREN
-        time.sleep(2.5)
+        time.sleep(delay_s)
         assert d.stop() == 0
     finally:
         children.finish()
