@@ -177,7 +177,7 @@ OPTIONS: tuple[Option, ...] = (
         "--flush-interval-s",
         float,
         FLUSH_INTERVAL_S_DEFAULT,
-        "how often finished processes are written to SQLite",
+        "how often samples are written to SQLite (finished processes: within 1 s)",
         0.01,
     ),
     Option(

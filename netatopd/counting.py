@@ -17,6 +17,7 @@ frame layouts they read are wire.py's.
 from __future__ import annotations
 
 import struct
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -35,7 +36,7 @@ from .wire import (
     ETH_P_IP,
     ETH_P_IPV6,
     FIXED_FRAMES,
-    IP_OFFSET_MASK,
+    IP_FRAGMENT_MASK,
     IPHDR,
     IPV4_FIXED,
     IPV6_FIXED,
@@ -141,6 +142,7 @@ _IPV6_FRAME = struct.Struct(
 )
 _PCAP_SF_PKTHDR_LENGTHS = PCAP_SF_PKTHDR.view("caplen", "len")
 _RECORD_HEADER_BYTES = PCAP_SF_PKTHDR.size
+_SLL2_BYTES = SLL2_HEADER.size  # pcap's len counts it, the IP length does not
 _NO_MTU = 1 << 62  # stands for an MTU of 0 (unknown): no packet is larger
 _SEGMENT_HEADER_BYTES = IPHDR.size  # what parse.wire_bytes adds per further GSO segment
 
@@ -166,7 +168,8 @@ def count_records(
     unpack_ipv4 = _IPV4_FRAME.unpack_from
     unpack_ipv6 = _IPV6_FRAME.unpack_from
     # wire.py's numbers and fixed frames, as locals for the loop.
-    eth_p_ip, eth_p_ipv6, ip_offset_mask = ETH_P_IP, ETH_P_IPV6, IP_OFFSET_MASK
+    eth_p_ip, eth_p_ipv6, ip_fragment_mask = ETH_P_IP, ETH_P_IPV6, IP_FRAGMENT_MASK
+    sll2_bytes = _SLL2_BYTES
     arphrd_loopback, proto_tcp, proto_udp = ARPHRD_LOOPBACK, PROTO_TCP, PROTO_UDP
     ipv4_frame_bytes, ipv6_frame_bytes = IPV4_FIXED.frame_bytes, IPV6_FIXED.frame_bytes
     ipv4_first_byte, ipv4_length_min = IPV4_FIXED.first_byte, IPV4_FIXED.length_min
@@ -192,17 +195,22 @@ def count_records(
             if ethertype == eth_p_ip:
                 if (
                     first_byte != ipv4_first_byte  # first_byte_mask 0xff
-                    or frag_off & ip_offset_mask
+                    or frag_off & ip_fragment_mask
                     or ip_len < ipv4_length_min
+                    or ip_len > original_bytes - sll2_bytes  # parse rejects it
                 ):
                     proto = 0
             elif ethertype == eth_p_ipv6 and caplen >= ipv6_frame_bytes:
                 (ethertype, ifindex, hatype, pkttype, first_byte, ip_len, proto, key) = unpack_ipv6(
                     records, frame
                 )
-                if first_byte & ipv6_version_mask != ipv6_first_byte or ip_len < ipv6_length_min:
-                    proto = 0
                 ip_len += ipv6_length_extra  # payload_len -> the IP length
+                if (
+                    first_byte & ipv6_version_mask != ipv6_first_byte
+                    or ip_len < ipv6_length_min + ipv6_length_extra
+                    or ip_len > original_bytes - sll2_bytes  # parse rejects it
+                ):
+                    proto = 0
             else:
                 proto = 0
         if proto == proto_udp or proto == proto_tcp:
@@ -259,16 +267,22 @@ def count_records(
 def _fixed_record_format(frame: FixedFrame) -> struct.Struct:
     """What count_fixed reads of one record of a fixed lane, skipping the rest.
 
-    ``[pcap_sf_pkthdr]``, sll2_if_index, sll2_pkttype, the length member,
-    the protocol member, and saddr + daddr + ports (the key).  Members that
-    change from packet to packet (id, checksums, time stamps) are skipped, so
-    the records of one flow and packet size unpack to equal tuples.
+    pcap_sf_pkthdr's len (the frame's length on the wire; the record header
+    is in native order and the frame in network order, so it reads
+    byte-swapped on a little-endian host: ``_original_bytes`` turns it back,
+    once per distinct row), sll2_if_index, sll2_pkttype, the length member, the protocol
+    member, and saddr + daddr + ports (the key).  Members that change from
+    packet to packet (id, checksums, time stamps) are skipped, so the records
+    of one flow and packet size unpack to equal tuples (len too: equal
+    packets have equal lengths).
     sll2_hatype is a property of the interface: it is read once per interface
     and batch (``_fixed_record_hatype``), not per record.
     """
     layout = frame.layout
+    record_header = PCAP_SF_PKTHDR.fields("len", whole=True)  # in the frame's byte order
     return struct.Struct(
-        f"{layout.byte_order}{PCAP_SF_PKTHDR.size}x"
+        layout.byte_order
+        + record_header
         + layout.fields(
             "sll2_if_index",
             "sll2_pkttype",
@@ -285,6 +299,15 @@ FIXED_RECORDS: dict[int, tuple[struct.Struct, int]] = {
     version: (_fixed_record_format(frame), frame.length_extra)
     for version, frame in FIXED_FRAMES.items()
 }
+
+
+def _original_bytes(read: int) -> int:
+    """pcap_sf_pkthdr's len (native order) from what _fixed_record_format read (network order)."""
+    if sys.byteorder == "big":
+        return read
+    return int.from_bytes(read.to_bytes(4, "big"), "little")
+
+
 _FIXED_IFINDEX_OFFSET = PCAP_SF_PKTHDR.size + SLL2_HEADER.offset("sll2_if_index")
 _FIXED_IFINDEX_BYTES = SLL2_HEADER.width("sll2_if_index")
 _FIXED_HATYPE = SLL2_HEADER.view("sll2_hatype")  # from the start of the cooked header
@@ -315,8 +338,9 @@ def count_fixed(
     The lane's kernel filter guarantees the frames' shape (wire.FIXED_FRAMES)
     and its snap length makes every record the same size, so the batch is
     split and counted in C: one ``Counter`` over ``iter_unpack`` gives how
-    many packets each (link, packet type, IP length, protocol, key) had, and
-    only those few distinct rows are looked at here.  A batch whose size is
+    many packets each (length on the wire, link, packet type, IP length,
+    protocol, key) had, and only those few distinct rows are looked at here;
+    an IP length beyond what the frame carried is rejected, as parse does.  A batch whose size is
     not ``count`` whole records (a frame from the wire shorter than its IP
     header claims) is walked by count_records instead.  Sums exactly what
     count_records sums for the same records.
@@ -326,7 +350,7 @@ def count_fixed(
         return count_records(records, links, rejects)
     batch = BatchSums()
     interfaces: dict[int, tuple[int, int, int]] = {}  # ifindex -> (sll2_hatype, hhl, mtu)
-    for (ifindex, pkttype, ip_len, proto, key), packets in Counter(
+    for (original, ifindex, pkttype, ip_len, proto, key), packets in Counter(
         layout.iter_unpack(records)
     ).items():
         interface = interfaces.get(ifindex)
@@ -342,11 +366,15 @@ def count_fixed(
         if isinstance(counted_as, Reject):
             rejects[counted_as] += packets
             continue
+        ip_len += length_extra
+        if ip_len > _original_bytes(original) - _SLL2_BYTES:
+            rejects[Reject.IP_LENGTH_BEYOND_FRAME] += packets
+            continue
         kind = int(counted_as)
         if proto == PROTO_TCP:
             kind += TCP_KIND
         elif proto != PROTO_UDP:  # the lane filter lets no other through
             rejects[Reject.OTHER_PROTOCOL] += packets
             continue
-        batch.add(kind, key, packets, packets * wire_bytes(ip_len + length_extra, hhl, mtu))
+        batch.add(kind, key, packets, packets * wire_bytes(ip_len, hhl, mtu))
     return batch

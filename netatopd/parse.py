@@ -23,7 +23,8 @@ A packet is ``(direction, proto, key, wire_bytes)``:
   port as raw bytes in wire order, 12 bytes for IPv4 and 36 for IPv6; b"" for
   ICMP and ICMPv6, which are only counted;
 * ``wire_bytes``: the kernel module's "real load on the wire", computed from
-  the IP header's length (not the captured length):
+  the IP header's length (not the captured length), which may not claim
+  more than the frame's length on the wire (``IP_LENGTH_BEYOND_FRAME``):
   ``ip_len + hhl + 4``, plus ``(ip_len // mtu) * (20 + hhl + 4)`` when the
   packet is a GSO/GRO aggregate larger than the MTU.
 """
@@ -40,8 +41,8 @@ from .wire import (
     ETH_P_IP,
     ETH_P_IPV6,
     FRAG_HDR,
-    IP6_OFFSET_MASK,
-    IP_OFFSET_MASK,
+    IP6_FRAGMENT_MASK,
+    IP_FRAGMENT_MASK,
     IPHDR,
     IPPROTO_AH,
     IPPROTO_DSTOPTS,
@@ -99,9 +100,10 @@ class Reject(IntEnum):
     BAD_IP_HEADER = 5  # version, IHL or total length inconsistent
     BAD_IPV6_EXTENSION = 6  # extension chain past the captured bytes / IP length, or too long
     TRUNCATED_TRANSPORT = 7  # fewer than 4 bytes of TCP/UDP header (the ports)
-    FRAGMENT = 8  # non-first fragment: no ports
+    FRAGMENT = 8  # a fragment, first or later: never credited to a process (netatopd(8))
     OTHER_PROTOCOL = 9  # not TCP/UDP/ICMP/ICMPv6 (ESP, no-next-header, SCTP, ...)
     LOOPBACK_OUTGOING = 10  # outgoing copy of a loopback packet (libpcap normally drops it)
+    IP_LENGTH_BEYOND_FRAME = 11  # the IP length claims more than the frame carried on the wire
 
 
 REJECT_COUNTERS_LENGTH = len(Reject) + 1
@@ -218,7 +220,10 @@ def _parse(
                 ip_len = original_bytes - _SLL2_BYTES
             else:
                 return Reject.BAD_IP_HEADER
-        if frag_off & IP_OFFSET_MASK:
+        elif original_bytes and ip_len > original_bytes - _SLL2_BYTES:
+            # More than the frame carried: the kernel drops it as truncated, so must we.
+            return Reject.IP_LENGTH_BEYOND_FRAME
+        if frag_off & IP_FRAGMENT_MASK:
             return Reject.FRAGMENT
         transport = ip + header_bytes
         if transport > end:
@@ -234,6 +239,8 @@ def _parse(
         ip_len = _IPV6HDR_BYTES + payload_len
         if payload_len == 0 and original_bytes - _SLL2_BYTES - _IPV6HDR_BYTES > _IP_MAX_BYTES:
             ip_len = original_bytes - _SLL2_BYTES  # BIG TCP aggregate: payload_len 0
+        elif original_bytes and ip_len > original_bytes - _SLL2_BYTES:
+            return Reject.IP_LENGTH_BEYOND_FRAME
         transport = ip + _IPV6HDR_BYTES
         if proto in _IPV6_EXTENSIONS:
             ip_end = ip + ip_len
@@ -246,7 +253,7 @@ def _parse(
                     return Reject.BAD_IPV6_EXTENSION
                 if proto == IPPROTO_FRAGMENT:
                     proto, frag_off = _FRAG_HDR_FIELDS.unpack_from(buf, transport)
-                    if frag_off & IP6_OFFSET_MASK:
+                    if frag_off & IP6_FRAGMENT_MASK:
                         return Reject.FRAGMENT
                     transport += _FRAG_HDR_BYTES
                 elif proto == IPPROTO_AH:
@@ -288,8 +295,9 @@ def parse_frame(
     """One cooked-v2 frame -> a Packet, or the Reject reason.  Never raises.
 
     ``original_bytes`` is the frame's length on the wire (pcap's ``len``,
-    cooked header included) when known; it is only needed for aggregates over
-    64 KiB, whose IP header carries no length.
+    cooked header included) when known (0: not known): the IP length may not
+    claim more, and aggregates over 64 KiB, whose IP header carries no
+    length, take theirs from it.
     """
     return _parse(frame, 0, len(frame), original_bytes, links)
 

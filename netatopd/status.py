@@ -398,6 +398,11 @@ REGISTRY: tuple[Field | Family, ...] = (
         when="kernel_capture",
     ),
     Field("namespaces_dumps", NAMESPACES, "sock_diag dumps", "namespaces.dumps"),
+    # Issue 13: the database file deleted or replaced under the daemon (opened anew), damaged
+    # files moved aside (NAME.corrupt-TIME), processes that continued from their last sample.
+    Field("history_reopened", HISTORY, "reopened", "history_stats.reopened"),
+    Field("history_corrupt_moved", HISTORY, "damaged moved aside", "history_stats.corrupt_moved"),
+    Field("tasks_restored", TASKS, "restored", "registry.restored_tasks", when="history"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -41,7 +41,11 @@ PROTO_ICMPV6 = 58
 IPPROTO_DSTOPTS = 60  # IPv6 destination options header
 
 IP_OFFSET_MASK = 0x1FFF  # fragment offset in iphdr.frag_off, 8-byte units
+IP_MF = 0x2000  # more fragments, in iphdr.frag_off
+IP_FRAGMENT_MASK = IP_MF | IP_OFFSET_MASK  # non-zero: a fragment, the first one too
 IP6_OFFSET_MASK = 0xFFF8  # fragment offset in frag_hdr.frag_off, already in bytes
+IP6_MF = 0x0001  # more fragments, in frag_hdr.frag_off
+IP6_FRAGMENT_MASK = IP6_MF | IP6_OFFSET_MASK  # non-zero: a fragment (0: an atomic fragment)
 
 # An IPv4 address written as IPv6 (::ffff:a.b.c.d): these 12 bytes, then the 4.
 IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
@@ -299,8 +303,8 @@ class FixedFrame(NamedTuple):
     The lane's kernel filter takes a frame when its cooked protocol is
     ``ethertype``, ``ip_header``'s member ``first_byte_member`` masked with
     ``first_byte_mask`` equals ``first_byte`` (the version, and for IPv4 a
-    20-byte header), the fragment offset (if the family has one in its
-    header) is 0, the protocol is one of ``protocols`` and the length member
+    20-byte header), it is no fragment (if the family says so in its header:
+    more-fragments flag and offset 0), the protocol is one of ``protocols`` and the length member
     is at least ``length_min`` (the ports are inside the packet).  Each such
     frame is captured to ``layout``: cooked header, IP header, ports.
     """
@@ -312,7 +316,7 @@ class FixedFrame(NamedTuple):
     first_byte_member: str
     first_byte_mask: int
     first_byte: int
-    fragment_member: str | None  # holds the fragment offset (IP_OFFSET_MASK), or None
+    fragment_member: str | None  # holds the fragment flag and offset (IP_FRAGMENT_MASK), or None
     protocol_member: str
     protocols: tuple[int, ...]
     length_member: str

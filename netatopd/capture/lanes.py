@@ -19,8 +19,9 @@ from wire.FIXED_FRAMES (members, offsets, values), the layouts the counting
 code reads:
 
 * IPv4: cooked protocol ETH_P_IP, first byte 0x45 (version 4, 20-byte header),
-  fragment offset 0, protocol TCP or UDP, tot_len >= 24 (the ports are inside
-  the packet; a BIG TCP aggregate with tot_len 0 goes to the other lane).
+  not a fragment (more-fragments flag and offset 0), protocol TCP or UDP,
+  tot_len >= 24 (the ports are inside the packet; a BIG TCP aggregate with
+  tot_len 0 goes to the other lane).
   Every such frame is at least 48 bytes long, so 44 are always captured.
 * IPv6: cooked protocol ETH_P_IPV6, version 6, next header TCP or UDP (no
   extension headers), payload_len >= 4.  At least 68 bytes, 64 captured.
@@ -46,7 +47,7 @@ from ..wire import (
     ETH_P_IP,
     ETH_P_IPV6,
     FIXED_FRAMES,
-    IP_OFFSET_MASK,
+    IP_FRAGMENT_MASK,
     IPV4_FIXED,
     IPV6_FIXED,
     FixedFrame,
@@ -75,7 +76,7 @@ def fixed_filter(frame: FixedFrame) -> str:
     else:
         tests = [ip, f"{first} & {frame.first_byte_mask:#x} == {frame.first_byte:#x}"]
     if frame.fragment_member is not None:
-        tests.append(f"{load(frame.fragment_member)} & {IP_OFFSET_MASK:#x} == 0")
+        tests.append(f"{load(frame.fragment_member)} & {IP_FRAGMENT_MASK:#x} == 0")
     protocol = load(frame.protocol_member)
     tests.append("(" + " or ".join(f"{protocol} == {p}" for p in frame.protocols) + ")")
     tests.append(f"{load(frame.length_member)} >= {frame.length_min}")

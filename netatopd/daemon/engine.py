@@ -41,7 +41,7 @@ from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..ownership.cookies import CookieResolver
 from ..ownership.namespaces import NamespaceSockets, sockets_elsewhere
 from ..parse import Reject
-from ..procfs import ProcFS
+from ..procfs import ProcError, ProcFS
 from ..rundir import SafeDirectory
 from ..status import ABSENT, FIELDS, collect_table
 from ..table import TableWriter, table_path
@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 # that a batch's memory stays small.
 BATCH_PACKETS = 8192
 IDLE_WAKE_S = 1.0  # longest sleep when nothing is due
+# Between sweeps, finished processes are looked for this often, this many tasks at a time
+# (round robin): they reach the exit list and the history within about a second.
+REAP_INTERVAL_S = 0.25
+REAP_TASKS_MAX = 256  # about 16 us each: at most about 17 ms of CPU a second
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
 
@@ -213,8 +217,10 @@ class Engine:
                 self.history_problem = f"disabled: {err}"
                 log.error("history %s", self.history_problem)
             else:
+                self._restore_running()
                 self.history.start()
                 self.exit_list.listeners.append(self._persist_exited)
+        self.last_reap_monotonic_s = clock.monotonic()
         self.started_s = clock.wall()
         # --metrics-listen: per-group totals for Prometheus (daemon.main serves them).
         self.metrics: MetricsBook | None = None
@@ -307,6 +313,29 @@ class Engine:
         if self.history is not None:
             self.history.add_exited((exited,))
 
+    def _restore_running(self) -> None:
+        """Processes running now continue from the counters of their last sample."""
+        assert self.history is not None
+        keys: list[tuple[int, int]] = []
+        procfs = self.procfs
+        try:
+            pids = procfs.pids()
+        except ProcError as err:
+            log.warning("running processes not listed (%s): counters start from zero", err)
+            return
+        for pid in pids:
+            try:
+                keys.append((pid, procfs.btime(procfs.stat(pid).start_time_ticks)))
+            except Exception:  # gone, denied, unreadable: nothing to restore for it
+                continue
+        restored = self.history.running_counters(keys)
+        self.registry.restore(restored)
+        if restored:
+            log.info(
+                "%d running processes continue from the counters of their last sample",
+                len(restored),
+            )
+
     # -- housekeeping --------------------------------------------------------------------
 
     def housekeeping(self, resolved: bool = False) -> None:
@@ -319,8 +348,12 @@ class Engine:
         if self.sweeper.due():
             self.sweeper.run(now_s)
             self.gc_requested = False
+            self.last_reap_monotonic_s = self.clock.monotonic()
         elif self.gc_requested and self.sweeper.force(now_s):
             self.gc_requested = False
+        elif self.clock.monotonic() - self.last_reap_monotonic_s >= REAP_INTERVAL_S:
+            self.last_reap_monotonic_s = self.clock.monotonic()
+            self.registry.reap(now_s, REAP_TASKS_MAX)
         if self.sweeper.runs != runs_before and isinstance(self.resolver, CookieResolver):
             self.resolver.sweep_cookie_flows(
                 now_s, self.options.tcp_idle_s, self.options.udp_idle_s
@@ -344,6 +377,9 @@ class Engine:
     def seconds_until_next_work(self) -> float:
         monotonic_s = self.clock.monotonic()
         wait = min(IDLE_WAKE_S, self.sweeper.seconds_until_due())
+        if self.tasks.by_tgid:
+            reap_s = self.last_reap_monotonic_s + REAP_INTERVAL_S - monotonic_s
+            wait = min(wait, max(0.0, reap_s))
         if self.kernel is None and monotonic_s - self.last_packet_monotonic_s < RECENT_TRAFFIC_S:
             # Flows are in use: look for processes that took sockets over (forks) promptly
             # (the eBPF helper names them itself).
@@ -395,14 +431,39 @@ class Engine:
                 figures[name] = value
         return figures
 
+    def _last_counts(self) -> None:
+        """Count, resolve, finish and sample everything once more (close)."""
+        if self.capture.lanes:
+            self.drain_capture()
+        now_s = self.clock.wall()
+        self.resolver.resolve(now_s)  # within its time budget: a flood must not stall the stop
+        self.resolver.settle(now_s)
+        self.registry.sweep(now_s)
+        history = self.history
+        if history is not None and history.sample_interval_s is not None:
+            last_s = history.last_sample_s
+            history.add_samples(
+                now_s,
+                now_s - last_s if last_s is not None else self.options.sample_interval_s,
+                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+            )
+
     def table_figures(self) -> dict[str, int]:
         """The STATUS figures that have a slot in the shared table."""
         return collect_table(StatusReadings(self))
 
     def close(self) -> None:
-        """Stop: the last counters into the table and the history, then release everything."""
-        now_s = self.clock.wall()
-        self.resolver.settle(now_s)
+        """Stop: the last counters into the table and the history, then release everything.
+
+        Everything counted is kept: what the capture still holds is counted,
+        owners are looked up once more, processes that are gone are finished
+        (exit list, history) and the running ones go to the history as a last
+        sample; the history writer then commits all of it before it stops.
+        """
+        try:
+            self._last_counts()
+        except Exception:  # stopping goes on: the table and the history are closed below
+            log.exception("the last counts before stopping failed")
         try:
             self.publish()
         finally:

@@ -39,6 +39,7 @@ MALFORMED = (
     Reject.BAD_IP_HEADER,
     Reject.BAD_IPV6_EXTENSION,
     Reject.TRUNCATED_TRANSPORT,
+    Reject.IP_LENGTH_BEYOND_FRAME,
 )
 
 

@@ -3,7 +3,9 @@
 A package of five modules, each with one job:
 
 * schema.py — :func:`open_db` (the pragmas), schema.sql and the numbered
-  migrations, :class:`StoreError`, :func:`sql_dir`;
+  migrations, :class:`StoreError`, :func:`sql_dir`, and the daemon's open
+  (``open_checked``: quick check, a damaged file moved aside) and read-back
+  of running processes' counters (``running_sums``);
 * rows.py — the column order and the upserts of ``exited`` and ``samples``,
   and the conversions between ``ExitedTask`` and a row;
 * writer.py — :class:`HistoryWriter`, the background thread that commits rows;

@@ -7,21 +7,31 @@ come.  Each step runs in its own transaction; a database newer than this code
 is refused.  Also owns :class:`StoreError`, the one exception the history
 package raises, and :func:`sql_dir`, which finds the SQL files.
 
-Callers: ``HistoryWriter`` (writer.py) opens the database for writing, which
-creates and migrates it; cli.commands (``netatop report``, ``netatop exited``)
-opens it read-only; daemon.check opens it once for ``netatopd --check``; reports.py
-finds its report files through :func:`sql_dir`.
+Also owns the daemon's open (:func:`open_checked`: ``PRAGMA quick_check``, a
+damaged file moved aside as ``NAME.corrupt-TIME`` and a fresh one started)
+and the read-back of running processes' counters (:func:`running_sums`).
+
+Callers: ``HistoryWriter`` (writer.py) opens the database for writing
+(``open_checked``), which creates and migrates it; cli.commands (``netatop
+report``, ``netatop exited``) opens it read-only; daemon.check opens it once
+for ``netatopd --check``; reports.py finds its report files through
+:func:`sql_dir`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import stat
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import apsw
+
+from ..protocol import COUNTER_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +256,107 @@ def open_db(path: str, readonly: bool = False) -> apsw.Connection:
             getattr(err, "extendedresult", None),
         ) from err
     return conn
+
+
+QUICK_CHECK_LINES = 3  # problems quoted in the log line when quick_check fails
+
+
+def _is_corrupt(code: int | None) -> bool:
+    """SQLITE_CORRUPT and its extended codes (not SQLITE_NOTADB: not a database at all)."""
+    return code is not None and code & 0xFF == apsw.SQLITE_CORRUPT
+
+
+def quick_check(conn: apsw.Connection) -> str:
+    """'' when PRAGMA quick_check finds the database sound, else what it found."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except apsw.Error as err:
+        return str(err)
+    if rows == [("ok",)]:
+        return ""
+    found = [str(row[0]) for row in rows]
+    more = len(found) - QUICK_CHECK_LINES
+    return "; ".join(found[:QUICK_CHECK_LINES]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def move_aside(path: str, problem: str) -> str:
+    """Rename a damaged database (and its WAL) to PATH.corrupt-TIME; the new name.
+
+    The WAL goes with it (a stale WAL must never meet a new database file);
+    the shared-memory index is only a cache and is removed.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime())
+    target = f"{path}.corrupt-{stamp}"
+    number = 1
+    while os.path.lexists(target):
+        number += 1
+        target = f"{path}.corrupt-{stamp}.{number}"
+    try:
+        os.rename(path, target)
+        for suffix in ("-wal", "-journal"):
+            if os.path.lexists(path + suffix):
+                os.rename(path + suffix, target + suffix)
+        if os.path.lexists(path + "-shm"):
+            os.unlink(path + "-shm")
+    except OSError as err:
+        raise StoreError(
+            f"{path}: history database damaged ({problem}) and it cannot be moved aside:"
+            f" {err.strerror}",
+            path,
+        ) from err
+    log.error(
+        "%s: history database damaged (%s): moved aside to %s; starting a fresh one",
+        path,
+        problem,
+        target,
+    )
+    return target
+
+
+def open_checked(path: str, check: bool = True) -> tuple[apsw.Connection, str]:
+    """open_db for writing, with ``PRAGMA quick_check`` when check; (connection, moved to).
+
+    A database SQLite reports damaged (SQLITE_CORRUPT while opening, or a
+    failed quick check) is moved aside (``move_aside``) and a fresh one is
+    created; ``moved to`` names where it went ('' when it was sound).  A file
+    that is no database at all is refused (StoreError), never moved.
+    """
+    try:
+        conn = open_db(path)
+    except StoreError as err:
+        if not _is_corrupt(err.code):
+            raise
+        problem = str(err)
+    else:
+        problem = quick_check(conn) if check else ""
+        if not problem:
+            return conn, ""
+        conn.close()
+    moved_to = move_aside(path, problem)
+    return open_db(path), moved_to
+
+
+_COUNTER_SUMS = ", ".join(f"sum(s.{name})" for name in COUNTER_NAMES)
+_RUNNING_SUMS = (
+    f"SELECT s.tgid, s.btime, {_COUNTER_SUMS} FROM json_each(?) AS wanted"
+    " JOIN samples AS s ON s.tgid = wanted.value ->> 0 AND s.btime = wanted.value ->> 1"
+    " WHERE NOT EXISTS (SELECT 1 FROM exited AS e WHERE e.tgid = s.tgid AND e.btime = s.btime)"
+    " GROUP BY s.tgid, s.btime"
+)
+
+
+def running_sums(
+    conn: apsw.Connection, keys: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], tuple[int, ...]]:
+    """What the samples of each process (tgid, btime) add up to, unless it has an exited row.
+
+    Samples hold deltas, so their sum is the process's cumulative counters at
+    its last sample.  Uses the index samples_process (migration 0003).
+    """
+    if not keys:
+        return {}
+    rows = conn.execute(_RUNNING_SUMS, (json.dumps([list(k) for k in keys]),)).fetchall()
+    return {
+        (int(row[0]), int(row[1])): tuple(int(v) for v in row[2:])  # type: ignore[arg-type]
+        for row in rows
+    }

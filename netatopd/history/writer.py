@@ -8,9 +8,17 @@ counters behind ``netatop status``.  Only the writer thread touches the
 writer's connection; a failed or skipped write keeps its rows for the next
 interval.
 
-Callers: daemon.engine.Engine creates one HistoryWriter, calls
-``add_exited`` from the exit-list sweep and ``add_samples`` when
-``sample_due`` says so (neither waits for the disk), reads ``stats`` for
+When rows are written: finished processes within ``exited_flush_s`` (1 s)
+of their handing over, so that a daemon killed with SIGKILL loses at most
+about a second of them; samples and retries of failed writes every
+``flush_interval_s``.  Each cycle first checks that the file at ``path`` is
+still the one open (device and inode): a database deleted or replaced under
+the daemon is reopened (created anew), logged and counted (``reopened``).
+
+Callers: daemon.engine.Engine creates one HistoryWriter, reads back the
+counters of processes still running (``running_counters``) before
+``start``, calls ``add_exited`` from the exit-list sweep and ``add_samples``
+when ``sample_due`` says so (neither waits for the disk), reads ``stats`` for
 STATUS and calls ``stop`` on shutdown.
 """
 
@@ -38,7 +46,7 @@ from .rows import (
     clean_text,
     exited_row,
 )
-from .schema import StoreError, open_db
+from .schema import StoreError, open_checked, running_sums
 from .timeparse import finite_seconds
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,7 @@ PRUNE_MAX_TRANSACTIONS = 200  # per writer cycle; the rest waits for the next cy
 PRUNE_INTERVAL_S = 600.0
 PREVIOUS_SAMPLE_GRACE = 3  # samples a process may be missing before its base is forgotten
 ERROR_LOG_INTERVAL_S = 300.0  # the same write error is logged again after this long
+EXITED_FLUSH_S = 1.0  # finished processes are committed at most this long after they came
 SECONDS_PER_DAY = 86400.0
 
 
@@ -97,23 +106,43 @@ class HistoryWriter:
         max_pending: int = 100_000,
         min_free_fraction: float = 0.05,
         *,
+        exited_flush_s: float = EXITED_FLUSH_S,
         free_fraction: Callable[[str], float] | None = None,
         on_persist: Callable[[list[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.path = path
         self.flush_interval_s = flush_interval_s
+        self.exited_flush_s = min(exited_flush_s, flush_interval_s)
         self.sample_interval_s = sample_interval_s
         self.retention_days = retention_days
         self.max_pending = max_pending
         self.min_free_fraction = min_free_fraction
         self._free_fraction = free_fraction or _default_free_fraction
         self._on_persist = on_persist
-        self._conn: apsw.Connection | None = open_db(path)  # start-up errors reach the caller
+        self._stats: dict[str, int] = {
+            "persisted_exited": 0,
+            "persisted_samples": 0,
+            "dropped": 0,
+            "rejected": 0,
+            "disk_full_skips": 0,
+            "write_errors": 0,
+            # SQLite extended result code and OS errno of the last failed write; 0 after a success
+            "last_error": 0,
+            "last_errno": 0,
+            "pruned": 0,
+            "last_commit_time": 0,  # epoch seconds
+            "reopened": 0,  # database file gone or replaced under us: opened anew
+            "corrupt_moved": 0,  # damaged database files moved aside (name.corrupt-TIME)
+        }
+        self._conn: apsw.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._check_needed = True  # run PRAGMA quick_check at the next open
 
         # Shared with the callers, under _lock (never held during I/O).
         self._lock = threading.Lock()
         self._incoming: list[ExitedTask | _SampleBatch] = []
         self._incoming_records = 0
+        self._incoming_exits = 0  # finished processes among them: a commit is due soon
         self._backlog_records = 0  # published copy of the writer's backlog size
         self._closed = False
 
@@ -121,6 +150,9 @@ class HistoryWriter:
         self._exit_rows: dict[tuple[int, int], ExitedRow] = {}
         self._sample_rows: dict[tuple[float, int, int], SampleRow] = {}
         self._previous: dict[tuple[int, int], _Previous] = {}
+        # Bases of processes that were running at the last stop (running_counters):
+        # their counters continue from these, so their next delta starts here.
+        self._restored_bases: dict[tuple[int, int], tuple[int, ...]] = {}
         self._sample_number = 0
         self._last_sample_time_s: float | None = None
         self._last_sample_added_s: float | None = None
@@ -135,20 +167,88 @@ class HistoryWriter:
         self._flush_done = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._open()  # start-up errors reach the caller
 
-        self._stats: dict[str, int] = {
-            "persisted_exited": 0,
-            "persisted_samples": 0,
-            "dropped": 0,
-            "rejected": 0,
-            "disk_full_skips": 0,
-            "write_errors": 0,
-            # SQLite extended result code and OS errno of the last failed write; 0 after a success
-            "last_error": 0,
-            "last_errno": 0,
-            "pruned": 0,
-            "last_commit_time": 0,  # epoch seconds
-        }
+    # ---- the database file -------------------------------------------------------------
+
+    def _open(self) -> apsw.Connection:
+        """Open (or create) the database; a damaged one is moved aside first (open_checked)."""
+        conn, moved_to = open_checked(self.path, check=self._check_needed)
+        self._check_needed = False
+        if moved_to:
+            with self._lock:
+                self._stats["corrupt_moved"] += 1
+        self._conn = conn
+        try:
+            stat = os.stat(self.path)
+            self._identity = (stat.st_dev, stat.st_ino)
+        except OSError:
+            self._identity = None
+        return conn
+
+    def _file_replaced(self) -> str:
+        """Why the file at path is not the database open ('' when it is)."""
+        if self._conn is None or self._identity is None:
+            return ""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError as err:
+            return f"not readable ({err.strerror})"
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return "replaced by another file"
+        return ""
+
+    def _check_file(self) -> None:
+        """Reopen the database when its file was deleted or replaced since it was opened.
+
+        Rows committed to the old file are wherever the old file went; what is
+        still in memory goes to the new one.
+        """
+        why = self._file_replaced()
+        if not why:
+            return
+        log.error(
+            "%s: history database %s while in use: opening it anew"
+            " (rows written before are not in the new file)",
+            self.path,
+            why,
+        )
+        with self._lock:
+            self._stats["reopened"] += 1
+        try:
+            assert self._conn is not None
+            self._conn.close()
+        except apsw.Error as err:
+            log.debug("%s: closing the old database: %s", self.path, err)
+        self._conn = None
+        self._identity = None
+        self._previous.clear()  # bases were deltas of the old file's samples
+        try:
+            self._open()
+        except StoreError as err:
+            self._write_failed(err)
+
+    def running_counters(
+        self, keys: Iterable[tuple[int, int]]
+    ) -> dict[tuple[int, int], tuple[int, ...]]:
+        """Cumulative counters of processes (tgid, btime) from their samples; before start().
+
+        For processes running when the daemon starts: what their samples add up
+        to (their last sample's cumulative counters) unless they have an exited
+        row.  Their next sample's delta, and their exit's last interval, start
+        from these.
+        """
+        if self._conn is None:
+            return {}
+        try:
+            found = running_sums(self._conn, list(keys))
+        except apsw.Error as err:
+            log.warning("%s: counters of running processes not read back: %s", self.path, err)
+            return {}
+        self._restored_bases.update(found)
+        return found
 
     # ---- producer side (capture thread) -------------------------------------------
 
@@ -175,6 +275,7 @@ class HistoryWriter:
             accepted = batch if room >= len(batch) else batch[: max(room, 0)]
             self._incoming.extend(accepted)
             self._incoming_records += len(accepted)
+            self._incoming_exits += len(accepted)
             self._stats["dropped"] += len(batch) - len(accepted)
 
     def add_samples(
@@ -196,6 +297,11 @@ class HistoryWriter:
             return False
         last = self._last_sample_added_s
         return last is None or now_s - last >= self.sample_interval_s
+
+    @property
+    def last_sample_s(self) -> float | None:
+        """Epoch seconds of the last sample handed over (None: none yet)."""
+        return self._last_sample_added_s
 
     def stats(self) -> dict[str, int]:
         """Counters for `netatop status`: persisted, dropped, pending, errors ..."""
@@ -259,16 +365,24 @@ class HistoryWriter:
     # ---- writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        # Wake every exited_flush_s; a cycle runs when asked (flush, stop), when
+        # finished processes came, and every flush_interval_s.
+        last_cycle_s = time.monotonic()
         while True:
-            self._wake.wait(self.flush_interval_s)
+            asked = self._wake.wait(self.exited_flush_s)
             self._wake.clear()
             with self._cond:
                 ticket = self._flush_requested
                 stopping = self._stopping
-            try:
-                self._cycle()
-            except Exception:  # the writer must outlive any bug in one cycle
-                log.exception("%s: history writer cycle failed", self.path)
+            with self._lock:
+                exits = self._incoming_exits
+            now_s = time.monotonic()
+            if asked or exits or now_s - last_cycle_s >= self.flush_interval_s:
+                last_cycle_s = now_s
+                try:
+                    self._cycle()
+                except Exception:  # the writer must outlive any bug in one cycle
+                    log.exception("%s: history writer cycle failed", self.path)
             with self._cond:
                 self._flush_done = ticket
                 self._cond.notify_all()
@@ -276,7 +390,8 @@ class HistoryWriter:
                 return
 
     def _cycle(self) -> int:
-        """Take what arrived, write the backlog, prune when due; rows committed."""
+        """Check the file, take what arrived, write the backlog, prune when due; rows committed."""
+        self._check_file()
         self._take_incoming()
         written = self._write_backlog()
         now = time.time()
@@ -290,6 +405,7 @@ class HistoryWriter:
             items = self._incoming
             taken = self._incoming_records
             self._incoming = []
+            self._incoming_exits = 0
         rejected = 0
         for item in items:
             try:
@@ -312,10 +428,12 @@ class HistoryWriter:
         key = (int(task.tgid), int(task.btime))
         self._exit_rows[key] = row
         previous = self._previous.pop(key, None)
+        restored = self._restored_bases.pop(key, None)
         if self.sample_interval_s is None:
             return
         # The process's last interval: from its last sample to its exit.
-        delta = _delta(clamp_counters(task.counters), previous.counters if previous else None)
+        base = previous.counters if previous is not None else restored
+        delta = _delta(clamp_counters(task.counters), base)
         if not any(delta):
             return
         exit_time_s = finite_seconds(task.exit_time_s)
@@ -352,7 +470,11 @@ class HistoryWriter:
                 log.warning("%s: sample row refused: %s (%r)", self.path, err, task)
                 continue
             previous = self._previous.get(key)
-            delta = _delta(counters, previous.counters if previous is not None else None)
+            if previous is not None:
+                base: tuple[int, ...] | None = previous.counters
+            else:
+                base = self._restored_bases.pop(key, None)
+            delta = _delta(counters, base)
             self._previous[key] = _Previous(counters, number)
             if any(delta):
                 self._sample_rows[(time_s, key[0], key[1])] = (
@@ -437,8 +559,7 @@ class HistoryWriter:
     ) -> bool:
         """One transaction; on success the rows leave the backlog."""
         try:
-            if self._conn is None:
-                self._conn = open_db(self.path)
+            conn = self._conn if self._conn is not None else self._open()
             exit_rows = [self._exit_rows[k] for k in exit_keys]
             sample_rows = [self._sample_rows[k] for k in sample_keys]
 
@@ -452,7 +573,7 @@ class HistoryWriter:
                         conn.execute(statement, (json.dumps(chunk, ensure_ascii=False),))
                 return len(exit_rows) + len(sample_rows)
 
-            _in_transaction(self._conn, write)
+            _in_transaction(conn, write)
         except (apsw.Error, StoreError) as err:
             self._write_failed(err)
             return False
@@ -512,6 +633,8 @@ class HistoryWriter:
             self._stats["write_errors"] += 1
             self._stats["last_error"] = code
             self._stats["last_errno"] = os_errno
+        if code & 0xFF == apsw.SQLITE_CORRUPT:
+            self._check_needed = True  # the reopen checks the file, moves it aside if damaged
         if not isinstance(err, apsw.BusyError) and self._conn is not None:
             try:
                 self._conn.close()
@@ -536,9 +659,7 @@ class HistoryWriter:
         )
         transactions = 0
         try:
-            if self._conn is None:
-                self._conn = open_db(self.path)
-            conn = self._conn
+            conn = self._conn if self._conn is not None else self._open()
             for statement in statements:
                 while transactions < PRUNE_MAX_TRANSACTIONS:
 

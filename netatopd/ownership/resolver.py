@@ -244,7 +244,7 @@ class Resolver:
         current = flow.owner
         if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:
             return
-        task = self.registry.task_named_by_kernel(owner.tgid, owner.comm)
+        task = self.registry.task_named_by_kernel(owner.tgid, owner.comm, owner.time_ns)
         if task is not None:
             self._assign(flow, task, now_s, final=True, tid=owner.tid)
 
@@ -311,7 +311,7 @@ class Resolver:
         if self.kernel is not None:
             owner = self.kernel.owner_of(flow)
             if owner is not None:
-                task = self.registry.task_named_by_kernel(owner.tgid, owner.comm)
+                task = self.registry.task_named_by_kernel(owner.tgid, owner.comm, owner.time_ns)
                 if task is not None:
                     self.kernel_finds += 1
                     self._assign(flow, task, now_s, final=True, tid=owner.tid)

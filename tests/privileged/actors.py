@@ -539,6 +539,92 @@ def udp_load(addr: str, count: int, chunk: int, pause_ms: float, size: int) -> N
     wait_for("exit")
 
 
+def udp_phases(addr: str, port: int, size: int) -> None:
+    """A long-running sender: on each "send N" line, send N datagrams of size bytes (paced).
+
+    Says {"sent": total so far} after each phase; stops on "exit".
+    """
+    sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    say(pid=os.getpid())
+    total = 0
+    for _ in range(100):  # phases, bounded
+        line = sys.stdin.readline().split()
+        if not line or line[0] == "exit":
+            return
+        if line[0] != "send":
+            raise SystemExit(f"expected 'send N' or 'exit', got {line!r}")
+        for _ in range(int(line[1])):
+            sock.sendto(b"p" * size, (addr, port))
+            total += 1
+            time.sleep(0.002)  # paced: the receiver never loses one
+        say(sent=total)
+
+
+def raw_frames(interface: str, destination_mac: str, frames_hex: list[str], repeat: int) -> None:
+    """Send each frame (hex: a whole Ethernet frame) repeat times on interface (AF_PACKET).
+
+    For frames the kernel's IP stack would never build (a total length that
+    claims more than the frame carries).
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((interface, 0))
+    source = sock.getsockname()[4][:6]
+    destination = bytes.fromhex(destination_mac.replace(":", ""))
+    frames = [destination + source + bytes.fromhex(text) for text in frames_hex]
+    sent = 0
+    for _ in range(repeat):
+        for frame in frames:
+            sock.send(frame)
+            sent += 1
+        time.sleep(0.001)  # paced: no ring overflows
+    say(pid=os.getpid(), sent=sent)
+    wait_for("exit")
+
+
+def same_pid_children(
+    addr: str, port: int, datagrams: list[int], size: int, pid: int, gap_s: float, lifetime_ms: int
+) -> None:
+    """In a PID namespace of our own: fork one child per entry of datagrams, each on pid.
+
+    Before each fork kernel.ns_last_pid is set to pid - 1, so every child gets
+    pid (the pid wraps on purpose).  Child i sends datagrams[i] datagrams of
+    size bytes to (addr, port), lives about lifetime_ms and exits; the children
+    are gap_s apart
+    (btime, the key's second half, counts whole seconds).  Says the children's
+    identities (own_identity) once all exited.
+    """
+    say(pid=os.getpid())
+    children = []
+    for index, count in enumerate(datagrams):
+        if index:
+            time.sleep(gap_s)
+        with open("/proc/sys/kernel/ns_last_pid", "w") as last_pid:
+            last_pid.write(str(pid - 1))
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+                for _ in range(count):
+                    sock.sendto(b"w" * size, (addr, port))
+                os.write(write_end, json.dumps({**own_identity(), "sent": count}).encode())
+                time.sleep(lifetime_ms / 1000)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read()
+        _, status = os.waitpid(child, 0)
+        if status != 0 or not report:
+            raise SystemExit(f"child {child} failed (wait status {status})")
+        children.append(json.loads(report))
+    say(children=children)
+    wait_for("exit")
+
+
 ROLES = {
     "udp_server": udp_server,
     "udp_client": udp_client,
@@ -553,6 +639,9 @@ ROLES = {
     "udp_short_lived": udp_short_lived,
     "udp_burst": udp_burst,
     "udp_load": udp_load,
+    "udp_phases": udp_phases,
+    "raw_frames": raw_frames,
+    "same_pid_children": same_pid_children,
 }
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def varied_frames() -> list[bytes]:
         sll2(0x0800, TUN, ARPHRD_NONE, HOST) + ipv4(PROTO_UDP, B4, A4, udp(1194, 1194)),
         sll2(0x0800, UNKNOWN, ARPHRD_ETHER, HOST) + ipv4(PROTO_UDP, B4, A4, udp(9, 9)),
         # A GSO aggregate of 4000 bytes on a 1500-byte MTU (only the head captured).
-        eth_out4 + ipv4(PROTO_TCP, A4, B4, tcp(50000, 443), tot_len=4000),
+        eth_out4 + ipv4(PROTO_TCP, A4, B4, tcp(50000, 443, bytes(3960))),
         lo6 + ipv6(PROTO_UDP, A6, A6, udp(40001, 53)),
         eth_in6 + ipv6(PROTO_TCP, B6, A6, tcp(443, 50001, b"z" * 20)),
         # The slow path: IPv6 hop-by-hop header, IPv4 options, ICMP, fragments.

@@ -37,7 +37,7 @@ from frames import (
 from netatopd.capture.lanes import LaneKind
 from netatopd.counting import FIXED_RECORDS, count_fixed, count_records
 from netatopd.flows import FlowTable
-from netatopd.parse import PROTO_TCP, PROTO_UDP, REJECT_COUNTERS_LENGTH, Reject
+from netatopd.parse import PROTO_TCP, PROTO_UDP, REJECT_COUNTERS_LENGTH, Reject, parse_batch
 
 
 def lane_takes(kind: LaneKind, frame: bytes) -> bool:
@@ -50,7 +50,7 @@ def lane_takes(kind: LaneKind, frame: bytes) -> bool:
             ethertype == 0x0800
             and len(ip) >= 10
             and ip[0] == 0x45
-            and int.from_bytes(ip[6:8], "big") & 0x1FFF == 0
+            and int.from_bytes(ip[6:8], "big") & 0x3FFF == 0  # no fragment, first ones too
             and ip[9] in (PROTO_TCP, PROTO_UDP)
             and int.from_bytes(ip[2:4], "big") >= 24
         )
@@ -145,8 +145,8 @@ def test_same_counts_as_count_records_for_both_lanes() -> None:
 def test_a_short_record_sends_the_batch_the_slow_way() -> None:
     # A frame from the wire claiming tot_len 60 but only 30 IP bytes long passes the
     # IPv4 lane's filter and is captured with 50 bytes, not 44+: the batch is then not
-    # whole 60-byte records and count_records walks it (counting the short frame as
-    # truncated, like every other path).
+    # whole 60-byte records and count_records walks it (the short frame's IP length
+    # claims more than the frame carried, like every other path says).
     head = sll2(0x0800, ETH, ARPHRD_ETHER, HOST)
     good = head + ipv4(PROTO_UDP, B4, A4, udp(53, 5000))
     short = head + ipv4(PROTO_UDP, B4, A4, udp(53, 5001), tot_len=60)[:23]
@@ -155,7 +155,7 @@ def test_a_short_record_sends_the_batch_the_slow_way() -> None:
     assert len(data) != count * 60
     walked, walked_rejects, fixed, fixed_rejects = fixed_and_walked(LaneKind.IPV4, [(data, count)])
     assert (fixed, fixed_rejects) == (walked, walked_rejects)
-    assert fixed_rejects[Reject.TRUNCATED_TRANSPORT] == 1
+    assert fixed_rejects[Reject.IP_LENGTH_BEYOND_FRAME] == 1
     assert fixed[0]["udp_received"] == 2  # type: ignore[index]
 
 
@@ -221,3 +221,39 @@ def test_empty_batch_counts_nothing() -> None:
     flows.charge(count_fixed(b"", 0, LaneKind.IPV6, LINKS, rejects), 1.0)
     assert flows.count == 0 and flows.totals.as_dict() == FlowTable().totals.as_dict()
     assert rejects == [0] * REJECT_COUNTERS_LENGTH
+
+
+def test_ip_length_beyond_the_frame_is_rejected_on_every_path() -> None:
+    # Issue 13: a remote host sends 60-byte Ethernet frames (46 IP bytes) to a bound
+    # UDP port claiming tot_len 65535 (IPv6: payload_len 65535).  The kernel drops
+    # them as truncated; pcap's len says how long each frame was (20 cooked + 46), so
+    # every path rejects them (IP_LENGTH_BEYOND_FRAME) and credits nothing: the
+    # port's flow gets only the legitimate datagrams, exact.
+    head4 = sll2(0x0800, ETH, ARPHRD_ETHER, HOST)
+    head6 = sll2(0x86DD, ETH, ARPHRD_ETHER, HOST)
+    liar4 = head4 + ipv4(PROTO_UDP, B4, A4, udp(40000, 5000, b"x" * 18), tot_len=65535)
+    liar6 = head6 + ipv6(PROTO_UDP, B6, A6, udp(40000, 5000, b"x" * 18), payload_len=65535)
+    good4 = head4 + ipv4(PROTO_UDP, B4, A4, udp(40000, 5000, b"y" * 100))
+    good6 = head6 + ipv6(PROTO_UDP, B6, A6, udp(40000, 5000, b"y" * 100))
+    assert len(liar4) == 20 + 46
+    for kind, liar, good, address, ip_header in (
+        (LaneKind.IPV4, liar4, good4, A4, 20),
+        (LaneKind.IPV6, liar6, good6, A6, 40),
+    ):
+        assert lane_takes(kind, liar)
+        frames = [liar] * 1000 + [good] * 3
+        data, count = lane_records(kind, frames)
+        assert len(data) == count * FIXED_RECORDS[kind][0].size  # whole records: the C way
+        walked, walked_rejects, fixed, fixed_rejects = fixed_and_walked(kind, [(data, count)])
+        assert (fixed, fixed_rejects) == (walked, walked_rejects)
+        assert fixed_rejects[Reject.IP_LENGTH_BEYOND_FRAME] == 1000
+        flows = FlowTable()
+        flows.charge(count_fixed(data, count, kind, LINKS, [0] * REJECT_COUNTERS_LENGTH), 1.0)
+        port = flows.udp_flow(address, 5000)
+        assert port is not None
+        # 3 datagrams of 100 bytes: IP header + 8 + 100 + 14 + 4 each.
+        assert (port.rcv_packs, port.rcv_bytes) == (3, 3 * (ip_header + 8 + 100 + 18))
+        # The two-step path agrees.
+        rejects = [0] * REJECT_COUNTERS_LENGTH
+        packets = parse_batch(records(frames), LINKS, rejects)
+        assert len(packets) == 3 and rejects[Reject.IP_LENGTH_BEYOND_FRAME] == 1000

@@ -71,7 +71,7 @@ def test_hand_worked_loopback_udp() -> None:
 def test_hand_worked_gso_and_tun() -> None:
     # Sent on ethernet (MTU 1500): tot_len 4000 -> 4000 + 18 + (4000 // 1500) * (20 + 18) = 4094.
     big = sll2(0x0800, ETH, ARPHRD_ETHER, OUTGOING) + ipv4(
-        PROTO_TCP, A4, B4, tcp(50000, 443), tot_len=4000
+        PROTO_TCP, A4, B4, tcp(50000, 443, bytes(4000 - 40))
     )
     # Received on a tun device (hhl 0): 44 + 0 + 4 = 48.
     tun = sll2(0x0800, TUN, ARPHRD_NONE, HOST) + ipv4(PROTO_UDP, B4, A4, udp(1194, 1194))

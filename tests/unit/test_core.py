@@ -279,8 +279,10 @@ def test_finishing_a_task_fills_exit_list_and_journal_and_frees_its_flows() -> N
 
 def test_task_of_a_process_gone_before_it_was_looked_at_comes_from_the_kernel() -> None:
     w = World()
-    task = w.registry.task_named_by_kernel(4242, "brief")
-    assert task is not None and (task.tgid, task.command, task.btime) == (4242, "brief", 0)
+    # Its start time is unknown: the time the kernel saw it stands for it in btime
+    # (5 s after boot: BOOT_S + 5), never 0, which every such process would share.
+    task = w.registry.task_named_by_kernel(4242, "brief", seen_monotonic_ns=5_000_000_000)
+    assert task is not None and (task.tgid, task.command, task.btime) == (4242, "brief", BOOT_S + 5)
     assert w.registry.task(4242) is None  # not in /proc
     assert w.registry.sweep(time.time()) == [task]  # the next sweep finishes it
     assert [e.tgid for e in w.exit_list.snapshot()] == [4242]
@@ -436,3 +438,35 @@ def test_owner_latency_is_first_packet_read_to_first_owner() -> None:
     figures = w.resolver.owner_latency_ms()
     assert figures["owner_latency_samples"] == 2
     assert figures["owner_latency_ms_max"] >= 500
+
+
+def test_reap_finishes_gone_processes_a_few_at_a_time() -> None:
+    # Between sweeps the daemon calls reap every 0.25 s: finished processes reach the
+    # exit list (and the history) within about a second, at a bounded cost a call.
+    w = World()
+    for pid in (11, 12, 13):
+        w.procfs.add(pid, f"p{pid}", 100 + pid, {})
+        assert w.registry.task(pid) is not None
+    for pid in (11, 12, 13):
+        del w.procfs.procs[pid]
+    w.procfs.add(14, "alive", 1, {})
+    assert w.registry.task(14) is not None
+    assert [t.tgid for t in w.registry.reap(time.time(), limit=2)] == [11, 12]
+    assert [t.tgid for t in w.registry.reap(time.time(), limit=2)] == [13]  # then 14: alive
+    assert sorted(e.tgid for e in w.exit_list.snapshot()) == [11, 12, 13]
+    assert list(w.tasks.by_tgid) == [14]
+    w.procfs.add(14, "alive", 2, {})  # pid 14 reused by another process
+    assert [t.tgid for t in w.registry.reap(time.time(), limit=10)] == [14]
+
+
+def test_restored_counters_apply_to_the_same_process_only() -> None:
+    w = World()
+    w.procfs.add(21, "long", 300, {})
+    w.procfs.add(22, "other", 400, {})
+    btime_21 = w.procfs.btime(300)
+    w.registry.restore({(21, btime_21): (1, 2, 3, 4, 5, 6, 7, 8), (22, 1): (9,) * 8})
+    task = w.registry.task(21)
+    assert task is not None and task.counters == [1, 2, 3, 4, 5, 6, 7, 8]
+    other = w.registry.task(22)  # another start time than the restored (22, 1)
+    assert other is not None and other.counters == [0] * 8
+    assert w.registry.restored_tasks == 1

@@ -97,7 +97,8 @@ IPV6_TCP_EXTENSIONS_KEY = frame(V6_SRC + V6_DST + "01bb c350")
 
 # IPv6 first fragment (offset 0, M=1): fragment header next 17, then UDP
 # 2001:db8::1:5000 -> 2001:db8::2:6000.  payload_len 8 + 1232 = 1240 (only the
-# first 8 bytes of UDP captured), ip_len 1280, wire = 1280 + 14 + 4 = 1298.
+# first 8 bytes of UDP captured), ip_len 1280.  A fragment, the first one too, is
+# never credited to a process (netatopd(8)): rejected as FRAGMENT.
 IPV6_FIRST_FRAGMENT = frame(
     SLL2_ETH3_IN_V6
     + "60000000 04d8 2c 40"
@@ -106,7 +107,6 @@ IPV6_FIRST_FRAGMENT = frame(
     + "11 00 0001 12345678"
     + "1388 1770 0fa0 0000"
 )
-IPV6_FIRST_FRAGMENT_KEY = frame(V6_SRC + V6_DST + "1388 1770")
 
 # The same datagram's second fragment: offset 1232 bytes = 0x04d0, M=0.
 IPV6_LATER_FRAGMENT = frame(
@@ -162,11 +162,6 @@ GOLDEN_PACKETS: list[tuple[str, bytes, tuple[int, int, bytes, int]]] = [
         "ipv6 hop-by-hop + destination options",
         IPV6_TCP_EXTENSIONS,
         (Direction.RECEIVED, PROTO_TCP, IPV6_TCP_EXTENSIONS_KEY, 102),
-    ),
-    (
-        "ipv6 first fragment",
-        IPV6_FIRST_FRAGMENT,
-        (Direction.RECEIVED, PROTO_UDP, IPV6_FIRST_FRAGMENT_KEY, 1298),
     ),
     (
         "gso aggregate",
@@ -228,15 +223,18 @@ def test_packet_types(pkttype: int, direction: int) -> None:
     assert result[0] == direction
 
 
-def test_ipv4_first_fragment_is_counted() -> None:
+def test_first_fragments_are_not_credited() -> None:
+    # A first fragment has ports, but its datagram may never complete (the kernel
+    # then delivers nothing): neither family credits it to a process.
     data = bytearray(IPV4_UDP_RECEIVED)
     data[20 + 6 : 20 + 8] = b"\x20\x00"  # MF set, offset 0
-    assert parse_frame(bytes(data), LINKS) == (
-        Direction.RECEIVED,
-        PROTO_UDP,
-        IPV4_UDP_RECEIVED_KEY,
-        54,
-    )
+    assert parse_frame(bytes(data), LINKS) is Reject.FRAGMENT
+    assert parse_frame(IPV6_FIRST_FRAGMENT, LINKS) is Reject.FRAGMENT
+    # An atomic fragment (RFC 6946: fragment header, offset 0, M=0) is a whole datagram.
+    atomic = _with(IPV6_FIRST_FRAGMENT, IP + 40 + 2, "0000")
+    atomic = _with(atomic, IP + 4, "0010")  # payload_len 8 + 8: the frame's own length
+    result = parse_frame(atomic, LINKS, original_bytes=len(atomic))
+    assert result == (Direction.RECEIVED, PROTO_UDP, frame(V6_SRC + V6_DST + "1388 1770"), 74)
 
 
 def test_unknown_ifindex_uses_no_link_header() -> None:
@@ -348,6 +346,8 @@ REJECTS: list[tuple[str, bytes, Reject]] = [
     ),
     ("ipv4 later fragment", _with(IPV4_UDP_RECEIVED, IP + 6, "00b9"), Reject.FRAGMENT),
     ("ipv6 later fragment", IPV6_LATER_FRAGMENT, Reject.FRAGMENT),
+    ("ipv4 first fragment", _with(IPV4_UDP_RECEIVED, IP + 6, "2000"), Reject.FRAGMENT),
+    ("ipv6 first fragment", IPV6_FIRST_FRAGMENT, Reject.FRAGMENT),
     ("esp", _with(IPV4_UDP_RECEIVED, IP + 9, "32"), Reject.OTHER_PROTOCOL),
     ("sctp", _with(IPV4_UDP_RECEIVED, IP + 9, "84"), Reject.OTHER_PROTOCOL),
     ("ipv6 no next header", _with(IPV6_ICMP, IP + 6, "3b"), Reject.OTHER_PROTOCOL),
@@ -368,8 +368,60 @@ def test_reject(data: bytes, reason: Reject) -> None:
     assert parse_frame(data, LINKS) is reason
 
 
+# A frame of 60 bytes on the wire (20 cooked + 40 IP) whose IP header claims more:
+# the kernel drops it as truncated, so it is rejected, never credited (issue 13).
+LENGTH_REJECTS: list[tuple[str, bytes, int, Reject]] = [
+    (
+        "ipv4 tot_len 65535 in a 60-byte frame",
+        _with(IPV4_UDP_RECEIVED, IP + 2, "ffff"),
+        60,
+        Reject.IP_LENGTH_BEYOND_FRAME,
+    ),
+    (
+        "ipv4 tot_len one byte more than the frame",
+        IPV4_UDP_RECEIVED,
+        20 + 0x24 - 1,
+        Reject.IP_LENGTH_BEYOND_FRAME,
+    ),
+    (
+        "ipv6 payload_len 65535 in a 68-byte frame",
+        _with(IPV6_ICMP, IP + 4, "ffff"),
+        len(IPV6_ICMP),
+        Reject.IP_LENGTH_BEYOND_FRAME,
+    ),
+    (
+        "ipv6 payload_len beyond the frame, extension headers",
+        IPV6_TCP_EXTENSIONS,
+        len(IPV6_TCP_EXTENSIONS) - 1,
+        Reject.IP_LENGTH_BEYOND_FRAME,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "original_bytes", "reason"),
+    [(data, original, reason) for _, data, original, reason in LENGTH_REJECTS],
+    ids=[name for name, _, _, _ in LENGTH_REJECTS],
+)
+def test_ip_length_beyond_the_frame_is_rejected(
+    data: bytes, original_bytes: int, reason: Reject
+) -> None:
+    assert parse_frame(data, LINKS, original_bytes=original_bytes) is reason
+
+
+def test_ip_length_within_the_frame_is_counted() -> None:
+    # Exactly the frame (a GSO/GRO aggregate: IP length = pcap len - 20), and less
+    # than the frame (Ethernet padding of a short packet): both counted, from the IP length.
+    assert parse_frame(IPV4_TCP_GSO, LINKS, original_bytes=20 + 64000)[3] == 65614
+    assert parse_frame(IPV4_UDP_RECEIVED, LINKS, original_bytes=20 + 46)[3] == 54
+    # Captured short of the IP length (snap length) is normal: the original length counts.
+    assert parse_frame(LOOPBACK_UDP, LINKS, original_bytes=20 + 128)[3] == 146
+
+
 def test_every_reject_reason_is_exercised() -> None:
-    assert {reason for _, _, reason in REJECTS} == set(Reject)
+    exercised = {reason for _, _, reason in REJECTS}
+    exercised |= {reason for _, _, _, reason in LENGTH_REJECTS}
+    assert exercised == set(Reject)
 
 
 def test_reject_values_are_explicit_and_index_the_counters() -> None:
@@ -377,11 +429,14 @@ def test_reject_values_are_explicit_and_index_the_counters() -> None:
     assert REJECT_COUNTERS_LENGTH == len(Reject) + 1
 
 
-def records_of(frames: list[bytes], timestamp_s: int = 1_700_000_000) -> bytes:
-    """pcap_sf_pkthdr + frame for each frame, len = captured length."""
+def records_of(
+    frames: list[bytes], originals: list[int] | None = None, timestamp_s: int = 1_700_000_000
+) -> bytes:
+    """pcap_sf_pkthdr + frame for each frame; len = originals[i], else the captured length."""
     out = bytearray()
     for number, data in enumerate(frames):
-        out += struct.pack("=IIII", timestamp_s, number, len(data), len(data))
+        original = len(data) if originals is None else originals[number]
+        out += struct.pack("=IIII", timestamp_s, number, len(data), original)
         out += data
     return bytes(out)
 
@@ -395,8 +450,11 @@ def test_parse_batch_counts_packets_and_rejects() -> None:
         IPV6_TCP_EXTENSIONS,
         IPV6_LATER_FRAGMENT,
     ]
+    # The frames' lengths on the wire: IPV4_TCP_SENT was captured without its
+    # options, LOOPBACK_UDP cut at the snap length; the others are whole.
+    originals = [20 + 60, 108, 20 + 128, 10, len(IPV6_TCP_EXTENSIONS), 108]
     rejects = [0] * REJECT_COUNTERS_LENGTH
-    packets = parse_batch(records_of(frames), LINKS, rejects)
+    packets = parse_batch(records_of(frames, originals), LINKS, rejects)
     assert packets == [
         (Direction.SENT, PROTO_TCP, IPV4_TCP_SENT_KEY, 78),
         (Direction.LOOPBACK, PROTO_UDP, LOOPBACK_UDP_KEY, 146),

@@ -99,8 +99,8 @@ def writer(path: Path, **options: object) -> history.HistoryWriter:
 def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "netatop.db"
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
-    assert history.latest_schema_version() == 2
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
+    assert history.latest_schema_version() == 3
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchall()[0][0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchall()[0][0] == 5000
@@ -109,6 +109,7 @@ def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
     assert [r[1] for r in conn.execute("PRAGMA table_info(samples)")] == SAMPLES_COLUMNS
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE sql IS NOT NULL")}
     assert {"exited", "samples", "exited_exit_time", "exited_totals", "sample_totals"} <= names
+    assert "samples_process" in names  # version 3
     pk = [r[1] for r in conn.execute("PRAGMA table_info(exited)") if r[5]]
     assert pk == ["tgid", "btime"]
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o750
@@ -164,7 +165,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     old.close()
 
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
     assert table(conn, "exited") == [
         (42, 1700000000, "wget", "wget x", 0, 1.5, 2.5, 3.5, 1, 2, 3, 4, 5, 6, 7, 8)
     ]
@@ -181,7 +182,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     conn.close()
     # Opening again changes nothing.
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
     conn.close()
 
 
@@ -189,7 +190,7 @@ def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     history.open_db(str(path)).close()
     conn = apsw.Connection(str(path))
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("PRAGMA user_version = 4")
     conn.close()
     with pytest.raises(history.StoreError, match="newer than this netatop"):
         history.open_db(str(path))
@@ -693,3 +694,147 @@ def test_sqlite_full_error_keeps_records_and_retries(
     w.stop()
     conn = history.open_db(str(path), readonly=True)
     assert conn.execute("SELECT count(*), sum(tgid) FROM exited").fetchall() == [(201, 20301)]
+
+
+# ------------------------------------------------------------------- issue 13: faults
+
+
+def test_finished_processes_are_committed_within_a_second(tmp_path: Path) -> None:
+    # flush_interval_s 60: samples and retries wait for it, finished processes do not
+    # (they are committed at most exited_flush_s, 1 s, after they came).  Generous
+    # bound: 10 s, far below the 60 s the old writer took.
+    w = writer(tmp_path / "h.db", flush_interval_s=60.0)
+    w.start()
+    try:
+        w.add_exited([exited(1, tuple(range(8)))])
+        deadline = time.monotonic() + 10.0
+        while w.stats()["persisted_exited"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert w.stats()["persisted_exited"] == 1
+        assert w.exited_flush_s == history_writer.EXITED_FLUSH_S == 1.0
+    finally:
+        w.stop()
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        target = Path(str(path) + suffix)
+        if target.exists():
+            target.unlink()
+
+
+def test_deleted_database_is_created_anew_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "lib"
+    path = directory / "h.db"
+    w = writer(path)
+    w.add_exited([exited(1, (1,) * 8)])
+    assert w.flush() == 1
+    _remove_database(path)
+    directory.rmdir()  # the whole directory, as an administrator's rm -r would
+    w.add_exited([exited(2, (2,) * 8)])
+    with caplog.at_level(logging.ERROR):
+        assert w.flush() == 1
+    assert path.exists()
+    conn = apsw.Connection(str(path))
+    assert [r[0] for r in conn.execute("SELECT tgid FROM exited")] == [2]
+    conn.close()
+    stats = w.stats()
+    assert (stats["reopened"], stats["write_errors"], stats["persisted_exited"]) == (1, 0, 2)
+    assert "history database deleted while in use" in caplog.text
+    # Unchanged afterwards: no second reopen.
+    w.add_exited([exited(3, (3,) * 8)])
+    assert w.flush() == 1 and w.stats()["reopened"] == 1
+    w.stop()
+
+
+def test_replaced_database_is_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    w = writer(path)
+    w.add_exited([exited(1, (1,) * 8)])
+    assert w.flush() == 1
+    other = tmp_path / "other.db"
+    history.open_db(str(other)).close()
+    _remove_database(path)
+    os.rename(other, path)  # another file at the same path
+    w.add_exited([exited(2, (2,) * 8)])
+    assert w.flush() == 1
+    conn = apsw.Connection(str(path))
+    assert [r[0] for r in conn.execute("SELECT tgid FROM exited")] == [2]
+    conn.close()
+    assert w.stats()["reopened"] == 1
+    w.stop()
+
+
+def _corrupt_pages(path: Path) -> None:
+    """Overwrite bytes in the middle of the file: pages after the first (the header) damaged."""
+    size = path.stat().st_size
+    assert size >= 8 * 4096, size
+    with open(path, "r+b") as file:
+        file.seek(size // 2)
+        file.write(bytes(range(256)) * 32)
+
+
+def _filled_database(path: Path, rows: int = 3000) -> None:
+    w = writer(path)
+    w.add_exited([exited(tgid, (tgid,) * 8) for tgid in range(1, rows + 1)])
+    assert w.flush() == rows
+    w.stop()
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def test_damaged_database_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "h.db"
+    _filled_database(path)
+    _corrupt_pages(path)
+    damaged = path.read_bytes()
+    with caplog.at_level(logging.ERROR):
+        w = writer(path)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("h.db.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept for inspection
+    assert w.stats()["corrupt_moved"] == 1
+    assert "history database damaged" in caplog.text and str(aside[0]) in caplog.text
+    w.add_exited([exited(7, (7,) * 8)])
+    assert w.flush() == 1
+    w.stop()
+    conn = apsw.Connection(str(path))
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    assert [r[0] for r in conn.execute("SELECT tgid FROM exited")] == [7]
+    conn.close()
+
+
+def test_not_a_database_is_refused_not_moved(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    path.write_bytes(b"not sqlite at all" * 1000)
+    with pytest.raises(history.StoreError, match="not a database"):
+        writer(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["h.db"]
+
+
+def test_running_processes_continue_from_their_samples(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    w = writer(path, sample_interval_s=60.0)
+    w.add_samples(60.0, 60.0, [(task_row(5, (1, 10, 0, 0, 0, 0, 0, 0)), 0)])
+    w.add_samples(120.0, 60.0, [(task_row(5, (3, 30, 0, 0, 0, 0, 0, 0)), 0)])
+    w.add_samples(120.0, 60.0, [(task_row(6, (9,) * 8), 0)])
+    w.add_exited([exited(6, (9,) * 8, btime=506)])  # finished: not restored
+    w.flush()
+    w.stop()
+    again = writer(path, sample_interval_s=60.0)
+    keys = [(5, 505), (6, 506), (7, 507), (5, 999)]  # (5, 999): another process on pid 5
+    assert again.running_counters(keys) == {(5, 505): (3, 30, 0, 0, 0, 0, 0, 0)}
+    # The next sample's delta starts from the restored counters, not from zero.
+    again.add_samples(180.0, 60.0, [(task_row(5, (4, 40, 0, 0, 0, 0, 0, 0)), 0)])
+    again.flush()
+    again.stop()
+    conn = apsw.Connection(str(path))
+    sums = conn.execute(
+        "SELECT sum(tcpsndpacks), sum(tcpsndbytes) FROM samples WHERE tgid = 5"
+    ).fetchall()
+    conn.close()
+    assert sums == [(4, 40)]

@@ -103,7 +103,7 @@ def test_lane_filters_are_derived_from_the_fixed_frames() -> None:
     # The filters as they were written by hand: offsets 0, 6, 9, 2 of iphdr and
     # 0, 6, 4 of ipv6hdr; 24 = iphdr + ports, 4 = the ports.
     assert lanes.IPV4_FIXED_FILTER == (
-        "ip and ip[0] == 0x45 and ip[6:2] & 0x1fff == 0"
+        "ip and ip[0] == 0x45 and ip[6:2] & 0x3fff == 0"
         " and (ip[9] == 6 or ip[9] == 17) and ip[2:2] >= 24"
     )
     assert lanes.IPV6_FIXED_FILTER == (
@@ -112,7 +112,7 @@ def test_lane_filters_are_derived_from_the_fixed_frames() -> None:
     # A frame declared differently gets a different filter: nothing is restated.
     moved = wire.IPV4_FIXED._replace(protocols=(PROTO_UDP,), length_min=28)
     assert lanes.fixed_filter(moved) == (
-        "ip and ip[0] == 0x45 and ip[6:2] & 0x1fff == 0 and (ip[9] == 17) and ip[2:2] >= 28"
+        "ip and ip[0] == 0x45 and ip[6:2] & 0x3fff == 0 and (ip[9] == 17) and ip[2:2] >= 28"
     )
 
 
@@ -137,10 +137,29 @@ def test_readers_pick_the_members_the_layouts_name() -> None:
         *(ip6[0], ip6[2], ip6[3]),
         key6,
     )
-    record = bytes(16) + v4[:44]
-    assert counting.FIXED_RECORDS[4][0].unpack(record) == (ETH, HOST, ip[2], PROTO_TCP, key4)
-    record = bytes(16) + v6[:64]
-    assert counting.FIXED_RECORDS[6][0].unpack(record) == (ETH, HOST, ip6[2], PROTO_UDP, key6)
+    # The record header's len (the frame on the wire), read in the frame's byte order.
+    header = wire.PCAP_SF_PKTHDR.struct.pack(1, 2, 44, len(v4))
+    original = int.from_bytes(header[12:16], "big")
+    assert counting._original_bytes(original) == len(v4)
+    record = header + v4[:44]
+    assert counting.FIXED_RECORDS[4][0].unpack(record) == (
+        original,
+        ETH,
+        HOST,
+        ip[2],
+        PROTO_TCP,
+        key4,
+    )
+    header = wire.PCAP_SF_PKTHDR.struct.pack(1, 2, 64, len(v6))
+    record = header + v6[:64]
+    assert counting.FIXED_RECORDS[6][0].unpack(record) == (
+        int.from_bytes(header[12:16], "big"),
+        ETH,
+        HOST,
+        ip6[2],
+        PROTO_UDP,
+        key6,
+    )
 
 
 def test_constants_shared_by_several_modules() -> None:
