@@ -36,7 +36,8 @@ from typing import Any
 import pytest
 
 from netatopd.ebpf import loaded_object_ids
-from netatopd.ebpf.skbcount import AttachType, find_cgroup2_root, prog_query
+from netatopd.ebpf.skbcount import find_cgroup2_root
+from netatopd.ebpf.syscalls import AttachType, prog_query
 
 from harness import UDP4_OVERHEAD, UDP6_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
 from test_daemon import ZERO_TCP, ZERO_UDP, expected_tcp, run_tcp
