@@ -50,10 +50,10 @@ def ownership(request: Any) -> str:
     return str(request.param)
 
 
-def pcap_only(ownership: str) -> None:
-    """For tests of the libpcap path's own mechanics (hold, frames, flows per port)."""
-    if ownership == "capture-kernel":
-        pytest.skip("a libpcap-path mechanism: not part of --capture kernel")
+# Tests of the libpcap path's own mechanics (hold, frames, flows per port), and of the
+# exit list (the kernel path counts every namespace: other tests' processes exit too)
+# run with the libpcap path's two owner sources only: not a skip, they are not asked.
+pcap_paths = pytest.mark.parametrize("ownership", ["proc", "kernel"], indirect=True)
 
 
 def _path_options(ownership: str) -> tuple[str, ...]:
@@ -400,6 +400,7 @@ def test_short_lived_processes_are_attributed(ns: Any, daemon: Any) -> None:
         clients.finish()
 
 
+@pcap_paths
 def test_hold_under_load_counts_every_packet(ns: Any, daemon: Any, ownership: str) -> None:
     """--hold-ms under about 40,000 datagrams a second, with 50 processes of 100 ms alongside.
 
@@ -409,7 +410,6 @@ def test_hold_under_load_counts_every_packet(ns: Any, daemon: Any, ownership: st
     SYNC must still count every datagram, and the children are attributed as
     without the hold: all of them with the eBPF helper, 95% from /proc alone.
     """
-    pcap_only(ownership)
     d = daemon("--hold-ms", "30", "--exit-lifetime-s", "120")
     server = Actor(ns, "tcp_echo_server", addr="127.0.0.1", connections=50, message_bytes=100)
     load = Actor(ns, "udp_load", addr="127.0.0.1", count=200_000, chunk=400, pause_ms=8, size=64)
@@ -448,10 +448,10 @@ def test_hold_under_load_counts_every_packet(ns: Any, daemon: Any, ownership: st
         clients.finish()
 
 
+@pcap_paths
 def test_default_hold_follows_the_ownership_source(ns: Any, daemon: Any, ownership: str) -> None:
     """--hold-ms -1 (the default): 50 ms with the eBPF helper, no hold from /proc alone;
     an explicit value is kept in both."""
-    pcap_only(ownership)
     d = daemon()
     status = d.status()
     expected = 50 if status["ownership"] == "kernel" else 0
@@ -459,10 +459,9 @@ def test_default_hold_follows_the_ownership_source(ns: Any, daemon: Any, ownersh
     assert daemon("--hold-ms", "12").status()["capture_hold_ms"] == 12
 
 
+@pcap_paths
 def test_exit_list_lifecycle(ns: Any, daemon: Any, ownership: str) -> None:
     """A finished process is in the exit list once, with its final counters; GETCNT_EXIT blocks for it."""
-    if ownership == "capture-kernel":
-        pytest.skip("--capture kernel counts every namespace: other tests' processes exit too")
     d = daemon("--exit-lifetime-s", "3")
     server, client = run_udp_exchange(ns, d, "127.0.0.1", 10, 10, 10)
     final = d.counters(client.pid)
@@ -506,9 +505,9 @@ def test_exit_list_lifecycle(ns: Any, daemon: Any, ownership: str) -> None:
         assert_balanced(status)
 
 
+@pcap_paths
 def test_udp_port_flood_stops_at_cap(ns: Any, daemon: Any, ownership: str) -> None:
     """100,000 datagrams to distinct closed ports: the table stops at its cap and the daemon answers."""
-    pcap_only(ownership)
     d = daemon("--max-flows", "5000")
     # 50,000 ports on each of two loopback addresses: 100,000 distinct local endpoints.
     ns.run(
@@ -564,11 +563,11 @@ print("sent")
 """
 
 
+@pcap_paths
 def test_malformed_frames_are_counted_not_fatal(
     make_netns: Any, daemon: Any, ownership: str
 ) -> None:
     """Frames injected with AF_PACKET on the peer's veth: each kind counted 5 times, UDP still exact."""
-    pcap_only(ownership)
     here, there = make_netns("ntpm"), make_netns("ntpn")
     here.run("ip", "link", "add", "vh", "type", "veth", "peer", "name", "vt")
     here.run("ip", "link", "set", "vt", "netns", there.name)
