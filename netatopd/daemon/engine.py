@@ -19,6 +19,7 @@ drive it.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import time
@@ -36,9 +37,12 @@ from ..history import HistoryWriter, StoreError
 from ..locality import open_locality
 from ..metrics import MetricsBook, parse_group_by
 from ..metrics.catalogue import health_figures
+from ..netlink.connector import ProcessEvents, ProcEventKind
 from ..netlink.sockdiag import SockDiag
+from ..netlink.socket import NetlinkError
 from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..ownership.cookies import CookieResolver
+from ..ownership.identities import IdentityBook
 from ..ownership.namespaces import NamespaceSockets, sockets_elsewhere
 from ..parse import Reject
 from ..procfs import ProcError, ProcFS
@@ -62,6 +66,10 @@ REAP_INTERVAL_S = 0.25
 REAP_TASKS_MAX = 256  # about 16 us each: at most about 17 ms of CPU a second
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
+# tests: pretend the proc connector refused (the daemon polls /proc instead).
+SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
+IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
+INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,30 @@ def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwner
         log.warning("eBPF ownership helper not loaded (%s); owners come from /proc", err.reason)
         return None, f"/proc and sock_diag: eBPF helper not loaded: {err.reason}"
     return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
+
+
+def open_process_events() -> tuple[ProcessEvents | None, str]:
+    """The proc connector subscription, or None; and the source STATUS names.
+
+    The kernel answers only in the initial network namespace: a daemon in
+    another one opens the socket there (``ProcessEvents(netns_path=...)``).
+    Without it, processes are known from the /proc sweeps (polling).
+    """
+    netns_path = None
+    try:
+        if os.stat("/proc/self/ns/net").st_ino != os.stat(INITIAL_NETNS_PATH).st_ino:
+            netns_path = INITIAL_NETNS_PATH
+    except OSError:
+        pass
+    try:
+        if os.environ.get(SIMULATE_CONNECTOR_FAILURE_ENV) == "1":
+            simulated = f"simulated ({SIMULATE_CONNECTOR_FAILURE_ENV}=1)"
+            raise NetlinkError(errno.ECONNREFUSED, simulated)
+        events = ProcessEvents(netns_path=netns_path)
+    except (NetlinkError, OSError) as err:
+        log.warning("proc connector not available (%s): processes are polled in /proc", err)
+        return None, f"polling /proc: proc connector: {err}"
+    return events, "proc connector"
 
 
 class Engine:
@@ -167,8 +199,18 @@ class Engine:
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
         self.journal = ExitJournal()
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
+        # Identities at fork and exec, exits as they happen (the proc connector).
+        self.identities = IdentityBook(self.procfs.proc_root, self.procfs.btime)
+        self.process_events, self.process_events_source = open_process_events()
+        self.process_events_resyncs = 0
+        self.last_identity_expiry_s = clock.monotonic()
         self.registry = TaskRegistry(
-            self.tasks, self.procfs, self.exit_list, self.journal, clock=clock.wall
+            self.tasks,
+            self.procfs,
+            self.exit_list,
+            self.journal,
+            clock=clock.wall,
+            identities=self.identities,
         )
         self.resolver: Resolver
         if self.namespaces is not None:
@@ -303,6 +345,46 @@ class Engine:
         self.last_packet_monotonic_s = self.clock.monotonic()
         return True
 
+    def on_process_events(self) -> None:
+        """The proc connector has events: identities learnt, exited tasks finished now.
+
+        Before a task is finished, what the capture holds is counted (its last
+        packets are its).  After lost events, /proc is read again (resync).
+        """
+        events_source = self.process_events
+        if events_source is None:
+            return
+        try:
+            events = events_source.read()
+        except NetlinkError as err:
+            self.errors += 1
+            log.error("process events: %s", err)
+            return
+        tasks = self.tasks.by_tgid
+        if any(e.kind == ProcEventKind.EXIT and e.is_process and e.tgid in tasks for e in events):
+            if not self.drain_capture():
+                now_s = self.clock.wall()
+                self.resolver.resolve(now_s)
+                self.resolver.settle(now_s)
+        self.registry.process_events(events)
+        if events_source.take_resync():
+            self.resync_processes()
+
+    def resync_processes(self) -> None:
+        """Process events were lost: finish the tasks that are gone, learn every process."""
+        self.process_events_resyncs += 1
+        now_s = self.clock.wall()
+        self.registry.sweep(now_s)
+        identities = self.identities
+        try:
+            pids = self.procfs.pids()
+        except ProcError as err:
+            log.warning("resync after lost process events: %s", err)
+            return
+        for pid in pids[: identities.max_entries]:
+            if pid not in identities.known:
+                identities.learn(pid)
+
     def seconds_until_drain(self) -> float:
         """How long the event loop may sleep before the kernel path's next drain (pcap: 1 s)."""
         if self.kernel_capture is None:
@@ -344,6 +426,10 @@ class Engine:
         if not resolved or self.flows.dirty or self.flows.new:
             self.resolver.settle(now_s)
             self.resolver.resolve(now_s)
+        self.registry.finish_ended(now_s)
+        if self.clock.monotonic() - self.last_identity_expiry_s >= IDENTITY_EXPIRY_INTERVAL_S:
+            self.last_identity_expiry_s = self.clock.monotonic()
+            self.identities.expire()
         runs_before = self.sweeper.runs
         if self.sweeper.due():
             self.sweeper.run(now_s)
@@ -476,6 +562,8 @@ class Engine:
                 self.namespaces.close()
             self.sockdiag.close()
             self.locality.close()
+            if self.process_events is not None:
+                self.process_events.close()
 
 
 NAMESPACES_ELSEWHERE_INTERVAL_S = 5.0  # the libpcap path's count is taken at most this often

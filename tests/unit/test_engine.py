@@ -19,7 +19,7 @@ from netatopd.capture.pcap import CaptureStats
 from netatopd.config import resolve
 from netatopd.counting import count_packets
 from netatopd.daemon.answers import Answers
-from netatopd.daemon.engine import IDLE_WAKE_S, Clock, Engine
+from netatopd.daemon.engine import IDLE_WAKE_S, SIMULATE_CONNECTOR_FAILURE_ENV, Clock, Engine
 from netatopd.locality import Locality
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
 from netatopd.table import STATUS_FIELDS
@@ -65,7 +65,10 @@ def fake_time() -> FakeTime:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, fake_time: FakeTime) -> Iterator[Engine]:
+def engine(
+    tmp_path: Path, fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Engine]:
+    monkeypatch.setenv(SIMULATE_CONNECTOR_FAILURE_ENV, "1")  # unit tests: no kernel events
     options: argparse.Namespace = resolve(
         [
             "--run-dir",
@@ -166,6 +169,13 @@ STATUS_ORDER_PROC = [
     "capture_path",
     "namespaces_uncovered",
     "namespaces_uncovered_inodes",
+    # The proc connector refused (simulated): polling, so no connector figures.
+    "process_events",
+    "process_events_resyncs",
+    "identities_read",
+    "identities_known",
+    "identity_unreadable",
+    "identity_unknown",
 ]
 
 
@@ -178,6 +188,7 @@ def test_status_without_the_stages_that_are_off(engine: Engine, fake_time: FakeT
     status = Answers(engine).status()
     assert status["uptime_s"] == 90.25  # from the engine's clock
     assert status["ownership"] == "proc"
+    assert status["process_events"].startswith("polling /proc: proc connector: ")
     assert status["history"] == "disabled (--no-history)"
     assert status["capture_lanes"] == 3 and status["capture_hold_ms"] == 0
     assert status["owner_latency_samples"] == 0 and "owner_latency_ms_p50" not in status
