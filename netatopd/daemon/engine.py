@@ -34,6 +34,7 @@ from ..ebpf import EbpfUnavailable, KernelOwnership
 from ..exitlist import ExitJournal, ExitList
 from ..flows import FlowTable
 from ..history import HistoryWriter, StoreError
+from ..history.writer import SampleEntry
 from ..locality import open_locality
 from ..metrics import MetricsBook, parse_group_by
 from ..metrics.catalogue import health_figures
@@ -451,7 +452,7 @@ class Engine:
             self.history.add_samples(
                 now_s,
                 self.options.sample_interval_s,
-                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+                self._sample_entries(),
             )
         # Publish every interval while anything is counted, else once a second
         # (a heartbeat: readers tell a live daemon from a dead one by the update time).
@@ -517,6 +518,13 @@ class Engine:
                 figures[name] = value
         return figures
 
+    def _sample_entries(self) -> list[SampleEntry]:
+        """Every running process for a history sample: row, uid and where it runs."""
+        return [
+            (task.row(), task.uid, task.cgroup, task.unit, task.container)
+            for task in self.tasks.by_tgid.values()
+        ]
+
     def _last_counts(self) -> None:
         """Count, resolve, finish and sample everything once more (close)."""
         if self.capture.lanes:
@@ -531,7 +539,7 @@ class Engine:
             history.add_samples(
                 now_s,
                 now_s - last_s if last_s is not None else self.options.sample_interval_s,
-                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+                self._sample_entries(),
             )
 
     def table_figures(self) -> dict[str, int]:

@@ -169,16 +169,13 @@ class TaskRegistry:
         return task if self.tasks.admit(task) else None
 
     def _known(self, pid: int, start_time_ticks: int) -> Known | None:
-        """What the identity book knows of process (pid, start time); read now if nothing."""
+        """Process (pid, start time) read now (it may have changed cgroup), else as known."""
         book = self.identities
         if book is None:
             return None
-        known = book.get(pid)
-        if known is not None and known.identity.start_time_ticks == start_time_ticks:
-            return known
-        known = book.learn(pid)
-        if known is not None and known.identity.start_time_ticks == start_time_ticks:
-            return known
+        for known in (book.learn(pid), book.get(pid)):
+            if known is not None and known.identity.start_time_ticks == start_time_ticks:
+                return known
         return None
 
     def process_events(self, events: list[ProcessEvent]) -> list[TaskInfo]:

@@ -48,6 +48,7 @@ from netatopd.cli.top import rate_rows, top_frame
 from netatopd.client import NetPerTask
 from netatopd.history import open_db
 from netatopd.protocol import (
+    COUNTER_NAMES,
     REPLY,
     REPLY_MAGIC,
     REQUEST,
@@ -57,6 +58,16 @@ from netatopd.protocol import (
 )
 from netatopd.table import TableReader, TableWriter, table_path
 from netatopd.tasks import ExitedTask, Kind, TaskRow
+
+# Rows with the columns of schema version 1 (the later ones stay NULL).
+_V1_EXITED = "tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time"
+EXITED_INSERT_V1 = (
+    f"INSERT INTO exited ({_V1_EXITED}, {', '.join(COUNTER_NAMES)}) VALUES ({', '.join('?' * 16)})"
+)
+SAMPLES_INSERT_V1 = (
+    f"INSERT INTO samples (time, interval_s, tgid, btime, command, uid, {', '.join(COUNTER_NAMES)})"
+    f" VALUES ({', '.join('?' * 14)})"
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MAN_PAGE = REPO / "man" / "netatop.1"
@@ -780,7 +791,7 @@ def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = tmp_path / "history.db"
     conn = open_db(str(path))
     with conn:
-        conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED_ROWS)
+        conn.executemany(EXITED_INSERT_V1, EXITED_ROWS)
     conn.close()
     try:
         yield path
@@ -1284,7 +1295,7 @@ IPERF_SAMPLES = [
 def test_report_order_and_pid_name_the_sender(history: Path) -> None:
     conn = open_db(str(history))
     with conn:
-        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", IPERF_SAMPLES)
+        conn.executemany(SAMPLES_INSERT_V1, IPERF_SAMPLES)
     conn.close()
 
     def first(*options: str) -> list[int]:
