@@ -161,15 +161,19 @@ class TaskInfo:
         ]
 
     def finished(self, exit_time_s: float) -> ExitedTask:
-        """This task's exit-list record (a snapshot; ``TaskRegistry.finish`` finishes it)."""
+        """This task's exit-list record (a snapshot; ``TaskRegistry.finish`` finishes it).
+
+        Packets counted after the exit (the kernel told it first) were its
+        before it ended: the activity times are at most the exit time.
+        """
         return ExitedTask(
             self.tgid,
             self.btime,
             self.command,
             self.cmdline,
             self.uid,
-            self.first_activity_s,
-            self.last_activity_s,
+            min(self.first_activity_s, exit_time_s),
+            min(self.last_activity_s, exit_time_s),
             exit_time_s,
             tuple(self.counters),
             self.cgroup,

@@ -70,7 +70,7 @@ SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend t
 # tests: pretend the proc connector refused (the daemon polls /proc instead).
 SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
 IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
-INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers
+INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,28 +114,32 @@ def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwner
     return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
 
 
-def open_process_events() -> tuple[ProcessEvents | None, str]:
+def open_process_events(netns_path: str = INITIAL_NETNS_PATH) -> tuple[ProcessEvents | None, str]:
     """The proc connector subscription, or None; and the source STATUS names.
 
     The kernel answers only in the initial network namespace: a daemon in
-    another one opens the socket there (``ProcessEvents(netns_path=...)``).
-    Without it, processes are known from the /proc sweeps (polling).
+    another one (refused with ECONNREFUSED) opens the socket in ``netns_path``
+    (--process-events-netns).  Without it, processes are known from the /proc
+    sweeps (polling), and STATUS says why.
     """
-    netns_path = None
-    try:
-        if os.stat("/proc/self/ns/net").st_ino != os.stat(INITIAL_NETNS_PATH).st_ino:
-            netns_path = INITIAL_NETNS_PATH
-    except OSError:
-        pass
     try:
         if os.environ.get(SIMULATE_CONNECTOR_FAILURE_ENV) == "1":
             simulated = f"simulated ({SIMULATE_CONNECTOR_FAILURE_ENV}=1)"
             raise NetlinkError(errno.ECONNREFUSED, simulated)
-        events = ProcessEvents(netns_path=netns_path)
+        try:
+            return ProcessEvents(), "proc connector"
+        except NetlinkError as err:
+            if err.errno != errno.ECONNREFUSED or not netns_path:
+                raise
+        try:
+            return ProcessEvents(netns_path=netns_path), "proc connector"
+        except (NetlinkError, OSError) as err:
+            raise NetlinkError(
+                getattr(err, "errno", None) or errno.EIO, f"in {netns_path}: {err}"
+            ) from err
     except (NetlinkError, OSError) as err:
         log.warning("proc connector not available (%s): processes are polled in /proc", err)
         return None, f"polling /proc: proc connector: {err}"
-    return events, "proc connector"
 
 
 class Engine:
@@ -202,7 +206,9 @@ class Engine:
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
         # Identities at fork and exec, exits as they happen (the proc connector).
         self.identities = IdentityBook(self.procfs.proc_root, self.procfs.btime)
-        self.process_events, self.process_events_source = open_process_events()
+        self.process_events, self.process_events_source = open_process_events(
+            getattr(options, "process_events_netns", INITIAL_NETNS_PATH)
+        )
         self.process_events_resyncs = 0
         self.last_identity_expiry_s = clock.monotonic()
         self.registry = TaskRegistry(

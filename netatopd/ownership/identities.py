@@ -73,7 +73,21 @@ class IdentityBook:
             self.unreadable += 1
             return None
         self.learnt += 1
+        before = self.known.get(pid)
+        if (
+            not identity.cmdline
+            and before is not None
+            and before.identity.start_time_ticks == identity.start_time_ticks
+        ):
+            # A zombie shows no command line: the one read while it ran stands.
+            identity = identity._replace(cmdline=before.identity.cmdline)
         known = Known(identity, self.btime_of(identity.start_time_ticks))
+        if (
+            before is not None
+            and before.exited_s
+            and before.identity.start_time_ticks == identity.start_time_ticks
+        ):
+            known.exited_s, known.exited_monotonic_s = before.exited_s, before.exited_monotonic_s
         self.known[pid] = known
         self.known.move_to_end(pid)
         while len(self.known) > self.max_entries:
