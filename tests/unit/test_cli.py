@@ -32,11 +32,12 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from netatopd.cli import commands, sources
-from netatopd.cli.format import format_bytes, format_count
+from netatopd.cli.format import format_bytes, format_count, format_user
 from netatopd.cli.rows import (
     EXITED_FIELDS,
     HEADERS,
     TASK_FIELDS,
+    USER_NAMES,
     SortKey,
     TaskCounts,
     from_history,
@@ -213,7 +214,21 @@ def test_one_row_from_every_source() -> None:
         "first_activity": None,
         "last_activity": None,
         "exit_time": T0 + 60.5,
+        "user": None,
+        "unit": None,
+        "container": None,
+        "cgroup": None,
     }
+    placed = from_history(
+        finished._replace(uid=0, cgroup=f"/system.slice/docker-{'c' * 64}.scope")._replace(
+            unit=f"docker-{'c' * 64}.scope", container=f"docker:{'c' * 64}"
+        )
+    ).record(EXITED_FIELDS)
+    assert (placed["user"], placed["unit"], placed["container"]) == (
+        "root",
+        f"docker-{'c' * 64}.scope",
+        f"docker:{'c' * 64}",
+    )
     thread = from_table(TaskRow(Kind.THREAD, 101, 100, 1000, "nginx", counters, 0.0))
     assert (thread.pid, thread.tgid, thread.record()["kind"]) == (101, 100, "thread")
 
@@ -827,7 +842,17 @@ def exited_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "first_activity": first,
         "last_activity": last,
         "exit_time": exit_time,
+        "user": format_user(uid) if uid is not None else None,
+        "unit": None,  # rows of schema version 1: where the process ran is unknown
+        "container": None,
+        "cgroup": None,
     }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_user_names() -> None:
+    """Each test looks its user names up afresh (some replace the passwd database)."""
+    USER_NAMES.clear()
 
 
 def test_exited_since_reads_sqlite(history: Path) -> None:
@@ -860,8 +885,8 @@ def test_exited_since_human_and_csv(history: Path, users: None) -> None:
     assert as_csv.stdout.splitlines() == [
         "pid,tgid,kind,btime,command,tcpsndpacks,tcpsndbytes,tcprcvpacks,tcprcvbytes,"
         "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes,cmdline,uid,first_activity,"
-        "last_activity,exit_time",
-        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0}",
+        "last_activity,exit_time,user,unit,container,cgroup",
+        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0},,,,",
     ]
 
 
