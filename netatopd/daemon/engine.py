@@ -12,6 +12,10 @@ taken out (``Locality.split``), the rest charged to its flows
 (``FlowTable.charge``), then new flows' owners are looked up and counters
 settled into tasks.  Nothing here runs per packet.
 
+The proc connector's events (fork, exec, exit; ``open_process_events``)
+come through ``on_process_events`` (the loop polls their socket): identities
+go to the ``IdentityBook``, a task's process exiting finishes it at once.
+
 Time comes from a ``Clock`` (wall and monotonic), passed in so tests can
 drive it.
 """

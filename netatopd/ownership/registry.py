@@ -19,9 +19,17 @@ Also owns ``restored``: the counters of processes that were running when the
 daemon last stopped, read back from the history at start; a task made for
 one of them (same tgid and btime) continues from them instead of zero.
 
+With an ``IdentityBook`` (identities.py) a task takes the identity read at
+the process's fork or exec (command line, uid, cgroup, and so unit and
+container), also for a process already gone when its packets are attributed;
+``process_events`` applies the proc connector's events (identities learnt,
+a task finished at its exit with the kernel's exit time) and
+``finish_ended`` finishes tasks made for processes that had already ended.
+
 Called by ``Resolver`` (``task``, ``task_named_by_kernel``), ``Sweeper``
 (``sweep``) and the daemon, which builds it with the exit list and journal,
-calls ``reap`` between sweeps and ``sweep`` once more when it stops.
+calls ``reap`` between sweeps, ``process_events`` as events come,
+``finish_ended`` at each housekeeping and ``sweep`` once more when it stops.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from ..tasks import COUNTER_COUNT, TaskInfo, TaskTable
 from .identities import IdentityBook, Known
 
 REMEMBER_FINISHED_MAX = 65_536  # finished tgids remembered (kernel records arrive late)
+EXIT_SLACK_S = 0.01  # clock conversions (monotonic -> wall) differ by this much at most
 
 
 class TaskRegistry:
@@ -147,7 +156,12 @@ class TaskRegistry:
         seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
         seen_ticks = seen_ns * self.procfs.clock_ticks_per_s // 1_000_000_000  # since boot
         known = self.identities.get(tgid) if self.identities is not None else None
-        if known is not None and known.identity.start_time_ticks <= seen_ticks + 1:
+        if known is not None and (
+            known.identity.start_time_ticks > seen_ticks + 1  # born after: another process
+            or (known.exited_s and known.exited_s < wall_time_s(seen_ns) - EXIT_SLACK_S)
+        ):
+            known = None  # the pid's earlier or later holder, not the one the kernel saw
+        if known is not None:
             # Born (and maybe ended) before we looked: who it was, read at fork and exec.
             identity = known.identity
             task = TaskInfo(
