@@ -141,3 +141,22 @@ def placement(cgroup: str) -> Placement:
         container_id=container[1] if container else None,
         pod_uid=pod_uid_of(parts),
     )
+
+
+@functools.lru_cache(maxsize=PLACEMENT_CACHE_SIZE)
+def placement_labels(cgroup: str) -> tuple[str, str]:
+    """(unit, container) of a cgroup v2 path as the rows show them; "" for what it does not name.
+
+    container is "runtime:id" (``docker:<64 hex>``), else "pod:UID" for a
+    Kubernetes pod whose container the path does not name, else "".
+    """
+    if not cgroup:
+        return "", ""
+    where = placement(cgroup)
+    if where.container_runtime is not None and where.container_id is not None:
+        container = f"{where.container_runtime.value}:{where.container_id}"
+    elif where.pod_uid is not None:
+        container = f"pod:{where.pod_uid}"
+    else:
+        container = ""
+    return where.unit or "", container

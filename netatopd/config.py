@@ -290,6 +290,13 @@ OPTIONS: tuple[Option, ...] = (
         "a group with no running process that has not grown this long leaves the metrics",
         1,
     ),
+    Option(
+        "--process-events-netns",
+        str,
+        "/proc/1/ns/net",
+        "network namespace file where the proc connector is opened when it refuses in the"
+        " daemon's own (it answers only in the initial one); empty: never",
+    ),
 )
 
 

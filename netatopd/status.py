@@ -72,6 +72,7 @@ NAMESPACES = Group("Namespaces")
 NAMESPACE_INODES = Group("Namespace inodes", verbose=True)
 KERNEL_PATH = Group("Kernel path")
 KERNEL_PATH_IDS = Group("Kernel path objects", verbose=True)
+PROCESS_EVENTS = Group("Process events")
 
 # The order of the netatop status screen.
 GROUPS: tuple[Group, ...] = (
@@ -95,6 +96,7 @@ GROUPS: tuple[Group, ...] = (
     NAMESPACE_INODES,
     KERNEL_PATH,
     KERNEL_PATH_IDS,
+    PROCESS_EVENTS,
 )
 
 
@@ -403,6 +405,16 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("history_reopened", HISTORY, "reopened", "history_stats.reopened"),
     Field("history_corrupt_moved", HISTORY, "damaged moved aside", "history_stats.corrupt_moved"),
     Field("tasks_restored", TASKS, "restored", "registry.restored_tasks", when="history"),
+    # Fork, exec and exit: the proc connector, or polling /proc (and why).
+    Field("process_events", PROCESS_EVENTS, "", "process_events_source"),
+    Field("process_events_received", PROCESS_EVENTS, "received", "process_events.events"),
+    Field("process_events_lost", PROCESS_EVENTS, "lost", "process_events.lost_events"),
+    Field("process_events_overflows", PROCESS_EVENTS, "overflows", "process_events.overflows"),
+    Field("process_events_resyncs", PROCESS_EVENTS, "resyncs", "process_events_resyncs"),
+    Field("identities_read", PROCESS_EVENTS, "identities read", "identities.learnt"),
+    Field("identities_known", PROCESS_EVENTS, "identities kept", "identities.__len__()"),
+    Field("identity_unreadable", PROCESS_EVENTS, "unreadable", "identities.unreadable"),
+    Field("identity_unknown", PROCESS_EVENTS, "unknown", "registry.identity_unknown"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -15,6 +15,7 @@ import logging
 from enum import IntEnum
 from typing import NamedTuple
 
+from .cgroups import placement_labels
 from .defaults import MAX_TASKS_DEFAULT
 from .protocol import COUNTER_NAMES
 
@@ -56,8 +57,11 @@ class ExitedTask(NamedTuple):
     uid: int  # -1 if unknown
     first_activity_s: float  # epoch seconds of the first packet counted
     last_activity_s: float
-    exit_time_s: float  # epoch seconds when the garbage collector saw it gone
+    exit_time_s: float  # epoch seconds when the process exited (or was seen gone)
     counters: tuple[int, ...]
+    cgroup: str = ""  # cgroup v2 path as read while the process lived, "" if unknown
+    unit: str = ""  # systemd unit the cgroup path names, "" if none
+    container: str = ""  # "runtime:id", "pod:UID", or "" (cgroups.placement_labels)
 
 
 class TaskInfo:
@@ -70,6 +74,9 @@ class TaskInfo:
         "command",
         "cmdline",
         "uid",
+        "cgroup",
+        "unit",
+        "container",
         "counters",
         "first_activity_s",
         "last_activity_s",
@@ -85,6 +92,7 @@ class TaskInfo:
         command: str,
         cmdline: str = "",
         uid: int = -1,
+        cgroup: str = "",
     ) -> None:
         self.tgid = tgid
         self.start_time_ticks = start_time_ticks
@@ -92,6 +100,8 @@ class TaskInfo:
         self.command = command
         self.cmdline = cmdline
         self.uid = uid
+        self.cgroup = cgroup
+        self.unit, self.container = placement_labels(cgroup)
         self.counters = [0] * COUNTER_COUNT
         self.first_activity_s = 0.0
         self.last_activity_s = 0.0
@@ -151,17 +161,24 @@ class TaskInfo:
         ]
 
     def finished(self, exit_time_s: float) -> ExitedTask:
-        """This task's exit-list record (a snapshot; ``TaskRegistry.finish`` finishes it)."""
+        """This task's exit-list record (a snapshot; ``TaskRegistry.finish`` finishes it).
+
+        Packets counted after the exit (the kernel told it first) were its
+        before it ended: the activity times are at most the exit time.
+        """
         return ExitedTask(
             self.tgid,
             self.btime,
             self.command,
             self.cmdline,
             self.uid,
-            self.first_activity_s,
-            self.last_activity_s,
+            min(self.first_activity_s, exit_time_s),
+            min(self.last_activity_s, exit_time_s),
             exit_time_s,
             tuple(self.counters),
+            self.cgroup,
+            self.unit,
+            self.container,
         )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..client import NetPerTask
 from ..protocol import COUNTER_NAMES
 from ..tasks import ExitedTask, Kind, TaskRow
+from ..users import UserNames
 from .format import (
     Column,
     Record,
@@ -28,7 +29,6 @@ from .format import (
     format_count,
     format_text,
     format_time,
-    format_user,
 )
 
 
@@ -60,6 +60,10 @@ class TaskCounts:
     last_activity: float | None = None
     exit_time: float | None = None
     total_bytes: int = 0
+    user: str | None = None  # the user name of uid (users.UserNames), None if uid unknown
+    unit: str | None = None  # systemd unit (cgroups.placement_labels), None if none or unknown
+    container: str | None = None  # "runtime:id" or "pod:UID", None if none or unknown
+    cgroup: str | None = None  # cgroup v2 path, None if unknown
 
     def record(self, fields: Sequence[str] | None = None) -> Record:
         """The fields (TASK_FIELDS unless given) by name, as JSON and CSV print them."""
@@ -79,6 +83,10 @@ EXITED_FIELDS: tuple[str, ...] = (
     "first_activity",
     "last_activity",
     "exit_time",
+    "user",
+    "unit",
+    "container",
+    "cgroup",
 )
 BYTE_COUNTERS = tuple(name for name in COUNTER_NAMES if name.endswith("bytes"))
 PACKET_COUNTERS = tuple(name for name in COUNTER_NAMES if name.endswith("packs"))
@@ -87,6 +95,10 @@ PACKET_COUNTERS = tuple(name for name in COUNTER_NAMES if name.endswith("packs")
 def _counter_fields(counters: Iterable[float]) -> dict[str, Any]:
     """Keyword arguments of TaskCounts for the eight counters in COUNTER_NAMES order."""
     return dict(zip(COUNTER_NAMES, counters, strict=True))
+
+
+# uid -> user name, cached for the life of the command (top asks again and again).
+USER_NAMES = UserNames()
 
 
 def from_reply(record: NetPerTask, kind: Kind = Kind.PROCESS) -> TaskCounts:
@@ -117,6 +129,10 @@ def from_history(task: ExitedTask) -> TaskCounts:
         first_activity=task.first_activity_s or None,
         last_activity=task.last_activity_s or None,
         exit_time=task.exit_time_s,
+        user=USER_NAMES.name(task.uid) if task.uid >= 0 else None,
+        unit=task.unit or None,
+        container=task.container or None,
+        cgroup=task.cgroup or None,
     )
 
 
@@ -242,6 +258,10 @@ HEADERS: dict[str, str] = {
     "rcvbytes": "RCVD",
     "total_bytes": "TOTAL",
     "uid": "USER",
+    "user": "USER",
+    "unit": "UNIT",
+    "container": "CONTAINER",
+    "cgroup": "CGROUP",
     "cmdline": "CMDLINE",
     "first_activity": "FIRST",
     "last_activity": "LAST",
@@ -251,7 +271,7 @@ HEADERS: dict[str, str] = {
 }
 # Fields holding a moment (epoch seconds in JSON and CSV, local ISO 8601 in tables).
 TIME_FIELDS = frozenset({"btime", "first_activity", "last_activity", "exit_time", "hour_start"})
-TEXT_FIELDS = frozenset({"command", "cmdline", "kind"})
+TEXT_FIELDS = frozenset({"command", "cmdline", "kind", "user", "unit", "container", "cgroup"})
 
 
 def header(field: str) -> str:
@@ -267,7 +287,7 @@ def cell_text(field: str, value: object) -> str:
         if field in TIME_FIELDS:
             return format_time(value)
         if field == "uid":
-            return format_user(int(value))
+            return USER_NAMES.name(int(value))
         if field.endswith("bytes"):
             return format_bytes(value)
         if field.endswith("packs"):

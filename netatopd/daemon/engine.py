@@ -12,6 +12,10 @@ taken out (``Locality.split``), the rest charged to its flows
 (``FlowTable.charge``), then new flows' owners are looked up and counters
 settled into tasks.  Nothing here runs per packet.
 
+The proc connector's events (fork, exec, exit; ``open_process_events``)
+come through ``on_process_events`` (the loop polls their socket): identities
+go to the ``IdentityBook``, a task's process exiting finishes it at once.
+
 Time comes from a ``Clock`` (wall and monotonic), passed in so tests can
 drive it.
 """
@@ -19,6 +23,7 @@ drive it.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import time
@@ -33,12 +38,16 @@ from ..ebpf import EbpfUnavailable, KernelOwnership
 from ..exitlist import ExitJournal, ExitList
 from ..flows import FlowTable
 from ..history import HistoryWriter, StoreError
+from ..history.writer import SampleEntry
 from ..locality import open_locality
 from ..metrics import MetricsBook, parse_group_by
 from ..metrics.catalogue import health_figures
+from ..netlink.connector import ProcessEvents, ProcEventKind
 from ..netlink.sockdiag import SockDiag
+from ..netlink.socket import NetlinkError
 from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..ownership.cookies import CookieResolver
+from ..ownership.identities import IdentityBook
 from ..ownership.namespaces import NamespaceSockets, sockets_elsewhere
 from ..parse import Reject
 from ..procfs import ProcError, ProcFS
@@ -62,6 +71,10 @@ REAP_INTERVAL_S = 0.25
 REAP_TASKS_MAX = 256  # about 16 us each: at most about 17 ms of CPU a second
 RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval this long
 SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
+# tests: pretend the proc connector refused (the daemon polls /proc instead).
+SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
+IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
+INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,34 @@ def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwner
         log.warning("eBPF ownership helper not loaded (%s); owners come from /proc", err.reason)
         return None, f"/proc and sock_diag: eBPF helper not loaded: {err.reason}"
     return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
+
+
+def open_process_events(netns_path: str = INITIAL_NETNS_PATH) -> tuple[ProcessEvents | None, str]:
+    """The proc connector subscription, or None; and the source STATUS names.
+
+    The kernel answers only in the initial network namespace: a daemon in
+    another one (refused with ECONNREFUSED) opens the socket in ``netns_path``
+    (--process-events-netns).  Without it, processes are known from the /proc
+    sweeps (polling), and STATUS says why.
+    """
+    try:
+        if os.environ.get(SIMULATE_CONNECTOR_FAILURE_ENV) == "1":
+            simulated = f"simulated ({SIMULATE_CONNECTOR_FAILURE_ENV}=1)"
+            raise NetlinkError(errno.ECONNREFUSED, simulated)
+        try:
+            return ProcessEvents(), "proc connector"
+        except NetlinkError as err:
+            if err.errno != errno.ECONNREFUSED or not netns_path:
+                raise
+        try:
+            return ProcessEvents(netns_path=netns_path), "proc connector"
+        except (NetlinkError, OSError) as err:
+            raise NetlinkError(
+                getattr(err, "errno", None) or errno.EIO, f"in {netns_path}: {err}"
+            ) from err
+    except (NetlinkError, OSError) as err:
+        log.warning("proc connector not available (%s): processes are polled in /proc", err)
+        return None, f"polling /proc: proc connector: {err}"
 
 
 class Engine:
@@ -167,8 +208,20 @@ class Engine:
         self.exit_list = ExitList(lifetime_s=options.exit_lifetime_s)
         self.journal = ExitJournal()
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
+        # Identities at fork and exec, exits as they happen (the proc connector).
+        self.identities = IdentityBook(self.procfs.proc_root, self.procfs.btime)
+        self.process_events, self.process_events_source = open_process_events(
+            getattr(options, "process_events_netns", INITIAL_NETNS_PATH)
+        )
+        self.process_events_resyncs = 0
+        self.last_identity_expiry_s = clock.monotonic()
         self.registry = TaskRegistry(
-            self.tasks, self.procfs, self.exit_list, self.journal, clock=clock.wall
+            self.tasks,
+            self.procfs,
+            self.exit_list,
+            self.journal,
+            clock=clock.wall,
+            identities=self.identities,
         )
         self.resolver: Resolver
         if self.namespaces is not None:
@@ -303,6 +356,46 @@ class Engine:
         self.last_packet_monotonic_s = self.clock.monotonic()
         return True
 
+    def on_process_events(self) -> None:
+        """The proc connector has events: identities learnt, exited tasks finished now.
+
+        Before a task is finished, what the capture holds is counted (its last
+        packets are its).  After lost events, /proc is read again (resync).
+        """
+        events_source = self.process_events
+        if events_source is None:
+            return
+        try:
+            events = events_source.read()
+        except NetlinkError as err:
+            self.errors += 1
+            log.error("process events: %s", err)
+            return
+        tasks = self.tasks.by_tgid
+        if any(e.kind == ProcEventKind.EXIT and e.is_process and e.tgid in tasks for e in events):
+            if not self.drain_capture():
+                now_s = self.clock.wall()
+                self.resolver.resolve(now_s)
+                self.resolver.settle(now_s)
+        self.registry.process_events(events)
+        if events_source.take_resync():
+            self.resync_processes()
+
+    def resync_processes(self) -> None:
+        """Process events were lost: finish the tasks that are gone, learn every process."""
+        self.process_events_resyncs += 1
+        now_s = self.clock.wall()
+        self.registry.sweep(now_s)
+        identities = self.identities
+        try:
+            pids = self.procfs.pids()
+        except ProcError as err:
+            log.warning("resync after lost process events: %s", err)
+            return
+        for pid in pids[: identities.max_entries]:
+            if pid not in identities.known:
+                identities.learn(pid)
+
     def seconds_until_drain(self) -> float:
         """How long the event loop may sleep before the kernel path's next drain (pcap: 1 s)."""
         if self.kernel_capture is None:
@@ -344,6 +437,10 @@ class Engine:
         if not resolved or self.flows.dirty or self.flows.new:
             self.resolver.settle(now_s)
             self.resolver.resolve(now_s)
+        self.registry.finish_ended(now_s)
+        if self.clock.monotonic() - self.last_identity_expiry_s >= IDENTITY_EXPIRY_INTERVAL_S:
+            self.last_identity_expiry_s = self.clock.monotonic()
+            self.identities.expire()
         runs_before = self.sweeper.runs
         if self.sweeper.due():
             self.sweeper.run(now_s)
@@ -365,7 +462,7 @@ class Engine:
             self.history.add_samples(
                 now_s,
                 self.options.sample_interval_s,
-                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+                self._sample_entries(),
             )
         # Publish every interval while anything is counted, else once a second
         # (a heartbeat: readers tell a live daemon from a dead one by the update time).
@@ -431,6 +528,13 @@ class Engine:
                 figures[name] = value
         return figures
 
+    def _sample_entries(self) -> list[SampleEntry]:
+        """Every running process for a history sample: row, uid and where it runs."""
+        return [
+            (task.row(), task.uid, task.cgroup, task.unit, task.container)
+            for task in self.tasks.by_tgid.values()
+        ]
+
     def _last_counts(self) -> None:
         """Count, resolve, finish and sample everything once more (close)."""
         if self.capture.lanes:
@@ -445,7 +549,7 @@ class Engine:
             history.add_samples(
                 now_s,
                 now_s - last_s if last_s is not None else self.options.sample_interval_s,
-                [(task.row(), task.uid) for task in self.tasks.by_tgid.values()],
+                self._sample_entries(),
             )
 
     def table_figures(self) -> dict[str, int]:
@@ -476,6 +580,8 @@ class Engine:
                 self.namespaces.close()
             self.sockdiag.close()
             self.locality.close()
+            if self.process_events is not None:
+                self.process_events.close()
 
 
 NAMESPACES_ELSEWHERE_INTERVAL_S = 5.0  # the libpcap path's count is taken at most this often

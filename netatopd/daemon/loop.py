@@ -9,6 +9,8 @@ housekeeping that is due, lets the control server finish waiting requests
 and has both servers close clients whose time is up (the loop wakes at least
 once a second).  SIGTERM and SIGINT stop the loop, SIGHUP reloads the
 interface facts; signals are noted by the handler and acted on in the loop.
+The proc connector's socket (fork, exec, exit) is in the selector too: its
+events go to ``Engine.on_process_events`` as they come.
 With ``--capture kernel`` there is no capture descriptor: the select timeout
 is also bounded by the next drain of the kernel counter
 (``Engine.seconds_until_drain``), the loop's timer.
@@ -71,6 +73,10 @@ class EventLoop:
         addresses_fd = engine.locality.fileno()
         if addresses_fd is not None:
             self.selector.register(addresses_fd, selectors.EVENT_READ, self._on_local_table)
+        if engine.process_events is not None:
+            self.selector.register(
+                engine.process_events.fileno(), selectors.EVENT_READ, self._on_process_events
+            )
         server.register(self.selector)
         if atop is not None:
             atop.register(self.selector)
@@ -85,6 +91,10 @@ class EventLoop:
         except NetlinkError as err:
             self.engine.errors += 1
             log.error("local addresses: %s", err)
+
+    def _on_process_events(self, mask: int) -> None:
+        """The proc connector has fork, exec or exit events (Engine.on_process_events)."""
+        self.engine.on_process_events()
 
     def _watch_capture(self, watch: bool) -> None:
         for fd in self.capture_fds:

@@ -19,6 +19,8 @@ from ..tasks import ExitedTask
 from .timeparse import finite_seconds
 
 INT64_MAX = (1 << 63) - 1  # SQLite INTEGER; counters are u64 but never get near this
+# Where a process ran (schema version 4), after the counters; NULL when unknown.
+PLACE_COLUMNS = ("cgroup", "unit", "container")
 
 _COUNTER_COLUMNS = ", ".join(COUNTER_NAMES)
 _EXITED_COLUMNS = (
@@ -31,12 +33,23 @@ _EXITED_COLUMNS = (
     "last_activity",
     "exit_time",
     *COUNTER_NAMES,
+    *PLACE_COLUMNS,
 )
-_SAMPLES_COLUMNS = ("time", "interval_s", "tgid", "btime", "command", "uid", *COUNTER_NAMES)
+_SAMPLES_COLUMNS = (
+    "time",
+    "interval_s",
+    "tgid",
+    "btime",
+    "command",
+    "uid",
+    *COUNTER_NAMES,
+    *PLACE_COLUMNS,
+)
 
 # A row as bound to EXITED_INSERT / SAMPLES_INSERT, in the column order above.
 # ExitedRow: tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time,
-# then the counters.  SampleRow: time, interval_s, tgid, btime, command, uid, the deltas.
+# then the counters, cgroup, unit, container.  SampleRow: time, interval_s, tgid, btime,
+# command, uid, the deltas, cgroup, unit, container.
 ExitedRow = tuple[object, ...]
 SampleRow = tuple[object, ...]
 
@@ -69,6 +82,7 @@ EXITED_INSERT = _json_upsert(
         "last_activity = coalesce(excluded.last_activity, last_activity)",
         "exit_time = excluded.exit_time",
         *(f"{name} = excluded.{name}" for name in COUNTER_NAMES),
+        *(f"{name} = coalesce(excluded.{name}, {name})" for name in PLACE_COLUMNS),
     ],
 )
 SAMPLES_INSERT = _json_upsert(
@@ -80,11 +94,12 @@ SAMPLES_INSERT = _json_upsert(
         "command = excluded.command",
         "uid = excluded.uid",
         *(f"{name} = excluded.{name}" for name in COUNTER_NAMES),
+        *(f"{name} = excluded.{name}" for name in PLACE_COLUMNS),
     ],
 )
 EXITED_SELECT = (
     "SELECT tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time,"
-    f" {_COUNTER_COLUMNS} FROM exited"
+    f" {_COUNTER_COLUMNS}, {', '.join(PLACE_COLUMNS)} FROM exited"
 )
 
 
@@ -129,7 +144,13 @@ def exited_row(task: ExitedTask) -> ExitedRow:
         finite_seconds(task.last_activity_s) if task.last_activity_s > 0 else None,
         finite_seconds(task.exit_time_s),
         *clamp_counters(task.counters),
+        *place_values(task.cgroup, task.unit, task.container),
     )
+
+
+def place_values(cgroup: str, unit: str, container: str) -> tuple[str | None, ...]:
+    """cgroup, unit, container as stored: "" (unknown, or none) becomes NULL."""
+    return tuple(clean_text(v) if v else None for v in (cgroup, unit, container))
 
 
 def exited_task(row: Iterable[object]) -> ExitedTask:
@@ -145,5 +166,8 @@ def exited_task(row: Iterable[object]) -> ExitedTask:
         first_activity_s=float(first) if first is not None else 0.0,  # type: ignore[arg-type]
         last_activity_s=float(last) if last is not None else 0.0,  # type: ignore[arg-type]
         exit_time_s=float(exit_time),  # type: ignore[arg-type]
-        counters=tuple(int(v) for v in values[8:]),  # type: ignore[call-overload]
+        counters=tuple(int(v) for v in values[8:16]),  # type: ignore[call-overload]
+        cgroup=str(values[16] or "") if len(values) > 16 else "",
+        unit=str(values[17] or "") if len(values) > 17 else "",
+        container=str(values[18] or "") if len(values) > 18 else "",
     )

@@ -45,6 +45,7 @@ from .rows import (
     clamp_counters,
     clean_text,
     exited_row,
+    place_values,
 )
 from .schema import StoreError, open_checked, running_sums
 from .timeparse import finite_seconds
@@ -64,10 +65,14 @@ EXITED_FLUSH_S = 1.0  # finished processes are committed at most this long after
 SECONDS_PER_DAY = 86400.0
 
 
+# A running process in a sample: (row, uid), or (row, uid, cgroup, unit, container).
+SampleEntry = tuple[TaskRow, int] | tuple[TaskRow, int, str, str, str]
+
+
 class _SampleBatch(NamedTuple):
     time_s: float
     interval_s: float
-    rows: list[tuple[TaskRow, int]]
+    rows: list[SampleEntry]
 
 
 class _Previous(NamedTuple):
@@ -278,16 +283,15 @@ class HistoryWriter:
             self._incoming_exits += len(accepted)
             self._stats["dropped"] += len(batch) - len(accepted)
 
-    def add_samples(
-        self, time_s: float, interval_s: float, rows: Iterable[tuple[TaskRow, int]]
-    ) -> None:
-        """Queue one sample of running processes: (row, uid) with cumulative counters.
+    def add_samples(self, time_s: float, interval_s: float, rows: Iterable[SampleEntry]) -> None:
+        """Queue one sample of running processes: (row, uid) with cumulative counters,
+        or (row, uid, cgroup, unit, container).
 
         Ignored when sampling is disabled.  Threads (Kind.THREAD) are left out.
         """
         if self.sample_interval_s is None:
             return
-        batch = [(row, uid) for row, uid in rows if row.kind == Kind.PROCESS]
+        batch = [entry for entry in rows if entry[0].kind == Kind.PROCESS]
         self._last_sample_added_s = time_s
         self._admit([_SampleBatch(float(time_s), float(interval_s), batch)], len(batch))
 
@@ -451,6 +455,7 @@ class HistoryWriter:
             clean_text(task.command),
             int(task.uid) if task.uid >= 0 else None,
             *delta,
+            *place_values(task.cgroup, task.unit, task.container),
         )
 
     def _add_sample_rows(self, batch: _SampleBatch) -> int:
@@ -460,11 +465,12 @@ class HistoryWriter:
         self._sample_number += 1
         number = self._sample_number
         rejected = 0
-        for task, uid in batch.rows:
+        for task, uid, *where in batch.rows:
             try:
                 key = (int(task.tgid), int(task.btime))
                 counters = clamp_counters(task.counters)
                 row_tail = (clean_text(task.command), int(uid) if uid >= 0 else None)
+                place = place_values(*where) if where else (None, None, None)
             except (TypeError, ValueError, OverflowError) as err:
                 rejected += 1
                 log.warning("%s: sample row refused: %s (%r)", self.path, err, task)
@@ -484,6 +490,7 @@ class HistoryWriter:
                     key[1],
                     *row_tail,
                     *delta,
+                    *place,
                 )
         self._last_sample_time_s = time_s
         # Forget bases of processes missing from several samples (their exit never came).

@@ -132,24 +132,28 @@ class MetricsBook:
         self.other_base = [0] * COUNTER_COUNT  # groups dropped from 'other' leave theirs here
         self.series_overflow = 0
         self.last_publish_s: float | None = None  # monotonic
-        self._keys: dict[tuple[str, int], Key] = {}
+        self._keys: dict[tuple[str, int, str, str], Key] = {}
         self.snapshot = MetricsSnapshot(
             group_by, (), (), EMPTY_FIGURES, self.caps, 0, started_s, started_s
         )
 
     # -- groups --------------------------------------------------------------------------
 
-    def key_of(self, command: str, uid: int) -> Key:
-        """A process's group: its label values in --metrics-group-by order."""
-        key = self._keys.get((command, uid))
+    def key_of(self, command: str, uid: int, unit: str = "", container: str = "") -> Key:
+        """A process's group: its label values in --metrics-group-by order.
+
+        unit and container are "" for a process whose cgroup names none.
+        """
+        cache_key = (command, uid, unit, container)
+        key = self._keys.get(cache_key)
         if key is None:
-            values = {"command": command}
+            values = {"command": command, "unit": unit, "container": container}
             if "user" in self.group_by:
                 values["user"] = self.user_name(uid)
             key = tuple(values[name] for name in self.group_by)
             if len(self._keys) >= KEY_CACHE_MAX:
                 self._keys.clear()
-            self._keys[(command, uid)] = key
+            self._keys[cache_key] = key
         return key
 
     def _group(self, key: Key, now_s: float) -> _Group:
@@ -168,7 +172,8 @@ class MetricsBook:
 
     def process_finished(self, exited: ExitedTask) -> None:
         """A process finished (an ExitList listener): its final counters join its group."""
-        group = self._group(self.key_of(exited.command, exited.uid), self._now_hint())
+        key = self.key_of(exited.command, exited.uid, exited.unit, exited.container)
+        group = self._group(key, self._now_hint())
         finished = group.finished
         for index, value in enumerate(exited.counters):
             finished[index] += value
@@ -198,7 +203,9 @@ class MetricsBook:
         live: dict[Key, list[int]] = {}
         key_of = self.key_of
         for task in tasks:
-            key = key_of(task.command, task.uid)
+            key = key_of(
+                task.command, task.uid, getattr(task, "unit", ""), getattr(task, "container", "")
+            )
             sums = live.get(key)
             counters = task.counters
             if sums is None:

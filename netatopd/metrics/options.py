@@ -6,8 +6,9 @@ Pure: imported by config.py (to refuse bad values at start-up and in
 
 from __future__ import annotations
 
-GROUP_LABELS = ("command", "user")  # what a process's identity carries today
-LATER_LABELS = ("unit", "container")  # in the design, not in process identity yet
+# What a process's identity carries: unit and container come from its cgroup path
+# (cgroups.placement_labels; "" when the path names none).
+GROUP_LABELS = ("command", "user", "unit", "container")
 
 
 def parse_group_by(text: str) -> tuple[str, ...]:
@@ -16,11 +17,6 @@ def parse_group_by(text: str) -> tuple[str, ...]:
     if not names:
         raise ValueError("metrics-group-by: name at least one of " + ", ".join(GROUP_LABELS))
     for name in names:
-        if name in LATER_LABELS:
-            raise ValueError(
-                f"metrics-group-by: {name} is not available yet (process identity does not"
-                f" carry it); choose from {', '.join(GROUP_LABELS)}"
-            )
         if name not in GROUP_LABELS:
             raise ValueError(
                 f"metrics-group-by: unknown group {name!r}; choose from {', '.join(GROUP_LABELS)}"

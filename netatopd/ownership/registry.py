@@ -19,9 +19,17 @@ Also owns ``restored``: the counters of processes that were running when the
 daemon last stopped, read back from the history at start; a task made for
 one of them (same tgid and btime) continues from them instead of zero.
 
+With an ``IdentityBook`` (identities.py) a task takes the identity read at
+the process's fork or exec (command line, uid, cgroup, and so unit and
+container), also for a process already gone when its packets are attributed;
+``process_events`` applies the proc connector's events (identities learnt,
+a task finished at its exit with the kernel's exit time) and
+``finish_ended`` finishes tasks made for processes that had already ended.
+
 Called by ``Resolver`` (``task``, ``task_named_by_kernel``), ``Sweeper``
 (``sweep``) and the daemon, which builds it with the exit list and journal,
-calls ``reap`` between sweeps and ``sweep`` once more when it stops.
+calls ``reap`` between sweeps, ``process_events`` as events come,
+``finish_ended`` at each housekeeping and ``sweep`` once more when it stops.
 """
 
 from __future__ import annotations
@@ -30,11 +38,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 
+from ..cgroups import placement_labels
 from ..exitlist import ExitJournal, ExitList
+from ..netlink.connector import ProcessEvent, ProcEventKind, wall_time_s
 from ..procfs import ProcAccessDenied, ProcessGone, ProcFS, same_process
 from ..tasks import COUNTER_COUNT, TaskInfo, TaskTable
+from .identities import IdentityBook, Known
 
 REMEMBER_FINISHED_MAX = 65_536  # finished tgids remembered (kernel records arrive late)
+EXIT_SLACK_S = 0.01  # clock conversions (monotonic -> wall) differ by this much at most
 
 
 class TaskRegistry:
@@ -47,12 +59,18 @@ class TaskRegistry:
         exit_list: ExitList,
         journal: ExitJournal | None = None,
         clock: Callable[[], float] = time.time,
+        identities: IdentityBook | None = None,
     ) -> None:
         self.tasks = tasks
         self.procfs = procfs
         self.exit_list = exit_list
         self.journal = journal  # None: no atop socket reads finished processes
         self.clock = clock  # epoch seconds: exit times
+        # Identities read at fork and exec (the proc connector); None: polling only.
+        self.identities = identities
+        self.identity_unknown = 0  # tasks made with no identity known (btime stands in)
+        # tgid -> exit time of tasks made for processes that had already ended.
+        self._ended: dict[int, float] = {}
         self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
         # The counters of every process finished so far, summed (the balance's
         # finished processes, also those no longer on the exit list).
@@ -80,11 +98,17 @@ class TaskRegistry:
             if same_process(stat, task.start_time_ticks):
                 return task
             self.finish([task], self.clock())
-        try:
-            cmdline = self.procfs.cmdline(pid)
-            uid = self.procfs.uid(pid)
-        except (ProcessGone, ProcAccessDenied):
-            cmdline, uid = "", -1
+        known = self._known(pid, stat.start_time_ticks)
+        if known is not None:
+            identity = known.identity
+            cmdline, uid, cgroup = identity.cmdline, identity.uid, identity.cgroup
+        else:
+            try:
+                cmdline = self.procfs.cmdline(pid)
+                uid = self.procfs.uid(pid)
+            except (ProcessGone, ProcAccessDenied):
+                cmdline, uid = "", -1
+            cgroup = ""
         task = TaskInfo(
             pid,
             stat.start_time_ticks,
@@ -92,6 +116,7 @@ class TaskRegistry:
             stat.comm,
             cmdline,
             uid,
+            cgroup,
         )
         if not self.tasks.admit(task):
             return None
@@ -130,8 +155,100 @@ class TaskRegistry:
             return None
         seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
         seen_ticks = seen_ns * self.procfs.clock_ticks_per_s // 1_000_000_000  # since boot
+        known = self.identities.get(tgid) if self.identities is not None else None
+        if known is not None and (
+            known.identity.start_time_ticks > seen_ticks + 1  # born after: another process
+            or (known.exited_s and known.exited_s < wall_time_s(seen_ns) - EXIT_SLACK_S)
+        ):
+            known = None  # the pid's earlier or later holder, not the one the kernel saw
+        if known is not None:
+            # Born (and maybe ended) before we looked: who it was, read at fork and exec.
+            identity = known.identity
+            task = TaskInfo(
+                tgid,
+                identity.start_time_ticks,
+                known.btime,
+                identity.comm or comm,
+                identity.cmdline,
+                identity.uid,
+                identity.cgroup,
+            )
+            if not self.tasks.admit(task):
+                return None
+            if known.exited_s:
+                self._ended[tgid] = known.exited_s  # finished once its packets are in
+            return task
+        self.identity_unknown += 1
         task = TaskInfo(tgid, -1, self.procfs.btime(seen_ticks), comm)
         return task if self.tasks.admit(task) else None
+
+    def _known(self, pid: int, start_time_ticks: int) -> Known | None:
+        """Process (pid, start time) read now (it may have changed cgroup), else as known."""
+        book = self.identities
+        if book is None:
+            return None
+        for known in (book.learn(pid), book.get(pid)):
+            if known is not None and known.identity.start_time_ticks == start_time_ticks:
+                return known
+        return None
+
+    def process_events(self, events: list[ProcessEvent]) -> list[TaskInfo]:
+        """Fork, exec and exit as the proc connector told them; returns the tasks finished.
+
+        A fork or exec of a process reads its identity (it may live a
+        millisecond); an exit of a process (pid == tgid) finishes its task at
+        once, with the exit time the kernel gave.
+        """
+        book = self.identities
+        if book is None:
+            return []
+        ended: list[TaskInfo] = []
+        exit_times: dict[int, float] = {}
+        for event in events:
+            kind = event.kind
+            if kind == ProcEventKind.EXIT:
+                if not event.is_process:
+                    continue
+                exit_s = wall_time_s(event.timestamp_ns)
+                known = book.exited(event.tgid, exit_s)
+                task = self.tasks.get(event.tgid)
+                if task is None or task.tgid in exit_times:
+                    continue
+                if known is None or task.start_time_ticks in (
+                    -1,
+                    known.identity.start_time_ticks,
+                ):
+                    ended.append(task)
+                    exit_times[task.tgid] = exit_s
+            elif kind == ProcEventKind.FORK:
+                if event.is_process:
+                    book.learn(event.tgid)
+            elif kind in (ProcEventKind.EXEC, ProcEventKind.COMM, ProcEventKind.UID):
+                book.learn(event.tgid)
+                task = self.tasks.get(event.tgid)
+                known = book.get(event.tgid)
+                if (
+                    task is not None
+                    and known is not None
+                    and known.identity.start_time_ticks == task.start_time_ticks
+                ):
+                    identity = known.identity
+                    task.command = identity.comm or task.command
+                    task.cmdline, task.uid = identity.cmdline, identity.uid
+                    if identity.cgroup != task.cgroup:
+                        task.cgroup = identity.cgroup
+                        task.unit, task.container = placement_labels(identity.cgroup)
+        self.finish(ended, self.clock(), exit_times)
+        return ended
+
+    def finish_ended(self, now_s: float) -> list[TaskInfo]:
+        """Finish the tasks made for processes that had already ended (their packets are in)."""
+        if not self._ended:
+            return []
+        exit_times, self._ended = self._ended, {}
+        tasks = [task for tgid in exit_times if (task := self.tasks.get(tgid)) is not None]
+        self.finish(tasks, now_s, exit_times)
+        return tasks
 
     def reap(self, now_s: float, limit: int) -> list[TaskInfo]:
         """Finish the processes that are gone, looking at most limit tasks (round robin).
@@ -186,16 +303,32 @@ class TaskRegistry:
         self.finish(finished, now_s)
         return finished
 
-    def finish(self, tasks: list[TaskInfo], now_s: float) -> None:
-        """These processes finished: out of the table, onto the exit list and the journal."""
+    def finish(
+        self, tasks: list[TaskInfo], now_s: float, exit_times: Mapping[int, float] | None = None
+    ) -> None:
+        """These processes finished: out of the table, onto the exit list and the journal.
+
+        exit_times: tgid -> exit time (epoch seconds) where the kernel told it;
+        else the identity book's, else now.
+        """
         if not tasks:
             return
+        book = self.identities
         for task in tasks:
             task.exited = True
             self.finished[task.tgid] = None
             self.finished.move_to_end(task.tgid)
             self.tasks.remove(task)
-            exited = task.finished(self.clock())
+            exit_s = exit_times.get(task.tgid) if exit_times else None
+            if exit_s is None and book is not None:
+                known = book.get(task.tgid)
+                if (
+                    known is not None
+                    and known.exited_s
+                    and known.identity.start_time_ticks == task.start_time_ticks
+                ):
+                    exit_s = known.exited_s
+            exited = task.finished(exit_s if exit_s is not None else self.clock())
             for index, value in enumerate(exited.counters):
                 self.finished_counters[index] += value
             self.exit_list.add(exited)

@@ -32,11 +32,12 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from netatopd.cli import commands, sources
-from netatopd.cli.format import format_bytes, format_count
+from netatopd.cli.format import format_bytes, format_count, format_user
 from netatopd.cli.rows import (
     EXITED_FIELDS,
     HEADERS,
     TASK_FIELDS,
+    USER_NAMES,
     SortKey,
     TaskCounts,
     from_history,
@@ -48,6 +49,7 @@ from netatopd.cli.top import rate_rows, top_frame
 from netatopd.client import NetPerTask
 from netatopd.history import open_db
 from netatopd.protocol import (
+    COUNTER_NAMES,
     REPLY,
     REPLY_MAGIC,
     REQUEST,
@@ -57,6 +59,16 @@ from netatopd.protocol import (
 )
 from netatopd.table import TableReader, TableWriter, table_path
 from netatopd.tasks import ExitedTask, Kind, TaskRow
+
+# Rows with the columns of schema version 1 (the later ones stay NULL).
+_V1_EXITED = "tgid, btime, command, cmdline, uid, first_activity, last_activity, exit_time"
+EXITED_INSERT_V1 = (
+    f"INSERT INTO exited ({_V1_EXITED}, {', '.join(COUNTER_NAMES)}) VALUES ({', '.join('?' * 16)})"
+)
+SAMPLES_INSERT_V1 = (
+    f"INSERT INTO samples (time, interval_s, tgid, btime, command, uid, {', '.join(COUNTER_NAMES)})"
+    f" VALUES ({', '.join('?' * 14)})"
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MAN_PAGE = REPO / "man" / "netatop.1"
@@ -202,7 +214,21 @@ def test_one_row_from_every_source() -> None:
         "first_activity": None,
         "last_activity": None,
         "exit_time": T0 + 60.5,
+        "user": None,
+        "unit": None,
+        "container": None,
+        "cgroup": None,
     }
+    placed = from_history(
+        finished._replace(uid=0, cgroup=f"/system.slice/docker-{'c' * 64}.scope")._replace(
+            unit=f"docker-{'c' * 64}.scope", container=f"docker:{'c' * 64}"
+        )
+    ).record(EXITED_FIELDS)
+    assert (placed["user"], placed["unit"], placed["container"]) == (
+        "root",
+        f"docker-{'c' * 64}.scope",
+        f"docker:{'c' * 64}",
+    )
     thread = from_table(TaskRow(Kind.THREAD, 101, 100, 1000, "nginx", counters, 0.0))
     assert (thread.pid, thread.tgid, thread.record()["kind"]) == (101, 100, "thread")
 
@@ -780,7 +806,7 @@ def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = tmp_path / "history.db"
     conn = open_db(str(path))
     with conn:
-        conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED_ROWS)
+        conn.executemany(EXITED_INSERT_V1, EXITED_ROWS)
     conn.close()
     try:
         yield path
@@ -816,7 +842,17 @@ def exited_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "first_activity": first,
         "last_activity": last,
         "exit_time": exit_time,
+        "user": format_user(uid) if uid is not None else None,
+        "unit": None,  # rows of schema version 1: where the process ran is unknown
+        "container": None,
+        "cgroup": None,
     }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_user_names() -> None:
+    """Each test looks its user names up afresh (some replace the passwd database)."""
+    USER_NAMES.clear()
 
 
 def test_exited_since_reads_sqlite(history: Path) -> None:
@@ -849,8 +885,8 @@ def test_exited_since_human_and_csv(history: Path, users: None) -> None:
     assert as_csv.stdout.splitlines() == [
         "pid,tgid,kind,btime,command,tcpsndpacks,tcpsndbytes,tcprcvpacks,tcprcvbytes,"
         "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes,cmdline,uid,first_activity,"
-        "last_activity,exit_time",
-        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0}",
+        "last_activity,exit_time,user,unit,container,cgroup",
+        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0},,,,",
     ]
 
 
@@ -1284,7 +1320,7 @@ IPERF_SAMPLES = [
 def test_report_order_and_pid_name_the_sender(history: Path) -> None:
     conn = open_db(str(history))
     with conn:
-        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", IPERF_SAMPLES)
+        conn.executemany(SAMPLES_INSERT_V1, IPERF_SAMPLES)
     conn.close()
 
     def first(*options: str) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from netatopd.capture.pcap import CaptureStats
 from netatopd.config import resolve
 from netatopd.counting import count_packets
 from netatopd.daemon.answers import Answers
-from netatopd.daemon.engine import IDLE_WAKE_S, Clock, Engine
+from netatopd.daemon.engine import IDLE_WAKE_S, SIMULATE_CONNECTOR_FAILURE_ENV, Clock, Engine
 from netatopd.locality import Locality
+from netatopd.netlink.connector import ProcessEvent, ProcEventKind
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
 from netatopd.table import STATUS_FIELDS
 from netatopd.tasks import TaskInfo
@@ -65,7 +67,10 @@ def fake_time() -> FakeTime:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, fake_time: FakeTime) -> Iterator[Engine]:
+def engine(
+    tmp_path: Path, fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Engine]:
+    monkeypatch.setenv(SIMULATE_CONNECTOR_FAILURE_ENV, "1")  # unit tests: no kernel events
     options: argparse.Namespace = resolve(
         [
             "--run-dir",
@@ -166,6 +171,13 @@ STATUS_ORDER_PROC = [
     "capture_path",
     "namespaces_uncovered",
     "namespaces_uncovered_inodes",
+    # The proc connector refused (simulated): polling, so no connector figures.
+    "process_events",
+    "process_events_resyncs",
+    "identities_read",
+    "identities_known",
+    "identity_unreadable",
+    "identity_unknown",
 ]
 
 
@@ -178,6 +190,7 @@ def test_status_without_the_stages_that_are_off(engine: Engine, fake_time: FakeT
     status = Answers(engine).status()
     assert status["uptime_s"] == 90.25  # from the engine's clock
     assert status["ownership"] == "proc"
+    assert status["process_events"].startswith("polling /proc: proc connector: ")
     assert status["history"] == "disabled (--no-history)"
     assert status["capture_lanes"] == 3 and status["capture_hold_ms"] == 0
     assert status["owner_latency_samples"] == 0 and "owner_latency_ms_p50" not in status
@@ -257,3 +270,52 @@ def test_the_balance_holds_through_owners_finish_and_the_exit_list(engine: Engin
     assert [
         figures[f"balance_{n}"] for n in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
     ] == [0] * 4
+
+
+class FakeProcessEvents:
+    """The proc connector as the engine reads it: queued events, then a resync flag."""
+
+    def __init__(self, events: list[ProcessEvent], resync: bool) -> None:
+        self.queued = events
+        self.resync = resync
+        self.events = len(events)  # the STATUS figures of ProcessEvents
+        self.lost_events = 7
+        self.overflows = 1
+
+    def read(self) -> list[ProcessEvent]:
+        events, self.queued = self.queued, []
+        return events
+
+    def take_resync(self) -> bool:
+        wanted, self.resync = self.resync, False
+        return wanted
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_exit_event_finishes_the_task_now_and_lost_events_resync(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drained: list[bool] = []  # the capture is read before the task is finished
+
+    def drain_capture() -> bool:
+        drained.append(engine.tasks.get(gone_pid) is not None)
+        return False
+
+    monkeypatch.setattr(engine, "drain_capture", drain_capture)
+    gone_pid = 4_000_000  # above pid_max: no such process
+    task = TaskInfo(gone_pid, -1, 1_700_000_000, "ghost")
+    engine.tasks.admit(task)
+    exit_ns = time.monotonic_ns() - 3_000_000_000  # three seconds ago
+    exit_event = ProcessEvent(ProcEventKind.EXIT, gone_pid, gone_pid, 1, 1, exit_ns, 0, 0, 0, "", 0)
+    engine.process_events = FakeProcessEvents([exit_event], resync=True)  # type: ignore[assignment]
+    engine.on_process_events()
+    assert drained == [True]
+    assert task.exited and engine.tasks.get(gone_pid) is None
+    (exited,) = engine.exit_list.snapshot()
+    assert 2.9 < time.time() - exited.exit_time_s < 3.1  # the kernel's time, not now
+    assert engine.process_events_resyncs == 1
+    assert len(engine.identities) > 0  # every running process read again
+    status = Answers(engine).status()
+    assert (status["process_events_resyncs"], status["process_events_lost"]) == (1, 7)

@@ -58,8 +58,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         # Local traffic or forwarded: a batch's rows against the local table and conntrack.
         ("locality", ("counting", "parse", "wire", "netlink")),
         # Per-process state.
-        ("tasks", ("protocol", "defaults")),
-        ("exitlist", ("tasks", "protocol", "defaults")),
+        ("tasks", ("cgroups", "protocol", "defaults")),
+        ("exitlist", ("tasks", "cgroups", "protocol", "defaults")),
         # Which process owns each flow.
         (
             "ownership",
@@ -73,20 +73,34 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
                 "ebpf",
                 "libc",
                 "tasks",
+                "cgroups",
                 "exitlist",
                 "protocol",
                 "defaults",
             ),
         ),
         # Readers and publishers.
-        ("table", ("status", "tasks", "procfs", "libc", "wire", "protocol", "rundir", "defaults")),
-        ("history", ("tasks", "protocol", "defaults")),
-        ("server", ("exitlist", "tasks", "protocol", "rundir", "defaults")),
+        (
+            "table",
+            (
+                "status",
+                "tasks",
+                "cgroups",
+                "procfs",
+                "libc",
+                "wire",
+                "protocol",
+                "rundir",
+                "defaults",
+            ),
+        ),
+        ("history", ("tasks", "cgroups", "protocol", "defaults")),
+        ("server", ("exitlist", "tasks", "cgroups", "protocol", "rundir", "defaults")),
         ("client", ("protocol", "defaults")),
         # Per-group counters for Prometheus, built from finished and running tasks.
-        ("metrics", ("status", "tasks", "protocol", "defaults")),
+        ("metrics", ("status", "tasks", "cgroups", "protocol", "defaults")),
         # The options: their defaults, and the metrics options' meaning.
-        ("config", ("metrics", "tasks", "protocol", "defaults")),
+        ("config", ("metrics", "tasks", "cgroups", "protocol", "defaults")),
         (
             "cli",
             (
@@ -96,6 +110,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = tuple(
                 "history",
                 "status",
                 "tasks",
+                "cgroups",
+                "users",
                 "procfs",
                 "libc",
                 "wire",

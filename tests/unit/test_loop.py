@@ -52,6 +52,7 @@ class FakeEngine:
         self.errors = 0
         self.timeout_s = 0.01
         self.passes = 0
+        self.process_events = None  # polling: no proc connector socket
 
     def drain_capture(self) -> bool:
         return False

@@ -70,10 +70,15 @@ def test_group_by_accepts_command_and_user() -> None:
     assert parse_group_by(" user ") == ("user",)
 
 
-@pytest.mark.parametrize("name", ["unit", "container"])
-def test_group_by_unit_and_container_are_not_available_yet(name: str) -> None:
-    with pytest.raises(ValueError, match=f"{name} is not available yet"):
-        parse_group_by(f"command,{name}")
+def test_group_by_unit_and_container_from_the_cgroup() -> None:
+    assert parse_group_by("unit,container") == ("unit", "container")
+    book = MetricsBook(("container", "unit"), started_s=0.0)
+    docker = f"docker:{'d' * 64}"
+    assert book.key_of("nginx", 0, f"docker-{'d' * 64}.scope", docker) == (
+        docker,
+        f"docker-{'d' * 64}.scope",
+    )
+    assert book.key_of("sshd", 0, "ssh.service", "") == ("", "ssh.service")
 
 
 @pytest.mark.parametrize(
@@ -93,8 +98,8 @@ def test_listen_address_forms() -> None:
 
 
 def test_config_refuses_bad_metrics_options() -> None:
-    with pytest.raises(ConfigError, match="container is not available yet"):
-        resolve(["--metrics-group-by", "container"], environ={})
+    with pytest.raises(ConfigError, match="unknown group 'pod'"):
+        resolve(["--metrics-group-by", "pod"], environ={})
     with pytest.raises(ConfigError, match="is not ADDR:PORT"):
         resolve(["--metrics-listen", "localhost"], environ={})
     options = resolve([], environ={})

@@ -16,6 +16,7 @@ import apsw
 import pytest
 
 from netatopd.history import StoreError, list_reports, open_db, parse_time, run_report
+from netatopd.protocol import COUNTER_NAMES
 
 T0 = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp())  # 1795737600
 assert T0 == 1795737600
@@ -177,13 +178,24 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     time.tzset()
 
 
+# The columns of schema version 1 (the known rows below fill those).
+SAMPLES_INSERT = (
+    f"INSERT INTO samples (time, interval_s, tgid, btime, command, uid, {', '.join(COUNTER_NAMES)})"
+    f" VALUES ({', '.join('?' * 14)})"
+)
+EXITED_INSERT = (
+    "INSERT INTO exited (tgid, btime, command, cmdline, uid, first_activity, last_activity,"
+    f" exit_time, {', '.join(COUNTER_NAMES)}) VALUES ({', '.join('?' * 16)})"
+)
+
+
 @pytest.fixture
 def history(tmp_path: Path) -> apsw.Connection:
     path = str(tmp_path / "known.db")
     conn = open_db(path)
     with conn:
-        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", SAMPLES)
-        conn.executemany(f"INSERT INTO exited VALUES ({', '.join('?' * 16)})", EXITED)
+        conn.executemany(SAMPLES_INSERT, SAMPLES)
+        conn.executemany(EXITED_INSERT, EXITED)
     conn.close()
     return open_db(path, readonly=True)
 
@@ -244,7 +256,7 @@ def test_top_processes_tie_goes_to_the_sender(tmp_path: Path, order: str | None,
     """Equal totals: more bytes sent wins, whatever the pids (the receiver's is lower)."""
     conn = open_db(str(tmp_path / "iperf.db"))
     with conn:
-        conn.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 14)})", IPERF_SAMPLES)
+        conn.executemany(SAMPLES_INSERT, IPERF_SAMPLES)
     columns, rows = run_report(conn, "top-processes", {"limit": 1, "order": order})
     assert (columns[0], [row[0] for row in rows]) == ("pid", [pid])
     conn.close()

@@ -84,7 +84,10 @@ def exited(tgid: int, counters: tuple[int, ...], **fields: object) -> ExitedTask
 
 
 def table(conn: apsw.Connection, name: str) -> list[tuple[object, ...]]:
-    return [tuple(r) for r in conn.execute(f"SELECT * FROM {name} ORDER BY 1, 2, 3")]
+    """The rows of exited or samples: the columns of versions 1-3 (PLACE_COLUMNS apart)."""
+    columns = {"exited": EXITED_COLUMNS, "samples": SAMPLES_COLUMNS}.get(name)
+    selected = ", ".join(columns) if columns else "*"
+    return [tuple(r) for r in conn.execute(f"SELECT {selected} FROM {name} ORDER BY 1, 2, 3")]
 
 
 def writer(path: Path, **options: object) -> history.HistoryWriter:
@@ -99,14 +102,15 @@ def writer(path: Path, **options: object) -> history.HistoryWriter:
 def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "netatop.db"
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
-    assert history.latest_schema_version() == 3
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 4
+    assert history.latest_schema_version() == 4
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchall()[0][0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchall()[0][0] == 5000
     assert conn.execute("PRAGMA synchronous").fetchall()[0][0] == 1  # NORMAL
-    assert [r[1] for r in conn.execute("PRAGMA table_info(exited)")] == EXITED_COLUMNS
-    assert [r[1] for r in conn.execute("PRAGMA table_info(samples)")] == SAMPLES_COLUMNS
+    place = ["cgroup", "unit", "container"]  # version 4
+    assert [r[1] for r in conn.execute("PRAGMA table_info(exited)")] == [*EXITED_COLUMNS, *place]
+    assert [r[1] for r in conn.execute("PRAGMA table_info(samples)")] == [*SAMPLES_COLUMNS, *place]
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE sql IS NOT NULL")}
     assert {"exited", "samples", "exited_exit_time", "exited_totals", "sample_totals"} <= names
     assert "samples_process" in names  # version 3
@@ -165,7 +169,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     old.close()
 
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 4
     assert table(conn, "exited") == [
         (42, 1700000000, "wget", "wget x", 0, 1.5, 2.5, 3.5, 1, 2, 3, 4, 5, 6, 7, 8)
     ]
@@ -182,7 +186,7 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     conn.close()
     # Opening again changes nothing.
     conn = history.open_db(str(path))
-    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
+    assert conn.execute("PRAGMA user_version").fetchall()[0][0] == 4
     conn.close()
 
 
@@ -190,7 +194,7 @@ def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     history.open_db(str(path)).close()
     conn = apsw.Connection(str(path))
-    conn.execute("PRAGMA user_version = 4")
+    conn.execute("PRAGMA user_version = 5")
     conn.close()
     with pytest.raises(history.StoreError, match="newer than this netatop"):
         history.open_db(str(path))

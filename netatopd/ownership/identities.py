@@ -1,0 +1,123 @@
+"""Who each process is, learnt when it is born and kept a while after it has gone.
+
+Owns ``IdentityBook``: pid -> ``Known`` (the identity read from /proc at
+fork and again at exec, its btime, and the exit time once the process has
+ended), bounded, oldest first out, and forgotten ``grace_s`` after the exit.
+A process that lived a millisecond and whose packets are attributed later
+(by the kernel's record of it) is still known: btime, command line, uid and
+cgroup come from here instead of placeholders.
+
+Fed by the daemon's engine with the proc connector's events
+(netlink.connector.ProcessEvents) through ``TaskRegistry.process_events``;
+read by ``TaskRegistry`` when it makes a task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..procfs import Identity, ProcError, read_identity
+
+IDENTITIES_MAX = 65_536  # processes remembered (an entry is a few hundred bytes)
+EXITED_GRACE_S = 60.0  # how long a process is remembered after its exit
+
+
+@dataclass(slots=True)
+class Known:
+    """One process as read while it lived."""
+
+    identity: Identity
+    btime: int  # epoch seconds of its start (ProcFS.btime of the start time)
+    exited_s: float = 0.0  # epoch seconds of its exit, 0.0 while it runs
+    exited_monotonic_s: float = 0.0
+
+
+class IdentityBook:
+    """Identities of processes by pid, read at fork and exec; bounded."""
+
+    def __init__(
+        self,
+        proc_root: str,
+        btime_of: Callable[[int], int],
+        *,
+        max_entries: int = IDENTITIES_MAX,
+        grace_s: float = EXITED_GRACE_S,
+        monotonic: Callable[[], float] = time.monotonic,
+        reader: Callable[[int, str], Identity] = read_identity,
+    ) -> None:
+        self.proc_root = proc_root
+        self.btime_of = btime_of
+        self.max_entries = max_entries
+        self.grace_s = grace_s
+        self.monotonic = monotonic
+        self.reader = reader
+        self.known: OrderedDict[int, Known] = OrderedDict()
+        self.learnt = 0  # identities read
+        self.unreadable = 0  # processes whose identity could not be read (gone, denied)
+        self.dropped = 0  # entries pushed out by the cap before their grace ended
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    def learn(self, pid: int) -> Known | None:
+        """Read process ``pid``'s identity now (fork, exec); None if it could not be read.
+
+        An unreadable identity leaves what was known (the fork's copy) in place.
+        """
+        try:
+            identity = self.reader(pid, self.proc_root)
+        except ProcError:
+            self.unreadable += 1
+            return None
+        self.learnt += 1
+        before = self.known.get(pid)
+        if (
+            not identity.cmdline
+            and before is not None
+            and before.identity.start_time_ticks == identity.start_time_ticks
+        ):
+            # A zombie shows no command line: the one read while it ran stands.
+            identity = identity._replace(cmdline=before.identity.cmdline)
+        known = Known(identity, self.btime_of(identity.start_time_ticks))
+        if (
+            before is not None
+            and before.exited_s
+            and before.identity.start_time_ticks == identity.start_time_ticks
+        ):
+            known.exited_s, known.exited_monotonic_s = before.exited_s, before.exited_monotonic_s
+        self.known[pid] = known
+        self.known.move_to_end(pid)
+        while len(self.known) > self.max_entries:
+            _pid, old = self.known.popitem(last=False)
+            if not old.exited_s:
+                self.dropped += 1
+        return known
+
+    def get(self, pid: int) -> Known | None:
+        return self.known.get(pid)
+
+    def exited(self, pid: int, exit_s: float) -> Known | None:
+        """Process ``pid`` ended at ``exit_s`` (epoch seconds); its entry, if known."""
+        known = self.known.get(pid)
+        if known is not None and not known.exited_s:
+            known.exited_s = exit_s
+            known.exited_monotonic_s = self.monotonic()
+        return known
+
+    def forget(self, pid: int) -> None:
+        self.known.pop(pid, None)
+
+    def expire(self) -> int:
+        """Forget the processes that ended more than grace_s ago; how many."""
+        limit = self.monotonic() - self.grace_s
+        gone = [
+            pid
+            for pid, known in self.known.items()
+            if known.exited_s and known.exited_monotonic_s < limit
+        ]
+        for pid in gone:
+            del self.known[pid]
+        return len(gone)
