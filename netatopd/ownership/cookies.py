@@ -20,6 +20,19 @@ ours), so only ``_resolve`` and the flow identity are overridden; the
 4-tuple-only routes (the eBPF helper's records, the UDP port recheck) are
 not used for cookie flows because a 4-tuple does not say which namespace it
 is in.
+
+Bounded work for sockets nothing will own.  The programs count the whole
+machine, so many sockets have no process to find: the kernel's own control
+sockets (TIME_WAIT ACKs, resets), sockets whose process ended before the
+first drain, sockets held by no readable process.  Retrying those until the
+unowned limit (and dropping the flow, so the next packet starts it all
+again) was most of the daemon's CPU on a busy host.  Here a socket flow
+gives up after ``GIVE_UP_LOOKUPS`` lookups (about 1.3 s of retries, the
+search among recent processes for a closed socket only in the first
+``ENDPOINT_SEARCH_LOOKUPS`` of them) and at once when its socket is gone
+from its (known) namespace and no process is found holding it: its
+counters, then and later, are unidentified (the written-off rule) without
+further lookups, until the flow goes idle and the sweep drops it.
 """
 
 from __future__ import annotations
@@ -39,6 +52,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE_SCAN_MAX_PIDS = 64  # a missed holder is looked for in namespaces this small
 SOCKET_GONE_IDLE_S = 2.0  # a cookie flow this idle whose socket is gone is dropped
+ENDPOINT_SEARCH_LOOKUPS = 4  # a closed socket's holder is searched for in this many lookups
+GIVE_UP_LOOKUPS = 8  # a socket flow still without owner after this many lookups is given up
 
 
 class CookieResolver(Resolver):
@@ -62,6 +77,7 @@ class CookieResolver(Resolver):
         )
         self.namespaces = namespaces
         self.cookie_finds = 0  # owners found through a namespace's sock_diag dump
+        self.given_up = 0  # socket flows given up (no owner to find): unidentified
 
     def resolve(self, now_s: float, everything: bool = False) -> None:
         self.namespaces.new_pass()
@@ -102,6 +118,12 @@ class CookieResolver(Resolver):
             task = self._remembered_owner(flow, now_s) or self._search_endpoints(flow, now_s)
             if task is not None:
                 self._assign(flow, task, now_s, final=True)
+            elif (
+                sock is None and flow.netns_cookie in self.namespaces.by_cookie
+            ) or flow.lookups >= ENDPOINT_SEARCH_LOOKUPS:
+                # Gone from its namespace (or closed and no process found holding it
+                # in the searches): no owner will come.
+                self._give_up(flow)
             else:
                 self._retry(flow, now_s)
             return
@@ -118,11 +140,11 @@ class CookieResolver(Resolver):
                     pid = self.inodes.holder(sock.inode)
         if pid is None:
             self.misses += 1
-            self._retry(flow, now_s)
+            self._retry_or_give_up(flow, now_s)
             return
         task = self.registry.task(pid)
         if task is None:
-            self._retry(flow, now_s)
+            self._retry_or_give_up(flow, now_s)
             return
         flow.uid = sock.uid
         if task.uid < 0:
@@ -133,6 +155,31 @@ class CookieResolver(Resolver):
         self.inode_flows.setdefault(sock.inode, []).append(flow)
         self.cookie_finds += 1
         self._assign(flow, task, now_s, final=True)
+
+    def _search_endpoints(self, flow: Flow, now_s: float) -> TaskInfo | None:
+        """Only in a socket flow's first lookups: each search refreshes /proc."""
+        if isinstance(flow, CookieFlow) and flow.lookups > ENDPOINT_SEARCH_LOOKUPS:
+            return None
+        return super()._search_endpoints(flow, now_s)
+
+    def _retry_or_give_up(self, flow: CookieFlow, now_s: float) -> None:
+        if flow.lookups >= GIVE_UP_LOOKUPS:
+            self._give_up(flow)
+        else:
+            self._retry(flow, now_s)
+
+    def _give_up(self, flow: CookieFlow) -> None:
+        """No owner will be found: the flow's counters, now and later, are unidentified.
+
+        The flow stays in the table (ORPHANED: ``settle`` writes off what it
+        counts next, no lookups) so a busy ownerless socket costs one lookup
+        round, not one every unowned limit; the sweep drops it when idle.
+        """
+        self.flows.write_off(flow)
+        flow.state = FlowState.ORPHANED
+        self.given_up += 1
+        self.unowned_written_off += 1
+        log.debug("%s: no owner found, given up", flow.describe())
 
     def _endpoint_matches(self, endpoint: SocketEndpoint, flow: Flow) -> bool:
         """A cookie flow's socket is the one with its cookie (any namespace: cookies are
