@@ -27,10 +27,9 @@ sockets (TIME_WAIT ACKs, resets), sockets whose process ended before the
 first drain, sockets held by no readable process.  Retrying those until the
 unowned limit (and dropping the flow, so the next packet starts it all
 again) was most of the daemon's CPU on a busy host.  Here a socket flow
-gives up after ``GIVE_UP_LOOKUPS`` lookups (about 1.3 s of retries, the
-search among recent processes for a closed socket only in the first
-``ENDPOINT_SEARCH_LOOKUPS`` of them) and at once when its socket is gone
-from its (known) namespace and no process is found holding it: its
+gives up after ``GIVE_UP_LOOKUPS`` lookups (about 1.3 s of retries), and
+after ``ENDPOINT_SEARCH_LOOKUPS`` (about 0.15 s) when its socket is gone or
+closed and the searches among recent processes found no holder: its
 counters, then and later, are unidentified (the written-off rule) without
 further lookups, until the flow goes idle and the sweep drops it.
 """
@@ -52,7 +51,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE_SCAN_MAX_PIDS = 64  # a missed holder is looked for in namespaces this small
 SOCKET_GONE_IDLE_S = 2.0  # a cookie flow this idle whose socket is gone is dropped
-ENDPOINT_SEARCH_LOOKUPS = 4  # a closed socket's holder is searched for in this many lookups
+ENDPOINT_SEARCH_LOOKUPS = 5  # a closed socket's holder is searched for in this many lookups
 GIVE_UP_LOOKUPS = 8  # a socket flow still without owner after this many lookups is given up
 
 
@@ -118,11 +117,9 @@ class CookieResolver(Resolver):
             task = self._remembered_owner(flow, now_s) or self._search_endpoints(flow, now_s)
             if task is not None:
                 self._assign(flow, task, now_s, final=True)
-            elif (
-                sock is None and flow.netns_cookie in self.namespaces.by_cookie
-            ) or flow.lookups >= ENDPOINT_SEARCH_LOOKUPS:
-                # Gone from its namespace (or closed and no process found holding it
-                # in the searches): no owner will come.
+            elif flow.lookups >= ENDPOINT_SEARCH_LOOKUPS:
+                # Gone (or closed) and no process found holding it in the searches:
+                # no owner will come.
                 self._give_up(flow)
             else:
                 self._retry(flow, now_s)

@@ -39,7 +39,14 @@ from netatopd.ebpf import loaded_object_ids
 from netatopd.ebpf.skbcount import find_cgroup2_root
 from netatopd.ebpf.syscalls import AttachType, prog_query
 
-from harness import UDP4_OVERHEAD, UDP6_OVERHEAD, Actor, Daemon, fix_tcp_header_sizes
+from harness import (
+    UDP4_OVERHEAD,
+    UDP6_OVERHEAD,
+    Actor,
+    Daemon,
+    attributed_packets,
+    fix_tcp_header_sizes,
+)
 from test_daemon import ZERO_TCP, ZERO_UDP, expected_tcp, run_tcp
 
 pytestmark = pytest.mark.privileged
@@ -269,6 +276,92 @@ def test_same_four_tuple_in_two_namespaces_is_two_flows(
         for server, client, _ in pairs:
             server.finish()
             client.finish()
+
+
+SHORT_LIVED = 30
+
+
+def test_short_lived_processes_in_a_container_are_exact(
+    make_netns: Any, kernel_daemon: Any
+) -> None:
+    """30 processes of about 100 ms each in c1, one connection each: every child's
+    exit record equals its connection's TCP_INFO segments (out + in), exactly."""
+    c1, _, _ = containers(make_netns)
+    d = kernel_daemon()
+    server = Actor(
+        c1, "tcp_echo_server", addr="127.0.0.1", connections=SHORT_LIVED, message_bytes=100
+    )
+    clients = Actor(
+        c1,
+        "short_lived_clients",
+        addr="127.0.0.1",
+        port=server.port,
+        count=SHORT_LIVED,
+        message_bytes=100,
+        lifetime_ms=100,
+    )
+    try:
+        children = clients.read(timeout_s=60)["children"]
+        assert server.read()["served"] == SHORT_LIVED
+        d.sync()
+        attributed, truth, per_child = attributed_packets(d, children)
+        assert [got for _, got in per_child] == [segments for segments, _ in per_child]
+        assert attributed == truth
+        balance(d)
+    finally:
+        server.finish()
+        clients.finish()
+
+
+def test_forked_child_in_a_container_gets_its_traffic(make_netns: Any, kernel_daemon: Any) -> None:
+    """In c1 the parent accepts and forks; the child serves.  Ground truth: the
+    child's TCP_INFO at fork and at the end; the parent keeps the handshake (the
+    listener's SYN-ACK, SYN and final ACK: see the module docstring)."""
+    c1, _, _ = containers(make_netns)
+    d = kernel_daemon("--rescan-interval-ms", "100")
+    server = Actor(
+        c1, "tcp_server", addr="127.0.0.1", rounds=10, request_bytes=300, reply_bytes=300, fork=True
+    )
+    client = Actor(
+        c1,
+        "tcp_client",
+        addr="127.0.0.1",
+        port=server.port,
+        rounds=10,
+        request_bytes=300,
+        reply_bytes=300,
+        wait_go=True,
+    )
+    try:
+        forked = {**server.read(), **server.read()}  # parent and child: either order
+        child_pid = forked["child"]
+        assert forked["forked"] == child_pid
+        at_fork = forked["at_fork"]
+        time.sleep(0.6)  # the daemon notices the new process (it rescans when processes appear)
+        server.tell("go")
+        client.tell("go")
+        assert client.read()["done"] and server.read()["done"]
+        time.sleep(0.2)
+        server.tell("measure")
+        client.tell("measure")
+        end, client_info = server.read(), client.read()
+        d.sync()
+        child = d.counters(child_pid)
+        segs_out = end["segs_out"] - at_fork["segs_out"]
+        segs_in = end["segs_in"] - at_fork["segs_in"]
+        assert child["tcpsndpacks"] == segs_out
+        assert child["tcprcvpacks"] == segs_in
+        assert child["tcpsndbytes"] == segs_out * 58 + end["bytes_sent"]
+        assert child["tcprcvbytes"] == segs_in * 58 + end["bytes_received"]
+        parent = d.counters(server.pid)
+        assert parent["tcpsndpacks"] == at_fork["segs_out"] + 1  # the SYN-ACK
+        assert parent["tcprcvpacks"] == at_fork["segs_in"]  # the SYN and the handshake's ACK
+        assert d.counters(client.pid) == {**expected_tcp(client_info), **ZERO_UDP}
+        balance(d)
+    finally:
+        client.finish()
+        server.tell("exit")
+        server.finish()
 
 
 def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon: Any) -> None:
