@@ -41,17 +41,24 @@ import logging
 from ..flows import CookieFlow, Flow, FlowState, FlowTable
 from ..netlink.sockdiag import SockDiag
 from ..parse import PROTO_TCP
-from ..procfs import SocketEndpoint
+from ..procfs import ProcAccessDenied, ProcessGone, SocketEndpoint, socket_endpoints
 from ..tasks import TaskInfo
-from .namespaces import NamespaceSockets, pids_in
+from .namespaces import NamespaceSockets, pids_by_namespace
 from .registry import TaskRegistry
-from .resolver import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT, Resolver
+from .resolver import (
+    ENDPOINT_CACHE_MAX,
+    ENDPOINT_SEARCH_FOR_S,
+    RESCAN_INTERVAL_S_DEFAULT,
+    UNOWNED_LIMIT_S_DEFAULT,
+    Resolver,
+)
 
 log = logging.getLogger(__name__)
 
 NAMESPACE_SCAN_MAX_PIDS = 64  # a missed holder is looked for in namespaces this small
 SOCKET_GONE_IDLE_S = 2.0  # a cookie flow this idle whose socket is gone is dropped
 ENDPOINT_SEARCH_LOOKUPS = 5  # a closed socket's holder is searched for in this many lookups
+SCANNED_NAMESPACES_MAX = 4096
 GIVE_UP_LOOKUPS = 8  # a socket flow still without owner after this many lookups is given up
 
 
@@ -77,6 +84,12 @@ class CookieResolver(Resolver):
         self.namespaces = namespaces
         self.cookie_finds = 0  # owners found through a namespace's sock_diag dump
         self.given_up = 0  # socket flows given up (no owner to find): unidentified
+        # Namespace rescans of this resolve pass: nsfs inode -> generation scanned, and
+        # the pass's one walk of /proc (nsfs inode -> pids).
+        self._scanned: dict[int, int] = {}
+        self._pids: dict[int, list[int]] = {}
+        self._pids_generation = -1
+        self._holders: dict[int, dict[int, int]] = {}  # this pass: nsfs inode -> cookie -> pid
 
     def resolve(self, now_s: float, everything: bool = False) -> None:
         self.namespaces.new_pass()
@@ -126,15 +139,7 @@ class CookieResolver(Resolver):
             return
         pid = self._holder(sock.inode)
         if pid is None:
-            # The holder is in the socket's namespace: look at its processes now rather
-            # than wait for the budgeted refreshes to reach them (they cover the host).
-            # A namespace of many processes (the host's) is left to those refreshes.
-            namespace = self.namespaces.by_cookie.get(flow.netns_cookie)
-            if namespace is not None:
-                pids = pids_in(namespace.inode, self.namespaces.proc_root)
-                if len(pids) <= NAMESPACE_SCAN_MAX_PIDS:
-                    self.inodes.scan_pids(pids)
-                    pid = self.inodes.holder(sock.inode)
+            pid = self._namespace_holder(flow, sock.inode)
         if pid is None:
             self.misses += 1
             self._retry_or_give_up(flow, now_s)
@@ -153,11 +158,95 @@ class CookieResolver(Resolver):
         self.cookie_finds += 1
         self._assign(flow, task, now_s, final=True)
 
-    def _search_endpoints(self, flow: Flow, now_s: float) -> TaskInfo | None:
-        """Only in a socket flow's first lookups: each search refreshes /proc."""
-        if isinstance(flow, CookieFlow) and flow.lookups > ENDPOINT_SEARCH_LOOKUPS:
+    def _namespace_holder(self, flow: CookieFlow, inode: int) -> int | None:
+        """The holder of a socket inode among the processes of the flow's namespace.
+
+        The holder is in the socket's namespace: its processes are looked at now
+        rather than when the budgeted refreshes (they cover the host) reach them.
+        A namespace of many processes (the host's) is left to those refreshes.
+        At most once a resolve pass per namespace, with one walk of /proc a pass
+        for all of them: the flows of one namespace share the rescan.
+        """
+        namespaces = self.namespaces
+        namespace = namespaces.by_cookie.get(flow.netns_cookie)
+        if namespace is None:
             return None
-        return super()._search_endpoints(flow, now_s)
+        generation = namespaces.generation
+        if self._scanned.get(namespace.inode) == generation:
+            return None  # scanned this pass: the index knows what the scan found
+        pids = self._namespace_pids(namespace.inode)
+        self._scanned[namespace.inode] = generation
+        if len(pids) > NAMESPACE_SCAN_MAX_PIDS:
+            return None
+        self.inodes.scan_pids(pids)
+        return self.inodes.holder(inode)
+
+    def _search_endpoints(self, flow: Flow, now_s: float) -> TaskInfo | None:
+        """The process holding a socket sock_diag no longer reports, by its cookie.
+
+        Only in a socket flow's first lookups.  In a namespace of few processes,
+        those processes' sockets are named once a pass (each socket once: cached
+        by inode) into cookie -> pid, which every flow of the namespace then
+        reads; elsewhere (the host's namespace) the search among the processes
+        started recently, as for the libpcap path.
+        """
+        if not isinstance(flow, CookieFlow):
+            return super()._search_endpoints(flow, now_s)
+        if flow.lookups > ENDPOINT_SEARCH_LOOKUPS:
+            return None
+        if now_s - flow.first_seen_s > ENDPOINT_SEARCH_FOR_S or not flow.snd_packs:
+            return None  # only a socket that sent can have been closed by a live process
+        namespace = self.namespaces.by_cookie.get(flow.netns_cookie)
+        if namespace is None:
+            return super()._search_endpoints(flow, now_s)
+        pids = self._namespace_pids(namespace.inode)
+        if len(pids) > NAMESPACE_SCAN_MAX_PIDS:
+            return super()._search_endpoints(flow, now_s)
+        holders = self._cookie_holders(namespace.inode, pids)
+        pid = holders.get(flow.cookie)
+        if pid is None:
+            return None
+        task = self.registry.task(pid)
+        if task is not None:
+            self.endpoint_finds += 1
+        return task
+
+    def _namespace_pids(self, namespace_inode: int) -> list[int]:
+        """The pids of a namespace, from this pass's one walk of /proc."""
+        generation = self.namespaces.generation
+        if self._pids_generation != generation:
+            self._pids = pids_by_namespace(self.namespaces.proc_root)
+            self._pids_generation = generation
+            if len(self._scanned) > SCANNED_NAMESPACES_MAX:
+                self._scanned.clear()
+            self._holders.clear()
+        return self._pids.get(namespace_inode, [])
+
+    def _cookie_holders(self, namespace_inode: int, pids: list[int]) -> dict[int, int]:
+        """socket cookie -> pid over the sockets the namespace's processes hold, once a pass."""
+        holders = self._holders.get(namespace_inode)
+        if holders is not None:
+            return holders
+        holders = {}
+        procfs = self.procfs
+        endpoints = self.endpoints
+        for pid in sorted(pids):  # the newest (highest) pid last: it wins a shared socket
+            try:
+                descriptors = procfs.socket_inodes(pid)
+                unknown = {i: fd for i, fd in descriptors.items() if i not in endpoints}
+                named = socket_endpoints(pid, unknown) if unknown else {}
+            except (ProcessGone, ProcAccessDenied):
+                continue
+            for inode in unknown:
+                endpoints[inode] = named.get(inode)
+            for inode in descriptors:
+                endpoint = endpoints.get(inode)
+                if endpoint is not None:
+                    holders[endpoint.cookie] = pid
+        while len(endpoints) > ENDPOINT_CACHE_MAX:
+            endpoints.popitem(last=False)
+        self._holders[namespace_inode] = holders
+        return holders
 
     def _retry_or_give_up(self, flow: CookieFlow, now_s: float) -> None:
         if flow.lookups >= GIVE_UP_LOOKUPS:

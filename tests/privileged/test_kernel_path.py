@@ -278,14 +278,21 @@ def test_same_four_tuple_in_two_namespaces_is_two_flows(
             client.finish()
 
 
-SHORT_LIVED = 30
+SHORT_LIVED = 20
+SHORT_LIFETIME_MS = 250  # a busy 2-core machine can hold the daemon off for 100 ms
 
 
 def test_short_lived_processes_in_a_container_are_exact(
     make_netns: Any, kernel_daemon: Any
 ) -> None:
-    """30 processes of about 100 ms each in c1, one connection each: every child's
-    exit record equals its connection's TCP_INFO segments (out + in), exactly."""
+    """20 processes of about 250 ms each in c1, one connection each: every child's
+    exit record equals its connection's TCP_INFO segments (out + in), exactly.
+
+    The connection is over (TIME_WAIT) before the first drain sees it; the child
+    still holds the closed socket and is found by the socket's cookie among the
+    namespace's processes.  A process that ends before the daemon looked (about
+    10 ms, more when the machine holds the daemon off) cannot be found: 250 ms
+    keeps this exact on the shared test machine."""
     c1, _, _ = containers(make_netns)
     d = kernel_daemon()
     server = Actor(
@@ -298,7 +305,7 @@ def test_short_lived_processes_in_a_container_are_exact(
         port=server.port,
         count=SHORT_LIVED,
         message_bytes=100,
-        lifetime_ms=100,
+        lifetime_ms=SHORT_LIFETIME_MS,
     )
     try:
         children = clients.read(timeout_s=60)["children"]
