@@ -29,6 +29,7 @@ machine's traffic, so it is read when two readings agree.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -369,6 +370,45 @@ def test_forked_child_in_a_container_gets_its_traffic(make_netns: Any, kernel_da
         client.finish()
         server.tell("exit")
         server.finish()
+
+
+CLOSED_AT_ONCE = """
+import socket, time
+receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+receiver.bind(("127.0.0.1", 0))
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(10):
+    sender.sendto(b"g" * 20, receiver.getsockname())
+for _ in range(10):
+    receiver.recv(64)
+sender.close()
+receiver.close()
+time.sleep(1.0)
+"""
+GIVE_UP_WAIT_S = 3.0
+
+
+def test_sockets_nothing_owns_are_given_up_promptly(make_netns: Any, kernel_daemon: Any) -> None:
+    """Two sockets closed right after their traffic (their process lives on without
+    them): no process can be found holding them, so their flows are given up
+    within a few lookups (about 0.15 s), not after the 60 s unowned limit, and
+    their packets are unidentified.  (The daemon counts the whole machine:
+    other sockets may be given up too, so the figures are lower bounds.)"""
+    c1, _, _ = containers(make_netns)
+    d = kernel_daemon()
+    before = d.status()
+    c1.run(sys.executable, "-c", CLOSED_AT_ONCE)
+    deadline = time.monotonic() + GIVE_UP_WAIT_S
+    while True:
+        d.sync()
+        status = d.status()
+        if status["flows_written_off"] - before["flows_written_off"] >= 2:
+            break
+        assert time.monotonic() < deadline, "no socket flow given up"
+        time.sleep(0.1)
+    assert status["udp_sent_unidentified"] - before["udp_sent_unidentified"] >= 10
+    assert status["udp_received_unidentified"] - before["udp_received_unidentified"] >= 10
+    balance(d)
 
 
 def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon: Any) -> None:
