@@ -84,9 +84,9 @@ class CookieResolver(Resolver):
         self.namespaces = namespaces
         self.cookie_finds = 0  # owners found through a namespace's sock_diag dump
         self.given_up = 0  # socket flows given up (no owner to find): unidentified
-        # Namespace rescans of this resolve pass: nsfs inode -> generation scanned, and
+        # Namespace rescans: nsfs inode -> (generation scanned, few processes), and
         # the pass's one walk of /proc (nsfs inode -> pids).
-        self._scanned: dict[int, int] = {}
+        self._scanned: dict[int, tuple[int, bool]] = {}
         self._pids: dict[int, list[int]] = {}
         self._pids_generation = -1
         self._holders: dict[int, dict[int, int]] = {}  # this pass: nsfs inode -> cookie -> pid
@@ -137,9 +137,12 @@ class CookieResolver(Resolver):
             else:
                 self._retry(flow, now_s)
             return
-        pid = self._holder(sock.inode)
+        pid = self.inodes.holder(sock.inode)
         if pid is None:
-            pid = self._namespace_holder(flow, sock.inode)
+            pid, scanned = self._namespace_holder(flow, sock.inode)
+            if pid is None and not scanned:
+                # The host's namespace (or one not entered): the budgeted refreshes.
+                pid = self._holder(sock.inode)
         if pid is None:
             self.misses += 1
             self._retry_or_give_up(flow, now_s)
@@ -158,28 +161,32 @@ class CookieResolver(Resolver):
         self.cookie_finds += 1
         self._assign(flow, task, now_s, final=True)
 
-    def _namespace_holder(self, flow: CookieFlow, inode: int) -> int | None:
-        """The holder of a socket inode among the processes of the flow's namespace.
+    def _namespace_holder(self, flow: CookieFlow, inode: int) -> tuple[int | None, bool]:
+        """(holder, scanned): the holder of a socket inode among the processes of the
+        flow's namespace, and whether that namespace is one of few processes.
 
         The holder is in the socket's namespace: its processes are looked at now
-        rather than when the budgeted refreshes (they cover the host) reach them.
-        A namespace of many processes (the host's) is left to those refreshes.
-        At most once a resolve pass per namespace, with one walk of /proc a pass
-        for all of them: the flows of one namespace share the rescan.
+        rather than when the budgeted refreshes of the whole host reach them (and
+        instead of them).  A namespace of many processes (the host's), or one not
+        entered, is left to those refreshes (scanned False).  At most once a
+        resolve pass per namespace, with one walk of /proc a pass for all of
+        them: the flows of one namespace share the rescan.
         """
         namespaces = self.namespaces
         namespace = namespaces.by_cookie.get(flow.netns_cookie)
         if namespace is None:
-            return None
+            return None, False
         generation = namespaces.generation
-        if self._scanned.get(namespace.inode) == generation:
-            return None  # scanned this pass: the index knows what the scan found
+        scanned = self._scanned.get(namespace.inode)
+        if scanned is not None and scanned[0] == generation:
+            return self.inodes.holder(inode), scanned[1]  # scanned this pass
         pids = self._namespace_pids(namespace.inode)
-        self._scanned[namespace.inode] = generation
-        if len(pids) > NAMESPACE_SCAN_MAX_PIDS:
-            return None
+        small = len(pids) <= NAMESPACE_SCAN_MAX_PIDS
+        self._scanned[namespace.inode] = (generation, small)
+        if not small:
+            return None, False
         self.inodes.scan_pids(pids)
-        return self.inodes.holder(inode)
+        return self.inodes.holder(inode), True
 
     def _search_endpoints(self, flow: Flow, now_s: float) -> TaskInfo | None:
         """The process holding a socket sock_diag no longer reports, by its cookie.
