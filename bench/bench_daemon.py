@@ -443,6 +443,16 @@ def cpu_figures(
                             f"offered rate UDP {label}", name, run.offered / run.elapsed_s, "pps"
                         )
                     if run.counts_before is not None:
+                        counted = delta(run, "udp_sent", "udp_received", "tcp_sent", "tcp_received")
+                        if counted > 0:
+                            # The kernel path counts the whole machine (and a loopback
+                            # datagram twice, sent and received): CPU per packet it counted.
+                            figures.add(
+                                f"cpu/counted packet UDP {label}",
+                                name,
+                                run.cpu_ns / 1000 / counted,
+                                "us",
+                            )
                         figures.add(
                             f"lost UDP {label}: capture_dropped",
                             name,

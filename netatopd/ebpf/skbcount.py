@@ -42,6 +42,13 @@ when it returns no program still holds the old map -- and then reads and
 deletes everything in the old one: no packet is lost between two drains and
 none is counted twice.
 
+Empty drains cost nothing.  Each program adds one to a news counter (a
+one-slot array map, mapped into the daemon's memory where the kernel
+allows) when it makes a new entry in the socket map.  ``drain`` reads it
+before switching maps; when it has not moved since the last switch, the map
+in use is empty and the switch (a system call and an RCU grace period) and
+the walk are skipped.
+
 Attachment.  By default with ``BPF_LINK_CREATE`` (cgroup links are in
 ``BPF_F_ALLOW_MULTI`` mode): the kernel detaches a link when its last fd is
 closed, so the programs go away even when the process is killed.  With
@@ -58,6 +65,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import struct
 import tempfile
@@ -97,6 +105,7 @@ from .syscalls import (
     AttachFlag,
     AttachType,
     BpfSyscallError,
+    MapFlag,
     MapType,
     ProgType,
     UpdateFlag,
@@ -172,6 +181,7 @@ NETNS_COOKIE, PROTOCOL, FAMILY = 32, 40, 44
 
 # The stats array's one value: __u64 lost_skbs; __u64 lost_packets; (map full)
 STATS = struct.Struct("=QQ")
+NEWS = struct.Struct("=Q")  # entries made in the socket maps, since open
 ARRAY_KEY = struct.Struct("=I")
 
 # The programs' stack frame (offsets from the frame pointer R10).
@@ -314,12 +324,15 @@ def _lookup(map_reg: Reg) -> list[Item]:
     ]
 
 
-def count_program(attach_type: AttachType, current_fd: int, stats_fd: int) -> list[Item]:
+def count_program(
+    attach_type: AttachType, current_fd: int, stats_fd: int, news_fd: int
+) -> list[Item]:
     """The ingress or egress program: add this skb to its socket's entry, return 1.
 
     ``current_fd`` is the one-slot ARRAY_OF_MAPS holding the socket map in
     use; ``stats_fd`` the array whose one STATS value counts what could not
-    be recorded because the socket map was full.
+    be recorded because the socket map was full; ``news_fd`` the array whose
+    one NEWS value counts the entries made (after each is made).
     """
     if attach_type == AttachType.CGROUP_INET_EGRESS:
         packets_at, bytes_at = SENT_PACKETS, SENT_IP_BYTES
@@ -348,6 +361,15 @@ def count_program(attach_type: AttachType, current_fd: int, stats_fd: int) -> li
         alu64_imm(AluOp.ADD, R3, STACK_VALUE),
         mov64_imm(R4, UpdateFlag.NOEXIST),  # another CPU may have made it meanwhile: fine
         _call(SkbHelper.MAP_UPDATE_ELEM),
+        # news[0] += 1: the map in use is not empty (counted after the entry is in).
+        ld_map_fd(R1, news_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_ARRAY_KEY),
+        _call(SkbHelper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, "news_counted"),
+        mov64_imm(R1, 1),
+        atomic_add(Size.DW, R0, 0, R1),
+        Label("news_counted"),
         *_lookup(R9),
         jmp_imm(JmpOp.JEQ, R0, 0, "lost"),
         Label("add"),
@@ -422,6 +444,7 @@ class _Resources:
         self.attached: list[tuple[int, AttachType]] = []  # (prog fd, type) to PROG_DETACH
         self.cgroup_fd = -1
         self.private_mount: str | None = None
+        self.views: list[mmap.mmap] = []  # mappings of maps: unmapped first (they hold the map)
         self.lock = threading.Lock()
 
     def release(self, detach: bool = True) -> None:
@@ -433,6 +456,9 @@ class _Resources:
                     except BpfSyscallError as err:
                         log.warning("detaching program fd %d: %s", prog_fd, err)
             self.attached.clear()
+            for view in self.views:
+                view.close()
+            self.views.clear()
             fds = [*self.links, *self.fds]
             if self.cgroup_fd >= 0:
                 fds.append(self.cgroup_fd)
@@ -478,6 +504,10 @@ class KernelCounter:
         self._current_fd = -1  # the ARRAY_OF_MAPS
         self._socket_fds: list[int] = []  # [in use, spare]
         self._stats_fd = -1
+        self._news_fd = -1
+        self._news_view: mmap.mmap | None = None  # None: read with bpf()
+        self._news_at_switch = 0  # the news counter read before the latest switch
+        self.skipped_drains = 0  # drains that found the map in use empty (no switch)
         self._cgroup_path = ""
         self._attach = AttachMode.LINK
         self._run_stats = False
@@ -564,6 +594,7 @@ class KernelCounter:
             self._stats_fd = self._keep(
                 syscalls.map_create(MapType.ARRAY, 4, STATS.size, 1, "ntp_skb_stats")
             )
+            self._news_fd = self._keep(self._news_map())
         except BpfSyscallError as err:
             raise KernelCounterError(_reason("creating the BPF maps", err)) from err
         if run_stats:
@@ -577,7 +608,7 @@ class KernelCounter:
             (AttachType.CGROUP_INET_INGRESS, AttachType.CGROUP_INET_EGRESS),
             strict=True,
         ):
-            items = count_program(attach_type, self._current_fd, self._stats_fd)
+            items = count_program(attach_type, self._current_fd, self._stats_fd, self._news_fd)
             fd = self._keep(_load(name, attach_type, items))
             self._prog_fds[name] = fd
             log.debug("%s: %d instructions", name, instruction_count(items))
@@ -593,7 +624,37 @@ class KernelCounter:
                 ) from err
         log.info("cgroup_skb counting programs attached at %s", cgroup_root)
 
+    def _news_map(self) -> int:
+        """The news counter's array map, mapped into memory where the kernel allows."""
+        try:
+            fd = syscalls.map_create(
+                MapType.ARRAY, 4, NEWS.size, 1, "ntp_skb_news", MapFlag.MMAPABLE
+            )
+        except BpfSyscallError as err:
+            log.debug("mmapable ntp_skb_news refused (%s); read with bpf() instead", err)
+            return syscalls.map_create(MapType.ARRAY, 4, NEWS.size, 1, "ntp_skb_news")
+        try:
+            view = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as err:
+            log.debug("mmap of ntp_skb_news failed (%s); read with bpf() instead", err.strerror)
+            return fd
+        self._resources.views.append(view)
+        self._news_view = view
+        return fd
+
     # --- reading ---------------------------------------------------------------------
+
+    def news(self) -> int:
+        """Entries the programs made in the socket maps since open (a memory read)."""
+        self._require_open()
+        view = self._news_view
+        if view is not None:
+            return int(NEWS.unpack_from(view)[0])
+        try:
+            raw = syscalls.map_lookup(self._news_fd, ARRAY_KEY.pack(0), NEWS.size)
+        except BpfSyscallError as err:
+            raise KernelCounterError(f"reading ntp_skb_news failed: {err}") from err
+        return int(NEWS.unpack(raw)[0]) if raw is not None else 0
 
     def _require_open(self) -> None:
         if self._closed:
@@ -604,10 +665,18 @@ class KernelCounter:
 
         Exact: the programs are switched to the empty spare map first (the
         kernel waits until no program runs on the old one), then the old map
-        is read and emptied.
+        is read and emptied.  Nothing is done when the news counter has not
+        moved since the last switch: no entry was made, the map is empty.
+        (An entry made in the old map during the switch moves the counter
+        too: the next drain switches once more and finds the new map empty.)
         """
         self._require_open()
         with self._drain_lock:
+            news = self.news()
+            if news == self._news_at_switch:
+                self.skipped_drains += 1
+                return {}
+            self._news_at_switch = news
             full, spare = self._socket_fds
             try:
                 syscalls.map_update(self._current_fd, ARRAY_KEY.pack(0), ARRAY_KEY.pack(spare))
@@ -655,9 +724,9 @@ class KernelCounter:
         return result
 
     def object_ids(self) -> tuple[list[int], list[int]]:
-        """Kernel ids of the two programs and of the four maps."""
+        """Kernel ids of the two programs and of the five maps."""
         self._require_open()
-        maps = [*self._socket_fds, self._current_fd, self._stats_fd]
+        maps = [*self._socket_fds, self._current_fd, self._stats_fd, self._news_fd]
         return [syscalls.object_id(fd) for fd in self._prog_fds.values()], [
             syscalls.object_id(fd) for fd in maps
         ]

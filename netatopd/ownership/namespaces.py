@@ -77,21 +77,21 @@ def namespace_pids(proc_root: str = "/proc") -> dict[int, int]:
     return found
 
 
-def pids_in(inode: int, proc_root: str = "/proc") -> list[int]:
-    """Every pid whose network namespace is the one of nsfs inode ``inode`` (one stat each)."""
-    pids: list[int] = []
+def pids_by_namespace(proc_root: str = "/proc") -> dict[int, list[int]]:
+    """nsfs inode -> every pid in that network namespace (one stat a process)."""
+    found: dict[int, list[int]] = {}
     try:
         names = os.listdir(proc_root)
     except OSError:
-        return pids
+        return found
     for name in names:
         if name.isdigit():
             try:
-                if os.stat(f"{proc_root}/{name}/ns/net").st_ino == inode:
-                    pids.append(int(name))
+                inode = os.stat(f"{proc_root}/{name}/ns/net").st_ino
             except OSError:
                 continue
-    return pids
+            found.setdefault(inode, []).append(int(name))
+    return found
 
 
 def _enter_and_open(path: str) -> tuple[SockDiag, int]:
