@@ -10,7 +10,10 @@ One daemon (its defaults) lives through, one after the other, each for
 never read the answers (with TASKS processes alive, so that answers are
 large), 300 idle connections on each socket, slowloris clients, a flood of new
 flows, malformed frames on the namespace's loopback, malformed control
-requests.  All along a STATUS probe asks STATUS on a fresh connection every
+requests, nothing again.  Between attacks it waits (at most SETTLE_S) for the
+flow table to be back to its size at the start, so that each attack's figures
+are its own (a flood's flows stay --udp-idle-s, 16 s, and slow the daemon
+meanwhile).  All along a STATUS probe asks STATUS on a fresh connection every
 50 ms (as ``netatop status`` would); the daemon's RSS (/proc/PID/status) and
 open fds (/proc/PID/fd) are sampled every 0.25 s.  Printed per attack: RSS at
 the start, peak and after; fds peak and once the attack's clients are gone;
@@ -50,6 +53,7 @@ SLOWLORIS_CLIENTS = 250
 NEVER_READING_CLIENTS = 4
 FLOOD_FLOWS = 250_000
 MIB_KIB = 1024
+SETTLE_S = 60.0  # at most this long between attacks for the flow table to empty
 
 # Frames after the MAC addresses (hex), each malformed in its own way.
 MALFORMED_FRAMES = [
@@ -96,6 +100,17 @@ class Sampler:
             self.fds.append(hostile.open_fds(self.pid))
             if self._stop.wait(SAMPLE_INTERVAL_S):
                 return
+
+
+def settle(d: Daemon, flows_limit: int, timeout_s: float = SETTLE_S) -> float:
+    """Wait until the daemon's flow table is back to flows_limit (a flood's flows expire
+    after --udp-idle-s, 16 s, and the next sweep), bounded; seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if int(d.status()["flows"]) <= flows_limit:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def settled_fds(pid: int, limit: int, timeout_s: float = 40.0) -> int:
@@ -247,6 +262,7 @@ def main() -> None:
     try:
         time.sleep(2.0)  # past start-up
         base_fds = hostile.open_fds(d.proc.pid)
+        base_flows = int(d.status()["flows"])
         print(
             f"netatopd pid {d.proc.pid}: RSS {hostile.rss_kib(d.proc.pid) / MIB_KIB:.1f} MiB,"
             f" fds {base_fds} after start; each attack {args.seconds:g} s",
@@ -264,6 +280,8 @@ def main() -> None:
                         what = attack(ctx, args.seconds)
                 fds_after = settled_fds(d.proc.pid, base_fds + 2)
                 rss_after = hostile.rss_kib(d.proc.pid)
+                with probe.during("settling"):
+                    waited = settle(d, base_flows + 64)
                 seconds = latency.seconds or [float("nan")]
                 row = (
                     name,
@@ -282,7 +300,8 @@ def main() -> None:
                 print(
                     f"{name}: RSS {row[1]:.1f} -> peak {row[2]:.1f} -> {row[3]:.1f} MiB; "
                     f"fds peak {row[4]}, after {row[5]}; STATUS {row[6]} answered, "
-                    f"{row[7]} failed, median {row[8]:.1f} ms, max {row[9]:.1f} ms; {what}",
+                    f"{row[7]} failed, median {row[8]:.1f} ms, max {row[9]:.1f} ms; {what}; "
+                    f"flow table back to the start's after {waited:.0f} s",
                     flush=True,
                 )
                 for failure in latency.failures[:3]:

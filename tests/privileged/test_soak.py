@@ -1,4 +1,4 @@
-"""SOAK (issue 13, "How to show it"): the daemon under churn for about two minutes.
+"""SOAK (issue 13, "How to show it"): the daemon under churn for about a minute.
 
 One daemon in a namespace of its own lives through ROUNDS rounds of four churns,
 each bounded in count and in time:
