@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -294,3 +295,27 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(POLL_S)
+
+
+class TimedLines:
+    """Every JSON line an actor prints, with the monotonic time it arrived."""
+
+    def __init__(self, actor: Actor) -> None:
+        self.lines: list[tuple[float, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._stdout = actor.proc.stdout
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        assert self._stdout is not None
+        for line in self._stdout:
+            with self._lock:
+                self.lines.append((time.monotonic(), json.loads(line)))
+
+    def snapshot(self) -> list[tuple[float, dict[str, Any]]]:
+        with self._lock:
+            return list(self.lines)
+
+    def done(self) -> bool:
+        return any("done" in line for _, line in self.snapshot())

@@ -19,7 +19,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,17 +136,24 @@ def close_all(socks: list[socket.socket]) -> None:
     socks.clear()
 
 
+def repeat(count: int, limit_s: float, action: Callable[[int], object]) -> int:
+    """action(index) count times or until limit_s has passed; how many were done."""
+    deadline = time.monotonic() + limit_s
+    for index in range(count):
+        if time.monotonic() > deadline:
+            return index
+        action(index)
+    return count
+
+
 def status_churn(run_dir: Path, count: int, limit_s: float) -> int:
     """Connect, STATUS, disconnect: count times or until limit_s; how many were answered."""
-    deadline = time.monotonic() + limit_s
-    answered = 0
-    for _ in range(count):
-        if time.monotonic() > deadline:
-            break
+
+    def exchange(_: int) -> None:
         with ControlClient(str(run_dir), timeout_s=STATUS_TIMEOUT_S) as client:
             client.status()
-        answered += 1
-    return answered
+
+    return repeat(count, limit_s, exchange)
 
 
 def never_reading(control: Path, clients: int, requests: int) -> list[socket.socket]:
@@ -194,17 +201,14 @@ def slowloris(path: Path, clients: int, limit_s: float, interval_s: float = 0.5)
 def malformed_requests(control: Path, count: int, limit_s: float) -> int:
     """count connections each sending one request with a bad magic (the daemon answers
     EBADMSG and closes); how many were sent."""
-    deadline = time.monotonic() + limit_s
-    sent = 0
-    for index in range(count):
-        if time.monotonic() > deadline:
-            break
+
+    def send(index: int) -> None:
         with connect(control) as sock:
             sock.sendall(REQUEST.pack(0xBAD0 + index % 16, int(Command.STATUS), 0, 0))
             with contextlib.suppress(OSError):
                 sock.recv(4096)
-        sent += 1
-    return sent
+
+    return repeat(count, limit_s, send)
 
 
 def atop_sample(sock: socket.socket) -> int:
@@ -222,15 +226,12 @@ def atop_sample(sock: socket.socket) -> int:
 
 def atop_churn(atop: Path, count: int, limit_s: float) -> int:
     """Connect, one sample, disconnect: count times or until limit_s; samples read."""
-    deadline = time.monotonic() + limit_s
-    samples = 0
-    for _ in range(count):
-        if time.monotonic() > deadline:
-            break
+
+    def sample(_: int) -> None:
         with connect(atop) as sock:
             atop_sample(sock)
-        samples += 1
-    return samples
+
+    return repeat(count, limit_s, sample)
 
 
 def atop_never_reading(atop: Path, clients: int, requests: int) -> list[socket.socket]:

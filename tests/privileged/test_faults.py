@@ -24,7 +24,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +42,7 @@ from harness import (
     WAIT_S,
     Actor,
     Daemon,
+    TimedLines,
     exited_rows,
     read_only,
     udp,
@@ -85,30 +85,6 @@ def sample_sums(db: Path, tgid: int) -> dict[str, int]:
     finally:
         conn.close()
     return dict(zip(COUNTER_NAMES, row, strict=True))
-
-
-class TimedLines:
-    """Every JSON line an actor prints, with the monotonic time it arrived."""
-
-    def __init__(self, actor: Actor) -> None:
-        self.lines: list[tuple[float, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._stdout = actor.proc.stdout
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        assert self._stdout is not None
-        for line in self._stdout:
-            with self._lock:
-                self.lines.append((time.monotonic(), json.loads(line)))
-
-    def snapshot(self) -> list[tuple[float, dict[str, Any]]]:
-        with self._lock:
-            return list(self.lines)
-
-    def done(self) -> bool:
-        return any("done" in line for _, line in self.snapshot())
 
 
 def burst(ns: Any, count: int, batch: int, lifetime_ms: int) -> tuple[Actor, Actor, TimedLines]:

@@ -26,7 +26,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,16 @@ import pytest
 from netatopd.protocol import COUNTER_NAMES
 
 import harness
-from harness import REPO, UDP4_OVERHEAD, WAIT_S, Actor, Daemon, read_only, wait_until
+from harness import (
+    REPO,
+    UDP4_OVERHEAD,
+    WAIT_S,
+    Actor,
+    Daemon,
+    TimedLines,
+    read_only,
+    wait_until,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -215,30 +223,6 @@ def assert_round(rows: dict[tuple[int, int], dict[str, Any]], done: Round) -> No
     assert server["uid"] == 0 and "actors.py udp_server {" in server["cmdline"], server
 
 
-class LineCollector:
-    """Every JSON line an actor prints, collected by a thread (ends when the actor exits)."""
-
-    def __init__(self, actor: Actor) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._stdout = actor.proc.stdout
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        assert self._stdout is not None
-        for line in self._stdout:
-            with self._lock:
-                self.lines.append(json.loads(line))
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.lines)
-
-    def done(self) -> bool:
-        return any("done" in line for line in self.snapshot())
-
-
 def netatop(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "netatopd.cli", *args],
@@ -369,7 +353,7 @@ def test_kill_9_during_a_burst(ns: Any, daemons: Started, tmp_path: Path) -> Non
         size=BURST_BYTES,
         lifetime_ms=50,
     )
-    collector = LineCollector(burst)
+    collector = TimedLines(burst)
     try:
 
         def enough_persisted() -> int:
@@ -383,7 +367,7 @@ def test_kill_9_during_a_burst(ns: Any, daemons: Started, tmp_path: Path) -> Non
     finally:
         burst.finish()
         server.finish()
-    lines = collector.snapshot()
+    lines = [line for _, line in collector.snapshot()]
     ports = {int(pid): port for line in lines for pid, port in line.get("ports", {}).items()}
     failed = [pid for line in lines for pid in line.get("failed", ())]
     assert not failed and len(ports) == BURST
