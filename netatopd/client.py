@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import struct
+import time
 from typing import NamedTuple
 
 from .defaults import CONTROL_SOCKET_NAME, RUN_DIR_DEFAULT
@@ -29,6 +30,8 @@ from .protocol import (
     Command,
     unpack_netpertask,
 )
+
+CONNECT_RETRY_S = 0.01  # while the listen backlog is full
 
 
 class DaemonNotRunning(ConnectionError):
@@ -62,7 +65,7 @@ class ControlClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout_s)
         try:
-            self.sock.connect(self.path)
+            self._connect(timeout_s)
         except PermissionError as err:
             self.sock.close()
             raise PermissionError(
@@ -97,6 +100,23 @@ class ControlClient:
                     f"{self.path} is {what} by uid {uid}, not by root: not trusting it "
                     f"(a forged control socket?); check the run directory {self.run_dir}",
                 )
+
+    def _connect(self, timeout_s: float | None) -> None:
+        """connect(), waiting up to timeout_s while the daemon's listen backlog is full: a
+        Unix stream socket with a timeout says EAGAIN at once rather than wait for room."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                self.sock.connect(self.path)
+                return
+            except BlockingIOError as err:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.sock.close()
+                    raise DaemonNotRunning(
+                        f"netatopd did not take the connection on {self.path} within "
+                        f"{timeout_s:g} s (its backlog of connections stayed full)"
+                    ) from err
+                time.sleep(CONNECT_RETRY_S)
 
     def close(self) -> None:
         self.sock.close()

@@ -309,6 +309,29 @@ class UnixStreamServer(Generic[ConnectionT]):
         self._close(conn)
         self.drops.note(reason)
 
+    def _shed(
+        self,
+        stalled: Iterable[ConnectionT],
+        total: int,
+        cap: int,
+        held: Callable[[ConnectionT], int],
+        progress_s: Callable[[ConnectionT], float],
+        reason: str,
+    ) -> int:
+        """While the output held for all clients (total bytes) is over cap, close stalled
+        connections, the one whose last progress is oldest first; how many were closed.
+        (stalled is not looked at while total is within cap.)"""
+        closed = 0
+        if total <= cap:
+            return closed
+        for conn in sorted(stalled, key=progress_s):
+            if total <= cap:
+                break
+            total -= held(conn)
+            closed += 1
+            self._drop(conn, reason)
+        return closed
+
     def expire(self) -> None:
         """Close the connections whose time is up (looked at every EXPIRE_INTERVAL_S);
         tell closures not logged yet once their interval is over."""
@@ -439,27 +462,20 @@ class ControlServer(UnixStreamServer[Connection]):
             else:
                 reason = f"idle for {timeout_s:g} s"
             self._drop(conn, reason)
-        total = self.queued_output_bytes()
-        if total <= MAX_OUTPUT_BYTES_TOTAL:
-            return
-        stalled = sorted(
+        self._shed(
             (
                 conn
                 for conn in self.connections.values()
                 if len(conn.outbox) > MAX_OUTPUT_BYTES_PER_CLIENT
                 and now_s - conn.last_progress_s >= OVERLOAD_STALL_S
             ),
-            key=lambda conn: conn.last_progress_s,
+            self.queued_output_bytes(),
+            MAX_OUTPUT_BYTES_TOTAL,
+            held=lambda conn: len(conn.outbox),
+            progress_s=lambda conn: conn.last_progress_s,
+            reason=f"did not read its answers while over {MAX_OUTPUT_BYTES_TOTAL >> 20} MiB "
+            "were queued for all clients",
         )
-        for conn in stalled:
-            if total <= MAX_OUTPUT_BYTES_TOTAL:
-                break
-            total -= len(conn.outbox)
-            self._drop(
-                conn,
-                f"did not read its answers while over {MAX_OUTPUT_BYTES_TOTAL >> 20} MiB "
-                "were queued for all clients",
-            )
 
     # -- input -------------------------------------------------------------------
 
@@ -838,28 +854,19 @@ class AtopServer(UnixStreamServer[AtopConnection]):
             if conn.answer is not None and now_s - conn.last_progress_s >= timeout_s:
                 self.abandoned += 1
                 self._drop(conn, f"did not read its answer for {timeout_s:g} s")
-        total = self.held_output_bytes()
-        if total <= ATOP_MAX_OUTPUT_BYTES_TOTAL:
-            return
-        stalled = sorted(
+        self.abandoned += self._shed(
             (
                 conn
                 for conn in self.connections.values()
                 if conn.answer is not None and now_s - conn.last_progress_s >= OVERLOAD_STALL_S
             ),
-            key=lambda conn: conn.last_progress_s,
+            self.held_output_bytes(),
+            ATOP_MAX_OUTPUT_BYTES_TOTAL,
+            held=lambda conn: len(conn.answer) if conn.answer is not None else 0,
+            progress_s=lambda conn: conn.last_progress_s,
+            reason=f"did not read its answer while over {ATOP_MAX_OUTPUT_BYTES_TOTAL >> 20} MiB "
+            "were held for all clients",
         )
-        for conn in stalled:
-            if total <= ATOP_MAX_OUTPUT_BYTES_TOTAL:
-                break
-            assert conn.answer is not None
-            total -= len(conn.answer)
-            self.abandoned += 1
-            self._drop(
-                conn,
-                f"did not read its answer while over {ATOP_MAX_OUTPUT_BYTES_TOTAL >> 20} MiB "
-                "were held for all clients",
-            )
 
     @staticmethod
     def _fit_send_buffer(sock: socket.socket) -> int:

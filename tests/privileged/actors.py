@@ -625,6 +625,57 @@ def same_pid_children(
     wait_for("exit")
 
 
+def flow_churn(
+    addr: str,
+    udp_port: int,
+    tcp_port: int,
+    exchanges: int,
+    connections: int,
+    size: int,
+    limit_s: float,
+) -> None:
+    """Many short flows: exchanges UDP exchanges, each from a new socket (a new source
+    port), and connections short TCP connections (send size bytes, read the echo, close),
+    interleaved; bounded by limit_s as well as by the counts."""
+    say(pid=os.getpid())
+    deadline = time.monotonic() + limit_s
+    udp_done = tcp_done = 0
+    every = max(1, exchanges // max(1, connections))
+    while (udp_done < exchanges or tcp_done < connections) and time.monotonic() < deadline:
+        if udp_done < exchanges:
+            with socket.socket(family_of(addr), socket.SOCK_DGRAM) as sock:
+                sock.settimeout(TIMEOUT_S)
+                sock.sendto(b"f" * size, (addr, udp_port))
+                sock.recvfrom(65536)
+            udp_done += 1
+        if tcp_done < connections and (udp_done % every == 0 or udp_done >= exchanges):
+            with socket.create_connection((addr, tcp_port), timeout=TIMEOUT_S) as conn:
+                conn.sendall(b"t" * size)
+                recv_exact(conn, size)
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(4096):  # until the server closes
+                    pass
+            tcp_done += 1
+    say(exchanges=udp_done, connections=tcp_done)
+    wait_for("exit")
+
+
+def flow_flood(addr: str, count: int, size: int, limit_s: float) -> None:
+    """A flood of new flows: count datagrams, each from a new socket (a new source port),
+    to a socket of our own that never reads (the kernel drops what overflows it)."""
+    sink = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    sink.bind((addr, 0))
+    say(pid=os.getpid())
+    deadline = time.monotonic() + limit_s
+    sent = 0
+    while sent < count and time.monotonic() < deadline:
+        with socket.socket(family_of(addr), socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"x" * size, sink.getsockname())
+        sent += 1
+    say(sent=sent)
+    wait_for("exit")
+
+
 ROLES = {
     "udp_server": udp_server,
     "udp_client": udp_client,
@@ -642,6 +693,8 @@ ROLES = {
     "udp_phases": udp_phases,
     "raw_frames": raw_frames,
     "same_pid_children": same_pid_children,
+    "flow_churn": flow_churn,
+    "flow_flood": flow_flood,
 }
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from netatopd.client import ControlClient, DaemonNotRunning
+from netatopd.protocol import COUNTER_NAMES
 
 ACTORS = str(Path(__file__).with_name("actors.py"))
 START_TIMEOUT_S = 20.0
@@ -210,3 +215,107 @@ def assert_balanced(status: dict[str, Any]) -> None:
         assert counted == sum(terms.values()), (name, counted, terms)
         assert status[f"balance_{name}"] == 0, (name, counted, terms)
         assert counted == status[name] + status[f"forwarded_{name}"], (name, counted, status)
+
+
+def read_only(db: Path) -> apsw.Connection:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def exited_rows(db: Path) -> dict[tuple[int, int], dict[str, int]]:
+    """(tgid, btime) -> counters, for every row of the exited table."""
+    if not db.exists():
+        return {}
+    conn = read_only(db)
+    try:
+        rows = conn.execute(f"SELECT tgid, btime, {', '.join(COUNTER_NAMES)} FROM exited")
+        return {
+            (row[0], row[1]): dict(zip(COUNTER_NAMES, row[2:], strict=True))
+            for row in rows.fetchall()
+        }
+    finally:
+        conn.close()
+
+
+def udp(sent: int = 0, sent_bytes: int = 0, received: int = 0, received_bytes: int = 0) -> dict:
+    return {
+        "tcpsndpacks": 0,
+        "tcpsndbytes": 0,
+        "tcprcvpacks": 0,
+        "tcprcvbytes": 0,
+        "udpsndpacks": sent,
+        "udpsndbytes": sent_bytes,
+        "udprcvpacks": received,
+        "udprcvbytes": received_bytes,
+    }
+
+
+class Started:
+    """The daemons a test started, each with a run directory of its own in tmp_path;
+    each is stopped (SIGTERM) at the end unless killed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.daemons: list[Daemon] = []
+        self.killed: set[int] = set()
+
+    def start(self, ns: Any, *options: str) -> Daemon:
+        d = Daemon(ns, self.tmp_path / f"run{len(self.daemons)}", *options)
+        self.daemons.append(d)
+        return d
+
+    def kill(self, d: Daemon) -> None:
+        """SIGKILL: no final flush, no clean-up of any kind."""
+        self.killed.add(id(d))
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(timeout=30)
+        d.log.close()
+
+    def stop_all(self) -> list[str]:
+        problems = []
+        for d in self.daemons:
+            code = d.stop()
+            if id(d) not in self.killed and code != 0:
+                problems.append(f"netatopd stopped with {code}:\n{d.logs()}")
+        return problems
+
+
+WAIT_S = 60.0  # longest wait for something the daemon does on its own schedule
+POLL_S = 0.05
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
+    """Poll check() until it returns something true (bounded); that value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+class TimedLines:
+    """Every JSON line an actor prints, with the monotonic time it arrived."""
+
+    def __init__(self, actor: Actor) -> None:
+        self.lines: list[tuple[float, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._stdout = actor.proc.stdout
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        assert self._stdout is not None
+        for line in self._stdout:
+            with self._lock:
+                self.lines.append((time.monotonic(), json.loads(line)))
+
+    def snapshot(self) -> list[tuple[float, dict[str, Any]]]:
+        with self._lock:
+            return list(self.lines)
+
+    def done(self) -> bool:
+        return any("done" in line for _, line in self.snapshot())

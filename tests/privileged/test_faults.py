@@ -24,9 +24,8 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,46 +34,33 @@ import pytest
 
 from netatopd.protocol import COUNTER_NAMES
 
-from harness import REPO, UDP4_OVERHEAD, UDP6_OVERHEAD, Actor, Daemon
+import harness
+from harness import (
+    REPO,
+    UDP4_OVERHEAD,
+    UDP6_OVERHEAD,
+    WAIT_S,
+    Actor,
+    Daemon,
+    TimedLines,
+    exited_rows,
+    read_only,
+    udp,
+    wait_until,
+)
 
 pytestmark = pytest.mark.privileged
 
 NETNS_PREFIX = "ntpF"
-WAIT_S = 60.0
-POLL_S = 0.05
 FAST = ("--gc-interval-s", "0.5", "--flush-interval-s", "0.2")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-class Started:
-    """The daemons a test started; each is stopped (SIGTERM) at the end unless killed."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.daemons: list[Daemon] = []
-        self.killed: set[int] = set()
-
+class Started(harness.Started):
     def __call__(self, ns: Any, db: Path, *options: str) -> Daemon:
-        run_dir = self.tmp_path / f"run{len(self.daemons)}"
-        d = Daemon(ns, run_dir, "--db", str(db), *options)
-        self.daemons.append(d)
-        return d
-
-    def kill(self, d: Daemon) -> None:
-        self.killed.add(id(d))
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait(timeout=30)
-        d.log.close()
-
-    def stop_all(self) -> list[str]:
-        problems = []
-        for d in self.daemons:
-            code = d.stop()
-            if id(d) not in self.killed and code != 0:
-                problems.append(f"netatopd stopped with {code}:\n{d.logs()}")
-        return problems
+        return self.start(ns, "--db", str(db), *options)
 
 
 @pytest.fixture
@@ -85,38 +71,6 @@ def daemons(make_netns: Any, tmp_path: Path) -> Iterator[Started]:
     finally:
         problems = started.stop_all()
     assert not problems, problems
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_S)
-
-
-def read_only(db: Path) -> apsw.Connection:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def exited_rows(db: Path) -> dict[tuple[int, int], dict[str, int]]:
-    """(tgid, btime) -> counters, for every row of the exited table."""
-    if not db.exists():
-        return {}
-    conn = read_only(db)
-    try:
-        rows = conn.execute(f"SELECT tgid, btime, {', '.join(COUNTER_NAMES)} FROM exited")
-        return {
-            (row[0], row[1]): dict(zip(COUNTER_NAMES, row[2:], strict=True))
-            for row in rows.fetchall()
-        }
-    finally:
-        conn.close()
 
 
 def sample_sums(db: Path, tgid: int) -> dict[str, int]:
@@ -131,43 +85,6 @@ def sample_sums(db: Path, tgid: int) -> dict[str, int]:
     finally:
         conn.close()
     return dict(zip(COUNTER_NAMES, row, strict=True))
-
-
-def udp(sent: int = 0, sent_bytes: int = 0, received: int = 0, received_bytes: int = 0) -> dict:
-    return {
-        "tcpsndpacks": 0,
-        "tcpsndbytes": 0,
-        "tcprcvpacks": 0,
-        "tcprcvbytes": 0,
-        "udpsndpacks": sent,
-        "udpsndbytes": sent_bytes,
-        "udprcvpacks": received,
-        "udprcvbytes": received_bytes,
-    }
-
-
-class TimedLines:
-    """Every JSON line an actor prints, with the monotonic time it arrived."""
-
-    def __init__(self, actor: Actor) -> None:
-        self.lines: list[tuple[float, dict[str, Any]]] = []
-        self._lock = threading.Lock()
-        self._stdout = actor.proc.stdout
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        assert self._stdout is not None
-        for line in self._stdout:
-            with self._lock:
-                self.lines.append((time.monotonic(), json.loads(line)))
-
-    def snapshot(self) -> list[tuple[float, dict[str, Any]]]:
-        with self._lock:
-            return list(self.lines)
-
-    def done(self) -> bool:
-        return any("done" in line for _, line in self.snapshot())
 
 
 def burst(ns: Any, count: int, batch: int, lifetime_ms: int) -> tuple[Actor, Actor, TimedLines]:

@@ -119,23 +119,6 @@ def test_a_control_socket_of_root_is_believed(tmp_path: Path) -> None:
         forger.wait(10)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    root_or_skip()
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
-
-
 def test_a_full_run_directory_fails_at_creation_not_with_sigbus(small_tmpfs: Path) -> None:
     with open_directory(str(small_tmpfs / "run")) as run:
         with pytest.raises(RunDirError, match="no room for") as caught:

@@ -24,27 +24,32 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import apsw
 import pytest
 
 from netatopd.protocol import COUNTER_NAMES
 
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
+import harness
+from harness import (
+    REPO,
+    UDP4_OVERHEAD,
+    WAIT_S,
+    Actor,
+    Daemon,
+    TimedLines,
+    read_only,
+    wait_until,
+)
 
 pytestmark = pytest.mark.privileged
 
 NETNS_PREFIX = "ntpE"
-WAIT_S = 60.0  # longest wait for something the daemon does on its own schedule
-POLL_S = 0.05
 FAST = ("--gc-interval-s", "0.5", "--flush-interval-s", "0.2")
 CHILD_NAME = "ntpEhist"  # + index: each child's comm (at most 15 characters)
 CHILD_UID = 65534  # the children switch to nobody: the row's uid must be theirs, not root's
@@ -71,37 +76,15 @@ def ns(make_netns: Any) -> Any:
     return make_netns(NETNS_PREFIX)
 
 
-class Started:
-    """The daemons a test started; each is stopped (SIGTERM) at the end unless killed."""
-
+class Started(harness.Started):
     def __init__(self, ns: Any, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
         self.ns = ns
-        self.tmp_path = tmp_path
-        self.daemons: list[Daemon] = []
-        self.killed: set[int] = set()
 
     def __call__(self, db: Path | None, *options: str) -> Daemon:
         """netatopd with a fresh run directory; --db db unless None (the harness default)."""
-        run_dir = self.tmp_path / f"run{len(self.daemons)}"
         extra = ("--db", str(db)) if db is not None else ()
-        d = Daemon(self.ns, run_dir, *extra, *options)
-        self.daemons.append(d)
-        return d
-
-    def kill(self, d: Daemon) -> None:
-        """SIGKILL: no final flush, no clean-up of any kind."""
-        self.killed.add(id(d))
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait(timeout=30)
-        d.log.close()
-
-    def stop_all(self) -> list[str]:
-        problems = []
-        for d in self.daemons:
-            code = d.stop()
-            if id(d) not in self.killed and code != 0:
-                problems.append(f"netatopd stopped with {code}:\n{d.logs()}")
-        return problems
+        return self.start(self.ns, *extra, *options)
 
 
 @pytest.fixture
@@ -131,12 +114,6 @@ def expected_udp(datagrams: int, request: int, reply: int) -> dict[str, int]:
     }
 
 
-def read_only(db: Path) -> apsw.Connection:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
 def exited_rows(db: Path) -> dict[tuple[int, int], dict[str, Any]]:
     """Every row of the exited table by (tgid, btime), as column -> value."""
     conn = read_only(db)
@@ -154,18 +131,6 @@ def exited_rows(db: Path) -> dict[tuple[int, int], dict[str, Any]]:
 
 def counters_of(record: dict[str, Any]) -> dict[str, int]:
     return {name: record[name] for name in COUNTER_NAMES}
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll check() until it returns something true (bounded); that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_S)
 
 
 def wait_for_rows(db: Path, count: int) -> dict[tuple[int, int], dict[str, Any]]:
@@ -256,30 +221,6 @@ def assert_round(rows: dict[tuple[int, int], dict[str, Any]], done: Round) -> No
         assert record["first_activity"] <= record["last_activity"] <= record["exit_time"], record
     server = by_tgid[done.server_pid]
     assert server["uid"] == 0 and "actors.py udp_server {" in server["cmdline"], server
-
-
-class LineCollector:
-    """Every JSON line an actor prints, collected by a thread (ends when the actor exits)."""
-
-    def __init__(self, actor: Actor) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._stdout = actor.proc.stdout
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        assert self._stdout is not None
-        for line in self._stdout:
-            with self._lock:
-                self.lines.append(json.loads(line))
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.lines)
-
-    def done(self) -> bool:
-        return any("done" in line for line in self.snapshot())
 
 
 def netatop(*args: str) -> subprocess.CompletedProcess[str]:
@@ -412,7 +353,7 @@ def test_kill_9_during_a_burst(ns: Any, daemons: Started, tmp_path: Path) -> Non
         size=BURST_BYTES,
         lifetime_ms=50,
     )
-    collector = LineCollector(burst)
+    collector = TimedLines(burst)
     try:
 
         def enough_persisted() -> int:
@@ -426,7 +367,7 @@ def test_kill_9_during_a_burst(ns: Any, daemons: Started, tmp_path: Path) -> Non
     finally:
         burst.finish()
         server.finish()
-    lines = collector.snapshot()
+    lines = [line for _, line in collector.snapshot()]
     ports = {int(pid): port for line in lines for pid, port in line.get("ports", {}).items()}
     failed = [pid for line in lines for pid in line.get("failed", ())]
     assert not failed and len(ports) == BURST

@@ -108,24 +108,6 @@ def open_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs mounted in tmp_path (a 15 MB table does not fit); unmounted after."""
-    root_or_skip()
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
-
-
 # -- item 3: one run directory, one daemon ------------------------------------------------
 
 
