@@ -36,10 +36,9 @@ from typing import Any
 
 import pytest
 
-from netatopd.ebpf import loaded_object_ids
 from netatopd.ebpf.skbcount import find_cgroup2_root
-from netatopd.ebpf.syscalls import AttachType, prog_query
 
+from bpf_objects import wait_gone
 from harness import (
     UDP4_OVERHEAD,
     UDP6_OVERHEAD,
@@ -52,7 +51,6 @@ from test_daemon import ZERO_TCP, ZERO_UDP, expected_tcp, run_tcp
 
 pytestmark = pytest.mark.privileged
 
-FREE_WAIT_S = 5.0
 BALANCE_TRIES = 40
 BULK_BYTES = 4 << 20
 
@@ -422,23 +420,7 @@ def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon:
     assert status["kernel_cgroup"]
     cgroup = find_cgroup2_root() or "/sys/fs/cgroup"
     assert d.stop() == 0
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        deadline = time.monotonic() + FREE_WAIT_S
-        while True:
-            attached = set(prog_query(fd, AttachType.CGROUP_INET_INGRESS)) | set(
-                prog_query(fd, AttachType.CGROUP_INET_EGRESS)
-            )
-            loaded_programs, loaded_maps = loaded_object_ids()
-            left = (set(programs) & (attached | set(loaded_programs))) | (
-                set(maps) & set(loaded_maps)
-            )
-            if not left:
-                break
-            assert time.monotonic() < deadline, f"still loaded or attached: {sorted(left)}"
-            time.sleep(0.02)
-    finally:
-        os.close(fd)
+    wait_gone(programs, maps, cgroup)
 
 
 def test_pcap_path_names_the_namespaces_it_does_not_cover(make_netns: Any, tmp_path: Path) -> None:

@@ -41,7 +41,6 @@ from typing import Any
 import pytest
 from netns import in_namespace
 
-from netatopd.ebpf import loaded_object_ids
 from netatopd.ebpf.skbcount import (
     AttachMode,
     KernelCounter,
@@ -50,6 +49,8 @@ from netatopd.ebpf.skbcount import (
     wire_bytes,
 )
 from netatopd.ebpf.syscalls import AttachType, prog_query
+
+from bpf_objects import wait_gone
 
 pytestmark = pytest.mark.privileged
 
@@ -62,7 +63,6 @@ TCPI_SEGS_OUT = 136  # __u32
 TCPI_SEGS_IN = 140  # __u32
 TCPI_BYTES_SENT = 200  # __u64
 TIMEOUT_S = 10.0
-FREE_WAIT_S = 5.0  # maps are freed after an RCU grace period
 QUIET_WAIT_S = 10.0
 LINK_HEADER = 14
 UDP_COUNT = 40
@@ -413,27 +413,6 @@ def test_drain_of_an_empty_map_is_skipped_and_a_new_socket_is_news(
         assert totals.of(cookie(receiver)) == (0, 0, 1, ip_bytes)
 
 
-def _gone(prog_ids: list[int], map_ids: list[int], cgroup: str) -> None:
-    """Bounded wait until none of these ids is loaded or attached."""
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        deadline = time.monotonic() + FREE_WAIT_S
-        while True:
-            attached = set(prog_query(fd, AttachType.CGROUP_INET_INGRESS)) | set(
-                prog_query(fd, AttachType.CGROUP_INET_EGRESS)
-            )
-            loaded_progs, loaded_maps = loaded_object_ids()
-            left = (set(prog_ids) & (attached | set(loaded_progs))) | (
-                set(map_ids) & set(loaded_maps)
-            )
-            if not left:
-                return
-            assert time.monotonic() < deadline, f"still loaded or attached: {sorted(left)}"
-            time.sleep(0.02)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("mode", [AttachMode.LINK, AttachMode.PROG_ATTACH])
 def test_close_detaches_and_unloads_everything(mode: AttachMode) -> None:
     root_or_skip()
@@ -450,7 +429,7 @@ def test_close_detaches_and_unloads_everything(mode: AttachMode) -> None:
     kernel_counter.close()
     kernel_counter.close()  # twice is fine
     assert kernel_counter.closed
-    _gone(prog_ids, map_ids, cgroup)
+    wait_gone(prog_ids, map_ids, cgroup)
 
 
 def test_private_cgroup2_mount_when_none_is_mounted(tmp_path: Path) -> None:
@@ -463,7 +442,7 @@ def test_private_cgroup2_mount_when_none_is_mounted(tmp_path: Path) -> None:
         assert private in Path("/proc/self/mounts").read_text()
         prog_ids, map_ids = kernel_counter.object_ids()
     assert not os.path.exists(private)
-    _gone(prog_ids, map_ids, find_cgroup2_root() or "/sys/fs/cgroup")
+    wait_gone(prog_ids, map_ids, find_cgroup2_root() or "/sys/fs/cgroup")
 
 
 def test_killed_process_leaves_nothing_attached(tmp_path: Path) -> None:
@@ -495,4 +474,4 @@ def test_killed_process_leaves_nothing_attached(tmp_path: Path) -> None:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(TIMEOUT_S)
-    _gone(prog_ids, map_ids, find_cgroup2_root() or "/sys/fs/cgroup")
+    wait_gone(prog_ids, map_ids, find_cgroup2_root() or "/sys/fs/cgroup")
