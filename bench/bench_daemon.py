@@ -51,6 +51,8 @@ sys.path.insert(0, str(REPO))
 
 from netatopd.client import ControlClient, DaemonNotRunning  # noqa: E402
 
+from senders import UDP_MAX_RATE  # noqa: E402
+
 PYTHON = sys.executable
 TRAFFIC = str(REPO / "bench" / "traffic.py")
 MONITOR_CPU = 0
@@ -809,25 +811,7 @@ def inprocess_figures(figures: Figures, repeats: int) -> None:
 # -- main ----------------------------------------------------------------------------------
 
 
-SENDER = """
-import json, socket, sys, time
-seconds, max_sends, size = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sink.bind(("127.0.0.1", 0))
-sink.setblocking(False)
-sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sender.connect(sink.getsockname())
-send, payload = sender.send, b"b" * size
-sent, started = 0, time.perf_counter()
-deadline = started + seconds
-while sent < max_sends:
-    for _ in range(1000):
-        send(payload)
-    sent += 1000
-    if time.perf_counter() >= deadline:
-        break
-print(json.dumps({"sent": sent, "per_s": sent / (time.perf_counter() - started)}))
-"""
+SENDER = UDP_MAX_RATE
 SENDER_MAX_SENDS = 20_000_000
 
 

@@ -19,11 +19,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 from netatopd.ebpf.skbcount import KernelCounter
+
+from senders import UDP_MAX_RATE
 
 SECONDS = 3.0
 REPEATS = 3
@@ -32,28 +33,7 @@ PAYLOAD_BYTES = 64
 DRAIN_INTERVAL_S = 1.0
 REPO = Path(__file__).resolve().parents[1]
 
-SENDER = textwrap.dedent(
-    """
-    import json, socket, sys, time
-    seconds, max_sends, size = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    sink.setblocking(False)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.connect(sink.getsockname())
-    send, payload = sender.send, b"b" * size
-    sent, started = 0, time.perf_counter()
-    deadline = started + seconds
-    while sent < max_sends:
-        for _ in range(1000):
-            send(payload)
-        sent += 1000
-        if time.perf_counter() >= deadline:
-            break
-    elapsed = time.perf_counter() - started
-    print(json.dumps({"sent": sent, "per_s": sent / elapsed}))
-    """
-)
+SENDER = UDP_MAX_RATE
 
 
 def run_sender(netns: str, seconds: float, counter: KernelCounter | None) -> float:
