@@ -38,6 +38,7 @@ from .format import (
     render_json,
     terminal_width,
 )
+from .groups import Group, GroupBy, group_columns, group_fields, group_rows, sort_groups
 from .rows import TIE_BREAK, ReportOrder, SortKey, TaskCounts
 from .sources import Unavailable
 from .status import status_lines
@@ -241,6 +242,14 @@ def query(
     as_json: Json = False,
     as_csv: Csv = False,
     run_dir: RunDir = None,
+    by: Annotated[
+        GroupBy | None,
+        typer.Option(
+            "--by",
+            help="one row per command, user, unit or container: its processes' counters "
+            "summed, finished ones still in the exit list included (--sort pid: by the group)",
+        ),
+    ] = None,
 ) -> None:
     """Counters of running processes (all of them, or the PIDs given).
 
@@ -259,11 +268,30 @@ def query(
       netatop query --json 1234 5678
       netatop query --csv > counters.csv
       netatop query --threads 1234
+      netatop query --by container --json
     """
     output = _output_format(as_json, as_csv)
     wanted = list(pids or [])
+    if by is not None and threads:
+        raise typer.BadParameter("groups are made of processes, not threads", param_hint="--by")
     with _errors():
-        found, complaints, no_threads, notes = sources.query(run_dir, wanted, threads)
+        found, complaints, no_threads, notes = sources.query(
+            run_dir, wanted, threads, with_exited=by is not None
+        )
+    if by is not None:
+        groups = sort_groups(group_rows(found, by), sort or SortKey.BYTES)
+        emit(
+            groups[:top] if top else groups,
+            output,
+            group_columns(by),
+            group_fields(by),
+            Group.record,
+        )
+        for complaint in [*notes, *complaints]:
+            typer.echo(f"netatop: {complaint}", err=True)
+        if complaints:
+            raise typer.Exit(EXIT_UNKNOWN_PID)
+        return
     if sort is not None or not wanted:
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:
@@ -336,8 +364,8 @@ def exited(
         _fail(f"no exit of process {pid} in the history in that window", EXIT_UNKNOWN_PID)
 
 
-def _report_cell(column: str) -> Callable[[Record], str]:
-    return lambda row: rows.cell_text(column, row[column])
+def _report_cell(column: str, shown_as: str) -> Callable[[Record], str]:
+    return lambda row: rows.cell_text(shown_as, row[column])
 
 
 @app.command()
@@ -369,6 +397,14 @@ def report(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
     ] = OutputFormat.TABLE,
+    by: Annotated[
+        GroupBy | None,
+        typer.Option(
+            "--by",
+            help="the group of top-groups and top-exited-groups (their key column): "
+            "command (default), user, unit or container",
+        ),
+    ] = None,
 ) -> None:
     """Run one of the SQL reports (sql/reports/NAME.sql) on the history database.
 
@@ -386,6 +422,8 @@ def report(
       netatop report by-command --since 02:00 --until 03:00
       netatop report hourly --since 1w --format csv
       netatop report recent-exits --command curl --format json
+      netatop report by-container --since 1h
+      netatop report top-exited-groups --by unit --since 1d
     """
     with _errors():
         if list_reports:
@@ -414,6 +452,7 @@ def report(
             "command": command,
             "pid": pid,
             "order": None if order is None else order.value,
+            "by": None if by is None else by.value,
         }
         conn = history.open_db(db, readonly=True)
         try:
@@ -430,12 +469,14 @@ def report(
         and all(isinstance(r[column], int | float) or r[column] is None for r in records)
         for column in columns
     }
-    flex = "cmdline" if "cmdline" in columns else "command"
+    # The key of a report grouped --by user is a uid: shown as a user name.
+    shown_as = {c: "uid" if c == "key" and by is GroupBy.USER else c for c in columns}
+    flex = next((c for c in ("cmdline", "command", "key", "unit", "container") if c in columns), "")
     table_columns = [
         Column(
             rows.header(column),
-            _report_cell(column),
-            right=numeric[column] and column not in as_text,
+            _report_cell(column, shown_as[column]),
+            right=numeric[column] and shown_as[column] not in as_text,
             flex=column == flex,
         )
         for column in columns

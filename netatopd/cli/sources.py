@@ -223,12 +223,16 @@ def unknown_pid(pid: int) -> str:
     )
 
 
-def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
-    """Rows and complaints about pids from one table snapshot."""
+def _query_table(
+    taken: Snapshot, pids: Sequence[int], threads: bool, with_exited: bool = False
+) -> Answer:
+    """Rows and complaints about pids from one table snapshot (and the exit list if with_exited)."""
     kind = Kind.THREAD if threads else Kind.PROCESS
     candidates = [task for task in taken.rows if task.kind == kind]
     no_threads = threads and not candidates
     if not pids:
+        if with_exited:
+            candidates += [task for task in taken.rows if task.kind == Kind.EXITED]
         return Answer([rows.from_table(task) for task in candidates], [], no_threads)
     found: list[TaskCounts] = []
     seen: set[tuple[int, int]] = set()
@@ -256,12 +260,15 @@ def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
     return Answer(found, complaints, no_threads, notes)
 
 
-def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
+def _query_socket(run_dir: str | None, pids: Sequence[int], with_exited: bool = False) -> Answer:
     """The same from the control socket, for a daemon that publishes no table."""
 
     def ask(client: ControlClient) -> Answer:
         if not pids:
-            return Answer([rows.from_reply(record) for record in client.list_tasks()], [])
+            found = [rows.from_reply(record) for record in client.list_tasks()]
+            if with_exited:
+                found += [rows.from_reply(r, Kind.EXITED) for r in client.list_exited()]
+            return Answer(found, [])
         found, complaints, notes = [], [], []
         exit_list: list[TaskCounts] | None = None
         for pid in pids:
@@ -283,18 +290,21 @@ def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
     return call(run_dir, ask)
 
 
-def query(run_dir: str | None, pids: Sequence[int], threads: bool) -> Answer:
+def query(
+    run_dir: str | None, pids: Sequence[int], threads: bool, with_exited: bool = False
+) -> Answer:
     """Running tasks: from the table, else (a daemon without one) the control socket.
 
     Thread rows exist only in the table: without it every pid gets a complaint.
+    with_exited: without pids, the processes of the exit list too (query --by).
     """
     taken = table_snapshot(run_dir)
     if taken is not None:
-        return _query_table(taken, pids, threads)
+        return _query_table(taken, pids, threads, with_exited)
     if threads:
         call(run_dir, lambda c: c.probe())  # not running: say that, not "no threads"
         return Answer([], [f"no thread rows for {pid}" for pid in pids], True)
-    return _query_socket(run_dir, pids)
+    return _query_socket(run_dir, pids, with_exited)
 
 
 # --------------------------------------------------------------------------- finished

@@ -4,8 +4,9 @@ Owns :class:`Report` (one ``sql/reports/NAME.sql`` file, described by its
 ``-- NAME: description`` and ``-- params: :a :b`` header comment), finding
 and checking reports (:func:`list_reports`, :func:`run_report`, which refuses
 a report that would write, holds two statements or whose header disagrees
-with its SQL) and :func:`query_exited`, the finished processes of a time
-window.
+with its SQL), the SQL function reports may call (place_group: the
+groups of ``--by unit|container``, the rule of cgroups) and
+:func:`query_exited`, the finished processes of a time window.
 
 Callers: cli.commands, on a connection from ``open_db(path, readonly=True)``:
 ``netatop report`` (list_reports, run_report) and ``netatop exited
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import apsw
 import apsw.ext
 
+from ..cgroups import container_group, unit_group
 from ..tasks import ExitedTask
 from .rows import EXITED_SELECT, exited_task
 from .schema import StoreError, sql_dir
@@ -52,6 +54,24 @@ def query_exited(
     except apsw.Error as err:
         raise StoreError(f"reading finished processes failed: {err}") from err
     return [exited_task(row) for row in rows]
+
+
+# The groups of --by unit and --by container, as the CLI makes them of live rows.
+_PLACE_GROUPS = {"unit": unit_group, "container": container_group}
+
+
+def place_group(*values: apsw.SQLiteValue) -> str:
+    """SQL ``place_group(by, cgroup, unit, container)``: cgroups.unit_group or container_group."""
+    by, cgroup, unit, container = (None if v is None else str(v) for v in values)
+    rule = _PLACE_GROUPS.get(by or "")
+    if rule is None:
+        raise ValueError(f"place_group groups by {' or '.join(_PLACE_GROUPS)}, not {by!r}")
+    return rule(cgroup, unit, container)
+
+
+def add_functions(conn: apsw.Connection) -> None:
+    """The SQL functions reports may call: place_group (one rule with the live rows')."""
+    conn.create_scalar_function("place_group", place_group, 4, deterministic=True)
 
 
 class Report(NamedTuple):
@@ -126,6 +146,7 @@ def run_report(
         raise ValueError(f"report {name} takes no parameter {', '.join(':' + k for k in unknown)}")
     bindings = {p: values.get(p) for p in report.params}
     sql = Path(report.path).read_text(encoding="utf-8")
+    add_functions(conn)
     try:
         info = apsw.ext.query_info(conn, sql)  # prepares only
     except apsw.Error as err:
