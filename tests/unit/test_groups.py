@@ -75,6 +75,20 @@ def test_an_empty_cgroup_is_unknown() -> None:
     assert unit_group("", None, None) == container_group("", None, None) == UNKNOWN_PLACE
 
 
+NAMED = [path for path in PLACES if path and any(placement_labels(path))]
+
+
+@pytest.mark.parametrize("cgroup", NAMED)
+def test_unit_and_container_decide_without_the_path(cgroup: str) -> None:
+    """A row with unit and container but no cgroup path is grouped alike when they name one."""
+    where = place(cgroup)
+    unit, container = PLACES[cgroup]
+    without_path = {**where, "cgroup": ""}
+    assert unit_group(**without_path) == unit
+    if container != cgroup:  # a container group that is not the path itself
+        assert container_group(**without_path) == container
+
+
 def row(
     pid: int,
     command: str,
