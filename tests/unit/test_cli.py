@@ -995,6 +995,32 @@ def test_report_errors_exit_2(history: Path, tmp_path: Path) -> None:
     assert nothing.exit_code == 2 and "give a report NAME, or --list" in nothing.stderr
 
 
+def test_report_grouped_by_user_names_the_users_in_tables(history: Path, users: None) -> None:
+    # exited by uid: scp (0) 5_001_000 bytes; curl + dig (1000) 4600 + 500; ssh (NULL) 100
+    as_json_rows = invoke(
+        "report", "top-exited-groups", "--by", "user", "--db", str(history), "--format", "json"
+    )
+    assert as_json_rows.exit_code == 0, as_json_rows.output
+    assert [
+        (r["key"], r["processes"], r["total_bytes"]) for r in json.loads(as_json_rows.stdout)
+    ] == [
+        (0, 1, 5_001_000),
+        (1000, 2, 5100),
+        (None, 1, 100),
+    ]
+    table = invoke("report", "top-exited-groups", "--by", "user", "--db", str(history))
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:2] == ["GROUP", "PROCS"]
+    assert [line.split()[:2] for line in lines[1:]] == [["root", "1"], ["alice", "2"], ["-", "1"]]
+
+
+def test_report_by_on_a_report_without_groups_exits_2(history: Path) -> None:
+    result = invoke("report", "top-exited", "--by", "unit", "--db", str(history))
+    assert result.exit_code == 2
+    assert result.stderr == "netatop: report top-exited takes no parameter :by\n"
+
+
 # --------------------------------------------------------------------------- top
 
 
