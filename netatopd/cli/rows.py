@@ -272,7 +272,7 @@ HEADERS: dict[str, str] = {
     "last_activity": "LAST",
     "exit_time": "EXITED",
     "processes": "PROCS",
-    "running": "RUNNING",
+    "running": "RUN",
     "key": "GROUP",
     "hour_start": "HOUR",
 }

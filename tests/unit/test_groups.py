@@ -319,7 +319,7 @@ def test_query_by_csv_and_table(run_dir: Path) -> None:
     )
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["COMMAND", "PROCS", "RUNNING"]
+    assert lines[0].split()[:3] == ["COMMAND", "PROCS", "RUN"]
     assert [line.split()[:3] for line in lines[1:]] == [["dig", "2", "1"]]
 
 
