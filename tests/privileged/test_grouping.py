@@ -4,8 +4,8 @@ Processes are placed, before they exec, into cgroup v2 directories named like
 the ones each runtime makes: Docker (``docker-<id>.scope`` and the cgroupfs
 driver's ``/docker/<id>``), containerd (``cri-containerd-<id>.scope``), CRI-O
 (``crio-<id>.scope``), Podman (``libpod-<id>.scope``), a Kubernetes pod slice
-(``kubepods-besteffort-pod<uid>.slice``) and a plain systemd service
-(``x.service``).  Two processes in each send a known number of UDP
+(``kubepods-besteffort-pod<uid>.slice``), a plain systemd service
+(``x.service``) and a layout no rule names (grouped by its cgroup path).  Two processes in each send a known number of UDP
 datagrams to a server in the test's namespace; the test waits until the
 daemon counted them, then lets them exit.
 
@@ -71,8 +71,8 @@ class Layout(NamedTuple):
     path: str  # relative to the test's slice
     unit: str | None  # as stored (None: none)
     container: str | None
-    unit_group: str  # netatop query --by unit, report by-unit
-    container_group: str
+    unit_group: str  # netatop query --by unit, report by-unit ("": the cgroup path)
+    container_group: str  # ("": the cgroup path)
 
 
 def layouts() -> list[Layout]:
@@ -88,6 +88,8 @@ def layouts() -> list[Layout]:
         ("podman", f"libpod-{podman}.scope", "scope", f"podman:{podman}"),
         ("kubepods", f"kubepods.slice/kubepods-besteffort.slice/{pod_slice}", None, f"pod:{pod}"),
         ("service", service, "service", None),
+        # A layout no rule names: grouped by its cgroup path, never a guess.
+        ("unknown", "lxc/ntpG-box", None, None),
     ]
     result = []
     for name, path, kind, container in made:
@@ -98,8 +100,8 @@ def layouts() -> list[Layout]:
                 path,
                 unit,
                 container,
-                unit or NO_UNIT,
-                container or NO_CONTAINER,
+                unit or (NO_UNIT if container else ""),
+                container or (NO_CONTAINER if unit else ""),
             )
         )
     return result
@@ -242,7 +244,7 @@ def expected_groups(children: list[Child], key: str) -> dict[str, tuple[int, int
     """group -> (processes, datagrams sent) over the children."""
     result: dict[str, tuple[int, int]] = {}
     for child in children:
-        group = getattr(child.layout, key)
+        group = getattr(child.layout, key) or child.cgroup
         processes, datagrams = result.get(group, (0, 0))
         result[group] = (processes + 1, datagrams + child.datagrams)
     return result
