@@ -73,6 +73,8 @@ RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval th
 SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
 # tests: pretend the proc connector refused (the daemon polls /proc instead).
 SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
+# tests: on the kernel path owners come from the eBPF helper's records alone.
+SIMULATE_HELPER_OWNERS_ONLY_ENV = "NETATOPD_SIMULATE_HELPER_OWNERS_ONLY"
 IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
 INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
 
@@ -239,6 +241,7 @@ class Engine:
                 unowned_limit_s=options.unowned_limit_s,
                 rescan_interval_s=options.rescan_interval_ms / 1000.0,
                 kernel=self.kernel,
+                helper_only=os.environ.get(SIMULATE_HELPER_OWNERS_ONLY_ENV) == "1",
             )
         else:
             self.resolver = Resolver(

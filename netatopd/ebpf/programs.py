@@ -768,9 +768,12 @@ def state_program(
     ]
     tails: list[Item] = [
         *_other_netns_tail(netns_inode),
-        Label("read_failed"),
-        *_count(Counter.READ_FAILED),
-        ja("out"),
+        # only the namespace check reads memory here
+        *(
+            []
+            if netns_inode == EVERY_NAMESPACE
+            else [Label("read_failed"), *_count(Counter.READ_FAILED), ja("out")]
+        ),
         Label("connect_not_found"),
         *_count(Counter.CONNECT_NOT_FOUND),
         ja("out"),

@@ -85,7 +85,10 @@ class CookieResolver(Resolver):
         unowned_limit_s: float = UNOWNED_LIMIT_S_DEFAULT,
         rescan_interval_s: float = RESCAN_INTERVAL_S_DEFAULT,
         kernel: KernelOwnership | None = None,
+        helper_only: bool = False,
     ) -> None:
+        """helper_only (tests): owners come from the helper's records alone, never from
+        sock_diag and /proc, to show that its records name them."""
         super().__init__(
             flows,
             registry,
@@ -95,6 +98,7 @@ class CookieResolver(Resolver):
             kernel=kernel,
         )
         self.namespaces = namespaces
+        self.helper_only = helper_only and kernel is not None
         self.cookie_finds = 0  # owners found through a namespace's sock_diag dump
         self.given_up = 0  # socket flows given up (no owner to find): unidentified
         # Namespace rescans: nsfs inode -> (generation scanned, few processes), and
@@ -157,6 +161,9 @@ class CookieResolver(Resolver):
                     self.kernel_finds += 1
                     self._assign(flow, task, now_s, final=True, tid=owner.tid)
                     return
+            if self.helper_only:
+                self._retry_or_give_up(flow, now_s)
+                return
         self.lookups += 1
         sock = self.namespaces.socket(flow.netns_cookie, flow.cookie, flow.proto, flow.family)
         if sock is None:

@@ -441,7 +441,48 @@ def test_pcap_path_names_the_namespaces_it_does_not_cover(make_netns: Any, tmp_p
         sock_holder.finish()
 
 
-def test_ownership_kernel_is_refused_with_capture_kernel(make_netns: Any, tmp_path: Path) -> None:
-    home = make_netns("ntkh")
-    with pytest.raises(AssertionError, match="exited with 6"):
-        Daemon(home, tmp_path / "run", "--capture", "kernel", "--ownership", "kernel")
+@pytest.mark.parametrize("addr", ["127.0.0.1", "2001:db8::3"])
+def test_owners_come_from_the_helper_s_records_by_cookie(
+    make_netns: Any, kernel_daemon: Any, monkeypatch: pytest.MonkeyPatch, addr: str
+) -> None:
+    """--ownership kernel with --capture kernel: the eBPF helper records the sends and
+    receives of every namespace with the socket's cookie.  With
+    NETATOPD_SIMULATE_HELPER_OWNERS_ONLY=1 owners come from those records alone (never
+    sock_diag and /proc): a UDP exchange in a container is exact for both processes."""
+    c1, c2, c3 = containers(make_netns)
+    monkeypatch.setenv("NETATOPD_SIMULATE_HELPER_OWNERS_ONLY", "1")
+    d = kernel_daemon("--ownership", "kernel")
+    before = d.status()
+    assert before["ownership"] == "kernel" and before["ebpf_netns_inode"] == 0
+    assert "by socket cookie in every network namespace" in before["ownership_note"]
+    server_ns, client_ns = (c1, c1) if addr == "127.0.0.1" else (c3, c2)
+    overhead = UDP4_OVERHEAD if ":" not in addr else UDP6_OVERHEAD
+    count, request, reply = 30, 100, 200
+    server, client = udp_pair(server_ns, client_ns, addr, count, request, reply)
+    try:
+        assert client.read()["sent"] == count and server.read()["received"] == count
+        d.sync()
+        assert d.counters(client.pid) == {
+            **ZERO_TCP,
+            "udpsndpacks": count,
+            "udpsndbytes": count * (request + overhead),
+            "udprcvpacks": count,
+            "udprcvbytes": count * (reply + overhead),
+        }
+        assert d.counters(server.pid) == {
+            **ZERO_TCP,
+            "udpsndpacks": count,
+            "udpsndbytes": count * (reply + overhead),
+            "udprcvpacks": count,
+            "udprcvbytes": count * (request + overhead),
+        }
+        status = d.status()
+        # The two sockets (and maybe other tests' sockets) were named by the helper,
+        # none through sock_diag.
+        assert status["resolver_kernel_finds"] - before["resolver_kernel_finds"] >= 2
+        assert status["resolver_cookie_finds"] == 0
+        assert status["ebpf_read_failed"] == 0
+        balance(d)
+    finally:
+        client.finish()
+        server.finish()

@@ -286,6 +286,31 @@ def test_every_namespace_programs_have_no_filter() -> None:
         assert not any(insn[0] == 0x56 for insn in insns)  # no 32-bit inode compare
         assert (0x07, 0x03, 0, 48) not in insns  # skc_net.net is not read
         assert (0x7B, 0x19, Counter.OTHER_NETNS * 8, 0) not in insns
+        assert_every_instruction_reachable(insns)
+
+
+def assert_every_instruction_reachable(insns: list[tuple[int, int, int, int]]) -> None:
+    """What the verifier checks first ("unreachable insn"): a walk from 0 over jumps."""
+    seen: set[int] = set()
+    todo = [0]
+    while todo:
+        index = todo.pop()
+        if index in seen or index >= len(insns):
+            continue
+        seen.add(index)
+        code, _regs, offset, _imm = insns[index]
+        if code == 0x18:  # ld_imm64: two slots
+            seen.add(index + 1)
+            todo.append(index + 2)
+        elif code == 0x95:  # exit
+            continue
+        elif code == 0x05:  # goto
+            todo.append(index + 1 + offset)
+        elif code & 0x07 in (0x05, 0x06) and code != 0x85:  # conditional jumps (JMP, JMP32)
+            todo += [index + 1, index + 1 + offset]
+        else:
+            todo.append(index + 1)
+    assert seen == set(range(len(insns))), sorted(set(range(len(insns))) - seen)
 
 
 def test_state_program_assembles_with_every_label_resolved() -> None:
