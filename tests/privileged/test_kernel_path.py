@@ -29,6 +29,7 @@ machine's traffic, so it is read when two readings agree.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -388,12 +389,13 @@ GIVE_UP_WAIT_S = 3.0
 
 def test_sockets_nothing_owns_are_given_up_promptly(make_netns: Any, kernel_daemon: Any) -> None:
     """Two sockets closed right after their traffic (their process lives on without
-    them): no process can be found holding them, so their flows are given up
-    within a few lookups (about 0.15 s), not after the 60 s unowned limit, and
-    their packets are unidentified.  (The daemon counts the whole machine:
-    other sockets may be given up too, so the figures are lower bounds.)"""
+    them), owners from sock_diag and /proc (--ownership proc): no process can be
+    found holding them, so their flows are given up within a few lookups (about
+    0.15 s), not after the 60 s unowned limit, and their packets are
+    unidentified.  (The daemon counts the whole machine: other sockets may be
+    given up too, so the figures are lower bounds.)"""
     c1, _, _ = containers(make_netns)
-    d = kernel_daemon()
+    d = kernel_daemon("--ownership", "proc")
     before = d.status()
     c1.run(sys.executable, "-c", CLOSED_AT_ONCE)
     deadline = time.monotonic() + GIVE_UP_WAIT_S
@@ -407,6 +409,44 @@ def test_sockets_nothing_owns_are_given_up_promptly(make_netns: Any, kernel_daem
     assert status["udp_sent_unidentified"] - before["udp_sent_unidentified"] >= 10
     assert status["udp_received_unidentified"] - before["udp_received_unidentified"] >= 10
     balance(d)
+
+
+def test_sockets_closed_at_once_are_their_process_s_with_the_helper(
+    make_netns: Any, kernel_daemon: Any
+) -> None:
+    """The same two sockets with the eBPF helper (--ownership auto): its send and
+    receive records name the process by the sockets' cookies, so the process gets
+    its 10 datagrams each way although sock_diag no longer knows the sockets."""
+    c1, _, _ = containers(make_netns)
+    d = kernel_daemon()
+    assert d.status()["ownership"] == "kernel"
+    script = CLOSED_AT_ONCE.replace("time.sleep(1.0)", "print('done', flush=True)\ntime.sleep(30)")
+    process = subprocess.Popen(
+        [*c1.exec_prefix, sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "done\n"
+        deadline = time.monotonic() + GIVE_UP_WAIT_S
+        while True:
+            d.sync()
+            try:
+                counters = d.counters(process.pid)
+            except ProcessLookupError:
+                counters = {}
+            if counters.get("udprcvpacks") == 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert counters == {
+            **ZERO_TCP,
+            "udpsndpacks": 10,
+            "udpsndbytes": 10 * (20 + UDP4_OVERHEAD),
+            "udprcvpacks": 10,
+            "udprcvbytes": 10 * (20 + UDP4_OVERHEAD),
+        }
+        balance(d)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon: Any) -> None:
