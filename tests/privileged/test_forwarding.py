@@ -13,6 +13,7 @@ packets are the router's own.  nft (Debian package nftables) sets up NAT.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,59 @@ def test_an_address_added_while_running_is_local_at_once(
     finally:
         client.finish()
         server.finish()
+
+
+# ICMP echo requests from a raw socket, each waited for (its reply), bounded in time.
+PINGS = """
+import os, socket, struct, sys, time
+target, count = sys.argv[1], int(sys.argv[2])
+
+
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+sock.settimeout(2.0)
+ident = os.getpid() & 0xFFFF
+replies = 0
+for seq in range(count):
+    payload = bytes(56)
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    sock.sendto(struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload,
+                (target, 0))
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        data = sock.recv(2048)
+        icmp = data[(data[0] & 15) * 4:]
+        if icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
+            replies += 1
+            break
+print(replies)
+"""
+PING_WIRE_BYTES = 20 + 8 + 56 + LINK_OVERHEAD  # IP + ICMP header + payload, link and CRC
+
+
+def test_forwarded_icmp_is_counted_apart(net: dict[str, Any], router_daemon: Any) -> None:
+    """8 pings through the router and 5 to the router itself (IPv6 off, so no other ICMP):
+    the router's own ICMP figures hold its 5 requests and 5 replies only, the 8 requests
+    and 8 replies that pass through are forwarded ICMP, in and out."""
+    for netns in net.values():
+        set_sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
+    d = router_daemon()
+    before = d.status()
+    client = net["client"]
+    assert client.run(sys.executable, "-c", PINGS, SERVER, "8").split() == ["8"]
+    assert client.run(sys.executable, "-c", PINGS, ROUTER_INSIDE, "5").split() == ["5"]
+    d.sync()
+    status = d.status()
+    assert status["forwarded_icmp_received"] == 2 * 8
+    assert status["forwarded_icmp_sent"] == 2 * 8
+    assert status["forwarded_icmp_received_bytes"] == 2 * 8 * PING_WIRE_BYTES
+    assert status["forwarded_icmp_sent_bytes"] == 2 * 8 * PING_WIRE_BYTES
+    assert status["icmp_received"] - before["icmp_received"] == 5
+    assert status["icmp_sent"] - before["icmp_sent"] == 5
+    assert_only_forwarded(status)
