@@ -38,6 +38,9 @@ What the programs record:
 * A send/recv record is written only when it tells something new: the seen
   map (LRU) keeps, per flow key, the thread last reported and when; the same
   thread on the same flow is reported again only after REPORT_INTERVAL_NS.
+  In every namespace (the kernel path) the seen map is asked by socket
+  cookie (key: the cookie, slot COOKIE) before the tuple is read, so a
+  thread's repeated calls on one socket cost one read and one lookup.
   Every record written adds one to the changes counter (an array map user
   space reads through mmap), so user space walks the flows map only when the
   counter moved, not once a batch of packets.
@@ -116,6 +119,7 @@ class Slot(IntEnum):
     IO = 0  # last sender or receiver (SEND, RECV)
     OPEN = 1  # who opened it (CONNECT, LISTEN)
     CLOSE = 2  # who closed it (CLOSE)
+    COOKIE = 3  # only in the seen map: the thread last reported for a socket cookie
 
 
 class Counter(IntEnum):
@@ -489,7 +493,9 @@ def _update_flows(fds: MapFds, value_reg: Reg | None, done: str) -> list[Item]:
     ]
 
 
-def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
+def _seen_before(
+    seen_fd: int, pid_tgid: Reg, reported: str, update: str = "seen_update"
+) -> list[Item]:
     """Go to ``reported`` after a record was written, unless seen[key] names this thread
     (``pid_tgid``) and is younger than REPORT_INTERVAL_NS; then seen[key] = (thread, now).
 
@@ -502,15 +508,15 @@ def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
         mov64_reg(R2, FP),
         alu64_imm(AluOp.ADD, R2, STACK_KEY),
         call(Helper.MAP_LOOKUP_ELEM),
-        jmp_imm(JmpOp.JEQ, R0, 0, "seen_update"),
+        jmp_imm(JmpOp.JEQ, R0, 0, update),
         ldx(Size.DW, R1, R0, 0),
-        jmp_reg(JmpOp.JNE, R1, pid_tgid, "seen_update"),
+        jmp_reg(JmpOp.JNE, R1, pid_tgid, update),
         # now - seen.time_ns < REPORT_INTERVAL_NS: nothing new to say
         ldx(Size.DW, R2, FP, STACK_VALUE + OWNER_TIME),
         ldx(Size.DW, R1, R0, 8),
         alu64_reg(AluOp.SUB, R2, R1),
         jmp_imm(JmpOp.JLT, R2, REPORT_INTERVAL_NS, reported),
-        Label("seen_update"),
+        Label(update),
         stx(Size.DW, FP, STACK_SEEN, pid_tgid),
         ldx(Size.DW, R1, FP, STACK_VALUE + OWNER_TIME),
         stx(Size.DW, FP, STACK_SEEN + 8, R1),
@@ -521,6 +527,30 @@ def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
         alu64_imm(AluOp.ADD, R3, STACK_SEEN),
         mov64_imm(R4, 0),  # BPF_ANY; an LRU map makes room itself
         call(Helper.MAP_UPDATE_ELEM),
+    ]
+
+
+def _seen_by_cookie(sock: SockOffsets, fds: MapFds) -> list[Item]:
+    """Leave at once when the calling thread was reported for this socket just now.
+
+    The kernel path's cheap common case (R8 = sk): one read (the cookie), the
+    clock, the thread and one lookup in the seen map under the key (cookie,
+    Slot.COOKIE), instead of the tuple's five reads first.  A socket without a
+    cookie yet (0), or a failed read, goes on to the tuple's own check.
+    Clobbers R0-R5 and R7, the key and the owner's time.
+    """
+    return [
+        *_zero_key(),
+        *_probe_read(STACK_KEY, 8, sock.skc_cookie, "cookie_unknown"),
+        ldx(Size.DW, R1, FP, STACK_KEY),
+        jmp_imm(JmpOp.JEQ, R1, 0, "cookie_unknown"),
+        st_imm(Size.B, FP, STACK_KEY + FLOW_KEY_SLOT, Slot.COOKIE),
+        call(Helper.KTIME_GET_NS),
+        stx(Size.DW, FP, STACK_VALUE + OWNER_TIME, R0),
+        call(Helper.GET_CURRENT_PID_TGID),
+        mov64_reg(R7, R0),
+        *_seen_before(fds.seen, R7, "out", update="cookie_seen_update"),
+        Label("cookie_unknown"),
     ]
 
 
@@ -547,6 +577,9 @@ def length_program(
     """
     f = _require(fmt, LENGTH_FIELDS)
     events = Counter.SEND_EVENTS if kind == OwnerKind.SEND else Counter.RECV_EVENTS
+    # Every namespace (the kernel path): "reported just now?" is asked by cookie first,
+    # before the tuple is read.
+    by_cookie = netns_inode == EVERY_NAMESPACE and sock.skc_cookie >= 0
     items: list[Item] = [
         # R6 = the tracepoint record
         mov64_reg(R6, R1),
@@ -560,6 +593,7 @@ def length_program(
         # R7 = ret (bytes moved, or -errno); a failed call is not recorded
         ldx(Size.W, R7, R6, f["ret"].offset),
         jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
+        *(_seen_by_cookie(sock, fds) if by_cookie else []),
         *_zero_key(),
         # key.protocol: TCP or UDP only
         ldx(Size.H, R1, R6, f["protocol"].offset),
@@ -597,7 +631,17 @@ def length_program(
         # R6 = pid_tgid, the thread to compare (the record is no longer needed)
         ldx(Size.DW, R6, FP, STACK_VALUE + OWNER_PID_TGID),
         # flows[key] = value, unless this thread was reported for the flow just now
+        # (asked by cookie already, when the socket has one: then recorded now)
+        *(
+            [
+                ldx(Size.DW, R1, FP, STACK_VALUE + OWNER_COOKIE),
+                jmp_imm(JmpOp.JNE, R1, 0, "record"),
+            ]
+            if by_cookie
+            else []
+        ),
         *_seen_before(fds.seen, R6, "flow_done"),
+        *([Label("record")] if by_cookie else []),
         *_update_flows(fds, None, "flow_done"),
         ja("out"),
     ]

@@ -36,6 +36,7 @@ from netatopd.ebpf.programs import (
     Counter,
     MapFds,
     OwnerKind,
+    Slot,
     TracepointError,
     length_program,
     parse_format,
@@ -287,6 +288,24 @@ def test_every_namespace_programs_have_no_filter() -> None:
         assert (0x07, 0x03, 0, 48) not in insns  # skc_net.net is not read
         assert (0x7B, 0x19, Counter.OTHER_NETNS * 8, 0) not in insns
         assert_every_instruction_reachable(insns)
+
+
+def test_every_namespace_send_asks_the_seen_map_by_cookie_first() -> None:
+    """Before the tuple's reads: the cookie read (sk + 88), key.slot = COOKIE, and a
+    lookup in the seen map (fd 7) that leaves at once when the thread was just reported."""
+    send = parse_format("sock", "sock_send_length", SEND_FORMAT)
+    insns = _instructions(
+        asm.assemble(length_program(OwnerKind.SEND, send, SOCK, FDS, NET, EVERY_NAMESPACE))
+    )
+    cookie_read = insns.index((0x07, 0x03, 0, 88))
+    slot = insns.index((0x72, 0x0A, -40 + 37, Slot.COOKIE))  # st_imm B key.slot
+    seen_loads = [i for i, insn in enumerate(insns) if insn[0] == 0x18 and insn[3] == 7]
+    first_tuple_read = insns.index((0x07, 0x03, 0, 4))  # skc_rcv_saddr
+    assert cookie_read < slot < seen_loads[0] < first_tuple_read
+    # per namespace: no early check, one seen lookup (and the update)
+    plain = _instructions(asm.assemble(length_program(OwnerKind.SEND, send, SOCK, FDS, NET, INODE)))
+    assert (0x72, 0x0A, -40 + 37, Slot.COOKIE) not in plain
+    assert len([i for i in plain if i[0] == 0x18 and i[3] == 7]) == len(seen_loads) - 2
 
 
 def assert_every_instruction_reachable(insns: list[tuple[int, int, int, int]]) -> None:
