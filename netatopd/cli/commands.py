@@ -22,7 +22,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from .. import history
+from .. import __version__, history
 from ..client import ControlClient, DaemonNotRunning, ProtocolError, run_dir_from_env
 from ..defaults import DB_DEFAULT, TOP_INTERVAL_S_DEFAULT
 from ..table import TableError
@@ -168,6 +168,24 @@ def _window(since: str | None, until: str | None) -> tuple[float | None, float |
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"netatop {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 @app.command()
