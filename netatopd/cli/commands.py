@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, NoReturn
 
+import apsw
 import typer
 
 from .. import __version__, history
@@ -33,6 +35,7 @@ from .format import (
     OutputFormat,
     Record,
     emit,
+    format_clock,
     format_time,
     render_csv,
     render_json,
@@ -358,6 +361,38 @@ def _report_cell(column: str) -> Callable[[Record], str]:
     return lambda row: rows.cell_text(column, row[column])
 
 
+def _add_running_processes(
+    conn: apsw.Connection, name: str, until_s: float | None, run_dir: str | None
+) -> str:
+    """For a report that sums samples over a window that ends now: add each running
+    process's counts since its last sample, from the daemon's table; returns the note
+    that says where the figures come from ('' for a report that reads no samples)."""
+    if not history.reads_samples(name):
+        return ""
+    last_s = history.last_sample_s(conn)
+    sampled = (
+        "the history's samples (none yet)"
+        if last_s is None
+        else f"the history's samples (the last at {format_clock(last_s)})"
+    )
+    if until_s is not None and until_s <= time.time():
+        return f"figures from {sampled}"
+    live = sources.running_now(run_dir)
+    if live is None:
+        return (
+            f"figures from {sampled} only: no table of a running netatopd in "
+            f"{run_dir_from_env(run_dir)}, so running processes lack their counts since "
+            "their last sample"
+        )
+    if until_s is not None and until_s <= live.updated_s:
+        return f"figures from {sampled}"
+    history.add_live_tail(conn, live.updated_s, live.processes, live.uid_of)
+    return (
+        f"figures from {sampled}, and for running processes their counts since, "
+        f"from netatopd's table at {format_clock(live.updated_s)}"
+    )
+
+
 @app.command()
 def report(
     name: Annotated[
@@ -387,13 +422,16 @@ def report(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
     ] = OutputFormat.TABLE,
+    run_dir: RunDir = None,
 ) -> None:
     """Run one of the SQL reports (sql/reports/NAME.sql) on the history database.
 
     The database is opened read-only and works while netatopd writes.  In
     table format byte counts get units, times are local (2026-11-27 02:00:00)
     and users are names; csv and json give the numbers as stored (times in
-    epoch seconds).
+    epoch seconds).  Over a window that ends now, a report on the samples
+    also counts the running processes up to now, from netatopd's table
+    (--run-dir); a note on stderr says where the figures come from.
 
     \b
     Examples:
@@ -435,6 +473,7 @@ def report(
         }
         conn = history.open_db(db, readonly=True)
         try:
+            note = _add_running_processes(conn, name, until_s, run_dir)
             try:
                 columns, values = history.run_report(conn, name, params)
             except ValueError as err:
@@ -459,6 +498,8 @@ def report(
         for column in columns
     ]
     emit(records, output, table_columns, columns, lambda record: record)
+    if note:
+        typer.echo(f"netatop: {note}", err=True)
 
 
 @app.command()

@@ -9,7 +9,9 @@ returns into rows (rows.TaskCounts):
 * the control socket (client.py): status, the exit list, sync, gc, the wait
   commands, and query when the daemon publishes no table; status falls back
   to the table's copy of STATUS when the socket is not ours to use;
-* the history database (netatopd.history, read-only): exited --since/--until.
+* the history database (netatopd.history, read-only): exited --since/--until,
+  and the reports, to which ``running_now`` adds the running processes of the
+  table for a window that ends now.
 
 Also owns the sentences that say where to look instead: a daemon that does
 not answer (naming the run directory, --run-dir, NETATOP_RUN_DIR and the
@@ -37,6 +39,7 @@ from ..client import (
     DaemonNotRunning,
     run_dir_from_env,
 )
+from ..history.reports import RunningProcess
 from ..table import Snapshot, TableError, TableMissing, TableReader, TableStale, open_table
 from ..tasks import Kind
 from . import rows
@@ -329,3 +332,37 @@ def history_exited(
     finally:
         conn.close()
     return [rows.from_history(task) for task in tasks]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+class RunningNow(NamedTuple):
+    """The running processes of the table, for a report whose window ends now."""
+
+    updated_s: float  # the publish the counters come from
+    processes: list[RunningProcess]
+    uid_of: dict[int, int]  # from /proc, for processes that have no sample yet
+
+
+def running_now(run_dir: str | None) -> RunningNow | None:
+    """The table's running processes with their cumulative counters; None when no
+    daemon publishes a table here (or it is stale or not ours to read)."""
+    try:
+        taken = table_snapshot(run_dir)
+    except (Unavailable, TableError, PermissionError):
+        return None
+    if taken is None:
+        return None
+    processes = [
+        (task.tgid, task.btime, task.command, tuple(task.counters))
+        for task in taken.rows
+        if task.kind == Kind.PROCESS
+    ]
+    uid_of: dict[int, int] = {}
+    for tgid, *_ in processes:
+        try:
+            uid_of[tgid] = os.stat(f"/proc/{tgid}").st_uid
+        except OSError:
+            pass
+    return RunningNow(taken.updated_s, processes, uid_of)
