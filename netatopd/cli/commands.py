@@ -94,9 +94,24 @@ Until = Annotated[
     typer.Option("--until", metavar="TIME", help="up to this time (same forms as --since)"),
 ]
 Limit = Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="at most N rows")]
+
+
+def _process_id(text: str) -> int:
+    """A PID from the command line; anything but a number is one sentence and status 2."""
+    if isinstance(text, int):
+        return text
+    if not text.strip().isdigit():
+        name = text.strip()
+        hint = f" (pgrep {name} finds those of the command {name})" if name[:1].isalpha() else ""
+        _fail(f"{text!r} is not a process id: give the number ps shows under PID{hint}")
+    return int(text)
+
+
 Pid = Annotated[
     int | None,
-    typer.Option("--pid", min=0, metavar="PID", help="only the process with this id"),
+    typer.Option(
+        "--pid", metavar="PID", parser=_process_id, help="only the process with this id"
+    ),
 ]
 SORT_HELP = (
     "largest first by bytes (sent and received), packets, sent (bytes), received, "
@@ -194,7 +209,10 @@ def _options(
 @app.command()
 def status(
     run_dir: RunDir = None,
-    as_json: Json = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="print one JSON object: the daemon's STATUS figures"),
+    ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", help="also the eBPF helper's internal figures")
     ] = False,
@@ -244,7 +262,9 @@ def status(
 def query(
     pids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="PID", help="process ids (default: every process)"),
+        typer.Argument(
+            metavar="PID", parser=_process_id, help="process ids (default: every process)"
+        ),
     ] = None,
     threads: Annotated[
         bool, typer.Option("--threads", help="thread rows (tid) instead of process rows")
@@ -291,6 +311,9 @@ def query(
         found = found[:top]
     columns = rows.THREAD_COLUMNS if threads else rows.TASK_COLUMNS
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
+    if not found and not wanted and not threads:
+        with _errors():
+            typer.echo(f"netatop: {sources.nothing_yet(run_dir)}", err=True)
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
     for complaint in [*notes, *complaints]:

@@ -31,19 +31,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from .. import history
+from .. import history, procfs
 from ..client import (
     CONTROL_SOCKET_NAME,
     RUN_DIR_DEFAULT,
     ControlClient,
     DaemonNotRunning,
+    ProtocolError,
     run_dir_from_env,
 )
 from ..history.reports import RunningProcess
 from ..table import Snapshot, TableError, TableMissing, TableReader, TableStale, open_table
 from ..tasks import Kind
 from . import rows
-from .format import format_clock
+from .format import format_clock, format_duration
 from .rows import TaskCounts
 
 T = TypeVar("T")
@@ -298,6 +299,52 @@ def query(run_dir: str | None, pids: Sequence[int], threads: bool) -> Answer:
         call(run_dir, lambda c: c.probe())  # not running: say that, not "no threads"
         return Answer([], [f"no thread rows for {pid}" for pid in pids], True)
     return _query_socket(run_dir, pids)
+
+
+# A daemon up for less than this is "just started" when query finds no process.
+JUST_STARTED_S = 10.0
+
+
+def daemon_uptime_s(run_dir: str | None, taken: Snapshot | None) -> float | None:
+    """How long the daemon has run: STATUS uptime_s from the control socket, else the
+    start of the table's daemon_pid in /proc (for users who may not use the socket)."""
+    try:
+        uptime = call(run_dir, lambda c: c.status(), timeout_s=5.0)["uptime_s"]
+        if isinstance(uptime, int | float):
+            return float(uptime)
+    except (Unavailable, ProtocolError, OSError, KeyError, TypeError, ValueError):
+        pass
+    if taken is None or taken.daemon_pid <= 0:
+        return None
+    try:
+        proc = procfs.ProcFS()
+        started_s = proc.btime(proc.stat(taken.daemon_pid).start_time_ticks)
+    except procfs.ProcError:
+        return None
+    return max(0.0, time.time() - started_s)
+
+
+def nothing_yet(run_dir: str | None) -> str:
+    """Why query found no process: the daemon just started, or nothing used the network."""
+    try:
+        taken = table_snapshot(run_dir)
+    except (Unavailable, TableError):
+        taken = None
+    finished = sum(1 for task in taken.rows if task.kind == Kind.EXITED) if taken else 0
+    gone = f"; {finished} finished ones are in the exit list (netatop exited)" if finished else ""
+    uptime_s = daemon_uptime_s(run_dir, taken)
+    if uptime_s is None:
+        return f"no process yet: none has sent or received TCP or UDP{gone}"
+    if uptime_s < JUST_STARTED_S:
+        return (
+            f"no process yet: netatopd started only {uptime_s:.0f} s ago; a process "
+            f"appears once it sends or receives TCP or UDP{gone}"
+        )
+    started = format_clock(time.time() - uptime_s)
+    return (
+        f"no process yet: none has sent or received TCP or UDP since netatopd started "
+        f"at {started} ({format_duration(uptime_s)} ago){gone}"
+    )
 
 
 # --------------------------------------------------------------------------- finished
