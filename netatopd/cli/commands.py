@@ -109,9 +109,7 @@ def _process_id(text: str) -> int:
 
 Pid = Annotated[
     int | None,
-    typer.Option(
-        "--pid", metavar="PID", parser=_process_id, help="only the process with this id"
-    ),
+    typer.Option("--pid", metavar="PID", parser=_process_id, help="only the process with this id"),
 ]
 SORT_HELP = (
     "largest first by bytes (sent and received), packets, sent (bytes), received, "
@@ -214,15 +212,21 @@ def status(
         typer.Option("--json", help="print one JSON object: the daemon's STATUS figures"),
     ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="also the eBPF helper's internal figures")
+        bool,
+        typer.Option(
+            "--verbose",
+            help="also the daemon's internal figures (resolver, sweep, balance, forwarded, "
+            "atop socket, process events, eBPF helper)",
+        ),
     ] = False,
 ) -> None:
-    """The daemon's figures: packets, flows, tasks, exit list, capture, resolver, table, history.
+    """The daemon's figures: packets, flows, tasks, exit list, capture, table, history.
 
     The figures of the kernel module's /proc/netatop and what a user-space
     reader must add: packets dropped by the capture ring, resolver misses,
-    table fill, history.  --verbose adds the eBPF helper's internal figures;
-    --json prints the daemon's STATUS object as it is.
+    table fill, history.  --verbose adds the daemon's internal figures
+    (resolver, sweep, balance, forwarded, atop socket, process events, eBPF
+    helper); --json prints the daemon's STATUS object, one JSON object, as it is.
 
     \b
     Examples:
