@@ -165,3 +165,26 @@ def test_status_without_verbose_shows_no_internal_counters(make_netns: Any, tmp_
     if figures["ownership"] == "kernel":  # the helper runs: --verbose adds its figures
         assert any(line.startswith("eBPF") for line in verbose.stdout.splitlines())
         assert len(verbose.stdout.splitlines()) > len(lines)
+
+
+def test_a_daemon_in_another_namespace_needs_its_own_atop_socket(
+    make_netns: Any, tmp_path: Path
+) -> None:
+    """README, atop: a Unix socket path is not in a network namespace, so a second daemon
+    in another namespace is refused on the same --atop-socket and starts with its own."""
+    first_ns, second_ns = make_netns("ntpR"), make_netns("ntpS")
+    shared = tmp_path / "atop.sock"
+    first = Daemon(first_ns, tmp_path / "first", "--atop-socket", str(shared))
+    try:
+        with pytest.raises(AssertionError, match="exited with 5") as refused:
+            Daemon(second_ns, tmp_path / "second", "--atop-socket", str(shared))
+        assert "--atop-socket" in str(refused.value) and str(shared) in str(refused.value)
+        assert not (tmp_path / "second").exists()  # its failed start left no run directory
+        own = Daemon(second_ns, tmp_path / "third", "--atop-socket", str(tmp_path / "own.sock"))
+        try:
+            assert (tmp_path / "own.sock").exists() and shared.exists()
+        finally:
+            assert own.stop() == 0, own.logs()
+    finally:
+        code = first.stop()
+    assert code == 0, first.logs()
