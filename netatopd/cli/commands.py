@@ -405,11 +405,10 @@ def _add_running_processes(
     if until_s is not None and until_s <= time.time():
         return f"figures from {sampled}"
     live = sources.running_now(run_dir)
-    if live is None:
+    if isinstance(live, str):
         return (
-            f"figures from {sampled} only: no table of a running netatopd in "
-            f"{run_dir_from_env(run_dir)}, so running processes lack their counts since "
-            "their last sample"
+            f"figures from {sampled} only ({live}): running processes lack their counts "
+            "since their last sample"
         )
     if until_s is not None and until_s <= live.updated_s:
         return f"figures from {sampled}"

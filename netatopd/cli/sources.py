@@ -392,15 +392,16 @@ class RunningNow(NamedTuple):
     uid_of: dict[int, int]  # from /proc, for processes that have no sample yet
 
 
-def running_now(run_dir: str | None) -> RunningNow | None:
-    """The table's running processes with their cumulative counters; None when no
-    daemon publishes a table here (or it is stale or not ours to read)."""
+def running_now(run_dir: str | None) -> RunningNow | str:
+    """The table's running processes with their cumulative counters, or why there are
+    none to add (no daemon publishes a table here, it is stale, or not ours to read)."""
+    directory = run_dir_from_env(run_dir)
     try:
         taken = table_snapshot(run_dir)
-    except (Unavailable, TableError, PermissionError):
-        return None
+    except (Unavailable, TableError) as err:
+        return str(err)
     if taken is None:
-        return None
+        return f"no table of a running netatopd in {directory}"
     processes = [
         (task.tgid, task.btime, task.command, tuple(task.counters))
         for task in taken.rows

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from netatopd.cli import commands
+from netatopd.cli import commands, sources
 from netatopd.history import add_live_tail, open_db
 from netatopd.protocol import COUNTER_NAMES
-from netatopd.table import TableWriter, table_path
+from netatopd.table import TableError, TableWriter, table_path
 from netatopd.tasks import Kind, TaskRow
 
 SAMPLE_INSERT = (
@@ -135,7 +135,26 @@ def test_without_a_daemon_the_report_says_it_is_samples_only(db: Path, tmp_path:
     assert [(row["pid"], row["total_bytes"]) for row in rows] == [
         (100, totals(sampled)["total_bytes"])
     ]
-    assert "only: no table of a running netatopd in " + str(empty) in note
+    assert note.startswith("netatop: figures from the history's samples (the last at ")
+    assert note.rstrip().endswith(
+        f"only (no table of a running netatopd in {empty}): running processes lack their "
+        "counts since their last sample"
+    )
+
+
+def test_a_table_that_is_not_readable_is_named(
+    db: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user who may not read the table (mode 0600, not in --table-group) is told why."""
+    denied = f"cannot open the table {run_dir}/table: Permission denied"
+
+    def not_readable(directory: str | None) -> None:
+        raise TableError(denied, f"{directory}/table")
+
+    monkeypatch.setattr(sources, "table_snapshot", not_readable)
+    rows, note = top_processes(db, run_dir)
+    assert [row["pid"] for row in rows] == [100]  # the samples only
+    assert f"only ({denied}): running processes lack their counts" in note
 
 
 def test_a_window_that_ended_before_now_takes_nothing_from_the_table(
