@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, NoReturn
 
+import apsw
 import typer
 
-from .. import history
+from .. import __version__, history
 from ..client import ControlClient, DaemonNotRunning, ProtocolError, run_dir_from_env
 from ..defaults import DB_DEFAULT, TOP_INTERVAL_S_DEFAULT
 from ..table import TableError
@@ -33,6 +35,7 @@ from .format import (
     OutputFormat,
     Record,
     emit,
+    format_clock,
     format_time,
     render_csv,
     render_json,
@@ -92,9 +95,22 @@ Until = Annotated[
     typer.Option("--until", metavar="TIME", help="up to this time (same forms as --since)"),
 ]
 Limit = Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="at most N rows")]
+
+
+def _process_id(text: str) -> int:
+    """A PID from the command line; anything but a number is one sentence and status 2."""
+    if isinstance(text, int):
+        return text
+    if not text.strip().isdigit():
+        name = text.strip()
+        hint = f" (pgrep {name} finds those of the command {name})" if name[:1].isalpha() else ""
+        _fail(f"{text!r} is not a process id: give the number ps shows under PID{hint}")
+    return int(text)
+
+
 Pid = Annotated[
     int | None,
-    typer.Option("--pid", min=0, metavar="PID", help="only the process with this id"),
+    typer.Option("--pid", metavar="PID", parser=_process_id, help="only the process with this id"),
 ]
 SORT_HELP = (
     "largest first by bytes (sent and received), packets, sent (bytes), received, "
@@ -171,20 +187,47 @@ def _window(since: str | None, until: str | None) -> tuple[float | None, float |
 # --------------------------------------------------------------------------- commands
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"netatop {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 @app.command()
 def status(
     run_dir: RunDir = None,
-    as_json: Json = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="print one JSON object: the daemon's STATUS figures"),
+    ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="also the eBPF helper's internal figures")
+        bool,
+        typer.Option(
+            "--verbose",
+            help="also the daemon's internal figures (resolver, sweep, balance, forwarded, "
+            "atop socket, process events, eBPF helper)",
+        ),
     ] = False,
 ) -> None:
-    """The daemon's figures: packets, flows, tasks, exit list, capture, resolver, table, history.
+    """The daemon's figures: packets, flows, tasks, exit list, capture, table, history.
 
     The figures of the kernel module's /proc/netatop and what a user-space
     reader must add: packets dropped by the capture ring, resolver misses,
-    table fill, history.  --verbose adds the eBPF helper's internal figures;
-    --json prints the daemon's STATUS object as it is.
+    table fill, history.  --verbose adds the daemon's internal figures
+    (resolver, sweep, balance, forwarded, atop socket, process events, eBPF
+    helper); --json prints the daemon's STATUS object, one JSON object, as it is.
 
     \b
     Examples:
@@ -224,7 +267,9 @@ def status(
 def query(
     pids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="PID", help="process ids (default: every process)"),
+        typer.Argument(
+            metavar="PID", parser=_process_id, help="process ids (default: every process)"
+        ),
     ] = None,
     threads: Annotated[
         bool, typer.Option("--threads", help="thread rows (tid) instead of process rows")
@@ -298,6 +343,9 @@ def query(
         found = found[:top]
     columns = rows.THREAD_COLUMNS if threads else rows.TASK_COLUMNS
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
+    if not found and not wanted and not threads:
+        with _errors():
+            typer.echo(f"netatop: {sources.nothing_yet(run_dir)}", err=True)
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
     for complaint in [*notes, *complaints]:
@@ -368,6 +416,37 @@ def _report_cell(column: str, shown_as: str) -> Callable[[Record], str]:
     return lambda row: rows.cell_text(shown_as, row[column])
 
 
+def _add_running_processes(
+    conn: apsw.Connection, name: str, until_s: float | None, run_dir: str | None
+) -> str:
+    """For a report that sums samples over a window that ends now: add each running
+    process's counts since its last sample, from the daemon's table; returns the note
+    that says where the figures come from ('' for a report that reads no samples)."""
+    if not history.reads_samples(name):
+        return ""
+    last_s = history.last_sample_s(conn)
+    sampled = (
+        "the history's samples (none yet)"
+        if last_s is None
+        else f"the history's samples (the last at {format_clock(last_s)})"
+    )
+    if until_s is not None and until_s <= time.time():
+        return f"figures from {sampled}"
+    live = sources.running_now(run_dir)
+    if isinstance(live, str):
+        return (
+            f"figures from {sampled} only ({live}): running processes lack their counts "
+            "since their last sample"
+        )
+    if until_s is not None and until_s <= live.updated_s:
+        return f"figures from {sampled}"
+    history.add_live_tail(conn, live.updated_s, live.processes, live.uid_of)
+    return (
+        f"figures from {sampled}, and for running processes their counts since, "
+        f"from netatopd's table at {format_clock(live.updated_s)}"
+    )
+
+
 @app.command()
 def report(
     name: Annotated[
@@ -405,13 +484,16 @@ def report(
             "command (default), user, unit or container",
         ),
     ] = None,
+    run_dir: RunDir = None,
 ) -> None:
     """Run one of the SQL reports (sql/reports/NAME.sql) on the history database.
 
     The database is opened read-only and works while netatopd writes.  In
     table format byte counts get units, times are local (2026-11-27 02:00:00)
     and users are names; csv and json give the numbers as stored (times in
-    epoch seconds).
+    epoch seconds).  Over a window that ends now, a report on the samples
+    also counts the running processes up to now, from netatopd's table
+    (--run-dir); a note on stderr says where the figures come from.
 
     \b
     Examples:
@@ -456,6 +538,7 @@ def report(
         }
         conn = history.open_db(db, readonly=True)
         try:
+            note = _add_running_processes(conn, name, until_s, run_dir)
             try:
                 columns, values = history.run_report(conn, name, params)
             except ValueError as err:
@@ -482,6 +565,8 @@ def report(
         for column in columns
     ]
     emit(records, output, table_columns, columns, lambda record: record)
+    if note:
+        typer.echo(f"netatop: {note}", err=True)
 
 
 @app.command()
