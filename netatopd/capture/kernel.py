@@ -9,6 +9,15 @@ batches of frames, ``drain``: the per-socket sums since the last drain with
 their wire bytes, ready for ``FlowTable.charge_sockets``.  Called by the
 daemon's main (open, close) and engine (drain, stats).
 
+Two rates.  Every drain interval (10 ms) ``drain`` looks at the programs'
+news counters (a memory read): nothing is done when no entry was made; the
+sums are read at once (map switch + walk) when a socket was met for the first
+time, so its owner is looked for while it is still there; when only sockets
+met before sent or received, their sums are left in the kernel until the sum
+interval (250 ms) is up, or until the engine asks for them (``force``: a
+process with counters exits; ``want_sums``: a SYNC request waits).  Nothing
+is lost meanwhile: the counts stay in the kernel's map until read.
+
 Bytes on this path: the programs give IP bytes per socket, a GSO/GRO
 aggregate already counted as the segments the wire carries with one set of
 network and transport headers per segment; ``skbcount.wire_bytes`` adds
@@ -28,6 +37,7 @@ from .pcap import CaptureError, CaptureStats
 log = logging.getLogger(__name__)
 
 LINK_HEADER_BYTES = 14  # Ethernet and loopback: the programs do not see the interface
+SUM_INTERVAL_S_DEFAULT = 0.25  # known sockets' sums are read this often (--sum-interval-ms)
 
 
 class KernelCapture:
@@ -36,21 +46,35 @@ class KernelCapture:
     lanes: tuple[()] = ()  # no libpcap lanes
     fallback = ""
 
-    def __init__(self, counter: KernelCounter, drain_interval_s: float) -> None:
+    def __init__(
+        self,
+        counter: KernelCounter,
+        drain_interval_s: float,
+        sum_interval_s: float = SUM_INTERVAL_S_DEFAULT,
+    ) -> None:
         self.counter = counter
         self.drain_interval_s = drain_interval_s
+        self.sum_interval_s = max(sum_interval_s, drain_interval_s)
         self.next_drain_monotonic_s = 0.0
+        self.next_sums_monotonic_s = 0.0
+        self.sums_wanted = False
         self.drains = 0
+        self.deferred = 0  # checks that left known sockets' sums for the sum interval
         self.packets = 0  # segments counted, every protocol
 
     @classmethod
-    def open(cls, drain_interval_s: float, run_stats: bool = False) -> KernelCapture:
+    def open(
+        cls,
+        drain_interval_s: float,
+        run_stats: bool = False,
+        sum_interval_s: float = SUM_INTERVAL_S_DEFAULT,
+    ) -> KernelCapture:
         """Load and attach the programs; CaptureError says why they cannot be."""
         try:
             counter = KernelCounter.open(run_stats=run_stats)
         except KernelCounterError as err:
             raise CaptureError(f"the kernel counting path cannot load: {err.reason}") from err
-        return cls(counter, drain_interval_s)
+        return cls(counter, drain_interval_s, sum_interval_s)
 
     def filenos(self) -> list[int]:
         return []
@@ -61,14 +85,39 @@ class KernelCapture:
     def due(self) -> bool:
         return time.monotonic() >= self.next_drain_monotonic_s
 
-    def drain(self) -> list[tuple[int, int, int, int, int, int, int, int]]:
+    def want_sums(self) -> None:
+        """Read the sums at the next drain even when no new socket is there (a SYNC waits)."""
+        self.sums_wanted = True
+
+    def drain(
+        self, force: bool = False
+    ) -> list[tuple[int, int, int, int, int, int, int, int]] | None:
         """Per socket since the last drain: (cookie, netns cookie, protocol, family,
-        sent packets, sent wire bytes, received packets, received wire bytes)."""
-        self.next_drain_monotonic_s = time.monotonic() + self.drain_interval_s
+        sent packets, sent wire bytes, received packets, received wire bytes).
+
+        None when only sockets met before have counts and neither the sum
+        interval is up, nor ``force``, nor ``want_sums``: they stay in the
+        kernel for a later drain (everything up to now is counted only when
+        a list, maybe empty, is returned).
+        """
+        now = time.monotonic()
+        self.next_drain_monotonic_s = now + self.drain_interval_s
         try:
+            anything, new_socket = self.counter.changes()
+            if (
+                anything
+                and not new_socket
+                and not force
+                and not self.sums_wanted
+                and now < self.next_sums_monotonic_s
+            ):
+                self.deferred += 1
+                return None
             counts = self.counter.drain()
         except KernelCounterError as err:
             raise CaptureError(str(err)) from err
+        self.sums_wanted = False
+        self.next_sums_monotonic_s = now + self.sum_interval_s
         self.drains += 1
         link = LINK_HEADER_BYTES
         sums = []
