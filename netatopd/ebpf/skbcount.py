@@ -56,6 +56,14 @@ KernelCapture) drains at once for a new socket, whose owner must be looked
 for while it is still there, and reads the sums of known sockets at a lower
 rate.  A cookie the LRU forgot only counts as new once more: one early drain.
 
+Woken, not polling.  For a new socket the programs also write its cookie
+into ``ntp_skb_wake``, a small ring buffer (Linux 5.8+) whose fd the daemon's
+event loop watches (``wake_fileno``): the kernel wakes the reader when a
+record lands in an empty ring, so the daemon need not look every 10 ms.
+``take_wake`` empties the ring (only the wake-up matters: what is new is
+read from the counters).  Where the kernel refuses the ring, there is no fd
+and the caller polls ``changes`` instead.
+
 Attachment.  By default with ``BPF_LINK_CREATE`` (cgroup links are in
 ``BPF_F_ALLOW_MULTI`` mode): the kernel detaches a link when its last fd is
 closed, so the programs go away even when the process is killed.  With
@@ -160,6 +168,7 @@ class SkbHelper(IntEnum):
     GET_SOCKET_COOKIE = 46
     SK_FULLSOCK = 95
     GET_NETNS_COOKIE = 122
+    RINGBUF_OUTPUT = 130
 
 
 # struct __sk_buff (linux/bpf.h), the members read, at their UAPI offsets:
@@ -195,6 +204,8 @@ STATS = struct.Struct("=QQ")
 NEWS = struct.Struct("=QQ")
 NEWS_ENTRIES, NEWS_SOCKETS = 0, 8
 SEEN_VALUE = struct.Struct("=I")
+WAKE_RING_BYTES = 4096  # the wake ring's data: 256 records of 8 bytes (+ 8 header)
+RING_POSITION = struct.Struct("=Q")  # consumer_pos (page 0), producer_pos (page 1)
 ARRAY_KEY = struct.Struct("=I")
 
 # The programs' stack frame (offsets from the frame pointer R10).
@@ -361,8 +372,28 @@ def _lookup_in(map_fd: int) -> list[Item]:
     ]
 
 
+def _wake(wake_fd: int) -> list[Item]:
+    """bpf_ringbuf_output(wake ring, &cookie, 8, 0): the kernel wakes the reader of an
+    empty ring.  Nothing when there is no ring (wake_fd < 0)."""
+    if wake_fd < 0:
+        return []
+    return [
+        ld_map_fd(R1, wake_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        mov64_imm(R3, SOCKET_KEY.size),
+        mov64_imm(R4, 0),
+        _call(SkbHelper.RINGBUF_OUTPUT),
+    ]
+
+
 def count_program(
-    attach_type: AttachType, current_fd: int, stats_fd: int, news_fd: int, seen_fd: int
+    attach_type: AttachType,
+    current_fd: int,
+    stats_fd: int,
+    news_fd: int,
+    seen_fd: int,
+    wake_fd: int = -1,
 ) -> list[Item]:
     """The ingress or egress program: add this skb to its socket's entry, return 1.
 
@@ -371,7 +402,8 @@ def count_program(
     be recorded because the socket map was full; ``news_fd`` the array whose
     one NEWS value counts the entries made and the sockets met for the first
     time (each after its entry is made); ``seen_fd`` the LRU hash of the
-    cookies met (cookie -> 0).
+    cookies met (cookie -> 0); ``wake_fd`` the ring buffer a new socket's
+    cookie is written to (after news counts it), or -1 for none.
     """
     if attach_type == AttachType.CGROUP_INET_EGRESS:
         packets_at, bytes_at = SENT_PACKETS, SENT_IP_BYTES
@@ -413,6 +445,7 @@ def count_program(
         mov64_imm(R4, UpdateFlag.ANY),
         _call(SkbHelper.MAP_UPDATE_ELEM),
         *_bump_news(news_fd, NEWS_SOCKETS, "sockets_counted"),
+        *_wake(wake_fd),
         Label("seen_before"),
         *_lookup(R9),
         jmp_imm(JmpOp.JEQ, R0, 0, "lost"),
@@ -551,6 +584,9 @@ class KernelCounter:
         self._news_fd = -1
         self._news_view: mmap.mmap | None = None  # None: read with bpf()
         self._seen_fd = -1
+        self._wake_fd = -1
+        self._wake_consumer: mmap.mmap | None = None  # the ring's consumer_pos page (rw)
+        self._wake_producer: mmap.mmap | None = None  # its producer_pos page (read only)
         self._news_at_switch = (0, 0)  # (entries, sockets) read before the latest switch
         self.skipped_drains = 0  # drains that found the map in use empty (no switch)
         self._cgroup_path = ""
@@ -567,19 +603,21 @@ class KernelCounter:
         socket_entries: int = SOCKET_MAP_ENTRIES,
         run_stats: bool = False,
         mountinfo_path: Path = MOUNTINFO_PATH,
+        wake: bool = True,
     ) -> KernelCounter:
         """Create the maps, load both programs and attach them at the cgroup v2 root.
 
         ``cgroup_root`` None means the mount point found in ``mountinfo_path``,
         or a private cgroup2 mount in a temporary directory when there is none
         (removed by ``close``).  ``run_stats`` keeps the kernel's run
-        time/count statistics on while the counter is open.
+        time/count statistics on while the counter is open.  ``wake``: a wake
+        ring for new sockets (``wake_fileno``) where the kernel allows.
         KernelCounterError says why it cannot be done.
         """
         self = cls()
         self._attach = attach
         try:
-            self._open(cgroup_root, socket_entries, run_stats, mountinfo_path)
+            self._open(cgroup_root, socket_entries, run_stats, mountinfo_path, wake)
         except BaseException:
             self.close()
             raise
@@ -591,7 +629,12 @@ class KernelCounter:
         return fd
 
     def _open(
-        self, cgroup_root: str | None, entries: int, run_stats: bool, mountinfo_path: Path
+        self,
+        cgroup_root: str | None,
+        entries: int,
+        run_stats: bool,
+        mountinfo_path: Path,
+        wake: bool,
     ) -> None:
         resources = self._resources
         if cgroup_root is None:
@@ -651,6 +694,8 @@ class KernelCounter:
             )
         except BpfSyscallError as err:
             raise KernelCounterError(_reason("creating the BPF maps", err)) from err
+        if wake:
+            self._open_wake_ring()
         if run_stats:
             try:
                 self._keep(syscalls.enable_run_stats())
@@ -663,7 +708,12 @@ class KernelCounter:
             strict=True,
         ):
             items = count_program(
-                attach_type, self._current_fd, self._stats_fd, self._news_fd, self._seen_fd
+                attach_type,
+                self._current_fd,
+                self._stats_fd,
+                self._news_fd,
+                self._seen_fd,
+                self._wake_fd,
             )
             fd = self._keep(_load(name, attach_type, items))
             self._prog_fds[name] = fd
@@ -679,6 +729,30 @@ class KernelCounter:
                     _reason(f"attaching {name} at {cgroup_root}", err)
                 ) from err
         log.info("cgroup_skb counting programs attached at %s", cgroup_root)
+
+    def _open_wake_ring(self) -> None:
+        """The wake ring and its two position pages mapped, or none (logged)."""
+        try:
+            fd = self._keep(
+                syscalls.map_create(MapType.RINGBUF, 0, 0, WAKE_RING_BYTES, "ntp_skb_wake")
+            )
+        except BpfSyscallError as err:
+            log.info("no ring buffer for wake-ups (%s): polling for new sockets", err)
+            return
+        try:
+            consumer = mmap.mmap(
+                fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+            self._resources.views.append(consumer)
+            producer = mmap.mmap(
+                fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=mmap.PAGESIZE
+            )
+            self._resources.views.append(producer)
+        except OSError as err:
+            log.info("ring buffer not mapped (%s): polling for new sockets", err.strerror)
+            return
+        self._wake_fd = fd
+        self._wake_consumer, self._wake_producer = consumer, producer
 
     def _news_map(self) -> int:
         """The news counter's array map, mapped into memory where the kernel allows."""
@@ -718,6 +792,22 @@ class KernelCounter:
             return 0, 0
         entries, sockets = NEWS.unpack(raw)
         return int(entries), int(sockets)
+
+    def wake_fileno(self) -> int | None:
+        """The fd that turns readable when the programs met a new socket (None: poll)."""
+        return self._wake_fd if self._wake_fd >= 0 else None
+
+    def take_wake(self) -> bool:
+        """Empty the wake ring; True when it held something (a new socket was met)."""
+        consumer, producer = self._wake_consumer, self._wake_producer
+        if consumer is None or producer is None or self._closed:
+            return False
+        (produced,) = RING_POSITION.unpack_from(producer)
+        (consumed,) = RING_POSITION.unpack_from(consumer)
+        if produced == consumed:
+            return False
+        RING_POSITION.pack_into(consumer, 0, produced)
+        return True
 
     def changes(self) -> tuple[bool, bool]:
         """(anything to drain, a new socket among it) since the last switch of maps.
@@ -814,9 +904,11 @@ class KernelCounter:
         return result
 
     def object_ids(self) -> tuple[list[int], list[int]]:
-        """Kernel ids of the two programs and of the six maps."""
+        """Kernel ids of the two programs and of the six maps (seven with the wake ring)."""
         self._require_open()
         maps = [*self._socket_fds, self._current_fd, self._stats_fd, self._news_fd, self._seen_fd]
+        if self._wake_fd >= 0:
+            maps.append(self._wake_fd)
         return [syscalls.object_id(fd) for fd in self._prog_fds.values()], [
             syscalls.object_id(fd) for fd in maps
         ]

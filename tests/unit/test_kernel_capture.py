@@ -20,11 +20,20 @@ UDP, AF_INET = 17, 2
 class FakeCounter:
     """changes() from the fields; drain() hands out what was sent and records the call."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake_fd: int | None = None) -> None:
         self.anything = False
         self.new_socket = False
         self.sent: dict[int, int] = {}  # cookie -> datagrams of 100 IP bytes
         self.drains = 0
+        self.wake_fd = wake_fd
+        self.woken = False  # what the wake ring holds
+
+    def wake_fileno(self) -> int | None:
+        return self.wake_fd
+
+    def take_wake(self) -> bool:
+        woken, self.woken = self.woken, False
+        return woken
 
     def changes(self) -> tuple[bool, bool]:
         return self.anything, self.new_socket
@@ -43,6 +52,7 @@ class FakeCounter:
         self.sent[cookie] = self.sent.get(cookie, 0) + datagrams
         self.anything = True
         self.new_socket = self.new_socket or new
+        self.woken = self.woken or new
 
 
 @pytest.fixture
@@ -53,6 +63,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def capture_of(counter: FakeCounter) -> KernelCapture:
+    """Drain interval 10 ms, sum interval 250 ms."""
     fake: Any = counter
     return KernelCapture(fake, drain_interval_s=0.01, sum_interval_s=0.25)
 
@@ -111,3 +122,34 @@ def test_nothing_to_drain_is_a_complete_empty_drain(clock: list[float]) -> None:
 def test_the_sum_interval_is_never_shorter_than_the_drain_interval() -> None:
     fake: Any = FakeCounter()
     assert KernelCapture(fake, drain_interval_s=0.5, sum_interval_s=0.1).sum_interval_s == 0.5
+
+
+def test_with_a_wake_ring_the_loop_sleeps_until_a_new_socket_or_the_sums(
+    clock: list[float],
+) -> None:
+    counter = FakeCounter(wake_fd=42)
+    capture = capture_of(counter)
+    assert capture.filenos() == [42]
+    assert capture.due()  # the first drain
+    assert capture.drain() == []
+    assert capture.seconds_until_drain() == pytest.approx(0.25)  # not 10 ms: no polling
+    counter.send(7, 2, new=False)
+    clock[0] += 0.1
+    assert not capture.due()  # known sockets' sums wait
+    counter.send(9, 1, new=True)  # the ring wakes the loop
+    assert capture.due()
+    assert sent(capture.drain()) == {7: 2, 9: 1}
+    counter.send(10, 1, new=True)  # another new socket at once: one drain interval later
+    assert not capture.due()
+    assert capture.seconds_until_drain() == pytest.approx(0.01)
+    clock[0] += 0.01
+    assert capture.due()
+    assert sent(capture.drain()) == {10: 1}
+
+
+def test_without_a_wake_ring_the_loop_polls_every_drain_interval(clock: list[float]) -> None:
+    counter = FakeCounter()
+    capture = capture_of(counter)
+    assert capture.filenos() == []
+    capture.drain()
+    assert capture.seconds_until_drain() == pytest.approx(0.01)
