@@ -244,8 +244,8 @@ OPTIONS: tuple[Option, ...] = (
         "--drain-interval-ms",
         int,
         DRAIN_INTERVAL_MS_DEFAULT,
-        "--capture kernel: how often the kernel is checked for new sockets, whose sums"
-        " are then read at once (a new socket's packet is counted at most this late)",
+        "--capture kernel: the sums are read at most this often when new sockets come"
+        " (a new socket's packet is counted at most this late)",
         1,
     ),
     Option(
