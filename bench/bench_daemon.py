@@ -899,8 +899,10 @@ def sender_figures(
                     time.sleep(seconds)
                     idle_ns = monitor.cpu_ns() - idle_start
                 send_start = monitor.cpu_ns()
+                switches = proc_status_field(monitor.pid, "voluntary_ctxt_switches")
                 rate, sent = sender_rate(ns, seconds)
                 send_ns = monitor.cpu_ns() - send_start
+                switches = proc_status_field(monitor.pid, "voluntary_ctxt_switches") - switches
             finally:
                 monitor.stop()
             after, _ = sender_rate(ns, seconds)
@@ -912,6 +914,9 @@ def sender_figures(
                 (1 - 2 * rate / (before + after)) * 100,
                 "%",
             )
+            if daemon:
+                # The main thread's sleeps ended (poll wake-ups), a load-independent figure.
+                figures.add("daemon wake-ups/s during the send", name, switches / seconds, "/s")
             if daemon and sent:
                 figures.add("daemon cpu/datagram sent", name, send_ns / sent / 1000, "us")
                 figures.add(
