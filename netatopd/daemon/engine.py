@@ -388,6 +388,8 @@ class Engine:
     def resync_processes(self) -> None:
         """Process events were lost: finish the tasks that are gone, learn every process."""
         self.process_events_resyncs += 1
+        if self.kernel_capture is not None:
+            self.drain_capture(force=True)  # known sockets' last sums before tasks finish
         now_s = self.clock.wall()
         self.registry.sweep(now_s)
         identities = self.identities
