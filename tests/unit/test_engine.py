@@ -301,10 +301,10 @@ class FakeProcessEvents:
 def test_an_exit_event_finishes_the_task_now_and_lost_events_resync(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drained: list[bool] = []  # the capture is read before the task is finished
+    drained: list[bool] = []  # the capture is read before the task is finished, forced
 
-    def drain_capture() -> bool:
-        drained.append(engine.tasks.get(gone_pid) is not None)
+    def drain_capture(force: bool = False) -> bool:
+        drained.append(force and engine.tasks.get(gone_pid) is not None)
         return False
 
     monkeypatch.setattr(engine, "drain_capture", drain_capture)
