@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .defaults import CONTROL_SOCKET_NAME, RUN_DIR_DEFAULT
 from .protocol import (
@@ -190,3 +190,29 @@ class ControlClient:
 
     def list_exited(self) -> list[NetPerTask]:
         return self._records(self.request(Command.LIST_EXIT))
+
+    # Identity included: objects with protocol.DETAIL_FIELDS.
+
+    @staticmethod
+    def _details(payload: bytes) -> list[dict[str, Any]]:
+        try:
+            answer = json.loads(payload)
+        except ValueError as err:
+            raise ProtocolError(f"a detail reply that is not JSON: {err}") from err
+        if isinstance(answer, dict):
+            answer = [answer]
+        if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
+            raise ProtocolError("a detail reply that is not objects")
+        return answer
+
+    def list_tasks_detail(self) -> list[dict[str, Any]]:
+        """Every live process with its identity."""
+        return self._details(self.request(Command.LIST_TASKS_DETAIL))
+
+    def list_exited_detail(self) -> list[dict[str, Any]]:
+        """The exit list with each process's identity and exit time, not consumed."""
+        return self._details(self.request(Command.LIST_EXIT_DETAIL))
+
+    def getcnt_exit_detail(self) -> dict[str, Any]:
+        """The oldest finished process, taken off the exit list (waits for one)."""
+        return self._details(self.request(Command.GETCNT_EXIT_DETAIL))[0]

@@ -34,6 +34,7 @@ from .format import (
     Record,
     emit,
     format_time,
+    output_width,
     render_csv,
     render_json,
     terminal_width,
@@ -238,6 +239,14 @@ def query(
     top: Annotated[
         int | None, typer.Option("--top", min=1, metavar="N", help="only the first N rows")
     ] = None,
+    cmdline: Annotated[
+        bool,
+        typer.Option(
+            "--cmdline",
+            help="show the CMDLINE column even when the terminal is narrow (it is cut to fit, "
+            "ending with …); without it, the column is shown when 20 characters of it fit",
+        ),
+    ] = False,
     as_json: Json = False,
     as_csv: Csv = False,
     run_dir: RunDir = None,
@@ -252,9 +261,16 @@ def query(
     counters, marked <exited> (kind exited), and a note on stderr.  For one
     that left the exit list, see netatop exited --pid PID --since TIME.
 
+    Each row names the process's user and, where the terminal is wide
+    enough (or with --cmdline), its command line, cut to fit with a final
+    "…".  Piped to another program nothing is cut (unless COLUMNS is set).
+    --json and --csv always carry uid, user, cmdline, unit, container and
+    cgroup.
+
     \b
     Examples:
       netatop query
+      netatop query --cmdline
       netatop query --sort sent --top 5
       netatop query --json 1234 5678
       netatop query --csv > counters.csv
@@ -268,7 +284,7 @@ def query(
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:
         found = found[:top]
-    columns = rows.THREAD_COLUMNS if threads else rows.TASK_COLUMNS
+    columns = rows.query_columns(found, threads, output_width(), cmdline)
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
@@ -294,8 +310,11 @@ def exited(
     Without --since and --until: the daemon's exit list (read, not consumed;
     an entry stays there for 15 s; root or netatopd's --control-group).
     With either: the history database (read-only, for anyone who may read
-    it), with the command line, user and exit time of each process.  --pid
-    keeps the process with that id; when it has none, the exit status is 1.
+    it).  Both give the user, exit time and command line of each process
+    (the command line is cut to fit the terminal, ending with "…"; piped to
+    another program it is never cut, unless COLUMNS is set); --json and --csv
+    also give uid, unit, container and cgroup.  --pid keeps the process with
+    that id; when it has none, the exit status is 1.
 
     \b
     Examples:
@@ -314,8 +333,8 @@ def exited(
                 finished[:limit] if limit else finished,
                 output,
                 rows.EXIT_LIST_COLUMNS,
-                rows.TASK_FIELDS,
-                TaskCounts.record,
+                rows.EXITED_FIELDS,
+                lambda row: row.record(rows.EXITED_FIELDS),
             )
             if pid is not None and not finished:
                 _fail(
@@ -490,7 +509,7 @@ def wait_exit(
     def loop(client: ControlClient) -> None:
         seen = 0
         while count == 0 or seen < count:
-            record = sources.take_exited(client).record()
+            record = sources.take_exited(client).record(rows.EXITED_FIELDS)
             if as_json:
                 typer.echo(json.dumps(record))
             else:
