@@ -284,8 +284,15 @@ def query(
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:
         found = found[:top]
-    columns = rows.query_columns(found, threads, output_width(), cmdline)
+    width = output_width()
+    columns, dropped = rows.query_columns(found, threads, width, cmdline)
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
+    if dropped and output is OutputFormat.TABLE:
+        typer.echo(
+            f"netatop: {', '.join(dropped)} left out to fit {width} columns "
+            "(a wider terminal, --json or --csv shows them)",
+            err=True,
+        )
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
     for complaint in [*notes, *complaints]:

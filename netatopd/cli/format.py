@@ -169,10 +169,23 @@ def cut(text: str, size: int, marker: str) -> str:
     return text[: max(0, size - len(marker))] + marker if size > len(marker) else text[:size]
 
 
+def _widths(rows: Sequence[R], columns: Sequence[Column[R]]) -> list[int]:
+    return [
+        max([len(column.header), *(len(column.cell(row)) for row in rows)]) for column in columns
+    ]
+
+
 def table_width(rows: Sequence[R], columns: Sequence[Column[R]]) -> int:
     """Characters a line of the table takes with nothing cut."""
+    widths = _widths(rows, columns)
+    return sum(widths) + len(widths) - 1
+
+
+def least_width(rows: Sequence[R], columns: Sequence[Column[R]]) -> int:
+    """Characters a line takes with every flex column cut as far as render_table cuts."""
     widths = [
-        max([len(column.header), *(len(column.cell(row)) for row in rows)]) for column in columns
+        min(size, MIN_FLEX_WIDTH) if column.flex else size
+        for size, column in zip(_widths(rows, columns), columns, strict=True)
     ]
     return sum(widths) + len(widths) - 1
 

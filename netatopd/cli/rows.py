@@ -31,6 +31,7 @@ from .format import (
     format_count,
     format_text,
     format_time,
+    least_width,
     table_width,
 )
 
@@ -379,17 +380,30 @@ THREAD_COLUMNS: tuple[Column[TaskCounts], ...] = (
 )
 # query adds CMDLINE when at least this many characters of it fit beside the rest.
 CMDLINE_MIN_WIDTH = 20
+# Columns query leaves out, in this order, when the table cannot fit otherwise.
+DROPPABLE_FIELDS = ("udprcvpacks", "udpsndpacks", "tcprcvpacks", "tcpsndpacks")
 
 
 def query_columns(
     found: Sequence[TaskCounts], threads: bool, width: int | None, cmdline: bool
-) -> tuple[Column[TaskCounts], ...]:
-    """The columns of query: CMDLINE last when asked for (cmdline), when nothing is cut
-    (width None), or when CMDLINE_MIN_WIDTH characters of it fit in width."""
-    base = THREAD_COLUMNS if threads else TASK_COLUMNS
-    if cmdline or width is None or width - table_width(found, base) - 1 >= CMDLINE_MIN_WIDTH:
-        return (*base, CMDLINE_COLUMN)
-    return base
+) -> tuple[tuple[Column[TaskCounts], ...], list[str]]:
+    """The columns of query, and the headers of those left out.
+
+    Packet counts are left out (DROPPABLE_FIELDS order) while the table does not
+    fit width with its flex columns cut; CMDLINE comes last when asked for
+    (cmdline), when nothing is cut (width None), or when CMDLINE_MIN_WIDTH
+    characters of it fit in width.
+    """
+    columns = list(THREAD_COLUMNS if threads else TASK_COLUMNS)
+    dropped: list[str] = []
+    droppable = [header(name) for name in DROPPABLE_FIELDS]
+    while width is not None and droppable and least_width(found, columns) > width:
+        name = droppable.pop(0)
+        columns = [column for column in columns if column.header != name]
+        dropped.append(name)
+    if cmdline or width is None or width - table_width(found, columns) - 1 >= CMDLINE_MIN_WIDTH:
+        columns.append(CMDLINE_COLUMN)
+    return tuple(columns), dropped
 
 
 # Finished processes (the exit list and the history): no need to mark them; the
