@@ -30,6 +30,9 @@ TERMINAL_FALLBACK = (80, 24)  # columns, lines: pipes and terminals that do not 
 MIN_FLEX_WIDTH = 7  # a shrunk flex column keeps at least this many characters
 CUT_MARKER = "\u2026"  # "…" ends a cell that was cut to fit
 CUT_MARKER_ASCII = "~"  # the same where the output cannot carry "…"
+# Control characters (a newline in a command line, an escape sequence) are shown as
+# "?" in tables, as ps does: a cell is one line and never drives the terminal.
+_CONTROLS = {code: "?" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 R = TypeVar("R")
 Record = Mapping[str, Any]  # a row as JSON and CSV see it: field name -> value
@@ -169,6 +172,11 @@ def cut(text: str, size: int, marker: str) -> str:
     return text[: max(0, size - len(marker))] + marker if size > len(marker) else text[:size]
 
 
+def printable(text: str) -> str:
+    """text with its control characters shown as '?'."""
+    return text.translate(_CONTROLS)
+
+
 def _widths(rows: Sequence[R], columns: Sequence[Column[R]]) -> list[int]:
     return [
         max([len(column.header), *(len(column.cell(row)) for row in rows)]) for column in columns
@@ -194,7 +202,7 @@ def render_table(rows: Sequence[R], columns: Sequence[Column[R]], width: int | N
     """Header and one line per row; flex columns are cut (the rightmost first, each
     to MIN_FLEX_WIDTH at most, ending with a marker) so a line fits width if it can.
     width None: nothing is cut."""
-    cells = [[column.cell(row) for column in columns] for row in rows]
+    cells = [[printable(column.cell(row)) for column in columns] for row in rows]
     widths = [
         max([len(column.header), *(len(line[index]) for line in cells)])
         for index, column in enumerate(columns)

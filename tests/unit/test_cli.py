@@ -1617,3 +1617,19 @@ def test_manual_page_lists_the_vocabulary() -> None:
         assert re.search(rf"^{field} +{re.escape(header)} +\S", page, re.M), field
     lines = page[page.index("FIELD ") :].splitlines()
     assert max(len(line) for line in lines[: len(HEADERS) + 1]) <= 66  # fits 80 once indented
+
+
+def test_control_characters_in_a_command_line_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A newline or an escape sequence in a command line is shown as '?', like ps does."""
+    hostile = DIG._replace(cmdline="sh -c 'echo\n\x1b[2Jgone'\x9b")
+    writer = TableWriter(table_path(str(tmp_path)), 8, 250)
+    writer.publish([hostile], {})
+    try:
+        result = invoke("query", "--run-dir", str(tmp_path), columns=200)
+        as_json_rows = json.loads(invoke("query", "--run-dir", str(tmp_path), "--json").stdout)
+    finally:
+        writer.close()
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith(" sh -c 'echo??[2Jgone'?")
+    assert as_json_rows[0]["cmdline"] == hostile.cmdline  # JSON keeps it as it is

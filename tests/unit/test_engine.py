@@ -8,6 +8,7 @@ integer STATUS figures that have a table slot.
 from __future__ import annotations
 
 import argparse
+import json
 import struct
 import time
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ from netatopd.daemon.engine import IDLE_WAKE_S, SIMULATE_CONNECTOR_FAILURE_ENV, 
 from netatopd.locality import Locality
 from netatopd.netlink.connector import ProcessEvent, ProcEventKind
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
-from netatopd.table import STATUS_FIELDS
-from netatopd.tasks import TaskInfo
+from netatopd.protocol import DETAIL_FIELDS
+from netatopd.table import STATUS_FIELDS, open_table
+from netatopd.tasks import Kind, TaskInfo
 
 A4 = bytes((192, 0, 2, 1))
 B4 = bytes((198, 51, 100, 2))
@@ -319,3 +321,47 @@ def test_an_exit_event_finishes_the_task_now_and_lost_events_resync(
     assert len(engine.identities) > 0  # every running process read again
     status = Answers(engine).status()
     assert (status["process_events_resyncs"], status["process_events_lost"]) == (1, 7)
+
+
+def test_identity_reaches_the_table_and_the_detail_answers(engine: Engine) -> None:
+    """A task's uid, command line and placement: in its table row, LIST_TASKS_DETAIL, and
+    once finished in the exit list's table row, LIST_EXIT_DETAIL and GETCNT_EXIT_DETAIL."""
+    scope = "/system.slice/docker-" + "e" * 64 + ".scope"
+    task = TaskInfo(4321, 100, 1_700_000_000, "web", "web --port 80", 33, scope)
+    task.add(True, (2, 300, 1, 100), 1_700_000_010.0)
+    assert engine.tasks.admit(task)
+    identity = {
+        "uid": 33,
+        "cmdline": "web --port 80",
+        "unit": "docker-" + "e" * 64 + ".scope",
+        "container": "docker:" + "e" * 64,
+        "cgroup": scope,
+    }
+    answers = Answers(engine)
+    engine.publish()
+    with open_table(engine.options.run_dir) as reader:
+        row = reader.lookup(4321)
+    assert row is not None
+    assert {name: getattr(row, name) for name in identity} == identity
+    running = json.loads(answers.list_tasks_detail())
+    assert [(r["tgid"], r["exit_time"], r["udpsndbytes"]) for r in running] == [(4321, None, 300)]
+    assert {name: running[0][name] for name in identity} == identity
+    assert list(running[0]) == list(DETAIL_FIELDS)
+
+    engine.exit_list.add(task.finished(1_700_000_020.5))
+    engine.tasks.remove(task)
+    engine.publish()
+    with open_table(engine.options.run_dir) as reader:
+        gone = reader.lookup(4321)
+    assert gone is not None and gone.kind == Kind.EXITED
+    assert {name: getattr(gone, name) for name in identity} == identity
+    (listed,) = json.loads(answers.list_exited_detail())
+    assert {name: listed[name] for name in identity} == identity
+    assert (listed["exit_time"], listed["first_activity"], listed["udpsndpacks"]) == (
+        1_700_000_020.5,
+        1_700_000_010.0,
+        2,
+    )
+    taken = answers.pop_exited_detail()
+    assert taken is not None and json.loads(taken) == listed
+    assert answers.pop_exited_detail() is None and len(engine.exit_list) == 0
