@@ -272,7 +272,10 @@ class TableWriter:
         self._rows_buffer = bytearray(capacity_rows * TABLE_ROW.size)
         self._text_buffer = bytearray(text_size_bytes)  # byte 0 stays NUL: the empty string
         self._command_cache: dict[str, bytes] = {}
-        self._text_cache: dict[str, bytes] = {}  # string -> its bytes, NUL-terminated
+        # The strings in the text buffer and their offsets, kept from publish to publish
+        # (a string is encoded and copied once); rebuilt when the buffer is full.
+        self._offsets: dict[str, int] = {"": 0}
+        self._text_used = 1
         self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
@@ -375,27 +378,34 @@ class TableWriter:
             values[index] = value
         return values
 
-    def _text_bytes(self, text: str) -> bytes:
+    @staticmethod
+    def _text_bytes(text: str) -> bytes:
         """text as the text area holds it: UTF-8, no NUL inside, cut and marked, NUL after."""
-        cache = self._text_cache
-        encoded = cache.get(text)
-        if encoded is None:
-            if len(cache) >= _COMMAND_CACHE_MAX:
-                cache.clear()
-            encoded = text.encode("utf-8", "replace").replace(b"\0", b" ")
-            if len(encoded) > TEXT_MAX_BYTES:
-                marker = TEXT_CUT_MARKER.encode()
-                cut = encoded[: TEXT_MAX_BYTES - len(marker)].decode("utf-8", "ignore")
-                encoded = cut.encode() + marker
-            encoded += b"\0"
-            cache[text] = encoded
-        return encoded
+        encoded = text.encode("utf-8", "replace").replace(b"\0", b" ")
+        if len(encoded) > TEXT_MAX_BYTES:
+            marker = TEXT_CUT_MARKER.encode()
+            cut = encoded[: TEXT_MAX_BYTES - len(marker)].decode("utf-8", "ignore")
+            encoded = cut.encode() + marker
+        return encoded + b"\0"
 
     def _pack_rows(self, rows: Iterable[TaskRow]) -> tuple[int, int, int, int]:
         """Pack rows and their strings into the buffers.
 
         (rows packed, rows past capacity, text bytes used, strings left out).
+        Strings placed by earlier publishes keep their offsets; when the text
+        buffer is full, it is rebuilt with this publish's strings only, once.
         """
+        rows = rows if isinstance(rows, list) else list(rows)
+        fresh = self._text_used == 1
+        packed = self._pack_pass(rows)
+        if packed[3] and not fresh:
+            self._offsets = {"": 0}
+            self._text_used = 1
+            packed = self._pack_pass(rows)
+        return packed
+
+    def _pack_pass(self, rows: list[TaskRow]) -> tuple[int, int, int, int]:
+        fresh = self._text_used == 1  # nothing to gain from a rebuild
         buffer = self._rows_buffer
         cache = self._command_cache
         pack_into = TABLE_ROW.pack_into
@@ -404,9 +414,24 @@ class TableWriter:
         text = self._text_buffer
         text_size = self.text_size
         text_bytes = self._text_bytes
-        offsets: dict[str, int] = {"": 0}  # this publish's strings
-        text_used = 1
+        offsets = self._offsets
+        known = offsets.get
         text_refused = 0
+
+        def place(value: str) -> int:
+            """Put a string the text buffer lacks; its offset (0 if no room)."""
+            nonlocal text_refused
+            encoded = text_bytes(value)
+            start = self._text_used
+            end = start + len(encoded)
+            if end > text_size:
+                text_refused += 1
+                return 0
+            text[start:end] = encoded
+            offsets[value] = start
+            self._text_used = end
+            return start
+
         count = 0
         refused = 0
         for row in rows:
@@ -426,20 +451,18 @@ class TableWriter:
                 last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
             else:
                 last_ns = 0
-            places = []
-            for value in (row.cmdline, row.unit, row.container, row.cgroup):
-                place = offsets.get(value)
-                if place is None:
-                    encoded = text_bytes(value)
-                    end = text_used + len(encoded)
-                    if end > text_size:
-                        text_refused += 1
-                        place = 0
-                    else:
-                        text[text_used:end] = encoded
-                        place = offsets[value] = text_used
-                        text_used = end
-                places.append(place)
+            cmdline = known(row.cmdline)
+            if cmdline is None:
+                cmdline = place(row.cmdline)
+            unit = known(row.unit)
+            if unit is None:
+                unit = place(row.unit)
+            container = known(row.container)
+            if container is None:
+                container = place(row.container)
+            cgroup = known(row.cgroup)
+            if cgroup is None:
+                cgroup = place(row.cgroup)
             try:
                 pack_into(
                     buffer,
@@ -452,12 +475,17 @@ class TableWriter:
                     command,
                     *row.counters,
                     last_ns,
-                    *places,
+                    cmdline,
+                    unit,
+                    container,
+                    cgroup,
                 )
             except struct.error as err:
                 raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
             count += 1
-        return count, refused, text_used, text_refused
+            if text_refused and not fresh:
+                break  # the caller rebuilds the text and packs again
+        return count, refused, self._text_used, text_refused
 
     def publish(self, rows: Iterable[TaskRow], status: Mapping[str, int]) -> int:
         """Publish one consistent snapshot; returns the number of rows written.

@@ -780,3 +780,35 @@ def test_the_writer_works_through_a_checked_directory(tmp_path: Path) -> None:
         writer.close()  # removes only its own file, never the one now under the name
         assert (tmp_path / "run" / "table").read_bytes() == b"someone else's"
         assert run_dir.fd >= 0  # the directory is the caller's to close
+
+
+def test_strings_keep_their_place_and_a_full_text_area_is_rebuilt(tmp_path: Path) -> None:
+    """Strings of an earlier publish stay where they were; when new ones no longer fit,
+    the text is rebuilt with the strings of the publish that needs them."""
+    first = [TaskRow(Kind.PROCESS, 1, 1, 1, "p", (0,) * 8, 0.0, 0, "aaaaaaaaaa")]
+    second = [
+        TaskRow(Kind.PROCESS, 2, 2, 1, "p", (0,) * 8, 0.0, 0, "bbbbbbbbbb"),
+        TaskRow(Kind.PROCESS, 3, 3, 1, "p", (0,) * 8, 0.0, 0, "cccccccccc"),
+    ]
+    # 1 + 11 + 11 + 11 = 34 bytes would be needed; 30 hold the empty string and two
+    writer = TableWriter(
+        str(tmp_path / "table"), capacity_rows=4, publish_interval_ms=100, text_size_bytes=30
+    )
+    try:
+        writer.publish(first, {})
+        writer.publish(first + second[:1], {})  # a appended: a stays at 1, b at 12
+        data = (tmp_path / "table").read_bytes()
+        row_offsets = [
+            struct.unpack_from("<I", data, HEADER_SIZE + index * ROW_SIZE + 112)[0]
+            for index in range(2)
+        ]
+        assert row_offsets == [1, 12]
+        assert struct.unpack_from("<II", data, 104) == (23, 0)
+        writer.publish(second, {})  # c does not fit beside a and b: rebuilt with b and c
+        with open_table(str(tmp_path)) as reader:
+            snap = reader.snapshot()
+        assert snap.rows == second and snap.text_refused == 0
+        data = (tmp_path / "table").read_bytes()
+        assert struct.unpack_from("<II", data, 104) == (23, 0)
+    finally:
+        writer.close()
