@@ -54,7 +54,7 @@ _STATUS_INDEX = {name: index for index, name in enumerate(STATUS_FIELDS)}
 #   char     magic[8];             "NETATOPT", no NUL
 #   uint32_t layout_version;       TABLE_LAYOUT_VERSION
 #   uint32_t header_size;          640: the rows start here
-#   uint32_t row_size;             128
+#   uint32_t row_size;             144
 #   uint32_t capacity;             rows the file has room for
 #   uint64_t generation;           seqlock: odd while the writer writes
 #   uint32_t row_count;            rows in use

@@ -3,8 +3,10 @@
 Owns the number formats (bytes with binary units, packet counts, rates, clock
 times, moments in local ISO 8601, user names, durations), the Column model
 and the three renderers that turn rows into text: render_table (widths
-fitted to the terminal), render_json and render_csv, and emit, the one place
-a command's rows are printed.  Knows no row type: a Column reads a cell from
+fitted to output_width: the terminal's, or no limit for a pipe unless
+COLUMNS is set; a cut cell ends with cut_marker; control characters shown as
+'?'), render_json and render_csv, and emit, the one place a command's rows
+are printed.  Knows no row type: a Column reads a cell from
 any row, and JSON and CSV take records (name -> value).  Called by rows (the
 task columns and the vocabulary), status, top and commands.
 """
