@@ -493,6 +493,17 @@ def gc(run_dir: RunDir = None) -> None:
         sources.call(run_dir, lambda c: c.force_gc())
 
 
+def _pair_value(value: object) -> str:
+    """A value of wait-exit's name=value lines: '-' if unknown, quoted (JSON) if it has
+    spaces, quotes or control characters, so each line splits back into its pairs."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if not text or any(c.isspace() or c in "\"'=" or not c.isprintable() for c in text):
+        return json.dumps(text)
+    return text
+
+
 @app.command("wait-exit")
 def wait_exit(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
@@ -504,8 +515,9 @@ def wait_exit(
     """Print finished processes as they arrive, taking them from the exit list (GETCNT_EXIT).
 
     Each process is taken from the exit list (consumed, as atop's netatopd
-    did) and printed at once: one line of name=value pairs, or one JSON
-    object a line.  Runs until interrupted, or until N processes.
+    did) and printed at once: one line of name=value pairs (a value with
+    spaces in double quotes, JSON style; '-' for unknown), or one JSON
+    object a line, with the fields of exited.  Runs until interrupted, or until N processes.
 
     \b
     Examples:
@@ -520,7 +532,7 @@ def wait_exit(
             if as_json:
                 typer.echo(json.dumps(record))
             else:
-                typer.echo(" ".join(f"{k}={v}" for k, v in record.items()))
+                typer.echo(" ".join(f"{k}={_pair_value(v)}" for k, v in record.items()))
             sys.stdout.flush()
             seen += 1
 

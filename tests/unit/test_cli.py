@@ -957,11 +957,11 @@ def test_wait_exit_human_lines(fake: FakeDaemon, tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         "pid=400 tgid=400 kind=exited btime=5000 command=wget tcpsndpacks=1 tcpsndbytes=2 "
         "tcprcvpacks=3 tcprcvbytes=4 udpsndpacks=5 udpsndbytes=6 udprcvpacks=7 udprcvbytes=8 "
-        "uid=None user=None cmdline=None unit=None container=None cgroup=None "
+        "uid=- user=- cmdline=- unit=- container=- cgroup=- "
         f"first_activity={T0 + 10.0} last_activity={T0 + 20.0} exit_time={T0 + 30.5}",
         "pid=200 tgid=200 kind=exited btime=2000 command=dig tcpsndpacks=0 tcpsndbytes=0 "
         "tcprcvpacks=0 tcprcvbytes=0 udpsndpacks=50 udpsndbytes=5000 udprcvpacks=50 "
-        "udprcvbytes=15000 uid=54321 user=54321 cmdline=dig @192.0.2.53 example.org "
+        'udprcvbytes=15000 uid=54321 user=54321 cmdline="dig @192.0.2.53 example.org" '
         f"unit=docker-{'d' * 64}.scope container={DIG_CONTAINER} "
         f"cgroup=/system.slice/docker-{'d' * 64}.scope "
         f"first_activity={T0 + 40.0} last_activity={T0 + 50.0} exit_time={T0 + 61.25}",
