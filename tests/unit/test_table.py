@@ -9,7 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import shutil
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -812,3 +814,43 @@ def test_strings_keep_their_place_and_a_full_text_area_is_rebuilt(tmp_path: Path
         assert struct.unpack_from("<II", data, 104) == (23, 0)
     finally:
         writer.close()
+
+
+def test_the_c_declarations_of_the_man_page_compile_to_the_layout(tmp_path: Path) -> None:
+    """The page's C structs, compiled, have the sizes and offsets of the code's structs."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to check the man page's declarations with")
+    text = MAN_PAGE.read_text(encoding="utf-8")
+    start = text.index(".SS C declarations")
+    block = text[text.index(".ft CR\n", start) + 7 : text.index(".ft\n", start)]
+    declarations = block.replace("\\-", "-").replace("\\e", "\\")
+    members = [("netatop_table_header", name) for name in HEADER_LAYOUT] + [
+        ("netatop_table_row", name) for name in ROW_LAYOUT
+    ]
+    prints = "\n".join(
+        f'    printf("%s %s %zu %zu\\n", "{struct_name}", "{name}", '
+        f"offsetof(struct {struct_name}, {name}), "
+        f"sizeof(((struct {struct_name} *)0)->{name}));"
+        for struct_name, name in members
+    )
+    source = tmp_path / "layout.c"
+    source.write_text(
+        "#include <stddef.h>\n#include <stdio.h>\n"
+        + declarations
+        + "\nint main(void)\n{\n"
+        + '    printf("sizes %zu %zu\\n", sizeof(struct netatop_table_header), '
+        "sizeof(struct netatop_table_row));\n"
+        + prints
+        + '\n    printf("version %d\\n", NETATOP_TABLE_VERSION);\n    return 0;\n}\n'
+    )
+    program = tmp_path / "layout"
+    subprocess.run([compiler, "-Wall", "-Werror", "-o", str(program), str(source)], check=True)
+    lines = subprocess.run([str(program)], check=True, capture_output=True, text=True).stdout
+    got = lines.splitlines()
+    assert got[0] == f"sizes {HEADER_SIZE} {ROW_SIZE}"
+    assert got[-1] == f"version {table.TABLE_LAYOUT_VERSION}"
+    layouts = {"netatop_table_header": HEADER_LAYOUT, "netatop_table_row": ROW_LAYOUT}
+    for line in got[1:-1]:
+        struct_name, name, offset, size = line.split()
+        assert (int(offset), int(size)) == layouts[struct_name][name], line
