@@ -1,7 +1,9 @@
 """A client of the control socket, for the CLI, scripts and tests.
 
 Owns one Unix stream connection to server.py's control socket and NetPerTask,
-a reply record as the wire carries it (struct netpertask).  Called by the
+a reply record as the wire carries it (struct netpertask); the *_detail calls
+return the JSON objects of the *_DETAIL commands (protocol.DETAIL_FIELDS:
+who each process is, its times and counters).  Called by the
 netatop command (cli.sources, cli.commands), the privileged tests and
 bench_daemon.py.  Translates the daemon's error replies into Python exceptions:
 ESRCH -> ProcessLookupError, an unreachable or refused socket -> DaemonNotRunning
