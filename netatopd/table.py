@@ -276,6 +276,7 @@ class TableWriter:
         # (a string is encoded and copied once); rebuilt when the buffer is full.
         self._offsets: dict[str, int] = {"": 0}
         self._text_used = 1
+        self.text_refused_last = 0  # strings the last publish had no room for
         self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
@@ -496,6 +497,7 @@ class TableWriter:
         status_values = self._pack_status(status)
         count, refused, text_used, text_refused = self._pack_rows(rows)
         self._refused_total += refused
+        self.text_refused_last = text_refused
         now_ns = time.time_ns()
         used = count * TABLE_ROW.size
         header = self._header(count, refused, status_values, now_ns, text_used, text_refused)

@@ -26,7 +26,7 @@ from netatopd.locality import Locality
 from netatopd.netlink.connector import ProcessEvent, ProcEventKind
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
 from netatopd.protocol import DETAIL_FIELDS
-from netatopd.table import STATUS_FIELDS, open_table
+from netatopd.table import STATUS_FIELDS, TableWriter, open_table, table_path
 from netatopd.tasks import Kind, TaskInfo
 
 A4 = bytes((192, 0, 2, 1))
@@ -196,7 +196,13 @@ def test_status_without_the_stages_that_are_off(engine: Engine, fake_time: FakeT
     assert status["history"] == "disabled (--no-history)"
     assert status["capture_lanes"] == 3 and status["capture_hold_ms"] == 0
     assert status["owner_latency_samples"] == 0 and "owner_latency_ms_p50" not in status
-    absent = ("capture_lanes_fallback", "resolver_kernel_finds", "atop_clients", "history_pending")
+    absent = (
+        "capture_lanes_fallback",
+        "resolver_kernel_finds",
+        "atop_clients",
+        "history_pending",
+        "table_text_refused",
+    )
     assert [name for name in absent if name in status] == []
     assert not any(name.startswith("ebpf_") for name in status)
 
@@ -365,3 +371,17 @@ def test_identity_reaches_the_table_and_the_detail_answers(engine: Engine) -> No
     taken = answers.pop_exited_detail()
     assert taken is not None and json.loads(taken) == listed
     assert answers.pop_exited_detail() is None and len(engine.exit_list) == 0
+
+
+def test_strings_the_table_had_no_room_for_are_in_status(engine: Engine) -> None:
+    """A text area too small for the command lines: STATUS table_text_refused says how many."""
+    engine.table.close(unlink=True)
+    engine.table = TableWriter(table_path(engine.options.run_dir), 8, 250, text_size_bytes=16)
+    for tgid, cmdline in ((10, "first --x"), (11, "second --y")):
+        task = TaskInfo(tgid, 1, 1_700_000_000, "p", cmdline, 0, "")
+        assert engine.tasks.admit(task)
+    engine.publish()
+    # 1 + "first --x\0" (10) fits in 16; "second --y\0" does not
+    assert Answers(engine).status()["table_text_refused"] == 1
+    with open_table(engine.options.run_dir) as reader:
+        assert sorted(row.cmdline for row in reader.snapshot().rows) == ["", "first --x"]

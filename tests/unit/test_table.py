@@ -650,6 +650,7 @@ def test_a_full_text_area_leaves_strings_out_and_counts_them(tmp_path: Path) -> 
                 "",
             ]
             assert snap.text_refused == 2
+            assert writer.text_refused_last == 2
             assert [row.uid for row in snap.rows] == [0] * 5
     finally:
         writer.close()
