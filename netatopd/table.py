@@ -132,7 +132,6 @@ TABLE_ROW_MEMBERS: tuple[str, ...] = (
     "container",
     "cgroup",
 )
-TEXT_FIELDS: tuple[str, ...] = ("cmdline", "unit", "container", "cgroup")  # row order
 UID_UNKNOWN = 0xFFFFFFFF  # (uid_t)-1: never a user's uid
 # The text area: capacity x TEXT_BYTES_PER_ROW bytes unless the writer is told
 # otherwise.  Byte 0 is a NUL, so offset 0 is the empty string; equal strings of
