@@ -1,16 +1,20 @@
 """The shared-memory counter table: every task's counters and STATUS, for any reader.
 
-The daemon, the only writer, publishes every task's counters and the STATUS
-counters into one file in the run directory (tmpfs), memory-mapped; any number
-of readers map the same file read-only and never ask the daemon.  The layout is
-C-compatible and documented byte for byte in netatop-table(5).
+The daemon, the only writer, publishes every task's counters, who it is (uid,
+and its command line, unit, container and cgroup as offsets into a text area
+after the rows) and the STATUS counters into one file in the run directory
+(tmpfs), memory-mapped; any number of readers map the same file read-only and
+never ask the daemon.  The layout (version 2) is C-compatible and documented
+byte for byte in netatop-table(5); a reader refuses another version
+(TableLayoutMismatch).
 
 Consistency is a seqlock: the writer makes the header's generation odd, writes
 the rows and the header's variable part, and makes the generation even again.
 A reader copies what it needs and keeps the copy only when the generation was
 even and unchanged around the copy.  The writer never waits for readers.
 
-State owned: the writer's mapping and its packing buffer; each reader's
+State owned: the writer's mapping, its packing buffers and the strings of its
+text area with their offsets (kept from publish to publish); each reader's
 read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
 interval), the netatop command (cli.sources, cli.top: TableReader, open_table)
 and any other reader.  Whether the writer still runs is procfs.same_process.
