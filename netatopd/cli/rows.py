@@ -9,8 +9,9 @@ is (uid and user, command line, unit, container, cgroup).  Also owns the
 sort orders (SortKey, ReportOrder, sort_rows, TIE_BREAK), the vocabulary
 (the fields of JSON and CSV, TASK_FIELDS and EXITED_FIELDS, and each field's
 table header and cell text: HEADERS, header, cell_text) and the table columns
-of query and exited.  Called by sources
-(which builds rows), top (rates) and commands (which prints them).
+of query (query_columns: USER, and CMDLINE where it fits; packet counts left
+out of a terminal too narrow) and exited.  Called by sources (which builds
+rows), top (rates) and commands (which prints them).
 """
 
 from __future__ import annotations
