@@ -310,6 +310,15 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("proc_denied", RESOLVER, "/proc denied", "resolver.inodes.denied"),
     Field("gc_runs", SWEEP, "runs", "sweeper.runs"),
     Field("table_capacity", TABLE, "capacity", "table.capacity"),
+    # Strings (command lines, units ...) the last publish had no room for in the
+    # table's text area; reported only when some were.
+    Field(
+        "table_text_refused",
+        TABLE,
+        "strings left out",
+        "table.text_refused_last",
+        when="table.text_refused_last",
+    ),
     Field("history", HISTORY, "", "history_note", default="on"),
     Field("ownership", HEADER, "", "ownership", fmt="owner resolution: {}", default="?"),
     Field("ownership_note", OWNERS, "", "ownership_note"),

@@ -54,7 +54,7 @@ from ..procfs import ProcError, ProcFS
 from ..rundir import SafeDirectory
 from ..status import ABSENT, FIELDS, collect_table
 from ..table import TableWriter, table_path
-from ..tasks import ExitedTask, Kind, TaskRow, TaskTable
+from ..tasks import ExitedTask, TaskRow, TaskTable
 from .hold import Hold, hold_seconds
 from .readings import StatusReadings
 
@@ -527,10 +527,7 @@ class Engine:
     def rows(self) -> list[TaskRow]:
         """Every live process (and thread the kernel named), then the exit list."""
         rows = self.tasks.rows(threads=True)
-        rows.extend(
-            TaskRow(Kind.EXITED, e.tgid, e.tgid, e.btime, e.command, e.counters, e.last_activity_s)
-            for e in self.exit_list.snapshot()
-        )
+        rows.extend(exited.row() for exited in self.exit_list.snapshot())
         return rows
 
     def publish(self) -> None:
