@@ -159,13 +159,16 @@ STATUS_ORDER_PROC = [
     "uptime_s",
     *(
         f"forwarded_{name}{unit}"
-        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+        for name in (
+            "tcp_sent",
+            "tcp_received",
+            "udp_sent",
+            "udp_received",
+            "icmp_sent",
+            "icmp_received",
+        )
         for unit in ("", "_bytes")
     ),
-    "forwarded_icmp_sent",
-    "forwarded_icmp_received",
-    "forwarded_icmp_sent_bytes",
-    "forwarded_icmp_received_bytes",
     "local_addresses",
     "conntrack",
     "nat_rewrites",
