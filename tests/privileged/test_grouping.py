@@ -1,29 +1,43 @@
-"""End to end: unit, container and --by on every runtime's cgroup layout (issue 14).
+"""End to end: user, unit, container and --by on every runtime's cgroup layout (issue 14).
 
 Processes are placed, before they exec, into cgroup v2 directories named like
 the ones each runtime makes: Docker (``docker-<id>.scope`` and the cgroupfs
 driver's ``/docker/<id>``), containerd (``cri-containerd-<id>.scope``), CRI-O
 (``crio-<id>.scope``), Podman (``libpod-<id>.scope``), a Kubernetes pod slice
 (``kubepods-besteffort-pod<uid>.slice``), a plain systemd service
-(``x.service``) and a layout no rule names (grouped by its cgroup path).  Two processes in each send a known number of UDP
+(``x.service``) and a layout no rule names (grouped by its cgroup path).  Two
+processes in each, one a member of each of two test users (uids USER_IDS,
+each with its own command name, MEMBER_COMMANDS), send a known number of UDP
 datagrams to a server in the test's namespace; the test waits until the
 daemon counted them, then lets them exit.
 
-Ground truth: the datagrams each process sent (payload + UDP4_OVERHEAD
-bytes each), the unit and container its cgroup path names.  Checked on
-``netatop exited --since``, the reports by-unit, by-container and
-top-exited-groups (history), and ``netatop query --by container`` (the
-shared table: running, then finished while in the exit list).  Every cgroup
-directory made here is removed, also when the test fails.
+Ground truth: the datagrams each process sent (payload + UDP4_OVERHEAD bytes
+each), and who it is: its pid, btime, command line, uid and cgroup path as it
+read them from /proc itself, the unit and container its cgroup path names.
+
+The scenario runs once (one daemon, one set of processes: the module's
+fixture) and records every surface at two moments; the tests check what it
+recorded.  While the processes run: `netatop query --json` (the shared
+table), the table read directly (TableReader), `netatop query --by
+command|user|unit|container --json`.  Once they exited: `netatop exited
+--json` (the daemon's live exit list), the table's exit-list rows, the same
+four --by answers, `netatop wait-exit --json` (GETCNT_EXIT), then the history:
+`netatop exited --since`, the reports by-unit, by-container and
+top-exited-groups.  Every cgroup directory made here is removed, also when
+the scenario fails.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pwd
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +49,11 @@ import pytest
 
 from netatopd.cgroups import NO_CONTAINER, NO_UNIT
 from netatopd.ebpf.skbcount import find_cgroup2_root
+from netatopd.protocol import COUNTER_NAMES
+from netatopd.table import Snapshot, open_table
+from netatopd.tasks import Kind
 
+from conftest import Netns, root_or_skip
 from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, wait_until
 
 pytestmark = pytest.mark.privileged
@@ -44,16 +62,31 @@ NETNS_PREFIX = "ntpG"
 FAST = ("--flush-interval-s", "0.2", "--gc-interval-s", "30")
 PAYLOAD_BYTES = 91
 WIRE_BYTES = PAYLOAD_BYTES + UDP4_OVERHEAD
-PER_LAYOUT = 2  # processes in each cgroup
+USER_IDS = (65534, 65533)  # member m of each layout runs as USER_IDS[m]
+MEMBER_COMMANDS = ("ntpG-m0", "ntpG-m1")  # and is the command MEMBER_COMMANDS[m]
+PER_LAYOUT = len(USER_IDS)  # processes in each cgroup
 WAIT_S = 30.0
 EXIT_LIST_S = 15.0  # how long a finished process stays in the exit list
+BY_KEYS = ("command", "user", "unit", "container")
 
-# Prints who it is, then on "send" sends N datagrams, on "exit" exits.
-# argv: address, port, N, tag.
+# Prints who it is (from /proc/self), then on "send" sends N datagrams, on "exit"
+# exits.  argv: address, port, N, tag.
 PROGRAM = r"""
 import json, os, socket, sys
+stat = open("/proc/self/stat", "rb").read()
+start_ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+boot_s = next(int(x.split()[1]) for x in open("/proc/stat", "rb") if x.startswith(b"btime "))
+hz = os.sysconf("SC_CLK_TCK")
+raw = open("/proc/self/cmdline", "rb").read()
 cgroup = next((x[3:].strip() for x in open("/proc/self/cgroup") if x.startswith("0::")), "")
-print(json.dumps({"pid": os.getpid(), "cgroup": cgroup}), flush=True)
+print(json.dumps({
+    "pid": os.getpid(),
+    "btime": (start_ticks + boot_s * hz) // hz,
+    "command": open("/proc/self/comm").read().strip(),
+    "cmdline": raw.rstrip(b"\0").replace(b"\0", b" ").decode(),
+    "uid": os.getuid(),
+    "cgroup": cgroup,
+}), flush=True)
 sys.stdin.readline()
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(int(sys.argv[3])):
@@ -62,6 +95,13 @@ print(json.dumps({"sent": int(sys.argv[3])}), flush=True)
 sys.stdin.readline()
 os._exit(0)
 """
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 class Layout(NamedTuple):
@@ -107,50 +147,61 @@ def layouts() -> list[Layout]:
     return result
 
 
-@pytest.fixture
-def ns(make_netns: Any) -> Any:
-    return make_netns(NETNS_PREFIX)
-
-
-@pytest.fixture
-def daemon(ns: Any, tmp_path: Path) -> Iterator[Daemon]:
-    # Identity at exec comes from the proc connector, answered in the initial namespace.
-    d = Daemon(ns, tmp_path / "run", *FAST, "--process-events-netns", f"/proc/{os.getpid()}/ns/net")
-    try:
-        yield d
-    finally:
-        code = d.stop()
-    assert code == 0, d.logs()
-
-
-@pytest.fixture
-def slice_dir() -> Iterator[Path]:
-    """The test's own cgroup v2 directory; it and everything made under it removed after."""
-    root = find_cgroup2_root()
-    assert root is not None, "no cgroup v2 hierarchy mounted: these tests need one"
-    top = Path(root) / f"ntpG-{os.getpid()}.slice"
-    top.mkdir()
-    try:
-        yield top
-    finally:
-        deadline = time.monotonic() + 10
-        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-            while os.path.isdir(dirpath):
-                try:
-                    os.rmdir(dirpath)
-                except OSError:  # EBUSY until the last process in it is reaped
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        assert not top.exists()
-
-
 class Child(NamedTuple):
     layout: Layout
+    member: int
     proc: subprocess.Popen[str]
-    pid: int
-    cgroup: str
+    me: dict[str, Any]  # what it read of itself from /proc: pid, btime, command, ...
     datagrams: int
+
+    @property
+    def pid(self) -> int:
+        return int(self.me["pid"])
+
+    @property
+    def cgroup(self) -> str:
+        return str(self.me["cgroup"])
+
+    def group(self, by: str, report: bool = False) -> str | int:
+        """Its group under query --by (report: the reports' JSON, a user by uid)."""
+        if by == "command":
+            return MEMBER_COMMANDS[self.member]
+        if by == "user":
+            return USER_IDS[self.member] if report else user_name(USER_IDS[self.member])
+        return getattr(self.layout, f"{by}_group") or self.cgroup
+
+    def identity(self) -> dict[str, Any]:
+        """The identity fields of its JSON rows (null: none)."""
+        return {
+            "btime": self.me["btime"],
+            "command": self.me["command"],
+            "uid": self.me["uid"],
+            "user": user_name(self.me["uid"]),
+            "cmdline": self.me["cmdline"],
+            "unit": self.layout.unit,
+            "container": self.layout.container,
+            "cgroup": self.cgroup,
+        }
+
+    def counters(self) -> dict[str, int]:
+        """Its counters: only datagrams sent (the server only receives)."""
+        result = dict.fromkeys(COUNTER_NAMES, 0)
+        result["udpsndpacks"] = self.datagrams
+        result["udpsndbytes"] = self.datagrams * WIRE_BYTES
+        return result
+
+
+@dataclasses.dataclass
+class Scenario:
+    """What every surface said, recorded once; the tests check it."""
+
+    daemon: Daemon
+    children: list[Child]
+    started: float  # epoch seconds, a second before the first child
+    running: dict[str, Any] = dataclasses.field(default_factory=dict)  # surface -> answer
+    finished: dict[str, Any] = dataclasses.field(default_factory=dict)
+    taken: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # wait-exit
+    history: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def netatop(d: Daemon, *args: str) -> Any:
@@ -164,6 +215,8 @@ def netatop(d: Daemon, *args: str) -> Any:
         cwd=REPO,
     )
     assert result.returncode == 0, (args, result.stderr)
+    if "--json" in args and args[0] == "wait-exit":
+        return [json.loads(line) for line in result.stdout.splitlines()]
     return json.loads(result.stdout)
 
 
@@ -178,44 +231,53 @@ def sent_packets(d: Daemon, pid: int) -> int:
         return 0
 
 
-def tell(child: Child, line: str) -> None:
-    assert child.proc.stdin is not None
-    child.proc.stdin.write(line + "\n")
-    child.proc.stdin.flush()
+def tell(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
 
 
-def start_children(ns: Any, top: Path, port: int, where: list[Layout]) -> list[Child]:
+def start_children(ns: Netns, top: Path, bin_dir: Path, port: int) -> list[Child]:
     """PER_LAYOUT programs in each layout's cgroup (moved there before they exec)."""
     enter = ("sh", "-c", 'read go && exec "$@"', "sh")
     children = []
-    for index, layout in enumerate(where):
+    for index, layout in enumerate(layouts()):
         directory = top / layout.path
         directory.mkdir(parents=True, exist_ok=True)
-        for member in range(PER_LAYOUT):
+        for member, uid in enumerate(USER_IDS):
             datagrams = 1 + index + member * 10  # every process its own count
-            argv = [*ns.exec_prefix, *enter, sys.executable, "-c", PROGRAM, "127.0.0.1"]
+            become = ("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups")
+            python = str(bin_dir / MEMBER_COMMANDS[member])
+            tag = f"ntpG-{layout.name}-{member}"
+            argv = [*ns.exec_prefix, *enter, *become, python, "-c", PROGRAM, "127.0.0.1"]
             proc = subprocess.Popen(
-                [*argv, str(port), str(datagrams), f"ntpG-{layout.name}-{member}"],
+                [*argv, str(port), str(datagrams), tag],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-                cwd=REPO,
+                cwd=bin_dir,
             )
-            (directory / "cgroup.procs").write_text(f"{proc.pid}\n")
-            child = Child(layout, proc, proc.pid, "", datagrams)
-            tell(child, "go")
-            assert proc.stdout is not None
-            me = json.loads(proc.stdout.readline())
+            try:
+                (directory / "cgroup.procs").write_text(f"{proc.pid}\n")
+                tell(proc, "go")
+                assert proc.stdout is not None
+                me = json.loads(proc.stdout.readline())
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            children.append(Child(layout, member, proc, me, datagrams))
             assert me["pid"] == proc.pid, me
             assert me["cgroup"].endswith("/" + layout.path), me
-            children.append(child._replace(cgroup=me["cgroup"]))
+            assert (me["uid"], me["command"]) == (uid, MEMBER_COMMANDS[member]), me
+            assert me["cmdline"].endswith(tag), me
     return children
 
 
 def send_all(d: Daemon, children: list[Child]) -> None:
     """Each child sends its datagrams; returns once the daemon counted every one."""
     for child in children:
-        tell(child, "send")
+        tell(child.proc, "send")
         assert child.proc.stdout is not None
         assert json.loads(child.proc.stdout.readline()) == {"sent": child.datagrams}
     for child in children:
@@ -228,7 +290,7 @@ def send_all(d: Daemon, children: list[Child]) -> None:
 
 def exit_all(children: list[Child]) -> None:
     for child in children:
-        tell(child, "exit")
+        tell(child.proc, "exit")
     for child in children:
         assert child.proc.wait(timeout=WAIT_S) == 0
 
@@ -240,61 +302,23 @@ def stop_children(children: list[Child]) -> None:
             child.proc.wait()
 
 
-def expected_groups(children: list[Child], key: str) -> dict[str, tuple[int, int]]:
-    """group -> (processes, datagrams sent) over the children."""
-    result: dict[str, tuple[int, int]] = {}
-    for child in children:
-        group = getattr(child.layout, key) or child.cgroup
-        processes, datagrams = result.get(group, (0, 0))
-        result[group] = (processes + 1, datagrams + child.datagrams)
-    return result
+def table_shows(d: Daemon, children: list[Child], kind: Kind) -> Snapshot | None:
+    """A snapshot of the table (read directly) with every child as a row of kind with
+    all its datagrams, and no child as a row of another process kind; else None."""
+    with open_table(str(d.run_dir)) as reader:
+        snapshot = reader.snapshot()
+    pids = {c.pid for c in children}
+    rows = [r for r in snapshot.rows if r.kind != Kind.THREAD and r.id in pids]
+    sent = {r.id: r.counters[COUNTER_NAMES.index("udpsndpacks")] for r in rows if r.kind == kind}
+    done = all(sent.get(c.pid) == c.datagrams for c in children)
+    return snapshot if done and len(rows) == len(children) else None
 
 
-def run(ns: Any, d: Daemon, top: Path) -> tuple[list[Child], float, dict[str, Any]]:
-    """The scenario: start, send, exit.  Returns the children, the start time, and what
-    netatop query --by container said while they ran and once they had exited."""
-    where = layouts()
-    total = sum(1 + i + m * 10 for i in range(len(where)) for m in range(PER_LAYOUT))
-    server = Actor(ns, "udp_server", addr="127.0.0.1", count=total, reply_bytes=-1)
-    started = time.time() - 1.0
-    children: list[Child] = []
-    answers: dict[str, Any] = {}
-    try:
-        children = start_children(ns, top, server.port, where)
-        send_all(d, children)
-        assert server.read()["received"] == total
-        answers["running"] = netatop(d, "query", "--by", "container", "--json")
-        exited_at = time.monotonic()
-        exit_all(children)
-        pids = {c.pid for c in children}
-        wait_until(
-            "every child in the exit list",
-            lambda: pids <= {r["pid"] for r in netatop(d, "exited", "--json")},
-            timeout_s=WAIT_S,
-        )
-        assert time.monotonic() - exited_at < EXIT_LIST_S, "too slow: left the exit list"
-        # query reads the shared table, published every 250 ms: wait for the publish
-        # that no longer shows the children running.
-        ours = set(expected_groups(children, "container_group")) - {NO_CONTAINER}
-        answers["finished"] = wait_until(
-            "the table to show every child finished",
-            lambda: (
-                (found := netatop(d, "query", "--by", "container", "--json"))
-                and all(g["running"] == 0 for g in found if g["container"] in ours)
-                and found
-            ),
-            timeout_s=WAIT_S,
-        )
-    finally:
-        stop_children(children)
-        server.finish()
-    return children, started, answers
-
-
-def by_key(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    result = {row[key]: row for row in rows}
-    assert len(result) == len(rows), f"a {key} twice: {rows}"
-    return result
+def record(d: Daemon, into: dict[str, Any], snapshot: Snapshot) -> None:
+    """What the table and query --by say at this moment."""
+    into["table"] = snapshot
+    for by in BY_KEYS:
+        into[f"by {by}"] = netatop(d, "query", "--by", by, "--json")
 
 
 def history_rows(d: Daemon, since: str, pids: set[int]) -> dict[int, dict[str, Any]] | None:
@@ -303,74 +327,266 @@ def history_rows(d: Daemon, since: str, pids: set[int]) -> dict[int, dict[str, A
     return found if len(found) == len(pids) else None
 
 
-def test_history_and_reports_name_every_layout(ns: Any, daemon: Daemon, slice_dir: Path) -> None:
-    children, started, _ = run(ns, daemon, slice_dir)
-    pids = {c.pid for c in children}
-    since = datetime.fromtimestamp(started).isoformat(timespec="seconds")  # local time
-    # exited --since (history): each process with its unit, container and cgroup.
-    rows = wait_until(
-        "every child in the history",
-        lambda: history_rows(daemon, since, pids),
-        timeout_s=WAIT_S,
-    )
-    for child in children:
-        row = rows[child.pid]
-        assert (row["unit"], row["container"], row["cgroup"]) == (
-            child.layout.unit,
-            child.layout.container,
-            child.cgroup,
-        ), (child.layout.name, row)
-        assert (row["udpsndpacks"], row["udpsndbytes"]) == (
-            child.datagrams,
-            child.datagrams * WIRE_BYTES,
-        ), (child.layout.name, row)
-    window = ("--since", since, "--db", db(daemon), "--format", "json")
-    # by-unit and by-container (samples): exact sums for the groups only the children
-    # send in (the server in the namespace only receives).
-    for report, key in (("by-unit", "unit_group"), ("by-container", "container_group")):
-        column = key.removesuffix("_group")
-        expected = expected_groups(children, key)
-        found = wait_until(
-            f"report {report} to hold every datagram",
-            lambda r=report, c=column, e=expected: (
-                (g := by_key(netatop(daemon, "report", r, *window), c))
-                and all(k in g and g[k]["sndpacks"] == n for k, (_, n) in e.items())
-                and g
+def run(ns: Netns, d: Daemon, top: Path, bin_dir: Path) -> Scenario:
+    """The scenario: start, send, record, exit, record."""
+    total = sum(1 + i + m * 10 for i in range(len(layouts())) for m in range(PER_LAYOUT))
+    server = Actor(ns, "udp_server", addr="127.0.0.1", count=total, reply_bytes=-1)
+    scenario = Scenario(d, [], time.time() - 1.0)
+    children = scenario.children
+    try:
+        children.extend(start_children(ns, top, bin_dir, server.port))
+        send_all(d, children)
+        assert server.read()["received"] == total
+        # query reads the shared table, published every 250 ms: wait for the publish
+        # that holds every datagram.
+        snapshot = wait_until(
+            "the table to hold every child's datagrams",
+            lambda: table_shows(d, children, Kind.PROCESS),
+            timeout_s=WAIT_S,
+        )
+        scenario.running["query"] = netatop(d, "query", "--json")
+        record(d, scenario.running, snapshot)
+        exited_at = time.monotonic()
+        exit_all(children)
+        pids = {c.pid for c in children}
+        scenario.finished["exited"] = wait_until(
+            "every child in the exit list",
+            lambda: (
+                (rows := netatop(d, "exited", "--json"))
+                and pids <= {r["pid"] for r in rows}
+                and rows
             ),
             timeout_s=WAIT_S,
         )
-        for group, (processes, datagrams) in expected.items():
-            assert found[group]["sndpacks"] == datagrams, (report, group, found[group])
-            assert found[group]["sndbytes"] == datagrams * WIRE_BYTES, (report, group)
-            if group not in (NO_UNIT, NO_CONTAINER):  # the server may share those
-                assert found[group]["processes"] == processes, (report, group, found[group])
-                assert found[group]["rcvpacks"] == 0, (report, group, found[group])
-    # top-exited-groups --by container (final counters of the finished processes).
-    groups = by_key(
-        netatop(daemon, "report", "top-exited-groups", "--by", "container", *window), "key"
+        snapshot = wait_until(
+            "the table to show every child finished",
+            lambda: table_shows(d, children, Kind.EXITED),
+            timeout_s=WAIT_S,
+        )
+        record(d, scenario.finished, snapshot)
+        # wait-exit takes the oldest entries: as many as the exit list held (it only
+        # grows until the entries age out, EXIT_LIST_S after they came).
+        count = len(scenario.finished["exited"])
+        scenario.taken = netatop(d, "wait-exit", "--json", "--count", str(count))
+        assert time.monotonic() - exited_at < EXIT_LIST_S, "too slow: left the exit list"
+    finally:
+        stop_children(children)
+        server.finish()
+    since = datetime.fromtimestamp(scenario.started).isoformat(timespec="seconds")  # local
+    scenario.history = wait_until(
+        "every child in the history",
+        lambda: history_rows(d, since, {c.pid for c in children}),
+        timeout_s=WAIT_S,
     )
-    for group, (processes, datagrams) in expected_groups(children, "container_group").items():
-        assert groups[group]["sndpacks"] == datagrams, (group, groups[group])
-        if group != NO_CONTAINER:
-            assert groups[group]["processes"] == processes, (group, groups[group])
+    return scenario
 
 
-def test_query_by_container_sums_running_and_finished_processes(
-    ns: Any, daemon: Daemon, slice_dir: Path
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    """The scenario, run once for the module, in its own namespace and cgroups."""
+    root_or_skip()
+    root = find_cgroup2_root()
+    assert root is not None, "no cgroup v2 hierarchy mounted: these tests need one"
+    ns = Netns(NETNS_PREFIX)
+    top = Path(root) / f"ntpG-{os.getpid()}.slice"
+    # The members' python, under their command names, where the test users reach it.
+    bin_dir = Path(tempfile.mkdtemp(prefix="ntpG-"))
+    d: Daemon | None = None
+    try:
+        bin_dir.chmod(0o755)
+        for command in MEMBER_COMMANDS:
+            (bin_dir / command).symlink_to(os.path.realpath(sys.executable))
+        top.mkdir()
+        # Identity at exec comes from the proc connector, answered in the initial namespace.
+        d = Daemon(
+            ns,
+            tmp_path_factory.mktemp("grouping") / "run",
+            *FAST,
+            "--process-events-netns",
+            f"/proc/{os.getpid()}/ns/net",
+        )
+        yield run(ns, d, top, bin_dir)
+    finally:
+        code = d.stop() if d is not None else 0
+        remove_cgroups(top)
+        shutil.rmtree(bin_dir)
+        ns.delete()
+    assert code == 0, d.logs() if d is not None else ""
+
+
+def remove_cgroups(top: Path) -> None:
+    """The test's cgroup directory and everything made under it."""
+    deadline = time.monotonic() + 10
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+        while os.path.isdir(dirpath):
+            try:
+                os.rmdir(dirpath)
+            except OSError:  # EBUSY until the last process in it is reaped
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    assert not top.exists()
+
+
+def expected_groups(
+    children: list[Child], by: str, report: bool = False
+) -> dict[str | int, tuple[int, int]]:
+    """group -> (processes, datagrams sent) over the children."""
+    result: dict[str | int, tuple[int, int]] = {}
+    for child in children:
+        group = child.group(by, report)
+        processes, datagrams = result.get(group, (0, 0))
+        result[group] = (processes + 1, datagrams + child.datagrams)
+    return result
+
+
+def by_key(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
+    result = {row[key]: row for row in rows}
+    assert len(result) == len(rows), f"a {key} twice: {rows}"
+    return result
+
+
+def by_pid(rows: list[dict[str, Any]], children: list[Child]) -> dict[int, dict[str, Any]]:
+    """The process rows of the children, by pid (each exactly once)."""
+    pids = {c.pid for c in children}
+    found = [r for r in rows if r["pid"] in pids and r["kind"] != "thread"]
+    result = {r["pid"]: r for r in found}
+    assert len(result) == len(found) == len(children), (len(found), found)
+    return result
+
+
+def check_rows(
+    where: str, kind: str, rows: dict[int, dict[str, Any]], children: list[Child]
 ) -> None:
-    """Needs the shared table to carry each process's cgroup, unit and container."""
-    children, _, answers = run(ns, daemon, slice_dir)
-    expected = expected_groups(children, "container_group")
-    for moment, running in (("running", PER_LAYOUT), ("finished", 0)):
-        groups = by_key(answers[moment], "container")
-        for group, (processes, datagrams) in expected.items():
-            assert group in groups, (moment, group, answers[moment])
-            # Only the children send (the server in the namespace only receives).
-            assert groups[group]["udpsndpacks"] == datagrams, (moment, group, groups[group])
-            assert groups[group]["udpsndbytes"] == datagrams * WIRE_BYTES, (moment, group)
-            if group == NO_CONTAINER:
-                continue  # the server may be counted there too
-            assert (groups[group]["processes"], groups[group]["running"]) == (
-                processes,
-                running,
-            ), (moment, group, groups[group])
+    """Every child's row: its kind, identity and exact counters."""
+    for child in children:
+        row = rows[child.pid]
+        assert row["kind"] == kind, (where, child.layout.name, row)
+        got = {k: row[k] for k in child.identity()}
+        assert got == child.identity(), (where, child.layout.name, row)
+        got = {k: row[k] for k in COUNTER_NAMES}
+        assert got == child.counters(), (where, child.layout.name, row)
+
+
+def check_table(where: str, snapshot: Snapshot, kind: Kind, children: list[Child]) -> None:
+    """The table read directly: the same identity (unknown: -1 and ""), the same counters."""
+    rows = {r.id: r for r in snapshot.rows if r.kind == kind}
+    for child in children:
+        row = rows[child.pid]
+        want = child.identity()
+        got = {
+            "btime": row.btime,
+            "command": row.command,
+            "uid": row.uid,
+            "user": user_name(row.uid),
+            "cmdline": row.cmdline,
+            "unit": row.unit or None,
+            "container": row.container or None,
+            "cgroup": row.cgroup,
+        }
+        assert got == want, (where, child.layout.name, row)
+        assert row.tgid == child.pid, (where, row)
+        assert dict(zip(COUNTER_NAMES, row.counters, strict=True)) == child.counters(), (
+            where,
+            child.layout.name,
+            row,
+        )
+
+
+def check_groups(where: str, by: str, answer: list[dict[str, Any]], s: Scenario) -> None:
+    """query --by: every group the children make, its processes and sums exact."""
+    groups = by_key(answer, by)
+    for group, (processes, datagrams) in expected_groups(s.children, by).items():
+        assert group in groups, (where, by, group, answer)
+        found = groups[group]
+        # Only the children send (the server in the namespace only receives).
+        assert found["udpsndpacks"] == datagrams, (where, by, group, found)
+        assert found["udpsndbytes"] == datagrams * WIRE_BYTES, (where, by, group, found)
+        if group in (NO_UNIT, NO_CONTAINER):
+            continue  # the server may be counted there too
+        running = processes if where == "running" else 0
+        assert (found["processes"], found["running"]) == (processes, running), (
+            where,
+            by,
+            group,
+            found,
+        )
+
+
+def test_query_json_and_the_table_name_every_running_process(scenario: Scenario) -> None:
+    """query --json and the table read directly, while the children run."""
+    rows = by_pid(scenario.running["query"], scenario.children)
+    check_rows("query --json", "process", rows, scenario.children)
+    check_table("table", scenario.running["table"], Kind.PROCESS, scenario.children)
+
+
+def test_exit_list_names_every_finished_process(scenario: Scenario) -> None:
+    """exited --json (the live exit list), the table's exit-list rows, wait-exit."""
+    rows = by_pid(scenario.finished["exited"], scenario.children)
+    check_rows("exited --json", "exited", rows, scenario.children)
+    check_table("table (exited)", scenario.finished["table"], Kind.EXITED, scenario.children)
+    taken = by_pid(scenario.taken, scenario.children)
+    check_rows("wait-exit --json", "exited", taken, scenario.children)
+    for child in scenario.children:
+        assert taken[child.pid]["exit_time"] == rows[child.pid]["exit_time"], child.layout
+
+
+@pytest.mark.parametrize("by", BY_KEYS)
+@pytest.mark.parametrize("moment", ["running", "finished"])
+def test_query_by_sums_running_and_finished_processes(
+    scenario: Scenario, by: str, moment: str
+) -> None:
+    """query --by each key: the shared table's rows (finished: from its exit list)."""
+    check_groups(moment, by, getattr(scenario, moment)[f"by {by}"], scenario)
+
+
+def test_history_names_every_layout(scenario: Scenario) -> None:
+    """exited --since (history): each process with its identity and exact counters."""
+    check_rows("exited --since", "exited", scenario.history, scenario.children)
+
+
+@pytest.mark.parametrize(
+    ("report", "column"),
+    [
+        ("by-command", "command"),
+        ("by-user", "uid"),
+        ("by-unit", "unit"),
+        ("by-container", "container"),
+    ],
+)
+def test_reports_by_every_key_sum_exact(scenario: Scenario, report: str, column: str) -> None:
+    """The reports by-command, by-user, by-unit and by-container (samples): exact sums
+    for the groups only the children send in (the server in the namespace only receives)."""
+    d = scenario.daemon
+    since = datetime.fromtimestamp(scenario.started).isoformat(timespec="seconds")
+    window = ("--since", since, "--db", db(d), "--format", "json")
+    expected = expected_groups(scenario.children, report.removeprefix("by-"), report=True)
+    found = wait_until(
+        f"report {report} to hold every datagram",
+        lambda: (
+            (g := by_key(netatop(d, "report", report, *window), column))
+            and all(k in g and g[k]["sndpacks"] == n for k, (_, n) in expected.items())
+            and g
+        ),
+        timeout_s=WAIT_S,
+    )
+    for group, (processes, datagrams) in expected.items():
+        assert found[group]["sndpacks"] == datagrams, (report, group, found[group])
+        assert found[group]["sndbytes"] == datagrams * WIRE_BYTES, (report, group)
+        if group not in (NO_UNIT, NO_CONTAINER):  # the server may share those
+            assert found[group]["processes"] == processes, (report, group, found[group])
+            assert found[group]["rcvpacks"] == 0, (report, group, found[group])
+
+
+@pytest.mark.parametrize("by", BY_KEYS)
+def test_top_exited_groups_by_every_key(scenario: Scenario, by: str) -> None:
+    """top-exited-groups --by (final counters of the finished processes)."""
+    d = scenario.daemon
+    since = datetime.fromtimestamp(scenario.started).isoformat(timespec="seconds")
+    window = ("--since", since, "--db", db(d), "--format", "json")
+    groups = by_key(netatop(d, "report", "top-exited-groups", "--by", by, *window), "key")
+    expected = expected_groups(scenario.children, by, report=True)
+    for group, (processes, datagrams) in expected.items():
+        assert groups[group]["sndpacks"] == datagrams, (by, group, groups[group])
+        if group not in (NO_UNIT, NO_CONTAINER):
+            assert groups[group]["processes"] == processes, (by, group, groups[group])
