@@ -17,19 +17,21 @@ read them from /proc itself, the unit and container its cgroup path names.
 
 The scenario runs once (one daemon, one set of processes: the module's
 fixture) and records every surface at two moments; the tests check what it
-recorded.  While the processes run: `netatop query --json` (the shared
-table), the table read directly (TableReader), `netatop query --by
-command|user|unit|container --json`.  Once they exited: `netatop exited
---json` (the daemon's live exit list), the table's exit-list rows, the same
-four --by answers, `netatop wait-exit --json` (GETCNT_EXIT), then the history:
-`netatop exited --since`, the reports by-unit, by-container and
-top-exited-groups.  Every cgroup directory made here is removed, also when
+recorded.  While the processes run: `netatop query --json` and `--csv` (the
+shared table), the table read directly (TableReader), `netatop query --by
+command|user|unit|container --json`.  Once they exited: `netatop
+exited --json` and `--csv` (the daemon's live exit list), the table's
+exit-list rows, the same four --by answers, `netatop wait-exit --json`
+(GETCNT_EXIT), then the history: `netatop exited --since`, the reports
+by-command, by-user, by-unit, by-container and top-exited-groups --by each key.  Every cgroup directory made here is removed, also when
 the scenario fails.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import pwd
@@ -215,6 +217,8 @@ def netatop(d: Daemon, *args: str) -> Any:
         cwd=REPO,
     )
     assert result.returncode == 0, (args, result.stderr)
+    if "--csv" in args:
+        return list(csv.DictReader(io.StringIO(result.stdout)))
     if "--json" in args and args[0] == "wait-exit":
         return [json.loads(line) for line in result.stdout.splitlines()]
     return json.loads(result.stdout)
@@ -345,6 +349,7 @@ def run(ns: Netns, d: Daemon, top: Path, bin_dir: Path) -> Scenario:
             timeout_s=WAIT_S,
         )
         scenario.running["query"] = netatop(d, "query", "--json")
+        scenario.running["query csv"] = netatop(d, "query", "--csv")
         record(d, scenario.running, snapshot)
         exited_at = time.monotonic()
         exit_all(children)
@@ -364,6 +369,7 @@ def run(ns: Netns, d: Daemon, top: Path, bin_dir: Path) -> Scenario:
             timeout_s=WAIT_S,
         )
         record(d, scenario.finished, snapshot)
+        scenario.finished["exited csv"] = netatop(d, "exited", "--csv")
         # wait-exit takes the oldest entries: as many as the exit list held (it only
         # grows until the entries age out, EXIT_LIST_S after they came).
         count = len(scenario.finished["exited"])
@@ -468,6 +474,19 @@ def check_rows(
         assert got == child.counters(), (where, child.layout.name, row)
 
 
+def check_csv(where: str, kind: str, rows: list[dict[str, str]], children: list[Child]) -> None:
+    """CSV rows: the same fields as text ("" for none)."""
+    pids = {str(c.pid) for c in children}
+    found = {r["pid"]: r for r in rows if r["pid"] in pids and r["kind"] != "thread"}
+    assert len(found) == len(children), (where, rows)
+    for child in children:
+        row = found[str(child.pid)]
+        want = {"kind": kind, **child.identity(), **child.counters()}
+        assert {k: row[k] for k in want} == {
+            k: "" if v is None else str(v) for k, v in want.items()
+        }, (where, child.layout.name, row)
+
+
 def check_table(where: str, snapshot: Snapshot, kind: Kind, children: list[Child]) -> None:
     """The table read directly: the same identity (unknown: -1 and ""), the same counters."""
     rows = {r.id: r for r in snapshot.rows if r.kind == kind}
@@ -518,6 +537,7 @@ def test_query_json_and_the_table_name_every_running_process(scenario: Scenario)
     rows = by_pid(scenario.running["query"], scenario.children)
     check_rows("query --json", "process", rows, scenario.children)
     check_table("table", scenario.running["table"], Kind.PROCESS, scenario.children)
+    check_csv("query --csv", "process", scenario.running["query csv"], scenario.children)
 
 
 def test_exit_list_names_every_finished_process(scenario: Scenario) -> None:
@@ -525,6 +545,7 @@ def test_exit_list_names_every_finished_process(scenario: Scenario) -> None:
     rows = by_pid(scenario.finished["exited"], scenario.children)
     check_rows("exited --json", "exited", rows, scenario.children)
     check_table("table (exited)", scenario.finished["table"], Kind.EXITED, scenario.children)
+    check_csv("exited --csv", "exited", scenario.finished["exited csv"], scenario.children)
     taken = by_pid(scenario.taken, scenario.children)
     check_rows("wait-exit --json", "exited", taken, scenario.children)
     for child in scenario.children:
