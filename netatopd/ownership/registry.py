@@ -71,7 +71,8 @@ class TaskRegistry:
         self.identity_unknown = 0  # tasks made with no identity known (btime stands in)
         # tgid -> exit time of tasks made for processes that had already ended.
         self._ended: dict[int, float] = {}
-        self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
+        # tgid -> start time (ticks) of the processes sent to the exit list.
+        self.finished: OrderedDict[int, int] = OrderedDict()
         # The counters of every process finished so far, summed (the balance's
         # finished processes, also those no longer on the exit list).
         self.finished_counters = [0] * COUNTER_COUNT
@@ -84,6 +85,9 @@ class TaskRegistry:
 
     def task(self, pid: int) -> TaskInfo | None:
         """The TaskInfo of live process ``pid``, made on first sight; None if it is gone.
+
+        None also for a process already finished (same pid and start time: it
+        exited and is not reaped yet); it is never made twice.
 
         A task whose pid now names another process (another start time) is
         finished, and the new process gets a task of its own, starting at zero.
@@ -98,6 +102,11 @@ class TaskRegistry:
             if same_process(stat, task.start_time_ticks):
                 return task
             self.finish([task], self.clock())
+        elif self.finished.get(pid) == stat.start_time_ticks:
+            # Finished already (its exit event came; a zombie not yet reaped): a task
+            # made again would be finished again, a second exit-list entry whose zero
+            # counters overwrite the first in the history (same tgid, btime).
+            return None
         known = self._known(pid, stat.start_time_ticks)
         if known is not None:
             identity = known.identity
@@ -320,7 +329,7 @@ class TaskRegistry:
         book = self.identities
         for task in tasks:
             task.exited = True
-            self.finished[task.tgid] = None
+            self.finished[task.tgid] = task.start_time_ticks
             self.finished.move_to_end(task.tgid)
             self.tasks.remove(task)
             exit_s = exit_times.get(task.tgid) if exit_times else None

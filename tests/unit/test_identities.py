@@ -30,6 +30,7 @@ class FakeProc:
     def __init__(self) -> None:
         self.running: dict[int, Identity] = {}
         self.reads = 0
+        self.state = "S"  # of every process's stat
 
     def read_identity(self, pid: int, proc_root: str) -> Identity:
         self.reads += 1
@@ -41,7 +42,7 @@ class FakeProc:
         if pid not in self.running:
             raise ProcessGone(pid)
         who = self.running[pid]
-        return ProcStat(pid, who.comm, "S", who.ppid, 1, who.start_time_ticks)
+        return ProcStat(pid, who.comm, self.state, who.ppid, 1, who.start_time_ticks)
 
     def btime(self, start_time_ticks: int) -> int:
         return BOOT_S + start_time_ticks // HZ
@@ -159,3 +160,29 @@ def test_the_book_is_bounded_and_forgets_ended_processes_after_the_grace() -> No
     book.exited(4, 1.0)
     now[0] += 10.5
     assert book.expire() == 1 and sorted(book.known) == [3, 5]
+
+
+def test_a_finished_zombie_is_not_brought_back_with_zero_counters() -> None:
+    """Exit event, then a late lookup while the process is a zombie (not reaped yet):
+    no second task; else its second finish would give the exit list a second entry
+    and overwrite its history row (same tgid, btime) with zero counters."""
+    proc, book, registry = setup()
+    proc.running[40] = identity(40, "curl", 11000)
+    task = registry.task(40)
+    assert task is not None
+    task.add(True, (3, 300, 0, 0), time.time())
+    assert registry.process_events([event(ProcEventKind.EXIT, 40)]) == [task]
+    zombie = proc.running[40]
+    proc.running[40] = zombie._replace(cmdline="")  # exited, not yet reaped
+    proc.state = "Z"
+    assert registry.task(40) is None
+    assert registry.task_named_by_kernel(40, "curl", time.monotonic_ns()) is None
+    del proc.running[40]  # reaped
+    assert registry.reap(time.time(), 100) == [] and registry.sweep(time.time()) == []
+    (exited,) = registry.exit_list.snapshot()
+    assert exited.tgid == 40 and sum(exited.counters) == 303
+    # The pid's next process (another start time) gets a task of its own.
+    proc.state = "S"
+    proc.running[40] = identity(40, "wget", 12000)
+    again = registry.task(40)
+    assert again is not None and again.command == "wget" and again is not task
