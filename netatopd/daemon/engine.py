@@ -209,11 +209,14 @@ class Engine:
         self.journal = ExitJournal()
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
         # Identities at fork and exec, exits as they happen (the proc connector).
-        self.identities = IdentityBook(self.procfs.proc_root, self.procfs.btime)
+        self.identities = IdentityBook(
+            self.procfs.proc_root, self.procfs.btime, ticks_per_s=self.procfs.clock_ticks_per_s
+        )
         self.process_events, self.process_events_source = open_process_events(
             getattr(options, "process_events_netns", INITIAL_NETNS_PATH)
         )
         self.process_events_resyncs = 0
+        self.in_process_events = False  # on_process_events runs (it may drain the capture)
         self.last_identity_expiry_s = clock.monotonic()
         self.registry = TaskRegistry(
             self.tasks,
@@ -300,6 +303,9 @@ class Engine:
         True when packets were counted: then the resolver has just looked up,
         retried and settled everything due (housekeeping need not again).
         """
+        if self.process_events is not None and not self.in_process_events:
+            # Forks and execs before these packets: their identities first.
+            self.on_process_events()
         if self.kernel_capture is not None:
             return self._drain_kernel(self.kernel_capture)
         flows = self.flows
@@ -363,21 +369,29 @@ class Engine:
         packets are its).  After lost events, /proc is read again (resync).
         """
         events_source = self.process_events
-        if events_source is None:
+        if events_source is None or self.in_process_events:
             return
+        self.in_process_events = True
+        try:
+            self._process_events(events_source)
+        finally:
+            self.in_process_events = False
+
+    def _process_events(self, events_source: ProcessEvents) -> None:
         try:
             events = events_source.read()
         except NetlinkError as err:
             self.errors += 1
             log.error("process events: %s", err)
             return
+        read_now = self.registry.read_execs(events)  # first: programs may end at once
         tasks = self.tasks.by_tgid
         if any(e.kind == ProcEventKind.EXIT and e.is_process and e.tgid in tasks for e in events):
             if not self.drain_capture():
                 now_s = self.clock.wall()
                 self.resolver.resolve(now_s)
                 self.resolver.settle(now_s)
-        self.registry.process_events(events)
+        self.registry.process_events(events, read_now)
         if events_source.take_resync():
             self.resync_processes()
 

@@ -178,6 +178,8 @@ STATUS_ORDER_PROC = [
     "identities_known",
     "identity_unreadable",
     "identity_unknown",
+    "identity_incomplete",
+    "tasks_late",
 ]
 
 
