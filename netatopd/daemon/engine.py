@@ -42,7 +42,7 @@ from ..history.writer import SampleEntry
 from ..locality import open_locality
 from ..metrics import MetricsBook, parse_group_by
 from ..metrics.catalogue import health_figures
-from ..netlink.connector import ProcessEvents, ProcEventKind
+from ..netlink.connector import RECEIVE_BUFFER_BYTES, ProcessEvents, ProcEventKind
 from ..netlink.sockdiag import SockDiag
 from ..netlink.socket import NetlinkError
 from ..ownership import Resolver, Sweeper, TaskRegistry
@@ -75,6 +75,7 @@ SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend t
 SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
 IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
 INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
+RESYNC_LOG_INTERVAL_S = 10.0  # at most one warning this often about lost process events
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,9 @@ def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwner
     return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
 
 
-def open_process_events(netns_path: str = INITIAL_NETNS_PATH) -> tuple[ProcessEvents | None, str]:
+def open_process_events(
+    netns_path: str = INITIAL_NETNS_PATH, receive_buffer_bytes: int = RECEIVE_BUFFER_BYTES
+) -> tuple[ProcessEvents | None, str]:
     """The proc connector subscription, or None; and the source STATUS names.
 
     The kernel answers only in the initial network namespace: a daemon in
@@ -131,12 +134,13 @@ def open_process_events(netns_path: str = INITIAL_NETNS_PATH) -> tuple[ProcessEv
             simulated = f"simulated ({SIMULATE_CONNECTOR_FAILURE_ENV}=1)"
             raise NetlinkError(errno.ECONNREFUSED, simulated)
         try:
-            return ProcessEvents(), "proc connector"
+            return ProcessEvents(receive_buffer_bytes=receive_buffer_bytes), "proc connector"
         except NetlinkError as err:
             if err.errno != errno.ECONNREFUSED or not netns_path:
                 raise
         try:
-            return ProcessEvents(netns_path=netns_path), "proc connector"
+            events = ProcessEvents(netns_path=netns_path, receive_buffer_bytes=receive_buffer_bytes)
+            return events, "proc connector"
         except (NetlinkError, OSError) as err:
             raise NetlinkError(
                 getattr(err, "errno", None) or errno.EIO, f"in {netns_path}: {err}"
@@ -213,10 +217,12 @@ class Engine:
             self.procfs.proc_root, self.procfs.btime, ticks_per_s=self.procfs.clock_ticks_per_s
         )
         self.process_events, self.process_events_source = open_process_events(
-            getattr(options, "process_events_netns", INITIAL_NETNS_PATH)
+            getattr(options, "process_events_netns", INITIAL_NETNS_PATH),
+            getattr(options, "process_events_buffer_bytes", RECEIVE_BUFFER_BYTES),
         )
         self.process_events_resyncs = 0
         self.in_process_events = False  # on_process_events runs (it may drain the capture)
+        self.last_resync_log_s = -RESYNC_LOG_INTERVAL_S
         self.last_identity_expiry_s = clock.monotonic()
         self.registry = TaskRegistry(
             self.tasks,
@@ -398,6 +404,16 @@ class Engine:
     def resync_processes(self) -> None:
         """Process events were lost: finish the tasks that are gone, learn every process."""
         self.process_events_resyncs += 1
+        now_monotonic_s = self.clock.monotonic()
+        if now_monotonic_s - self.last_resync_log_s >= RESYNC_LOG_INTERVAL_S:
+            self.last_resync_log_s = now_monotonic_s
+            events = self.process_events
+            log.warning(
+                "process events lost (%d so far, %d overflows): /proc read again (resync %d)",
+                events.lost_events if events is not None else 0,
+                events.overflows if events is not None else 0,
+                self.process_events_resyncs,
+            )
         now_s = self.clock.wall()
         self.registry.sweep(now_s)
         identities = self.identities

@@ -364,3 +364,99 @@ def test_an_exit_is_in_the_exit_list_within_100_ms_with_its_time(ns: Any, daemon
         + "; exit time after 'exit' was sent (ms) "
         + ", ".join(f"{f[1] * 1000:.1f}" for f in figures)
     )
+
+
+def test_lost_events_resync_and_processes_through_the_flood_stay_exact(
+    ns: Any, tmp_path: Path
+) -> None:
+    """A fork flood overflows a small queue: lost events counted, /proc read again, logged;
+    SURVIVORS processes living through it have exactly the datagrams they sent."""
+    d = start(ns, tmp_path, "--process-events-buffer-bytes", str(SMALL_QUEUE_BYTES))
+    server = Actor(ns, "udp_server", addr="127.0.0.1", count=2 * SURVIVORS, reply_bytes=-1)
+    survivors: dict[int, subprocess.Popen[str]] = {}
+    flood = subprocess.Popen(
+        [*ns.exec_prefix, sys.executable, "-c", FLOOD, str(FLOOD_FORKS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(SURVIVORS):
+            argv = [*ns.exec_prefix, sys.executable, "-c", TOLD, "127.0.0.1", str(server.port)]
+            proc = subprocess.Popen(
+                [*argv, str(PAYLOAD_BYTES)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None
+            survivors[json.loads(proc.stdout.readline())["pid"]] = proc
+
+        def send_all(count: int) -> None:
+            for proc in survivors.values():
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write("send\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == "sent"
+            for pid in survivors:
+                wait_for(f"{pid}'s datagrams", lambda pid=pid: sent_packets(d, pid) == count)
+
+        send_all(1)
+        # The queue is small and the connector tells every process of the machine: it may
+        # have overflowed already; the flood must make it overflow again.
+        before = d.status()
+        assert flood.stdin is not None and flood.stdout is not None
+        status = before
+        for _ in range(FLOOD_ROUNDS):
+            flood.stdin.write("flood\n")
+            flood.stdin.flush()
+            assert int(flood.stdout.readline()) == FLOOD_FORKS
+            status = d.status()
+            if (
+                status["process_events_overflows"] > before["process_events_overflows"]
+                and status["process_events_resyncs"] > before["process_events_resyncs"]
+            ):
+                break
+        print(
+            "\nflood: "
+            + ", ".join(
+                f"{k} {status[k]}"
+                for k in (
+                    "process_events_received",
+                    "process_events_lost",
+                    "process_events_overflows",
+                    "process_events_resyncs",
+                )
+            )
+        )
+        assert status["process_events_overflows"] > before["process_events_overflows"], status
+        assert status["process_events_lost"] > before["process_events_lost"], status
+        assert status["process_events_resyncs"] > before["process_events_resyncs"], status
+        assert "process events lost" in d.logs()
+        # Through the flood: every survivor still counted, exactly, and goes on counting.
+        send_all(2)
+        for proc in survivors.values():
+            assert proc.stdin is not None
+            proc.stdin.write("exit\n")
+            proc.stdin.flush()
+            assert proc.wait(timeout=WAIT_S) == 0
+        assert server.read(timeout_s=WAIT_S)["received"] == 2 * SURVIVORS
+        rows = wait_for(
+            "every survivor in the history",
+            lambda: (r := history(d, set(survivors))) and len(r) == SURVIVORS and r,
+        )
+        two = udp(2, 2 * (PAYLOAD_BYTES + UDP4_OVERHEAD))
+        assert {pid: [counters_of(row) for row in r] for pid, r in rows.items()} == {
+            pid: [two] for pid in survivors
+        }
+        assert all(
+            r[0]["btime"] != 0 and r[0]["cmdline"].startswith(sys.executable) for r in rows.values()
+        )
+    finally:
+        for proc in [*survivors.values(), flood]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        server.finish()
+        code = d.stop()
+    assert code == 0, d.logs()
