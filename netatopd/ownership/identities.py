@@ -58,7 +58,10 @@ class IdentityBook:
         self.known: OrderedDict[int, Known] = OrderedDict()
         self.ticks_per_s = ticks_per_s
         # CLOCK_BOOTTIME (start times) minus CLOCK_MONOTONIC (event times): the time slept.
-        self.boottime_offset_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+        # (Read one after the other, the two differ by microseconds on a machine that never
+        # slept: then 0, so that the fork's time is never put before the start time.)
+        slept_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+        self.boottime_offset_ns = slept_ns if abs(slept_ns) > 1_000_000 else 0
         self.learnt = 0  # identities read
         self.unreadable = 0  # processes whose identity could not be read (gone, denied)
         self.dropped = 0  # entries pushed out by the cap before their grace ended

@@ -238,23 +238,27 @@ class TaskRegistry:
         book = self.identities
         if book is None:
             return read_now
+        unread_execs: set[int] = set()  # exec'd, gone before the read
         for event in events:
             if event.kind == ProcEventKind.EXEC and event.tgid not in read_now:
-                book.learn(event.tgid, after_exec=True)
+                if book.learn(event.tgid, after_exec=True) is None:
+                    unread_execs.add(event.tgid)
                 read_now.add(event.tgid)
-        execs = set(read_now)
         for event in events:
-            if event.kind == ProcEventKind.FORK and event.is_process and event.tgid not in read_now:
-                known = book.learn(event.tgid)
-                earlier = book.get(event.tgid)  # None, or the pid's earlier holder
-                if known is None and (earlier is None or earlier.exited_s):
-                    book.born(
-                        event.tgid,
-                        event.parent_tgid,
-                        event.timestamp_ns,
-                        exec_seen=event.tgid in execs,
-                    )
-                read_now.add(event.tgid)
+            if event.kind != ProcEventKind.FORK or not event.is_process:
+                continue
+            tgid = event.tgid
+            if tgid in read_now and tgid not in unread_execs:
+                continue
+            if tgid not in read_now and book.learn(tgid) is not None:
+                read_now.add(tgid)
+                continue
+            read_now.add(tgid)
+            earlier = book.get(tgid)  # None, the pid's earlier holder, or the unread exec
+            exec_seen = tgid in unread_execs
+            if earlier is None or earlier.exited_s or exec_seen:
+                book.born(tgid, event.parent_tgid, event.timestamp_ns, exec_seen=exec_seen)
+            unread_execs.discard(tgid)
         return read_now
 
     def process_events(
