@@ -164,12 +164,9 @@ class TaskRegistry:
         task = self.tasks.get(tgid)
         if task is not None:
             return task
-        seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
-        recent = self._recent.get(tgid)
-        if recent is not None and wall_time_s(seen_ns) <= recent[1] + EXIT_SLACK_S:
-            return self._late_task(tgid, recent[0].start_time_ticks)  # seen before its exit
         if tgid in self.finished:
             return None
+        seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
         seen_ticks = seen_ns * self.procfs.clock_ticks_per_s // 1_000_000_000  # since boot
         known = self.identities.get(tgid) if self.identities is not None else None
         if known is not None and (
