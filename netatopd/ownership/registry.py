@@ -195,6 +195,18 @@ class TaskRegistry:
         task = TaskInfo(tgid, -1, self.procfs.btime(seen_ticks), comm)
         return task if self.tasks.admit(task) else None
 
+    def late_task_named_by_kernel(self, tgid: int, seen_monotonic_ns: int) -> TaskInfo | None:
+        """The task of finished process tgid, if the kernel saw it before its exit.
+
+        For a flow whose socket is gone and held by nobody (the resolver's last
+        resort): the kernel's record is the process's own then, not one left
+        behind for a newer holder of the flow.
+        """
+        recent = self._recent.get(tgid)
+        if recent is None or wall_time_s(seen_monotonic_ns) > recent[1] + EXIT_SLACK_S:
+            return None
+        return self._late_task(tgid, recent[0].start_time_ticks)
+
     def _late_task(self, tgid: int, start_time_ticks: int) -> TaskInfo | None:
         """A task finished within LATE_PACKETS_S, taken back for packets seen late.
 

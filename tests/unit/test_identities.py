@@ -230,3 +230,7 @@ def test_packets_seen_after_the_exit_go_to_the_finished_task_once() -> None:
     # Gone: a record of the kernel does not bring it back (it may be an old one).
     del proc.running[70]
     assert registry.task_named_by_kernel(70, "curl", exit_ns - 1000) is None
+    # The resolver's last resort (its socket gone, held by nobody): a record from before
+    # the exit is the process's own; one from after it is not.
+    assert registry.late_task_named_by_kernel(70, exit_ns + 100_000_000) is None
+    assert registry.late_task_named_by_kernel(70, exit_ns - 1000) is task
