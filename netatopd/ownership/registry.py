@@ -22,9 +22,16 @@ one of them (same tgid and btime) continues from them instead of zero.
 With an ``IdentityBook`` (identities.py) a task takes the identity read at
 the process's fork or exec (command line, uid, cgroup, and so unit and
 container), also for a process already gone when its packets are attributed;
-``process_events`` applies the proc connector's events (identities learnt,
-a task finished at its exit with the kernel's exit time) and
+``read_execs`` reads the identities of a batch of the proc connector's
+events first (execs, then forks), ``process_events`` applies the events
+(a task finished at its exit with the kernel's exit time) and
 ``finish_ended`` finishes tasks made for processes that had already ended.
+A task finished at its exit is kept a while (``_recent``, LATE_PACKETS_S):
+packets it sent before its exit and seen after (the capture hands them over
+in blocks) are given to it when its zombie is found holding the flow, or, as
+the resolver's last resort, when the kernel named it before its exit
+(``late_task_named_by_kernel``); it is then finished again with the same exit
+time, its exit-list entry replaced and only the new counts summed.
 
 Called by ``Resolver`` (``task``, ``task_named_by_kernel``), ``Sweeper``
 (``sweep``) and the daemon, which builds it with the exit list and journal,
