@@ -1046,16 +1046,20 @@ def test_top_frame_fits_80x24_and_sorts() -> None:
     assert len(frame) == 23 and max(len(line) for line in frame) <= 80
     # total sent: 1 + 2 + ... + 40 KiB = 820 KiB; packets 40 sent, 1 + ... + 40 = 820 received
     assert frame[2] == "total: sent 820 KiB/s 40.0 pk/s, received 0 B/s 820.0 pk/s, 40 processes"
+    # TCP/s and UDP/s do not fit 80 columns: left out whole, the header says +2
     assert frame[4].split() == [
         "PID",
+        "S",
+        "USER",
         "COMMAND",
         "SENT/s",
         "RCVD/s",
         "SNDPK/s",
         "RCVPK/s",
-        "TCP/s",
-        "UDP/s",
         "TOTAL",
+        "LAST",
+        "MINUTE",
+        "+2",
     ]
     assert [int(line.split()[0]) for line in frame[5:]] == list(range(40, 22, -1))
     by_packets = top_frame(rows, SortKey.PACKETS, 2.0, time.time(), (80, 24))
@@ -1100,12 +1104,17 @@ def test_top_prints_frames_to_a_pipe(tmp_path: Path) -> None:
     for frame in frames:
         lines = frame.splitlines()
         assert lines[0].startswith("netatop top ") and "sorted by bytes" in lines[0]
-        assert lines[3] == ""
-        assert lines[4].split()[:2] == ["PID", "COMMAND"]
-        assert lines[5].split()[:2] == ["100", "nginx"]  # the only one with traffic
-        assert lines[6].split()[:2] == ["200", "dig"]
-        assert lines[6].split()[2:8] == ["0", "B", "0", "B", "0.0", "0.0"]
-        assert "\x1b" not in frame
+        assert lines[1].startswith("total: ")  # no key help: nobody can type keys
+        assert lines[2] == ""
+        # every column, none left out (no +N)
+        assert lines[3].split() == [
+            "PID", "S", "USER", "COMMAND", "SENT/s", "RCVD/s", "SNDPK/s", "RCVPK/s",
+            "TCP/s", "UDP/s", "TOTAL", "LAST", "MINUTE",
+        ]  # fmt: skip
+        assert lines[4].split()[:4] == ["100", "R", "-", "nginx"]  # the only one with traffic
+        assert lines[5].split()[:4] == ["200", "R", "-", "dig"]
+        assert lines[5].split()[4:10] == ["0", "B", "0", "B", "0.0", "0.0"]
+        assert "\x1b" not in frame and "q:quit" not in frame
 
 
 def read_until(fd: int, pattern: bytes, timeout_s: float = 20.0) -> bytes:
@@ -1135,19 +1144,34 @@ IN_TERMINAL = (
 
 
 def run_top_in_pty(
-    run_dir: Path, steps: list[tuple[bytes, bytes]]
+    run_dir: Path,
+    steps: list[tuple[bytes, bytes]],
+    *options: str,
+    columns: int = 80,
+    **env: str,
 ) -> tuple[int, bytes, list[Any], list[Any]]:
     """Start netatop top on a new 80x24 terminal; for each step wait for text, then type keys.
 
+    env is added to the environment (LANG=C.UTF-8 and no NO_COLOR unless given).
     Returns (exit status, everything written, terminal modes before, after).
     """
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     before = termios.tcgetattr(slave)
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("NO_COLOR", "LC_ALL", "LC_CTYPE", "LANG")
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-c", IN_TERMINAL, "top", "--run-dir", str(run_dir), "--interval", "0.3"],
+        [
+            sys.executable, "-c", IN_TERMINAL, "top", "--run-dir", str(run_dir),
+            "--interval", "0.3", *options,
+        ],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
-        env={**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": ""},
+        env={
+            **environ, "TERM": "xterm", "COLUMNS": "", "LINES": "", "LANG": "C.UTF-8", **env,
+        },
     )  # fmt: skip
     seen = b""
     try:
@@ -1172,14 +1196,14 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
     publisher = Publisher(tmp_path)
     try:
         code, seen, before, after = run_top_in_pty(
-            tmp_path, [(b"100 nginx", b"p"), (b"sorted by packets", b"q")]
+            tmp_path, [(b"100 R -    nginx", b"p"), (b"sorted by packets", b"q")]
         )
     finally:
         publisher.close()
     assert code == 0
     assert seen.startswith(b"\x1b[?1049h")  # alternate screen ...
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # ... left, cursor shown again
-    assert re.search(rb"\r\n100 nginx +[0-9.]+ KiB ", seen)
+    assert re.search(rb"\r\n100 R -    nginx +\x1b\[33m +[0-9.]+ KiB\x1b\[0m ", seen)
     assert before == after  # terminal modes restored (echo, canonical input)
     assert (
         max(len(line) for line in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).split(b"\r\n"))
@@ -1190,7 +1214,7 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
 def test_top_in_a_terminal_quits_on_ctrl_c(tmp_path: Path) -> None:
     publisher = Publisher(tmp_path)
     try:
-        code, seen, before, after = run_top_in_pty(tmp_path, [(b"100 nginx", b"\x03")])
+        code, seen, before, after = run_top_in_pty(tmp_path, [(b"100 R -    nginx", b"\x03")])
     finally:
         publisher.close()
     assert code == 0
@@ -1404,9 +1428,7 @@ def test_top_sorts_by_sent_and_received() -> None:
         frame = top_frame(rows, sort, 2.0, time.time(), (80, 24))
         assert f"sorted by {sort.value}" in frame[0]
         assert [int(line.split()[0]) for line in frame[5:]] == order, sort
-    assert frame[1] == (
-        "keys: b:bytes p:packets s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid q:quit"
-    )
+    assert frame[1] == "b:bytes p:pkts s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid m:bits q:quit"
 
 
 def test_manual_page_lists_the_vocabulary() -> None:
