@@ -58,9 +58,7 @@ def utf8_locale(environ: Mapping[str, str]) -> bool:
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         value = environ.get(name)
         if value:
-            return value.lower().replace("-", "").endswith("utf8") or ".utf8@" in (
-                value.lower().replace("-", "")
-            )
+            return ".utf8" in value.lower().replace("-", "")
     return False
 
 
@@ -255,10 +253,9 @@ class TopView:
         """
         width, height = size if size is not None else (None, 0)
         unit = "bits" if self.bits else "bytes"
-        lines = [
-            f"netatop top  {format_clock(self.updated_s)}  every {self.interval_s:g} s  "
-            f"sorted by {self.sort.value}  rates in {unit}"
-        ]
+        title = ["netatop top", format_clock(self.updated_s), f"every {self.interval_s:g} s"]
+        title += [f"sorted by {self.sort.value}", f"rates in {unit}"]
+        lines = [fit_pieces(title, "  ", width)]
         if self.style.keys:
             lines.append(keys_line(self.bits, width))
         if self.shown is None:
@@ -267,18 +264,20 @@ class TopView:
         shown = self.group(self.shown) if self.group is not None else self.shown
         ordered = rows.sort_rows(shown, self.sort)
         finished = sum(1 for row in shown if row.kind is Kind.EXITED)
-        lines.append(
+        totals = [
             f"total: sent {self._rate_text(sum(map(rows.sent_bytes, shown)))}/s "
-            f"{format_rate(sum(map(rows.sent_packets, shown)))} pk/s, "
+            f"{format_rate(sum(map(rows.sent_packets, shown)))} pk/s",
             f"received {self._rate_text(sum(map(rows.received_bytes, shown)))}/s "
-            f"{format_rate(sum(map(rows.received_packets, shown)))} pk/s, "
-            f"{len(shown)} processes" + (f" ({finished} finished)" if finished else "")
-        )
+            f"{format_rate(sum(map(rows.received_packets, shown)))} pk/s",
+            f"{len(shown)} processes",
+        ]
+        if finished:
+            totals.append(f"{finished} finished")
+        lines.append(fit_pieces(totals, ", ", width))
         lines.append("")
         if size is not None:
             room = max(height - len(lines) - 2, 0)  # the header, and the last line stays free
             ordered = ordered[:room]
-        lines = [line[:width] for line in lines]
         return lines + self.table(ordered, width)
 
     def _rate_text(self, bytes_per_s: float) -> str:
@@ -360,7 +359,14 @@ def keys_line(bits: bool, width: int | None) -> str:
         f"{key}:{TOP_KEY_LABELS.get(order, order.value)}" for key, order in TOP_SORT_KEYS.items()
     ]
     items.append(f"{TOP_BITS_KEY}:{'bytes' if bits else 'bits'}")
-    last = "q:quit"
-    while items and width is not None and len(" ".join([*items, last])) > width:
-        items.pop()
-    return " ".join([*items, last])
+    return fit_pieces(items, " ", width, last="q:quit")
+
+
+def fit_pieces(pieces: Sequence[str], separator: str, width: int | None, last: str = "") -> str:
+    """pieces joined by separator, then last, in width: pieces that do not fit are
+    left out whole from the end (only a first piece wider than width alone is cut)."""
+    kept = list(pieces)
+    tail = [last] if last else []
+    while len(kept) > 1 and width is not None and len(separator.join(kept + tail)) > width:
+        kept.pop()
+    return separator.join(kept + tail)[:width]

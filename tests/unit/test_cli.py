@@ -1135,6 +1135,22 @@ def read_until(fd: int, pattern: bytes, timeout_s: float = 20.0) -> bytes:
     return seen
 
 
+def read_for(fd: int, seconds: float) -> bytes:
+    """Everything written within seconds (the terminal is read, so that it never fills)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
 # The child makes the terminal its controlling terminal (as a login shell would),
 # so that Ctrl-C typed on it sends SIGINT; then runs netatop.
 IN_TERMINAL = (
@@ -1145,13 +1161,14 @@ IN_TERMINAL = (
 
 def run_top_in_pty(
     run_dir: Path,
-    steps: list[tuple[bytes, bytes]],
+    steps: list[tuple[bytes | float, bytes]],
     *options: str,
     columns: int = 80,
     **env: str,
 ) -> tuple[int, bytes, list[Any], list[Any]]:
     """Start netatop top on a new 80x24 terminal; for each step wait for text, then type keys.
 
+    A step waiting for a number of seconds instead of a text reads for that long.
     env is added to the environment (LANG=C.UTF-8 and no NO_COLOR unless given).
     Returns (exit status, everything written, terminal modes before, after).
     """
@@ -1176,7 +1193,10 @@ def run_top_in_pty(
     seen = b""
     try:
         for expect, keys in steps:
-            seen += read_until(master, expect)
+            if isinstance(expect, bytes):
+                seen += read_until(master, expect)
+            else:
+                seen += read_for(master, expect)
             os.write(master, keys)
         proc.wait(timeout=20)
         after = termios.tcgetattr(slave)
@@ -1203,7 +1223,7 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
     assert code == 0
     assert seen.startswith(b"\x1b[?1049h")  # alternate screen ...
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # ... left, cursor shown again
-    assert re.search(rb"\r\n100 R -    nginx +\x1b\[33m +[0-9.]+ KiB\x1b\[0m ", seen)
+    assert re.search(rb"\r\n100 R -    nginx +\x1b\[33m *[0-9.]+ KiB\x1b\[0m ", seen)
     assert before == after  # terminal modes restored (echo, canonical input)
     assert (
         max(len(line) for line in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).split(b"\r\n"))
@@ -1428,7 +1448,9 @@ def test_top_sorts_by_sent_and_received() -> None:
         frame = top_frame(rows, sort, 2.0, time.time(), (80, 24))
         assert f"sorted by {sort.value}" in frame[0]
         assert [int(line.split()[0]) for line in frame[5:]] == order, sort
-    assert frame[1] == "b:bytes p:pkts s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid m:bits q:quit"
+    assert (
+        frame[1] == "b:bytes p:pkts s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid m:bits q:quit"
+    )
 
 
 def test_manual_page_lists_the_vocabulary() -> None:
