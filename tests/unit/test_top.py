@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from netatopd.cli.topframe import (
     TopStyle,
     TopView,
     colour_wanted,
+    keys_line,
     sparkline,
     utf8_locale,
 )
@@ -357,3 +359,19 @@ def test_piped_top_has_no_colour_no_key_help_and_bits_on_request(tmp_path: Path)
     frames = re.split(r"\n\n(?=netatop top )", result.stdout.rstrip("\n"))
     assert len(frames) == 2 and all("rates in bits" in frame for frame in frames)
     assert re.search(r"\n100 R -    nginx +[0-9.]+ [kM]bit ", result.stdout)
+
+
+def test_the_manual_page_names_the_order_columns_are_left_out_in() -> None:
+    from test_cli import MAN_PAGE
+
+    page = " ".join(MAN_PAGE.read_text(encoding="utf-8").replace("\\-", "-").split())
+    order = ", ".join(reversed(IMPORTANCE[1:]))
+    assert f"left out whole, never cut, in this order: {order} (PID is always shown)" in page
+
+
+def test_key_help_leaves_out_whole_keys_and_keeps_quit() -> None:
+    assert keys_line(False, None).endswith("u:udp n:pid m:bits q:quit")
+    assert keys_line(False, 30) == "b:bytes p:pkts s:sent q:quit"
+    assert keys_line(True, 12) == "b:bytes q:quit"[:12]
+    title = top_frame(None, SortKey.SENT, 2.0, time.time(), (40, 24))[0]
+    assert title.endswith("every 2 s") and len(title) <= 40
