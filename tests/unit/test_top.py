@@ -375,3 +375,12 @@ def test_key_help_leaves_out_whole_keys_and_keeps_quit() -> None:
     assert keys_line(True, 12) == "b:bytes q:quit"[:12]
     title = top_frame(None, SortKey.SENT, 2.0, time.time(), (40, 24))[0]
     assert title.endswith("every 2 s") and len(title) <= 40
+
+
+def test_help_and_manual_give_the_time_a_finished_row_stays() -> None:
+    from test_cli import MAN_PAGE
+
+    page = " ".join(MAN_PAGE.read_text(encoding="utf-8").split())
+    assert f"and then 0, for {TOP_FINISHED_KEEP_S:g} seconds after top first saw it" in page
+    help_text = " ".join(invoke("top", "--help").stdout.split())
+    assert f"X finished: the row leaves {TOP_FINISHED_KEEP_S:g} s later" in help_text
