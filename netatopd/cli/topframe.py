@@ -86,6 +86,8 @@ class _Cells(NamedTuple):
 
 
 class TopColumn(NamedTuple):
+    """One column of top: its header, how a cell reads a row, and how it is kept and drawn."""
+
     header: str
     cell: Callable[[TaskCounts, _Cells], str]
     importance: int  # 0 is kept longest; the largest is dropped first
@@ -108,8 +110,10 @@ def _state(row: TaskCounts, cells: _Cells) -> str:
     return FINISHED_MARK if row.kind is Kind.EXITED else RUNNING_MARK
 
 
-# In display order; importance says which are dropped first when the width is short:
-# CMDLINE, then UDP/s, TCP/s, RCVPK/s, SNDPK/s, USER, LAST MINUTE, TOTAL.
+CMDLINE_HEADER = "CMDLINE"
+# In display order; importance says which are dropped first when the width is short
+# (as netatop(1) lists them): CMDLINE, UDP/s, TCP/s, RCVPK/s, SNDPK/s, USER,
+# LAST MINUTE, TOTAL, RCVD/s, SENT/s, COMMAND, S; PID stays.
 TOP_COLUMNS: tuple[TopColumn, ...] = (
     TopColumn("PID", lambda r, c: str(r.pid), 0),
     TopColumn("S", _state, 1, right=False),
@@ -125,9 +129,8 @@ TOP_COLUMNS: tuple[TopColumn, ...] = (
     TopColumn("UDP/s", _rate(lambda r: r.udpsndbytes + r.udprcvbytes), 12),
     TopColumn("TOTAL", lambda r, c: format_bytes(r.total_bytes), 5),
     TopColumn("LAST MINUTE", lambda r, c: c.spark(r), 6, right=False),
-    TopColumn("CMDLINE", lambda r, c: r.cmdline or "-", 13, right=False, flex=True),
+    TopColumn(CMDLINE_HEADER, lambda r, c: r.cmdline or "-", 13, right=False, flex=True),
 )
-CMDLINE_HEADER = "CMDLINE"
 
 
 def fit_columns(
@@ -196,8 +199,9 @@ def sparkline(samples: Sequence[tuple[float, float, float]], now_s: float, glyph
 class TopView:
     """What top shows, frame after frame; update with each interval's rates, then frame().
 
-    group is the hook for grouping rows (--by, a key to cycle it): when set it
-    turns the rows of an interval into the rows shown, before they are sorted.
+    group is the hook for grouping rows (--by, and a key to cycle it, which
+    top._apply_keys would set): when set it turns the rows of an interval into
+    the rows shown, before they are sorted.
     """
 
     sort: SortKey
