@@ -545,6 +545,14 @@ def top(
         bool,
         typer.Option("--bits", help="rates in bits per second, decimal units (key m switches)"),
     ] = False,
+    cmdline: Annotated[
+        bool,
+        typer.Option(
+            "--cmdline",
+            help="always a command line column (PID, S and COMMAND alone go before it; "
+            "a cut one ends with a marker)",
+        ),
+    ] = False,
     run_dir: RunDir = None,
 ) -> None:
     """A live view of the processes using the network, like top or nethogs.
@@ -566,10 +574,11 @@ def top(
     Examples:
       netatop top
       netatop top --interval 5 --sort sent --bits
+      netatop top --cmdline
       netatop top --iterations 3 > frames.txt
     """
     with _errors():
-        top_view.show(run_dir, interval, sort, iterations, bits)
+        top_view.show(run_dir, interval, sort, iterations, bits, cmdline)
 
 
 def main() -> None:

@@ -207,7 +207,9 @@ def _run(screen: TopScreen, run_dir: str | None, view: TopView, iterations: int)
                     raise Unavailable("netatopd is not running (its table is gone)")
                 reader = replacement
                 previous = sources.snapshot(reader)
-                view = TopView(view.sort, view.interval_s, view.style, view.bits, view.group)
+                view = TopView(
+                    view.sort, view.interval_s, view.style, view.bits, view.cmdline, view.group
+                )
                 view.updated_s = previous.updated_s
                 continue
             current = sources.snapshot(reader)
@@ -235,7 +237,12 @@ def _apply_keys(view: TopView, keys: str) -> bool:
 
 
 def show(
-    run_dir: str | None, interval_s: float, sort: SortKey, iterations: int, bits: bool = False
+    run_dir: str | None,
+    interval_s: float,
+    sort: SortKey,
+    iterations: int,
+    bits: bool = False,
+    cmdline: bool = False,
 ) -> None:
     """Run netatop top on this process's terminal until q, Ctrl-C or N frames.
 
@@ -249,7 +256,7 @@ def show(
         unicode=utf8_locale(os.environ),
         keys=screen.interactive and screen.in_fd is not None,
     )
-    view = TopView(sort, interval_s, style, bits)
+    view = TopView(sort, interval_s, style, bits, cmdline)
     previous_handlers = {
         signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGHUP)
     }

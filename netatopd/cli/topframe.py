@@ -90,7 +90,7 @@ class TopColumn(NamedTuple):
 
     header: str
     cell: Callable[[TaskCounts, _Cells], str]
-    importance: int  # 0 is kept longest; the largest is dropped first
+    importance: float  # 0 is kept longest; the largest is dropped first
     right: bool = True
     colour: str = ""  # SGR sequence of its cells when colour is on
     flex: bool = False  # may be cut (with the cut marker) down to CMDLINE_MIN_WIDTH
@@ -111,6 +111,8 @@ def _state(row: TaskCounts, cells: _Cells) -> str:
 
 
 CMDLINE_HEADER = "CMDLINE"
+# With --cmdline the command line is kept right after COMMAND (still cut to fit).
+CMDLINE_FORCED_IMPORTANCE = 2.5
 # In display order; importance says which are dropped first when the width is short
 # (as netatop(1) lists them): CMDLINE, UDP/s, TCP/s, RCVPK/s, SNDPK/s, USER,
 # LAST MINUTE, TOTAL, RCVD/s, SENT/s, COMMAND, S; PID stays.
@@ -208,6 +210,7 @@ class TopView:
     interval_s: float
     style: TopStyle = TopStyle()
     bits: bool = False
+    cmdline: bool = False  # --cmdline: the command line column before all but PID S COMMAND
     group: Callable[[list[TaskCounts]], list[TaskCounts]] | None = None
     updated_s: float = 0.0
     shown: list[TaskCounts] | None = None  # None until the first interval is measured
@@ -296,9 +299,13 @@ class TopView:
             CUT_UNICODE if self.style.unicode else CUT_ASCII,
         )
         columns = [
-            column
+            column._replace(importance=CMDLINE_FORCED_IMPORTANCE)
+            if column.header == CMDLINE_HEADER and self.cmdline
+            else column
             for column in TOP_COLUMNS
-            if column.header != CMDLINE_HEADER or any(row.cmdline for row in ordered)
+            if column.header != CMDLINE_HEADER
+            or self.cmdline
+            or any(row.cmdline for row in ordered)
         ]
         texts = [[column.cell(row, cells) for column in columns] for row in ordered]
         natural = [

@@ -1276,9 +1276,9 @@ def test_manual_page_lists_every_command_and_option() -> None:
         }:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
-    # status 2, query 5 + --pid --since (its pointer to the history), top 4,
+    # status 2, query 5 + --pid --since (its pointer to the history), top 5,
     # exited 7 + --control-group (who may read the exit list), report 9, wait-exit 2
-    assert options_seen == 32
+    assert options_seen == 33
 
 
 def test_manual_page_renders_without_warnings() -> None:

@@ -384,3 +384,34 @@ def test_help_and_manual_give_the_time_a_finished_row_stays() -> None:
     assert f"and then 0, for {TOP_FINISHED_KEEP_S:g} seconds after top first saw it" in page
     help_text = " ".join(invoke("top", "--help").stdout.split())
     assert f"X finished: the row leaves {TOP_FINISHED_KEEP_S:g} s later" in help_text
+
+
+def test_cmdline_forces_the_command_line_column_after_command() -> None:
+    view = TopView(SortKey.PID, 2.0, cmdline=True)
+    view.update([ALICE, NOBODY_KNOWN], 100.0)
+    narrow = view.table(view.shown or [], 45)
+    kept, dropped = headers_of(narrow[0])
+    assert kept == ["PID", "S", "COMMAND", "CMDLINE"] and dropped == 9
+    assert narrow[1] == "4242 R proc4242 curl -o /dev/null http://~"  # cut to 26, marked
+    assert headers_of(view.table(view.shown or [], 60)[0])[0] == [
+        "PID", "S", "COMMAND", "SENT/s", "RCVD/s", "CMDLINE",
+    ]  # fmt: skip
+    # shown even when no row has a command line yet
+    view.update([NOBODY_KNOWN], 102.0)
+    lines = view.table(view.shown or [], 200)
+    assert lines[0].split()[-1] == "CMDLINE" and lines[1].endswith(" -")
+    unforced = TopView(SortKey.PID, 2.0)
+    unforced.update([ALICE, NOBODY_KNOWN], 100.0)
+    assert "CMDLINE" not in headers_of(unforced.table(unforced.shown or [], 60)[0])[0]
+
+
+def test_cmdline_on_a_terminal(tmp_path: Path) -> None:
+    publisher = Finishing(tmp_path)
+    try:
+        code, seen, _, _ = run_top_in_pty(tmp_path, [(b"100 R", b"q")], "--cmdline", columns=60)
+    finally:
+        publisher.close()
+    assert code == 0
+    # the table has no command lines yet: '-', in the column kept before the rates
+    assert re.search(rb"\r\nPID S COMMAND +SENT/s +RCVD/s +TOTAL +CMDLINE \+\d+\x1b\[K", seen)
+    assert re.search(rb"\r\n100 R nginx .* -\x1b\[K", seen)
