@@ -37,12 +37,14 @@ from netatopd.tasks import Kind, TaskRow
 NONE = (0.0, 0.0, 0.0, 0.0)
 
 
-def process(pid: int, sent_per_s: float = 0.0, kind: Kind = Kind.PROCESS, **extra: object) -> Any:
+def process(
+    pid: int, sent_per_s: float = 0.0, kind: Kind = Kind.PROCESS, **extra: Any
+) -> TaskCounts:
     """A row of top: pid sends sent_per_s bytes per second in 1000-byte TCP segments."""
     return TaskCounts(
         kind, pid, pid, 1000 + pid, f"proc{pid}",
         sent_per_s / 1000, sent_per_s, *NONE[:2], *NONE,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )  # fmt: skip
 
 
@@ -241,7 +243,7 @@ def test_colour_only_on_a_terminal_without_no_color() -> None:
 def test_sent_and_received_cells_are_coloured_and_finished_rows_faint() -> None:
     rows = [process(1, 1024), process(2, 0, Kind.EXITED, total_bytes=5)]
     view = TopView(SortKey.PID, 2.0, TopStyle(colour=True))
-    view._running = {(2, 1002)}
+    view.update([process(1, 1024), process(2, 0)], 98.0)  # 2 seen running, then finished
     view.update(rows, 100.0)
     lines = view.table(view.shown or [], 80)
     assert lines[0].startswith("PID S USER COMMAND")  # headers are never coloured
@@ -249,6 +251,7 @@ def test_sent_and_received_cells_are_coloured_and_finished_rows_faint() -> None:
     assert lines[2].startswith("\x1b[2m  2 X -") and lines[2].endswith("\x1b[0m")
     assert "\x1b[0m\x1b[2m \x1b[36m" in lines[2]  # faint again after each coloured cell
     plain = TopView(SortKey.PID, 2.0)
+    plain.update([process(1, 1024), process(2, 0)], 98.0)
     plain.update(rows, 100.0)
     assert not any("\x1b" in line for line in plain.frame((80, 24)))
     stripped = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
