@@ -292,6 +292,16 @@ class NetatopdKernel(Netatopd):
         return [*super().argv(), "--capture", "kernel"]
 
 
+class NetatopdKernelProc(NetatopdKernel):
+    """The kernel counting path without the eBPF helper (owners from sock_diag and /proc):
+    what the helper's tracepoint programs add to the monitored application's cost."""
+
+    name = "netatopd-kernel-proc"
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--ownership", "proc"]
+
+
 class Tcpdump(Monitor):
     name = "tcpdump"
 
@@ -862,6 +872,7 @@ def sender_figures(
         ("none", None),
         ("netatopd", Netatopd),
         ("netatopd-kernel", NetatopdKernel),
+        ("netatopd-kernel-proc", NetatopdKernelProc),
     ]
     for name, cls in (("tcpdump", Tcpdump), ("nethogs", Nethogs)):
         if shutil.which(name):
@@ -983,7 +994,10 @@ def main() -> None:
         ns.delete()
     shown = [m.name for m in monitor_classes] or ["netatopd"]
     if "sender" in sections:
-        shown = ["none", *dict.fromkeys([*shown, "netatopd", "netatopd-kernel"])]
+        shown = [
+            "none",
+            *dict.fromkeys([*shown, "netatopd", "netatopd-kernel", "netatopd-kernel-proc"]),
+        ]
     print_table(figures, shown, notes)
     print(f"bench took {time.monotonic() - started:.0f} s")
 

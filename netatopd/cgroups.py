@@ -160,3 +160,38 @@ def placement_labels(cgroup: str) -> tuple[str, str]:
     else:
         container = ""
     return where.unit or "", container
+
+
+# --------------------------------------------------------------------------- groups
+
+# The groups of "--by unit" and "--by container" (netatop query, the reports)
+# that are not a unit or a container.  A process whose cgroup path is known but
+# of a layout these rules do not name is grouped by that path: never a guess.
+# The unit and container decide first (a reader that has them without the
+# path groups alike); the path only when they say nothing.
+NO_UNIT = "(no unit)"  # the root cgroup, or a container's cgroup a runtime made without systemd
+NO_CONTAINER = "(no container)"  # the root cgroup, a .service, init.scope or session-N.scope
+UNKNOWN_PLACE = "(unknown)"  # the cgroup could not be read (or a row older than the column)
+_NOT_CONTAINER_SCOPE = re.compile(r"init\.scope|session-[0-9a-z]+\.scope")
+
+
+def unit_group(cgroup: str | None, unit: str | None, container: str | None) -> str:
+    """The group of a process by unit: its unit, NO_UNIT, UNKNOWN_PLACE or its cgroup path."""
+    if unit:
+        return unit
+    if container:
+        return NO_UNIT
+    if not cgroup:
+        return UNKNOWN_PLACE
+    return cgroup if _components(cgroup) else NO_UNIT
+
+
+def container_group(cgroup: str | None, unit: str | None, container: str | None) -> str:
+    """The group of a process by container: its container, NO_CONTAINER, UNKNOWN_PLACE or path."""
+    if container:
+        return container
+    if unit and (unit.endswith(".service") or _NOT_CONTAINER_SCOPE.fullmatch(unit)):
+        return NO_CONTAINER
+    if not cgroup:
+        return UNKNOWN_PLACE
+    return cgroup if _components(cgroup) else NO_CONTAINER

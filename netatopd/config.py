@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         "command line wins over the environment, which wins over the file.",
         epilog="Examples: netatopd --log-level info; netatopd --check; "
         "netatopd --config /etc/netatop/netatopd.toml",
+        # Options are given whole: an abbreviation (--capt for --capture) could be
+        # taken for the wrong option without a word (--capture-timeout-ms was).
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"netatopd {__version__}")
     parser.add_argument(

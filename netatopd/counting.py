@@ -2,7 +2,8 @@
 
 Owns the per-batch walks that turn captured records into ``BatchSums``:
 packets and wire bytes per (kind, packet key), in the order the sums first
-appeared, plus the ICMP packets (counted, never on a flow).  Knows nothing of
+appeared, plus the ICMP packets (counted, never on a flow; their rows by
+direction and addresses let locality.py take the forwarded ones out).  Knows nothing of
 flows: ``flows.FlowTable.charge`` adds the sums to the flows they belong to.
 Pure like parse.py: the caller owns the reject counters and the link table.
 Callers: the daemon's drain_capture (``count_records`` for the other lane and
@@ -64,13 +65,15 @@ class BatchSums:
     the order their first packets came.
     """
 
-    __slots__ = ("by_kind", "order", "icmp_sent", "icmp_received")
+    __slots__ = ("by_kind", "order", "icmp_sent", "icmp_received", "icmp_rows")
 
     def __init__(self) -> None:
         self.by_kind: tuple[KindSums, ...] = tuple({} for _ in range(KINDS))
         self.order: list[tuple[int, bytes]] = []
         self.icmp_sent = 0
         self.icmp_received = 0
+        # (Direction, source + destination address) -> [packets, wire bytes]
+        self.icmp_rows: dict[tuple[int, bytes], list[int]] = {}
 
     def add(self, kind: int, key: bytes, packets: int, wire_bytes: int) -> None:
         """Add packets of wire_bytes in all to the sum of (kind, key)."""
@@ -83,12 +86,21 @@ class BatchSums:
             sums[0] += packets
             sums[1] += wire_bytes
 
-    def add_icmp(self, counted_as: int, packets: int) -> None:
-        """Count ICMP or ICMPv6 packets seen in one Direction."""
+    def add_icmp(
+        self, counted_as: int, packets: int, addresses: bytes = b"", wire_bytes: int = 0
+    ) -> None:
+        """Count ICMP or ICMPv6 packets seen in one Direction between two addresses."""
         if counted_as != RECEIVED:
             self.icmp_sent += packets
         if counted_as != SENT:
             self.icmp_received += packets
+        if addresses:
+            row = self.icmp_rows.get((counted_as, addresses))
+            if row is None:
+                self.icmp_rows[(counted_as, addresses)] = [packets, wire_bytes]
+            else:
+                row[0] += packets
+                row[1] += wire_bytes
 
     def __bool__(self) -> bool:
         return bool(self.order) or bool(self.icmp_sent) or bool(self.icmp_received)
@@ -107,7 +119,7 @@ def count_packets(packets: Iterable[Packet]) -> BatchSums:
         elif proto == PROTO_UDP:
             sums.add(counted_as, key, 1, packet_bytes)
         elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-            sums.add_icmp(counted_as, 1)
+            sums.add_icmp(counted_as, 1, key, packet_bytes)
     return sums
 
 
@@ -249,7 +261,7 @@ def count_records(
                 continue
             kind, proto, key, packet_bytes = result
             if proto != proto_udp and proto != proto_tcp:  # ICMP, ICMPv6: only counted
-                batch.add_icmp(kind, 1)
+                batch.add_icmp(kind, 1, key, packet_bytes)
                 continue
         if proto == proto_tcp:
             kind += TCP_KIND

@@ -24,6 +24,10 @@ is asked only when the namespace tracks connections at all
 (``nf_conntrack_count`` above 0), once per new row key; when it cannot be
 asked the address test stands.
 
+ICMP and ICMPv6 (only counted, never on a flow) are split by the same
+address test, per distinct (direction, addresses) row of the batch: the
+forwarded ones leave the ``icmp_*`` figures for ``forwarded_icmp_*``.
+
 Also owns ``counted``: the TCP and UDP packets of every row before the split,
 the first term of the balance (daemon/readings.py).  Called by the daemon's
 engine (``split`` before ``FlowTable.charge``) and event loop
@@ -185,6 +189,10 @@ class Locality:
         self.counted_packets = [0] * KINDS
         self.forwarded_packets = [0] * KINDS
         self.forwarded_bytes = [0] * KINDS
+        # Forwarded ICMP and ICMPv6: packets and wire bytes by direction.
+        self.forwarded_icmp = dict.fromkeys(
+            ("icmp_sent", "icmp_sent_bytes", "icmp_received", "icmp_received_bytes"), 0
+        )
         self.nat_rewrites = 0  # row keys charged to another tuple after NAT
         self.decisions = 0  # row keys decided (cache misses)
         self._generation = -1
@@ -230,6 +238,34 @@ class Locality:
                 others.append((position, kind, key, verdict))
         if others:
             self._apply(sums, others)
+        if sums.icmp_rows:
+            self._split_icmp(sums)
+
+    def _split_icmp(self, sums: BatchSums) -> None:
+        """Take forwarded ICMP out of the batch's ICMP figures (by the address test alone).
+
+        A received ICMP packet is local when its destination is in the local
+        table, a sent one when its source is; loopback always is.  Conntrack is
+        not asked: on the outside of a masquerade, forwarded ICMP carries the
+        router's own address and counts as its own.
+        """
+        forwarded = self.forwarded_icmp
+        for (direction, addresses), (packets, wire_bytes) in sums.icmp_rows.items():
+            if direction == LOOPBACK:
+                continue
+            width = len(addresses) // 2
+            if direction == RECEIVED:
+                if self._is_local(addresses[width:]):
+                    continue
+                sums.icmp_received -= packets
+                name = "icmp_received"
+            else:
+                if self._is_local(addresses[:width]):
+                    continue
+                sums.icmp_sent -= packets
+                name = "icmp_sent"
+            forwarded[name] += packets
+            forwarded[f"{name}_bytes"] += wire_bytes
 
     def _apply(self, sums: BatchSums, others: list[tuple[int, int, bytes, bytes]]) -> None:
         """Take the forwarded rows out of sums; move NAT-rewritten rows to their local key."""
@@ -319,12 +355,15 @@ class Locality:
     # -- figures ---------------------------------------------------------------------------
 
     def figures(self) -> dict[str, int]:
-        """counted_* and forwarded_* packets (and forwarded bytes) by protocol and direction."""
+        """counted_* and forwarded_* packets (and forwarded bytes) by protocol and direction;
+        ICMP (and ICMPv6) only forwarded: they are not in the balance."""
         figures: dict[str, int] = {}
         for name, kinds in DIRECTIONS.items():
             figures[f"counted_{name}"] = sum(self.counted_packets[k] for k in kinds)
             figures[f"forwarded_{name}"] = sum(self.forwarded_packets[k] for k in kinds)
             figures[f"forwarded_{name}_bytes"] = sum(self.forwarded_bytes[k] for k in kinds)
+        for name, value in self.forwarded_icmp.items():
+            figures[f"forwarded_{name}"] = value
         return figures
 
     @property

@@ -20,8 +20,9 @@ A packet is ``(direction, proto, key, wire_bytes)``:
 * ``proto``: the IP protocol number (PROTO_TCP, PROTO_UDP, PROTO_ICMP,
   PROTO_ICMPV6);
 * ``key``: source address + destination address + source port + destination
-  port as raw bytes in wire order, 12 bytes for IPv4 and 36 for IPv6; b"" for
-  ICMP and ICMPv6, which are only counted;
+  port as raw bytes in wire order, 12 bytes for IPv4 and 36 for IPv6; for
+  ICMP and ICMPv6, which are only counted, the two addresses alone (8 or 32
+  bytes: locality.py tells a forwarded one from them);
 * ``wire_bytes``: the kernel module's "real load on the wire", computed from
   the IP header's length (not the captured length), which may not claim
   more than the frame's length on the wire (``IP_LENGTH_BEYOND_FRAME``):
@@ -274,7 +275,7 @@ def _parse(
             return Reject.TRUNCATED_TRANSPORT
         key = buf[addresses:addresses_end] + buf[transport:ports_end]
     elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-        key = b""
+        key = buf[addresses:addresses_end]
     else:
         return Reject.OTHER_PROTOCOL
     try:

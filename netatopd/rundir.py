@@ -10,9 +10,11 @@ are made through the directory's file descriptor (``openat``) with
 followed; a leftover of ours is removed first, anything else is refused.
 
 Also owns the run directory's lock (``flock`` on ``lock``, which holds the pid
-of the daemon that has it), and the space of a file made for a memory map
-(``posix_fallocate``, so a full filesystem fails at start with ENOSPC and not
-with SIGBUS later).
+of the daemon that has it), what a daemon that does not start takes away
+again (the directories and the lock file it made itself, ``remove_made``;
+nothing that was there before, nothing of a daemon that runs), and the
+space of a file made for a memory map (``posix_fallocate``, so a full
+filesystem fails at start with ENOSPC and not with SIGBUS later).
 
 Unix sockets: ``bind`` does not follow a symlink at the last component (an
 existing name of any kind gives EADDRINUSE), so a socket is bound in the
@@ -37,6 +39,7 @@ import time
 from .defaults import LOCK_NAME
 
 PID_WAIT_S = 0.5  # how long a refused daemon waits for the holder to write its pid
+LOCK_ATTEMPTS = 5  # a lock file removed under us (a daemon that did not start) is made again
 RUN_DIR_MODE = 0o755
 DATABASE_DIR_MODE = 0o750
 
@@ -110,12 +113,33 @@ def check_ancestors(real_path: str, what: str) -> None:
 
 
 class SafeDirectory:
-    """A checked directory, held open: files in it are made and removed through its fd."""
+    """A checked directory, held open: files in it are made and removed through its fd.
 
-    def __init__(self, path: str, fd: int, what: str) -> None:
+    made: the directories open_directory created for it (it, and the missing
+    parents), deepest first; remove_made takes them away again.
+    """
+
+    def __init__(self, path: str, fd: int, what: str, made: tuple[str, ...] = ()) -> None:
         self.path = path
         self.fd = fd
         self.what = what
+        self.made = made
+
+    def remove_made(self) -> list[str]:
+        """Close, and remove the directories made for this one (deepest first) while
+        they are empty; what was there before is left as it was.  Returns the
+        directories removed.  A directory someone put a file in meanwhile stays (and
+        so do those above it)."""
+        self.close()
+        removed: list[str] = []
+        for path in self.made:
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+            removed.append(path)
+        self.made = ()
+        return removed
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -154,9 +178,25 @@ class SafeDirectory:
         AlreadyRunning names the pid of the daemon that holds it.  The lock file
         stays when the lock is let go (removing it would race with the next taker).
         """
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        for _ in range(LOCK_ATTEMPTS - 1):
+            try:
+                return self._lock_once(name)
+            except _LockFileReplaced:
+                continue
+        return self._lock_once(name, last=True)
+
+    def _lock_once(self, name: str, last: bool = False) -> DirectoryLock:
+        """One attempt of lock: the lock file made (O_EXCL: then it is ours to remove if
+        the daemon does not start) or opened, locked, checked to be still the file
+        under name (a daemon that failed to start may have just removed it)."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        created = True
         try:
-            fd = os.open(name, flags, 0o600, dir_fd=self.fd)
+            try:
+                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self.fd)
+            except FileExistsError:
+                created = False
+                fd = os.open(name, flags | os.O_CREAT, 0o600, dir_fd=self.fd)
         except OSError as err:
             raise self._error("open the lock file", name, err) from err
         try:
@@ -178,13 +218,19 @@ class SafeDirectory:
                     self.path,
                     pid,
                 ) from None
+            try:
+                now = self.stat(name)
+            except FileNotFoundError:
+                now = None
+            if not last and (now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino)):
+                raise _LockFileReplaced
             os.fchmod(fd, 0o600)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
-        return DirectoryLock(fd, self.join(name))
+        return DirectoryLock(fd, self.join(name), self if created else None, name)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -294,12 +340,35 @@ class SafeDirectory:
         return sock
 
 
-class DirectoryLock:
-    """The run directory's lock, held while the fd is open."""
+class _LockFileReplaced(Exception):
+    """The lock file was removed or replaced between its open and its flock."""
 
-    def __init__(self, fd: int, path: str) -> None:
+
+class DirectoryLock:
+    """The run directory's lock, held while the fd is open.
+
+    made_in: the directory, when this lock made the lock file (so that a daemon
+    that does not start can take it away again: remove_made).
+    """
+
+    def __init__(
+        self, fd: int, path: str, made_in: SafeDirectory | None = None, name: str = LOCK_NAME
+    ) -> None:
         self.fd = fd
         self.path = path
+        self.made_in = made_in
+        self.name = name
+
+    def remove_made(self) -> bool:
+        """Remove the lock file if this lock made it and still holds it (the file is
+        unlinked before the lock is let go, so no other daemon holds it then), then
+        let go; True if removed."""
+        removed = False
+        if self.fd >= 0 and self.made_in is not None and self.made_in.fd >= 0:
+            removed = self.made_in.remove(self.name, same_as=os.fstat(self.fd))
+        self.made_in = None
+        self.release()
+        return removed
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -335,15 +404,20 @@ def open_directory(
     """Check path (creating it with mode, and its missing parents, if create) and
     hold it open; RunDirError if it is not safe for root to write in."""
     path = os.path.abspath(path)
+    made: list[str] = []
     try:
         link = os.lstat(path)
     except FileNotFoundError:
         if not create:
             raise RunDirError(f"the {what} {path} does not exist", path, errno.ENOENT) from None
+        missing = path
+        while not os.path.lexists(missing):
+            made.append(missing)  # deepest first
+            missing = os.path.dirname(missing)
         try:
             os.makedirs(path, mode)
         except FileExistsError:
-            pass  # made meanwhile: checked below like any other
+            made = []  # made meanwhile (by another daemon): checked below like any other
         except OSError as err:
             raise RunDirError(
                 f"cannot create the {what} {path}: {err.strerror}", path, err.errno or 0
@@ -381,7 +455,7 @@ def open_directory(
     except BaseException:
         os.close(fd)
         raise
-    return SafeDirectory(path, fd, what)
+    return SafeDirectory(path, fd, what, tuple(made))
 
 
 def allocate(fd: int, size_bytes: int, path: str) -> None:

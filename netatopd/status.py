@@ -47,7 +47,9 @@ class Group:
     style: Style = Style.LINE
     headline_colon: bool = False  # 'headline: a, b' instead of 'headline (a, b)'
     when_empty: str = ""  # shown when the group has no figure; '' leaves the group out
-    verbose: bool = False  # only with netatop status --verbose
+    # Only with netatop status --verbose: figures that check the daemon itself, not
+    # what an administrator acts on (issue 15: no wall of internal counters).
+    verbose: bool = False
     always: bool = False  # shown with its fields' defaults even when it has no figure
     prefix: str = ""  # a family's figures: every name that starts with this
 
@@ -58,21 +60,21 @@ MALFORMED = Group("Malformed")
 FLOWS = Group("Flows")
 TASKS = Group("Tasks")
 EXIT_LIST = Group("Exit list")
-SWEEP = Group("Sweep")
+SWEEP = Group("Sweep", verbose=True)
 CAPTURE = Group("Capture")
 OWNERS = Group("Owners from")
-RESOLVER = Group("Resolver")
+RESOLVER = Group("Resolver", verbose=True)
 TABLE = Group("Table", Style.SHARED_TABLE)
-ATOP = Group("Atop socket")
+ATOP = Group("Atop socket", verbose=True)
 HISTORY = Group("History", headline_colon=True, when_empty="off")
 EBPF = Group("eBPF", verbose=True, prefix="ebpf_")
-FORWARDED = Group("Forwarded")
-BALANCE = Group("Balance", Style.TABLE)
+FORWARDED = Group("Forwarded", verbose=True)
+BALANCE = Group("Balance", Style.TABLE, verbose=True)
 NAMESPACES = Group("Namespaces")
 NAMESPACE_INODES = Group("Namespace inodes", verbose=True)
 KERNEL_PATH = Group("Kernel path")
 KERNEL_PATH_IDS = Group("Kernel path objects", verbose=True)
-PROCESS_EVENTS = Group("Process events")
+PROCESS_EVENTS = Group("Process events", verbose=True)
 
 # The order of the netatop status screen.
 GROUPS: tuple[Group, ...] = (
@@ -342,6 +344,34 @@ REGISTRY: tuple[Field | Family, ...] = (
     *_forwarded("tcp_received", "TCP received", "RECEIVED"),
     *_forwarded("udp_sent", "UDP sent", "SENT"),
     *_forwarded("udp_received", "UDP received", "RECEIVED"),
+    Field(
+        "forwarded_icmp_sent",
+        PACKETS,
+        "ICMP forwarded",
+        "locality_figures.forwarded_icmp_sent",
+        column="SENT",
+    ),
+    Field(
+        "forwarded_icmp_received",
+        PACKETS,
+        "ICMP forwarded",
+        "locality_figures.forwarded_icmp_received",
+        column="RECEIVED",
+    ),
+    Field(
+        "forwarded_icmp_sent_bytes",
+        FORWARDED,
+        "ICMP sent",
+        "locality_figures.forwarded_icmp_sent_bytes",
+        unit="bytes",
+    ),
+    Field(
+        "forwarded_icmp_received_bytes",
+        FORWARDED,
+        "ICMP received",
+        "locality_figures.forwarded_icmp_received_bytes",
+        unit="bytes",
+    ),
     Field("local_addresses", FORWARDED, "local addresses", "locality.note"),
     Field("conntrack", FORWARDED, "conntrack", "locality.conntrack_note"),
     Field("nat_rewrites", FORWARDED, "NAT rewrites", "locality.nat_rewrites"),

@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, NoReturn
 
+import apsw
 import typer
 
-from .. import history
+from .. import __version__, history
 from ..client import ControlClient, DaemonNotRunning, ProtocolError, run_dir_from_env
 from ..defaults import DB_DEFAULT, TOP_INTERVAL_S_DEFAULT
 from ..table import TableError
@@ -33,11 +35,13 @@ from .format import (
     OutputFormat,
     Record,
     emit,
+    format_clock,
     format_time,
     render_csv,
     render_json,
     terminal_width,
 )
+from .groups import Group, GroupBy, group_columns, group_fields, group_rows, sort_groups
 from .rows import TIE_BREAK, ReportOrder, SortKey, TaskCounts
 from .sources import Unavailable
 from .status import status_lines
@@ -91,9 +95,22 @@ Until = Annotated[
     typer.Option("--until", metavar="TIME", help="up to this time (same forms as --since)"),
 ]
 Limit = Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="at most N rows")]
+
+
+def _process_id(text: str) -> int:
+    """A PID from the command line; anything but a number is one sentence and status 2."""
+    if isinstance(text, int):
+        return text
+    if not text.strip().isdigit():
+        name = text.strip()
+        hint = f" (pgrep {name} finds those of the command {name})" if name[:1].isalpha() else ""
+        _fail(f"{text!r} is not a process id: give the number ps shows under PID{hint}")
+    return int(text)
+
+
 Pid = Annotated[
     int | None,
-    typer.Option("--pid", min=0, metavar="PID", help="only the process with this id"),
+    typer.Option("--pid", metavar="PID", parser=_process_id, help="only the process with this id"),
 ]
 SORT_HELP = (
     "largest first by bytes (sent and received), packets, sent (bytes), received, "
@@ -170,20 +187,47 @@ def _window(since: str | None, until: str | None) -> tuple[float | None, float |
 # --------------------------------------------------------------------------- commands
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"netatop {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 @app.command()
 def status(
     run_dir: RunDir = None,
-    as_json: Json = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="print one JSON object: the daemon's STATUS figures"),
+    ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="also the eBPF helper's internal figures")
+        bool,
+        typer.Option(
+            "--verbose",
+            help="also the daemon's internal figures (resolver, sweep, balance, forwarded, "
+            "atop socket, process events, eBPF helper)",
+        ),
     ] = False,
 ) -> None:
-    """The daemon's figures: packets, flows, tasks, exit list, capture, resolver, table, history.
+    """The daemon's figures: packets, flows, tasks, exit list, capture, table, history.
 
     The figures of the kernel module's /proc/netatop and what a user-space
     reader must add: packets dropped by the capture ring, resolver misses,
-    table fill, history.  --verbose adds the eBPF helper's internal figures;
-    --json prints the daemon's STATUS object as it is.
+    table fill, history.  --verbose adds the daemon's internal figures
+    (resolver, sweep, balance, forwarded, atop socket, process events, eBPF
+    helper); --json prints the daemon's STATUS object, one JSON object, as it is.
 
     \b
     Examples:
@@ -223,7 +267,9 @@ def status(
 def query(
     pids: Annotated[
         list[int] | None,
-        typer.Argument(metavar="PID", help="process ids (default: every process)"),
+        typer.Argument(
+            metavar="PID", parser=_process_id, help="process ids (default: every process)"
+        ),
     ] = None,
     threads: Annotated[
         bool, typer.Option("--threads", help="thread rows (tid) instead of process rows")
@@ -241,6 +287,14 @@ def query(
     as_json: Json = False,
     as_csv: Csv = False,
     run_dir: RunDir = None,
+    by: Annotated[
+        GroupBy | None,
+        typer.Option(
+            "--by",
+            help="one row per command, user, unit or container: its processes' counters "
+            "summed, finished ones still in the exit list included (--sort pid: by the group)",
+        ),
+    ] = None,
 ) -> None:
     """Counters of running processes (all of them, or the PIDs given).
 
@@ -259,17 +313,39 @@ def query(
       netatop query --json 1234 5678
       netatop query --csv > counters.csv
       netatop query --threads 1234
+      netatop query --by container --json
     """
     output = _output_format(as_json, as_csv)
     wanted = list(pids or [])
+    if by is not None and threads:
+        raise typer.BadParameter("groups are made of processes, not threads", param_hint="--by")
     with _errors():
-        found, complaints, no_threads, notes = sources.query(run_dir, wanted, threads)
+        found, complaints, no_threads, notes = sources.query(
+            run_dir, wanted, threads, with_exited=by is not None
+        )
+    if by is not None:
+        groups = sort_groups(group_rows(found, by), sort or SortKey.BYTES)
+        emit(
+            groups[:top] if top else groups,
+            output,
+            group_columns(by),
+            group_fields(by),
+            Group.record,
+        )
+        for complaint in [*notes, *complaints]:
+            typer.echo(f"netatop: {complaint}", err=True)
+        if complaints:
+            raise typer.Exit(EXIT_UNKNOWN_PID)
+        return
     if sort is not None or not wanted:
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:
         found = found[:top]
     columns = rows.THREAD_COLUMNS if threads else rows.TASK_COLUMNS
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
+    if not found and not wanted and not threads:
+        with _errors():
+            typer.echo(f"netatop: {sources.nothing_yet(run_dir)}", err=True)
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
     for complaint in [*notes, *complaints]:
@@ -336,8 +412,39 @@ def exited(
         _fail(f"no exit of process {pid} in the history in that window", EXIT_UNKNOWN_PID)
 
 
-def _report_cell(column: str) -> Callable[[Record], str]:
-    return lambda row: rows.cell_text(column, row[column])
+def _report_cell(column: str, shown_as: str) -> Callable[[Record], str]:
+    return lambda row: rows.cell_text(shown_as, row[column])
+
+
+def _add_running_processes(
+    conn: apsw.Connection, name: str, until_s: float | None, run_dir: str | None
+) -> str:
+    """For a report that sums samples over a window that ends now: add each running
+    process's counts since its last sample, from the daemon's table; returns the note
+    that says where the figures come from ('' for a report that reads no samples)."""
+    if not history.reads_samples(name):
+        return ""
+    last_s = history.last_sample_s(conn)
+    sampled = (
+        "the history's samples (none yet)"
+        if last_s is None
+        else f"the history's samples (the last at {format_clock(last_s)})"
+    )
+    if until_s is not None and until_s <= time.time():
+        return f"figures from {sampled}"
+    live = sources.running_now(run_dir)
+    if isinstance(live, str):
+        return (
+            f"figures from {sampled} only ({live}): running processes lack their counts "
+            "since their last sample"
+        )
+    if until_s is not None and until_s <= live.updated_s:
+        return f"figures from {sampled}"
+    history.add_live_tail(conn, live.updated_s, live.processes, live.uid_of)
+    return (
+        f"figures from {sampled}, and for running processes their counts since, "
+        f"from netatopd's table at {format_clock(live.updated_s)}"
+    )
 
 
 @app.command()
@@ -369,13 +476,24 @@ def report(
     output: Annotated[
         OutputFormat, typer.Option("--format", help="table (with units), csv or json")
     ] = OutputFormat.TABLE,
+    by: Annotated[
+        GroupBy | None,
+        typer.Option(
+            "--by",
+            help="the group of top-groups and top-exited-groups (their key column): "
+            "command (default), user, unit or container",
+        ),
+    ] = None,
+    run_dir: RunDir = None,
 ) -> None:
     """Run one of the SQL reports (sql/reports/NAME.sql) on the history database.
 
     The database is opened read-only and works while netatopd writes.  In
     table format byte counts get units, times are local (2026-11-27 02:00:00)
     and users are names; csv and json give the numbers as stored (times in
-    epoch seconds).
+    epoch seconds).  Over a window that ends now, a report on the samples
+    also counts the running processes up to now, from netatopd's table
+    (--run-dir); a note on stderr says where the figures come from.
 
     \b
     Examples:
@@ -386,6 +504,8 @@ def report(
       netatop report by-command --since 02:00 --until 03:00
       netatop report hourly --since 1w --format csv
       netatop report recent-exits --command curl --format json
+      netatop report by-container --since 1h
+      netatop report top-exited-groups --by unit --since 1d
     """
     with _errors():
         if list_reports:
@@ -414,9 +534,11 @@ def report(
             "command": command,
             "pid": pid,
             "order": None if order is None else order.value,
+            "by": None if by is None else by.value,
         }
         conn = history.open_db(db, readonly=True)
         try:
+            note = _add_running_processes(conn, name, until_s, run_dir)
             try:
                 columns, values = history.run_report(conn, name, params)
             except ValueError as err:
@@ -430,17 +552,21 @@ def report(
         and all(isinstance(r[column], int | float) or r[column] is None for r in records)
         for column in columns
     }
-    flex = "cmdline" if "cmdline" in columns else "command"
+    # The key of a report grouped --by user is a uid: shown as a user name.
+    shown_as = {c: "uid" if c == "key" and by is GroupBy.USER else c for c in columns}
+    flex = next((c for c in ("cmdline", "command", "key", "unit", "container") if c in columns), "")
     table_columns = [
         Column(
             rows.header(column),
-            _report_cell(column),
-            right=numeric[column] and column not in as_text,
+            _report_cell(column, shown_as[column]),
+            right=numeric[column] and shown_as[column] not in as_text,
             flex=column == flex,
         )
         for column in columns
     ]
     emit(records, output, table_columns, columns, lambda record: record)
+    if note:
+        typer.echo(f"netatop: {note}", err=True)
 
 
 @app.command()

@@ -211,6 +211,11 @@ _SORT_VALUE: dict[SortKey, Callable[[TaskCounts], float]] = {
 }
 
 
+def sort_value(key: SortKey) -> Callable[[TaskCounts], float]:
+    """The value key orders by, largest first (not for SortKey.PID)."""
+    return _SORT_VALUE[key]
+
+
 def sort_rows(rows: Iterable[TaskCounts], key: SortKey) -> list[TaskCounts]:
     """Largest first by key (pid: ascending); ties as TIE_BREAK says.
 
@@ -267,6 +272,8 @@ HEADERS: dict[str, str] = {
     "last_activity": "LAST",
     "exit_time": "EXITED",
     "processes": "PROCS",
+    "running": "RUN",
+    "key": "GROUP",
     "hour_start": "HOUR",
 }
 # Fields holding a moment (epoch seconds in JSON and CSV, local ISO 8601 in tables).

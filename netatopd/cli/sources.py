@@ -9,7 +9,9 @@ returns into rows (rows.TaskCounts):
 * the control socket (client.py): status, the exit list, sync, gc, the wait
   commands, and query when the daemon publishes no table; status falls back
   to the table's copy of STATUS when the socket is not ours to use;
-* the history database (netatopd.history, read-only): exited --since/--until.
+* the history database (netatopd.history, read-only): exited --since/--until,
+  and the reports, to which ``running_now`` adds the running processes of the
+  table for a window that ends now.
 
 Also owns the sentences that say where to look instead: a daemon that does
 not answer (naming the run directory, --run-dir, NETATOP_RUN_DIR and the
@@ -29,18 +31,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from .. import history
+from .. import history, procfs
 from ..client import (
     CONTROL_SOCKET_NAME,
     RUN_DIR_DEFAULT,
     ControlClient,
     DaemonNotRunning,
+    ProtocolError,
     run_dir_from_env,
 )
+from ..history.reports import RunningProcess
 from ..table import Snapshot, TableError, TableMissing, TableReader, TableStale, open_table
 from ..tasks import Kind
 from . import rows
-from .format import format_clock
+from .format import format_clock, format_duration
 from .rows import TaskCounts
 
 T = TypeVar("T")
@@ -223,12 +227,16 @@ def unknown_pid(pid: int) -> str:
     )
 
 
-def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
-    """Rows and complaints about pids from one table snapshot."""
+def _query_table(
+    taken: Snapshot, pids: Sequence[int], threads: bool, with_exited: bool = False
+) -> Answer:
+    """Rows and complaints about pids from one table snapshot (and the exit list if with_exited)."""
     kind = Kind.THREAD if threads else Kind.PROCESS
     candidates = [task for task in taken.rows if task.kind == kind]
     no_threads = threads and not candidates
     if not pids:
+        if with_exited:
+            candidates += [task for task in taken.rows if task.kind == Kind.EXITED]
         return Answer([rows.from_table(task) for task in candidates], [], no_threads)
     found: list[TaskCounts] = []
     seen: set[tuple[int, int]] = set()
@@ -256,12 +264,15 @@ def _query_table(taken: Snapshot, pids: Sequence[int], threads: bool) -> Answer:
     return Answer(found, complaints, no_threads, notes)
 
 
-def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
+def _query_socket(run_dir: str | None, pids: Sequence[int], with_exited: bool = False) -> Answer:
     """The same from the control socket, for a daemon that publishes no table."""
 
     def ask(client: ControlClient) -> Answer:
         if not pids:
-            return Answer([rows.from_reply(record) for record in client.list_tasks()], [])
+            found = [rows.from_reply(record) for record in client.list_tasks()]
+            if with_exited:
+                found += [rows.from_reply(r, Kind.EXITED) for r in client.list_exited()]
+            return Answer(found, [])
         found, complaints, notes = [], [], []
         exit_list: list[TaskCounts] | None = None
         for pid in pids:
@@ -283,18 +294,67 @@ def _query_socket(run_dir: str | None, pids: Sequence[int]) -> Answer:
     return call(run_dir, ask)
 
 
-def query(run_dir: str | None, pids: Sequence[int], threads: bool) -> Answer:
+def query(
+    run_dir: str | None, pids: Sequence[int], threads: bool, with_exited: bool = False
+) -> Answer:
     """Running tasks: from the table, else (a daemon without one) the control socket.
 
     Thread rows exist only in the table: without it every pid gets a complaint.
+    with_exited: without pids, the processes of the exit list too (query --by).
     """
     taken = table_snapshot(run_dir)
     if taken is not None:
-        return _query_table(taken, pids, threads)
+        return _query_table(taken, pids, threads, with_exited)
     if threads:
         call(run_dir, lambda c: c.probe())  # not running: say that, not "no threads"
         return Answer([], [f"no thread rows for {pid}" for pid in pids], True)
-    return _query_socket(run_dir, pids)
+    return _query_socket(run_dir, pids, with_exited)
+
+
+# A daemon up for less than this is "just started" when query finds no process.
+JUST_STARTED_S = 10.0
+
+
+def daemon_uptime_s(run_dir: str | None, taken: Snapshot | None) -> float | None:
+    """How long the daemon has run: STATUS uptime_s from the control socket, else the
+    start of the table's daemon_pid in /proc (for users who may not use the socket)."""
+    try:
+        uptime = call(run_dir, lambda c: c.status(), timeout_s=5.0)["uptime_s"]
+        if isinstance(uptime, int | float):
+            return float(uptime)
+    except (Unavailable, ProtocolError, OSError, KeyError, TypeError, ValueError):
+        pass
+    if taken is None or taken.daemon_pid <= 0:
+        return None
+    try:
+        proc = procfs.ProcFS()
+        started_s = proc.btime(proc.stat(taken.daemon_pid).start_time_ticks)
+    except procfs.ProcError:
+        return None
+    return max(0.0, time.time() - started_s)
+
+
+def nothing_yet(run_dir: str | None) -> str:
+    """Why query found no process: the daemon just started, or nothing used the network."""
+    try:
+        taken = table_snapshot(run_dir)
+    except (Unavailable, TableError):
+        taken = None
+    finished = sum(1 for task in taken.rows if task.kind == Kind.EXITED) if taken else 0
+    gone = f"; {finished} finished ones are in the exit list (netatop exited)" if finished else ""
+    uptime_s = daemon_uptime_s(run_dir, taken)
+    if uptime_s is None:
+        return f"no process yet: none has sent or received TCP or UDP{gone}"
+    if uptime_s < JUST_STARTED_S:
+        return (
+            f"no process yet: netatopd started only {uptime_s:.0f} s ago; a process "
+            f"appears once it sends or receives TCP or UDP{gone}"
+        )
+    started = format_clock(time.time() - uptime_s)
+    return (
+        f"no process yet: none has sent or received TCP or UDP since netatopd started "
+        f"at {started} ({format_duration(uptime_s)} ago){gone}"
+    )
 
 
 # --------------------------------------------------------------------------- finished
@@ -329,3 +389,38 @@ def history_exited(
     finally:
         conn.close()
     return [rows.from_history(task) for task in tasks]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+class RunningNow(NamedTuple):
+    """The running processes of the table, for a report whose window ends now."""
+
+    updated_s: float  # the publish the counters come from
+    processes: list[RunningProcess]
+    uid_of: dict[int, int]  # from /proc, for processes that have no sample yet
+
+
+def running_now(run_dir: str | None) -> RunningNow | str:
+    """The table's running processes with their cumulative counters, or why there are
+    none to add (no daemon publishes a table here, it is stale, or not ours to read)."""
+    directory = run_dir_from_env(run_dir)
+    try:
+        taken = table_snapshot(run_dir)
+    except (Unavailable, TableError) as err:
+        return str(err)
+    if taken is None:
+        return f"no table of a running netatopd in {directory}"
+    processes = [
+        (task.tgid, task.btime, task.command, tuple(task.counters))
+        for task in taken.rows
+        if task.kind == Kind.PROCESS
+    ]
+    uid_of: dict[int, int] = {}
+    for tgid, *_ in processes:
+        try:
+            uid_of[tgid] = os.stat(f"/proc/{tgid}").st_uid
+        except OSError:
+            pass
+    return RunningNow(taken.updated_s, processes, uid_of)

@@ -8,6 +8,7 @@ sources.status_figures returned and a table snapshot for the table fill.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,15 +49,20 @@ def status_lines(
     """The STATUS figures in the groups of the STATUS registry (netatopd.status).
 
     snapshot gives the table fill; without one, table_problem says why.  Groups
-    marked verbose (the eBPF helper's internals) only with verbose; figures the
+    marked verbose (the daemon's internals: resolver, sweep, balance, forwarded,
+    atop socket, process events, the eBPF helper) only with verbose, else named
+    in a last line 'More with --verbose:'; figures the
     registry does not know (from a newer daemon) only in --json.  from_table:
     the figures are the table's copy (snapshot's), for a user the control
     socket does not serve: the opening line says so instead of showing the
     figures only the socket gives (version, owner resolution, uptime).
     """
     lines: list[str] = []
+    hidden: list[str] = []
     for group in status_registry.GROUPS:
         if group.verbose and not verbose:
+            if status_registry.group_figures(group, figures):
+                hidden.append(group.heading)
             continue
         found = status_registry.group_figures(group, figures)
         if group.style is status_registry.Style.HEADER and from_table and snapshot is not None:
@@ -83,6 +89,13 @@ def status_lines(
             lines += _wrap(group.heading, _group_items(group, found), width)
         elif group.when_empty:
             lines += _wrap(group.heading, [group.when_empty], width)
+    if hidden:
+        lines += textwrap.wrap(
+            f"More with --verbose: {', '.join(hidden)}",
+            max(width, 40),
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+        )
     return lines
 
 

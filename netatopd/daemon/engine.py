@@ -73,6 +73,8 @@ RECENT_TRAFFIC_S = 5.0  # after traffic, the loop wakes every rescan interval th
 SIMULATE_EBPF_FAILURE_ENV = "NETATOPD_SIMULATE_EBPF_FAILURE"  # tests: pretend the load failed
 # tests: pretend the proc connector refused (the daemon polls /proc instead).
 SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
+# tests: on the kernel path owners come from the eBPF helper's records alone.
+SIMULATE_HELPER_OWNERS_ONLY_ENV = "NETATOPD_SIMULATE_HELPER_OWNERS_ONLY"
 IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
 INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
 
@@ -92,29 +94,35 @@ class KernelOwnershipFailed(Exception):
 def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwnership | None, str]:
     """The eBPF helper for --ownership auto|kernel, or None for proc; and a note for STATUS.
 
-    With --capture kernel the helper is not used: its records name flows by
-    4-tuple, which does not tell one namespace's socket from another's.
+    With --capture kernel the helper records the sockets of every namespace,
+    each by its cookie (the first source of owners there); sock_diag in each
+    socket's namespace and /proc find the rest.
     """
-    if capture == "kernel":
-        if mode == "kernel":
-            raise KernelOwnershipFailed(
-                "--ownership kernel works with --capture pcap only: with --capture kernel"
-                " owners come from sock_diag in each socket's namespace (--ownership auto)"
-            )
-        return None, "sock_diag in each socket's network namespace and /proc (--capture kernel)"
+    every_namespace = capture == "kernel"
+    fallback = (
+        "sock_diag in each socket's network namespace and /proc"
+        if every_namespace
+        else "/proc and sock_diag"
+    )
     if mode == "proc":
-        return None, "/proc and sock_diag (--ownership proc)"
+        return None, f"{fallback} (--ownership proc)"
     try:
         if os.environ.get(SIMULATE_EBPF_FAILURE_ENV) == "1":
             raise EbpfUnavailable(f"simulated load failure ({SIMULATE_EBPF_FAILURE_ENV}=1)")
-        helper = KernelOwnership.load()
+        helper = KernelOwnership.load(every_namespace=every_namespace)
     except EbpfUnavailable as err:
         if mode == "kernel":
             raise KernelOwnershipFailed(
                 f"the eBPF ownership helper did not load: {err.reason}"
             ) from err
         log.warning("eBPF ownership helper not loaded (%s); owners come from /proc", err.reason)
-        return None, f"/proc and sock_diag: eBPF helper not loaded: {err.reason}"
+        return None, f"{fallback}: eBPF helper not loaded: {err.reason}"
+    if every_namespace:
+        return helper, (
+            "eBPF helper by socket cookie in every network namespace"
+            " (sock_send_length, sock_recv_length), else sock_diag in the socket's"
+            " namespace and /proc"
+        )
     return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
 
 
@@ -232,6 +240,8 @@ class Engine:
                 self.namespaces,
                 unowned_limit_s=options.unowned_limit_s,
                 rescan_interval_s=options.rescan_interval_ms / 1000.0,
+                kernel=self.kernel,
+                helper_only=os.environ.get(SIMULATE_HELPER_OWNERS_ONLY_ENV) == "1",
             )
         else:
             self.resolver = Resolver(

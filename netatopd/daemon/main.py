@@ -7,7 +7,9 @@ database and atop socket directories, opens the capture, builds the engine
 (engine.py), the control and atop servers over its answers (answers.py) and
 the metrics server (metrics.http, with --metrics-listen), and hands them to
 the event loop (loop.py).  Start-up failures exit with a sentence and a
-status from exitcodes.py; whatever was set up is undone.
+status from exitcodes.py; whatever was set up is undone, and what the
+daemon made in the file system for itself (the run directory and the atop
+socket's directory if it created them, the lock file) is removed again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import NoReturn
 
@@ -107,14 +110,29 @@ def run(options: argparse.Namespace) -> int:
     """
     pending_signals = _defer_signals()
     gids = _groups(options)
+    started = False
+
+    def unless_started(action: Callable[[], object]) -> Callable[[], None]:
+        """action on the way out of a start that failed (before the loop ran)."""
+
+        def undo_made() -> None:
+            if not started:
+                action()
+
+        return undo_made
+
     with ExitStack() as undo:
         run_dir = _directory(options.run_dir, "--run-dir", RUN_DIR_MODE, "run directory")
+        # A start that fails leaves no run directory behind: what this daemon made
+        # (the directory, its lock file) goes again; what was there stays.
+        undo.callback(unless_started(run_dir.remove_made))
         undo.callback(run_dir.close)
         try:
             lock = run_dir.lock()
         except RunDirError as err:  # AlreadyRunning names the other daemon's pid
             _fail(ExitCode.RUN_DIR, f"--run-dir: {err}")
         undo.callback(lock.release)
+        undo.callback(unless_started(lock.remove_made))
         if not options.no_history:
             db_dir = os.path.dirname(os.path.abspath(options.db))
             # Checked here, before the history writer opens (and maybe makes) the file.
@@ -127,6 +145,7 @@ def run(options: argparse.Namespace) -> int:
                 RUN_DIR_MODE,
                 "atop socket's directory",
             )
+            undo.callback(unless_started(atop_dir.remove_made))
             undo.callback(atop_dir.close)
         capture: CaptureLanes | KernelCapture
         try:
@@ -198,6 +217,7 @@ def run(options: argparse.Namespace) -> int:
             else options.interface
         )
         log.info("netatopd %s counting on %s; control socket %s", __version__, where, server.path)
+        started = True
         try:
             return loop.run()
         except CaptureFailed as err:

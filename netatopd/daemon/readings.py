@@ -189,9 +189,14 @@ class StatusReadings:
 
     @functools.cached_property
     def kernel_object_ids(self) -> Mapping[str, list[int]] | None:
-        """kernel path: the kernel ids of its programs and maps (tests check they go)."""
+        """kernel path: the kernel ids of its programs and maps, and of the eBPF helper's
+        when it is loaded (tests check they go)."""
         capture = self.engine.kernel_capture
         if capture is None:
             return None
         programs, maps = capture.counter.object_ids()
-        return {"programs": programs, "maps": maps}
+        ids = {"programs": programs, "maps": maps}
+        helper = self.engine.kernel
+        if helper is not None:
+            ids["helper_programs"], ids["helper_maps"] = helper.object_ids()
+        return ids

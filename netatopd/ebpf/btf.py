@@ -315,6 +315,7 @@ class SockOffsets(NamedTuple):
     skc_v6_daddr: int  # struct in6_addr, remote IPv6 address
     sk_protocol: int  # byte holding sk_protocol (informative: the tracepoints carry it)
     sk_protocol_is_bitfield: bool  # a bitfield before Linux 5.6
+    skc_cookie: int = -1  # atomic64_t, the socket cookie (-1: unknown, records carry 0)
 
 
 # The sizes the programs' loads assume, checked against the BTF.
@@ -343,6 +344,11 @@ def sock_offsets(btf: Btf) -> SockOffsets:
             raise BtfError(f"sock_common.{name} is {member.size_bytes} bytes, expected {size}")
         found[name] = common + member.offset_bytes
     protocol = btf.member("sock", "sk_protocol")
+    try:
+        cookie = btf.member("sock_common", "skc_cookie")
+        skc_cookie = common + cookie.offset_bytes if cookie.size_bytes == 8 else -1
+    except BtfError:
+        skc_cookie = -1  # a kernel without socket cookies (before Linux 4.12)
     return SockOffsets(
         skc_family=found["skc_family"],
         skc_num=found["skc_num"],
@@ -353,6 +359,7 @@ def sock_offsets(btf: Btf) -> SockOffsets:
         skc_v6_daddr=found["skc_v6_daddr"],
         sk_protocol=protocol.offset_bytes,
         sk_protocol_is_bitfield=protocol.bit_size != 0,
+        skc_cookie=skc_cookie,
     )
 
 

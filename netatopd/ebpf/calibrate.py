@@ -126,6 +126,7 @@ U16_HOST = struct.Struct("=H")
 U16_NET = struct.Struct("!H")
 U32_HOST = struct.Struct("=I")
 U64_HOST = struct.Struct("=Q")
+SO_COOKIE = 57  # asm-generic/socket.h: the socket's cookie, a __u64
 
 R0, R1, R2, R3, R6, R7, R8, FP = Reg.R0, Reg.R1, Reg.R2, Reg.R3, Reg.R6, Reg.R7, Reg.R8, Reg.FP
 STACK_KEY = -4  # __u32 map key
@@ -145,6 +146,7 @@ class Probe(NamedTuple):
     remote_addr: bytes
     remote_port: int
     image: bytes  # the first bytes of its struct sock
+    cookie: int = 0  # its socket cookie (SO_COOKIE, asked before the image); 0: not known
 
 
 # --- the search (pure) -----------------------------------------------------------
@@ -224,7 +226,25 @@ def find_sock_offsets(probes: Sequence[Probe]) -> SockOffsets:
         skc_v6_daddr=find_field("skc_v6_daddr", probes, _v6(lambda p: p.remote_addr), 4, common),
         sk_protocol=find_field("sk_protocol", probes, lambda p: U16_HOST.pack(p.protocol), 2),
         sk_protocol_is_bitfield=False,
+        skc_cookie=find_cookie_offset(probes),
     )
+
+
+def find_cookie_offset(probes: Sequence[Probe]) -> int:
+    """``skc_cookie``'s offset, or -1 when the probes do not tell it with certainty.
+
+    Optional: without it the helper's records carry cookie 0 and the kernel
+    counting path finds owners through sock_diag alone.
+    """
+    if not probes or any(probe.cookie == 0 for probe in probes):
+        return -1
+    try:
+        return find_field(
+            "skc_cookie", probes, lambda p: U64_HOST.pack(p.cookie), 8, SOCK_COMMON_SEARCH_BYTES
+        )
+    except CalibrationError as err:
+        log.info("socket cookie offset not calibrated: %s", err)
+        return -1
 
 
 def net_pointer_candidates(probes: Sequence[Probe]) -> dict[int, int]:
@@ -424,7 +444,16 @@ def _known(probe: _ProbeSocket, image: bytes) -> Probe:
         remote_addr=_addr(probe.family, remote[0]),
         remote_port=remote[1],
         image=image,
+        cookie=_cookie(probe.sock),
     )
+
+
+def _cookie(sock: socket.socket) -> int:
+    """The socket's cookie (SO_COOKIE gives it one if it had none); 0 if refused."""
+    try:
+        return U64_HOST.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, U64_HOST.size))[0]
+    except OSError:
+        return 0
 
 
 # --- running it --------------------------------------------------------------------
@@ -527,6 +556,8 @@ def calibrate(
     marker = (os.getpid() << 32) | threading.get_native_id()
     with contextlib.ExitStack() as stack:
         sockets = open_probe_sockets(stack)
+        for probe in sockets:
+            _cookie(probe.sock)  # given before the images are taken, so they hold it
         loaded = stack.enter_context(_loaded(fmt, marker))
         probes = [_known(probe, _sample(loaded, probe, 0)[0]) for probe in sockets]
         sock = find_sock_offsets(probes)

@@ -17,7 +17,9 @@ namespace.
 
 Only sockets of one network namespace are recorded: by default the loading
 process's own (the daemon runs inside the namespace it captures), or the
-one whose nsfs inode ``load(netns_inode=...)`` names.  The programs leave
+one whose nsfs inode ``load(netns_inode=...)`` names; with
+``load(every_namespace=True)`` (the kernel counting path) every
+namespace's, each SEND/RECV record naming its socket by cookie.  The programs leave
 at once for any other socket and count it (``ebpf_other_netns`` in STATUS),
 so the same tuple in two namespaces (containers, tests running at once)
 never mixes and other namespaces' traffic does not fill the maps.
@@ -59,6 +61,7 @@ from .programs import (
     CHANGES,
     CONNECT_KEY,
     COUNTERS,
+    EVERY_NAMESPACE,
     FLOW_KEY,
     LICENSE,
     OBJECT_NAME_PREFIX,
@@ -135,6 +138,7 @@ class FlowOwner(NamedTuple):
     time_ns: int  # CLOCK_MONOTONIC
     kind: OwnerKind
     closed: bool  # the socket reached TCP_CLOSE (never set for UDP)
+    cookie: int = 0  # the socket cookie (SEND/RECV records); 0: none yet, or not read
 
 
 class _Program(NamedTuple):
@@ -162,7 +166,7 @@ def _address(family: int, raw: bytes) -> bytes:
 def decode_flow(key: bytes, value: bytes) -> FlowOwner:
     """A FlowOwner from one (struct flow_key, struct owner) pair of the flows map."""
     laddr, raddr, lport, rport, family, _slot, protocol = FLOW_KEY.unpack(key)
-    time_ns, tid, tgid, comm, kind, closed = OWNER.unpack(value)
+    time_ns, tid, tgid, comm, kind, closed, cookie = OWNER.unpack(value)
     remote = _address(family, raddr)
     if rport == 0 and not any(remote):
         remote = b""
@@ -178,6 +182,7 @@ def decode_flow(key: bytes, value: bytes) -> FlowOwner:
         time_ns=time_ns,
         kind=OwnerKind(kind),
         closed=bool(closed),
+        cookie=cookie,
     )
 
 
@@ -291,12 +296,15 @@ class KernelOwnership:
         flow_entries: int = FLOW_MAP_ENTRIES,
         run_stats: bool = False,
         netns_inode: int | None = None,
+        every_namespace: bool = False,
     ) -> KernelOwnership:
         """Create the maps, load and attach the programs; EbpfUnavailable when impossible.
 
         Only sockets of the network namespace whose nsfs inode is
         ``netns_inode`` are recorded; None (the default) means the calling
-        process's own namespace (``namespace_inode()``).
+        process's own namespace (``namespace_inode()``); ``every_namespace``
+        records the sockets of every namespace (the kernel counting path, whose
+        flows are sockets named by cookie; ``netns_inode`` is then 0).
 
         Struct offsets come from the BTF at ``btf_path``; when it is missing
         or unusable (tests force this with a path that does not exist) they
@@ -308,7 +316,9 @@ class KernelOwnership:
         the helper is loaded); it costs two clock reads per program run.
         Our own event counters are always kept.
         """
-        if netns_inode is None:
+        if every_namespace:
+            netns_inode = EVERY_NAMESPACE
+        elif netns_inode is None:
             netns_inode = namespace_inode()
         elif not 0 < netns_inode <= 0xFFFFFFFF:
             raise ValueError(f"netns_inode {netns_inode} is not a 32-bit inode number")
@@ -325,9 +335,9 @@ class KernelOwnership:
         with _live_lock:
             _live.add(self)
         log.info(
-            "eBPF ownership helper loaded in %.0f ms for network namespace %d",
+            "eBPF ownership helper loaded in %.0f ms for %s",
             self._load_ms,
-            netns_inode,
+            "every network namespace" if every_namespace else f"network namespace {netns_inode}",
         )
         return self
 

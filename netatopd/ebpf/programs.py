@@ -13,13 +13,20 @@ What the programs record:
   ``net->ns.inum`` (offsets from BTF, two ``bpf_probe_read_kernel``) and
   leaves at once, counting OTHER_NETNS, when the inode differs.  The event
   counters (SEND/RECV/STATE_EVENTS) still count every run; the other
-  counters only this namespace's sockets.
+  counters only this namespace's sockets.  For the kernel counting path
+  (``--capture kernel``) the check is left out (``EVERY_NAMESPACE``): its
+  flows are sockets, named by cookie, so the same tuple in two namespaces
+  does not mix there (two records of one key between drains: the later one
+  stays, and the other socket's owner is found through sock_diag).
 * ``sock:sock_send_length`` / ``sock:sock_recv_length`` run in the thread
   that called sendmsg/recvmsg.  They read the flow tuple from the socket
   (``bpf_probe_read_kernel`` on ``struct sock_common``) and store, in the
   flows map under slot IO, the last (tid, tgid, comm, time, SEND/RECV) of the
-  flow.  Nothing is kept per thread: the record names the thread, and the
-  daemon counts a thread's packets from the captured traffic of its flows.
+  flow and the socket's cookie (``skc_cookie``, read: tracepoint programs
+  may not call ``bpf_get_socket_cookie``; 0 until the kernel first gives
+  the socket one, which the cgroup_skb programs do at its first packet).
+  Nothing is kept per thread: the record names the thread, and the daemon
+  counts a thread's packets from the captured traffic of its flows.
 * ``sock:inet_sock_set_state`` (TCP) keeps only what a system call does in
   its owner's context: CLOSE->SYN_SENT inside connect() (the local port is
   still 0, so the owner is kept under the socket's address in the connect
@@ -31,6 +38,9 @@ What the programs record:
 * A send/recv record is written only when it tells something new: the seen
   map (LRU) keeps, per flow key, the thread last reported and when; the same
   thread on the same flow is reported again only after REPORT_INTERVAL_NS.
+  In every namespace (the kernel path) the seen map is asked by socket
+  cookie (key: the cookie, slot COOKIE) before the tuple is read, so a
+  thread's repeated calls on one socket cost one read and one lookup.
   Every record written adds one to the changes counter (an array map user
   space reads through mmap), so user space walks the flows map only when the
   counter moved, not once a batch of packets.
@@ -109,6 +119,7 @@ class Slot(IntEnum):
     IO = 0  # last sender or receiver (SEND, RECV)
     OPEN = 1  # who opened it (CONNECT, LISTEN)
     CLOSE = 2  # who closed it (CLOSE)
+    COOKIE = 3  # only in the seen map: the thread last reported for a socket cookie
 
 
 class Counter(IntEnum):
@@ -129,6 +140,10 @@ class Counter(IntEnum):
 
 
 COUNTER_SLOTS = len(Counter)
+
+# netns_inode for the programs of the kernel counting path: sockets of every network
+# namespace are recorded (their records carry the socket cookie, which tells them apart).
+EVERY_NAMESPACE = 0
 
 # The same thread on the same flow is recorded again after this long (the daemon
 # keeps what it learnt much longer, ownership.kernel.KERNEL_OWNER_KEEP_S).
@@ -159,15 +174,23 @@ FLOW_KEY_LPORT, FLOW_KEY_RPORT, FLOW_KEY_FAMILY, FLOW_KEY_SLOT, FLOW_KEY_PROTOCO
     38,
 )
 
-# struct owner, 40 bytes, the value of the flows and connect maps:
+# struct owner, 48 bytes, the value of the flows and connect maps:
 #   __u64 time_ns;   bpf_ktime_get_ns (CLOCK_MONOTONIC) when recorded
 #   __u32 tid;       low half of bpf_get_current_pid_tgid (initial pid namespace)
 #   __u32 tgid;      high half
 #   char  comm[16];  bpf_get_current_comm
 #   __u32 kind;      OwnerKind
 #   __u32 closed;    1 once the socket reached TCP_CLOSE
-OWNER = struct.Struct("=QII16sII")
-OWNER_TIME, OWNER_PID_TGID, OWNER_COMM, OWNER_KIND, OWNER_CLOSED = 0, 8, 16, 32, 36
+#   __u64 cookie;    sk->__sk_common.skc_cookie (SEND/RECV records; 0: none yet or unknown)
+OWNER = struct.Struct("=QII16sIIQ")
+OWNER_TIME, OWNER_PID_TGID, OWNER_COMM, OWNER_KIND, OWNER_CLOSED, OWNER_COOKIE = (
+    0,
+    8,
+    16,
+    32,
+    36,
+    40,
+)
 
 # The connect map's key: the struct sock pointer (__u64).
 CONNECT_KEY = struct.Struct("=Q")
@@ -177,10 +200,10 @@ COUNTERS = struct.Struct(f"={COUNTER_SLOTS}Q")
 
 # The programs' stack frame (offsets from the frame pointer R10).
 STACK_KEY = -40  # struct flow_key
-STACK_VALUE = -80  # struct owner
-STACK_SEEN = -96  # struct seen, the seen map's new value
-STACK_SCRATCH = -104  # __u32 counter index / netns inode, __u64 socket or net address
-STACK_CHANGES_KEY = -112  # __u32 0, the changes map's key
+STACK_VALUE = -88  # struct owner
+STACK_SEEN = -104  # struct seen, the seen map's new value
+STACK_SCRATCH = -112  # __u32 counter index / netns inode, __u64 socket or net address
+STACK_CHANGES_KEY = -120  # __u32 0, the changes map's key
 
 _ACCESS = {1: Size.B, 2: Size.H, 4: Size.W, 8: Size.DW}
 
@@ -378,6 +401,21 @@ def _netns_check(sk: Reg, net: NetOffsets, netns_inode: int) -> list[Item]:
     ]
 
 
+def _netns_filter(sk: Reg, net: NetOffsets, netns_inode: int) -> list[Item]:
+    """The namespace check, or nothing when ``netns_inode`` is EVERY_NAMESPACE."""
+    if netns_inode == EVERY_NAMESPACE:
+        return []
+    return _netns_check(sk, net, netns_inode)
+
+
+def _other_netns_tail(netns_inode: int) -> list[Item]:
+    """Where _netns_check leaves to (absent without the check: the verifier refuses
+    unreachable instructions)."""
+    if netns_inode == EVERY_NAMESPACE:
+        return []
+    return [Label("other_netns"), *_count(Counter.OTHER_NETNS), ja("out")]
+
+
 def _current_owner(kind: OwnerKind) -> list[Item]:
     """struct owner at STACK_VALUE = the current task, now, ``kind``, not closed."""
     return [
@@ -392,9 +430,30 @@ def _current_owner(kind: OwnerKind) -> list[Item]:
         alu64_imm(AluOp.ADD, R1, STACK_VALUE + OWNER_COMM),
         mov64_imm(R2, 16),
         call(Helper.GET_CURRENT_COMM),
-        # kind, closed = 0
+        # kind, closed = 0, cookie = 0 (length_program reads the socket's)
         st_imm(Size.W, FP, STACK_VALUE + OWNER_KIND, kind),
         st_imm(Size.W, FP, STACK_VALUE + OWNER_CLOSED, 0),
+        st_imm(Size.DW, FP, STACK_VALUE + OWNER_COOKIE, 0),
+    ]
+
+
+def _socket_cookie(sock: SockOffsets) -> list[Item]:
+    """owner.cookie = sk->__sk_common.skc_cookie (R8 = sk), when its offset is known.
+
+    ``bpf_get_socket_cookie`` is not offered to tracepoint programs; the
+    field is read instead.  The kernel sets it on first use (the cgroup_skb
+    programs' ``bpf_get_socket_cookie``, SO_COOKIE, sock_diag); until then it
+    is 0 and the record names no socket by cookie.  A failed read leaves 0.
+    """
+    if sock.skc_cookie < 0:
+        return []
+    return [
+        mov64_reg(R1, FP),
+        alu64_imm(AluOp.ADD, R1, STACK_VALUE + OWNER_COOKIE),
+        mov64_imm(R2, 8),
+        mov64_reg(R3, R8),
+        alu64_imm(AluOp.ADD, R3, sock.skc_cookie),
+        call(Helper.PROBE_READ_KERNEL),
     ]
 
 
@@ -434,7 +493,9 @@ def _update_flows(fds: MapFds, value_reg: Reg | None, done: str) -> list[Item]:
     ]
 
 
-def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
+def _seen_before(
+    seen_fd: int, pid_tgid: Reg, reported: str, update: str = "seen_update"
+) -> list[Item]:
     """Go to ``reported`` after a record was written, unless seen[key] names this thread
     (``pid_tgid``) and is younger than REPORT_INTERVAL_NS; then seen[key] = (thread, now).
 
@@ -447,15 +508,15 @@ def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
         mov64_reg(R2, FP),
         alu64_imm(AluOp.ADD, R2, STACK_KEY),
         call(Helper.MAP_LOOKUP_ELEM),
-        jmp_imm(JmpOp.JEQ, R0, 0, "seen_update"),
+        jmp_imm(JmpOp.JEQ, R0, 0, update),
         ldx(Size.DW, R1, R0, 0),
-        jmp_reg(JmpOp.JNE, R1, pid_tgid, "seen_update"),
+        jmp_reg(JmpOp.JNE, R1, pid_tgid, update),
         # now - seen.time_ns < REPORT_INTERVAL_NS: nothing new to say
         ldx(Size.DW, R2, FP, STACK_VALUE + OWNER_TIME),
         ldx(Size.DW, R1, R0, 8),
         alu64_reg(AluOp.SUB, R2, R1),
         jmp_imm(JmpOp.JLT, R2, REPORT_INTERVAL_NS, reported),
-        Label("seen_update"),
+        Label(update),
         stx(Size.DW, FP, STACK_SEEN, pid_tgid),
         ldx(Size.DW, R1, FP, STACK_VALUE + OWNER_TIME),
         stx(Size.DW, FP, STACK_SEEN + 8, R1),
@@ -466,6 +527,30 @@ def _seen_before(seen_fd: int, pid_tgid: Reg, reported: str) -> list[Item]:
         alu64_imm(AluOp.ADD, R3, STACK_SEEN),
         mov64_imm(R4, 0),  # BPF_ANY; an LRU map makes room itself
         call(Helper.MAP_UPDATE_ELEM),
+    ]
+
+
+def _seen_by_cookie(sock: SockOffsets, fds: MapFds) -> list[Item]:
+    """Leave at once when the calling thread was reported for this socket just now.
+
+    The kernel path's cheap common case (R8 = sk): one read (the cookie), the
+    clock, the thread and one lookup in the seen map under the key (cookie,
+    Slot.COOKIE), instead of the tuple's five reads first.  A socket without a
+    cookie yet (0), or a failed read, goes on to the tuple's own check.
+    Clobbers R0-R5 and R7, the key and the owner's time.
+    """
+    return [
+        *_zero_key(),
+        *_probe_read(STACK_KEY, 8, sock.skc_cookie, "cookie_unknown"),
+        ldx(Size.DW, R1, FP, STACK_KEY),
+        jmp_imm(JmpOp.JEQ, R1, 0, "cookie_unknown"),
+        st_imm(Size.B, FP, STACK_KEY + FLOW_KEY_SLOT, Slot.COOKIE),
+        call(Helper.KTIME_GET_NS),
+        stx(Size.DW, FP, STACK_VALUE + OWNER_TIME, R0),
+        call(Helper.GET_CURRENT_PID_TGID),
+        mov64_reg(R7, R0),
+        *_seen_before(fds.seen, R7, "out", update="cookie_seen_update"),
+        Label("cookie_unknown"),
     ]
 
 
@@ -487,10 +572,14 @@ def length_program(
 ) -> list[Item]:
     """The program for sock:sock_send_length (kind SEND) or sock:sock_recv_length (RECV).
 
-    Only sockets of network namespace ``netns_inode`` are recorded.
+    Only sockets of network namespace ``netns_inode`` are recorded, or of
+    every namespace with EVERY_NAMESPACE (the kernel counting path).
     """
     f = _require(fmt, LENGTH_FIELDS)
     events = Counter.SEND_EVENTS if kind == OwnerKind.SEND else Counter.RECV_EVENTS
+    # Every namespace (the kernel path): "reported just now?" is asked by cookie first,
+    # before the tuple is read.
+    by_cookie = netns_inode == EVERY_NAMESPACE and sock.skc_cookie >= 0
     items: list[Item] = [
         # R6 = the tracepoint record
         mov64_reg(R6, R1),
@@ -500,10 +589,11 @@ def length_program(
         # R8 = struct sock *; leave at once unless it is in our namespace
         ldx(Size.DW, R8, R6, f["sk"].offset),
         jmp_imm(JmpOp.JEQ, R8, 0, "out"),
-        *_netns_check(R8, net, netns_inode),
+        *_netns_filter(R8, net, netns_inode),
         # R7 = ret (bytes moved, or -errno); a failed call is not recorded
         ldx(Size.W, R7, R6, f["ret"].offset),
         jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
+        *(_seen_by_cookie(sock, fds) if by_cookie else []),
         *_zero_key(),
         # key.protocol: TCP or UDP only
         ldx(Size.H, R1, R6, f["protocol"].offset),
@@ -535,19 +625,28 @@ def length_program(
         # skip local port 0 (a socket after a reset)
         ldx(Size.H, R1, FP, STACK_KEY + FLOW_KEY_LPORT),
         jmp_imm(JmpOp.JEQ, R1, 0, "port_zero"),
-        # key.slot = IO (already 0); value = the calling thread
+        # key.slot = IO (already 0); value = the calling thread and the socket's cookie
         *_current_owner(kind),
+        *_socket_cookie(sock),
         # R6 = pid_tgid, the thread to compare (the record is no longer needed)
         ldx(Size.DW, R6, FP, STACK_VALUE + OWNER_PID_TGID),
         # flows[key] = value, unless this thread was reported for the flow just now
+        # (asked by cookie already, when the socket has one: then recorded now)
+        *(
+            [
+                ldx(Size.DW, R1, FP, STACK_VALUE + OWNER_COOKIE),
+                jmp_imm(JmpOp.JNE, R1, 0, "record"),
+            ]
+            if by_cookie
+            else []
+        ),
         *_seen_before(fds.seen, R6, "flow_done"),
+        *([Label("record")] if by_cookie else []),
         *_update_flows(fds, None, "flow_done"),
         ja("out"),
     ]
     tails: list[Item] = [
-        Label("other_netns"),
-        *_count(Counter.OTHER_NETNS),
-        ja("out"),
+        *_other_netns_tail(netns_inode),
         Label("error_return"),
         *_count(Counter.ERROR_RETURNS),
         ja("out"),
@@ -630,7 +729,8 @@ def state_program(
 ) -> list[Item]:
     """The program for sock:inet_sock_set_state.
 
-    Only sockets of network namespace ``netns_inode`` are recorded.
+    Only sockets of network namespace ``netns_inode`` are recorded, or of
+    every namespace with EVERY_NAMESPACE.
     """
     f = _require(fmt, STATE_FIELDS)
     items: list[Item] = [
@@ -644,7 +744,7 @@ def state_program(
         # leave at once unless the socket (skaddr, in R8 for the check) is in our namespace
         ldx(Size.DW, R8, R6, f["skaddr"].offset),
         jmp_imm(JmpOp.JEQ, R8, 0, "out"),
-        *_netns_check(R8, net, netns_inode),
+        *_netns_filter(R8, net, netns_inode),
         # R7 = oldstate, R8 = newstate
         ldx(Size.W, R7, R6, f["oldstate"].offset),
         ldx(Size.W, R8, R6, f["newstate"].offset),
@@ -711,12 +811,13 @@ def state_program(
         ja("out"),
     ]
     tails: list[Item] = [
-        Label("other_netns"),
-        *_count(Counter.OTHER_NETNS),
-        ja("out"),
-        Label("read_failed"),
-        *_count(Counter.READ_FAILED),
-        ja("out"),
+        *_other_netns_tail(netns_inode),
+        # only the namespace check reads memory here
+        *(
+            []
+            if netns_inode == EVERY_NAMESPACE
+            else [Label("read_failed"), *_count(Counter.READ_FAILED), ja("out")]
+        ),
         Label("connect_not_found"),
         *_count(Counter.CONNECT_NOT_FOUND),
         ja("out"),

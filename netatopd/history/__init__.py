@@ -18,7 +18,16 @@ Callers import from here: the daemon (daemon.engine: ``HistoryWriter``,
 ``query_exited``, ``parse_time``).
 """
 
-from .reports import Report, list_reports, query_exited, reports_dir, run_report
+from .reports import (
+    Report,
+    add_live_tail,
+    last_sample_s,
+    list_reports,
+    query_exited,
+    reads_samples,
+    reports_dir,
+    run_report,
+)
 from .schema import (
     StoreError,
     latest_schema_version,
@@ -32,6 +41,9 @@ from .writer import HistoryWriter
 __all__ = [
     "HistoryWriter",
     "Report",
+    "add_live_tail",
+    "last_sample_s",
+    "reads_samples",
     "StoreError",
     "latest_schema_version",
     "list_reports",

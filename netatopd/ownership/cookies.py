@@ -1,7 +1,12 @@
 """The kernel counting path's owners: socket cookie -> socket inode -> process.
 
 Owns nothing but the route from a ``CookieFlow`` (flows.py, one socket of
-the ``--capture kernel`` path) to its owner: the socket's namespace and
+the ``--capture kernel`` path) to its owner.  First the eBPF helper's
+records, when it is loaded (``--ownership auto|kernel``, in every
+namespace): the last thread that sent or received on the socket, named by
+its cookie (``KernelOwners.owner_of_cookie``; counted in ``kernel_finds``);
+a later record naming another thread (a forked child serving the socket)
+moves the flow to it.  Else the socket's namespace and
 inode from ``NamespaceSockets`` (sock_diag inside that namespace, found by
 the namespace cookie the programs recorded), then the holder of the inode
 from the ``InodeIndex`` (it reads /proc/PID/fd, so it spans every
@@ -16,10 +21,13 @@ unowned limit and write-off, settling counters into tasks, the /proc rescans
 that move a socket to the newest process holding it (a forked child), the
 owners' memory, and the release of flows whose owner finished.  Only the
 lookup differs (by cookie in the socket's namespace instead of by 4-tuple in
-ours), so only ``_resolve`` and the flow identity are overridden; the
-4-tuple-only routes (the eBPF helper's records, the UDP port recheck) are
-not used for cookie flows because a 4-tuple does not say which namespace it
-is in.
+ours), so only ``_resolve``, the application of the helper's records and
+the flow identity are overridden; the 4-tuple-only routes (the helper's
+records by tuple, the UDP port recheck) are not used for cookie flows
+because a 4-tuple does not say which namespace it is in.  The /proc rescans
+go on with the helper loaded (``rescans_with_kernel``): a socket the helper
+named no thread for (its cookie still 0 at the thread's call) keeps the
+sock_diag route's moves to a newer holder.
 
 Bounded work for sockets nothing will own.  The programs count the whole
 machine, so many sockets have no process to find: the kernel's own control
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import logging
 
+from ..ebpf import FlowOwner, KernelOwnership, OwnerKind
 from ..flows import CookieFlow, Flow, FlowState, FlowTable
 from ..netlink.sockdiag import SockDiag
 from ..parse import PROTO_TCP
@@ -65,6 +74,8 @@ GIVE_UP_LOOKUPS = 8  # a socket flow still without owner after this many lookups
 class CookieResolver(Resolver):
     """Finds the owner of each socket the kernel path counted, in any namespace."""
 
+    rescans_with_kernel = True
+
     def __init__(
         self,
         flows: FlowTable,
@@ -73,15 +84,21 @@ class CookieResolver(Resolver):
         namespaces: NamespaceSockets,
         unowned_limit_s: float = UNOWNED_LIMIT_S_DEFAULT,
         rescan_interval_s: float = RESCAN_INTERVAL_S_DEFAULT,
+        kernel: KernelOwnership | None = None,
+        helper_only: bool = False,
     ) -> None:
+        """helper_only (tests): owners come from the helper's records alone, never from
+        sock_diag and /proc, to show that its records name them."""
         super().__init__(
             flows,
             registry,
             sockdiag,
             unowned_limit_s=unowned_limit_s,
             rescan_interval_s=rescan_interval_s,
+            kernel=kernel,
         )
         self.namespaces = namespaces
+        self.helper_only = helper_only and kernel is not None
         self.cookie_finds = 0  # owners found through a namespace's sock_diag dump
         self.given_up = 0  # socket flows given up (no owner to find): unidentified
         # Namespace rescans: nsfs inode -> (generation scanned, few processes), and
@@ -109,11 +126,44 @@ class CookieResolver(Resolver):
         if not isinstance(flow, CookieFlow):
             super()._recheck_udp(flow, now_s)
 
+    def _apply_kernel_records(self, records: list[FlowOwner], now_s: float) -> None:
+        """Socket flows whose owning thread the helper names anew (by cookie) move to it."""
+        kernel = self.kernel
+        assert kernel is not None
+        flows = self.flows
+        for r in records:
+            if not r.cookie or r.kind not in (OwnerKind.SEND, OwnerKind.RECV):
+                continue
+            flow = flows.cookie_flow(r.cookie)
+            if flow is None or flow.state in (FlowState.NEW, FlowState.ORPHANED):
+                continue  # not counted yet, or resolved in its turn with this record
+            owner = kernel.owner_of_cookie(r.cookie)
+            if owner is None:
+                continue
+            current = flow.owner
+            if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:
+                continue
+            task = self.registry.task_named_by_kernel(owner.tgid, owner.comm, owner.time_ns)
+            if task is not None:
+                self._assign(flow, task, now_s, final=True, tid=owner.tid)
+
     def _resolve(self, flow: Flow, now_s: float) -> None:
         if not isinstance(flow, CookieFlow):
             super()._resolve(flow, now_s)
             return
         flow.lookups += 1
+        kernel = self.kernel
+        if kernel is not None:
+            owner = kernel.owner_of_cookie(flow.cookie)
+            if owner is not None:
+                task = self.registry.task_named_by_kernel(owner.tgid, owner.comm, owner.time_ns)
+                if task is not None:
+                    self.kernel_finds += 1
+                    self._assign(flow, task, now_s, final=True, tid=owner.tid)
+                    return
+            if self.helper_only:
+                self._retry_or_give_up(flow, now_s)
+                return
         self.lookups += 1
         sock = self.namespaces.socket(flow.netns_cookie, flow.cookie, flow.proto, flow.family)
         if sock is None:

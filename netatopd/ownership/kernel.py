@@ -1,10 +1,11 @@
-"""The kernel-owner join: what the eBPF helper said about each flow, by tuple.
+"""The kernel-owner join: what the eBPF helper said about each flow, by tuple or cookie.
 
 Owns the owner records drained from ``netatopd.ebpf.KernelOwnership`` (who
 called connect() on a TCP tuple; the last thread that sent or received on a
-tuple), kept ``KERNEL_OWNER_KEEP_S``, and the drain counters.  Called by
-``Resolver`` (``has_news`` and ``drain`` each pass, ``owner_of`` for a flow)
-and by ``Sweeper`` (``expire``).
+tuple, and on a socket cookie), kept ``KERNEL_OWNER_KEEP_S``, and the drain
+counters.  Called by ``Resolver`` (``has_news`` and ``drain`` each pass,
+``owner_of`` for a flow), ``CookieResolver`` (``owner_of_cookie`` for a
+socket of the kernel counting path) and by ``Sweeper`` (``expire``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class KernelOwners:
         self.helper = helper
         self.connect: dict[tuple[bytes, int, bytes, int], KernelOwner] = {}
         self.used: dict[tuple[int, bytes, int, bytes, int], KernelOwner] = {}
+        # socket cookie -> the last thread that sent or received on that socket
+        self.by_cookie: dict[int, KernelOwner] = {}
         self.records = 0
         self.drains = 0
         self.drains_skipped = 0  # looks that found the programs' change count unmoved
@@ -69,7 +72,11 @@ class KernelOwners:
                 known = self.used.get(key)
                 if known is None or known.time_ns <= r.time_ns:
                     self.used[key] = owner
-        if len(self.connect) + len(self.used) > KERNEL_OWNERS_MAX:
+                if r.cookie:
+                    known = self.by_cookie.get(r.cookie)
+                    if known is None or known.time_ns <= r.time_ns:
+                        self.by_cookie[r.cookie] = owner
+        if len(self.connect) + len(self.used) + len(self.by_cookie) > KERNEL_OWNERS_MAX:
             self.expire(time.monotonic_ns() - int(KERNEL_OWNER_KEEP_S * 1e9) // 10)
         return records
 
@@ -79,6 +86,11 @@ class KernelOwners:
         limit = older_than_ns
         self.connect = {k: v for k, v in self.connect.items() if v.time_ns >= limit}
         self.used = {k: v for k, v in self.used.items() if v.time_ns >= limit}
+        self.by_cookie = {k: v for k, v in self.by_cookie.items() if v.time_ns >= limit}
+
+    def owner_of_cookie(self, cookie: int) -> KernelOwner | None:
+        """The last thread that sent or received on the socket of this cookie."""
+        return self.by_cookie.get(cookie)
 
     def owner_of(self, flow: Flow) -> KernelOwner | None:
         if flow.proto == PROTO_UDP:

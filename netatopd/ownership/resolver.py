@@ -63,6 +63,9 @@ REFRESH_MIN_INTERVAL_S = 0.002  # the incremental /proc refresh runs at most thi
 class Resolver:
     """Finds the owner of each flow and keeps it current."""
 
+    # Whether the /proc rescans go on while the eBPF helper names owners (CookieResolver).
+    rescans_with_kernel = False
+
     def __init__(
         self,
         flows: FlowTable,
@@ -190,7 +193,8 @@ class Resolver:
             self._resolve(flow, now_s)
         # With the eBPF helper a process that takes a socket over and uses it is
         # named by the kernel at its first send or receive: no /proc rescans.
-        if self.kernel is None and now_s - self.last_rescan_s >= self.rescan_interval_s:
+        rescans = self.kernel is None or self.rescans_with_kernel
+        if rescans and now_s - self.last_rescan_s >= self.rescan_interval_s:
             if new or self._processes_changed():
                 self.rescan(now_s)
             else:

@@ -8,26 +8,38 @@ forwarded packet is captured twice in the router, received on one interface
 and sent on the other.  Then the same through source NAT (masquerade) on the
 router, and with destination NAT to a socket of the router itself, whose
 packets are the router's own.  nft (Debian package nftables) sets up NAT.
+Forwarded ICMP too (pings from a raw socket).
+
+The same router with IPv6 (2001:db8:1::/64 inside, 2001:db8:2::/64 outside,
+``net.ipv6.conf.all.forwarding=1``), on both capture paths: with libpcap the
+forwarded packets are counted apart as with IPv4; with ``--capture kernel``
+(which counts every namespace's sockets) they are never seen, so the client
+and the server each count their own packets once, exactly, and nothing is
+forwarded.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_kernel_path import balance
 
 from harness import (
     LINK_OVERHEAD,
     UDP4_OVERHEAD,
+    UDP6_OVERHEAD,
     Actor,
     Daemon,
     assert_balanced,
     fix_tcp_header_sizes,
     set_sysctl,
 )
+from test_daemon import ZERO_UDP, run_tcp
 
 pytestmark = pytest.mark.privileged
 
@@ -287,3 +299,182 @@ def test_an_address_added_while_running_is_local_at_once(
     finally:
         client.finish()
         server.finish()
+
+
+# ICMP echo requests from a raw socket, each waited for (its reply), bounded in time.
+PINGS = """
+import os, socket, struct, sys, time
+target, count = sys.argv[1], int(sys.argv[2])
+
+
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+sock.settimeout(2.0)
+ident = os.getpid() & 0xFFFF
+replies = 0
+for seq in range(count):
+    payload = bytes(56)
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    sock.sendto(struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload,
+                (target, 0))
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        data = sock.recv(2048)
+        icmp = data[(data[0] & 15) * 4:]
+        if icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
+            replies += 1
+            break
+print(replies)
+"""
+PING_WIRE_BYTES = 20 + 8 + 56 + LINK_OVERHEAD  # IP + ICMP header + payload, link and CRC
+
+
+def test_forwarded_icmp_is_counted_apart(net: dict[str, Any], router_daemon: Any) -> None:
+    """8 pings through the router and 5 to the router itself (IPv6 off, so no other ICMP):
+    the router's own ICMP figures hold its 5 requests and 5 replies only, the 8 requests
+    and 8 replies that pass through are forwarded ICMP, in and out."""
+    for netns in net.values():
+        set_sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
+    d = router_daemon()
+    before = d.status()
+    client = net["client"]
+    assert client.run(sys.executable, "-c", PINGS, SERVER, "8").split() == ["8"]
+    assert client.run(sys.executable, "-c", PINGS, ROUTER_INSIDE, "5").split() == ["5"]
+    d.sync()
+    status = d.status()
+    assert status["forwarded_icmp_received"] == 2 * 8
+    assert status["forwarded_icmp_sent"] == 2 * 8
+    assert status["forwarded_icmp_received_bytes"] == 2 * 8 * PING_WIRE_BYTES
+    assert status["forwarded_icmp_sent_bytes"] == 2 * 8 * PING_WIRE_BYTES
+    assert status["icmp_received"] - before["icmp_received"] == 5
+    assert status["icmp_sent"] - before["icmp_sent"] == 5
+    assert_only_forwarded(status)
+
+
+CLIENT6, ROUTER6_INSIDE = "2001:db8:1::2", "2001:db8:1::1"
+SERVER6, ROUTER6_OUTSIDE = "2001:db8:2::2", "2001:db8:2::1"
+TCP6_SEGMENT_OVERHEAD = 40 + 20 + LINK_OVERHEAD  # IPv6 + TCP headers, link header and CRC
+
+
+@pytest.fixture
+def net6(make_netns: Any) -> dict[str, Any]:
+    """client -- router -- server over two veth pairs with IPv6 only on them."""
+    client, router, server = make_netns("ntfc"), make_netns("ntfr"), make_netns("ntfs")
+    for netns in (client, router, server):
+        fix_tcp_header_sizes(netns)
+    router.run("ip", "link", "add", "ri", "type", "veth", "peer", "name", "ci")
+    router.run("ip", "link", "add", "ro", "type", "veth", "peer", "name", "so")
+    router.run("ip", "link", "set", "ci", "netns", client.name)
+    router.run("ip", "link", "set", "so", "netns", server.name)
+    for netns, device, address in (
+        (router, "ri", ROUTER6_INSIDE),
+        (router, "ro", ROUTER6_OUTSIDE),
+        (client, "ci", CLIENT6),
+        (server, "so", SERVER6),
+    ):
+        netns.run("ip", "addr", "add", f"{address}/64", "dev", device, "nodad")
+        netns.run("ip", "link", "set", device, "up")
+    set_sysctl(router, "net.ipv6.conf.all.forwarding", "1")
+    client.run("ip", "-6", "route", "add", "default", "via", ROUTER6_INSIDE)
+    server.run("ip", "-6", "route", "add", "default", "via", ROUTER6_OUTSIDE)
+    return {"client": client, "router": router, "server": server}
+
+
+@pytest.mark.parametrize("capture", ["pcap", "kernel"])
+def test_forwarded_ipv6_udp_and_tcp_are_nobody_s(
+    net6: dict[str, Any], tmp_path: Path, capture: str
+) -> None:
+    """30 UDP requests of 100 bytes and 30 replies of 300, then a TCP exchange, from the
+    client through the IPv6 router to the server; the daemon runs in the router."""
+    d = Daemon(net6["router"], tmp_path / "run", "--capture", capture, "--exit-lifetime-s", "300")
+    actors: list[Actor] = []
+    try:
+        server = Actor(
+            net6["server"], "udp_server", addr=SERVER6, count=DATAGRAMS, reply_bytes=REPLY_BYTES
+        )
+        client = Actor(
+            net6["client"],
+            "udp_client",
+            addr=SERVER6,
+            port=server.port,
+            count=DATAGRAMS,
+            size=REQUEST_BYTES,
+            expect_reply=True,
+        )
+        actors += [server, client]
+        assert client.read()["replies"] == DATAGRAMS
+        assert server.read()["received"] == DATAGRAMS
+        d.sync()
+        udp_status = d.status()
+        udp_pids = client.pid, server.pid
+        tcp_server, tcp_client, server_info, client_info = run_tcp(
+            net6["server"], net6["client"], d, SERVER6, SERVER6, 10, 700, 900
+        )
+        actors += [tcp_server, tcp_client]
+        status = d.status()
+        # Each side sends one handshake segment with a 4-byte MSS option; the server's
+        # SYN-ACK is not in the accepted socket's tcpi_segs_out.
+        segments = client_info["segs_out"] + server_info["segs_out"] + 1
+        wire_bytes = (
+            segments * TCP6_SEGMENT_OVERHEAD
+            + 2 * 4
+            + client_info["bytes_sent"]
+            + server_info["bytes_sent"]
+        )
+        assert client_info["bytes_sent"] == 7000 and server_info["bytes_sent"] == 9000
+        if capture == "pcap":
+            udp_bytes = DATAGRAMS * (REQUEST_BYTES + REPLY_BYTES + 2 * UDP6_OVERHEAD)
+            for name in ("udp_received", "udp_sent"):
+                assert udp_status[f"forwarded_{name}"] == 2 * DATAGRAMS, (name, udp_status)
+                assert udp_status[f"forwarded_{name}_bytes"] == udp_bytes
+                assert status[f"forwarded_{name}"] == 2 * DATAGRAMS
+            assert_only_forwarded(udp_status)
+            for name in ("tcp_received", "tcp_sent"):
+                assert status[f"forwarded_{name}"] == segments, (name, status)
+                assert status[f"forwarded_{name}_bytes"] == wire_bytes
+            assert_only_forwarded(status)
+            return
+        # --capture kernel: the endpoints' sockets are counted in their namespaces, each
+        # packet once; the router forwards them unseen.
+        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received"):
+            assert status[f"forwarded_{name}"] == 0, (name, status)
+        udp_client_pid, udp_server_pid = udp_pids
+        request, reply = REQUEST_BYTES + UDP6_OVERHEAD, REPLY_BYTES + UDP6_OVERHEAD
+        assert d.counters(udp_client_pid) == {
+            **ZERO_TCP,
+            "udpsndpacks": DATAGRAMS,
+            "udpsndbytes": DATAGRAMS * request,
+            "udprcvpacks": DATAGRAMS,
+            "udprcvbytes": DATAGRAMS * reply,
+        }
+        assert d.counters(udp_server_pid) == {
+            **ZERO_TCP,
+            "udpsndpacks": DATAGRAMS,
+            "udpsndbytes": DATAGRAMS * reply,
+            "udprcvpacks": DATAGRAMS,
+            "udprcvbytes": DATAGRAMS * request,
+        }
+        for actor, info, passive in (
+            (tcp_client, client_info, False),
+            (tcp_server, server_info, True),
+        ):
+            sent = info["segs_out"] + (1 if passive else 0)  # the SYN-ACK (listener)
+            assert d.counters(actor.pid) == {
+                **ZERO_UDP,
+                "tcpsndpacks": sent,
+                "tcpsndbytes": sent * TCP6_SEGMENT_OVERHEAD + 4 + info["bytes_sent"],
+                "tcprcvpacks": info["segs_in"],
+                "tcprcvbytes": info["segs_in"] * TCP6_SEGMENT_OVERHEAD + 4 + info["bytes_received"],
+            }
+        balance(d)
+    finally:
+        for actor in actors:
+            actor.finish()
+        code = d.stop()
+        assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"

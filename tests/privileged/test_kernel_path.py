@@ -29,6 +29,7 @@ machine's traffic, so it is read when two readings agree.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -388,12 +389,13 @@ GIVE_UP_WAIT_S = 3.0
 
 def test_sockets_nothing_owns_are_given_up_promptly(make_netns: Any, kernel_daemon: Any) -> None:
     """Two sockets closed right after their traffic (their process lives on without
-    them): no process can be found holding them, so their flows are given up
-    within a few lookups (about 0.15 s), not after the 60 s unowned limit, and
-    their packets are unidentified.  (The daemon counts the whole machine:
-    other sockets may be given up too, so the figures are lower bounds.)"""
+    them), owners from sock_diag and /proc (--ownership proc): no process can be
+    found holding them, so their flows are given up within a few lookups (about
+    0.15 s), not after the 60 s unowned limit, and their packets are
+    unidentified.  (The daemon counts the whole machine: other sockets may be
+    given up too, so the figures are lower bounds.)"""
     c1, _, _ = containers(make_netns)
-    d = kernel_daemon()
+    d = kernel_daemon("--ownership", "proc")
     before = d.status()
     c1.run(sys.executable, "-c", CLOSED_AT_ONCE)
     deadline = time.monotonic() + GIVE_UP_WAIT_S
@@ -409,12 +411,53 @@ def test_sockets_nothing_owns_are_given_up_promptly(make_netns: Any, kernel_daem
     balance(d)
 
 
+def test_sockets_closed_at_once_are_their_process_s_with_the_helper(
+    make_netns: Any, kernel_daemon: Any
+) -> None:
+    """The same two sockets with the eBPF helper (--ownership auto): its send and
+    receive records name the process by the sockets' cookies, so the process gets
+    its 10 datagrams each way although sock_diag no longer knows the sockets."""
+    c1, _, _ = containers(make_netns)
+    d = kernel_daemon()
+    assert d.status()["ownership"] == "kernel"
+    script = CLOSED_AT_ONCE.replace("time.sleep(1.0)", "print('done', flush=True)\ntime.sleep(30)")
+    process = subprocess.Popen(
+        [*c1.exec_prefix, sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "done\n"
+        deadline = time.monotonic() + GIVE_UP_WAIT_S
+        while True:
+            d.sync()
+            try:
+                counters = d.counters(process.pid)
+            except ProcessLookupError:
+                counters = {}
+            if counters.get("udprcvpacks") == 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert counters == {
+            **ZERO_TCP,
+            "udpsndpacks": 10,
+            "udpsndbytes": 10 * (20 + UDP4_OVERHEAD),
+            "udprcvpacks": 10,
+            "udprcvbytes": 10 * (20 + UDP4_OVERHEAD),
+        }
+        balance(d)
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon: Any) -> None:
     d = kernel_daemon()
     status = d.status()
     ids = status["kernel_object_ids"]
     programs, maps = ids["programs"], ids["maps"]
     assert len(programs) == 2 and len(maps) == 5
+    # The eBPF helper (--ownership auto): three tracepoint programs and five maps.
+    assert len(ids["helper_programs"]) == 3 and len(ids["helper_maps"]) == 5
+    programs, maps = programs + ids["helper_programs"], maps + ids["helper_maps"]
     # Under "ip netns exec" the daemon has its own mount namespace without the host's
     # cgroup2 mount, so it mounts a private one: the same hierarchy's root.
     assert status["kernel_cgroup"]
@@ -441,7 +484,48 @@ def test_pcap_path_names_the_namespaces_it_does_not_cover(make_netns: Any, tmp_p
         sock_holder.finish()
 
 
-def test_ownership_kernel_is_refused_with_capture_kernel(make_netns: Any, tmp_path: Path) -> None:
-    home = make_netns("ntkh")
-    with pytest.raises(AssertionError, match="exited with 6"):
-        Daemon(home, tmp_path / "run", "--capture", "kernel", "--ownership", "kernel")
+@pytest.mark.parametrize("addr", ["127.0.0.1", "2001:db8::3"])
+def test_owners_come_from_the_helper_s_records_by_cookie(
+    make_netns: Any, kernel_daemon: Any, monkeypatch: pytest.MonkeyPatch, addr: str
+) -> None:
+    """--ownership kernel with --capture kernel: the eBPF helper records the sends and
+    receives of every namespace with the socket's cookie.  With
+    NETATOPD_SIMULATE_HELPER_OWNERS_ONLY=1 owners come from those records alone (never
+    sock_diag and /proc): a UDP exchange in a container is exact for both processes."""
+    c1, c2, c3 = containers(make_netns)
+    monkeypatch.setenv("NETATOPD_SIMULATE_HELPER_OWNERS_ONLY", "1")
+    d = kernel_daemon("--ownership", "kernel")
+    before = d.status()
+    assert before["ownership"] == "kernel" and before["ebpf_netns_inode"] == 0
+    assert "by socket cookie in every network namespace" in before["ownership_note"]
+    server_ns, client_ns = (c1, c1) if addr == "127.0.0.1" else (c3, c2)
+    overhead = UDP4_OVERHEAD if ":" not in addr else UDP6_OVERHEAD
+    count, request, reply = 30, 100, 200
+    server, client = udp_pair(server_ns, client_ns, addr, count, request, reply)
+    try:
+        assert client.read()["sent"] == count and server.read()["received"] == count
+        d.sync()
+        assert d.counters(client.pid) == {
+            **ZERO_TCP,
+            "udpsndpacks": count,
+            "udpsndbytes": count * (request + overhead),
+            "udprcvpacks": count,
+            "udprcvbytes": count * (reply + overhead),
+        }
+        assert d.counters(server.pid) == {
+            **ZERO_TCP,
+            "udpsndpacks": count,
+            "udpsndbytes": count * (reply + overhead),
+            "udprcvpacks": count,
+            "udprcvbytes": count * (request + overhead),
+        }
+        status = d.status()
+        # The two sockets (and maybe other tests' sockets) were named by the helper,
+        # none through sock_diag.
+        assert status["resolver_kernel_finds"] - before["resolver_kernel_finds"] >= 2
+        assert status["resolver_cookie_finds"] == 0
+        assert status["ebpf_read_failed"] == 0
+        balance(d)
+    finally:
+        client.finish()
+        server.finish()

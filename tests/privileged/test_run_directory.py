@@ -140,6 +140,7 @@ def test_five_simultaneous_starts_leave_one_daemon_with_its_table(
         with ControlClient(str(run_dir), timeout_s=5) as client:
             assert client.status()["version"]
         assert sorted(os.listdir(run_dir)) == ["control", "lock", "table"]
+        assert (run_dir / "lock").read_text().strip() == str(survivor.pid)
     finally:
         for proc in procs:
             stop(proc)
@@ -201,7 +202,7 @@ def test_a_database_directory_of_another_user_is_refused(
     assert "--db" in err and "writable by others" in err, err
     assert "Traceback" not in err
     assert os.listdir(db_dir) == []
-    assert os.listdir(tmp_path / "run") == ["lock"]
+    assert not (tmp_path / "run").exists()  # made by the daemon that did not start: gone
 
 
 # -- item 10: signals ----------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_a_full_run_directory_filesystem_is_a_clean_exit_5(
     assert code == 5, err
     assert "no room for" in err and str(run_dir) in err, err
     assert "Traceback" not in err
-    assert os.listdir(run_dir) == ["lock"]  # no table, no temporary file, no socket
+    assert not run_dir.exists()  # no table, no temporary file, no socket, no lock, no directory
 
 
 def test_an_unwritable_run_directory_is_exit_5_with_a_sentence(
@@ -482,3 +483,66 @@ def run_check(prefix: list[str], run_dir: Path) -> tuple[int, str]:
         cwd=REPO,
     )
     return done.returncode, done.stdout + done.stderr
+
+
+# -- issue 15 item 6: a daemon that does not start leaves no run directory behind ----------
+
+NO_SUCH_INTERFACE = ("--interface", "ntpnosuch0")
+
+
+def test_a_failed_start_removes_the_run_directory_it_made(make_netns: Any, tmp_path: Path) -> None:
+    ns = make_netns("ntrd")
+    run_dir = tmp_path / "made" / "run"  # neither exists: both are the daemon's
+    code, err = run_to_exit(daemon_argv(ns.exec_prefix, run_dir, *QUICK, *NO_SUCH_INTERFACE))
+    assert code == 1, err
+    assert "ntpnosuch0" in err and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_start_leaves_an_existing_run_directory_as_it_was(
+    make_netns: Any, tmp_path: Path
+) -> None:
+    ns = make_netns("ntrd")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o755)
+    (run_dir / "notes").write_text("the administrator's\n")
+    before = {name: os.lstat(run_dir / name) for name in os.listdir(run_dir)}
+    code, err = run_to_exit(daemon_argv(ns.exec_prefix, run_dir, *QUICK, *NO_SUCH_INTERFACE))
+    assert code == 1, err
+    assert sorted(os.listdir(run_dir)) == ["notes"]  # no lock file left: it made that one
+    after = os.lstat(run_dir / "notes")
+    assert (after.st_ino, after.st_mtime_ns) == (
+        before["notes"].st_ino,
+        before["notes"].st_mtime_ns,
+    )
+    # An old lock file (a daemon that ran before) stays, the very same file.
+    (run_dir / "lock").write_text("12345\n")
+    os.chmod(run_dir / "lock", 0o600)
+    old_lock = os.lstat(run_dir / "lock")
+    code, err = run_to_exit(daemon_argv(ns.exec_prefix, run_dir, *QUICK, *NO_SUCH_INTERFACE))
+    assert code == 1, err
+    assert sorted(os.listdir(run_dir)) == ["lock", "notes"]
+    assert os.lstat(run_dir / "lock").st_ino == old_lock.st_ino
+
+
+def test_a_refused_second_daemon_removes_nothing_of_the_running_one(
+    make_netns: Any, tmp_path: Path
+) -> None:
+    ns = make_netns("ntrd")
+    run_dir = tmp_path / "run"
+    first = start(ns.exec_prefix, run_dir, *QUICK)
+    try:
+        wait_serving(first, run_dir)
+        before = {name: os.lstat(run_dir / name).st_ino for name in os.listdir(run_dir)}
+        assert sorted(before) == ["control", "lock", "table"]
+        code, err = run_to_exit(daemon_argv(ns.exec_prefix, run_dir, *QUICK))
+        assert code == 5, err
+        assert f"another netatopd (pid {first.pid})" in err, err
+        assert {name: os.lstat(run_dir / name).st_ino for name in os.listdir(run_dir)} == before
+        assert (run_dir / "lock").read_text().strip() == str(first.pid)
+        with ControlClient(str(run_dir), timeout_s=5) as client:
+            assert client.status()["version"]
+    finally:
+        code, err = stop(first)
+    assert code == 0, err
+    assert sorted(os.listdir(run_dir)) == ["lock"]  # a daemon that ran keeps its run directory

@@ -667,18 +667,26 @@ def test_status_human_groups_every_figure(fake: FakeDaemon, tmp_path: Path) -> N
         "Flows         13 (overflow 14, pending owner 15, written off 16)",
         "Tasks         17 (overflow 18)",
         "Exit list     19 (expired unread 20)",
-        "Sweep         runs 37",
         "Capture       received 21, dropped 22, dropped by the interface 23,",
         "              packets counted 24",
-        "Resolver      lookups 25, misses 26, not found 27, endpoint finds 28,",
-        "              new flows timed 100, owner known after 1.5 ms (p50), 4.2 ms (p99),",
-        "              9.0 ms (max), full inode scans 29, /proc denied 30",
         "Table         5 rows of 64 (7.8%), processes 4, threads 0, exited 1, refused 0,",
         f"              updated {clock}",
         "History       /var/lib/netatop/netatop.db: persisted 31, samples 32, pending 33,",
         "              dropped 34, disk-full skips 35, write errors 36",
+        "More with --verbose: Sweep, Resolver",
     ]
     assert "something_new" not in result.stdout  # not in the registry: --json only
+    # The daemon's internals only with --verbose (issue 15: no wall of internal counters).
+    verbose = status_lines(dict(STATUS), None, str(tmp_path), 80, verbose=True)
+    assert "Sweep         runs 37" in verbose
+    assert verbose[
+        verbose.index("Sweep         runs 37") + 3 : verbose.index("Sweep         runs 37") + 6
+    ] == [
+        "Resolver      lookups 25, misses 26, not found 27, endpoint finds 28,",
+        "              new flows timed 100, owner known after 1.5 ms (p50), 4.2 ms (p99),",
+        "              9.0 ms (max), full inode scans 29, /proc denied 30",
+    ]
+    assert not any(line.startswith("More with --verbose") for line in verbose)
 
 
 KERNEL_STATUS = {
@@ -710,8 +718,23 @@ def test_status_verbose_adds_the_ebpf_internals_under_their_heading() -> None:
     plain = status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80)
     verbose = status_lines(dict(KERNEL_STATUS), None, "/run/netatop", 80, verbose=True)
     assert plain[0] == "netatopd 0.1.0, owner resolution: kernel, up 1 d 01:01:01"
-    start = plain.index("Sweep         runs 37")
+    start = plain.index("Exit list     19 (expired unread 20)")
     assert plain[start:] == [
+        "Exit list     19 (expired unread 20)",
+        "Capture       received 21, dropped 22, dropped by the interface 23,",
+        "              packets counted 24, lanes 3, holds 41, hold 50 ms,",
+        "              fallback one handle: filter refused",
+        "Owners from   eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)",
+        "Table         capacity 64, not readable: no table file in the run directory",
+        "History       /var/lib/netatop/netatop.db: persisted 0, samples 32, pending 33,",
+        "              dropped 34, disk-full skips 35, write errors 36",
+        "More with --verbose: Sweep, Resolver, Atop socket, eBPF",
+    ]
+    assert not any(line.startswith("eBPF") or "run cnt" in line for line in plain)
+    start = verbose.index("Exit list     19 (expired unread 20)")
+    assert verbose[:start] == plain[:start]
+    assert verbose[start:] == [
+        "Exit list     19 (expired unread 20)",
         "Sweep         runs 37",
         "Capture       received 21, dropped 22, dropped by the interface 23,",
         "              packets counted 24, lanes 3, holds 41, hold 50 ms,",
@@ -726,10 +749,6 @@ def test_status_verbose_adds_the_ebpf_internals_under_their_heading() -> None:
         "              journal 2, journal dropped 0",
         "History       /var/lib/netatop/netatop.db: persisted 0, samples 32, pending 33,",
         "              dropped 34, disk-full skips 35, write errors 36",
-    ]
-    assert not any(line.startswith("eBPF") or "run cnt" in line for line in plain)
-    assert verbose[: len(plain)] == plain
-    assert verbose[len(plain) :] == [
         "eBPF          load ms 43, sock send length run cnt 44, flow update failed 45,",
         "              drains 46",
     ]
@@ -993,6 +1012,32 @@ def test_report_errors_exit_2(history: Path, tmp_path: Path) -> None:
     )
     nothing = invoke("report")
     assert nothing.exit_code == 2 and "give a report NAME, or --list" in nothing.stderr
+
+
+def test_report_grouped_by_user_names_the_users_in_tables(history: Path, users: None) -> None:
+    # exited by uid: scp (0) 5_001_000 bytes; curl + dig (1000) 4600 + 500; ssh (NULL) 100
+    as_json_rows = invoke(
+        "report", "top-exited-groups", "--by", "user", "--db", str(history), "--format", "json"
+    )
+    assert as_json_rows.exit_code == 0, as_json_rows.output
+    assert [
+        (r["key"], r["processes"], r["total_bytes"]) for r in json.loads(as_json_rows.stdout)
+    ] == [
+        (0, 1, 5_001_000),
+        (1000, 2, 5100),
+        (None, 1, 100),
+    ]
+    table = invoke("report", "top-exited-groups", "--by", "user", "--db", str(history))
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:2] == ["GROUP", "PROCS"]
+    assert [line.split()[:2] for line in lines[1:]] == [["root", "1"], ["alice", "2"], ["-", "1"]]
+
+
+def test_report_by_on_a_report_without_groups_exits_2(history: Path) -> None:
+    result = invoke("report", "top-exited", "--by", "unit", "--db", str(history))
+    assert result.exit_code == 2
+    assert result.stderr == "netatop: report top-exited takes no parameter :by\n"
 
 
 # --------------------------------------------------------------------------- top
@@ -1276,9 +1321,9 @@ def test_manual_page_lists_every_command_and_option() -> None:
         }:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
-    # status 2, query 5 + --pid --since (its pointer to the history), top 5,
-    # exited 7 + --control-group (who may read the exit list), report 9, wait-exit 2
-    assert options_seen == 33
+    # status 2, query 6 + --pid --since (its pointer to the history), top 5,
+    # exited 7 + --control-group (who may read the exit list), report 10, wait-exit 2
+    assert options_seen == 35
 
 
 def test_manual_page_renders_without_warnings() -> None:

@@ -110,3 +110,33 @@ def test_check_prints_every_option_with_its_source(tmp_path: Path) -> None:
     assert f"(file {config})" in done.stdout and "(command line)" in done.stdout
     assert "libpcap loads" in done.stdout
     assert not (tmp_path / "run").exists()  # a check captures nothing and creates nothing
+
+
+def _check(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    config = write(tmp_path, f'run-dir = "{tmp_path / "run"}"\nno-atop-socket = true\n')
+    return subprocess.run(
+        [sys.executable, "-m", "netatopd.daemon", "--config", config, "--check", *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_an_abbreviated_option_is_refused_by_name(tmp_path: Path) -> None:
+    """Issue 15 item 9: '--capt kernel' was taken for --capture-timeout-ms (argparse's
+    abbreviations) and failed on 'kernel' as a number; now it is named as unknown."""
+    done = _check(tmp_path, "--capt", "kernel")
+    assert done.returncode == 2
+    error = done.stderr.strip().splitlines()[-1]
+    assert error == "netatopd: error: unrecognized arguments: --capt kernel", done.stderr
+    assert "Traceback" not in done.stderr
+    done = _check(tmp_path, "--capture-time", "5")
+    assert done.returncode == 2
+    assert "unrecognized arguments: --capture-time 5" in done.stderr, done.stderr
+
+
+def test_the_whole_option_capture_kernel_is_the_capture_option(tmp_path: Path) -> None:
+    done = _check(tmp_path, "--capture", "kernel")
+    assert "capture                kernel" in done.stdout, done.stdout + done.stderr
+    assert "invalid int value" not in done.stderr
+    assert not (tmp_path / "run").exists()

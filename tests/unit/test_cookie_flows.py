@@ -7,7 +7,9 @@ import socket
 import pytest
 
 from netatopd.config import ConfigError, resolve
+from netatopd.ebpf import FlowOwner, OwnerKind
 from netatopd.flows import CookieFlow, FlowTable
+from netatopd.ownership.kernel import KernelOwners
 
 TCP, UDP, ICMP = 6, 17, 1
 
@@ -54,3 +56,46 @@ def test_capture_option_and_drain_interval() -> None:
     assert resolve([], environ={"NETATOPD_CAPTURE": "kernel"}).capture == "kernel"
     with pytest.raises(ConfigError, match="capture must be one of pcap, kernel"):
         resolve([], environ={"NETATOPD_CAPTURE": "ebpf"})
+
+
+class FakeHelper:
+    """What KernelOwners drains: a list of records, handed out once."""
+
+    def __init__(self, records: list[FlowOwner]) -> None:
+        self.records = records
+
+    def changes(self) -> int:
+        return len(self.records)
+
+    def drain(self) -> list[FlowOwner]:
+        records, self.records = self.records, []
+        return records
+
+
+def record(kind: OwnerKind, tgid: int, time_ns: int, cookie: int) -> FlowOwner:
+    loopback = bytes((127, 0, 0, 1))
+    return FlowOwner(
+        17, loopback, 5000, b"", 0, tgid, tgid, f"p{tgid}", time_ns, kind, False, cookie
+    )
+
+
+def test_helper_records_name_sockets_by_cookie_the_latest_wins() -> None:
+    """Two namespaces' sockets with the same tuple: told apart by cookie; per cookie the
+    latest send or receive names the owner; cookie 0 (none yet) names nothing."""
+    helper = FakeHelper(
+        [
+            record(OwnerKind.SEND, 100, 5, cookie=11),
+            record(OwnerKind.RECV, 200, 6, cookie=22),  # the same tuple, another socket
+            record(OwnerKind.RECV, 101, 9, cookie=11),  # a later thread of socket 11
+            record(OwnerKind.SEND, 102, 7, cookie=11),  # older than the one before
+            record(OwnerKind.SEND, 300, 8, cookie=0),
+        ]
+    )
+    owners = KernelOwners(helper)  # type: ignore[arg-type]
+    owners.drain()
+    owner_11, owner_22 = owners.owner_of_cookie(11), owners.owner_of_cookie(22)
+    assert owner_11 is not None and owner_22 is not None
+    assert (owner_11.tgid, owner_22.tgid) == (101, 200)
+    assert owners.owner_of_cookie(0) is None and set(owners.by_cookie) == {11, 22}
+    owners.expire(older_than_ns=7)
+    assert set(owners.by_cookie) == {11}

@@ -30,11 +30,13 @@ from netatopd.ebpf.helper import (
 )
 from netatopd.ebpf.programs import (
     COUNTERS,
+    EVERY_NAMESPACE,
     FLOW_KEY,
     OWNER,
     Counter,
     MapFds,
     OwnerKind,
+    Slot,
     TracepointError,
     length_program,
     parse_format,
@@ -188,7 +190,7 @@ format:
 \tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
 """
 
-SOCK = SockOffsets(16, 14, 12, 4, 0, 72, 56, 532, False)
+SOCK = SockOffsets(16, 14, 12, 4, 0, 72, 56, 532, False, 88)
 FDS = MapFds(flows=3, connect=5, counters=6, seen=7, changes=8)
 NET = NetOffsets(sk_net=48, net_ns_inum=136)
 INODE = 0xEFFFFFF9  # 4026531833, the initial network namespace's usual inode
@@ -239,9 +241,95 @@ def test_length_program_uses_the_parsed_offsets_and_map_fds() -> None:
     fds = {imm for code_, regs, _off, imm in insns if code_ == 0x18 and regs >> 4 == 1}
     assert fds == {3, 6, 7, 8}  # flows, counters, seen, changes (connect: the state program)
     # the kind stored in the owner record is SEND (st_imm W at value+32)
-    assert (0x62, 0x0A, -80 + 32, OwnerKind.SEND) in insns
+    assert (0x62, 0x0A, -88 + 32, OwnerKind.SEND) in insns
     # it ends with r0 = 0; exit
     assert insns[-2:] == [(0xB7, 0x00, 0, 0), (0x95, 0, 0, 0)]
+
+
+def test_length_program_records_the_socket_cookie() -> None:
+    """owner.cookie (value+40) = 0, then bpf_probe_read_kernel(8 bytes at sk + skc_cookie)."""
+    fmt = parse_format("sock", "sock_send_length", SEND_FORMAT)
+    insns = _instructions(asm.assemble(length_program(OwnerKind.SEND, fmt, SOCK, FDS, NET, INODE)))
+    zero = insns.index((0x7A, 0x0A, -88 + 40, 0))  # *(u64 *)(fp - 48) = 0
+    read = [
+        (0xBF, 0xA1, 0, 0),  # r1 = fp
+        (0x07, 0x01, 0, -88 + 40),  # r1 += -48 (owner.cookie)
+        (0xB7, 0x02, 0, 8),  # r2 = 8
+        (0xBF, 0x83, 0, 0),  # r3 = r8 (sk)
+        (0x07, 0x03, 0, 88),  # r3 += 88 (skc_cookie)
+        (0x85, 0x00, 0, 113),  # call bpf_probe_read_kernel
+    ]
+    start = insns.index(read[0], zero)
+    assert insns[start : start + len(read)] == read
+    # without a known offset the record carries 0 and nothing is read
+    unknown = SOCK._replace(skc_cookie=-1)
+    plain = _instructions(
+        asm.assemble(length_program(OwnerKind.SEND, fmt, unknown, FDS, NET, INODE))
+    )
+    assert (0x07, 0x03, 0, 88) not in plain and len(plain) == len(insns) - len(read)
+    # the state program's records carry 0
+    state = parse_format("sock", "inet_sock_set_state", STATE_FORMAT)
+    assert (0x7A, 0x0A, -88 + 40, 0) in _instructions(
+        asm.assemble(state_program(state, FDS, NET, INODE))
+    )
+
+
+def test_every_namespace_programs_have_no_filter() -> None:
+    """EVERY_NAMESPACE (the kernel counting path): no namespace reads, no OTHER_NETNS count,
+    nothing unreachable left behind (the verifier refuses it)."""
+    send = parse_format("sock", "sock_send_length", SEND_FORMAT)
+    state = parse_format("sock", "inet_sock_set_state", STATE_FORMAT)
+    for items in (
+        length_program(OwnerKind.RECV, send, SOCK, FDS, NET, EVERY_NAMESPACE),
+        state_program(state, FDS, NET, EVERY_NAMESPACE),
+    ):
+        insns = _instructions(asm.assemble(items))
+        assert not any(insn[0] == 0x56 for insn in insns)  # no 32-bit inode compare
+        assert (0x07, 0x03, 0, 48) not in insns  # skc_net.net is not read
+        assert (0x7B, 0x19, Counter.OTHER_NETNS * 8, 0) not in insns
+        assert_every_instruction_reachable(insns)
+
+
+def test_every_namespace_send_asks_the_seen_map_by_cookie_first() -> None:
+    """Before the tuple's reads: the cookie read (sk + 88), key.slot = COOKIE, and a
+    lookup in the seen map (fd 7) that leaves at once when the thread was just reported."""
+    send = parse_format("sock", "sock_send_length", SEND_FORMAT)
+    insns = _instructions(
+        asm.assemble(length_program(OwnerKind.SEND, send, SOCK, FDS, NET, EVERY_NAMESPACE))
+    )
+    cookie_read = insns.index((0x07, 0x03, 0, 88))
+    slot = insns.index((0x72, 0x0A, -40 + 37, Slot.COOKIE))  # st_imm B key.slot
+    seen_loads = [i for i, insn in enumerate(insns) if insn[0] == 0x18 and insn[3] == 7]
+    first_tuple_read = insns.index((0x07, 0x03, 0, 4))  # skc_rcv_saddr
+    assert cookie_read < slot < seen_loads[0] < first_tuple_read
+    # per namespace: no early check, one seen lookup (and the update)
+    plain = _instructions(asm.assemble(length_program(OwnerKind.SEND, send, SOCK, FDS, NET, INODE)))
+    assert (0x72, 0x0A, -40 + 37, Slot.COOKIE) not in plain
+    assert len([i for i in plain if i[0] == 0x18 and i[3] == 7]) == len(seen_loads) - 2
+
+
+def assert_every_instruction_reachable(insns: list[tuple[int, int, int, int]]) -> None:
+    """What the verifier checks first ("unreachable insn"): a walk from 0 over jumps."""
+    seen: set[int] = set()
+    todo = [0]
+    while todo:
+        index = todo.pop()
+        if index in seen or index >= len(insns):
+            continue
+        seen.add(index)
+        code, _regs, offset, _imm = insns[index]
+        if code == 0x18:  # ld_imm64: two slots
+            seen.add(index + 1)
+            todo.append(index + 2)
+        elif code == 0x95:  # exit
+            continue
+        elif code == 0x05:  # goto
+            todo.append(index + 1 + offset)
+        elif code & 0x07 in (0x05, 0x06) and code != 0x85:  # conditional jumps (JMP, JMP32)
+            todo += [index + 1, index + 1 + offset]
+        else:
+            todo.append(index + 1)
+    assert seen == set(range(len(insns))), sorted(set(range(len(insns))) - seen)
 
 
 def test_state_program_assembles_with_every_label_resolved() -> None:
@@ -261,20 +349,20 @@ def test_state_program_assembles_with_every_label_resolved() -> None:
 NETNS_CHECK = [
     (0x15, 0x08, None, 0),  # if r8 == 0 goto out
     (0xBF, 0xA1, 0, 0),  # r1 = fp
-    (0x07, 0x01, 0, -104),  # r1 += -104 (scratch)
+    (0x07, 0x01, 0, -112),  # r1 += -112 (scratch)
     (0xB7, 0x02, 0, 8),  # r2 = 8
     (0xBF, 0x83, 0, 0),  # r3 = r8
     (0x07, 0x03, 0, 48),  # r3 += 48 (skc_net.net)
     (0x85, 0x00, 0, 113),  # call bpf_probe_read_kernel
     (0x55, 0x00, None, 0),  # if r0 != 0 goto read_failed
-    (0x79, 0xA3, -104, 0),  # r3 = *(u64 *)(fp - 104), the struct net *
+    (0x79, 0xA3, -112, 0),  # r3 = *(u64 *)(fp - 112), the struct net *
     (0x07, 0x03, 0, 136),  # r3 += 136 (ns.inum)
     (0xBF, 0xA1, 0, 0),  # r1 = fp
-    (0x07, 0x01, 0, -104),  # r1 += -104
+    (0x07, 0x01, 0, -112),  # r1 += -112
     (0xB7, 0x02, 0, 4),  # r2 = 4
     (0x85, 0x00, 0, 113),  # call bpf_probe_read_kernel
     (0x55, 0x00, None, 0),  # if r0 != 0 goto read_failed
-    (0x61, 0xA1, -104, 0),  # r1 = *(u32 *)(fp - 104), the inode
+    (0x61, 0xA1, -112, 0),  # r1 = *(u32 *)(fp - 112), the inode
     (0x56, 0x01, None, -0x10000007),  # if (u32)r1 != 0xeffffff9 goto other_netns
 ]
 EXIT = [(0xB7, 0x00, 0, 0), (0x95, 0x00, 0, 0)]  # r0 = 0; exit
@@ -352,7 +440,7 @@ def test_filter_compares_the_inode_it_was_built_for() -> None:
     insns = _instructions(asm.assemble(state_program(fmt, FDS, other, 4026532313)))
     assert (0x07, 0x03, 0, 56) in insns and (0x07, 0x03, 0, 200) in insns
     assert [insn[3] for insn in insns if insn[0] == 0x56] == [4026532313 - (1 << 32)]
-    for bad in (0, 1 << 32, -5):
+    for bad in (1 << 32, -5):  # 0 is EVERY_NAMESPACE
         with pytest.raises(ValueError, match="32-bit inode"):
             state_program(fmt, FDS, NET, bad)
 
@@ -376,7 +464,7 @@ def test_namespace_inode(tmp_path: Path) -> None:
 
 def test_layout_sizes() -> None:
     assert FLOW_KEY.size == 40
-    assert OWNER.size == 40
+    assert OWNER.size == 48
     assert COUNTERS.size == 8 * len(Counter) == 8 * 12
     assert Counter.OTHER_NETNS == 11
 
@@ -385,7 +473,7 @@ def test_decode_ipv4_flow() -> None:
     key = FLOW_KEY.pack(
         bytes([192, 0, 2, 1]) + bytes(12), bytes([198, 51, 100, 7]) + bytes(12), 40000, 80, 2, 0, 6
     )
-    value = OWNER.pack(123456789, 4242, 4200, b"curl\0" + bytes(11), OwnerKind.SEND, 0)
+    value = OWNER.pack(123456789, 4242, 4200, b"curl\0" + bytes(11), OwnerKind.SEND, 0, 7001)
     assert decode_flow(key, value) == FlowOwner(
         6,
         b"\xc0\x00\x02\x01",
@@ -398,6 +486,7 @@ def test_decode_ipv4_flow() -> None:
         123456789,
         OwnerKind.SEND,
         False,
+        7001,
     )
 
 
@@ -406,7 +495,7 @@ def test_decode_ipv4_mapped_ipv6_becomes_ipv4() -> None:
     key = FLOW_KEY.pack(
         mapped, bytes(10) + b"\xff\xff" + bytes([198, 51, 100, 1]), 5000, 443, 10, 1, 6
     )
-    value = OWNER.pack(1, 11, 10, b"a" * 16, OwnerKind.CONNECT, 1)
+    value = OWNER.pack(1, 11, 10, b"a" * 16, OwnerKind.CONNECT, 1, 0)
     owner = decode_flow(key, value)
     assert (owner.local_addr, owner.remote_addr) == (
         bytes([192, 0, 2, 9]),
@@ -418,7 +507,7 @@ def test_decode_ipv4_mapped_ipv6_becomes_ipv4() -> None:
 def test_decode_ipv6_and_unconnected_udp() -> None:
     local = bytes.fromhex("20010db8000000000000000000000001")
     key = FLOW_KEY.pack(local, bytes(16), 53, 0, 10, 0, 17)
-    value = OWNER.pack(5, 7, 7, b"dns\0" + bytes(12), OwnerKind.RECV, 0)
+    value = OWNER.pack(5, 7, 7, b"dns\0" + bytes(12), OwnerKind.RECV, 0, 0)
     owner = decode_flow(key, value)
     assert owner.local_addr == local
     assert owner.remote_addr == b"" and owner.remote_port == 0

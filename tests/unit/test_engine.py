@@ -160,6 +160,10 @@ STATUS_ORDER_PROC = [
         for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
         for unit in ("", "_bytes")
     ),
+    "forwarded_icmp_sent",
+    "forwarded_icmp_received",
+    "forwarded_icmp_sent_bytes",
+    "forwarded_icmp_received_bytes",
     "local_addresses",
     "conntrack",
     "nat_rewrites",

@@ -129,6 +129,34 @@ def test_received_by_destination_sent_by_source_loopback_always_local() -> None:
     assert loop[4:8] not in addresses.asked  # loopback rows are never looked at
 
 
+def test_forwarded_icmp_leaves_the_icmp_figures() -> None:
+    """ICMP by the address test: a ping to the router and its reply are its own; a
+    ping passing through (in and out) is forwarded; loopback is local, never asked."""
+    addresses = FakeAddresses(ROUTER)
+    locality = Locality(addresses)
+    sums = BatchSums()
+    sums.add_icmp(RECEIVED, 4, OUTSIDE + ROUTER, 4 * 102)  # echo requests to the router
+    sums.add_icmp(SENT, 4, ROUTER + OUTSIDE, 4 * 102)  # its replies
+    sums.add_icmp(RECEIVED, 3, INSIDE + OUTSIDE, 3 * 102)  # passing: in ...
+    sums.add_icmp(SENT, 3, INSIDE + OUTSIDE, 3 * 102)  # ... and out
+    sums.add_icmp(RECEIVED, 2, OUTSIDE + INSIDE, 2 * 90)  # the replies passing back
+    sums.add_icmp(SENT, 2, OUTSIDE + INSIDE, 2 * 90)
+    loopback = bytes((127, 0, 0, 1)) * 2
+    sums.add_icmp(LOOPBACK, 5, loopback, 5 * 102)
+    assert (sums.icmp_sent, sums.icmp_received) == (4 + 3 + 2 + 5, 4 + 3 + 2 + 5)
+    locality.split(sums)
+    assert (sums.icmp_sent, sums.icmp_received) == (4 + 5, 4 + 5)
+    figures = locality.figures()
+    assert figures["forwarded_icmp_sent"] == 5 and figures["forwarded_icmp_received"] == 5
+    assert figures["forwarded_icmp_sent_bytes"] == 3 * 102 + 2 * 90
+    assert figures["forwarded_icmp_received_bytes"] == 3 * 102 + 2 * 90
+    assert figures["forwarded_udp_sent"] == 0 and figures["counted_udp_sent"] == 0
+    assert bytes((127, 0, 0, 1)) not in addresses.asked
+    flows = FlowTable()
+    flows.charge(sums, 1.0)
+    assert (flows.totals.icmp_sent, flows.totals.icmp_received) == (9, 9)
+
+
 def test_forwarded_rows_make_no_flows() -> None:
     locality = Locality(FakeAddresses(ROUTER))
     flows = FlowTable()

@@ -77,3 +77,10 @@ def test_daemon_page_has_exit_status_and_overhead() -> None:
         "udprcvbytes",
     ):
         assert counter in text
+
+
+def test_netatop_page_covers_the_commands_own_options() -> None:
+    options = options_in_help([sys.executable, "-m", "netatopd.cli"])
+    assert "--version" in options
+    rendered = text_of(MAN / "netatop.1")
+    assert sorted(o for o in options if o not in rendered) == []

@@ -134,7 +134,7 @@ IPV6_AH_UDP = frame(
 )
 IPV6_AH_UDP_KEY = frame(V6_SRC + V6_DST + "0007 0009")
 
-# ICMPv4 echo received on ifindex 3: tot_len 84, wire 84 + 14 + 4 = 102, key b"".
+# ICMPv4 echo received on ifindex 3: tot_len 84, wire 84 + 14 + 4 = 102, key: the addresses.
 IPV4_ICMP = frame(
     SLL2_ETH3_IN_V4 + "45 00 0054 0004 0000 40 01 0000 c6336402 c0000201 0800 0000 0001 0001"
 )
@@ -169,8 +169,8 @@ GOLDEN_PACKETS: list[tuple[str, bytes, tuple[int, int, bytes, int]]] = [
         (Direction.SENT, PROTO_TCP, IPV4_TCP_SENT_KEY, 65614),
     ),
     ("ipv6 ah", IPV6_AH_UDP, (Direction.RECEIVED, PROTO_UDP, IPV6_AH_UDP_KEY, 76)),
-    ("icmp", IPV4_ICMP, (Direction.RECEIVED, PROTO_ICMP, b"", 102)),
-    ("icmpv6", IPV6_ICMP, (Direction.RECEIVED, PROTO_ICMPV6, b"", 66)),
+    ("icmp", IPV4_ICMP, (Direction.RECEIVED, PROTO_ICMP, frame("c6336402 c0000201"), 102)),
+    ("icmpv6", IPV6_ICMP, (Direction.RECEIVED, PROTO_ICMPV6, frame(V6_SRC + V6_DST), 66)),
 ]
 
 
@@ -501,7 +501,7 @@ def _valid_result(result: object) -> bool:
     return (
         direction in (0, 1, 2)
         and proto in (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6)
-        and len(key) in ((0,) if proto in (PROTO_ICMP, PROTO_ICMPV6) else (12, 36))
+        and len(key) in ((8, 32) if proto in (PROTO_ICMP, PROTO_ICMPV6) else (12, 36))
         and wire > 0
     )
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import apsw
 import pytest
 
+from netatopd.cgroups import container_group, unit_group
 from netatopd.history import StoreError, list_reports, open_db, parse_time, run_report
+from netatopd.history.reports import place_group
 from netatopd.protocol import COUNTER_NAMES
 
 T0 = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp())  # 1795737600
@@ -77,6 +79,35 @@ NO_FILTER: dict[str, object] = {
     "pid": None,
     "order": None,
 }
+
+# Where each process ran (schema version 4), set on the rows above by tgid:
+# (cgroup, unit, container) as the writer stores them (placement_labels; NULL for none).
+DOCKER_ID = "d0" * 32
+PLACES = {
+    100: ("/system.slice/nginx.service", "nginx.service", None),
+    101: ("/", None, None),  # the root cgroup: no unit, no container
+    200: (f"/system.slice/docker-{DOCKER_ID}.scope", f"docker-{DOCKER_ID}.scope")
+    + (f"docker:{DOCKER_ID}",),
+    300: ("/lxc/dig-box", None, None),  # a layout no rule names: grouped by its path
+    # 400 (ssh): NULL, the cgroup was not read
+}
+GROUP_COLUMNS = ["key", "processes", *WINDOW_COLUMNS]
+# Per unit (samples): curl docker-<id>.scope, nginx 100 nginx.service, dig its path,
+# nginx 101 (no unit), ssh (unknown).
+BY_UNIT = [
+    (f"docker-{DOCKER_ID}.scope", 1, 4, 400, 5, 4200, 4600),
+    ("nginx.service", 1, 15, 1500, 25, 2500, 4000),
+    ("/lxc/dig-box", 1, 2, 150, 2, 350, 500),
+    ("(no unit)", 1, 1, 100, 1, 100, 200),
+    ("(unknown)", 1, 1, 60, 1, 40, 100),
+]
+# Per container: curl its container, both nginx (no container), dig its path, ssh (unknown).
+BY_CONTAINER = [
+    (f"docker:{DOCKER_ID}", 1, 4, 400, 5, 4200, 4600),
+    ("(no container)", 2, 16, 1600, 26, 2600, 4200),
+    ("/lxc/dig-box", 1, 2, 150, 2, 350, 500),
+    ("(unknown)", 1, 1, 60, 1, 40, 100),
+]
 
 # name -> (params, columns, rows): one entry per report file, all of them.
 EXPECTED: dict[str, list[tuple[dict[str, object], list[str], list[tuple[object, ...]]]]] = {
@@ -153,6 +184,72 @@ EXPECTED: dict[str, list[tuple[dict[str, object], list[str], list[tuple[object, 
         ({"order": "received"}, HOURLY_COLUMNS, [HOUR_1, HOUR_0, HOUR_2]),
         ({"pid": 300}, HOURLY_COLUMNS, [HOUR_2]),
     ],
+    "by-unit": [
+        (NO_FILTER, ["unit", *GROUP_COLUMNS[1:]], BY_UNIT),
+        # bytes sent: nginx.service 1500, docker 400, dig 150, (no unit) 100, (unknown) 60
+        ({"order": "sent", "limit": 2}, ["unit", *GROUP_COLUMNS[1:]], [BY_UNIT[1], BY_UNIT[0]]),
+        ({"command": "nginx"}, ["unit", *GROUP_COLUMNS[1:]], [BY_UNIT[1], BY_UNIT[3]]),
+    ],
+    "by-container": [
+        (NO_FILTER, ["container", *GROUP_COLUMNS[1:]], BY_CONTAINER),
+        (
+            {"pid": 101},
+            ["container", *GROUP_COLUMNS[1:]],
+            [("(no container)", 1, 1, 100, 1, 100, 200)],
+        ),
+        # 00:xx only: nginx 100's first sample and nginx 101; ssh
+        (
+            {"until": T0 + 3600},
+            ["container", *GROUP_COLUMNS[1:]],
+            [("(no container)", 2, 11, 1100, 21, 2100, 3200), ("(unknown)", 1, 1, 60, 1, 40, 100)],
+        ),
+    ],
+    "top-groups": [
+        # by command (the default): as by-command
+        (
+            NO_FILTER,
+            GROUP_COLUMNS,
+            [
+                ("curl", 1, 4, 400, 5, 4200, 4600),
+                ("nginx", 2, 16, 1600, 26, 2600, 4200),
+                ("dig", 1, 2, 150, 2, 350, 500),
+                ("ssh", 1, 1, 60, 1, 40, 100),
+            ],
+        ),
+        ({"by": "unit"}, GROUP_COLUMNS, BY_UNIT),
+        ({"by": "container"}, GROUP_COLUMNS, BY_CONTAINER),
+        (
+            {"by": "user"},
+            GROUP_COLUMNS,
+            [
+                (1000, 2, 6, 550, 7, 4550, 5100),
+                (33, 2, 16, 1600, 26, 2600, 4200),
+                (None, 1, 1, 60, 1, 40, 100),
+            ],
+        ),
+        ({"by": "container", "order": "received", "limit": 1}, GROUP_COLUMNS, [BY_CONTAINER[0]]),
+    ],
+    "top-exited-groups": [
+        # the final counters of curl, dig and ssh (exited)
+        (
+            NO_FILTER,
+            GROUP_COLUMNS,
+            [
+                ("curl", 1, 4, 400, 5, 4200, 4600),
+                ("dig", 1, 2, 150, 2, 350, 500),
+                ("ssh", 1, 1, 60, 1, 40, 100),
+            ],
+        ),
+        ({"by": "unit"}, GROUP_COLUMNS, [BY_UNIT[0], BY_UNIT[2], BY_UNIT[4]]),
+        ({"by": "container"}, GROUP_COLUMNS, [BY_CONTAINER[0], BY_CONTAINER[2], BY_CONTAINER[3]]),
+        (
+            {"by": "user"},
+            GROUP_COLUMNS,
+            [(1000, 2, 6, 550, 7, 4550, 5100), (None, 1, 1, 60, 1, 40, 100)],
+        ),
+        # exit_time in [00:30, 02:00): curl only
+        ({"by": "unit", "since": T0 + 1800, "until": T0 + 7200}, GROUP_COLUMNS, [BY_UNIT[0]]),
+    ],
     "recent-exits": [
         (NO_FILTER, EXIT_COLUMNS, [EXIT_DIG, EXIT_CURL, EXIT_SSH]),
         ({"since": T0 + 700.0, "until": T0 + 7300.0}, EXIT_COLUMNS, [EXIT_CURL, EXIT_SSH]),
@@ -196,6 +293,11 @@ def history(tmp_path: Path) -> apsw.Connection:
     with conn:
         conn.executemany(SAMPLES_INSERT, SAMPLES)
         conn.executemany(EXITED_INSERT, EXITED)
+        for table in ("samples", "exited"):
+            conn.executemany(
+                f"UPDATE {table} SET cgroup = ?, unit = ?, container = ? WHERE tgid = ?",
+                [(*place, tgid) for tgid, place in PLACES.items()],
+            )
     conn.close()
     return open_db(path, readonly=True)
 
@@ -206,7 +308,29 @@ def test_every_report_has_a_header_and_a_known_answer() -> None:
     for report in reports:
         assert Path(report.path).stem == report.name
         assert report.description and "\n" not in report.description
-        assert report.params == ("since", "until", "limit", "command", "pid", "order")
+        grouped = ("by",) if report.name.endswith("-groups") else ()
+        assert report.params == ("since", "until", "limit", "command", "pid", "order", *grouped)
+
+
+@pytest.mark.parametrize("name", ["top-processes", "by-unit", "recent-exits"])
+def test_a_report_without_groups_refuses_by(history: apsw.Connection, name: str) -> None:
+    with pytest.raises(ValueError, match=f"report {name} takes no parameter :by"):
+        run_report(history, name, {"by": "unit"})
+
+
+def test_a_group_nobody_knows_is_refused(history: apsw.Connection) -> None:
+    with pytest.raises(ValueError, match="place_group groups by unit or container"):
+        run_report(history, "top-groups", {"by": "cgroup"})
+
+
+def test_place_group_in_sql_is_the_rule_of_the_live_rows() -> None:
+    """The SQL function gives the group cgroups' rules give the live rows."""
+    places = [*PLACES.values(), (None, None, None), ("/kubepods/x", None, "pod:1")]
+    for cgroup, unit, container in places:
+        assert place_group("unit", cgroup, unit, container) == unit_group(cgroup, unit, container)
+        assert place_group("container", cgroup, unit, container) == container_group(
+            cgroup, unit, container
+        )
 
 
 @pytest.mark.parametrize(

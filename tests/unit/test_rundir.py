@@ -259,3 +259,83 @@ def test_a_socket_name_taken_by_something_else_is_refused(
     with pytest.raises(RunDirError, match="not a socket"):
         safe.bind_socket("control", 0o600)
     assert (tmp_path / "victim").read_text() == "precious"
+
+
+# -- what a daemon that does not start takes away again (issue 15 item 6) ---------------
+
+
+def test_directories_made_are_removed_again_and_only_those(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir(mode=0o755)
+    made = open_directory(str(tmp_path / "a" / "b" / "run"))
+    assert made.made == (str(tmp_path / "a" / "b" / "run"), str(tmp_path / "a" / "b"))
+    lock = made.lock()
+    assert lock.remove_made() is True
+    assert made.remove_made() == [str(tmp_path / "a" / "b" / "run"), str(tmp_path / "a" / "b")]
+    assert os.listdir(tmp_path / "a") == []  # "a" was there before: it stays
+
+
+def test_a_directory_that_was_there_stays_with_its_old_lock_file(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    (run / LOCK_NAME).write_text("")
+    os.chmod(run / LOCK_NAME, 0o600)
+    before = os.stat(run / LOCK_NAME)
+    existing = open_directory(str(run))
+    assert existing.made == ()
+    assert existing.lock().remove_made() is False  # not made by this lock
+    assert existing.remove_made() == []
+    assert os.listdir(run) == [LOCK_NAME]
+    assert os.stat(run / LOCK_NAME).st_ino == before.st_ino
+
+
+def test_a_lock_file_made_in_an_existing_directory_is_removed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    existing = open_directory(str(run))
+    assert existing.lock().remove_made() is True
+    existing.close()
+    assert os.listdir(run) == []
+
+
+def test_a_refused_second_taker_removes_nothing(tmp_path: Path) -> None:
+    first = open_directory(str(tmp_path / "run"))
+    held = first.lock()
+    second = open_directory(str(tmp_path / "run"))
+    assert second.made == ()  # the first made it
+    with pytest.raises(AlreadyRunning):
+        second.lock()
+    assert second.remove_made() == []
+    assert os.listdir(tmp_path / "run") == [LOCK_NAME]
+    assert (tmp_path / "run" / LOCK_NAME).read_text().strip() == str(os.getpid())
+    held.release()
+    first.close()
+
+
+def test_a_directory_someone_wrote_in_meanwhile_stays(tmp_path: Path) -> None:
+    made = open_directory(str(tmp_path / "run"))
+    (tmp_path / "run" / "other").write_text("x")
+    assert made.remove_made() == []
+    assert os.listdir(tmp_path / "run") == ["other"]
+
+
+def test_a_lock_file_removed_before_the_flock_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that failed to start removes its lock file; one that opened that file
+    just before must not hold a lock on a file that no longer has the name."""
+    directory = open_directory(str(tmp_path / "run"))
+    real_flock = rundir.fcntl.flock
+    calls = []
+
+    def flock_after_removal(fd: int, operation: int) -> None:
+        if not calls:
+            os.unlink(tmp_path / "run" / LOCK_NAME)  # what a failing daemon does
+        calls.append(fd)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock_after_removal)
+    lock = directory.lock()
+    assert len(calls) == 2
+    assert os.fstat(lock.fd).st_ino == os.stat(tmp_path / "run" / LOCK_NAME).st_ino
+    lock.release()
+    directory.close()

@@ -54,10 +54,17 @@ def test_every_figure_is_declared_once_in_a_shown_group() -> None:
     assert len(names) == len(set(names))
     groups = {entry.group for entry in status.REGISTRY}
     assert groups <= set(status.GROUPS)
+    # The daemon's internals only with --verbose (issue 15 item 9).
     assert {group.heading for group in status.GROUPS if group.verbose} == {
         "eBPF",
         "Namespace inodes",
         "Kernel path objects",
+        "Sweep",
+        "Resolver",
+        "Atop socket",
+        "Forwarded",
+        "Balance",
+        "Process events",
     }
     families = [entry for entry in status.REGISTRY if isinstance(entry, status.Family)]
     assert [(f.prefix, f.group) for f in families] == [("ebpf_", status.EBPF)]

@@ -1,0 +1,36 @@
+-- by-unit: bytes and packets per systemd unit in a time window (from samples), largest first
+-- params: :since :until :limit :command :pid :order
+--
+-- Sample rows whose time is in [:since, :until), grouped by
+-- place_group('unit', ...), the rule of netatop query --by unit: the
+-- unit, else '(no unit)' (the root cgroup, or a container's cgroup
+-- made without systemd), else '(unknown)' (cgroup not read, or a row
+-- written before schema version 4), else the cgroup path itself (a
+-- layout netatopd does not name).  :command narrows to one command name,
+-- :pid to one process; :order as in top-processes (ties: more bytes in
+-- all, then more bytes sent, then the unit).
+SELECT
+    place_group('unit', cgroup, unit, container) AS unit,
+    count(DISTINCT tgid || '/' || btime) AS processes,
+    sum(sndpacks) AS sndpacks,
+    sum(sndbytes) AS sndbytes,
+    sum(rcvpacks) AS rcvpacks,
+    sum(rcvbytes) AS rcvbytes,
+    sum(total_bytes) AS total_bytes
+FROM sample_totals
+WHERE (:since IS NULL OR time >= :since)
+  AND (:until IS NULL OR time < :until)
+  AND (:command IS NULL OR command = :command)
+  AND (:pid IS NULL OR tgid = :pid)
+GROUP BY 1
+ORDER BY
+    CASE :order
+        WHEN 'packets' THEN sum(sndpacks) + sum(rcvpacks)
+        WHEN 'sent' THEN sum(sndbytes)
+        WHEN 'received' THEN sum(rcvbytes)
+        WHEN 'sent-packets' THEN sum(sndpacks)
+        WHEN 'received-packets' THEN sum(rcvpacks)
+        ELSE sum(total_bytes)
+    END DESC,
+    sum(total_bytes) DESC, sum(sndbytes) DESC, 1
+LIMIT coalesce(:limit, -1);
