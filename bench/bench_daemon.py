@@ -18,8 +18,9 @@ Figures (see bench/README.md for what each one measures and how):
   * the kernel counting path (``--capture kernel``, monitor netatopd-kernel): its
     CPU per packet as above, and (section sender) what a monitored Python UDP
     sender pays under no monitor, the libpcap path, the kernel path, tcpdump and
-    nethogs in one run, and the cgroup_skb programs' own ns per packet from the
-    kernel's BPF run statistics;
+    nethogs in one run (interleaved with no-monitor rounds: none, m1, none, m2, ...),
+    the daemon's CPU per datagram during that send (less its idle CPU), and the
+    cgroup_skb programs' own ns per packet from the kernel's BPF run statistics;
   * in-process cost of the per-packet path (parse_batch + count_packets against
     count_records and count_fixed, each charged to a FlowTable) on synthetic batches.
 """
@@ -342,6 +343,10 @@ class Figures:
     def add(self, figure: str, monitor: str, value: float, unit: str) -> None:
         self.rows.setdefault(figure, {}).setdefault(monitor, []).append(value)
         self.units[figure] = unit
+
+    def monitors(self) -> set[str]:
+        """Every monitor with a figure."""
+        return {monitor for per_monitor in self.rows.values() for monitor in per_monitor}
 
     def median(self, figure: str, monitor: str) -> float | None:
         values = self.rows.get(figure, {}).get(monitor)
@@ -862,33 +867,76 @@ def program_run_stats(object_ids: dict[str, list[int]]) -> tuple[int, int]:
 
 
 def sender_figures(
-    figures: Figures, ns: Netns, workdir: Path, seconds: float, repeats: int, notes: list[str]
+    figures: Figures,
+    ns: Netns,
+    workdir: Path,
+    seconds: float,
+    repeats: int,
+    notes: list[str],
+    wanted: list[str] | None = None,
 ) -> None:
     """What the monitored application pays: a UDP sender's rate with no monitor, under the
     libpcap path, the kernel path (BPF statistics off), tcpdump and nethogs, in one run;
     then the kernel path once more with BPF statistics on for the programs' own ns a
-    packet (a loopback datagram is one run at egress and one at ingress)."""
-    monitors: list[tuple[str, type[Monitor] | None]] = [
-        ("none", None),
+    packet (a loopback datagram is one run at egress and one at ingress).
+
+    Interleaved: each repeat runs none, m1, none, m2, ..., none, so every monitor's
+    round has a no-monitor round right before and right after it; its slowdown is
+    its rate against the mean of those two (a drift of the machine's load between
+    rounds cancels out), reported as median and spread over the repeats.  For the
+    daemon, its CPU during the send is also taken, less its CPU over an idle window
+    of the same length just before (the kernel path counts the whole machine, so
+    other traffic is not charged to the datagrams), per datagram sent.
+    """
+    available: list[tuple[str, type[Monitor]]] = [
         ("netatopd", Netatopd),
         ("netatopd-kernel", NetatopdKernel),
         ("netatopd-kernel-proc", NetatopdKernelProc),
     ]
     for name, cls in (("tcpdump", Tcpdump), ("nethogs", Nethogs)):
         if shutil.which(name):
-            monitors.append((name, cls))
+            available.append((name, cls))
+    monitors = [(n, c) for n, c in available if wanted is None or n in wanted]
     for _ in range(repeats):
+        before, _ = sender_rate(ns, seconds)
+        figures.add("sender rate, 64-byte UDP, max", "none", before, "pps")
         for name, monitor_class in monitors:
-            monitor = monitor_class(ns, workdir) if monitor_class is not None else None
+            monitor = monitor_class(ns, workdir)
             try:
-                rate, _ = sender_rate(ns, seconds)
+                daemon = isinstance(monitor, Netatopd)
+                if daemon:
+                    monitor.settle()
+                    idle_start = monitor.cpu_ns()
+                    time.sleep(seconds)
+                    idle_ns = monitor.cpu_ns() - idle_start
+                send_start = monitor.cpu_ns()
+                switches = proc_status_field(monitor.pid, "voluntary_ctxt_switches")
+                rate, sent = sender_rate(ns, seconds)
+                send_ns = monitor.cpu_ns() - send_start
+                switches = proc_status_field(monitor.pid, "voluntary_ctxt_switches") - switches
             finally:
-                if monitor is not None:
-                    monitor.stop()
+                monitor.stop()
+            after, _ = sender_rate(ns, seconds)
+            figures.add("sender rate, 64-byte UDP, max", "none", after, "pps")
             figures.add("sender rate, 64-byte UDP, max", name, rate, "pps")
-            baseline = figures.median("sender rate, 64-byte UDP, max", "none")
-            if baseline:
-                figures.add("sender slowed by", name, (1 - rate / baseline) * 100, "%")
+            figures.add(
+                "sender slowed by (vs none beside)",
+                name,
+                (1 - 2 * rate / (before + after)) * 100,
+                "%",
+            )
+            if daemon:
+                # The main thread's sleeps ended (poll wake-ups), a load-independent figure.
+                figures.add("daemon wake-ups/s during the send", name, switches / seconds, "/s")
+            if daemon and sent:
+                figures.add("daemon cpu/datagram sent", name, send_ns / sent / 1000, "us")
+                figures.add(
+                    "daemon cpu/datagram sent, less idle",
+                    name,
+                    (send_ns - idle_ns) / sent / 1000,
+                    "us",
+                )
+            before = after
     os.environ["NETATOPD_BPF_RUN_STATS"] = "1"
     try:
         monitor = NetatopdKernel(ns, workdir)
@@ -932,6 +980,16 @@ def main() -> None:
         " with --single-lane), netatopd-kernel (--capture kernel), tcpdump, nethogs",
     )
     parser.add_argument("--daemon-option", action="append", default=[], help="extra option")
+    parser.add_argument(
+        "--sender-repeats",
+        type=int,
+        help="interleaved repeats of the sender section (default 7, quick 3)",
+    )
+    parser.add_argument(
+        "--sender-monitors",
+        default="netatopd,netatopd-kernel,tcpdump,nethogs",
+        help="monitors of the sender section (each between two rounds with none)",
+    )
     options = parser.parse_args()
     Netatopd.extra = list(options.daemon_option)
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("taskset"):
@@ -989,15 +1047,21 @@ def main() -> None:
             if "inprocess" in sections:
                 inprocess_figures(figures, repeats)
             if "sender" in sections:
-                sender_figures(figures, ns, workdir, 2.0 if quick else 5.0, repeats, notes)
+                sender_figures(
+                    figures,
+                    ns,
+                    workdir,
+                    2.0 if quick else 5.0,
+                    options.sender_repeats or (3 if quick else 7),
+                    notes,
+                    options.sender_monitors.split(","),
+                )
     finally:
         ns.delete()
     shown = [m.name for m in monitor_classes] or ["netatopd"]
     if "sender" in sections:
-        shown = [
-            "none",
-            *dict.fromkeys([*shown, "netatopd", "netatopd-kernel", "netatopd-kernel-proc"]),
-        ]
+        sender_shown = [m for m in options.sender_monitors.split(",") if m in figures.monitors()]
+        shown = ["none", *dict.fromkeys([*shown, *sender_shown])]
     print_table(figures, shown, notes)
     print(f"bench took {time.monotonic() - started:.0f} s")
 

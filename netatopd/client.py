@@ -1,7 +1,9 @@
 """A client of the control socket, for the CLI, scripts and tests.
 
 Owns one Unix stream connection to server.py's control socket and NetPerTask,
-a reply record as the wire carries it (struct netpertask).  Called by the
+a reply record as the wire carries it (struct netpertask); the *_detail calls
+return the JSON objects of the *_DETAIL commands (protocol.DETAIL_FIELDS:
+who each process is, its times and counters).  Called by the
 netatop command (cli.sources, cli.commands), the privileged tests and
 bench_daemon.py.  Translates the daemon's error replies into Python exceptions:
 ESRCH -> ProcessLookupError, an unreachable or refused socket -> DaemonNotRunning
@@ -17,7 +19,7 @@ import os
 import socket
 import struct
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .defaults import CONTROL_SOCKET_NAME, RUN_DIR_DEFAULT
 from .protocol import (
@@ -190,3 +192,29 @@ class ControlClient:
 
     def list_exited(self) -> list[NetPerTask]:
         return self._records(self.request(Command.LIST_EXIT))
+
+    # Identity included: objects with protocol.DETAIL_FIELDS.
+
+    @staticmethod
+    def _details(payload: bytes) -> list[dict[str, Any]]:
+        try:
+            answer = json.loads(payload)
+        except ValueError as err:
+            raise ProtocolError(f"a detail reply that is not JSON: {err}") from err
+        if isinstance(answer, dict):
+            answer = [answer]
+        if not isinstance(answer, list) or not all(isinstance(a, dict) for a in answer):
+            raise ProtocolError("a detail reply that is not objects")
+        return answer
+
+    def list_tasks_detail(self) -> list[dict[str, Any]]:
+        """Every live process with its identity."""
+        return self._details(self.request(Command.LIST_TASKS_DETAIL))
+
+    def list_exited_detail(self) -> list[dict[str, Any]]:
+        """The exit list with each process's identity and exit time, not consumed."""
+        return self._details(self.request(Command.LIST_EXIT_DETAIL))
+
+    def getcnt_exit_detail(self) -> dict[str, Any]:
+        """The oldest finished process, taken off the exit list (waits for one)."""
+        return self._details(self.request(Command.GETCNT_EXIT_DETAIL))[0]

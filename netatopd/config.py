@@ -57,6 +57,7 @@ from .metrics.options import (
 
 ENV_PREFIX = "NETATOPD_"
 DRAIN_INTERVAL_MS_DEFAULT = 10  # --capture kernel: the sums are read this often
+SUM_INTERVAL_MS_DEFAULT = 250  # --capture kernel: ... when only known sockets sent
 
 
 class ConfigError(Exception):
@@ -243,8 +244,17 @@ OPTIONS: tuple[Option, ...] = (
         "--drain-interval-ms",
         int,
         DRAIN_INTERVAL_MS_DEFAULT,
-        "--capture kernel: how often the per-socket sums are read from the kernel"
-        " (a packet is counted at most this late)",
+        "--capture kernel: the sums are read at most this often when new sockets come"
+        " (a new socket's packet is counted at most this late)",
+        1,
+    ),
+    Option(
+        "--sum-interval-ms",
+        int,
+        SUM_INTERVAL_MS_DEFAULT,
+        "--capture kernel: how often the sums are read when only sockets met before"
+        " sent or received (counted at most this late; a process's exit and a SYNC"
+        " read them at once)",
         1,
     ),
     Option(

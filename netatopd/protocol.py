@@ -48,6 +48,29 @@ class Command(IntEnum):
     SYNC = 15678  # answers once every packet captured before it is counted
     LIST_TASKS = 15679  # every live process: netpertask records
     LIST_EXIT = 15680  # the exit list, not consumed: netpertask records
+    # The same with each process's identity, as JSON (DETAIL_FIELDS):
+    LIST_TASKS_DETAIL = 15681  # array of every live process
+    LIST_EXIT_DETAIL = 15682  # array of the exit list, not consumed
+    GETCNT_EXIT_DETAIL = 15683  # one object: the oldest finished process, taken (blocks)
+
+
+# Keys of the objects the *_DETAIL commands answer: who the process is, then the
+# counters (COUNTER_NAMES).  Times are epoch seconds; uid -1 and "" mean unknown
+# or none; exit_time is null for a live process.
+DETAIL_FIELDS: tuple[str, ...] = (
+    "tgid",
+    "btime",
+    "command",
+    "cmdline",
+    "uid",
+    "unit",
+    "container",
+    "cgroup",
+    "first_activity",
+    "last_activity",
+    "exit_time",
+    *COUNTER_NAMES,
+)
 
 
 # Request, 16 bytes:

@@ -98,6 +98,9 @@ class ControlBackend(Protocol):
     def status(self) -> dict[str, object]: ...
     def list_tasks(self) -> bytes: ...
     def list_exited(self) -> bytes: ...
+    def list_tasks_detail(self) -> bytes: ...
+    def list_exited_detail(self) -> bytes: ...
+    def pop_exited_detail(self) -> bytes | None: ...
     def start_sync(self) -> object: ...
     def sync_done(self, token: object) -> bool: ...
 
@@ -550,9 +553,13 @@ class ControlServer(UnixStreamServer[Connection]):
             self._reply(conn, cmd, 0, backend.list_tasks())
         elif cmd == Command.LIST_EXIT:
             self._reply(conn, cmd, 0, backend.list_exited())
+        elif cmd == Command.LIST_TASKS_DETAIL:
+            self._reply(conn, cmd, 0, backend.list_tasks_detail())
+        elif cmd == Command.LIST_EXIT_DETAIL:
+            self._reply(conn, cmd, 0, backend.list_exited_detail())
         elif cmd == Command.SYNC:
             conn.waiting = (cmd, backend.start_sync())
-        else:  # GETCNT_EXIT and EMPTY_EXIT block until they can be answered
+        else:  # GETCNT_EXIT(_DETAIL) and EMPTY_EXIT block until they can be answered
             conn.waiting = (cmd, None)
         self._answer_waiters()
 
@@ -569,8 +576,11 @@ class ControlServer(UnixStreamServer[Connection]):
             if conn.waiting is None or conn.sock.fileno() < 0:
                 continue
             cmd, token = conn.waiting
-            if cmd == Command.GETCNT_EXIT:
-                record = self.backend.pop_exited()
+            if cmd in (Command.GETCNT_EXIT, Command.GETCNT_EXIT_DETAIL):
+                if cmd == Command.GETCNT_EXIT:
+                    record = self.backend.pop_exited()
+                else:
+                    record = self.backend.pop_exited_detail()
                 if record is None:
                     continue
                 self._reply(conn, cmd, 0, record)

@@ -133,7 +133,8 @@ class Field:
     value); unit: a word after the value; column: its column in a TABLE group;
     default: shown when absent (None: not shown); duration: seconds shown as
     days and h:mm:ss; when: a path whose value must be true for the figure
-    to be reported at all.
+    to be reported at all; quiet_zero: left off the status screen without
+    --verbose while it is 0 (a host that forwards nothing needs no such row).
     """
 
     name: str
@@ -147,6 +148,7 @@ class Field:
     default: object = None
     duration: bool = False
     when: str = ""
+    quiet_zero: bool = False
     read: Callable[[object], object] = field(init=False, repr=False, compare=False)
     present: Callable[[object], object] | None = field(init=False, repr=False, compare=False)
 
@@ -212,7 +214,14 @@ def _forwarded(name: str, label: str, column: str) -> tuple[Field, Field]:
     """A forwarded figure's packets (in the Packets table) and bytes (on the Forwarded line)."""
     source = f"locality_figures.forwarded_{name}"
     return (
-        Field(f"forwarded_{name}", PACKETS, f"{label[:3]} forwarded", source, column=column),
+        Field(
+            f"forwarded_{name}",
+            PACKETS,
+            f"{label.split()[0]} forwarded",
+            source,
+            column=column,
+            quiet_zero=True,
+        ),
         Field(f"forwarded_{name}_bytes", FORWARDED, label, f"{source}_bytes", unit="bytes"),
     )
 
@@ -310,6 +319,15 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("proc_denied", RESOLVER, "/proc denied", "resolver.inodes.denied"),
     Field("gc_runs", SWEEP, "runs", "sweeper.runs"),
     Field("table_capacity", TABLE, "capacity", "table.capacity"),
+    # Strings (command lines, units ...) the last publish had no room for in the
+    # table's text area; reported only when some were.
+    Field(
+        "table_text_refused",
+        TABLE,
+        "strings left out",
+        "table.text_refused_last",
+        when="table.text_refused_last",
+    ),
     Field("history", HISTORY, "", "history_note", default="on"),
     Field("ownership", HEADER, "", "ownership", fmt="owner resolution: {}", default="?"),
     Field("ownership_note", OWNERS, "", "ownership_note"),
@@ -344,34 +362,8 @@ REGISTRY: tuple[Field | Family, ...] = (
     *_forwarded("tcp_received", "TCP received", "RECEIVED"),
     *_forwarded("udp_sent", "UDP sent", "SENT"),
     *_forwarded("udp_received", "UDP received", "RECEIVED"),
-    Field(
-        "forwarded_icmp_sent",
-        PACKETS,
-        "ICMP forwarded",
-        "locality_figures.forwarded_icmp_sent",
-        column="SENT",
-    ),
-    Field(
-        "forwarded_icmp_received",
-        PACKETS,
-        "ICMP forwarded",
-        "locality_figures.forwarded_icmp_received",
-        column="RECEIVED",
-    ),
-    Field(
-        "forwarded_icmp_sent_bytes",
-        FORWARDED,
-        "ICMP sent",
-        "locality_figures.forwarded_icmp_sent_bytes",
-        unit="bytes",
-    ),
-    Field(
-        "forwarded_icmp_received_bytes",
-        FORWARDED,
-        "ICMP received",
-        "locality_figures.forwarded_icmp_received_bytes",
-        unit="bytes",
-    ),
+    *_forwarded("icmp_sent", "ICMP sent", "SENT"),
+    *_forwarded("icmp_received", "ICMP received", "RECEIVED"),
     Field("local_addresses", FORWARDED, "local addresses", "locality.note"),
     Field("conntrack", FORWARDED, "conntrack", "locality.conntrack_note"),
     Field("nat_rewrites", FORWARDED, "NAT rewrites", "locality.nat_rewrites"),

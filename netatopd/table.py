@@ -1,16 +1,20 @@
 """The shared-memory counter table: every task's counters and STATUS, for any reader.
 
-The daemon, the only writer, publishes every task's counters and the STATUS
-counters into one file in the run directory (tmpfs), memory-mapped; any number
-of readers map the same file read-only and never ask the daemon.  The layout is
-C-compatible and documented byte for byte in netatop-table(5).
+The daemon, the only writer, publishes every task's counters, who it is (uid,
+and its command line, unit, container and cgroup as offsets into a text area
+after the rows) and the STATUS counters into one file in the run directory
+(tmpfs), memory-mapped; any number of readers map the same file read-only and
+never ask the daemon.  The layout (version 2) is C-compatible and documented
+byte for byte in netatop-table(5); a reader refuses another version
+(TableLayoutMismatch).
 
 Consistency is a seqlock: the writer makes the header's generation odd, writes
 the rows and the header's variable part, and makes the generation even again.
 A reader copies what it needs and keeps the copy only when the generation was
 even and unchanged around the copy.  The writer never waits for readers.
 
-State owned: the writer's mapping and its packing buffer; each reader's
+State owned: the writer's mapping, its packing buffers and the strings of its
+text area with their offsets (kept from publish to publish); each reader's
 read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
 interval), the netatop command (cli.sources, cli.top: TableReader, open_table)
 and any other reader.  Whether the writer still runs is procfs.same_process.
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 
 TABLE_MODE = 0o600  # root's only by default; --table-group adds a group that may read
 TABLE_MAGIC = b"NETATOPT"
-TABLE_LAYOUT_VERSION = 1
+TABLE_LAYOUT_VERSION = 2  # 2: uid and the text area (command line, unit, container, cgroup)
 
 # Names of the STATUS counters, in the order of the header's status[] array: the
 # fields of the STATUS registry that have a table slot (a slot is part of the layout).
@@ -54,7 +58,7 @@ _STATUS_INDEX = {name: index for index, name in enumerate(STATUS_FIELDS)}
 #   char     magic[8];             "NETATOPT", no NUL
 #   uint32_t layout_version;       TABLE_LAYOUT_VERSION
 #   uint32_t header_size;          640: the rows start here
-#   uint32_t row_size;             128
+#   uint32_t row_size;             144
 #   uint32_t capacity;             rows the file has room for
 #   uint64_t generation;           seqlock: odd while the writer writes
 #   uint32_t row_count;            rows in use
@@ -67,9 +71,12 @@ _STATUS_INDEX = {name: index for index, name in enumerate(STATUS_FIELDS)}
 #   uint64_t created_ns;           epoch ns when the writer created the file
 #   uint64_t update_ns;            epoch ns of the last publish
 #   uint32_t refused_last;         rows left out by the last publish
-#   uint8_t  reserved[28];         zero
+#   uint32_t text_size;            bytes of the text area, after the last row
+#   uint32_t text_used;            bytes of the text area in use
+#   uint32_t text_refused;         strings left out by the last publish (text area full)
+#   uint8_t  reserved[16];         zero
 #   uint64_t status[64];           STATUS_FIELDS order, unused entries zero
-TABLE_HEADER = struct.Struct("<8sIIIIQIIQiIQ16sQQI28x64Q")
+TABLE_HEADER = struct.Struct("<8sIIIIQIIQiIQ16sQQIIII16x64Q")
 TABLE_HEADER_MEMBERS: tuple[str, ...] = (
     "magic",
     "layout_version",
@@ -87,33 +94,55 @@ TABLE_HEADER_MEMBERS: tuple[str, ...] = (
     "created_ns",
     "update_ns",
     "refused_last",
+    "text_size",
+    "text_used",
+    "text_refused",
     "status",
 )
 # Offsets the code touches directly (checked against the struct by the tests).
 GENERATION_OFFSET = 24
 VARIABLE_PART_OFFSET = 32  # row_count .. status[63]: written as one slice under the seqlock
+ROW_COUNT_OFFSET = 32
+UPDATE_NS_OFFSET = 88
+TEXT_USED_OFFSET = 104
 
-# struct netatop_table_row, little endian, 128 bytes:
+# struct netatop_table_row, little endian, 144 bytes:
 #   uint8_t  kind;                 Kind: 1 process, 2 thread, 3 exited process
 #   uint8_t  pad1[3];
 #   int32_t  id;                   tgid for a process, tid for a thread
 #   int32_t  tgid;                 the process the task belongs to
-#   uint8_t  pad2[4];
+#   uint32_t uid;                  real uid, UID_UNKNOWN if it could not be read
 #   uint64_t btime;                process start, seconds since the epoch
 #   char     command[16];          comm, NUL padded, at most 15 bytes
 #   uint64_t counters[8];          struct taskcount order (COUNTER_NAMES)
 #   uint64_t last_activity_ns;     epoch ns of the last packet counted, 0 if none
+#   uint32_t cmdline;              offsets into the text area of NUL-terminated
+#   uint32_t unit;                 UTF-8 strings; 0 (an empty string) when
+#   uint32_t container;            unknown or none
+#   uint32_t cgroup;
 #   uint8_t  reserved[16];         zero
-TABLE_ROW = struct.Struct("<B3xii4xQ16s8QQ16x")
+TABLE_ROW = struct.Struct("<B3xiiIQ16s8QQIIII16x")
 TABLE_ROW_MEMBERS: tuple[str, ...] = (
     "kind",
     "id",
     "tgid",
+    "uid",
     "btime",
     "command",
     "counters",
     "last_activity_ns",
+    "cmdline",
+    "unit",
+    "container",
+    "cgroup",
 )
+UID_UNKNOWN = 0xFFFFFFFF  # (uid_t)-1: never a user's uid
+# The text area: capacity x TEXT_BYTES_PER_ROW bytes unless the writer is told
+# otherwise.  Byte 0 is a NUL, so offset 0 is the empty string; equal strings of
+# one publish are stored once (threads, a unit's processes).
+TEXT_BYTES_PER_ROW = 128
+TEXT_MAX_BYTES = 4104  # one string at most (a command line is cut at 4096 bytes and marked)
+TEXT_CUT_MARKER = "\u2026"  # ends a string the table had to cut
 ROW_ID_OFFSET = 4
 
 SNAPSHOT_RETRY_S = 1.0  # how long a reader retries a copy the writer keeps changing
@@ -121,6 +150,7 @@ _COUNTER_COUNT = len(COUNTER_NAMES)  # counters[] in a row
 NS_PER_S = 1_000_000_000  # int: int / int is rounded once, exactly
 _KINDS = {int(kind): kind for kind in Kind}
 _COMMAND_CACHE_MAX = 65536
+_STATUS_MEMBER = TABLE_HEADER_MEMBERS.index("status")  # status[0] among the unpacked fields
 
 
 class TableError(Exception):
@@ -129,6 +159,14 @@ class TableError(Exception):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class TableLayoutMismatch(TableError):
+    """The file is a table of another layout version (another release's daemon)."""
+
+    def __init__(self, message: str, path: str, version: int) -> None:
+        super().__init__(message, path)
+        self.version = version
 
 
 class TableMissing(TableError):
@@ -155,6 +193,7 @@ class Snapshot(NamedTuple):
     capacity: int
     refused: int  # rows left out past capacity, summed over every publish
     refused_last: int = 0  # rows the last publish left out
+    text_refused: int = 0  # strings the last publish left out (text area full)
 
 
 def table_path(run_dir: str) -> str:
@@ -198,10 +237,12 @@ class TableWriter:
         directory: SafeDirectory | None = None,
         mode: int = TABLE_MODE,
         group: int | None = None,
+        text_size_bytes: int | None = None,
     ) -> None:
         """path: where the table appears; directory: the checked run directory it is
         in (the daemon's), else its directory is opened here, unchecked (tests, tools).
         group: a gid given the table, to be read by (mode 0640 then, unless mode says).
+        text_size_bytes: room for the rows' strings (capacity x TEXT_BYTES_PER_ROW).
         """
         if capacity_rows < 1:
             raise ValueError(f"capacity_rows must be at least 1, not {capacity_rows}")
@@ -215,7 +256,13 @@ class TableWriter:
         self._directory = directory if directory is not None else _open_parent(path)
         self.capacity = capacity_rows
         self.publish_interval_ms = publish_interval_ms
-        self._size = TABLE_HEADER.size + capacity_rows * TABLE_ROW.size
+        if text_size_bytes is None:
+            text_size_bytes = capacity_rows * TEXT_BYTES_PER_ROW
+        if not 1 <= text_size_bytes < 2**32:
+            raise ValueError(f"text_size_bytes out of range: {text_size_bytes}")
+        self.text_size = text_size_bytes
+        self._text_start = TABLE_HEADER.size + capacity_rows * TABLE_ROW.size
+        self._size = self._text_start + text_size_bytes
         self._pid = os.getpid()
         try:
             self._start_ticks = read_stat(os.getpid()).start_time_ticks
@@ -225,8 +272,14 @@ class TableWriter:
         self._created_ns = time.time_ns()
         self._generation = 0
         self._refused_total = 0
-        self._rows_buffer = bytearray(self._size - TABLE_HEADER.size)
+        self._rows_buffer = bytearray(capacity_rows * TABLE_ROW.size)
+        self._text_buffer = bytearray(text_size_bytes)  # byte 0 stays NUL: the empty string
         self._command_cache: dict[str, bytes] = {}
+        # The strings in the text buffer and their offsets, kept from publish to publish
+        # (a string is encoded and copied once); rebuilt when the buffer is full.
+        self._offsets: dict[str, int] = {"": 0}
+        self._text_used = 1
+        self.text_refused_last = 0  # strings the last publish had no room for
         self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
@@ -239,7 +292,15 @@ class TableWriter:
             self._size,
         )
 
-    def _header(self, row_count: int, refused_last: int, status: list[int], now_ns: int) -> bytes:
+    def _header(
+        self,
+        row_count: int,
+        refused_last: int,
+        status: list[int],
+        now_ns: int,
+        text_used: int = 1,
+        text_refused: int = 0,
+    ) -> bytes:
         return TABLE_HEADER.pack(
             TABLE_MAGIC,
             TABLE_LAYOUT_VERSION,
@@ -257,6 +318,9 @@ class TableWriter:
             self._created_ns,
             now_ns,
             refused_last,
+            self.text_size,
+            text_used,
+            text_refused,
             *status,
         )
 
@@ -318,13 +382,60 @@ class TableWriter:
             values[index] = value
         return values
 
-    def _pack_rows(self, rows: Iterable[TaskRow]) -> tuple[int, int]:
-        """Pack rows into the buffer; (rows packed, rows past capacity)."""
+    @staticmethod
+    def _text_bytes(text: str) -> bytes:
+        """text as the text area holds it: UTF-8, no NUL inside, cut and marked, NUL after."""
+        encoded = text.encode("utf-8", "replace").replace(b"\0", b" ")
+        if len(encoded) > TEXT_MAX_BYTES:
+            marker = TEXT_CUT_MARKER.encode()
+            cut = encoded[: TEXT_MAX_BYTES - len(marker)].decode("utf-8", "ignore")
+            encoded = cut.encode() + marker
+        return encoded + b"\0"
+
+    def _pack_rows(self, rows: Iterable[TaskRow]) -> tuple[int, int, int, int]:
+        """Pack rows and their strings into the buffers.
+
+        (rows packed, rows past capacity, text bytes used, strings left out).
+        Strings placed by earlier publishes keep their offsets; when the text
+        buffer is full, it is rebuilt with this publish's strings only, once.
+        """
+        rows = rows if isinstance(rows, list) else list(rows)
+        fresh = self._text_used == 1
+        packed = self._pack_pass(rows)
+        if packed[3] and not fresh:
+            self._offsets = {"": 0}
+            self._text_used = 1
+            packed = self._pack_pass(rows)
+        return packed
+
+    def _pack_pass(self, rows: list[TaskRow]) -> tuple[int, int, int, int]:
+        fresh = self._text_used == 1  # nothing to gain from a rebuild
         buffer = self._rows_buffer
         cache = self._command_cache
         pack_into = TABLE_ROW.pack_into
         row_size = TABLE_ROW.size
         capacity = self.capacity
+        text = self._text_buffer
+        text_size = self.text_size
+        text_bytes = self._text_bytes
+        offsets = self._offsets
+        known = offsets.get
+        text_refused = 0
+
+        def place(value: str) -> int:
+            """Put a string the text buffer lacks; its offset (0 if no room)."""
+            nonlocal text_refused
+            encoded = text_bytes(value)
+            start = self._text_used
+            end = start + len(encoded)
+            if end > text_size:
+                text_refused += 1
+                return 0
+            text[start:end] = encoded
+            offsets[value] = start
+            self._text_used = end
+            return start
+
         count = 0
         refused = 0
         for row in rows:
@@ -344,6 +455,18 @@ class TableWriter:
                 last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
             else:
                 last_ns = 0
+            cmdline = known(row.cmdline)
+            if cmdline is None:
+                cmdline = place(row.cmdline)
+            unit = known(row.unit)
+            if unit is None:
+                unit = place(row.unit)
+            container = known(row.container)
+            if container is None:
+                container = place(row.container)
+            cgroup = known(row.cgroup)
+            if cgroup is None:
+                cgroup = place(row.cgroup)
             try:
                 pack_into(
                     buffer,
@@ -351,15 +474,22 @@ class TableWriter:
                     row.kind,
                     row.id,
                     row.tgid,
+                    UID_UNKNOWN if row.uid < 0 else row.uid,
                     row.btime,
                     command,
                     *row.counters,
                     last_ns,
+                    cmdline,
+                    unit,
+                    container,
+                    cgroup,
                 )
             except struct.error as err:
                 raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
             count += 1
-        return count, refused
+            if text_refused and not fresh:
+                break  # the caller rebuilds the text and packs again
+        return count, refused, self._text_used, text_refused
 
     def publish(self, rows: Iterable[TaskRow], status: Mapping[str, int]) -> int:
         """Publish one consistent snapshot; returns the number of rows written.
@@ -368,11 +498,12 @@ class TableWriter:
         raises ValueError with the table untouched and even.
         """
         status_values = self._pack_status(status)
-        count, refused = self._pack_rows(rows)
+        count, refused, text_used, text_refused = self._pack_rows(rows)
         self._refused_total += refused
+        self.text_refused_last = text_refused
         now_ns = time.time_ns()
         used = count * TABLE_ROW.size
-        header = self._header(count, refused, status_values, now_ns)
+        header = self._header(count, refused, status_values, now_ns, text_used, text_refused)
         table_map = self._map
         # Seqlock write.  The generation is one aligned 8-byte store; x86-64
         # keeps stores in program order, so a reader that sees the even value
@@ -382,6 +513,8 @@ class TableWriter:
         table_map[TABLE_HEADER.size : TABLE_HEADER.size + used] = memoryview(self._rows_buffer)[
             :used
         ]
+        text_start = self._text_start
+        table_map[text_start : text_start + text_used] = memoryview(self._text_buffer)[:text_used]
         table_map[VARIABLE_PART_OFFSET : TABLE_HEADER.size] = header[VARIABLE_PART_OFFSET:]
         self._generation += 1
         self._generation_view[0] = self._generation
@@ -454,10 +587,13 @@ class TableReader:
         if magic != TABLE_MAGIC:
             raise TableError(f"{self.path} is not a netatop table (magic {magic!r})", self.path)
         if version != TABLE_LAYOUT_VERSION:
-            raise TableError(
-                f"{self.path} has table layout version {version}; "
-                f"this reader knows version {TABLE_LAYOUT_VERSION}",
+            raise TableLayoutMismatch(
+                f"{self.path} has table layout version {version}, and this reader reads "
+                f"version {TABLE_LAYOUT_VERSION} only: netatopd and this reader come from "
+                f"different releases; restart netatopd from the same release as this "
+                f"reader (or use the reader of netatopd's release)",
                 self.path,
+                version,
             )
         if header_size != TABLE_HEADER.size or row_size != TABLE_ROW.size:
             raise TableError(
@@ -465,9 +601,12 @@ class TableReader:
                 f"expected {TABLE_HEADER.size} and {TABLE_ROW.size}",
                 self.path,
             )
-        if file_size < header_size + capacity * row_size:
+        text_size = fields[16]
+        if file_size < header_size + capacity * row_size + text_size:
             raise TableError(
-                f"{self.path} is cut short: {file_size} bytes for {capacity} rows", self.path
+                f"{self.path} is cut short: {file_size} bytes for {capacity} rows "
+                f"and {text_size} bytes of text",
+                self.path,
             )
         # Members the writer sets once, before the file appears under its name.
         self.capacity: int = capacity
@@ -476,9 +615,11 @@ class TableReader:
         self.daemon_start_ticks: int = fields[11]
         self.boot_id: bytes = fields[12]
         self.created_s: float = fields[13] / NS_PER_S
+        self.text_size: int = text_size
+        self._text_start = header_size + capacity * row_size
 
-    def _copy(self) -> tuple[tuple[int | bytes, ...], bytes]:
-        """Seqlock read: (header fields, raw rows) from one publish."""
+    def _copy(self) -> tuple[tuple[int | bytes, ...], bytes, bytes]:
+        """Seqlock read: (header fields, raw rows, used text) from one publish."""
         table_map = self._map
         generation_view = self._generation_view
         header_size = TABLE_HEADER.size
@@ -489,18 +630,25 @@ class TableReader:
             before = generation_view[0]
             if not before & 1:
                 header = table_map[:header_size]
-                row_count = int.from_bytes(header[32:36], "little")
-                if row_count <= self.capacity:
+                row_count = int.from_bytes(
+                    header[ROW_COUNT_OFFSET : ROW_COUNT_OFFSET + 4], "little"
+                )
+                text_used = int.from_bytes(
+                    header[TEXT_USED_OFFSET : TEXT_USED_OFFSET + 4], "little"
+                )
+                if row_count <= self.capacity and text_used <= self.text_size:
                     rows = table_map[header_size : header_size + row_count * TABLE_ROW.size]
+                    text = table_map[self._text_start : self._text_start + text_used]
                     if generation_view[0] == before:
-                        return TABLE_HEADER.unpack(header), rows
+                        return TABLE_HEADER.unpack(header), rows, text
             if attempts % 64 == 0:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.001)
             else:
                 os.sched_yield()
-        self._check_alive(int.from_bytes(table_map[88:96], "little") / NS_PER_S)
+        update_ns = table_map[UPDATE_NS_OFFSET : UPDATE_NS_OFFSET + 8]
+        self._check_alive(int.from_bytes(update_ns, "little") / NS_PER_S)
         raise TableError(
             f"the table {self.path} kept changing for {self.retry_s:g} s "
             f"({attempts} attempts); the writer may be stuck",
@@ -565,16 +713,16 @@ class TableReader:
         and the last publish is older than that; TableError when no consistent
         copy could be taken within retry_s.
         """
-        header, raw_rows = self._copy()
+        header, raw_rows, text = self._copy()
         updated_s = self._fresh(header, max_age_s)
         status_count = min(int(header[7]), len(STATUS_FIELDS))
-        status_values = header[16 : 16 + status_count]
+        status_values = header[_STATUS_MEMBER : _STATUS_MEMBER + status_count]
         status = {
             name: int(value)
             for name, value in zip(STATUS_FIELDS[:status_count], status_values, strict=True)
         }
         return Snapshot(
-            rows=self._parse_rows(raw_rows),
+            rows=self._parse_rows(raw_rows, text),
             status=status,
             daemon_pid=self.daemon_pid,
             updated_s=updated_s,
@@ -582,12 +730,28 @@ class TableReader:
             capacity=self.capacity,
             refused=int(header[8]),
             refused_last=int(header[15]),
+            text_refused=int(header[18]),
         )
 
-    def _parse_rows(self, raw_rows: bytes) -> list[TaskRow]:
+    def _parse_rows(self, raw_rows: bytes, text: bytes) -> list[TaskRow]:
         commands: dict[bytes, str] = {}
+        strings: dict[int, str] = {0: ""}
+
+        def string_at(offset: int) -> str:
+            value = strings.get(offset)
+            if value is None:
+                end = text.find(b"\0", offset)
+                if offset >= len(text) or end < 0:
+                    raise TableError(
+                        f"{self.path}: a string at offset {offset} lies outside the "
+                        f"{len(text)} bytes of text in use",
+                        self.path,
+                    )
+                value = strings[offset] = text[offset:end].decode("utf-8", "replace")
+            return value
+
         rows = []
-        for kind, task_id, tgid, btime, raw_command, *rest in TABLE_ROW.iter_unpack(raw_rows):
+        for kind, task_id, tgid, uid, btime, raw_command, *rest in TABLE_ROW.iter_unpack(raw_rows):
             command = commands.get(raw_command)
             if command is None:
                 command = raw_command.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -595,6 +759,7 @@ class TableReader:
             row_kind = _KINDS.get(kind)
             if row_kind is None:
                 raise TableError(f"{self.path}: row {task_id} has unknown kind {kind}", self.path)
+            cmdline, unit, container, cgroup = rest[_COUNTER_COUNT + 1 :]
             rows.append(
                 TaskRow(
                     row_kind,
@@ -604,6 +769,11 @@ class TableReader:
                     command,
                     tuple(rest[:_COUNTER_COUNT]),
                     rest[_COUNTER_COUNT] / NS_PER_S,
+                    -1 if uid == UID_UNKNOWN else uid,
+                    string_at(cmdline),
+                    string_at(unit),
+                    string_at(container),
+                    string_at(cgroup),
                 )
             )
         return rows
@@ -616,7 +786,7 @@ class TableReader:
         Without kind, a live process wins over a thread of the same id (a
         process's main thread has tid == tgid), and either over an exited process.
         """
-        header, raw_rows = self._copy()
+        header, raw_rows, text = self._copy()
         self._fresh(header, max_age_s)
         row_size = TABLE_ROW.size
         ids = memoryview(raw_rows).cast("i")[ROW_ID_OFFSET // 4 :: row_size // 4].tolist()
@@ -624,7 +794,7 @@ class TableReader:
         for index, task_id in enumerate(ids):
             if task_id != pid:
                 continue
-            row = self._parse_rows(raw_rows[index * row_size : (index + 1) * row_size])[0]
+            row = self._parse_rows(raw_rows[index * row_size : (index + 1) * row_size], text)[0]
             if kind is not None:
                 if row.kind == kind:
                     return row

@@ -45,6 +45,11 @@ class TaskRow(NamedTuple):
     command: str  # comm, at most 15 characters
     counters: tuple[int, ...]  # COUNTER_NAMES order
     last_activity_s: float  # epoch seconds of the last packet counted, 0.0 if none
+    uid: int = -1  # -1 if unknown
+    cmdline: str = ""  # as read while the process lived, "" if unknown
+    unit: str = ""  # systemd unit, "" if none
+    container: str = ""  # "runtime:id", "pod:UID", or ""
+    cgroup: str = ""  # cgroup v2 path, "" if unknown
 
 
 class ExitedTask(NamedTuple):
@@ -62,6 +67,23 @@ class ExitedTask(NamedTuple):
     cgroup: str = ""  # cgroup v2 path as read while the process lived, "" if unknown
     unit: str = ""  # systemd unit the cgroup path names, "" if none
     container: str = ""  # "runtime:id", "pod:UID", or "" (cgroups.placement_labels)
+
+    def row(self) -> TaskRow:
+        """The exit list's row of the shared table (kind exited), identity included."""
+        return TaskRow(
+            Kind.EXITED,
+            self.tgid,
+            self.tgid,
+            self.btime,
+            self.command,
+            self.counters,
+            self.last_activity_s,
+            self.uid,
+            self.cmdline,
+            self.unit,
+            self.container,
+            self.cgroup,
+        )
 
 
 class TaskInfo:
@@ -144,6 +166,11 @@ class TaskInfo:
             self.command,
             tuple(self.counters),
             self.last_activity_s,
+            self.uid,
+            self.cmdline,
+            self.unit,
+            self.container,
+            self.cgroup,
         )
 
     def thread_rows(self) -> list[TaskRow]:
@@ -156,6 +183,11 @@ class TaskInfo:
                 self.command,
                 tuple(c),
                 self.last_activity_s,
+                self.uid,
+                self.cmdline,
+                self.unit,
+                self.container,
+                self.cgroup,
             )
             for tid, c in self.threads.items()
         ]

@@ -37,6 +37,7 @@ from .format import (
     emit,
     format_clock,
     format_time,
+    output_width,
     render_csv,
     render_json,
     terminal_width,
@@ -284,6 +285,14 @@ def query(
     top: Annotated[
         int | None, typer.Option("--top", min=1, metavar="N", help="only the first N rows")
     ] = None,
+    cmdline: Annotated[
+        bool,
+        typer.Option(
+            "--cmdline",
+            help="show the CMDLINE column even when the terminal is narrow (it is cut to fit, "
+            "ending with …); without it, the column is shown when 20 characters of it fit",
+        ),
+    ] = False,
     as_json: Json = False,
     as_csv: Csv = False,
     run_dir: RunDir = None,
@@ -306,9 +315,16 @@ def query(
     counters, marked <exited> (kind exited), and a note on stderr.  For one
     that left the exit list, see netatop exited --pid PID --since TIME.
 
+    Each row names the process's user and, where the terminal is wide
+    enough (or with --cmdline), its command line, cut to fit with a final
+    "…".  Piped to another program nothing is cut (unless COLUMNS is set).
+    --json and --csv always carry uid, user, cmdline, unit, container and
+    cgroup.
+
     \b
     Examples:
       netatop query
+      netatop query --cmdline
       netatop query --sort sent --top 5
       netatop query --json 1234 5678
       netatop query --csv > counters.csv
@@ -341,11 +357,18 @@ def query(
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:
         found = found[:top]
-    columns = rows.THREAD_COLUMNS if threads else rows.TASK_COLUMNS
+    width = output_width()
+    columns, dropped = rows.query_columns(found, threads, width, cmdline)
     emit(found, output, columns, rows.TASK_FIELDS, TaskCounts.record)
     if not found and not wanted and not threads:
         with _errors():
             typer.echo(f"netatop: {sources.nothing_yet(run_dir)}", err=True)
+    if dropped and output is OutputFormat.TABLE:
+        typer.echo(
+            f"netatop: {', '.join(dropped)} left out to fit {width} columns "
+            "(a wider terminal, --json or --csv shows them)",
+            err=True,
+        )
     if no_threads:
         typer.echo(f"netatop: {NO_THREAD_ROWS}", err=True)
     for complaint in [*notes, *complaints]:
@@ -370,8 +393,11 @@ def exited(
     Without --since and --until: the daemon's exit list (read, not consumed;
     an entry stays there for 15 s; root or netatopd's --control-group).
     With either: the history database (read-only, for anyone who may read
-    it), with the command line, user and exit time of each process.  --pid
-    keeps the process with that id; when it has none, the exit status is 1.
+    it).  Both give the user, exit time and command line of each process
+    (the command line is cut to fit the terminal, ending with "…"; piped to
+    another program it is never cut, unless COLUMNS is set); --json and --csv
+    also give uid, unit, container and cgroup.  --pid keeps the process with
+    that id; when it has none, the exit status is 1.
 
     \b
     Examples:
@@ -390,8 +416,8 @@ def exited(
                 finished[:limit] if limit else finished,
                 output,
                 rows.EXIT_LIST_COLUMNS,
-                rows.TASK_FIELDS,
-                TaskCounts.record,
+                rows.EXITED_FIELDS,
+                lambda row: row.record(rows.EXITED_FIELDS),
             )
             if pid is not None and not finished:
                 _fail(
@@ -593,6 +619,17 @@ def gc(run_dir: RunDir = None) -> None:
         sources.call(run_dir, lambda c: c.force_gc())
 
 
+def _pair_value(value: object) -> str:
+    """A value of wait-exit's name=value lines: '-' if unknown, quoted (JSON) if it has
+    spaces, quotes or control characters, so each line splits back into its pairs."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if not text or any(c.isspace() or c in "\"'=" or not c.isprintable() for c in text):
+        return json.dumps(text)
+    return text
+
+
 @app.command("wait-exit")
 def wait_exit(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
@@ -604,8 +641,9 @@ def wait_exit(
     """Print finished processes as they arrive, taking them from the exit list (GETCNT_EXIT).
 
     Each process is taken from the exit list (consumed, as atop's netatopd
-    did) and printed at once: one line of name=value pairs, or one JSON
-    object a line.  Runs until interrupted, or until N processes.
+    did) and printed at once: one line of name=value pairs (a value with
+    spaces in double quotes, JSON style; '-' for unknown), or one JSON
+    object a line, with the fields of exited.  Runs until interrupted, or until N processes.
 
     \b
     Examples:
@@ -616,11 +654,11 @@ def wait_exit(
     def loop(client: ControlClient) -> None:
         seen = 0
         while count == 0 or seen < count:
-            record = sources.take_exited(client).record()
+            record = sources.take_exited(client).record(rows.EXITED_FIELDS)
             if as_json:
                 typer.echo(json.dumps(record))
             else:
-                typer.echo(" ".join(f"{k}={v}" for k, v in record.items()))
+                typer.echo(" ".join(f"{k}={_pair_value(v)}" for k, v in record.items()))
             sys.stdout.flush()
             seen += 1
 

@@ -3,8 +3,10 @@
 Owns the number formats (bytes with binary units, packet counts, rates, clock
 times, moments in local ISO 8601, user names, durations), the Column model
 and the three renderers that turn rows into text: render_table (widths
-fitted to the terminal), render_json and render_csv, and emit, the one place
-a command's rows are printed.  Knows no row type: a Column reads a cell from
+fitted to output_width: the terminal's, or no limit for a pipe unless
+COLUMNS is set; a cut cell ends with cut_marker; control characters shown as
+'?'), render_json and render_csv, and emit, the one place a command's rows
+are printed.  Knows no row type: a Column reads a cell from
 any row, and JSON and CSV take records (name -> value).  Called by rows (the
 task columns and the vocabulary), status, top and commands.
 """
@@ -14,8 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import pwd
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -26,6 +30,11 @@ import typer
 
 TERMINAL_FALLBACK = (80, 24)  # columns, lines: pipes and terminals that do not say
 MIN_FLEX_WIDTH = 7  # a shrunk flex column keeps at least this many characters
+CUT_MARKER = "\u2026"  # "…" ends a cell that was cut to fit
+CUT_MARKER_ASCII = "~"  # the same where the output cannot carry "…"
+# Control characters (a newline in a command line, an escape sequence) are shown as
+# "?" in tables, as ps does: a cell is one line and never drives the terminal.
+_CONTROLS = {code: "?" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 R = TypeVar("R")
 Record = Mapping[str, Any]  # a row as JSON and CSV see it: field name -> value
@@ -156,24 +165,80 @@ def terminal_width() -> int:
     return shutil.get_terminal_size(TERMINAL_FALLBACK).columns
 
 
-def render_table(rows: Sequence[R], columns: Sequence[Column[R]], width: int) -> list[str]:
-    """Header and one line per row; flex columns are cut so a line fits width if it can."""
-    cells = [[column.cell(row) for column in columns] for row in rows]
+def output_width() -> int | None:
+    """Columns a table may use: the terminal's; None (no limit) when standard output
+    is not a terminal, unless COLUMNS says a width (like ps, a pipe gets whole lines)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit():
+        return terminal_width()
+    return None
+
+
+def cut_marker() -> str:
+    """'…' where standard output can carry it, else '~'."""
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        CUT_MARKER.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return CUT_MARKER_ASCII
+    return CUT_MARKER
+
+
+def cut(text: str, size: int, marker: str) -> str:
+    """text in at most size characters; a cut one ends with marker."""
+    if len(text) <= size:
+        return text
+    return text[: max(0, size - len(marker))] + marker if size > len(marker) else text[:size]
+
+
+def printable(text: str) -> str:
+    """text with its control characters shown as '?'."""
+    return text.translate(_CONTROLS)
+
+
+def _widths(rows: Sequence[R], columns: Sequence[Column[R]]) -> list[int]:
+    return [
+        max([len(column.header), *(len(column.cell(row)) for row in rows)]) for column in columns
+    ]
+
+
+def table_width(rows: Sequence[R], columns: Sequence[Column[R]]) -> int:
+    """Characters a line of the table takes with nothing cut."""
+    widths = _widths(rows, columns)
+    return sum(widths) + len(widths) - 1
+
+
+def least_width(rows: Sequence[R], columns: Sequence[Column[R]]) -> int:
+    """Characters a line takes with every flex column cut as far as render_table cuts."""
+    widths = [
+        min(size, MIN_FLEX_WIDTH) if column.flex else size
+        for size, column in zip(_widths(rows, columns), columns, strict=True)
+    ]
+    return sum(widths) + len(widths) - 1
+
+
+def render_table(rows: Sequence[R], columns: Sequence[Column[R]], width: int | None) -> list[str]:
+    """Header and one line per row; flex columns are cut (the rightmost first, each
+    to MIN_FLEX_WIDTH at most, ending with a marker) so a line fits width if it can.
+    width None: nothing is cut."""
+    cells = [[printable(column.cell(row)) for column in columns] for row in rows]
     widths = [
         max([len(column.header), *(len(line[index]) for line in cells)])
         for index, column in enumerate(columns)
     ]
-    excess = sum(widths) + len(widths) - 1 - width
-    for index, column in enumerate(columns):
-        if excess > 0 and column.flex:
-            cut = min(excess, widths[index] - MIN_FLEX_WIDTH)
-            if cut > 0:
-                widths[index] -= cut
-                excess -= cut
+    excess = 0 if width is None else sum(widths) + len(widths) - 1 - width
+    for index in reversed(range(len(columns))):
+        if excess > 0 and columns[index].flex:
+            shrink = min(excess, widths[index] - MIN_FLEX_WIDTH)
+            if shrink > 0:
+                widths[index] -= shrink
+                excess -= shrink
+    marker = cut_marker()
     lines = []
     for line in [[column.header for column in columns], *cells]:
         parts = [
-            text[:size].rjust(size) if column.right else text[:size].ljust(size)
+            cut(text, size, marker).rjust(size)
+            if column.right
+            else cut(text, size, marker).ljust(size)
             for text, size, column in zip(line, widths, columns, strict=True)
         ]
         lines.append(" ".join(parts).rstrip())
@@ -209,4 +274,4 @@ def emit(
     elif output is OutputFormat.CSV:
         typer.echo(render_csv([record(row) for row in rows], fields))
     else:
-        typer.echo("\n".join(render_table(rows, columns, terminal_width())))
+        typer.echo("\n".join(render_table(rows, columns, output_width())))

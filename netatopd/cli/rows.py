@@ -2,13 +2,16 @@
 
 Owns TaskCounts, the row of query, exited, wait-exit and top and of their JSON
 and CSV output, with one constructor per source: from_reply (a struct
-netpertask record of the control socket), from_table (a row of the shared
-table) and from_history (a finished process read from SQLite).  Also owns the
+netpertask record of the control socket), from_detail (an object of its
+*_DETAIL answers), from_table (a row of the shared table) and from_history (a
+finished process read from SQLite); all but from_reply carry who the process
+is (uid and user, command line, unit, container, cgroup).  Also owns the
 sort orders (SortKey, ReportOrder, sort_rows, TIE_BREAK), the vocabulary
 (the fields of JSON and CSV, TASK_FIELDS and EXITED_FIELDS, and each field's
 table header and cell text: HEADERS, header, cell_text) and the table columns
-of query and exited.  Called by sources
-(which builds rows), top (rates) and commands (which prints them).
+of query (query_columns: USER, and CMDLINE where it fits; packet counts left
+out of a terminal too narrow) and exited.  Called by sources (which builds
+rows), top (rates) and commands (which prints them).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from .format import (
     format_count,
     format_text,
     format_time,
+    least_width,
+    table_width,
 )
 
 
@@ -37,8 +42,9 @@ class TaskCounts:
     """A task and the eight counters of struct taskcount.
 
     For top the counters are rates (per second) and total_bytes is the
-    lifetime bytes; elsewhere they are totals and total_bytes is 0.  The fields
-    after the counters are known only for a finished process read from SQLite.
+    lifetime bytes; elsewhere they are totals and total_bytes is 0.  Of the
+    fields after the counters, the activity times are known for the exit list
+    and the history, the exit time for finished processes; None is unknown.
     """
 
     kind: Kind
@@ -73,20 +79,24 @@ class TaskCounts:
         }
 
 
+# Who a process is, on every row of JSON and CSV (null / empty when unknown).
+IDENTITY_FIELDS: tuple[str, ...] = ("uid", "user", "cmdline", "unit", "container", "cgroup")
 # The fields of a row in JSON and CSV, in output order.
-TASK_FIELDS: tuple[str, ...] = ("pid", "tgid", "kind", "btime", "command", *COUNTER_NAMES)
-# A finished process read from SQLite: the same, then what the database adds.
+TASK_FIELDS: tuple[str, ...] = (
+    "pid",
+    "tgid",
+    "kind",
+    "btime",
+    "command",
+    *COUNTER_NAMES,
+    *IDENTITY_FIELDS,
+)
+# A finished process (the exit list, the history): the same, then its times.
 EXITED_FIELDS: tuple[str, ...] = (
     *TASK_FIELDS,
-    "cmdline",
-    "uid",
     "first_activity",
     "last_activity",
     "exit_time",
-    "user",
-    "unit",
-    "container",
-    "cgroup",
 )
 BYTE_COUNTERS = tuple(name for name in COUNTER_NAMES if name.endswith("bytes"))
 PACKET_COUNTERS = tuple(name for name in COUNTER_NAMES if name.endswith("packs"))
@@ -108,10 +118,50 @@ def from_reply(record: NetPerTask, kind: Kind = Kind.PROCESS) -> TaskCounts:
     )
 
 
+def _identity(uid: int, cmdline: str, unit: str, container: str, cgroup: str) -> dict[str, Any]:
+    """Keyword arguments of TaskCounts for who a process is; unknown ones None."""
+    return {
+        "uid": uid if uid >= 0 else None,
+        "user": USER_NAMES.name(uid) if uid >= 0 else None,
+        "cmdline": cmdline or None,
+        "unit": unit or None,
+        "container": container or None,
+        "cgroup": cgroup or None,
+    }
+
+
 def from_table(row: TaskRow) -> TaskCounts:
     """A row of the shared table."""
     return TaskCounts(
-        row.kind, row.id, row.tgid, row.btime, row.command, **_counter_fields(row.counters)
+        row.kind,
+        row.id,
+        row.tgid,
+        row.btime,
+        row.command,
+        **_counter_fields(row.counters),
+        **_identity(row.uid, row.cmdline, row.unit, row.container, row.cgroup),
+    )
+
+
+def from_detail(detail: dict[str, Any], kind: Kind = Kind.PROCESS) -> TaskCounts:
+    """An object of the control socket's *_DETAIL answers (protocol.DETAIL_FIELDS)."""
+    return TaskCounts(
+        kind,
+        int(detail["tgid"]),
+        int(detail["tgid"]),
+        int(detail["btime"]),
+        str(detail["command"]),
+        **_counter_fields(int(detail[name]) for name in COUNTER_NAMES),
+        **_identity(
+            int(detail["uid"]),
+            str(detail["cmdline"]),
+            str(detail["unit"]),
+            str(detail["container"]),
+            str(detail["cgroup"]),
+        ),
+        first_activity=detail["first_activity"] or None,
+        last_activity=detail["last_activity"] or None,
+        exit_time=detail["exit_time"],
     )
 
 
@@ -124,15 +174,10 @@ def from_history(task: ExitedTask) -> TaskCounts:
         task.btime,
         task.command,
         **_counter_fields(task.counters),
-        cmdline=task.cmdline or None,
-        uid=task.uid if task.uid >= 0 else None,
+        **_identity(task.uid, task.cmdline, task.unit, task.container, task.cgroup),
         first_activity=task.first_activity_s or None,
         last_activity=task.last_activity_s or None,
         exit_time=task.exit_time_s,
-        user=USER_NAMES.name(task.uid) if task.uid >= 0 else None,
-        unit=task.unit or None,
-        container=task.container or None,
-        cgroup=task.cgroup or None,
     )
 
 
@@ -315,34 +360,70 @@ def _command_cell(row: TaskCounts) -> str:
     return f"{row.command} <exited>" if row.kind is Kind.EXITED else row.command
 
 
+def _cmdline_cell(row: TaskCounts) -> str:
+    """The command line; the command name in brackets when it is not known (like ps)."""
+    return row.cmdline or f"[{row.command}]"
+
+
 PID_COLUMN: Column[TaskCounts] = Column(header("pid"), lambda r: str(r.pid))
+USER_COLUMN: Column[TaskCounts] = Column(
+    header("user"), lambda r: cell_text("user", r.user), right=False
+)
 COMMAND_COLUMN: Column[TaskCounts] = Column(
     header("command"), _command_cell, right=False, flex=True
 )
+CMDLINE_COLUMN: Column[TaskCounts] = Column(
+    header("cmdline"), _cmdline_cell, right=False, flex=True
+)
 TASK_COLUMNS: tuple[Column[TaskCounts], ...] = (
     PID_COLUMN,
+    USER_COLUMN,
     COMMAND_COLUMN,
     *(_counter_column(name) for name in COUNTER_NAMES),
-)
-# The exit list: every row is a finished process, no need to mark them.
-EXIT_LIST_COLUMNS: tuple[Column[TaskCounts], ...] = (
-    PID_COLUMN,
-    Column(header("command"), lambda r: r.command, right=False, flex=True),
-    *TASK_COLUMNS[2:],
 )
 THREAD_COLUMNS: tuple[Column[TaskCounts], ...] = (
     Column("TID", lambda r: str(r.pid)),
     Column(header("tgid"), lambda r: str(r.tgid)),
     *TASK_COLUMNS[1:],
 )
+# query adds CMDLINE when at least this many characters of it fit beside the rest.
+CMDLINE_MIN_WIDTH = 20
+# Columns query leaves out, in this order, when the table cannot fit otherwise.
+DROPPABLE_FIELDS = ("udprcvpacks", "udpsndpacks", "tcprcvpacks", "tcpsndpacks")
 
+
+def query_columns(
+    found: Sequence[TaskCounts], threads: bool, width: int | None, cmdline: bool
+) -> tuple[tuple[Column[TaskCounts], ...], list[str]]:
+    """The columns of query, and the headers of those left out.
+
+    Packet counts are left out (DROPPABLE_FIELDS order) while the table does not
+    fit width with its flex columns cut; CMDLINE comes last when asked for
+    (cmdline), when nothing is cut (width None), or when CMDLINE_MIN_WIDTH
+    characters of it fit in width.
+    """
+    columns = list(THREAD_COLUMNS if threads else TASK_COLUMNS)
+    dropped: list[str] = []
+    droppable = [header(name) for name in DROPPABLE_FIELDS]
+    while width is not None and droppable and least_width(found, columns) > width:
+        name = droppable.pop(0)
+        columns = [column for column in columns if column.header != name]
+        dropped.append(name)
+    if cmdline or width is None or width - table_width(found, columns) - 1 >= CMDLINE_MIN_WIDTH:
+        columns.append(CMDLINE_COLUMN)
+    return tuple(columns), dropped
+
+
+# Finished processes (the exit list and the history): no need to mark them; the
+# command line takes the command's place.
 EXITED_COLUMNS: tuple[Column[TaskCounts], ...] = (
     PID_COLUMN,
-    Column(header("uid"), lambda r: cell_text("uid", r.uid), right=False),
+    USER_COLUMN,
     Column(header("exit_time"), lambda r: cell_text("exit_time", r.exit_time), right=False),
     Column(header("sndpacks"), lambda r: format_count(sent_packets(r))),
     Column(header("sndbytes"), lambda r: format_bytes(sent_bytes(r))),
     Column(header("rcvpacks"), lambda r: format_count(received_packets(r))),
     Column(header("rcvbytes"), lambda r: format_bytes(received_bytes(r))),
-    Column(header("cmdline"), lambda r: r.cmdline or f"[{r.command}]", right=False, flex=True),
+    CMDLINE_COLUMN,
 )
+EXIT_LIST_COLUMNS = EXITED_COLUMNS

@@ -268,21 +268,23 @@ def _query_socket(run_dir: str | None, pids: Sequence[int], with_exited: bool = 
     """The same from the control socket, for a daemon that publishes no table."""
 
     def ask(client: ControlClient) -> Answer:
+        running = [rows.from_detail(detail) for detail in client.list_tasks_detail()]
         if not pids:
-            found = [rows.from_reply(record) for record in client.list_tasks()]
+            found = list(running)
             if with_exited:
-                found += [rows.from_reply(r, Kind.EXITED) for r in client.list_exited()]
+                found += [rows.from_detail(d, Kind.EXITED) for d in client.list_exited_detail()]
             return Answer(found, [])
+        by_pid = {row.pid: row for row in running}
         found, complaints, notes = [], [], []
         exit_list: list[TaskCounts] | None = None
         for pid in pids:
-            try:
-                found.append(rows.from_reply(client.getcnt_tgid(pid)))
+            if pid in by_pid:
+                found.append(by_pid[pid])
                 continue
-            except ProcessLookupError:
-                pass
             if exit_list is None:
-                exit_list = [rows.from_reply(r, Kind.EXITED) for r in client.list_exited()]
+                exit_list = [
+                    rows.from_detail(detail, Kind.EXITED) for detail in client.list_exited_detail()
+                ]
             finished = [row for row in exit_list if row.pid == pid]
             if finished:
                 found += finished
@@ -362,17 +364,17 @@ def nothing_yet(run_dir: str | None) -> str:
 
 def exit_list(run_dir: str | None, pid: int | None = None) -> list[TaskCounts]:
     """The daemon's exit list (only process pid's entries if given), read and not consumed."""
-    records = call(run_dir, lambda c: c.list_exited())
+    details = call(run_dir, lambda c: c.list_exited_detail())
     return [
-        rows.from_reply(record, Kind.EXITED)
-        for record in records
-        if pid is None or record.id == pid
+        rows.from_detail(detail, Kind.EXITED)
+        for detail in details
+        if pid is None or detail["tgid"] == pid
     ]
 
 
 def take_exited(client: ControlClient) -> TaskCounts:
     """The oldest finished process, taken off the exit list (waits for one)."""
-    return rows.from_reply(client.getcnt_exit(), Kind.EXITED)
+    return rows.from_detail(client.getcnt_exit_detail(), Kind.EXITED)
 
 
 def history_exited(

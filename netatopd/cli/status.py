@@ -81,6 +81,8 @@ def status_lines(
             lines += _wrap("Run directory", [run_dir], width)
             lines.append("")
         elif group.style is status_registry.Style.TABLE:
+            if not verbose:
+                found = [(f, value) for f, value in found if not (f.quiet_zero and value == 0)]
             lines += _figures_table(group.heading, found, width)
         elif group.style is status_registry.Style.SHARED_TABLE:
             items = _shared_table_items(found, snapshot, table_problem)

@@ -8,14 +8,15 @@ from the event loop.  STATUS is built from the registry in netatopd.status.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from .. import __version__
 from ..procfs import ProcAccessDenied, ProcessGone
-from ..protocol import pack_netpertask
+from ..protocol import COUNTER_NAMES, pack_netpertask
 from ..server import AtopServer
 from ..status import collect
-from ..tasks import TaskInfo
+from ..tasks import ExitedTask, TaskInfo
 from .engine import Engine
 from .readings import StatusReadings
 
@@ -26,6 +27,28 @@ def _record(task: TaskInfo, task_id: int | None = None) -> bytes:
     return pack_netpertask(
         task.tgid if task_id is None else task_id, task.btime, task.command, task.counters
     )
+
+
+def _detail(task: TaskInfo | ExitedTask) -> dict[str, object]:
+    """One object of the *_DETAIL answers (protocol.DETAIL_FIELDS)."""
+    return {
+        "tgid": task.tgid,
+        "btime": task.btime,
+        "command": task.command,
+        "cmdline": task.cmdline,
+        "uid": task.uid,
+        "unit": task.unit,
+        "container": task.container,
+        "cgroup": task.cgroup,
+        "first_activity": task.first_activity_s,
+        "last_activity": task.last_activity_s,
+        "exit_time": task.exit_time_s if isinstance(task, ExitedTask) else None,
+        **dict(zip(COUNTER_NAMES, task.counters, strict=True)),
+    }
+
+
+def _details(tasks: Iterable[TaskInfo | ExitedTask]) -> bytes:
+    return json.dumps([_detail(task) for task in tasks]).encode()
 
 
 class Answers:
@@ -44,6 +67,8 @@ class Answers:
         """Sweep now, or as soon as the twice-a-second limit allows; the token waits for it."""
         engine = self.engine
         token = engine.sweeper.runs
+        if engine.kernel_capture is not None:
+            engine.drain_capture(force=True)  # known sockets' sums before tasks finish
         now_s = engine.clock.wall()
         engine.resolver.settle(now_s)
         if not engine.sweeper.force(now_s):
@@ -93,6 +118,10 @@ class Answers:
             return None
         return pack_netpertask(exited.tgid, exited.btime, exited.command, exited.counters)
 
+    def pop_exited_detail(self) -> bytes | None:
+        exited = self.engine.exit_list.pop_oldest()
+        return None if exited is None else json.dumps(_detail(exited)).encode()
+
     def exit_list_length(self) -> int:
         return len(self.engine.exit_list)
 
@@ -105,6 +134,12 @@ class Answers:
             for e in self.engine.exit_list.snapshot()
         )
 
+    def list_tasks_detail(self) -> bytes:
+        return _details(self.engine.tasks.by_tgid.values())
+
+    def list_exited_detail(self) -> bytes:
+        return _details(self.engine.exit_list.snapshot())
+
     def start_sync(self) -> object:
         return self.engine.clock.wall()
 
@@ -113,6 +148,8 @@ class Answers:
         assert isinstance(token, float)
         engine = self.engine
         if engine.last_drained_s < token + 2 * engine.timeout_s + SYNC_MARGIN_S:
+            if engine.kernel_capture is not None:
+                engine.kernel_capture.want_sums()  # known sockets' sums too, not in 250 ms
             return False
         now_s = engine.clock.wall()
         engine.resolver.settle(now_s)

@@ -54,7 +54,7 @@ from ..procfs import ProcError, ProcFS
 from ..rundir import SafeDirectory
 from ..status import ABSENT, FIELDS, collect_table
 from ..table import TableWriter, table_path
-from ..tasks import ExitedTask, Kind, TaskRow, TaskTable
+from ..tasks import ExitedTask, TaskRow, TaskTable
 from .hold import Hold, hold_seconds
 from .readings import StatusReadings
 
@@ -304,14 +304,15 @@ class Engine:
 
     # -- the counting pass ---------------------------------------------------------------
 
-    def drain_capture(self) -> bool:
+    def drain_capture(self, force: bool = False) -> bool:
         """Read every capture lane dry, batch by batch, and count every packet.
 
         True when packets were counted: then the resolver has just looked up,
         retried and settled everything due (housekeeping need not again).
+        force: the kernel path reads every socket's sums now (before tasks finish).
         """
         if self.kernel_capture is not None:
-            return self._drain_kernel(self.kernel_capture)
+            return self._drain_kernel(self.kernel_capture, force)
         flows = self.flows
         split = self.locality.split
         links = self.links
@@ -347,13 +348,16 @@ class Engine:
             self.last_packet_monotonic_s = self.clock.monotonic()
         return counted
 
-    def _drain_kernel(self, capture: KernelCapture) -> bool:
-        """--capture kernel: when the drain interval is up, charge the per-socket sums."""
-        if not capture.due():
+    def _drain_kernel(self, capture: KernelCapture, force: bool = False) -> bool:
+        """--capture kernel: when the drain interval is up (or forced), charge the
+        per-socket sums (known sockets' sums wait for the sum interval unless forced)."""
+        if not force and not capture.due():
             return False
         started_s = self.clock.wall()
         packets_before = capture.packets
-        sums = capture.drain()
+        sums = capture.drain(force)
+        if sums is None:
+            return False  # known sockets' sums left in the kernel: not everything counted
         self.last_drained_s = started_s
         if not sums:
             return False
@@ -383,7 +387,7 @@ class Engine:
             return
         tasks = self.tasks.by_tgid
         if any(e.kind == ProcEventKind.EXIT and e.is_process and e.tgid in tasks for e in events):
-            if not self.drain_capture():
+            if not self.drain_capture(force=True):
                 now_s = self.clock.wall()
                 self.resolver.resolve(now_s)
                 self.resolver.settle(now_s)
@@ -394,6 +398,8 @@ class Engine:
     def resync_processes(self) -> None:
         """Process events were lost: finish the tasks that are gone, learn every process."""
         self.process_events_resyncs += 1
+        if self.kernel_capture is not None:
+            self.drain_capture(force=True)  # known sockets' last sums before tasks finish
         now_s = self.clock.wall()
         self.registry.sweep(now_s)
         identities = self.identities
@@ -441,9 +447,22 @@ class Engine:
 
     # -- housekeeping --------------------------------------------------------------------
 
+    def _tasks_may_finish(self) -> bool:
+        """True when this housekeeping pass may finish tasks (ended, sweep, GC or reap)."""
+        return (
+            self.registry.has_ended()
+            or self.sweeper.due()
+            or self.gc_requested
+            or self.clock.monotonic() - self.last_reap_monotonic_s >= REAP_INTERVAL_S
+        )
+
     def housekeeping(self, resolved: bool = False) -> None:
         """Everything due besides counting; resolved: drain_capture just resolved and settled."""
         now_s = self.clock.wall()
+        if self.kernel_capture is not None and self._tasks_may_finish():
+            # Known sockets' sums wait in the kernel up to --sum-interval-ms: read them
+            # before any task is finished (its last packets are its).
+            resolved = self.drain_capture(force=True) or resolved
         if not resolved or self.flows.dirty or self.flows.new:
             self.resolver.settle(now_s)
             self.resolver.resolve(now_s)
@@ -508,10 +527,7 @@ class Engine:
     def rows(self) -> list[TaskRow]:
         """Every live process (and thread the kernel named), then the exit list."""
         rows = self.tasks.rows(threads=True)
-        rows.extend(
-            TaskRow(Kind.EXITED, e.tgid, e.tgid, e.btime, e.command, e.counters, e.last_activity_s)
-            for e in self.exit_list.snapshot()
-        )
+        rows.extend(exited.row() for exited in self.exit_list.snapshot())
         return rows
 
     def publish(self) -> None:

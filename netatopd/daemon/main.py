@@ -61,6 +61,7 @@ def open_kernel_capture(options: argparse.Namespace) -> KernelCapture:
         return KernelCapture.open(
             options.drain_interval_ms / 1000.0,
             run_stats=os.environ.get(RUN_STATS_ENV) == "1",
+            sum_interval_s=options.sum_interval_ms / 1000.0,
         )
     except CaptureError as err:
         raise KernelCaptureFailed(str(err)) from err

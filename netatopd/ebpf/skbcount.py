@@ -42,12 +42,27 @@ when it returns no program still holds the old map -- and then reads and
 deletes everything in the old one: no packet is lost between two drains and
 none is counted twice.
 
-Empty drains cost nothing.  Each program adds one to a news counter (a
-one-slot array map, mapped into the daemon's memory where the kernel
-allows) when it makes a new entry in the socket map.  ``drain`` reads it
-before switching maps; when it has not moved since the last switch, the map
-in use is empty and the switch (a system call and an RCU grace period) and
-the walk are skipped.
+Empty drains cost nothing, and busy ones wait.  The programs count into a
+two-counter news array (one slot, mapped into the daemon's memory where the
+kernel allows): ``entries``, one for each entry they make in the socket map
+in use, and ``sockets``, one for each socket they meet for the first time
+(its cookie is not yet in ``ntp_skb_seen``, an LRU hash the programs fill).
+``changes`` reads both, without a system call: nothing to drain when
+``entries`` has not moved since the last switch (the map in use is empty: the
+switch, a system call and an RCU grace period, and the walk are skipped), a
+new socket when ``sockets`` has.  A socket that goes on sending only makes a
+new entry after each switch, never a new socket, so the caller (the daemon's
+KernelCapture) drains at once for a new socket, whose owner must be looked
+for while it is still there, and reads the sums of known sockets at a lower
+rate.  A cookie the LRU forgot only counts as new once more: one early drain.
+
+Woken, not polling.  For a new socket the programs also write its cookie
+into ``ntp_skb_wake``, a small ring buffer (Linux 5.8+) whose fd the daemon's
+event loop watches (``wake_fileno``): the kernel wakes the reader when a
+record lands in an empty ring, so the daemon need not look every 10 ms.
+``take_wake`` empties the ring (only the wake-up matters: what is new is
+read from the counters).  Where the kernel refuses the ring, there is no fd
+and the caller polls ``changes`` instead.
 
 Attachment.  By default with ``BPF_LINK_CREATE`` (cgroup links are in
 ``BPF_F_ALLOW_MULTI`` mode): the kernel detaches a link when its last fd is
@@ -122,6 +137,8 @@ CGROUP2_FSTYPE = "cgroup2"
 
 # Map sizes: sockets with traffic between two drains.
 SOCKET_MAP_ENTRIES = 16384
+# Sockets remembered as seen (LRU): one forgotten only makes one early drain.
+SEEN_MAP_ENTRIES = 32768
 BATCH_CHUNK_ENTRIES = 1024
 VERIFIER_LOG_BYTES = 1 << 20
 
@@ -151,6 +168,7 @@ class SkbHelper(IntEnum):
     GET_SOCKET_COOKIE = 46
     SK_FULLSOCK = 95
     GET_NETNS_COOKIE = 122
+    RINGBUF_OUTPUT = 130
 
 
 # struct __sk_buff (linux/bpf.h), the members read, at their UAPI offsets:
@@ -181,7 +199,13 @@ NETNS_COOKIE, PROTOCOL, FAMILY = 32, 40, 44
 
 # The stats array's one value: __u64 lost_skbs; __u64 lost_packets; (map full)
 STATS = struct.Struct("=QQ")
-NEWS = struct.Struct("=Q")  # entries made in the socket maps, since open
+# The news array's one value, since open: __u64 entries; entries made in the socket
+# maps; __u64 sockets; sockets met for the first time (cookie put in ntp_skb_seen).
+NEWS = struct.Struct("=QQ")
+NEWS_ENTRIES, NEWS_SOCKETS = 0, 8
+SEEN_VALUE = struct.Struct("=I")
+WAKE_RING_BYTES = 4096  # the wake ring's data: 256 records of 8 bytes (+ 8 header)
+RING_POSITION = struct.Struct("=Q")  # consumer_pos (page 0), producer_pos (page 1)
 ARRAY_KEY = struct.Struct("=I")
 
 # The programs' stack frame (offsets from the frame pointer R10).
@@ -324,15 +348,62 @@ def _lookup(map_reg: Reg) -> list[Item]:
     ]
 
 
+def _bump_news(news_fd: int, at: int, done: str) -> list[Item]:
+    """news[0].<at> += 1 (atomic), then on to label ``done``."""
+    return [
+        ld_map_fd(R1, news_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_ARRAY_KEY),
+        _call(SkbHelper.MAP_LOOKUP_ELEM),
+        jmp_imm(JmpOp.JEQ, R0, 0, done),
+        mov64_imm(R1, 1),
+        atomic_add(Size.DW, R0, at, R1),
+        Label(done),
+    ]
+
+
+def _lookup_in(map_fd: int) -> list[Item]:
+    """r0 = bpf_map_lookup_elem(map_fd, &cookie)."""
+    return [
+        ld_map_fd(R1, map_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        _call(SkbHelper.MAP_LOOKUP_ELEM),
+    ]
+
+
+def _wake(wake_fd: int) -> list[Item]:
+    """bpf_ringbuf_output(wake ring, &cookie, 8, 0): the kernel wakes the reader of an
+    empty ring.  Nothing when there is no ring (wake_fd < 0)."""
+    if wake_fd < 0:
+        return []
+    return [
+        ld_map_fd(R1, wake_fd),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        mov64_imm(R3, SOCKET_KEY.size),
+        mov64_imm(R4, 0),
+        _call(SkbHelper.RINGBUF_OUTPUT),
+    ]
+
+
 def count_program(
-    attach_type: AttachType, current_fd: int, stats_fd: int, news_fd: int
+    attach_type: AttachType,
+    current_fd: int,
+    stats_fd: int,
+    news_fd: int,
+    seen_fd: int,
+    wake_fd: int = -1,
 ) -> list[Item]:
     """The ingress or egress program: add this skb to its socket's entry, return 1.
 
     ``current_fd`` is the one-slot ARRAY_OF_MAPS holding the socket map in
     use; ``stats_fd`` the array whose one STATS value counts what could not
     be recorded because the socket map was full; ``news_fd`` the array whose
-    one NEWS value counts the entries made (after each is made).
+    one NEWS value counts the entries made and the sockets met for the first
+    time (each after its entry is made); ``seen_fd`` the LRU hash of the
+    cookies met (cookie -> 0); ``wake_fd`` the ring buffer a new socket's
+    cookie is written to (after news counts it), or -1 for none.
     """
     if attach_type == AttachType.CGROUP_INET_EGRESS:
         packets_at, bytes_at = SENT_PACKETS, SENT_IP_BYTES
@@ -361,15 +432,21 @@ def count_program(
         alu64_imm(AluOp.ADD, R3, STACK_VALUE),
         mov64_imm(R4, UpdateFlag.NOEXIST),  # another CPU may have made it meanwhile: fine
         _call(SkbHelper.MAP_UPDATE_ELEM),
-        # news[0] += 1: the map in use is not empty (counted after the entry is in).
-        ld_map_fd(R1, news_fd),
+        # news.entries += 1: the map in use is not empty (counted after the entry is in).
+        *_bump_news(news_fd, NEWS_ENTRIES, "entries_counted"),
+        # A cookie not in the seen map yet: a new socket (news.sockets += 1).
+        *_lookup_in(seen_fd),
+        jmp_imm(JmpOp.JNE, R0, 0, "seen_before"),
+        ld_map_fd(R1, seen_fd),
         mov64_reg(R2, FP),
-        alu64_imm(AluOp.ADD, R2, STACK_ARRAY_KEY),
-        _call(SkbHelper.MAP_LOOKUP_ELEM),
-        jmp_imm(JmpOp.JEQ, R0, 0, "news_counted"),
-        mov64_imm(R1, 1),
-        atomic_add(Size.DW, R0, 0, R1),
-        Label("news_counted"),
+        alu64_imm(AluOp.ADD, R2, STACK_KEY),
+        mov64_reg(R3, FP),
+        alu64_imm(AluOp.ADD, R3, STACK_ARRAY_KEY),  # the value: __u32 0
+        mov64_imm(R4, UpdateFlag.ANY),
+        _call(SkbHelper.MAP_UPDATE_ELEM),
+        *_bump_news(news_fd, NEWS_SOCKETS, "sockets_counted"),
+        *_wake(wake_fd),
+        Label("seen_before"),
         *_lookup(R9),
         jmp_imm(JmpOp.JEQ, R0, 0, "lost"),
         Label("add"),
@@ -506,7 +583,11 @@ class KernelCounter:
         self._stats_fd = -1
         self._news_fd = -1
         self._news_view: mmap.mmap | None = None  # None: read with bpf()
-        self._news_at_switch = 0  # the news counter read before the latest switch
+        self._seen_fd = -1
+        self._wake_fd = -1
+        self._wake_consumer: mmap.mmap | None = None  # the ring's consumer_pos page (rw)
+        self._wake_producer: mmap.mmap | None = None  # its producer_pos page (read only)
+        self._news_at_switch = (0, 0)  # (entries, sockets) read before the latest switch
         self.skipped_drains = 0  # drains that found the map in use empty (no switch)
         self._cgroup_path = ""
         self._attach = AttachMode.LINK
@@ -522,19 +603,21 @@ class KernelCounter:
         socket_entries: int = SOCKET_MAP_ENTRIES,
         run_stats: bool = False,
         mountinfo_path: Path = MOUNTINFO_PATH,
+        wake: bool = True,
     ) -> KernelCounter:
         """Create the maps, load both programs and attach them at the cgroup v2 root.
 
         ``cgroup_root`` None means the mount point found in ``mountinfo_path``,
         or a private cgroup2 mount in a temporary directory when there is none
         (removed by ``close``).  ``run_stats`` keeps the kernel's run
-        time/count statistics on while the counter is open.
+        time/count statistics on while the counter is open.  ``wake``: a wake
+        ring for new sockets (``wake_fileno``) where the kernel allows.
         KernelCounterError says why it cannot be done.
         """
         self = cls()
         self._attach = attach
         try:
-            self._open(cgroup_root, socket_entries, run_stats, mountinfo_path)
+            self._open(cgroup_root, socket_entries, run_stats, mountinfo_path, wake)
         except BaseException:
             self.close()
             raise
@@ -546,7 +629,12 @@ class KernelCounter:
         return fd
 
     def _open(
-        self, cgroup_root: str | None, entries: int, run_stats: bool, mountinfo_path: Path
+        self,
+        cgroup_root: str | None,
+        entries: int,
+        run_stats: bool,
+        mountinfo_path: Path,
+        wake: bool,
     ) -> None:
         resources = self._resources
         if cgroup_root is None:
@@ -595,8 +683,19 @@ class KernelCounter:
                 syscalls.map_create(MapType.ARRAY, 4, STATS.size, 1, "ntp_skb_stats")
             )
             self._news_fd = self._keep(self._news_map())
+            self._seen_fd = self._keep(
+                syscalls.map_create(
+                    MapType.LRU_HASH,
+                    SOCKET_KEY.size,
+                    SEEN_VALUE.size,
+                    SEEN_MAP_ENTRIES,
+                    "ntp_skb_seen",
+                )
+            )
         except BpfSyscallError as err:
             raise KernelCounterError(_reason("creating the BPF maps", err)) from err
+        if wake:
+            self._open_wake_ring()
         if run_stats:
             try:
                 self._keep(syscalls.enable_run_stats())
@@ -608,7 +707,14 @@ class KernelCounter:
             (AttachType.CGROUP_INET_INGRESS, AttachType.CGROUP_INET_EGRESS),
             strict=True,
         ):
-            items = count_program(attach_type, self._current_fd, self._stats_fd, self._news_fd)
+            items = count_program(
+                attach_type,
+                self._current_fd,
+                self._stats_fd,
+                self._news_fd,
+                self._seen_fd,
+                self._wake_fd,
+            )
             fd = self._keep(_load(name, attach_type, items))
             self._prog_fds[name] = fd
             log.debug("%s: %d instructions", name, instruction_count(items))
@@ -623,6 +729,30 @@ class KernelCounter:
                     _reason(f"attaching {name} at {cgroup_root}", err)
                 ) from err
         log.info("cgroup_skb counting programs attached at %s", cgroup_root)
+
+    def _open_wake_ring(self) -> None:
+        """The wake ring and its two position pages mapped, or none (logged)."""
+        try:
+            fd = self._keep(
+                syscalls.map_create(MapType.RINGBUF, 0, 0, WAKE_RING_BYTES, "ntp_skb_wake")
+            )
+        except BpfSyscallError as err:
+            log.info("no ring buffer for wake-ups (%s): polling for new sockets", err)
+            return
+        try:
+            consumer = mmap.mmap(
+                fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+            self._resources.views.append(consumer)
+            producer = mmap.mmap(
+                fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=mmap.PAGESIZE
+            )
+            self._resources.views.append(producer)
+        except OSError as err:
+            log.info("ring buffer not mapped (%s): polling for new sockets", err.strerror)
+            return
+        self._wake_fd = fd
+        self._wake_consumer, self._wake_producer = consumer, producer
 
     def _news_map(self) -> int:
         """The news counter's array map, mapped into memory where the kernel allows."""
@@ -644,17 +774,51 @@ class KernelCounter:
 
     # --- reading ---------------------------------------------------------------------
 
-    def news(self) -> int:
-        """Entries the programs made in the socket maps since open (a memory read)."""
+    def news(self) -> tuple[int, int]:
+        """(entries made in the socket maps, sockets met for the first time) since open.
+
+        A memory read where the news map is mapped, else one bpf() call.
+        """
         self._require_open()
         view = self._news_view
         if view is not None:
-            return int(NEWS.unpack_from(view)[0])
+            entries, sockets = NEWS.unpack_from(view)
+            return int(entries), int(sockets)
         try:
             raw = syscalls.map_lookup(self._news_fd, ARRAY_KEY.pack(0), NEWS.size)
         except BpfSyscallError as err:
             raise KernelCounterError(f"reading ntp_skb_news failed: {err}") from err
-        return int(NEWS.unpack(raw)[0]) if raw is not None else 0
+        if raw is None:
+            return 0, 0
+        entries, sockets = NEWS.unpack(raw)
+        return int(entries), int(sockets)
+
+    def wake_fileno(self) -> int | None:
+        """The fd that turns readable when the programs met a new socket (None: poll)."""
+        return self._wake_fd if self._wake_fd >= 0 else None
+
+    def take_wake(self) -> bool:
+        """Empty the wake ring; True when it held something (a new socket was met)."""
+        consumer, producer = self._wake_consumer, self._wake_producer
+        if consumer is None or producer is None or self._closed:
+            return False
+        (produced,) = RING_POSITION.unpack_from(producer)
+        (consumed,) = RING_POSITION.unpack_from(consumer)
+        if produced == consumed:
+            return False
+        RING_POSITION.pack_into(consumer, 0, produced)
+        return True
+
+    def changes(self) -> tuple[bool, bool]:
+        """(anything to drain, a new socket among it) since the last switch of maps.
+
+        Nothing to drain: no entry was made in the map in use (``drain`` would
+        do nothing).  A new socket: the programs met a socket whose cookie they
+        had not met before (or one the LRU forgot).
+        """
+        entries, sockets = self.news()
+        at_entries, at_sockets = self._news_at_switch
+        return entries != at_entries, sockets != at_sockets
 
     def _require_open(self) -> None:
         if self._closed:
@@ -665,15 +829,16 @@ class KernelCounter:
 
         Exact: the programs are switched to the empty spare map first (the
         kernel waits until no program runs on the old one), then the old map
-        is read and emptied.  Nothing is done when the news counter has not
-        moved since the last switch: no entry was made, the map is empty.
-        (An entry made in the old map during the switch moves the counter
-        too: the next drain switches once more and finds the new map empty.)
+        is read and emptied.  Nothing is done when the news entries counter
+        has not moved since the last switch: no entry was made, the map is
+        empty.  (An entry made in the old map during the switch moves the
+        counter too: the next drain switches once more and finds the new map
+        empty.)
         """
         self._require_open()
         with self._drain_lock:
             news = self.news()
-            if news == self._news_at_switch:
+            if news[0] == self._news_at_switch[0]:
                 self.skipped_drains += 1
                 return {}
             self._news_at_switch = news
@@ -698,6 +863,21 @@ class KernelCounter:
                 cookie, netns, protocol, family, sent_p, sent_b, recv_p, recv_b
             )
         return result
+
+    def seen_cookies(self) -> set[int]:
+        """The cookies in ``ntp_skb_seen``: sockets the programs met (the LRU's recent ones)."""
+        self._require_open()
+        try:
+            pairs = syscalls.map_lookup_batch(
+                self._seen_fd,
+                SOCKET_KEY.size,
+                SEEN_VALUE.size,
+                delete=False,
+                chunk_count=BATCH_CHUNK_ENTRIES,
+            )
+        except BpfSyscallError as err:
+            raise KernelCounterError(f"reading ntp_skb_seen failed: {err}") from err
+        return {SOCKET_KEY.unpack(key)[0] for key, _ in pairs}
 
     def lost(self) -> tuple[int, int]:
         """(skbs, packets) not recorded because the socket map was full, since open."""
@@ -724,9 +904,11 @@ class KernelCounter:
         return result
 
     def object_ids(self) -> tuple[list[int], list[int]]:
-        """Kernel ids of the two programs and of the five maps."""
+        """Kernel ids of the two programs and of the six maps (seven with the wake ring)."""
         self._require_open()
-        maps = [*self._socket_fds, self._current_fd, self._stats_fd, self._news_fd]
+        maps = [*self._socket_fds, self._current_fd, self._stats_fd, self._news_fd, self._seen_fd]
+        if self._wake_fd >= 0:
+            maps.append(self._wake_fd)
         return [syscalls.object_id(fd) for fd in self._prog_fds.values()], [
             syscalls.object_id(fd) for fd in maps
         ]

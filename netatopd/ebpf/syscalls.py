@@ -70,6 +70,7 @@ class MapType(IntEnum):
     PERCPU_ARRAY = 6
     LRU_HASH = 9
     ARRAY_OF_MAPS = 12
+    RINGBUF = 27  # Linux 5.8+
 
 
 class MapFlag(IntEnum):

@@ -241,6 +241,10 @@ class TaskRegistry:
         self.finish(ended, self.clock(), exit_times)
         return ended
 
+    def has_ended(self) -> bool:
+        """True when tasks of processes that had already ended wait for finish_ended."""
+        return bool(self._ended)
+
     def finish_ended(self, now_s: float) -> list[TaskInfo]:
         """Finish the tasks made for processes that had already ended (their packets are in)."""
         if not self._ended:

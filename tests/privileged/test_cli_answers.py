@@ -135,7 +135,7 @@ def test_an_empty_query_of_a_daemon_just_started_says_so(make_netns: Any, tmp_pa
         code = daemon.stop()
     assert code == 0, daemon.logs()
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[:2] == ["PID", "COMMAND"] and len(done.stdout.splitlines()) == 1
+    assert done.stdout.split()[:2] == ["PID", "USER"] and len(done.stdout.splitlines()) == 1
     assert uptime_s < 10, "the daemon took too long to answer for this test"
     assert re.fullmatch(
         r"netatop: no process yet: netatopd started only \d+ s ago; a process appears once it "

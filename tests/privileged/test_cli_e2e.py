@@ -94,7 +94,9 @@ def traffic(ns: Any, daemon: Daemon) -> Iterator[tuple[Actor, Actor]]:
         client.finish()
 
 
-def netatop(run_dir: Path, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+def netatop(
+    run_dir: Path, *args: str, user: int | None = None, columns: int = 80
+) -> subprocess.CompletedProcess[str]:
     """The command as a user runs it; user: another uid (and its group, no other group)."""
     as_user: dict[str, Any] = {}
     if user is not None:
@@ -105,7 +107,7 @@ def netatop(run_dir: Path, *args: str, user: int | None = None) -> subprocess.Co
         text=True,
         timeout=60,
         cwd=REPO,
-        env={**os.environ, "COLUMNS": "80"},
+        env={**os.environ, "COLUMNS": str(columns)},
         **as_user,
     )
 
@@ -152,7 +154,7 @@ def test_query_human_units_and_unknown_pid(daemon: Daemon, traffic: tuple[Actor,
     server, client = traffic
     sync_and_wait_for_a_publish(daemon.run_dir)
     unknown = 4194304 + 1  # above any pid_max: never a process
-    done = netatop(daemon.run_dir, "query", str(client.pid), str(unknown))
+    done = netatop(daemon.run_dir, "query", str(client.pid), str(unknown), columns=120)
     assert done.returncode == 1
     assert done.stderr == (
         f"netatop: process {unknown} is not known to netatopd (no traffic seen, or it finished "
@@ -160,15 +162,15 @@ def test_query_human_units_and_unknown_pid(daemon: Daemon, traffic: tuple[Actor,
     )
     lines = done.stdout.splitlines()
     assert lines[0].split() == [
-        "PID", "COMMAND", "TCPSND", "TCPSNDB", "TCPRCV", "TCPRCVB",
-        "UDPSND", "UDPSNDB", "UDPRCV", "UDPRCVB",
+        "PID", "USER", "COMMAND", "TCPSND", "TCPSNDB", "TCPRCV", "TCPRCVB",
+        "UDPSND", "UDPSNDB", "UDPRCV", "UDPRCVB", "CMDLINE",
     ]  # fmt: skip
-    # 5840 bytes = 5.70 KiB sent, 13840 bytes = 13.5 KiB received
-    assert lines[1].split() == [
-        str(client.pid), comm(client.pid), "0", "0", "B", "0", "0", "B",
+    # 5840 bytes = 5.70 KiB sent, 13840 bytes = 13.5 KiB received; then the command line
+    assert lines[1].split()[:15] == [
+        str(client.pid), "root", comm(client.pid), "0", "0", "B", "0", "0", "B",
         "40", "5.70", "KiB", "40", "13.5", "KiB",
     ]  # fmt: skip
-    assert all(len(line) <= 80 for line in lines)
+    assert all(len(line) <= 120 for line in lines)
 
 
 def test_status_json_and_human(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:

@@ -272,8 +272,19 @@ def run(ns: Any, d: Daemon, top: Path) -> tuple[list[Child], float, dict[str, An
             lambda: pids <= {r["pid"] for r in netatop(d, "exited", "--json")},
             timeout_s=WAIT_S,
         )
-        answers["finished"] = netatop(d, "query", "--by", "container", "--json")
         assert time.monotonic() - exited_at < EXIT_LIST_S, "too slow: left the exit list"
+        # query reads the shared table, published every 250 ms: wait for the publish
+        # that no longer shows the children running.
+        ours = set(expected_groups(children, "container_group")) - {NO_CONTAINER}
+        answers["finished"] = wait_until(
+            "the table to show every child finished",
+            lambda: (
+                (found := netatop(d, "query", "--by", "container", "--json"))
+                and all(g["running"] == 0 for g in found if g["container"] in ours)
+                and found
+            ),
+            timeout_s=WAIT_S,
+        )
     finally:
         stop_children(children)
         server.finish()

@@ -454,7 +454,7 @@ def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon:
     status = d.status()
     ids = status["kernel_object_ids"]
     programs, maps = ids["programs"], ids["maps"]
-    assert len(programs) == 2 and len(maps) == 5
+    assert len(programs) == 2 and len(maps) == 7  # six and the wake ring
     # The eBPF helper (--ownership auto): three tracepoint programs and five maps.
     assert len(ids["helper_programs"]) == 3 and len(ids["helper_maps"]) == 5
     programs, maps = programs + ids["helper_programs"], maps + ids["helper_maps"]

@@ -82,10 +82,37 @@ ZERO = (0, 0, 0, 0)
 #   1234567  3_221_226_472  1_000_010  0           3_221_226_472  1000       3_221_225_472
 # packets sent: 100 3_000_000, 200 50, 1234567 10, 300 4;
 # packets received: 1234567 1_000_000, 100 1200, 200 50, 300 5
+# Who they are: nginx is root's and its service's, dig a user's without a name (54321) in
+# a container, curl and systemd-resolve unknown (uid -1, no command line).
+DIG_CONTAINER = "docker:" + "d" * 64
 NGINX = TaskRow(
-    Kind.PROCESS, 100, 100, 1000, "nginx", (3_000_000, 2_097_152, 1200, 90_000, *ZERO), 0.0
+    Kind.PROCESS,
+    100,
+    100,
+    1000,
+    "nginx",
+    (3_000_000, 2_097_152, 1200, 90_000, *ZERO),
+    0.0,
+    0,
+    "nginx: master process /usr/sbin/nginx -g daemon off;",
+    "nginx.service",
+    "",
+    "/system.slice/nginx.service",
 )
-DIG = TaskRow(Kind.PROCESS, 200, 200, 2000, "dig", (*ZERO, 50, 5000, 50, 15000), 0.0)
+DIG = TaskRow(
+    Kind.PROCESS,
+    200,
+    200,
+    2000,
+    "dig",
+    (*ZERO, 50, 5000, 50, 15000),
+    0.0,
+    54321,
+    "dig @192.0.2.53 example.org",
+    f"docker-{'d' * 64}.scope",
+    DIG_CONTAINER,
+    f"/system.slice/docker-{'d' * 64}.scope",
+)
 CURL = TaskRow(Kind.PROCESS, 300, 300, 3000, "curl", (3, 300, 4, 4000, 1, 100, 1, 200), 0.0)
 RESOLVED = TaskRow(
     Kind.PROCESS,
@@ -110,6 +137,9 @@ COUNTERS = (
 )
 
 
+USERS = {-1: None, 0: "root", 54321: "54321"}  # a uid without a name prints as its number
+
+
 def as_json(row: TaskRow, kind: str = "process") -> dict[str, Any]:
     return {
         "pid": row.id,
@@ -118,20 +148,32 @@ def as_json(row: TaskRow, kind: str = "process") -> dict[str, Any]:
         "btime": row.btime,
         "command": row.command,
         **dict(zip(COUNTERS, row.counters, strict=True)),
+        "uid": None if row.uid < 0 else row.uid,
+        "user": USERS[row.uid],
+        "cmdline": row.cmdline or None,
+        "unit": row.unit or None,
+        "container": row.container or None,
+        "cgroup": row.cgroup or None,
     }
 
 
 # Every counter of every row, in bytes with units (binary, three digits):
 #   2_097_152 = 2.00 MiB   90_000 = 87.89 KiB    5000 = 4.88 KiB   15000 = 14.65 KiB
 #   4000 = 3.91 KiB        3_221_225_472 = 3.00 GiB;  packets 3_000_000 = 3.00M, 1_000_000 = 1.00M
-# The natural width is 87 columns; COMMAND is cut from 15 to 8 to fit 80.
+# The natural width is 93 columns (USER: 5, for "54321"); with COMMAND cut to its least
+# (7) it would still take 85, so UDPRCV (6 and a space) is left out (said on stderr);
+# of the 86 left, COMMAND is cut from 15 to 9 ("systemd-" and the marker) to fit 80,
+# and no room is left for CMDLINE.
 QUERY_TABLE = [
-    "    PID COMMAND  TCPSND  TCPSNDB TCPRCV  TCPRCVB UDPSND  UDPSNDB UDPRCV  UDPRCVB",
-    "1234567 systemd-      0      0 B      0      0 B     10   1000 B  1.00M 3.00 GiB",
-    "    100 nginx     3.00M 2.00 MiB   1200 87.9 KiB      0      0 B      0      0 B",
-    "    200 dig           0      0 B      0      0 B     50 4.88 KiB     50 14.6 KiB",
-    "    300 curl          3    300 B      4 3.91 KiB      1    100 B      1    200 B",
+    "    PID USER  COMMAND   TCPSND  TCPSNDB TCPRCV  TCPRCVB UDPSND  UDPSNDB  UDPRCVB",
+    "1234567 -     systemd-\u2026      0      0 B      0      0 B     10   1000 B 3.00 GiB",
+    "    100 root  nginx      3.00M 2.00 MiB   1200 87.9 KiB      0      0 B      0 B",
+    "    200 54321 dig            0      0 B      0      0 B     50 4.88 KiB 14.6 KiB",
+    "    300 -     curl           3    300 B      4 3.91 KiB      1    100 B    200 B",
 ]
+QUERY_TABLE_NOTE = (
+    "netatop: UDPRCV left out to fit 80 columns (a wider terminal, --json or --csv shows them)\n"
+)
 
 
 def invoke(*args: str, columns: int = 80, **env: str) -> Result:
@@ -241,15 +283,70 @@ def test_query_human_table_sorted_by_bytes_fits_80_columns(run_dir: Path) -> Non
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == QUERY_TABLE
     assert max(len(line) for line in result.stdout.splitlines()) == 80
-    assert result.stderr == ""
+    assert result.stderr == QUERY_TABLE_NOTE
 
 
 def test_query_wide_terminal_keeps_the_whole_command(run_dir: Path) -> None:
+    """86 columns without CMDLINE: 120 leaves 33 for it (20 needed); unknown: [command]."""
     result = invoke("query", "--run-dir", str(run_dir), "--top", "1", columns=120)
     assert result.stdout.splitlines() == [
-        "    PID COMMAND         TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV  UDPRCVB",
-        "1234567 systemd-resolve      0     0 B      0     0 B     10  1000 B  1.00M 3.00 GiB",
+        "    PID USER COMMAND         TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV  UDPRCVB"
+        " CMDLINE",
+        "1234567 -    systemd-resolve      0     0 B      0     0 B     10  1000 B  1.00M 3.00 GiB"
+        " [systemd-resolve]",
     ]
+
+
+QUERY_WIDE = [
+    "    PID USER  COMMAND         TCPSND  TCPSNDB TCPRCV  TCPRCVB UDPSND  UDPSNDB UDPRCV  UDPRCVB"
+    " CMDLINE",
+    "1234567 -     systemd-resolve      0      0 B      0      0 B     10   1000 B  1.00M 3.00 GiB"
+    " [systemd-resolve]",
+    "    100 root  nginx            3.00M 2.00 MiB   1200 87.9 KiB      0      0 B      0      0 B"
+    " nginx: master process /usr/sbin/nginx -g daemon off;",
+    "    200 54321 dig                  0      0 B      0      0 B     50 4.88 KiB     50 14.6 KiB"
+    " dig @192.0.2.53 example.org",
+    "    300 -     curl                 3    300 B      4 3.91 KiB      1    100 B      1    200 B"
+    " [curl]",
+]
+
+
+def test_query_shows_the_user_and_the_command_line_where_they_fit(run_dir: Path) -> None:
+    """93 columns, then CMDLINE: 160 columns hold the longest command line (52) whole."""
+    result = invoke("query", "--run-dir", str(run_dir), columns=160)
+    assert result.stdout.splitlines() == QUERY_WIDE
+    # 113: CMDLINE gets 19 characters, one short of the 20 it needs: left out
+    narrow = invoke("query", "--run-dir", str(run_dir), columns=113)
+    assert "CMDLINE" not in narrow.stdout
+    assert "CMDLINE" in invoke("query", "--run-dir", str(run_dir), columns=114).stdout
+
+
+def test_query_cmdline_forces_the_column_and_marks_what_is_cut(run_dir: Path) -> None:
+    result = invoke("query", "--run-dir", str(run_dir), "--cmdline", columns=100)
+    # 93 + 1 leaves 6 of 52: CMDLINE is cut to 7 (its least), then COMMAND from 15 to 14
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(" CMDLINE")
+    assert lines[2].endswith(" nginx:\u2026")
+    assert lines[3].endswith(" dig @1\u2026")
+    assert lines[4].endswith(" [curl]")
+    assert [line.split()[2] for line in lines[1:]] == [
+        "systemd-resol\u2026",
+        "nginx",
+        "dig",
+        "curl",
+    ]
+    assert max(len(line) for line in lines) == 100
+
+
+def test_query_piped_cuts_nothing(run_dir: Path) -> None:
+    """Not a terminal and no COLUMNS: whole lines, the command line included (like ps)."""
+    result = CliRunner().invoke(
+        commands.app,
+        ["query", "--run-dir", str(run_dir)],
+        prog_name="netatop",
+        env={"COLUMNS": None, "NETATOP_RUN_DIR": None},
+    )
+    assert result.stdout.splitlines() == QUERY_WIDE
 
 
 def test_query_json_has_exact_counters(run_dir: Path) -> None:
@@ -263,9 +360,11 @@ def test_query_csv_has_a_header_and_exact_counters(run_dir: Path) -> None:
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
         "pid,tgid,kind,btime,command,tcpsndpacks,tcpsndbytes,tcprcvpacks,tcprcvbytes,"
-        "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes",
-        "300,300,process,3000,curl,3,300,4,4000,1,100,1,200",  # PIDs given: their order
-        "200,200,process,2000,dig,0,0,0,0,50,5000,50,15000",
+        "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes,uid,user,cmdline,unit,container,cgroup",
+        "300,300,process,3000,curl,3,300,4,4000,1,100,1,200,,,,,,",  # PIDs given: their order
+        "200,200,process,2000,dig,0,0,0,0,50,5000,50,15000,54321,54321,"
+        f"dig @192.0.2.53 example.org,docker-{'d' * 64}.scope,{DIG_CONTAINER},"
+        f"/system.slice/docker-{'d' * 64}.scope",
     ]
 
 
@@ -345,16 +444,16 @@ def test_query_unknown_and_finished_pids_exit_1_and_print_the_rest(run_dir: Path
     finished = invoke("query", "--run-dir", str(run_dir), "400", columns=100)
     assert finished.exit_code == 0
     assert finished.stdout.splitlines() == [
-        "PID COMMAND       TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
-        "400 wget <exited>      1     2 B      3     4 B      5     6 B      7     8 B",
+        "PID USER COMMAND       TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
+        "400 -    wget <exited>      1     2 B      3     4 B      5     6 B      7     8 B",
     ]
 
 
 def test_query_threads_says_there_are_none(run_dir: Path) -> None:
-    result = invoke("query", "--run-dir", str(run_dir), "--threads")
+    result = invoke("query", "--run-dir", str(run_dir), "--threads", columns=100)
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
-        "TID TGID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB"
+        "TID TGID USER COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB"
     ]
     assert result.stderr == f"netatop: {commands.NO_THREAD_ROWS}\n"
     asked = invoke("query", "--run-dir", str(run_dir), "--threads", "100")
@@ -371,12 +470,14 @@ def test_query_threads_lists_thread_rows(tmp_path: Path) -> None:
     writer = TableWriter(table_path(str(tmp_path)), 8, 250)
     writer.publish([NGINX, *threads], {})
     try:
-        result = invoke("query", "--run-dir", str(tmp_path), "--threads", "--sort", "pid", "500")
+        result = invoke(
+            "query", "--run-dir", str(tmp_path), "--threads", "--sort", "pid", "500", columns=100
+        )
         assert result.exit_code == 0
         assert result.stdout.splitlines() == [
-            "TID TGID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
-            "500  500 main         1   100 B      1   100 B      0     0 B      0     0 B",
-            "501  500 worker       2   300 B      0     0 B      0     0 B      0     0 B",
+            "TID TGID USER COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
+            "500  500 -    main         1   100 B      1   100 B      0     0 B      0     0 B",
+            "501  500 -    worker       2   300 B      0     0 B      0     0 B      0     0 B",
         ]
         # by bytes: worker 300, main 200, other 120
         as_rows = json.loads(
@@ -511,6 +612,21 @@ def test_table_not_updated_for_long_is_reported_stuck(
 # --------------------------------------------------------------------------- control socket
 
 
+# The fake exit list's first and last activity and exit time (epoch seconds), by pid.
+EXIT_TIMES: dict[int, tuple[float, float, float | None]] = {}
+
+
+def as_exited_json(row: TaskRow) -> dict[str, Any]:
+    """A row of the exit list in JSON: as_json, then its times (EXIT_TIMES)."""
+    first, last, exit_time = EXIT_TIMES[row.id]
+    return {
+        **as_json(row, "exited"),
+        "first_activity": first,
+        "last_activity": last,
+        "exit_time": exit_time,
+    }
+
+
 class FakeDaemon:
     """A control socket answering from fixed records (the wire format of protocol.py)."""
 
@@ -532,7 +648,32 @@ class FakeDaemon:
     def record(row: TaskRow) -> bytes:
         return pack_netpertask(row.id, row.btime, row.command, row.counters)
 
+    @staticmethod
+    def detail(row: TaskRow) -> dict[str, Any]:
+        """The object the *_DETAIL commands answer for row (protocol.DETAIL_FIELDS)."""
+        first, last, exit_time = EXIT_TIMES.get(row.id, (0.0, 0.0, None))
+        return {
+            "tgid": row.tgid,
+            "btime": row.btime,
+            "command": row.command,
+            "cmdline": row.cmdline,
+            "uid": row.uid,
+            "unit": row.unit,
+            "container": row.container,
+            "cgroup": row.cgroup,
+            "first_activity": first,
+            "last_activity": last,
+            "exit_time": exit_time,
+            **dict(zip(COUNTERS, row.counters, strict=True)),
+        }
+
     def answer(self, command: int, task_id: int) -> tuple[int, bytes]:
+        if command == Command.LIST_TASKS_DETAIL:
+            return 0, json.dumps([self.detail(r) for r in self.tasks]).encode()
+        if command == Command.LIST_EXIT_DETAIL:
+            return 0, json.dumps([self.detail(r) for r in self.exited]).encode()
+        if command == Command.GETCNT_EXIT_DETAIL:
+            return 0, json.dumps(self.detail(self.exited.pop(0))).encode()
         if command == Command.PROBE:
             return 0, b"netatopd fake"
         if command == Command.STATUS:
@@ -771,29 +912,79 @@ def test_query_falls_back_to_the_control_socket_without_a_table(
 
 
 def test_exited_lists_the_exit_list(fake: FakeDaemon, tmp_path: Path) -> None:
+    """With who each process is and its exit time, as the history gives them."""
     result = invoke("exited", "--run-dir", str(tmp_path), "--json")
-    assert json.loads(result.stdout) == [as_json(WGET_EXITED, "exited"), as_json(DIG, "exited")]
+    assert json.loads(result.stdout) == [as_exited_json(WGET_EXITED), as_exited_json(DIG)]
+    assert list(json.loads(result.stdout)[1]) == list(EXITED_FIELDS)
     limited = invoke("exited", "--run-dir", str(tmp_path), "--csv", "--limit", "1")
-    assert limited.stdout.splitlines()[1:] == ["400,400,exited,5000,wget,1,2,3,4,5,6,7,8"]
+    assert limited.stdout.splitlines() == [
+        ",".join(EXITED_FIELDS),
+        f"400,400,exited,5000,wget,1,2,3,4,5,6,7,8,,,,,,,{T0 + 10.0},{T0 + 20.0},{T0 + 30.5}",
+    ]
+    dig = invoke("exited", "--run-dir", str(tmp_path), "--csv", "--pid", "200")
+    assert dig.stdout.splitlines()[1] == (
+        "200,200,exited,2000,dig,0,0,0,0,50,5000,50,15000,54321,54321,"
+        f"dig @192.0.2.53 example.org,docker-{'d' * 64}.scope,{DIG_CONTAINER},"
+        f"/system.slice/docker-{'d' * 64}.scope,{T0 + 40.0},{T0 + 50.0},{T0 + 61.25}"
+    )
     assert fake.exited == [WGET_EXITED, DIG]  # read, not consumed
+
+
+def test_exited_from_the_exit_list_piped_cuts_no_command_line(
+    fake: FakeDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_cmdline = "python3 -m http.server --bind 192.0.2.1 8080 " + "--directory /srv/x " * 6
+    fake.exited = [DIG._replace(cmdline=long_cmdline)]
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        piped = CliRunner().invoke(
+            commands.app,
+            ["exited", "--run-dir", str(tmp_path)],
+            prog_name="netatop",
+            env={"COLUMNS": None, "NETATOP_RUN_DIR": None},
+        )
+        narrow = invoke("exited", "--run-dir", str(tmp_path), columns=80)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    # 4.88 KiB sent, 14.6 KiB received in 50 and 50 datagrams; exit 2026-11-27 00:01:01
+    row = "200 54321 2026-11-27 00:01:01    50 4.88 KiB    50 14.6 KiB "
+    assert piped.stdout.splitlines() == [
+        "PID USER  EXITED              SNDPK     SENT RCVPK     RCVD CMDLINE",
+        row + long_cmdline.rstrip(),
+    ]
+    assert len(piped.stdout.splitlines()[1]) > 160
+    # a terminal of 80 columns: 80 characters, the last one the marker
+    cut_line = narrow.stdout.splitlines()[1]
+    assert len(cut_line) == 80 and cut_line.endswith("\u2026")
+    assert cut_line == row + long_cmdline[: 80 - len(row) - 1] + "\u2026"
 
 
 def test_wait_exit_consumes_and_prints_one_object_a_line(fake: FakeDaemon, tmp_path: Path) -> None:
     result = invoke("wait-exit", "--run-dir", str(tmp_path), "--json", "--count", "2")
     assert result.exit_code == 0
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
-        as_json(WGET_EXITED, "exited"),
-        as_json(DIG, "exited"),
+        as_exited_json(WGET_EXITED),
+        as_exited_json(DIG),
     ]
     assert fake.exited == []
 
 
 def test_wait_exit_human_lines(fake: FakeDaemon, tmp_path: Path) -> None:
-    result = invoke("wait-exit", "--run-dir", str(tmp_path), "--count", "1")
-    assert result.stdout == (
+    result = invoke("wait-exit", "--run-dir", str(tmp_path), "--count", "2")
+    assert result.stdout.splitlines() == [
         "pid=400 tgid=400 kind=exited btime=5000 command=wget tcpsndpacks=1 tcpsndbytes=2 "
-        "tcprcvpacks=3 tcprcvbytes=4 udpsndpacks=5 udpsndbytes=6 udprcvpacks=7 udprcvbytes=8\n"
-    )
+        "tcprcvpacks=3 tcprcvbytes=4 udpsndpacks=5 udpsndbytes=6 udprcvpacks=7 udprcvbytes=8 "
+        "uid=- user=- cmdline=- unit=- container=- cgroup=- "
+        f"first_activity={T0 + 10.0} last_activity={T0 + 20.0} exit_time={T0 + 30.5}",
+        "pid=200 tgid=200 kind=exited btime=2000 command=dig tcpsndpacks=0 tcpsndbytes=0 "
+        "tcprcvpacks=0 tcprcvbytes=0 udpsndpacks=50 udpsndbytes=5000 udprcvpacks=50 "
+        'udprcvbytes=15000 uid=54321 user=54321 cmdline="dig @192.0.2.53 example.org" '
+        f"unit=docker-{'d' * 64}.scope container={DIG_CONTAINER} "
+        f"cgroup=/system.slice/docker-{'d' * 64}.scope "
+        f"first_activity={T0 + 40.0} last_activity={T0 + 50.0} exit_time={T0 + 61.25}",
+    ]
 
 
 def test_sync_gc_wait_empty(fake: FakeDaemon, tmp_path: Path) -> None:
@@ -816,6 +1007,7 @@ EXITED_ROWS = [
     (500, 5000, "scp", "scp big host:", 0, T0 + 100.0, T0 + 200.0, T0 + 9000.0)
     + (10, 5_000_000, 20, 1000, 0, 0, 0, 0),
 ]
+EXIT_TIMES.update({400: (T0 + 10.0, T0 + 20.0, T0 + 30.5), 200: (T0 + 40.0, T0 + 50.0, T0 + 61.25)})
 
 
 @pytest.fixture
@@ -903,9 +1095,9 @@ def test_exited_since_human_and_csv(history: Path, users: None) -> None:
     as_csv = invoke("exited", "--db", str(history), "--csv", "--since", f"@{T0}", "--limit", "1")
     assert as_csv.stdout.splitlines() == [
         "pid,tgid,kind,btime,command,tcpsndpacks,tcpsndbytes,tcprcvpacks,tcprcvbytes,"
-        "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes,cmdline,uid,first_activity,"
-        "last_activity,exit_time,user,unit,container,cgroup",
-        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0},,,,",
+        "udpsndpacks,udpsndbytes,udprcvpacks,udprcvbytes,uid,user,cmdline,unit,container,"
+        "cgroup,first_activity,last_activity,exit_time",
+        f"400,400,exited,4000,ssh,1,60,1,40,0,0,0,0,,,,,,,{T0 + 550.0},{T0 + 600.0},{T0 + 700.0}",
     ]
 
 
@@ -1154,10 +1346,10 @@ def test_top_prints_frames_to_a_pipe(tmp_path: Path) -> None:
         # every column, none left out (no +N)
         assert lines[3].split() == [
             "PID", "S", "USER", "COMMAND", "SENT/s", "RCVD/s", "SNDPK/s", "RCVPK/s",
-            "TCP/s", "UDP/s", "TOTAL", "LAST", "MINUTE",
+            "TCP/s", "UDP/s", "TOTAL", "LAST", "MINUTE", "CMDLINE",
         ]  # fmt: skip
-        assert lines[4].split()[:4] == ["100", "R", "-", "nginx"]  # the only one with traffic
-        assert lines[5].split()[:4] == ["200", "R", "-", "dig"]
+        assert lines[4].split()[:4] == ["100", "R", "root", "nginx"]  # the only one with traffic
+        assert lines[5].split()[:2] == ["200", "R"] and lines[5].split()[3] == "dig"
         assert lines[5].split()[4:10] == ["0", "B", "0", "B", "0.0", "0.0"]
         assert "\x1b" not in frame and "q:quit" not in frame
 
@@ -1261,14 +1453,14 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
     publisher = Publisher(tmp_path)
     try:
         code, seen, before, after = run_top_in_pty(
-            tmp_path, [(b"100 R -    nginx", b"p"), (b"sorted by packets", b"q")]
+            tmp_path, [(b" nginx ", b"p"), (b"sorted by packets", b"q")]
         )
     finally:
         publisher.close()
     assert code == 0
     assert seen.startswith(b"\x1b[?1049h")  # alternate screen ...
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # ... left, cursor shown again
-    assert re.search(rb"\r\n100 R -    nginx +\x1b\[33m *[0-9.]+ KiB\x1b\[0m ", seen)
+    assert re.search(rb"\r\n100 R root +nginx +\x1b\[33m *[0-9.]+ KiB\x1b\[0m ", seen)
     assert before == after  # terminal modes restored (echo, canonical input)
     assert (
         max(len(line) for line in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).split(b"\r\n"))
@@ -1279,7 +1471,7 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
 def test_top_in_a_terminal_quits_on_ctrl_c(tmp_path: Path) -> None:
     publisher = Publisher(tmp_path)
     try:
-        code, seen, before, after = run_top_in_pty(tmp_path, [(b"100 R -    nginx", b"\x03")])
+        code, seen, before, after = run_top_in_pty(tmp_path, [(b" nginx ", b"\x03")])
     finally:
         publisher.close()
     assert code == 0
@@ -1321,9 +1513,9 @@ def test_manual_page_lists_every_command_and_option() -> None:
         }:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
-    # status 2, query 6 + --pid --since (its pointer to the history), top 5,
-    # exited 7 + --control-group (who may read the exit list), report 10, wait-exit 2
-    assert options_seen == 35
+    # status 2, query 7 (--by, --cmdline) + --pid --since (its pointer to the history),
+    # top 5, exited 7 + --control-group (who may read the exit list), report 10, wait-exit 2
+    assert options_seen == 36
 
 
 def test_manual_page_renders_without_warnings() -> None:
@@ -1359,14 +1551,23 @@ def test_status_without_a_table_says_why(fake: FakeDaemon, tmp_path: Path) -> No
 # --------------------------------------------------------------------------- issue 15
 
 
-def test_exited_pid_from_the_exit_list(fake: FakeDaemon, tmp_path: Path) -> None:
+def test_exited_pid_from_the_exit_list(
+    fake: FakeDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     found = invoke("exited", "--run-dir", str(tmp_path), "--pid", "200", "--json")
-    assert (found.exit_code, json.loads(found.stdout)) == (0, [as_json(DIG, "exited")])
-    table = invoke("exited", "--run-dir", str(tmp_path), "--pid", "400")
+    assert (found.exit_code, json.loads(found.stdout)) == (0, [as_exited_json(DIG)])
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        table = invoke("exited", "--run-dir", str(tmp_path), "--pid", "400")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    # sent 1 + 5 packets, 2 + 6 bytes; received 3 + 7, 4 + 8; exit at T0 + 30.5
     assert table.stdout.splitlines() == [
-        "PID COMMAND TCPSND TCPSNDB TCPRCV TCPRCVB UDPSND UDPSNDB UDPRCV UDPRCVB",
-        "400 wget         1     2 B      3     4 B      5     6 B      7     8 B",
-    ]  # every row of the exit list has finished: no <exited> mark
+        "PID USER EXITED              SNDPK SENT RCVPK RCVD CMDLINE",
+        "400 -    2026-11-27 00:00:30     6  8 B    10 12 B [wget]",
+    ]  # the columns of exited --since: no <exited> mark, every row has finished
     gone = invoke("exited", "--run-dir", str(tmp_path), "--pid", "999", "--json")
     assert (gone.exit_code, json.loads(gone.stdout)) == (1, [])
     assert gone.stderr == (
@@ -1505,3 +1706,19 @@ def test_manual_page_lists_the_vocabulary() -> None:
         assert re.search(rf"^{field} +{re.escape(header)} +\S", page, re.M), field
     lines = page[page.index("FIELD ") :].splitlines()
     assert max(len(line) for line in lines[: len(HEADERS) + 1]) <= 66  # fits 80 once indented
+
+
+def test_control_characters_in_a_command_line_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A newline or an escape sequence in a command line is shown as '?', like ps does."""
+    hostile = DIG._replace(cmdline="sh -c 'echo\n\x1b[2Jgone'\x9b")
+    writer = TableWriter(table_path(str(tmp_path)), 8, 250)
+    writer.publish([hostile], {})
+    try:
+        result = invoke("query", "--run-dir", str(tmp_path), columns=200)
+        as_json_rows = json.loads(invoke("query", "--run-dir", str(tmp_path), "--json").stdout)
+    finally:
+        writer.close()
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith(" sh -c 'echo??[2Jgone'?")
+    assert as_json_rows[0]["cmdline"] == hostile.cmdline  # JSON keeps it as it is

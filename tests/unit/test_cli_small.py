@@ -120,7 +120,7 @@ def test_an_empty_query_says_there_is_nothing_yet_and_why(
     result = invoke("query", "--run-dir", str(empty_table))
     assert result.exit_code == 0
     assert result.stdout.split() == [
-        "PID", "COMMAND", "TCPSND", "TCPSNDB", "TCPRCV", "TCPRCVB",
+        "PID", "USER", "COMMAND", "TCPSND", "TCPSNDB", "TCPRCV", "TCPRCVB",
         "UDPSND", "UDPSNDB", "UDPRCV", "UDPRCVB",
     ]  # fmt: skip
     lines = result.stderr.splitlines()

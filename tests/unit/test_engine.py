@@ -8,6 +8,7 @@ integer STATUS figures that have a table slot.
 from __future__ import annotations
 
 import argparse
+import json
 import struct
 import time
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ from netatopd.daemon.engine import IDLE_WAKE_S, SIMULATE_CONNECTOR_FAILURE_ENV, 
 from netatopd.locality import Locality
 from netatopd.netlink.connector import ProcessEvent, ProcEventKind
 from netatopd.parse import PROTO_TCP, PROTO_UDP, Direction, Reject
-from netatopd.table import STATUS_FIELDS
-from netatopd.tasks import TaskInfo
+from netatopd.protocol import DETAIL_FIELDS
+from netatopd.table import STATUS_FIELDS, TableWriter, open_table, table_path
+from netatopd.tasks import Kind, TaskInfo
 
 A4 = bytes((192, 0, 2, 1))
 B4 = bytes((198, 51, 100, 2))
@@ -157,13 +159,16 @@ STATUS_ORDER_PROC = [
     "uptime_s",
     *(
         f"forwarded_{name}{unit}"
-        for name in ("tcp_sent", "tcp_received", "udp_sent", "udp_received")
+        for name in (
+            "tcp_sent",
+            "tcp_received",
+            "udp_sent",
+            "udp_received",
+            "icmp_sent",
+            "icmp_received",
+        )
         for unit in ("", "_bytes")
     ),
-    "forwarded_icmp_sent",
-    "forwarded_icmp_received",
-    "forwarded_icmp_sent_bytes",
-    "forwarded_icmp_received_bytes",
     "local_addresses",
     "conntrack",
     "nat_rewrites",
@@ -198,7 +203,13 @@ def test_status_without_the_stages_that_are_off(engine: Engine, fake_time: FakeT
     assert status["history"] == "disabled (--no-history)"
     assert status["capture_lanes"] == 3 and status["capture_hold_ms"] == 0
     assert status["owner_latency_samples"] == 0 and "owner_latency_ms_p50" not in status
-    absent = ("capture_lanes_fallback", "resolver_kernel_finds", "atop_clients", "history_pending")
+    absent = (
+        "capture_lanes_fallback",
+        "resolver_kernel_finds",
+        "atop_clients",
+        "history_pending",
+        "table_text_refused",
+    )
     assert [name for name in absent if name in status] == []
     assert not any(name.startswith("ebpf_") for name in status)
 
@@ -301,10 +312,10 @@ class FakeProcessEvents:
 def test_an_exit_event_finishes_the_task_now_and_lost_events_resync(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drained: list[bool] = []  # the capture is read before the task is finished
+    drained: list[bool] = []  # the capture is read before the task is finished, forced
 
-    def drain_capture() -> bool:
-        drained.append(engine.tasks.get(gone_pid) is not None)
+    def drain_capture(force: bool = False) -> bool:
+        drained.append(force and engine.tasks.get(gone_pid) is not None)
         return False
 
     monkeypatch.setattr(engine, "drain_capture", drain_capture)
@@ -323,3 +334,61 @@ def test_an_exit_event_finishes_the_task_now_and_lost_events_resync(
     assert len(engine.identities) > 0  # every running process read again
     status = Answers(engine).status()
     assert (status["process_events_resyncs"], status["process_events_lost"]) == (1, 7)
+
+
+def test_identity_reaches_the_table_and_the_detail_answers(engine: Engine) -> None:
+    """A task's uid, command line and placement: in its table row, LIST_TASKS_DETAIL, and
+    once finished in the exit list's table row, LIST_EXIT_DETAIL and GETCNT_EXIT_DETAIL."""
+    scope = "/system.slice/docker-" + "e" * 64 + ".scope"
+    task = TaskInfo(4321, 100, 1_700_000_000, "web", "web --port 80", 33, scope)
+    task.add(True, (2, 300, 1, 100), 1_700_000_010.0)
+    assert engine.tasks.admit(task)
+    identity = {
+        "uid": 33,
+        "cmdline": "web --port 80",
+        "unit": "docker-" + "e" * 64 + ".scope",
+        "container": "docker:" + "e" * 64,
+        "cgroup": scope,
+    }
+    answers = Answers(engine)
+    engine.publish()
+    with open_table(engine.options.run_dir) as reader:
+        row = reader.lookup(4321)
+    assert row is not None
+    assert {name: getattr(row, name) for name in identity} == identity
+    running = json.loads(answers.list_tasks_detail())
+    assert [(r["tgid"], r["exit_time"], r["udpsndbytes"]) for r in running] == [(4321, None, 300)]
+    assert {name: running[0][name] for name in identity} == identity
+    assert list(running[0]) == list(DETAIL_FIELDS)
+
+    engine.exit_list.add(task.finished(1_700_000_020.5))
+    engine.tasks.remove(task)
+    engine.publish()
+    with open_table(engine.options.run_dir) as reader:
+        gone = reader.lookup(4321)
+    assert gone is not None and gone.kind == Kind.EXITED
+    assert {name: getattr(gone, name) for name in identity} == identity
+    (listed,) = json.loads(answers.list_exited_detail())
+    assert {name: listed[name] for name in identity} == identity
+    assert (listed["exit_time"], listed["first_activity"], listed["udpsndpacks"]) == (
+        1_700_000_020.5,
+        1_700_000_010.0,
+        2,
+    )
+    taken = answers.pop_exited_detail()
+    assert taken is not None and json.loads(taken) == listed
+    assert answers.pop_exited_detail() is None and len(engine.exit_list) == 0
+
+
+def test_strings_the_table_had_no_room_for_are_in_status(engine: Engine) -> None:
+    """A text area too small for the command lines: STATUS table_text_refused says how many."""
+    engine.table.close(unlink=True)
+    engine.table = TableWriter(table_path(engine.options.run_dir), 8, 250, text_size_bytes=16)
+    for tgid, cmdline in ((10, "first --x"), (11, "second --y")):
+        task = TaskInfo(tgid, 1, 1_700_000_000, "p", cmdline, 0, "")
+        assert engine.tasks.admit(task)
+    engine.publish()
+    # 1 + "first --x\0" (10) fits in 16; "second --y\0" does not
+    assert Answers(engine).status()["table_text_refused"] == 1
+    with open_table(engine.options.run_dir) as reader:
+        assert sorted(row.cmdline for row in reader.snapshot().rows) == ["", "first --x"]

@@ -71,7 +71,7 @@ def test_wire_bytes_adds_link_header_and_crc_per_segment() -> None:
 
 def test_programs_assemble_and_fit_the_stack() -> None:
     for attach_type in AttachType:
-        items = count_program(attach_type, 3, 4, 5)
+        items = count_program(attach_type, 3, 4, 5, 6)
         code = assemble(items)
         assert len(code) == 8 * instruction_count(items)
     assert STACK_VALUE + SOCK_COUNTS.size <= -8  # below the cookie key
@@ -80,7 +80,7 @@ def test_programs_assemble_and_fit_the_stack() -> None:
 
 
 def test_ingress_and_egress_add_to_different_counters() -> None:
-    ingress = assemble(count_program(AttachType.CGROUP_INET_INGRESS, 3, 4, 5))
-    egress = assemble(count_program(AttachType.CGROUP_INET_EGRESS, 3, 4, 5))
+    ingress = assemble(count_program(AttachType.CGROUP_INET_INGRESS, 3, 4, 5, 6))
+    egress = assemble(count_program(AttachType.CGROUP_INET_EGRESS, 3, 4, 5, 6))
     assert ingress != egress
     assert len(ingress) == len(egress)

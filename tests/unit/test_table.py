@@ -9,7 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import shutil
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,19 +56,28 @@ HEADER_LAYOUT = {
     "created_ns": (80, 8),
     "update_ns": (88, 8),
     "refused_last": (96, 4),
+    "text_size": (100, 4),
+    "text_used": (104, 4),
+    "text_refused": (108, 4),
     "status": (128, 512),
 }
 ROW_LAYOUT = {
     "kind": (0, 1),
     "id": (4, 4),
     "tgid": (8, 4),
+    "uid": (12, 4),
     "btime": (16, 8),
     "command": (24, 16),
     "counters": (40, 64),
     "last_activity_ns": (104, 8),
+    "cmdline": (112, 4),
+    "unit": (116, 4),
+    "container": (120, 4),
+    "cgroup": (124, 4),
 }
 HEADER_SIZE = 640
-ROW_SIZE = 128
+ROW_SIZE = 144
+TEXT_PER_ROW = 128
 
 
 def member_layout(fmt: str, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
@@ -113,9 +124,25 @@ KNOWN_ROWS = [
         "curl",
         (1, 2, 3, 4, 5, 6, 7, 2**64 - 1),
         1_700_000_200.25,
+        1000,
+        "curl -s http://192.0.2.1/",
+        "user@1000.service",
+        "",
+        "/user.slice/user-1000.slice/user@1000.service/app.slice/x.scope",
     ),
     TaskRow(
-        Kind.THREAD, 4243, 4242, 1_700_000_123, "worker thread", (10, 20, 0, 0, 0, 0, 0, 0), 0.0
+        Kind.THREAD,
+        4243,
+        4242,
+        1_700_000_123,
+        "worker thread",
+        (10, 20, 0, 0, 0, 0, 0, 0),
+        0.0,
+        2**32 - 2,
+        "w\u00e9rker --flag",
+        "nginx.service",
+        "docker:" + "ab" * 32,
+        "/system.slice/docker-" + "ab" * 32 + ".scope",
     ),
     TaskRow(
         Kind.EXITED, 17, 17, 1_600_000_000, "fifteen-chars-x", (0, 0, 0, 0, 9, 900, 8, 800), 1.5
@@ -165,12 +192,14 @@ def test_header_bytes_after_creation(tmp_path: Path) -> None:
     writer = TableWriter(path, capacity_rows=3, publish_interval_ms=250)
     try:
         data = Path(path).read_bytes()
-        assert len(data) == HEADER_SIZE + 3 * ROW_SIZE
+        assert len(data) == HEADER_SIZE + 3 * ROW_SIZE + 3 * TEXT_PER_ROW
         assert data[0:8] == b"NETATOPT"
         fields = struct.unpack_from("<IIIIQIIQiI", data, 8)
         # version, header size, row size, capacity, generation, rows, status count,
         # refused, pid, interval
-        assert fields == (1, 640, 128, 3, 0, 0, len(STATUS_FIELDS), 0, os.getpid(), 250)
+        assert fields == (2, 640, 144, 3, 0, 0, len(STATUS_FIELDS), 0, os.getpid(), 250)
+        # text size, text used (the empty string at offset 0), strings refused
+        assert struct.unpack_from("<III", data, 100) == (3 * TEXT_PER_ROW, 1, 0)
         assert os.stat(path).st_mode & 0o777 == 0o600  # root's only by default
         assert [name for name in os.listdir(tmp_path)] == ["table"]
     finally:
@@ -241,18 +270,30 @@ def test_command_is_cut_to_15_bytes(tmp_path: Path) -> None:
 
 def test_row_bytes(tmp_path: Path) -> None:
     """One row, byte for byte, against the man page offsets."""
-    writer = TableWriter(str(tmp_path / "table"), capacity_rows=1, publish_interval_ms=100)
+    writer = TableWriter(
+        str(tmp_path / "table"), capacity_rows=1, publish_interval_ms=100, text_size_bytes=512
+    )
     try:
         writer.publish(KNOWN_ROWS[1:2], {})
         row = Path(tmp_path / "table").read_bytes()[HEADER_SIZE : HEADER_SIZE + ROW_SIZE]
         assert row[0] == 2  # Kind.THREAD
         assert row[1:4] == bytes(3)
-        assert struct.unpack_from("<ii", row, 4) == (4243, 4242)
+        assert struct.unpack_from("<iiI", row, 4) == (4243, 4242, 2**32 - 2)
         assert struct.unpack_from("<Q", row, 16) == (1_700_000_123,)
         assert row[24:40] == b"worker thread\0\0\0"
         assert struct.unpack_from("<8Q", row, 40) == (10, 20, 0, 0, 0, 0, 0, 0)
         assert struct.unpack_from("<Q", row, 104) == (0,)
-        assert row[112:128] == bytes(16)
+        offsets = struct.unpack_from("<4I", row, 112)
+        assert row[128:144] == bytes(16)
+        data = Path(tmp_path / "table").read_bytes()
+        text = data[HEADER_SIZE + ROW_SIZE :]
+        assert struct.unpack_from("<II", data, 100) == (
+            512,
+            1 + sum(len(value.encode()) + 1 for value in KNOWN_ROWS[1][8:]),
+        )
+        assert text[0] == 0  # offset 0: the empty string
+        strings = [text[offset : text.index(b"\0", offset)].decode() for offset in offsets]
+        assert strings == list(KNOWN_ROWS[1][8:])
     finally:
         writer.close()
 
@@ -312,7 +353,7 @@ def test_capacity_refuses_and_counts(tmp_path: Path) -> None:
             assert writer.publish(rows[:2], {}) == 2
             snap = reader.snapshot()
             assert (snap.rows, snap.refused, snap.refused_last) == (rows[:2], 3, 0)
-        assert os.path.getsize(tmp_path / "table") == HEADER_SIZE + 5 * ROW_SIZE
+        assert os.path.getsize(tmp_path / "table") == HEADER_SIZE + 5 * ROW_SIZE + 5 * TEXT_PER_ROW
     finally:
         writer.close()
 
@@ -518,9 +559,9 @@ def test_missing_file(tmp_path: Path) -> None:
         (b"", "shorter than the 640-byte header"),
         (b"NETATOPT" + bytes(100), "shorter than the 640-byte header"),
         (b"garbage!" * 200, "not a netatop table"),
-        (b"NETATOPT" + struct.pack("<IIII", 2, 640, 128, 0) + bytes(640), "layout version 2"),
-        (b"NETATOPT" + struct.pack("<IIII", 1, 640, 96, 0) + bytes(640), "rows of 96 bytes"),
-        (b"NETATOPT" + struct.pack("<IIII", 1, 640, 128, 50) + bytes(640), "cut short"),
+        (b"NETATOPT" + struct.pack("<IIII", 3, 640, 144, 0) + bytes(640), "layout version 3"),
+        (b"NETATOPT" + struct.pack("<IIII", 2, 640, 96, 0) + bytes(640), "rows of 96 bytes"),
+        (b"NETATOPT" + struct.pack("<IIII", 2, 640, 144, 50) + bytes(640), "cut short"),
     ],
 )
 def test_garbage_file(tmp_path: Path, content: bytes, message: str) -> None:
@@ -530,6 +571,119 @@ def test_garbage_file(tmp_path: Path, content: bytes, message: str) -> None:
         TableReader(str(path))
     assert not isinstance(caught.value, TableMissing)
     assert caught.value.path == str(path)
+
+
+def _version_one_file(path: Path, capacity: int = 2) -> None:
+    """A table as netatopd wrote it before identity: layout version 1, 128-byte rows."""
+    header = struct.pack("<8sIIIIQII", b"NETATOPT", 1, 640, 128, capacity, 2, 0, 0)
+    path.write_bytes(header + bytes(640 - len(header)) + bytes(128 * capacity))
+
+
+def test_a_table_of_the_previous_layout_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "table"
+    _version_one_file(path)
+    with pytest.raises(table.TableLayoutMismatch) as caught:
+        TableReader(str(path))
+    message = str(caught.value)
+    assert caught.value.version == 1
+    assert "layout version 1" in message and "reads version 2 only" in message
+    assert "restart netatopd from the same release" in message
+
+
+def test_a_reader_of_the_previous_layout_refuses_this_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other direction: the file says version 2, a version 1 reader says so and stops."""
+    writer = TableWriter(str(tmp_path / "table"), capacity_rows=2, publish_interval_ms=100)
+    try:
+        writer.publish(KNOWN_ROWS[:1], {})
+        assert struct.unpack_from("<I", (tmp_path / "table").read_bytes(), 8) == (2,)
+        monkeypatch.setattr(table, "TABLE_LAYOUT_VERSION", 1)
+        with pytest.raises(
+            table.TableLayoutMismatch,
+            match="has table layout version 2, and this reader reads version 1 only",
+        ):
+            open_table(str(tmp_path))
+    finally:
+        writer.close()
+
+
+def test_strings_are_stored_once_a_publish(tmp_path: Path) -> None:
+    """Threads and processes of one unit share their strings; the text area holds each once."""
+    unit, cmdline = "web.service", "/usr/sbin/web --workers 4"
+    rows = [
+        TaskRow(Kind.PROCESS, 10, 10, 1, "web", (0,) * 8, 0.0, 33, cmdline, unit),
+        TaskRow(Kind.THREAD, 11, 10, 1, "web", (0,) * 8, 0.0, 33, cmdline, unit),
+        TaskRow(Kind.PROCESS, 20, 20, 1, "web", (0,) * 8, 0.0, 33, "/usr/sbin/web -x", unit),
+    ]
+    writer = TableWriter(str(tmp_path / "table"), capacity_rows=4, publish_interval_ms=100)
+    try:
+        writer.publish(rows, {})
+        data = (tmp_path / "table").read_bytes()
+        expected_used = 1 + len(cmdline) + 1 + len(unit) + 1 + len("/usr/sbin/web -x") + 1
+        assert struct.unpack_from("<II", data, 104) == (expected_used, 0)
+        with open_table(str(tmp_path)) as reader:
+            assert reader.snapshot().rows == rows
+            assert reader.lookup(11, Kind.THREAD) == rows[1]
+    finally:
+        writer.close()
+
+
+def test_a_full_text_area_leaves_strings_out_and_counts_them(tmp_path: Path) -> None:
+    rows = [
+        TaskRow(Kind.PROCESS, n, n, 1, "p", (0,) * 8, 0.0, 0, f"command-{n:04d}")
+        for n in range(1, 6)
+    ]
+    # 1 + 3 strings of 13 bytes (12 and a NUL): the fourth and fifth do not fit
+    writer = TableWriter(
+        str(tmp_path / "table"), capacity_rows=8, publish_interval_ms=100, text_size_bytes=40
+    )
+    try:
+        writer.publish(rows, {})
+        with open_table(str(tmp_path)) as reader:
+            snap = reader.snapshot()
+            assert [row.cmdline for row in snap.rows] == [
+                "command-0001",
+                "command-0002",
+                "command-0003",
+                "",
+                "",
+            ]
+            assert snap.text_refused == 2
+            assert writer.text_refused_last == 2
+            assert [row.uid for row in snap.rows] == [0] * 5
+    finally:
+        writer.close()
+
+
+def test_a_very_long_string_is_cut_with_a_marker(tmp_path: Path) -> None:
+    long_cmdline = "x" * 5000
+    writer = TableWriter(
+        str(tmp_path / "table"), capacity_rows=1, publish_interval_ms=100, text_size_bytes=8192
+    )
+    try:
+        writer.publish([TaskRow(Kind.PROCESS, 1, 1, 1, "x", (0,) * 8, 0.0, 0, long_cmdline)], {})
+        with open_table(str(tmp_path)) as reader:
+            cmdline = reader.snapshot().rows[0].cmdline
+        assert cmdline.endswith(table.TEXT_CUT_MARKER)
+        assert len(cmdline.encode()) == table.TEXT_MAX_BYTES
+        assert cmdline[:-1] == "x" * (len(cmdline) - 1)
+    finally:
+        writer.close()
+
+
+def test_a_string_offset_outside_the_text_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "table"
+    writer = TableWriter(str(path), capacity_rows=1, publish_interval_ms=100)
+    try:
+        writer.publish(KNOWN_ROWS[:1], {})
+        with open(path, "r+b") as raw:
+            raw.seek(HEADER_SIZE + 116)  # unit
+            raw.write(struct.pack("<I", 100_000))
+        with TableReader(str(path)) as reader, pytest.raises(TableError, match="offset 100000"):
+            reader.snapshot()
+    finally:
+        writer.close()
 
 
 def test_unknown_kind_is_an_error(tmp_path: Path) -> None:
@@ -629,3 +783,75 @@ def test_the_writer_works_through_a_checked_directory(tmp_path: Path) -> None:
         writer.close()  # removes only its own file, never the one now under the name
         assert (tmp_path / "run" / "table").read_bytes() == b"someone else's"
         assert run_dir.fd >= 0  # the directory is the caller's to close
+
+
+def test_strings_keep_their_place_and_a_full_text_area_is_rebuilt(tmp_path: Path) -> None:
+    """Strings of an earlier publish stay where they were; when new ones no longer fit,
+    the text is rebuilt with the strings of the publish that needs them."""
+    first = [TaskRow(Kind.PROCESS, 1, 1, 1, "p", (0,) * 8, 0.0, 0, "aaaaaaaaaa")]
+    second = [
+        TaskRow(Kind.PROCESS, 2, 2, 1, "p", (0,) * 8, 0.0, 0, "bbbbbbbbbb"),
+        TaskRow(Kind.PROCESS, 3, 3, 1, "p", (0,) * 8, 0.0, 0, "cccccccccc"),
+    ]
+    # 1 + 11 + 11 + 11 = 34 bytes would be needed; 30 hold the empty string and two
+    writer = TableWriter(
+        str(tmp_path / "table"), capacity_rows=4, publish_interval_ms=100, text_size_bytes=30
+    )
+    try:
+        writer.publish(first, {})
+        writer.publish(first + second[:1], {})  # a appended: a stays at 1, b at 12
+        data = (tmp_path / "table").read_bytes()
+        row_offsets = [
+            struct.unpack_from("<I", data, HEADER_SIZE + index * ROW_SIZE + 112)[0]
+            for index in range(2)
+        ]
+        assert row_offsets == [1, 12]
+        assert struct.unpack_from("<II", data, 104) == (23, 0)
+        writer.publish(second, {})  # c does not fit beside a and b: rebuilt with b and c
+        with open_table(str(tmp_path)) as reader:
+            snap = reader.snapshot()
+        assert snap.rows == second and snap.text_refused == 0
+        data = (tmp_path / "table").read_bytes()
+        assert struct.unpack_from("<II", data, 104) == (23, 0)
+    finally:
+        writer.close()
+
+
+def test_the_c_declarations_of_the_man_page_compile_to_the_layout(tmp_path: Path) -> None:
+    """The page's C structs, compiled, have the sizes and offsets of the code's structs."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to check the man page's declarations with")
+    text = MAN_PAGE.read_text(encoding="utf-8")
+    start = text.index(".SS C declarations")
+    block = text[text.index(".ft CR\n", start) + 7 : text.index(".ft\n", start)]
+    declarations = block.replace("\\-", "-").replace("\\e", "\\")
+    members = [("netatop_table_header", name) for name in HEADER_LAYOUT] + [
+        ("netatop_table_row", name) for name in ROW_LAYOUT
+    ]
+    prints = "\n".join(
+        f'    printf("%s %s %zu %zu\\n", "{struct_name}", "{name}", '
+        f"offsetof(struct {struct_name}, {name}), "
+        f"sizeof(((struct {struct_name} *)0)->{name}));"
+        for struct_name, name in members
+    )
+    source = tmp_path / "layout.c"
+    source.write_text(
+        "#include <stddef.h>\n#include <stdio.h>\n"
+        + declarations
+        + "\nint main(void)\n{\n"
+        + '    printf("sizes %zu %zu\\n", sizeof(struct netatop_table_header), '
+        "sizeof(struct netatop_table_row));\n"
+        + prints
+        + '\n    printf("version %d\\n", NETATOP_TABLE_VERSION);\n    return 0;\n}\n'
+    )
+    program = tmp_path / "layout"
+    subprocess.run([compiler, "-Wall", "-Werror", "-o", str(program), str(source)], check=True)
+    lines = subprocess.run([str(program)], check=True, capture_output=True, text=True).stdout
+    got = lines.splitlines()
+    assert got[0] == f"sizes {HEADER_SIZE} {ROW_SIZE}"
+    assert got[-1] == f"version {table.TABLE_LAYOUT_VERSION}"
+    layouts = {"netatop_table_header": HEADER_LAYOUT, "netatop_table_row": ROW_LAYOUT}
+    for line in got[1:-1]:
+        struct_name, name, offset, size = line.split()
+        assert (int(offset), int(size)) == layouts[struct_name][name], line

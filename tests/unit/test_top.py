@@ -317,14 +317,14 @@ def test_on_a_terminal_keys_colour_bits_and_a_finished_row_that_leaves(tmp_path:
     marked = [index for index, frame in enumerate(frames) if b"300 X" in frame]
     assert marked and marked[-1] < len(frames) - 3
     assert all(b"curl" not in frame for frame in frames[marked[-1] + 1 :])
-    assert b"\r\n100 R -    nginx" in frames[-1]
+    assert re.search(rb"\r\n100 R root +nginx ", frames[-1])
 
 
 def test_no_color_and_a_c_locale_on_a_terminal(tmp_path: Path) -> None:
     publisher = Finishing(tmp_path)
     try:
         code, seen, _, _ = run_top_in_pty(
-            tmp_path, [(b"100 R -    nginx", b""), (1.0, b"q")], NO_COLOR="1", LC_ALL="C"
+            tmp_path, [(b" nginx ", b""), (1.0, b"q")], NO_COLOR="1", LC_ALL="C"
         )
     finally:
         publisher.close()
@@ -332,7 +332,7 @@ def test_no_color_and_a_c_locale_on_a_terminal(tmp_path: Path) -> None:
     assert not SGR_COLOUR.search(seen)  # the screen's own sequences only
     assert seen.startswith(b"\x1b[?1049h") and b"q:quit" in seen
     assert not re.search(rb"[\x80-\xff]", seen)  # ASCII sparkline
-    assert re.search(rb"\r\n100 R -    nginx .* [.,:=+*#-]+\x1b\[K", seen)
+    assert re.search(rb"\r\n100 R root +nginx .* [.,:=+*#-]+\x1b\[K", seen)
 
 
 def test_a_wide_terminal_drops_no_column_and_a_narrow_one_says_how_many(tmp_path: Path) -> None:
@@ -342,8 +342,10 @@ def test_a_wide_terminal_drops_no_column_and_a_narrow_one_says_how_many(tmp_path
         _, narrow, _, _ = run_top_in_pty(tmp_path, [(b"100 R", b"q")], columns=50)
     finally:
         publisher.close()
-    assert re.search(rb"\r\nPID S USER COMMAND .* TCP/s +UDP/s +TOTAL LAST MINUTE\x1b\[K", wide)
-    assert re.search(rb"\r\nPID S COMMAND +SENT/s +RCVD/s +TOTAL \+6\x1b\[K", narrow)
+    assert re.search(
+        rb"\r\nPID S USER COMMAND .* TCP/s +UDP/s +TOTAL LAST MINUTE +CMDLINE\x1b\[K", wide
+    )
+    assert re.search(rb"\r\nPID S COMMAND +SENT/s +RCVD/s +TOTAL \+7\x1b\[K", narrow)
     text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", narrow)
     assert max(len(line) for line in text.split(b"\r\n")) <= 50
 
@@ -361,7 +363,7 @@ def test_piped_top_has_no_colour_no_key_help_and_bits_on_request(tmp_path: Path)
     assert "\x1b" not in result.stdout and "q:quit" not in result.stdout
     frames = re.split(r"\n\n(?=netatop top )", result.stdout.rstrip("\n"))
     assert len(frames) == 2 and all("rates in bits" in frame for frame in frames)
-    assert re.search(r"\n100 R -    nginx +[0-9.]+ [kM]bit ", result.stdout)
+    assert re.search(r"\n100 R root +nginx +[0-9.]+ [kM]bit ", result.stdout)
 
 
 def test_the_manual_page_names_the_order_columns_are_left_out_in() -> None:
@@ -415,6 +417,7 @@ def test_cmdline_on_a_terminal(tmp_path: Path) -> None:
     finally:
         publisher.close()
     assert code == 0
-    # the table has no command lines yet: '-', in the column kept before the rates
-    assert re.search(rb"\r\nPID S COMMAND +SENT/s +RCVD/s +TOTAL +CMDLINE \+\d+\x1b\[K", seen)
-    assert re.search(rb"\r\n100 R nginx .* -\x1b\[K", seen)
+    # the column is kept before the rates; curl has no command line in the table: '-'
+    assert re.search(rb"\r\nPID S COMMAND +SENT/s +RCVD/s +(TOTAL +)?CMDLINE +\+\d+\x1b\[K", seen)
+    assert re.search(rb"\r\n100 R nginx .* nginx: master process", seen)
+    assert re.search(rb"\r\n300 R curl .* -\x1b\[K", seen)
