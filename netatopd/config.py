@@ -307,6 +307,14 @@ OPTIONS: tuple[Option, ...] = (
         "network namespace file where the proc connector is opened when it refuses in the"
         " daemon's own (it answers only in the initial one); empty: never",
     ),
+    Option(
+        "--process-events-buffer-bytes",
+        int,
+        8 << 20,
+        "receive queue of the proc connector's socket (about 1 KiB an event); events that"
+        " do not fit are lost and /proc is read again",
+        4096,
+    ),
 )
 
 

@@ -38,6 +38,12 @@ class ExitList:
         for listener in self.listeners:
             listener(exited)
 
+    def discard(self, tgid: int, btime: int) -> None:
+        """Drop the entry of process (tgid, btime) if it is here (a later one replaces it)."""
+        kept = [entry for entry in self.entries if (entry[0].tgid, entry[0].btime) != (tgid, btime)]
+        if len(kept) != len(self.entries):
+            self.entries = deque(kept)
+
     def pop_oldest(self) -> ExitedTask | None:
         if not self.entries:
             return None

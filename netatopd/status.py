@@ -437,6 +437,10 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("identities_known", PROCESS_EVENTS, "identities kept", "identities.__len__()"),
     Field("identity_unreadable", PROCESS_EVENTS, "unreadable", "identities.unreadable"),
     Field("identity_unknown", PROCESS_EVENTS, "unknown", "registry.identity_unknown"),
+    # Programs gone (or zombies) before their identity was read after their exec.
+    Field("identity_incomplete", PROCESS_EVENTS, "incomplete", "identities.incomplete"),
+    # Finished tasks that took packets seen after their exit (finished again, same exit).
+    Field("tasks_late", PROCESS_EVENTS, "late packets after exit", "registry.late_tasks"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

@@ -705,25 +705,44 @@ def top(
             "--iterations", min=0, metavar="N", help="draw N frames, then exit (0: until q)"
         ),
     ] = 0,
+    bits: Annotated[
+        bool,
+        typer.Option("--bits", help="rates in bits per second, decimal units (key m switches)"),
+    ] = False,
+    cmdline: Annotated[
+        bool,
+        typer.Option(
+            "--cmdline",
+            help="always a command line column (PID, S and COMMAND alone go before it; "
+            "a cut one ends with a marker)",
+        ),
+    ] = False,
     run_dir: RunDir = None,
 ) -> None:
     """A live view of the processes using the network, like top or nethogs.
 
-    Per process: bytes and packets per second sent and received, TCP and
-    UDP bytes per second (from two snapshots of the shared table one interval
-    apart) and its lifetime bytes; a totals line above.  Keys: b p s r S R t
-    u n sort by bytes, packets, sent, received, sent-packets,
-    received-packets, tcp, udp or pid; q or Ctrl-C quits and restores the
-    terminal.  Piped, it prints one frame after the other.
+    Per process: its state (R running, X finished: the row leaves 5 s
+    later), user, command, bytes and packets per second sent and received,
+    TCP and UDP bytes per second (from two snapshots of the shared table one
+    interval apart), its lifetime bytes, a sparkline of its last minute and,
+    where there is room, its command line; a totals line above.  Columns that
+    do not fit are left out whole, least useful first, and the header ends
+    with +N for N left out.  Keys: b p s r S R t u n sort by bytes, packets,
+    sent, received, sent-packets, received-packets, tcp, udp or pid; m
+    switches bytes and bits; q or Ctrl-C quits and restores the terminal.
+    Sent and received are coloured on a terminal, unless NO_COLOR is set.
+    Piped, it prints one frame after the other with every column, without
+    key help, colour or escape sequences.
 
     \b
     Examples:
       netatop top
-      netatop top --interval 5 --sort sent
+      netatop top --interval 5 --sort sent --bits
+      netatop top --cmdline
       netatop top --iterations 3 > frames.txt
     """
     with _errors():
-        top_view.show(run_dir, interval, sort, iterations)
+        top_view.show(run_dir, interval, sort, iterations, bits, cmdline)
 
 
 def main() -> None:

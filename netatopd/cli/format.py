@@ -96,6 +96,22 @@ def format_rate(per_s: float) -> str:
     return format_count(per_s)
 
 
+_BIT_UNITS = ("kbit", "Mbit", "Gbit", "Tbit", "Pbit", "Ebit")
+
+
+def format_bits(count: float) -> str:
+    """Bits with a decimal unit, as iperf3 and link speeds: 0 bit, 1.50 kbit, 47.7 Mbit."""
+    if round(count) < 1000:
+        return f"{round(count):d} bit"
+    value = float(count)
+    for unit in _BIT_UNITS:
+        value /= 1000
+        text = _three_digits(value)
+        if float(text) < 1000 or unit == _BIT_UNITS[-1]:
+            return f"{text} {unit}"
+    raise AssertionError("unreachable")
+
+
 def format_clock(epoch_s: float, now_s: float | None = None) -> str:
     """HH:MM:SS for today (local time), else YYYY-MM-DD HH:MM:SS."""
     moment = datetime.fromtimestamp(epoch_s)

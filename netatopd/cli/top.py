@@ -1,9 +1,11 @@
 """``netatop top``: a live view of the processes using the network.
 
-Owns the rates between two table snapshots (rate_rows), the layout of one
-frame (top_frame), the terminal (TopScreen: alternate screen, cbreak keys,
-restored on exit, or plain frames to a pipe) and the loop that reads keys and
-draws (show).  Reads the table through sources; called by commands.top.
+Owns the rates between two table snapshots (rate_rows), the terminal
+(TopScreen: alternate screen, cbreak keys, restored on exit, or plain frames
+to a pipe) and the loop that reads keys and
+draws (show).  What a frame shows is topframe's (TopView; top_frame draws one
+frame of one interval).  Reads the table through sources; called by
+commands.top.
 """
 
 from __future__ import annotations
@@ -24,40 +26,20 @@ from ..client import run_dir_from_env
 from ..table import Snapshot, TableReader
 from ..tasks import Kind
 from . import rows, sources
-from .format import (
-    TERMINAL_FALLBACK,
-    Column,
-    format_bytes,
-    format_clock,
-    format_rate,
-    render_table,
-)
-from .rows import COMMAND_COLUMN, PID_COLUMN, SortKey, TaskCounts
+from .format import TERMINAL_FALLBACK
+from .rows import SortKey, TaskCounts
 from .sources import NoPermission, Unavailable
+from .topframe import (
+    TOP_BITS_KEY,
+    TOP_QUIT_KEYS,
+    TOP_SORT_KEYS,
+    TopStyle,
+    TopView,
+    colour_wanted,
+    utf8_locale,
+)
 
 TOP_INTERVAL_S_MIN = 0.1
-TOP_HEADER_LINES = 5  # title, keys, totals, blank line, column header
-
-# Keys of netatop top that switch its order.
-TOP_SORT_KEYS: dict[str, SortKey] = {
-    "b": SortKey.BYTES,
-    "p": SortKey.PACKETS,
-    "s": SortKey.SENT,
-    "r": SortKey.RECEIVED,
-    "S": SortKey.SENT_PACKETS,
-    "R": SortKey.RECEIVED_PACKETS,
-    "t": SortKey.TCP,
-    "u": SortKey.UDP,
-    "n": SortKey.PID,
-}
-TOP_QUIT_KEYS = frozenset("qQ")
-# How the keys line names each order: the column it sorts by, where there is one.
-TOP_KEY_LABELS: dict[SortKey, str] = {
-    SortKey.SENT: "sent",
-    SortKey.RECEIVED: "rcvd",
-    SortKey.SENT_PACKETS: "sndpk",
-    SortKey.RECEIVED_PACKETS: "rcvpk",
-}
 
 
 class OutputClosed(Exception):
@@ -69,13 +51,15 @@ def rate_rows(previous: Snapshot, current: Snapshot) -> list[TaskCounts]:
 
     A process is (id, btime); one that is new in current started, or first
     used the network, after previous was published: all its counters are new.
-    total_bytes is the process's lifetime bytes, sent and received.
+    Rows of finished processes (the exit list, kind exited) are rated too: what
+    they moved between previous and their end.  total_bytes is the process's
+    lifetime bytes, sent and received.
     """
     elapsed_s = current.updated_s - previous.updated_s
     before = {(t.id, t.btime): t.counters for t in previous.rows if t.kind != Kind.THREAD}
     rates = []
     for task in current.rows:
-        if task.kind != Kind.PROCESS:
+        if task.kind == Kind.THREAD:
             continue
         base = before.get((task.id, task.btime))
         row = rows.from_table(task)
@@ -87,17 +71,8 @@ def rate_rows(previous: Snapshot, current: Snapshot) -> list[TaskCounts]:
     return rates
 
 
-TOP_COLUMNS: tuple[Column[TaskCounts], ...] = (
-    PID_COLUMN,
-    COMMAND_COLUMN,
-    Column("SENT/s", lambda r: format_bytes(r.tcpsndbytes + r.udpsndbytes)),
-    Column("RCVD/s", lambda r: format_bytes(r.tcprcvbytes + r.udprcvbytes)),
-    Column("SNDPK/s", lambda r: format_rate(r.tcpsndpacks + r.udpsndpacks)),
-    Column("RCVPK/s", lambda r: format_rate(r.tcprcvpacks + r.udprcvpacks)),
-    Column("TCP/s", lambda r: format_bytes(r.tcpsndbytes + r.tcprcvbytes)),
-    Column("UDP/s", lambda r: format_bytes(r.udpsndbytes + r.udprcvbytes)),
-    Column("TOTAL", lambda r: format_bytes(r.total_bytes)),
-)
+# The style of top_frame when none is given: a terminal without colour.
+KEYS_ONLY = TopStyle(keys=True)
 
 
 def top_frame(
@@ -106,37 +81,19 @@ def top_frame(
     interval_s: float,
     updated_s: float,
     size: tuple[int, int] | None,
+    style: TopStyle = KEYS_ONLY,
+    bits: bool = False,
 ) -> list[str]:
-    """The lines of one frame; rates None while the first interval is measured.
+    """One frame of one interval's rates (None while it is measured), without history.
 
-    size (columns, lines) cuts the frame to the screen; None prints every row
-    at the fallback width (a pipe).
+    size (columns, lines) fits the frame to a terminal; None (a pipe) prints
+    every row and every column.
     """
-    width, height = size if size is not None else (TERMINAL_FALLBACK[0], 0)
-    sort_names = " ".join(f"{k}:{TOP_KEY_LABELS.get(v, v.value)}" for k, v in TOP_SORT_KEYS.items())
-    lines = [
-        f"netatop top  {format_clock(updated_s)}  every {interval_s:g} s  sorted by {sort.value}",
-        f"keys: {sort_names} q:quit",
-    ]
-    if rates is None:
-        lines += [f"measuring for {interval_s:g} s ..."]
-        return [line[:width] for line in lines]
-    ordered = rows.sort_rows(rates, sort)
-    sent = sum(r.tcpsndbytes + r.udpsndbytes for r in rates)
-    received = sum(r.tcprcvbytes + r.udprcvbytes for r in rates)
-    sent_packets = sum(r.tcpsndpacks + r.udpsndpacks for r in rates)
-    received_packets = sum(r.tcprcvpacks + r.udprcvpacks for r in rates)
-    lines.append(
-        f"total: sent {format_bytes(sent)}/s {format_rate(sent_packets)} pk/s, "
-        f"received {format_bytes(received)}/s {format_rate(received_packets)} pk/s, "
-        f"{len(rates)} processes"
-    )
-    lines.append("")
-    if size is not None:
-        room = max(height - TOP_HEADER_LINES - 1, 0)  # the last line stays free: no scrolling
-        ordered = ordered[:room]
-    lines += render_table(ordered, TOP_COLUMNS, width)
-    return [line[:width] for line in lines]
+    view = TopView(sort, interval_s, style, bits)
+    view.updated_s = updated_s
+    if rates is not None:
+        view.update(rates, updated_s)
+    return view.frame(size)
 
 
 class TopScreen:
@@ -227,28 +184,22 @@ def _open(run_dir: str | None) -> TableReader:
     return reader
 
 
-def _run(
-    screen: TopScreen, run_dir: str | None, interval_s: float, sort: SortKey, iterations: int
-) -> None:
+def _run(screen: TopScreen, run_dir: str | None, view: TopView, iterations: int) -> None:
     reader = _open(run_dir)
     try:
         previous = sources.snapshot(reader)
-        rates: list[TaskCounts] | None = None
+        view.updated_s = previous.updated_s
         frames = 0
         if screen.interactive:
-            screen.draw(top_frame(None, sort, interval_s, previous.updated_s, screen.size()))
+            screen.draw(view.frame(screen.size()))
         while iterations == 0 or frames < iterations:
-            deadline = time.monotonic() + interval_s
+            deadline = time.monotonic() + view.interval_s
             while (remaining := deadline - time.monotonic()) > 0:
                 keys = screen.read_keys(remaining)
                 if any(key in TOP_QUIT_KEYS for key in keys):
                     return
-                chosen = [TOP_SORT_KEYS[key] for key in keys if key in TOP_SORT_KEYS]
-                if chosen:
-                    sort = chosen[-1]
-                    screen.draw(
-                        top_frame(rates, sort, interval_s, previous.updated_s, screen.size())
-                    )
+                if _apply_keys(view, keys):
+                    screen.draw(view.frame(screen.size()))
             if reader.replaced():  # a restarted daemon made a new table: start over from it
                 reader.close()
                 replacement = sources.open_reader(run_dir)
@@ -256,32 +207,62 @@ def _run(
                     raise Unavailable("netatopd is not running (its table is gone)")
                 reader = replacement
                 previous = sources.snapshot(reader)
-                rates = None
+                view = TopView(
+                    view.sort, view.interval_s, view.style, view.bits, view.cmdline, view.group
+                )
+                view.updated_s = previous.updated_s
                 continue
             current = sources.snapshot(reader)
             if current.generation == previous.generation:
                 continue  # nothing published since the last frame
-            rates = rate_rows(previous, current)
-            screen.draw(top_frame(rates, sort, interval_s, current.updated_s, screen.size()))
+            view.update(rate_rows(previous, current), current.updated_s)
+            screen.draw(view.frame(screen.size()))
             previous = current
             frames += 1
     finally:
         reader.close()
 
 
-def show(run_dir: str | None, interval_s: float, sort: SortKey, iterations: int) -> None:
+def _apply_keys(view: TopView, keys: str) -> bool:
+    """Switch the order or the unit as typed; True when the frame should be drawn again."""
+    changed = False
+    for key in keys:
+        if key in TOP_SORT_KEYS:
+            view.sort = TOP_SORT_KEYS[key]
+            changed = True
+        elif key == TOP_BITS_KEY:
+            view.bits = not view.bits
+            changed = True
+    return changed
+
+
+def show(
+    run_dir: str | None,
+    interval_s: float,
+    sort: SortKey,
+    iterations: int,
+    bits: bool = False,
+    cmdline: bool = False,
+) -> None:
     """Run netatop top on this process's terminal until q, Ctrl-C or N frames.
 
-    SIGTERM and SIGHUP restore the terminal on the way out; their handlers are
-    put back afterwards.
+    Colour, the key help and unicode sparklines are decided here, once (see
+    topframe.TopStyle).  SIGTERM and SIGHUP restore the terminal on the way
+    out; their handlers are put back afterwards.
     """
     screen = TopScreen(sys.stdin, sys.stdout)
+    style = TopStyle(
+        colour=colour_wanted(os.environ, screen.interactive),
+        unicode=utf8_locale(os.environ),
+        keys=screen.interactive and screen.in_fd is not None,
+    )
+    view = TopView(sort, interval_s, style, bits, cmdline)
     previous_handlers = {
         signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGHUP)
     }
     try:
         with screen:
-            _run(screen, run_dir, interval_s, sort, iterations)
+            _run(screen, run_dir, view, iterations)
     except KeyboardInterrupt:
         pass  # Ctrl-C quits like q
     except OutputClosed:

@@ -42,7 +42,7 @@ from ..history.writer import SampleEntry
 from ..locality import open_locality
 from ..metrics import MetricsBook, parse_group_by
 from ..metrics.catalogue import health_figures
-from ..netlink.connector import ProcessEvents, ProcEventKind
+from ..netlink.connector import RECEIVE_BUFFER_BYTES, ProcessEvents, ProcEventKind
 from ..netlink.sockdiag import SockDiag
 from ..netlink.socket import NetlinkError
 from ..ownership import Resolver, Sweeper, TaskRegistry
@@ -77,6 +77,7 @@ SIMULATE_CONNECTOR_FAILURE_ENV = "NETATOPD_SIMULATE_CONNECTOR_FAILURE"
 SIMULATE_HELPER_OWNERS_ONLY_ENV = "NETATOPD_SIMULATE_HELPER_OWNERS_ONLY"
 IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
 INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
+RESYNC_LOG_INTERVAL_S = 10.0  # at most one warning this often about lost process events
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,9 @@ def load_kernel_ownership(mode: str, capture: str = "pcap") -> tuple[KernelOwner
     return helper, "eBPF helper (sock_send_length, sock_recv_length, inet_sock_set_state)"
 
 
-def open_process_events(netns_path: str = INITIAL_NETNS_PATH) -> tuple[ProcessEvents | None, str]:
+def open_process_events(
+    netns_path: str = INITIAL_NETNS_PATH, receive_buffer_bytes: int = RECEIVE_BUFFER_BYTES
+) -> tuple[ProcessEvents | None, str]:
     """The proc connector subscription, or None; and the source STATUS names.
 
     The kernel answers only in the initial network namespace: a daemon in
@@ -139,12 +142,13 @@ def open_process_events(netns_path: str = INITIAL_NETNS_PATH) -> tuple[ProcessEv
             simulated = f"simulated ({SIMULATE_CONNECTOR_FAILURE_ENV}=1)"
             raise NetlinkError(errno.ECONNREFUSED, simulated)
         try:
-            return ProcessEvents(), "proc connector"
+            return ProcessEvents(receive_buffer_bytes=receive_buffer_bytes), "proc connector"
         except NetlinkError as err:
             if err.errno != errno.ECONNREFUSED or not netns_path:
                 raise
         try:
-            return ProcessEvents(netns_path=netns_path), "proc connector"
+            events = ProcessEvents(netns_path=netns_path, receive_buffer_bytes=receive_buffer_bytes)
+            return events, "proc connector"
         except (NetlinkError, OSError) as err:
             raise NetlinkError(
                 getattr(err, "errno", None) or errno.EIO, f"in {netns_path}: {err}"
@@ -217,11 +221,16 @@ class Engine:
         self.journal = ExitJournal()
         self.gc_requested = False  # a FORCE_GC waits for the twice-a-second limit
         # Identities at fork and exec, exits as they happen (the proc connector).
-        self.identities = IdentityBook(self.procfs.proc_root, self.procfs.btime)
+        self.identities = IdentityBook(
+            self.procfs.proc_root, self.procfs.btime, ticks_per_s=self.procfs.clock_ticks_per_s
+        )
         self.process_events, self.process_events_source = open_process_events(
-            getattr(options, "process_events_netns", INITIAL_NETNS_PATH)
+            getattr(options, "process_events_netns", INITIAL_NETNS_PATH),
+            getattr(options, "process_events_buffer_bytes", RECEIVE_BUFFER_BYTES),
         )
         self.process_events_resyncs = 0
+        self.in_process_events = False  # on_process_events runs (it may drain the capture)
+        self.last_resync_log_s = -RESYNC_LOG_INTERVAL_S
         self.last_identity_expiry_s = clock.monotonic()
         self.registry = TaskRegistry(
             self.tasks,
@@ -311,6 +320,9 @@ class Engine:
         retried and settled everything due (housekeeping need not again).
         force: the kernel path reads every socket's sums now (before tasks finish).
         """
+        if self.process_events is not None and not self.in_process_events:
+            # Forks and execs before these packets: their identities first.
+            self.on_process_events()
         if self.kernel_capture is not None:
             return self._drain_kernel(self.kernel_capture, force)
         flows = self.flows
@@ -377,27 +389,45 @@ class Engine:
         packets are its).  After lost events, /proc is read again (resync).
         """
         events_source = self.process_events
-        if events_source is None:
+        if events_source is None or self.in_process_events:
             return
+        self.in_process_events = True
+        try:
+            self._process_events(events_source)
+        finally:
+            self.in_process_events = False
+
+    def _process_events(self, events_source: ProcessEvents) -> None:
         try:
             events = events_source.read()
         except NetlinkError as err:
             self.errors += 1
             log.error("process events: %s", err)
             return
+        read_now = self.registry.read_execs(events)  # first: programs may end at once
         tasks = self.tasks.by_tgid
         if any(e.kind == ProcEventKind.EXIT and e.is_process and e.tgid in tasks for e in events):
             if not self.drain_capture(force=True):
                 now_s = self.clock.wall()
                 self.resolver.resolve(now_s)
                 self.resolver.settle(now_s)
-        self.registry.process_events(events)
+        self.registry.process_events(events, read_now)
         if events_source.take_resync():
             self.resync_processes()
 
     def resync_processes(self) -> None:
         """Process events were lost: finish the tasks that are gone, learn every process."""
         self.process_events_resyncs += 1
+        now_monotonic_s = self.clock.monotonic()
+        if now_monotonic_s - self.last_resync_log_s >= RESYNC_LOG_INTERVAL_S:
+            self.last_resync_log_s = now_monotonic_s
+            events = self.process_events
+            log.warning(
+                "process events lost (%d so far, %d overflows): /proc read again (resync %d)",
+                events.lost_events if events is not None else 0,
+                events.overflows if events is not None else 0,
+                self.process_events_resyncs,
+            )
         if self.kernel_capture is not None:
             self.drain_capture(force=True)  # known sockets' last sums before tasks finish
         now_s = self.clock.wall()

@@ -47,6 +47,7 @@ class IdentityBook:
         grace_s: float = EXITED_GRACE_S,
         monotonic: Callable[[], float] = time.monotonic,
         reader: Callable[[int, str], Identity] = read_identity,
+        ticks_per_s: int = 100,
     ) -> None:
         self.proc_root = proc_root
         self.btime_of = btime_of
@@ -55,38 +56,55 @@ class IdentityBook:
         self.monotonic = monotonic
         self.reader = reader
         self.known: OrderedDict[int, Known] = OrderedDict()
+        self.ticks_per_s = ticks_per_s
+        # CLOCK_BOOTTIME (start times) minus CLOCK_MONOTONIC (event times): the time slept.
+        # (Read one after the other, the two differ by microseconds on a machine that never
+        # slept: then 0, so that the fork's time is never put before the start time.)
+        slept_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+        self.boottime_offset_ns = slept_ns if abs(slept_ns) > 1_000_000 else 0
         self.learnt = 0  # identities read
         self.unreadable = 0  # processes whose identity could not be read (gone, denied)
         self.dropped = 0  # entries pushed out by the cap before their grace ended
+        # Processes that exec'd and ended before their command line was read.
+        self.incomplete = 0
 
     def __len__(self) -> int:
         return len(self.known)
 
-    def learn(self, pid: int) -> Known | None:
+    def learn(self, pid: int, *, after_exec: bool = False) -> Known | None:
         """Read process ``pid``'s identity now (fork, exec); None if it could not be read.
 
-        An unreadable identity leaves what was known (the fork's copy) in place.
+        At a fork the child is a copy of its parent (command, command line,
+        uid): an unreadable identity leaves that copy in place.  After an exec
+        (``after_exec``) the copy is the parent's, not the program's: if the
+        process is gone before it was read, its command, command line and uid
+        become unknown ("", "", -1; its start time stands) and ``incomplete``
+        counts it; a zombie read then (it exited already) gives command, uid
+        and cgroup but no command line, counted in ``incomplete`` as well.
         """
+        before = self.known.get(pid)
         try:
             identity = self.reader(pid, self.proc_root)
         except ProcError:
             self.unreadable += 1
+            if after_exec and before is not None and before.identity.cmdline:
+                # What was read before the exec is another program's.
+                before.identity = before.identity._replace(comm="", cmdline="", uid=-1)
+                self.incomplete += 1
             return None
         self.learnt += 1
-        before = self.known.get(pid)
-        if (
-            not identity.cmdline
-            and before is not None
-            and before.identity.start_time_ticks == identity.start_time_ticks
-        ):
-            # A zombie shows no command line: the one read while it ran stands.
-            identity = identity._replace(cmdline=before.identity.cmdline)
+        same = before is not None and before.identity.start_time_ticks == identity.start_time_ticks
+        if not identity.cmdline and after_exec:
+            self.incomplete += 1  # exited already: a zombie shows no command line
+        elif not identity.cmdline and before is not None and same:
+            # A zombie shows no command line: the one read while it ran stands, if it
+            # was this program's (another command name: an exec came in between).
+            if before.identity.comm == identity.comm:
+                identity = identity._replace(cmdline=before.identity.cmdline)
+            else:
+                self.incomplete += 1
         known = Known(identity, self.btime_of(identity.start_time_ticks))
-        if (
-            before is not None
-            and before.exited_s
-            and before.identity.start_time_ticks == identity.start_time_ticks
-        ):
+        if before is not None and same and before.exited_s:
             known.exited_s, known.exited_monotonic_s = before.exited_s, before.exited_monotonic_s
         self.known[pid] = known
         self.known.move_to_end(pid)
@@ -94,6 +112,28 @@ class IdentityBook:
             _pid, old = self.known.popitem(last=False)
             if not old.exited_s:
                 self.dropped += 1
+        return known
+
+    def born(self, pid: int, parent: int, timestamp_ns: int, *, exec_seen: bool) -> Known | None:
+        """Process ``pid`` forked at ``timestamp_ns`` (the event's time) and is gone unread.
+
+        Its start time is the fork's time (the kernel stamps both within
+        microseconds, in the same clock when the machine never slept); a copy
+        of the parent is a copy of its identity, unless it exec'd since
+        (``exec_seen``): then command, command line and uid are unknown.
+        ``incomplete`` counts it.  None when the parent is not known either.
+        """
+        mother = self.known.get(parent)
+        if mother is None:
+            return None
+        start_time_ticks = (timestamp_ns + self.boottime_offset_ns) * self.ticks_per_s // 10**9
+        identity = mother.identity._replace(pid=pid, ppid=parent, start_time_ticks=start_time_ticks)
+        if exec_seen:
+            identity = identity._replace(comm="", cmdline="", uid=-1)
+        known = Known(identity, self.btime_of(start_time_ticks))
+        self.known[pid] = known
+        self.known.move_to_end(pid)
+        self.incomplete += 1
         return known
 
     def get(self, pid: int) -> Known | None:

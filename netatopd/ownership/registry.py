@@ -22,9 +22,16 @@ one of them (same tgid and btime) continues from them instead of zero.
 With an ``IdentityBook`` (identities.py) a task takes the identity read at
 the process's fork or exec (command line, uid, cgroup, and so unit and
 container), also for a process already gone when its packets are attributed;
-``process_events`` applies the proc connector's events (identities learnt,
-a task finished at its exit with the kernel's exit time) and
+``read_execs`` reads the identities of a batch of the proc connector's
+events first (execs, then forks), ``process_events`` applies the events
+(a task finished at its exit with the kernel's exit time) and
 ``finish_ended`` finishes tasks made for processes that had already ended.
+A task finished at its exit is kept a while (``_recent``, LATE_PACKETS_S):
+packets it sent before its exit and seen after (the capture hands them over
+in blocks) are given to it when its zombie is found holding the flow, or, as
+the resolver's last resort, when the kernel named it before its exit
+(``late_task_named_by_kernel``); it is then finished again with the same exit
+time, its exit-list entry replaced and only the new counts summed.
 
 Called by ``Resolver`` (``task``, ``task_named_by_kernel``), ``Sweeper``
 (``sweep``) and the daemon, which builds it with the exit list and journal,
@@ -47,6 +54,10 @@ from .identities import IdentityBook, Known
 
 REMEMBER_FINISHED_MAX = 65_536  # finished tgids remembered (kernel records arrive late)
 EXIT_SLACK_S = 0.01  # clock conversions (monotonic -> wall) differ by this much at most
+# A process finished at its exit event may still have packets on their way (the capture
+# hands them over in blocks): for this long its task can take them (``_late_task``).
+LATE_PACKETS_S = 10.0
+LATE_TASKS_MAX = 16_384  # finished tasks kept for late packets
 
 
 class TaskRegistry:
@@ -71,8 +82,7 @@ class TaskRegistry:
         self.identity_unknown = 0  # tasks made with no identity known (btime stands in)
         # tgid -> exit time of tasks made for processes that had already ended.
         self._ended: dict[int, float] = {}
-        # tgid -> start time (ticks) of the processes sent to the exit list.
-        self.finished: OrderedDict[int, int] = OrderedDict()
+        self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
         # The counters of every process finished so far, summed (the balance's
         # finished processes, also those no longer on the exit list).
         self.finished_counters = [0] * COUNTER_COUNT
@@ -80,14 +90,17 @@ class TaskRegistry:
         self.restored: dict[tuple[int, int], tuple[int, ...]] = {}
         self.restored_tasks = 0  # tasks that continued from restored counters
         self._reap_queue: deque[int] = deque()  # tgids reap() has still to look at
+        # tgid -> (task, exit time, monotonic time finished, counters already summed in
+        # finished_counters): finished tasks that late packets may still reach.
+        self._recent: OrderedDict[int, tuple[TaskInfo, float, float, tuple[int, ...]]] = (
+            OrderedDict()
+        )
+        self.late_tasks = 0  # finished tasks that took packets seen after their exit
         # Told (finished tasks, now_s) after every finish.
         self.on_finish: list[Callable[[list[TaskInfo], float], None]] = []
 
     def task(self, pid: int) -> TaskInfo | None:
         """The TaskInfo of live process ``pid``, made on first sight; None if it is gone.
-
-        None also for a process already finished (same pid and start time: it
-        exited and is not reaped yet); it is never made twice.
 
         A task whose pid now names another process (another start time) is
         finished, and the new process gets a task of its own, starting at zero.
@@ -102,11 +115,9 @@ class TaskRegistry:
             if same_process(stat, task.start_time_ticks):
                 return task
             self.finish([task], self.clock())
-        elif self.finished.get(pid) == stat.start_time_ticks:
-            # Finished already (its exit event came; a zombie not yet reaped): a task
-            # made again would be finished again, a second exit-list entry whose zero
-            # counters overwrite the first in the history (same tgid, btime).
-            return None
+        late = self._late_task(pid, stat.start_time_ticks)
+        if late is not None:
+            return late  # finished already (a zombie now): its late packets are its
         known = self._known(pid, stat.start_time_ticks)
         if known is not None:
             identity = known.identity
@@ -191,6 +202,36 @@ class TaskRegistry:
         task = TaskInfo(tgid, -1, self.procfs.btime(seen_ticks), comm)
         return task if self.tasks.admit(task) else None
 
+    def late_task_named_by_kernel(self, tgid: int, seen_monotonic_ns: int) -> TaskInfo | None:
+        """The task of finished process tgid, if the kernel saw it before its exit.
+
+        For a flow whose socket is gone and held by nobody (the resolver's last
+        resort): the kernel's record is the process's own then, not one left
+        behind for a newer holder of the flow.
+        """
+        recent = self._recent.get(tgid)
+        if recent is None or wall_time_s(seen_monotonic_ns) > recent[1] + EXIT_SLACK_S:
+            return None
+        return self._late_task(tgid, recent[0].start_time_ticks)
+
+    def _late_task(self, tgid: int, start_time_ticks: int) -> TaskInfo | None:
+        """A task finished within LATE_PACKETS_S, taken back for packets seen late.
+
+        Its counters go on from where they were; it is finished again at the
+        next housekeeping (``finish_ended``) with the same exit time, so the
+        exit list and the history get its final counters (the history row of
+        (tgid, btime) is updated, the earlier exit-list entry replaced).
+        """
+        recent = self._recent.get(tgid)
+        if recent is None or recent[0].start_time_ticks != start_time_ticks:
+            return None
+        task, exit_s, finished_s, _summed = recent
+        if time.monotonic() - finished_s > LATE_PACKETS_S or not self.tasks.admit(task):
+            return None
+        task.exited = False
+        self._ended[tgid] = exit_s
+        return task
+
     def _known(self, pid: int, start_time_ticks: int) -> Known | None:
         """Process (pid, start time) read now (it may have changed cgroup), else as known."""
         book = self.identities
@@ -201,16 +242,56 @@ class TaskRegistry:
                 return known
         return None
 
-    def process_events(self, events: list[ProcessEvent]) -> list[TaskInfo]:
+    def read_execs(self, events: list[ProcessEvent]) -> set[int]:
+        """Read the identities of the processes that exec'd or forked in ``events``.
+
+        Called first for a batch of events (before its packets are attributed,
+        before anything slower): execs first, as a program may end within a
+        millisecond of its exec and what was read at its fork is its parent's;
+        then the forks not read already.  Returns the tgids read.
+        """
+        read_now: set[int] = set()
+        book = self.identities
+        if book is None:
+            return read_now
+        unread_execs: set[int] = set()  # exec'd, gone before the read
+        for event in events:
+            if event.kind == ProcEventKind.EXEC and event.tgid not in read_now:
+                if book.learn(event.tgid, after_exec=True) is None:
+                    unread_execs.add(event.tgid)
+                read_now.add(event.tgid)
+        for event in events:
+            if event.kind != ProcEventKind.FORK or not event.is_process:
+                continue
+            tgid = event.tgid
+            if tgid in read_now and tgid not in unread_execs:
+                continue
+            if tgid not in read_now and book.learn(tgid) is not None:
+                read_now.add(tgid)
+                continue
+            read_now.add(tgid)
+            earlier = book.get(tgid)  # None, the pid's earlier holder, or the unread exec
+            exec_seen = tgid in unread_execs
+            if earlier is None or earlier.exited_s or exec_seen:
+                book.born(tgid, event.parent_tgid, event.timestamp_ns, exec_seen=exec_seen)
+            unread_execs.discard(tgid)
+        return read_now
+
+    def process_events(
+        self, events: list[ProcessEvent], read_now: set[int] | None = None
+    ) -> list[TaskInfo]:
         """Fork, exec and exit as the proc connector told them; returns the tasks finished.
 
         A fork or exec of a process reads its identity (it may live a
-        millisecond); an exit of a process (pid == tgid) finishes its task at
-        once, with the exit time the kernel gave.
+        millisecond), once a process a batch (``read_now``: the tgids
+        ``read_execs`` read already); an exit of a process (pid == tgid)
+        finishes its task at once, with the exit time the kernel gave.
         """
         book = self.identities
         if book is None:
             return []
+        if read_now is None:
+            read_now = self.read_execs(events)
         ended: list[TaskInfo] = []
         exit_times: dict[int, float] = {}
         for event in events:
@@ -230,10 +311,13 @@ class TaskRegistry:
                     ended.append(task)
                     exit_times[task.tgid] = exit_s
             elif kind == ProcEventKind.FORK:
-                if event.is_process:
+                if event.is_process and event.tgid not in read_now:
                     book.learn(event.tgid)
+                    read_now.add(event.tgid)
             elif kind in (ProcEventKind.EXEC, ProcEventKind.COMM, ProcEventKind.UID):
-                book.learn(event.tgid)
+                if event.tgid not in read_now:
+                    book.learn(event.tgid)
+                    read_now.add(event.tgid)
                 task = self.tasks.get(event.tgid)
                 known = book.get(event.tgid)
                 if (
@@ -329,10 +413,15 @@ class TaskRegistry:
         book = self.identities
         for task in tasks:
             task.exited = True
-            self.finished[task.tgid] = task.start_time_ticks
+            self.finished[task.tgid] = None
             self.finished.move_to_end(task.tgid)
             self.tasks.remove(task)
             exit_s = exit_times.get(task.tgid) if exit_times else None
+            recent = self._recent.pop(task.tgid, None)
+            if recent is not None and recent[0] is not task:
+                recent = None
+            if recent is not None:  # finished before, took late packets: same exit time
+                exit_s = recent[1]
             if exit_s is None and book is not None:
                 known = book.get(task.tgid)
                 if (
@@ -342,12 +431,25 @@ class TaskRegistry:
                 ):
                     exit_s = known.exited_s
             exited = task.finished(exit_s if exit_s is not None else self.clock())
+            summed: tuple[int, ...] = (0,) * COUNTER_COUNT
+            if recent is not None:
+                if exited.counters == recent[3]:  # taken back, but no late packet came
+                    self._recent[task.tgid] = recent
+                    continue
+                summed = recent[3]
+                self.late_tasks += 1
+                self.exit_list.discard(exited.tgid, exited.btime)
             for index, value in enumerate(exited.counters):
-                self.finished_counters[index] += value
+                self.finished_counters[index] += value - summed[index]
+            self._recent[task.tgid] = (task, exited.exit_time_s, time.monotonic(), exited.counters)
             self.exit_list.add(exited)
             if self.journal is not None:
                 self.journal.append(exited)  # for the atop socket's once-more rule
         while len(self.finished) > REMEMBER_FINISHED_MAX:
             self.finished.popitem(last=False)
+        recent_limit = time.monotonic() - LATE_PACKETS_S
+        late = self._recent
+        while late and (len(late) > LATE_TASKS_MAX or next(iter(late.values()))[2] < recent_limit):
+            late.popitem(last=False)
         for listener in self.on_finish:
             listener(tasks, now_s)

@@ -301,6 +301,19 @@ class Resolver:
             return (flow.proto, flow.local_addr, flow.local_port, b"", 0)
         return (flow.proto, flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port)
 
+    def _finished_kernel_owner(self, flow: Flow) -> TaskInfo | None:
+        """The socket is gone and nobody holds it: the finished process the kernel named.
+
+        Its packets were sent before it exited and seen after its task was
+        finished (``TaskRegistry.late_task_named_by_kernel``).
+        """
+        if self.kernel is None:
+            return None
+        owner = self.kernel.owner_of(flow)
+        if owner is None:
+            return None
+        return self.registry.late_task_named_by_kernel(owner.tgid, owner.time_ns)
+
     def _remembered_owner(self, flow: Flow, now_s: float) -> TaskInfo | None:
         entry = self.remembered.get(self._identity(flow))
         if entry is None:
@@ -326,7 +339,11 @@ class Resolver:
             # Gone (closed, TIME_WAIT) or not yet accept()ed: a remembered owner, else retry.
             if sock is None:
                 self.not_found += 1
-            task = self._remembered_owner(flow, now_s) or self._search_endpoints(flow, now_s)
+            task = (
+                self._remembered_owner(flow, now_s)
+                or self._search_endpoints(flow, now_s)
+                or self._finished_kernel_owner(flow)
+            )
             if task is not None:
                 self._assign(flow, task, now_s, final=True)
             else:

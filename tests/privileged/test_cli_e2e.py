@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from netatopd.cli.topframe import TOP_FINISHED_KEEP_S
 from netatopd.table import TableReader, table_path
 
 from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
@@ -237,7 +238,8 @@ def test_top_in_a_terminal_shows_the_process_and_quits_on_q(
         env={**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": ""},
     )  # fmt: skip
     seen = b""
-    wanted = re.compile(rb"\r\n *%d %s " % (client.pid, comm(client.pid).encode()))
+    # PID, state R (running), USER ('-' until the table carries it), COMMAND
+    wanted = re.compile(rb"\r\n *%d R +\S+ +%s " % (client.pid, comm(client.pid).encode()))
     try:
         deadline = time.monotonic() + 20
         while not wanted.search(seen):
@@ -245,7 +247,7 @@ def test_top_in_a_terminal_shows_the_process_and_quits_on_q(
             assert remaining > 0, f"client not shown: {seen[-3000:]!r}"
             if select.select([master], [], [], remaining)[0]:
                 seen += os.read(master, 65536)
-        assert b"%d %s " % (server.pid, comm(server.pid).encode()) in seen
+        assert re.search(rb"\r\n *%d R +\S+ +%s " % (server.pid, comm(server.pid).encode()), seen)
         os.write(master, b"q")
         assert proc.wait(timeout=20) == 0
         modes_after = termios.tcgetattr(slave)
@@ -260,6 +262,63 @@ def test_top_in_a_terminal_shows_the_process_and_quits_on_q(
     assert seen.startswith(b"\x1b[?1049h")
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # cursor back, alternate screen left
     assert modes_after == modes_before
+
+
+def test_top_marks_a_finished_process_then_lets_it_go(
+    daemon: Daemon, traffic: tuple[Actor, Actor]
+) -> None:
+    """The client's row turns X (with its lifetime bytes, the ground truth), then leaves."""
+    server, client = traffic
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "netatopd.cli", "top", "--interval", "0.5",
+            "--run-dir", str(daemon.run_dir),
+        ],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": "", "NO_COLOR": "1"},
+    )  # fmt: skip
+    command = comm(client.pid).encode()
+    lifetime = b"19.2 KiB"  # 5840 + 13840 bytes sent and received
+    running = re.compile(rb"\r\n *%d R +\S+ +%s .* %s\b" % (client.pid, command, lifetime))
+    finished = re.compile(rb"\r\n *%d X +\S+ +%s .* %s\b" % (client.pid, command, lifetime))
+    seen = b""
+
+    def read(seconds: float) -> None:
+        nonlocal seen
+        if select.select([master], [], [], seconds)[0]:
+            seen += os.read(master, 65536)
+
+    try:
+        deadline = time.monotonic() + 20
+        while not running.search(seen):
+            assert time.monotonic() < deadline, f"client not shown: {seen[-3000:]!r}"
+            read(0.5)
+        client.finish()
+        while not finished.search(seen):
+            assert time.monotonic() < deadline + 20, f"client not marked: {seen[-3000:]!r}"
+            gc = netatop(daemon.run_dir, "gc")  # the sweep finds it gone now
+            assert gc.returncode == 0, gc.stderr
+            read(0.5)
+        marked_at = len(seen)
+        end = time.monotonic() + TOP_FINISHED_KEEP_S + 3.0  # frames come as the daemon publishes
+        while time.monotonic() < end:
+            read(end - time.monotonic())
+        os.write(master, b"q")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    frames = seen[marked_at:].split(b"\x1b[Hnetatop top ")
+    last_marked = max(i for i, frame in enumerate(frames) if finished.search(frame))
+    later = frames[last_marked + 1 :]
+    assert len(later) >= 2, "no frames after the row left"
+    assert not any(re.search(rb"\r\n *%d " % client.pid, frame) for frame in later)
+    assert re.search(rb"\r\n *%d R " % server.pid, later[-1])  # the server still runs
 
 
 def test_a_finished_process_by_pid(daemon: Daemon, traffic: tuple[Actor, Actor]) -> None:

@@ -36,15 +36,17 @@ What must hold, and why the bounds are what they are:
   16 MiB, atop 64 MiB) plus RSS_PEAK_SLACK_MIB;
 * the balance of counters (harness.assert_balanced) after every churn;
 * every churned process is in the history with exact counters: one datagram,
-  BURST_BYTES + UDP4_OVERHEAD bytes sent (ground truth: what it sent); but a
-  known miss (a few in a thousand, see the end of the test) is let pass up to
-  MISSED_AT_MOST and printed.
+  BURST_BYTES + UDP4_OVERHEAD bytes sent (ground truth: what it sent); the
+  daemon learns of processes from the proc connector (--process-events-netns:
+  the test's namespace).  Alone: every one.  A known miss under heavy load (see
+  the end of the test) is let pass up to MISSED_AT_MOST and printed.
 
 Run it alone with ``pytest tests/privileged/test_soak.py -s`` to see the figures.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -77,7 +79,7 @@ ATOP_NEVER_READING = 4
 ATOP_CHURN = 1000
 
 FD_SLACK = 4
-MISSED_AT_MOST = 30  # 1% of the churned processes: see the end of the test
+MISSED_AT_MOST = 5  # of 3,000: see the end of the test
 FD_SETTLE_S = 15.0
 RSS_GROWTH_MIB = 48  # observed 25 to 31 MiB over rounds 2 to 5
 RSS_PEAK_SLACK_MIB = 32
@@ -210,7 +212,10 @@ def atop(d: Daemon) -> str:
 def test_soak_churn_keeps_rss_fds_and_counters_bounded(make_netns: Any, tmp_path: Path) -> None:
     ns = make_netns("ntpS")
     db = tmp_path / "soak.db"
-    d = Daemon(ns, tmp_path / "run", "--db", str(db), *OPTIONS)
+    # Processes are known from the proc connector (opened in the test's namespace, the
+    # initial one): identities at fork, exits as they happen.
+    events = ("--process-events-netns", f"/proc/{os.getpid()}/ns/net")
+    d = Daemon(ns, tmp_path / "run", "--db", str(db), *OPTIONS, *events)
     churned: Counter[int] = Counter()
     rss_after_round: list[int] = []
     try:
@@ -270,9 +275,17 @@ def test_soak_churn_keeps_rss_fds_and_counters_bounded(make_netns: Any, tmp_path
     # A clean stop persists everything counted: every churned process has its row, exact.
     # Pids wrap (pid_max may be 32,768) so one pid can stand for several processes, churned
     # or not: each churned pid needs as many exact rows as churned processes had it.
-    # KNOWN MISS (open): under this churn a few children in a thousand (0 to 15 of 3,000
-    # seen) get a row with no counters or no row, their datagram counted elsewhere (the
-    # balance holds); at most MISSED_AT_MOST are let pass, printed, until that is fixed.
+    # With processes polled in /proc (no proc connector) a few children in a thousand (0
+    # to 15 of 3,000 seen) got a row with no counters or no row: their task was finished
+    # by a /proc look before a packet the capture had not handed over yet, and that
+    # packet then went to the next holder of the source port.  With process events every
+    # one is exact when the machine is not overloaded (3 runs alone: 3,000 of 3,000; task
+    # finished at its exit, after the capture is drained; a zombie's late packets go back
+    # to its finished task).  KNOWN MISS (open): run inside the whole suite on this loaded
+    # 2-core machine, 4 of 3,000 had their own datagram plus another flow's packets (one
+    # more send, one receive): most likely a UDP source port reused by another process
+    # before the first holder's exit event was processed (UDP flows are keyed by local
+    # port), not yet pinned down.
     one_datagram = udp(1, BURST_BYTES + UDP4_OVERHEAD)
     rows = exited_rows(db)
     exact = Counter(tgid for (tgid, _), counters in rows.items() if counters == one_datagram)

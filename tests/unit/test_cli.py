@@ -1283,16 +1283,20 @@ def test_top_frame_fits_80x24_and_sorts() -> None:
     assert len(frame) == 23 and max(len(line) for line in frame) <= 80
     # total sent: 1 + 2 + ... + 40 KiB = 820 KiB; packets 40 sent, 1 + ... + 40 = 820 received
     assert frame[2] == "total: sent 820 KiB/s 40.0 pk/s, received 0 B/s 820.0 pk/s, 40 processes"
+    # TCP/s and UDP/s do not fit 80 columns: left out whole, the header says +2
     assert frame[4].split() == [
         "PID",
+        "S",
+        "USER",
         "COMMAND",
         "SENT/s",
         "RCVD/s",
         "SNDPK/s",
         "RCVPK/s",
-        "TCP/s",
-        "UDP/s",
         "TOTAL",
+        "LAST",
+        "MINUTE",
+        "+2",
     ]
     assert [int(line.split()[0]) for line in frame[5:]] == list(range(40, 22, -1))
     by_packets = top_frame(rows, SortKey.PACKETS, 2.0, time.time(), (80, 24))
@@ -1337,12 +1341,17 @@ def test_top_prints_frames_to_a_pipe(tmp_path: Path) -> None:
     for frame in frames:
         lines = frame.splitlines()
         assert lines[0].startswith("netatop top ") and "sorted by bytes" in lines[0]
-        assert lines[3] == ""
-        assert lines[4].split()[:2] == ["PID", "COMMAND"]
-        assert lines[5].split()[:2] == ["100", "nginx"]  # the only one with traffic
-        assert lines[6].split()[:2] == ["200", "dig"]
-        assert lines[6].split()[2:8] == ["0", "B", "0", "B", "0.0", "0.0"]
-        assert "\x1b" not in frame
+        assert lines[1].startswith("total: ")  # no key help: nobody can type keys
+        assert lines[2] == ""
+        # every column, none left out (no +N)
+        assert lines[3].split() == [
+            "PID", "S", "USER", "COMMAND", "SENT/s", "RCVD/s", "SNDPK/s", "RCVPK/s",
+            "TCP/s", "UDP/s", "TOTAL", "LAST", "MINUTE", "CMDLINE",
+        ]  # fmt: skip
+        assert lines[4].split()[:4] == ["100", "R", "root", "nginx"]  # the only one with traffic
+        assert lines[5].split()[:2] == ["200", "R"] and lines[5].split()[3] == "dig"
+        assert lines[5].split()[4:10] == ["0", "B", "0", "B", "0.0", "0.0"]
+        assert "\x1b" not in frame and "q:quit" not in frame
 
 
 def read_until(fd: int, pattern: bytes, timeout_s: float = 20.0) -> bytes:
@@ -1363,6 +1372,22 @@ def read_until(fd: int, pattern: bytes, timeout_s: float = 20.0) -> bytes:
     return seen
 
 
+def read_for(fd: int, seconds: float) -> bytes:
+    """Everything written within seconds (the terminal is read, so that it never fills)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
 # The child makes the terminal its controlling terminal (as a login shell would),
 # so that Ctrl-C typed on it sends SIGINT; then runs netatop.
 IN_TERMINAL = (
@@ -1372,24 +1397,43 @@ IN_TERMINAL = (
 
 
 def run_top_in_pty(
-    run_dir: Path, steps: list[tuple[bytes, bytes]]
+    run_dir: Path,
+    steps: list[tuple[bytes | float, bytes]],
+    *options: str,
+    columns: int = 80,
+    **env: str,
 ) -> tuple[int, bytes, list[Any], list[Any]]:
     """Start netatop top on a new 80x24 terminal; for each step wait for text, then type keys.
 
+    A step waiting for a number of seconds instead of a text reads for that long.
+    env is added to the environment (LANG=C.UTF-8 and no NO_COLOR unless given).
     Returns (exit status, everything written, terminal modes before, after).
     """
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     before = termios.tcgetattr(slave)
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("NO_COLOR", "LC_ALL", "LC_CTYPE", "LANG")
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-c", IN_TERMINAL, "top", "--run-dir", str(run_dir), "--interval", "0.3"],
+        [
+            sys.executable, "-c", IN_TERMINAL, "top", "--run-dir", str(run_dir),
+            "--interval", "0.3", *options,
+        ],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
-        env={**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": ""},
+        env={
+            **environ, "TERM": "xterm", "COLUMNS": "", "LINES": "", "LANG": "C.UTF-8", **env,
+        },
     )  # fmt: skip
     seen = b""
     try:
         for expect, keys in steps:
-            seen += read_until(master, expect)
+            if isinstance(expect, bytes):
+                seen += read_until(master, expect)
+            else:
+                seen += read_for(master, expect)
             os.write(master, keys)
         proc.wait(timeout=20)
         after = termios.tcgetattr(slave)
@@ -1409,14 +1453,14 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
     publisher = Publisher(tmp_path)
     try:
         code, seen, before, after = run_top_in_pty(
-            tmp_path, [(b"100 nginx", b"p"), (b"sorted by packets", b"q")]
+            tmp_path, [(b" nginx ", b"p"), (b"sorted by packets", b"q")]
         )
     finally:
         publisher.close()
     assert code == 0
     assert seen.startswith(b"\x1b[?1049h")  # alternate screen ...
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # ... left, cursor shown again
-    assert re.search(rb"\r\n100 nginx +[0-9.]+ KiB ", seen)
+    assert re.search(rb"\r\n100 R root +nginx +\x1b\[33m *[0-9.]+ KiB\x1b\[0m ", seen)
     assert before == after  # terminal modes restored (echo, canonical input)
     assert (
         max(len(line) for line in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).split(b"\r\n"))
@@ -1427,7 +1471,7 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
 def test_top_in_a_terminal_quits_on_ctrl_c(tmp_path: Path) -> None:
     publisher = Publisher(tmp_path)
     try:
-        code, seen, before, after = run_top_in_pty(tmp_path, [(b"100 nginx", b"\x03")])
+        code, seen, before, after = run_top_in_pty(tmp_path, [(b" nginx ", b"\x03")])
     finally:
         publisher.close()
     assert code == 0
@@ -1470,8 +1514,8 @@ def test_manual_page_lists_every_command_and_option() -> None:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
     # status 2, query 7 (--by, --cmdline) + --pid --since (its pointer to the history),
-    # top 3, exited 7 + --control-group (who may read the exit list), report 10, wait-exit 2
-    assert options_seen == 34
+    # top 5, exited 7 + --control-group (who may read the exit list), report 10, wait-exit 2
+    assert options_seen == 36
 
 
 def test_manual_page_renders_without_warnings() -> None:
@@ -1650,8 +1694,8 @@ def test_top_sorts_by_sent_and_received() -> None:
         frame = top_frame(rows, sort, 2.0, time.time(), (80, 24))
         assert f"sorted by {sort.value}" in frame[0]
         assert [int(line.split()[0]) for line in frame[5:]] == order, sort
-    assert frame[1] == (
-        "keys: b:bytes p:packets s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid q:quit"
+    assert (
+        frame[1] == "b:bytes p:pkts s:sent r:rcvd S:sndpk R:rcvpk t:tcp u:udp n:pid m:bits q:quit"
     )
 
 

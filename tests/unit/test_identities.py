@@ -30,7 +30,6 @@ class FakeProc:
     def __init__(self) -> None:
         self.running: dict[int, Identity] = {}
         self.reads = 0
-        self.state = "S"  # of every process's stat
 
     def read_identity(self, pid: int, proc_root: str) -> Identity:
         self.reads += 1
@@ -42,7 +41,7 @@ class FakeProc:
         if pid not in self.running:
             raise ProcessGone(pid)
         who = self.running[pid]
-        return ProcStat(pid, who.comm, self.state, who.ppid, 1, who.start_time_ticks)
+        return ProcStat(pid, who.comm, "S", who.ppid, 1, who.start_time_ticks)
 
     def btime(self, start_time_ticks: int) -> int:
         return BOOT_S + start_time_ticks // HZ
@@ -162,27 +161,76 @@ def test_the_book_is_bounded_and_forgets_ended_processes_after_the_grace() -> No
     assert book.expire() == 1 and sorted(book.known) == [3, 5]
 
 
-def test_a_finished_zombie_is_not_brought_back_with_zero_counters() -> None:
-    """Exit event, then a late lookup while the process is a zombie (not reaped yet):
-    no second task; else its second finish would give the exit list a second entry
-    and overwrite its history row (same tgid, btime) with zero counters."""
+def test_a_program_gone_before_its_exec_was_read_is_unknown_not_its_parents() -> None:
     proc, book, registry = setup()
-    proc.running[40] = identity(40, "curl", 11000)
-    task = registry.task(40)
+    proc.running[50] = identity(50, "python", 6000)
+    registry.process_events([event(ProcEventKind.FORK, 50)])  # read: the parent's copy
+    del proc.running[50]  # exec'd and gone before the exec was read
+    registry.process_events([event(ProcEventKind.EXEC, 50)])
+    known = book.get(50)
+    assert known is not None
+    assert (known.identity.comm, known.identity.cmdline, known.identity.uid) == ("", "", -1)
+    assert known.btime == BOOT_S + 60 and book.incomplete == 1
+    task = registry.task_named_by_kernel(50, "bash", time.monotonic_ns())
+    assert task is not None and (task.command, task.cmdline, task.uid) == ("bash", "", -1)
+    # A zombie read after the exec: command and uid, no command line (not the parent's).
+    proc.running[51] = identity(51, "python", 6100)
+    book.learn(51)
+    proc.running[51] = identity(51, "bash", 6100)._replace(cmdline="")
+    known = book.learn(51, after_exec=True)
+    assert known is not None and (known.identity.comm, known.identity.cmdline) == ("bash", "")
+    assert book.incomplete == 2
+
+
+def test_execs_are_read_before_forks_and_a_fork_gone_unread_copies_its_parent() -> None:
+    proc, book, registry = setup()
+    proc.running[1] = identity(1, "init", 1)
+    book.learn(1)
+    fork_ns = 3 * 10**9  # 3 s after boot: 300 ticks
+    fork = ProcessEvent(ProcEventKind.FORK, 60, 60, 1, 1, fork_ns, 0, 0, 0, "", 0)
+    registry.process_events([fork])  # gone before it was read
+    known = book.get(60)
+    assert known is not None and known.identity.start_time_ticks == 300
+    assert (known.identity.comm, known.btime) == ("init", BOOT_S + 3)
+    # Forked, exec'd and gone in one batch: the start time stands, the rest is unknown.
+    fork = fork._replace(pid=61, tgid=61)
+    registry.process_events([fork, event(ProcEventKind.EXEC, 61)])
+    known = book.get(61)
+    assert known is not None and (known.identity.comm, known.identity.uid) == ("", -1)
+    assert known.identity.start_time_ticks == 300
+    # One read a process a batch, the exec's first.
+    proc.running[62] = identity(62, "ls", 7000)
+    reads = proc.reads
+    registry.process_events([event(ProcEventKind.FORK, 62), event(ProcEventKind.EXEC, 62)])
+    assert proc.reads == reads + 1
+
+
+def test_packets_seen_after_the_exit_go_to_the_finished_task_once() -> None:
+    proc, book, registry = setup()
+    proc.running[70] = identity(70, "curl", 8000)
+    task = registry.task(70)
     assert task is not None
-    task.add(True, (3, 300, 0, 0), time.time())
-    assert registry.process_events([event(ProcEventKind.EXIT, 40)]) == [task]
-    zombie = proc.running[40]
-    proc.running[40] = zombie._replace(cmdline="")  # exited, not yet reaped
-    proc.state = "Z"
-    assert registry.task(40) is None
-    assert registry.task_named_by_kernel(40, "curl", time.monotonic_ns()) is None
-    del proc.running[40]  # reaped
-    assert registry.reap(time.time(), 100) == [] and registry.sweep(time.time()) == []
-    (exited,) = registry.exit_list.snapshot()
-    assert exited.tgid == 40 and sum(exited.counters) == 303
-    # The pid's next process (another start time) gets a task of its own.
-    proc.state = "S"
-    proc.running[40] = identity(40, "wget", 12000)
-    again = registry.task(40)
-    assert again is not None and again.command == "wget" and again is not task
+    task.add(True, (1, 100, 0, 0), time.time())
+    exit_ns = time.monotonic_ns()
+    registry.process_events([event(ProcEventKind.EXIT, 70, exit_ns)])  # a zombie now
+    (first,) = registry.exit_list.snapshot()
+    assert sum(first.counters) == 101
+    # A packet it sent before its exit is seen now: the same task takes it.
+    late = registry.task(70)
+    assert late is task and not task.exited
+    task.add(True, (1, 100, 0, 0), time.time())
+    registry.finish_ended(time.time())
+    (entry,) = registry.exit_list.snapshot()  # replaced, not added
+    assert sum(entry.counters) == 202 and entry.exit_time_s == first.exit_time_s
+    assert sum(registry.finished_counters) == 202 and registry.late_tasks == 1
+    # Taken back without a packet: finished again silently.
+    assert registry.task(70) is task
+    registry.finish_ended(time.time())
+    assert len(registry.exit_list.snapshot()) == 1 and registry.late_tasks == 1
+    # Gone: a record of the kernel does not bring it back (it may be an old one).
+    del proc.running[70]
+    assert registry.task_named_by_kernel(70, "curl", exit_ns - 1000) is None
+    # The resolver's last resort (its socket gone, held by nobody): a record from before
+    # the exit is the process's own; one from after it is not.
+    assert registry.late_task_named_by_kernel(70, exit_ns + 100_000_000) is None
+    assert registry.late_task_named_by_kernel(70, exit_ns - 1000) is task
