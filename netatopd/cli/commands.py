@@ -718,6 +718,26 @@ def top(
         ),
     ] = False,
     run_dir: RunDir = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="one JSON object a frame, a line each: time, interval_s and its rows "
+            "(counters per second, identity, total_bytes)",
+        ),
+    ] = False,
+    as_csv: Annotated[
+        bool,
+        typer.Option("--csv", help="CSV: a header line, then a line a row, its time first"),
+    ] = False,
+    by: Annotated[
+        GroupBy | None,
+        typer.Option(
+            "--by",
+            help="one row per command, user, unit or container: its processes' rates "
+            "summed (key g cycles)",
+        ),
+    ] = None,
 ) -> None:
     """A live view of the processes using the network, like top or nethogs.
 
@@ -729,10 +749,12 @@ def top(
     do not fit are left out whole, least useful first, and the header ends
     with +N for N left out.  Keys: b p s r S R t u n sort by bytes, packets,
     sent, received, sent-packets, received-packets, tcp, udp or pid; m
-    switches bytes and bits; q or Ctrl-C quits and restores the terminal.
+    switches bytes and bits; g groups the rows by command, user, unit,
+    container, then none; q or Ctrl-C quits and restores the terminal.
     Sent and received are coloured on a terminal, unless NO_COLOR is set.
     Piped, it prints one frame after the other with every column, without
-    key help, colour or escape sequences.
+    key help, colour or escape sequences.  --json and --csv print each
+    interval's rows with uid, user, cmdline, unit, container and cgroup.
 
     \b
     Examples:
@@ -740,9 +762,12 @@ def top(
       netatop top --interval 5 --sort sent --bits
       netatop top --cmdline
       netatop top --iterations 3 > frames.txt
+      netatop top --by container
+      netatop top --json --iterations 1
     """
+    output = _output_format(as_json, as_csv)
     with _errors():
-        top_view.show(run_dir, interval, sort, iterations, bits, cmdline)
+        top_view.show(run_dir, interval, sort, iterations, bits, cmdline, output, by)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ container rules are cgroups.unit_group and cgroups.container_group, so the
 SQL reports and the live rows group alike), Group (one group: its key, how
 many processes, the summed counters of struct taskcount), group_rows, the
 order of groups (sort_groups, the same SortKey as the rows) and their fields
-and table columns.  Called by commands (netatop query --by); top may reuse it.
+and table columns.  Called by commands (netatop query --by) and top (--by, the
+key g: group_counts, the groups as rows of its frame, and its --json/--csv).
 
 A group counts processes, not threads: give it process rows (running and
 finished alike; a pid reused is two processes).  Sums are exact: the
@@ -120,6 +121,20 @@ def group_rows(rows: Iterable[TaskCounts], by: GroupBy) -> list[Group]:
             TaskCounts(Kind.PROCESS, 0, 0, 0, key, **_counters(totals)),
         )
         for key, totals in sums.items()
+    ]
+
+
+def group_counts(rows: Iterable[TaskCounts], by: GroupBy) -> list[TaskCounts]:
+    """The groups as rows of netatop top: pid is how many processes, command the key,
+    the counters (rates) and total_bytes summed."""
+    rows = list(rows)
+    lifetime: dict[str, int] = {}
+    for row in rows:
+        key = group_key(row, by)
+        lifetime[key] = lifetime.get(key, 0) + row.total_bytes
+    return [
+        dataclasses.replace(g.counts, pid=g.processes, total_bytes=lifetime[g.key])
+        for g in group_rows(rows, by)
     ]
 
 

@@ -11,6 +11,7 @@ commands.top.
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import shutil
@@ -26,11 +27,13 @@ from ..client import run_dir_from_env
 from ..table import Snapshot, TableReader
 from ..tasks import Kind
 from . import rows, sources
-from .format import TERMINAL_FALLBACK
+from .format import TERMINAL_FALLBACK, OutputFormat, Record, render_csv
+from .groups import GroupBy, group_counts, group_fields, group_rows, sort_groups
 from .rows import SortKey, TaskCounts
 from .sources import NoPermission, Unavailable
 from .topframe import (
     TOP_BITS_KEY,
+    TOP_GROUP_KEY,
     TOP_QUIT_KEYS,
     TOP_SORT_KEYS,
     TopStyle,
@@ -40,6 +43,11 @@ from .topframe import (
 )
 
 TOP_INTERVAL_S_MIN = 0.1
+# The fields of a row of --json and --csv (after "time" in CSV): a process's fields, its
+# counters as rates (per second) over the interval, and its lifetime bytes.
+TOP_ROW_FIELDS: tuple[str, ...] = (*rows.TASK_FIELDS, "total_bytes")
+# The groupings the key g cycles through (None: one row per process).
+TOP_GROUPINGS: tuple[GroupBy | None, ...] = (None, *GroupBy)
 
 
 class OutputClosed(Exception):
@@ -96,6 +104,33 @@ def top_frame(
     return view.frame(size)
 
 
+def grouping(view: TopView, by: GroupBy | None) -> None:
+    """Group view's rows by by (None: one row per process)."""
+    view.group = None if by is None else lambda shown: group_counts(shown, by)
+    view.group_name = "" if by is None else by.value
+
+
+def frame_records(view: TopView, by: GroupBy | None) -> list[Record]:
+    """The last interval's rows as --json and --csv print them, in view's order:
+    TOP_ROW_FIELDS a process, or with by one record a group (groups.group_fields)."""
+    shown = view.shown or []
+    if by is None:
+        return [row.record(TOP_ROW_FIELDS) for row in rows.sort_rows(shown, view.sort)]
+    return [group.record() for group in sort_groups(group_rows(shown, by), view.sort)]
+
+
+def machine_frame(view: TopView, by: GroupBy | None, output: OutputFormat, first: bool) -> str:
+    """One frame of --json (one object a line: time, interval_s, rows) or --csv (a
+    line a row, its publish time first; the header line before the first frame)."""
+    records = frame_records(view, by)
+    if output is OutputFormat.JSON:
+        frame = {"time": view.updated_s, "interval_s": view.interval_s, "rows": records}
+        return json.dumps(frame)
+    fields = ("time", *(TOP_ROW_FIELDS if by is None else group_fields(by)))
+    text = render_csv([{"time": view.updated_s, **record} for record in records], fields)
+    return text if first else text.partition("\n")[2]
+
+
 class TopScreen:
     """The terminal of netatop top: alternate screen, cbreak keys, restored on exit.
 
@@ -104,9 +139,11 @@ class TopScreen:
     when stdin is not a terminal no key is read.
     """
 
-    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+    def __init__(self, stdin: TextIO, stdout: TextIO, machine: bool = False) -> None:
         self.out = stdout
-        self.interactive = _isatty(stdout)
+        # machine: --json or --csv, printed as they are, on a terminal too
+        self.machine = machine
+        self.interactive = _isatty(stdout) and not machine
         self.in_fd: int | None = stdin.fileno() if _isatty(stdin) else None
         self._saved: list[Any] | None = None
 
@@ -137,6 +174,8 @@ class TopScreen:
         if self.interactive:
             # cbreak keeps output processing: the terminal turns each newline into CR LF
             text = "\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J"
+        elif self.machine:
+            text = "".join(f"{line}\n" for line in lines)
         else:
             text = "\n".join(lines) + "\n\n"
         try:
@@ -184,22 +223,41 @@ def _open(run_dir: str | None) -> TableReader:
     return reader
 
 
-def _run(screen: TopScreen, run_dir: str | None, view: TopView, iterations: int) -> None:
+class TopOutput:
+    """Where frames go: the screen's frame, or --json / --csv records."""
+
+    def __init__(self, screen: TopScreen, output: OutputFormat, by: GroupBy | None) -> None:
+        self.screen = screen
+        self.output = output
+        self.by = by  # the grouping (the key g changes it)
+        self.frames = 0
+
+    def draw(self, view: TopView) -> None:
+        if self.output is OutputFormat.TABLE:
+            self.screen.draw(view.frame(self.screen.size()))
+        elif view.shown is not None:
+            text = machine_frame(view, self.by, self.output, first=self.frames == 0)
+            self.screen.draw([text] if text else [])
+        self.frames += 1
+
+
+def _run(out: TopOutput, run_dir: str | None, view: TopView, iterations: int) -> None:
+    screen = out.screen
     reader = _open(run_dir)
     try:
         previous = sources.snapshot(reader)
         view.updated_s = previous.updated_s
         frames = 0
         if screen.interactive:
-            screen.draw(view.frame(screen.size()))
+            out.draw(view)
         while iterations == 0 or frames < iterations:
             deadline = time.monotonic() + view.interval_s
             while (remaining := deadline - time.monotonic()) > 0:
                 keys = screen.read_keys(remaining)
                 if any(key in TOP_QUIT_KEYS for key in keys):
                     return
-                if _apply_keys(view, keys):
-                    screen.draw(view.frame(screen.size()))
+                if _apply_keys(view, keys, out):
+                    out.draw(view)
             if reader.replaced():  # a restarted daemon made a new table: start over from it
                 reader.close()
                 replacement = sources.open_reader(run_dir)
@@ -208,7 +266,13 @@ def _run(screen: TopScreen, run_dir: str | None, view: TopView, iterations: int)
                 reader = replacement
                 previous = sources.snapshot(reader)
                 view = TopView(
-                    view.sort, view.interval_s, view.style, view.bits, view.cmdline, view.group
+                    view.sort,
+                    view.interval_s,
+                    view.style,
+                    view.bits,
+                    view.cmdline,
+                    view.group,
+                    view.group_name,
                 )
                 view.updated_s = previous.updated_s
                 continue
@@ -216,17 +280,22 @@ def _run(screen: TopScreen, run_dir: str | None, view: TopView, iterations: int)
             if current.generation == previous.generation:
                 continue  # nothing published since the last frame
             view.update(rate_rows(previous, current), current.updated_s)
-            screen.draw(view.frame(screen.size()))
+            out.draw(view)
             previous = current
             frames += 1
     finally:
         reader.close()
 
 
-def _apply_keys(view: TopView, keys: str) -> bool:
-    """Switch the order or the unit as typed; True when the frame should be drawn again."""
+def _apply_keys(view: TopView, keys: str, out: TopOutput | None = None) -> bool:
+    """Switch the order, the unit or the grouping as typed; True when the frame should
+    be drawn again."""
     changed = False
     for key in keys:
+        if key == TOP_GROUP_KEY and out is not None:
+            out.by = TOP_GROUPINGS[(TOP_GROUPINGS.index(out.by) + 1) % len(TOP_GROUPINGS)]
+            grouping(view, out.by)
+            changed = True
         if key in TOP_SORT_KEYS:
             view.sort = TOP_SORT_KEYS[key]
             changed = True
@@ -243,26 +312,32 @@ def show(
     iterations: int,
     bits: bool = False,
     cmdline: bool = False,
+    output: OutputFormat = OutputFormat.TABLE,
+    by: GroupBy | None = None,
 ) -> None:
     """Run netatop top on this process's terminal until q, Ctrl-C or N frames.
+
+    output JSON or CSV prints records (machine_frame) instead of frames; by
+    groups the rows (the key g cycles through TOP_GROUPINGS).
 
     Colour, the key help and unicode sparklines are decided here, once (see
     topframe.TopStyle).  SIGTERM and SIGHUP restore the terminal on the way
     out; their handlers are put back afterwards.
     """
-    screen = TopScreen(sys.stdin, sys.stdout)
+    screen = TopScreen(sys.stdin, sys.stdout, machine=output is not OutputFormat.TABLE)
     style = TopStyle(
         colour=colour_wanted(os.environ, screen.interactive),
         unicode=utf8_locale(os.environ),
         keys=screen.interactive and screen.in_fd is not None,
     )
     view = TopView(sort, interval_s, style, bits, cmdline)
+    grouping(view, by)
     previous_handlers = {
         signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGHUP)
     }
     try:
         with screen:
-            _run(screen, run_dir, view, iterations)
+            _run(TopOutput(screen, output, by), run_dir, view, iterations)
     except KeyboardInterrupt:
         pass  # Ctrl-C quits like q
     except OutputClosed:

@@ -212,6 +212,7 @@ class TopView:
     bits: bool = False
     cmdline: bool = False  # --cmdline: the command line column before all but PID S COMMAND
     group: Callable[[list[TaskCounts]], list[TaskCounts]] | None = None
+    group_name: str = ""  # what group's rows are (--by): their key column's header
     updated_s: float = 0.0
     shown: list[TaskCounts] | None = None  # None until the first interval is measured
     _finished_at: dict[Key, float] = dataclasses.field(default_factory=dict)
@@ -262,22 +263,27 @@ class TopView:
         unit = "bits" if self.bits else "bytes"
         title = ["netatop top", format_clock(self.updated_s), f"every {self.interval_s:g} s"]
         title += [f"sorted by {self.sort.value}", f"rates in {unit}"]
+        if self.group is not None and self.group_name:
+            title.append(f"by {self.group_name}")
         lines = [fit_pieces(title, "  ", width)]
         if self.style.keys:
             lines.append(keys_line(self.bits, width))
         if self.shown is None:
             lines.append(f"measuring for {self.interval_s:g} s ...")
             return [line[:width] for line in lines]
-        shown = self.group(self.shown) if self.group is not None else self.shown
+        processes = self.shown
+        shown = self.group(processes) if self.group is not None else processes
         ordered = rows.sort_rows(shown, self.sort)
-        finished = sum(1 for row in shown if row.kind is Kind.EXITED)
+        finished = sum(1 for row in processes if row.kind is Kind.EXITED)
         totals = [
             f"total: sent {self._rate_text(sum(map(rows.sent_bytes, shown)))}/s "
             f"{format_rate(sum(map(rows.sent_packets, shown)))} pk/s",
             f"received {self._rate_text(sum(map(rows.received_bytes, shown)))}/s "
             f"{format_rate(sum(map(rows.received_packets, shown)))} pk/s",
-            f"{len(shown)} processes",
+            f"{len(processes)} processes",
         ]
+        if self.group is not None:
+            totals.append(f"{len(shown)} groups")
         if finished:
             totals.append(f"{finished} finished")
         lines.append(fit_pieces(totals, ", ", width))
@@ -307,6 +313,8 @@ class TopView:
             or self.cmdline
             or any(row.cmdline for row in ordered)
         ]
+        if self.group is not None:
+            columns = group_columns(columns, self.group_name)
         texts = [[column.cell(row, cells) for column in columns] for row in ordered]
         natural = [
             max([len(column.header), *(len(line[index]) for line in texts)])
@@ -335,6 +343,26 @@ class TopView:
         return lines
 
 
+# Grouped (--by), a row is a group: PROCS (how many processes: the row's pid), the key
+# (its command), and the rates summed; these columns of a process are left out.
+GROUP_LEFT_OUT = frozenset({"S", "USER", "LAST MINUTE", CMDLINE_HEADER})
+GROUP_COUNT_HEADER = "PROCS"
+
+
+def group_columns(columns: Sequence[TopColumn], name: str) -> list[TopColumn]:
+    """The columns of grouped rows: PID counts processes, COMMAND holds the group's key."""
+    result = []
+    for column in columns:
+        if column.header in GROUP_LEFT_OUT:
+            continue
+        if column.header == "PID":
+            column = column._replace(header=GROUP_COUNT_HEADER)
+        elif column.header == "COMMAND":
+            column = column._replace(header=(name or "group").upper())
+        result.append(column)
+    return result
+
+
 def _pad(text: str, size: int, right: bool, cut: str) -> str:
     if len(text) > size:
         text = text[: size - len(cut)] + cut
@@ -361,6 +389,7 @@ TOP_KEY_LABELS: dict[SortKey, str] = {
     SortKey.RECEIVED_PACKETS: "rcvpk",
 }
 TOP_BITS_KEY = "m"  # bytes or bits per second (nethogs's m cycles its units)
+TOP_GROUP_KEY = "g"  # cycles the grouping: none, command, user, unit, container
 TOP_QUIT_KEYS = frozenset("qQ")
 
 
@@ -370,6 +399,7 @@ def keys_line(bits: bool, width: int | None) -> str:
         f"{key}:{TOP_KEY_LABELS.get(order, order.value)}" for key, order in TOP_SORT_KEYS.items()
     ]
     items.append(f"{TOP_BITS_KEY}:{'bytes' if bits else 'bits'}")
+    items.append(f"{TOP_GROUP_KEY}:group")
     return fit_pieces(items, " ", width, last="q:quit")
 
 

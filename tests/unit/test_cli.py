@@ -1514,8 +1514,9 @@ def test_manual_page_lists_every_command_and_option() -> None:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
     # status 2, query 7 (--by, --cmdline) + --pid --since (its pointer to the history),
-    # top 5, exited 7 + --control-group (who may read the exit list), report 10, wait-exit 2
-    assert options_seen == 36
+    # top 8 (--by, --json, --csv), exited 7 + --control-group (who may read the exit list),
+    # report 10, wait-exit 2
+    assert options_seen == 39
 
 
 def test_manual_page_renders_without_warnings() -> None:

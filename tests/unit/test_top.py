@@ -7,6 +7,9 @@ against a table a thread publishes (Publisher).
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 import threading
 import time
@@ -375,7 +378,7 @@ def test_the_manual_page_names_the_order_columns_are_left_out_in() -> None:
 
 
 def test_key_help_leaves_out_whole_keys_and_keeps_quit() -> None:
-    assert keys_line(False, None).endswith("u:udp n:pid m:bits q:quit")
+    assert keys_line(False, None).endswith("u:udp n:pid m:bits g:group q:quit")
     assert keys_line(False, 30) == "b:bytes p:pkts s:sent q:quit"
     assert keys_line(True, 12) == "b:bytes q:quit"[:12]
     title = top_frame(None, SortKey.SENT, 2.0, time.time(), (40, 24))[0]
@@ -411,7 +414,7 @@ def test_cmdline_forces_the_command_line_column_after_command() -> None:
 
 
 def test_cmdline_on_a_terminal(tmp_path: Path) -> None:
-    publisher = Finishing(tmp_path)
+    publisher = Finishing(tmp_path, finish_step=100)  # curl still runs in the first frame
     try:
         code, seen, _, _ = run_top_in_pty(tmp_path, [(b"100 R", b"q")], "--cmdline", columns=60)
     finally:
@@ -421,3 +424,117 @@ def test_cmdline_on_a_terminal(tmp_path: Path) -> None:
     assert re.search(rb"\r\nPID S COMMAND +SENT/s +RCVD/s +(TOTAL +)?CMDLINE +\+\d+\x1b\[K", seen)
     assert re.search(rb"\r\n100 R nginx .* nginx: master process", seen)
     assert re.search(rb"\r\n300 R curl .* -\x1b\[K", seen)
+
+
+# --------------------------------------------------------------------------- --by, --json, --csv
+
+
+def placed(pid: int, sent_per_s: float, unit: str, container: str, **extra: Any) -> TaskCounts:
+    cgroup = f"/system.slice/{unit}"
+    return process(pid, sent_per_s, unit=unit, container=container or None, cgroup=cgroup, **extra)
+
+
+def test_grouped_frame_sums_the_processes_of_each_group() -> None:
+    from netatopd.cli.groups import GroupBy
+    from netatopd.cli.top import grouping
+
+    view = TopView(SortKey.BYTES, 2.0)
+    box = "docker:" + "b" * 64
+    shown = [
+        placed(1, 1000, "a.service", "", total_bytes=5000),
+        placed(2, 3000, "a.service", "", total_bytes=7000),
+        placed(3, 500, "docker-b.scope", box, kind=Kind.EXITED, total_bytes=900),
+    ]
+    view.update(shown, 100.0)
+    grouping(view, GroupBy.CONTAINER)
+    frame = view.frame(None)
+    assert frame[0].endswith("  by container")
+    assert frame[1].endswith(", 3 processes, 2 groups, 1 finished")
+    header, *lines = frame[3:]
+    assert header.split()[:4] == ["PROCS", "CONTAINER", "SENT/s", "RCVD/s"]
+    assert not {"S", "USER", "LAST", "CMDLINE"} & set(header.split())
+    cells = [line.split() for line in lines]
+    assert [c[:2] for c in cells] == [["2", "(no"], ["1", box]]  # 4000 B/s first, then 500 B/s
+    assert cells[0][3:5] == ["3.91", "KiB"] and cells[0][-2:] == ["11.7", "KiB"]  # TOTAL summed
+    grouping(view, None)
+    assert view.frame(None)[3].split()[:4] == ["PID", "S", "USER", "COMMAND"]
+
+
+def test_the_key_g_cycles_the_groupings() -> None:
+    from netatopd.cli.format import OutputFormat
+    from netatopd.cli.top import TopOutput, TopScreen, _apply_keys
+
+    view = TopView(SortKey.BYTES, 2.0)
+    out = TopOutput(TopScreen(io.StringIO(), io.StringIO()), OutputFormat.TABLE, None)
+    seen = []
+    for _ in range(5):
+        assert _apply_keys(view, "g", out)
+        seen.append((out.by and out.by.value, view.group_name, view.group is not None))
+    assert seen == [
+        ("command", "command", True),
+        ("user", "user", True),
+        ("unit", "unit", True),
+        ("container", "container", True),
+        (None, "", False),
+    ]
+
+
+def test_json_and_csv_frames_carry_each_rows_identity() -> None:
+    from netatopd.cli.format import OutputFormat
+    from netatopd.cli.groups import GroupBy
+    from netatopd.cli.top import TOP_ROW_FIELDS, machine_frame
+
+    view = TopView(SortKey.BYTES, 2.0)
+    box = "docker:" + "b" * 64
+    view.update(
+        [
+            placed(1, 1000, "a.service", "", uid=0, user="root", cmdline="a --x"),
+            placed(2, 3000, "docker-b.scope", box, total_bytes=6000),
+        ],
+        100.0,
+    )
+    frame = json.loads(machine_frame(view, None, OutputFormat.JSON, first=True))
+    assert (frame["time"], frame["interval_s"]) == (100.0, 2.0)
+    assert [r["pid"] for r in frame["rows"]] == [2, 1]  # largest first
+    assert set(frame["rows"][0]) == set(TOP_ROW_FIELDS)
+    assert {k: frame["rows"][1][k] for k in ("uid", "user", "cmdline", "unit", "container")} == {
+        "uid": 0, "user": "root", "cmdline": "a --x", "unit": "a.service", "container": None,
+    }  # fmt: skip
+    assert (frame["rows"][0]["container"], frame["rows"][0]["tcpsndbytes"]) == (box, 3000)
+    grouped = json.loads(machine_frame(view, GroupBy.UNIT, OutputFormat.JSON, first=True))
+    assert [(g["unit"], g["processes"], g["tcpsndbytes"]) for g in grouped["rows"]] == [
+        ("docker-b.scope", 1, 3000),
+        ("a.service", 1, 1000),
+    ]
+    first = machine_frame(view, None, OutputFormat.CSV, first=True).splitlines()
+    later = machine_frame(view, None, OutputFormat.CSV, first=False).splitlines()
+    assert first[0].split(",") == ["time", *TOP_ROW_FIELDS] and first[1:] == later
+    rows = list(csv.DictReader(io.StringIO("\n".join(first))))
+    assert [(r["time"], r["pid"], r["unit"], r["container"]) for r in rows] == [
+        ("100.0", "2", "docker-b.scope", box),
+        ("100.0", "1", "a.service", ""),
+    ]
+
+
+def test_piped_top_json_prints_a_line_a_frame(tmp_path: Path) -> None:
+    publisher = Finishing(tmp_path)
+    try:
+        result = invoke(
+            "top", "--run-dir", str(tmp_path), "--iterations", "2", "--interval", "0.3", "--json"
+        )
+        grouped = invoke(
+            "top", "--run-dir", str(tmp_path), "--iterations", "1", "--interval", "0.3",
+            "--csv", "--by", "unit",
+        )  # fmt: skip
+    finally:
+        publisher.close()
+    assert result.exit_code == 0, result.output
+    frames = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(frames) == 2 and frames[0]["time"] < frames[1]["time"]
+    nginx = next(r for r in frames[1]["rows"] if r["pid"] == 100)
+    assert (nginx["unit"], nginx["user"], nginx["kind"]) == ("nginx.service", "root", "process")
+    assert nginx["tcpsndbytes"] > 0
+    assert grouped.exit_code == 0, grouped.output
+    header, *lines = grouped.stdout.splitlines()
+    assert header.startswith("time,unit,processes,running,")
+    assert any(line.split(",")[1] == "nginx.service" for line in lines)
