@@ -19,7 +19,8 @@ The scenario runs once (one daemon, one set of processes: the module's
 fixture) and records every surface at two moments; the tests check what it
 recorded.  While the processes run: `netatop query --json` and `--csv` (the
 shared table), the table read directly (TableReader), `netatop query --by
-command|user|unit|container --json`.  Once they exited: `netatop
+command|user|unit|container --json`, `netatop top --json` (one frame, and
+one --by container).  Once they exited: `netatop
 exited --json` and `--csv` (the daemon's live exit list), the table's
 exit-list rows, the same four --by answers, `netatop wait-exit --json`
 (GETCNT_EXIT), then the history: `netatop exited --since`, the reports
@@ -219,7 +220,7 @@ def netatop(d: Daemon, *args: str) -> Any:
     assert result.returncode == 0, (args, result.stderr)
     if "--csv" in args:
         return list(csv.DictReader(io.StringIO(result.stdout)))
-    if "--json" in args and args[0] == "wait-exit":
+    if "--json" in args and args[0] in ("wait-exit", "top"):
         return [json.loads(line) for line in result.stdout.splitlines()]
     return json.loads(result.stdout)
 
@@ -350,6 +351,9 @@ def run(ns: Netns, d: Daemon, top: Path, bin_dir: Path) -> Scenario:
         )
         scenario.running["query"] = netatop(d, "query", "--json")
         scenario.running["query csv"] = netatop(d, "query", "--csv")
+        top = ("top", "--iterations", "1", "--interval", "0.3", "--json")
+        scenario.running["top"] = netatop(d, *top)
+        scenario.running["top by container"] = netatop(d, *top, "--by", "container")
         record(d, scenario.running, snapshot)
         exited_at = time.monotonic()
         exit_all(children)
@@ -538,6 +542,27 @@ def test_query_json_and_the_table_name_every_running_process(scenario: Scenario)
     check_rows("query --json", "process", rows, scenario.children)
     check_table("table", scenario.running["table"], Kind.PROCESS, scenario.children)
     check_csv("query --csv", "process", scenario.running["query csv"], scenario.children)
+
+
+def test_top_json_names_every_running_process(scenario: Scenario) -> None:
+    """netatop top --json (one frame): each child's identity, its lifetime bytes exact
+    (it sends nothing more: its rates are 0); --by container: every group's processes."""
+    (frame,) = scenario.running["top"]
+    rows = by_pid(frame["rows"], scenario.children)
+    for child in scenario.children:
+        row = rows[child.pid]
+        assert row["kind"] == "process", (child.layout.name, row)
+        assert {k: row[k] for k in child.identity()} == child.identity(), (child.layout, row)
+        assert row["total_bytes"] == child.datagrams * WIRE_BYTES, (child.layout.name, row)
+        assert row["udpsndpacks"] == 0, (child.layout.name, row)
+    (grouped,) = scenario.running["top by container"]
+    groups = by_key(grouped["rows"], "container")
+    for group, (processes, _) in expected_groups(scenario.children, "container").items():
+        if group != NO_CONTAINER:  # the server may be counted there too
+            assert (groups[group]["processes"], groups[group]["running"]) == (
+                processes,
+                processes,
+            ), (group, groups[group])
 
 
 def test_exit_list_names_every_finished_process(scenario: Scenario) -> None:
