@@ -503,7 +503,8 @@ def test_nothing_stays_loaded_after_close() -> None:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
     prog_ids, map_ids = loaded.object_ids()
     try:
-        assert len(prog_ids) == 3 and len(map_ids) == 5  # flows, connect, counters, seen, changes
+        # flows, connect, counters, seen, changes and the exec ring; ntp_exec with BTF
+        assert len(prog_ids) == 4 and len(map_ids) == 6
         progs, maps = loaded_object_ids()
         assert set(prog_ids) <= set(progs) and set(map_ids) <= set(maps)
     finally:

@@ -189,6 +189,8 @@ STATUS_ORDER_PROC = [
     "identity_unknown",
     "identity_incomplete",
     "tasks_late",
+    "identity_source",
+    "identities_from_kernel",
 ]
 
 
