@@ -298,9 +298,9 @@ class ExecRing:
             length, _page_offset = RING_HEADER.unpack_from(self.data, where)
             if length & RING_BUSY:
                 break  # still being written: the next call takes it
+            discarded = length & RING_DISCARD
             length &= ~(RING_BUSY | RING_DISCARD) & 0xFFFFFFFF
-            header_length = RING_HEADER.unpack_from(self.data, where)[0]
-            if header_length & RING_DISCARD:
+            if discarded:
                 self.discarded += 1
             elif length >= EXEC_RECORD.size:
                 start = where + RING_HEADER.size

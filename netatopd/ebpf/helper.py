@@ -292,6 +292,7 @@ class KernelOwnership:
         self._exec_ring: ExecRing | None = None
         self._exec_ring_fd = -1
         self._exec_note = "not loaded"
+        self._btf: Btf | None = None  # the kernel's BTF, once read (dropped after load)
         self._closed = False
         self._finalizer = weakref.finalize(self, _close_all, self._fds, self._perf_fds, True)
 
@@ -412,6 +413,7 @@ class KernelOwnership:
         for program in PROGRAMS:
             self._attach(program, formats[program.name].id, self._prog_fds[program.name])
         self._load_exec(tracefs_root, btf_path)
+        self._btf = None
 
     def _load_program(self, name: str, items: list[Item]) -> int:
         """BPF_PROG_LOAD of a tracepoint program; EbpfUnavailable with the verifier's
@@ -456,13 +458,15 @@ class KernelOwnership:
         """The exec program and its ring, or none (the reason kept for STATUS, logged).
 
         Needs the task offsets from BTF (no calibration for them): without
-        BTF, identities come from /proc alone.  Any failure here leaves the
-        socket programs loaded and closes what the exec part had opened.
+        BTF, identities come from /proc alone.  A failure before the attach
+        leaves the socket programs loaded and closes what the exec part had
+        opened; a failed attach fails the load, as for the other programs.
         """
         maps = self._maps
         assert maps is not None
         try:
-            task = task_offsets(Btf.from_file(btf_path))
+            btf = self._btf if self._btf is not None else Btf.from_file(btf_path)
+            task = task_offsets(btf)
         except BtfError as err:
             self._exec_note = f"no BTF for task offsets ({err})"
             log.warning("identity at exec not taken in the kernel: %s", self._exec_note)
@@ -522,6 +526,7 @@ class KernelOwnership:
         """
         try:
             btf = Btf.from_file(btf_path)
+            self._btf = btf  # for the exec program's task offsets
             offsets = sock_offsets(btf), net_offsets(btf)
         except BtfError as btf_err:
             started = _monotonic_ms()
