@@ -226,6 +226,7 @@ class Engine:
         )
         if self.kernel is not None and self.kernel.takes_exec:
             self.identities.source = SOURCE_KERNEL
+            self.identities.exec_source = self.kernel.exec_records
         self.process_events, self.process_events_source = open_process_events(
             getattr(options, "process_events_netns", INITIAL_NETNS_PATH),
             getattr(options, "process_events_buffer_bytes", RECEIVE_BUFFER_BYTES),

@@ -53,6 +53,7 @@ class Known:
     btime: int  # epoch seconds of its start (ProcFS.btime of the start time)
     exited_s: float = 0.0  # epoch seconds of its exit, 0.0 while it runs
     exited_monotonic_s: float = 0.0
+    at_exec: bool = False  # taken from the kernel's record of its exec
 
 
 def record_fits(record: ExecRecord, read: Identity, ticks_per_s: int) -> bool:
@@ -98,6 +99,8 @@ class IdentityBook:
         self.source = SOURCE_PROC  # where identities after an exec come from (STATUS)
         self.from_kernel = 0  # identities after an exec taken from the kernel's record
         self.exec_records_dropped = 0  # records pushed out unused by EXEC_PENDING_MAX
+        # Where take_execs' records come from (the engine: the eBPF helper), for fresh().
+        self.exec_source: Callable[[], list[ExecRecord]] | None = None
 
     def take_execs(self, records: list[ExecRecord]) -> None:
         """Keep the kernel's exec records (oldest first) for ``learn(after_exec=True)``."""
@@ -147,7 +150,7 @@ class IdentityBook:
         ):
             identity = identity._replace(cmdline=read.cmdline)  # the kernel's copy was cut
         self.from_kernel += 1
-        known = Known(identity, self.btime_of(identity.start_time_ticks))
+        known = Known(identity, self.btime_of(identity.start_time_ticks), at_exec=True)
         if before is not None and before.identity.start_time_ticks == identity.start_time_ticks:
             known.exited_s, known.exited_monotonic_s = before.exited_s, before.exited_monotonic_s
         self._store(pid, known)
@@ -179,6 +182,8 @@ class IdentityBook:
         """
         before = self.known.get(pid)
         record = self.exec_records.pop(pid, None) if after_exec else None
+        if after_exec and record is None and before is not None and before.at_exec:
+            after_exec = False  # this exec's record named it already (fresh())
         try:
             identity = self.reader(pid, self.proc_root)
         except ProcError:
@@ -232,6 +237,16 @@ class IdentityBook:
         return known
 
     def get(self, pid: int) -> Known | None:
+        return self.known.get(pid)
+
+    def fresh(self, pid: int) -> Known | None:
+        """As ``get``, once the kernel's pending exec records are taken (``exec_source``):
+        a program whose exec event still waits in the proc connector's queue is named
+        by the kernel's record of its exec, not by the copy of its parent."""
+        if self.exec_source is not None:
+            self.take_execs(self.exec_source())
+        if pid in self.exec_records:
+            self.learn(pid, after_exec=True)
         return self.known.get(pid)
 
     def exited(self, pid: int, exit_s: float) -> Known | None:

@@ -282,3 +282,25 @@ def test_a_cut_record_takes_the_whole_line_from_proc_and_a_stale_one_is_not_used
     known = book.learn(92, after_exec=True)
     assert known is not None and known.identity.comm == "new"
     assert book.from_kernel == 2
+
+
+def test_a_task_made_before_its_exec_event_is_named_by_the_kernels_record() -> None:
+    proc, book, registry = setup()
+    proc.running[95] = identity(95, "python", 9900)
+    registry.process_events([event(ProcEventKind.FORK, 95)])  # the parent's copy
+    del proc.running[95]  # exec'd, sent, gone; its exec event still queued
+    pending = [exec_record(95, "bash", 9900, b"bash\0tag-95\0")]
+    book.exec_source = lambda: [pending.pop()] if pending else []
+    task = registry.task_named_by_kernel(95, "bash", 99 * 10**9)
+    assert task is not None
+    assert (task.command, task.cmdline, task.uid, task.start_time_ticks) == (
+        "bash",
+        "bash tag-95",
+        65534,
+        9900,
+    )
+    # The exec event, read later, leaves the kernel's identity in place.
+    registry.process_events([event(ProcEventKind.EXEC, 95)])
+    known = book.get(95)
+    assert known is not None and known.identity.cmdline == "bash tag-95"
+    assert (book.from_kernel, book.incomplete) == (1, 0)
