@@ -8,7 +8,9 @@ also when the process dies) and the drain statistics.  Callers: the daemon
 privileged tests and bench/bench_ebpf.py.
 
 Records come from ``programs.py``; see its docstring for what is recorded
-when.  ``drain`` returns them with the addresses normalised: 4 bytes for
+when.  With the kernel's BTF the helper also loads ``execids.py``'s exec
+program and reads its ring (``exec_records``): the identity of each program
+at its exec, for ``ownership.IdentityBook``.  ``drain`` returns them with the addresses normalised: 4 bytes for
 IPv4 (an IPv4-mapped IPv6 address becomes its 4 IPv4 bytes), 16 for IPv6,
 and an empty remote address (port 0) for unconnected UDP and listeners.
 A wildcard local address stays all zeros.  Times are CLOCK_MONOTONIC
@@ -268,7 +270,8 @@ def _reason(what: str, err: BpfSyscallError) -> str:
 
 
 class KernelOwnership:
-    """The loaded helper: three programs attached, five maps, their statistics."""
+    """The loaded helper: three socket programs attached, five maps, their statistics;
+    with BTF also ntp_exec and its ring (execids.py)."""
 
     def __init__(self) -> None:
         # Use load(); the constructor only prepares empty state.
