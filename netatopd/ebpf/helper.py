@@ -10,7 +10,9 @@ privileged tests and bench/bench_ebpf.py.
 Records come from ``programs.py``; see its docstring for what is recorded
 when.  With the kernel's BTF the helper also loads ``execids.py``'s exec
 program and reads its ring (``exec_records``): the identity of each program
-at its exec, for ``ownership.IdentityBook``.  ``drain`` returns them with the addresses normalised: 4 bytes for
+at its exec, for ``ownership.IdentityBook``.
+
+``drain`` returns the socket records with the addresses normalised: 4 bytes for
 IPv4 (an IPv4-mapped IPv6 address becomes its 4 IPv4 bytes), 16 for IPv6,
 and an empty remote address (port 0) for unconnected UDP and listeners.
 A wildcard local address stays all zeros.  Times are CLOCK_MONOTONIC
