@@ -441,6 +441,9 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("identity_incomplete", PROCESS_EVENTS, "incomplete", "identities.incomplete"),
     # Finished tasks that took packets seen after their exit (finished again, same exit).
     Field("tasks_late", PROCESS_EVENTS, "late packets after exit", "registry.late_tasks"),
+    # Issue 14: identity at exec from the eBPF helper's exec program, else /proc.
+    Field("identity_source", PROCESS_EVENTS, "identities from", "identities.source"),
+    Field("identities_from_kernel", PROCESS_EVENTS, "from the kernel", "identities.from_kernel"),
 )
 
 FIELDS: dict[str, Field] = {f.name: f for f in REGISTRY if isinstance(f, Field)}

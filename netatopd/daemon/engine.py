@@ -47,7 +47,7 @@ from ..netlink.sockdiag import SockDiag
 from ..netlink.socket import NetlinkError
 from ..ownership import Resolver, Sweeper, TaskRegistry
 from ..ownership.cookies import CookieResolver
-from ..ownership.identities import IdentityBook
+from ..ownership.identities import SOURCE_KERNEL, IdentityBook
 from ..ownership.namespaces import NamespaceSockets, sockets_elsewhere
 from ..parse import Reject
 from ..procfs import ProcError, ProcFS
@@ -224,6 +224,9 @@ class Engine:
         self.identities = IdentityBook(
             self.procfs.proc_root, self.procfs.btime, ticks_per_s=self.procfs.clock_ticks_per_s
         )
+        if self.kernel is not None and self.kernel.takes_exec:
+            self.identities.source = SOURCE_KERNEL
+            self.identities.exec_source = self.kernel.exec_records
         self.process_events, self.process_events_source = open_process_events(
             getattr(options, "process_events_netns", INITIAL_NETNS_PATH),
             getattr(options, "process_events_buffer_bytes", RECEIVE_BUFFER_BYTES),
@@ -404,6 +407,7 @@ class Engine:
             self.errors += 1
             log.error("process events: %s", err)
             return
+        self.take_exec_records()  # after the read: every exec in it has its record
         read_now = self.registry.read_execs(events)  # first: programs may end at once
         tasks = self.tasks.by_tgid
         if any(e.kind == ProcEventKind.EXIT and e.is_process and e.tgid in tasks for e in events):
@@ -414,6 +418,11 @@ class Engine:
         self.registry.process_events(events, read_now)
         if events_source.take_resync():
             self.resync_processes()
+
+    def take_exec_records(self) -> None:
+        """The kernel's exec records (eBPF helper, ntp_exec) into the identity book."""
+        if self.kernel is not None and self.kernel.takes_exec:
+            self.identities.take_execs(self.kernel.exec_records())
 
     def resync_processes(self) -> None:
         """Process events were lost: finish the tasks that are gone, learn every process."""
@@ -500,6 +509,7 @@ class Engine:
         if self.clock.monotonic() - self.last_identity_expiry_s >= IDENTITY_EXPIRY_INTERVAL_S:
             self.last_identity_expiry_s = self.clock.monotonic()
             self.identities.expire()
+            self.take_exec_records()  # kept bounded also without process events
         runs_before = self.sweeper.runs
         if self.sweeper.due():
             self.sweeper.run(now_s)

@@ -131,8 +131,14 @@ class Helper(IntEnum):
     MAP_DELETE_ELEM = 3
     KTIME_GET_NS = 5
     GET_CURRENT_PID_TGID = 14
+    GET_CURRENT_UID_GID = 15
     GET_CURRENT_COMM = 16
+    GET_CURRENT_TASK = 35
+    PROBE_READ_USER = 112
     PROBE_READ_KERNEL = 113
+    RINGBUF_RESERVE = 131
+    RINGBUF_SUBMIT = 132
+    RINGBUF_DISCARD = 133
 
 
 BPF_TO_BE = 0x08  # END: convert to big endian (a byte swap on x86-64)

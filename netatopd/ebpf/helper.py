@@ -8,7 +8,11 @@ also when the process dies) and the drain statistics.  Callers: the daemon
 privileged tests and bench/bench_ebpf.py.
 
 Records come from ``programs.py``; see its docstring for what is recorded
-when.  ``drain`` returns them with the addresses normalised: 4 bytes for
+when.  With the kernel's BTF the helper also loads ``execids.py``'s exec
+program and reads its ring (``exec_records``): the identity of each program
+at its exec, for ``ownership.IdentityBook``.
+
+``drain`` returns the socket records with the addresses normalised: 4 bytes for
 IPv4 (an IPv4-mapped IPv6 address becomes its 4 IPv4 bytes), 16 for IPv6,
 and an empty remote address (port 0) for unconnected UDP and listeners.
 A wildcard local address stays all zeros.  Times are CLOCK_MONOTONIC
@@ -45,7 +49,7 @@ from typing import NamedTuple
 
 from ..wire import IPV4_MAPPED_PREFIX
 from . import syscalls
-from .asm import assemble, instruction_count
+from .asm import Item, assemble, instruction_count
 from .btf import (
     VMLINUX_BTF_PATH,
     Btf,
@@ -56,6 +60,7 @@ from .btf import (
     sock_offsets,
 )
 from .calibrate import CalibrationError, calibrate
+from .execids import EXEC_RING_BYTES, ExecRecord, ExecRing, exec_program, task_offsets
 from .programs import (
     AF_INET,
     CHANGES,
@@ -152,6 +157,9 @@ PROGRAMS = (
     _Program("ntp_recv", "sock", "sock_recv_length"),
     _Program("ntp_state", "sock", "inet_sock_set_state"),
 )
+# Identity at exec (execids.py): loaded when the kernel's BTF gives the task offsets.
+EXEC_PROGRAM = _Program("ntp_exec", "sched", "sched_process_exec")
+EXEC_RING_NAME = "ntp_exec_ring"
 
 
 def _address(family: int, raw: bytes) -> bytes:
@@ -264,7 +272,8 @@ def _reason(what: str, err: BpfSyscallError) -> str:
 
 
 class KernelOwnership:
-    """The loaded helper: three programs attached, five maps, their statistics."""
+    """The loaded helper: three socket programs attached, five maps, their statistics;
+    with BTF also ntp_exec and its ring (execids.py)."""
 
     def __init__(self) -> None:
         # Use load(); the constructor only prepares empty state.
@@ -284,6 +293,11 @@ class KernelOwnership:
         self._drains = 0
         self._load_ms = 0.0
         self._offsets_source = OffsetSource.NONE
+        # The exec program's ring (None: not loaded) and why it is not, for STATUS.
+        self._exec_ring: ExecRing | None = None
+        self._exec_ring_fd = -1
+        self._exec_note = "not loaded"
+        self._btf: Btf | None = None  # the kernel's BTF, once read (dropped after load)
         self._closed = False
         self._finalizer = weakref.finalize(self, _close_all, self._fds, self._perf_fds, True)
 
@@ -398,43 +412,99 @@ class KernelOwnership:
             "ntp_state": state_program(formats["ntp_state"], self._maps, net, inode),
         }
         for program in PROGRAMS:
-            items = builds[program.name]
-            code = assemble(items)
-            try:
-                fd = syscalls.prog_load(ProgType.TRACEPOINT, code, LICENSE, program.name)
-            except BpfSyscallError as err:
-                if err.errno in (errno.EPERM, errno.EACCES):
-                    raise EbpfUnavailable(_reason(f"loading {program.name}", err)) from err
-                # Load again with the verifier's log, to say why.
-                try:
-                    fd = syscalls.prog_load(
-                        ProgType.TRACEPOINT, code, LICENSE, program.name, VERIFIER_LOG_BYTES
-                    )
-                except BpfSyscallError as logged:
-                    tail = "\n".join(logged.log.strip().splitlines()[-12:])
-                    log.error("verifier rejected %s:\n%s", program.name, tail)
-                    last = tail.splitlines()[-1] if tail else ""
-                    raise EbpfUnavailable(
-                        f"the kernel's verifier rejected {program.name} "
-                        f"({os.strerror(logged.errno)}: {last})"
-                    ) from logged
-            self._prog_fds[program.name] = self._keep(fd)
-            log.debug("%s: %d instructions", program.name, instruction_count(items))
+            self._prog_fds[program.name] = self._keep(
+                self._load_program(program.name, builds[program.name])
+            )
         for program in PROGRAMS:
-            tracepoint_id = formats[program.name].id
+            self._attach(program, formats[program.name].id, self._prog_fds[program.name])
+        self._load_exec(tracefs_root, btf_path)
+        self._btf = None
+
+    def _load_program(self, name: str, items: list[Item]) -> int:
+        """BPF_PROG_LOAD of a tracepoint program; EbpfUnavailable with the verifier's
+        last words when it is refused."""
+        code = assemble(items)
+        try:
+            fd = syscalls.prog_load(ProgType.TRACEPOINT, code, LICENSE, name)
+        except BpfSyscallError as err:
+            if err.errno in (errno.EPERM, errno.EACCES):
+                raise EbpfUnavailable(_reason(f"loading {name}", err)) from err
+            # Load again with the verifier's log, to say why.
             try:
-                perf_fd = syscalls.perf_event_open_tracepoint(tracepoint_id, ATTACH_CPU)
-            except BpfSyscallError as err:
+                fd = syscalls.prog_load(
+                    ProgType.TRACEPOINT, code, LICENSE, name, VERIFIER_LOG_BYTES
+                )
+            except BpfSyscallError as logged:
+                tail = "\n".join(logged.log.strip().splitlines()[-12:])
+                log.error("verifier rejected %s:\n%s", name, tail)
+                last = tail.splitlines()[-1] if tail else ""
                 raise EbpfUnavailable(
-                    _reason(f"perf_event_open for {program.tracepoint}", err)
-                ) from err
-            self._perf_fds.append(perf_fd)
-            try:
-                syscalls.perf_event_attach(perf_fd, self._prog_fds[program.name])
-            except BpfSyscallError as err:
-                raise EbpfUnavailable(
-                    _reason(f"attaching {program.name} to {program.tracepoint}", err)
-                ) from err
+                    f"the kernel's verifier rejected {name} ({os.strerror(logged.errno)}: {last})"
+                ) from logged
+        log.debug("%s: %d instructions", name, instruction_count(items))
+        return fd
+
+    def _attach(self, program: _Program, tracepoint_id: int, prog_fd: int) -> None:
+        try:
+            perf_fd = syscalls.perf_event_open_tracepoint(tracepoint_id, ATTACH_CPU)
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(
+                _reason(f"perf_event_open for {program.tracepoint}", err)
+            ) from err
+        self._perf_fds.append(perf_fd)
+        try:
+            syscalls.perf_event_attach(perf_fd, prog_fd)
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(
+                _reason(f"attaching {program.name} to {program.tracepoint}", err)
+            ) from err
+
+    def _load_exec(self, tracefs_root: Path, btf_path: Path) -> None:
+        """The exec program and its ring, or none (the reason kept for STATUS, logged).
+
+        Needs the task offsets from BTF (no calibration for them): without
+        BTF, identities come from /proc alone.  A failure before the attach
+        leaves the socket programs loaded and closes what the exec part had
+        opened; a failed attach fails the load, as for the other programs.
+        """
+        maps = self._maps
+        assert maps is not None
+        try:
+            btf = self._btf if self._btf is not None else Btf.from_file(btf_path)
+            task = task_offsets(btf)
+        except BtfError as err:
+            self._exec_note = f"no BTF for task offsets ({err})"
+            log.warning("identity at exec not taken in the kernel: %s", self._exec_note)
+            return
+        opened: list[int] = []
+        try:
+            exec_format = read_format(EXEC_PROGRAM.category, EXEC_PROGRAM.tracepoint, tracefs_root)
+            ring_fd = syscalls.map_create(MapType.RINGBUF, 0, 0, EXEC_RING_BYTES, EXEC_RING_NAME)
+            opened.append(ring_fd)
+            items = exec_program(
+                task,
+                ring_fd,
+                maps.counters,
+                Counter.EXEC_EVENTS,
+                Counter.EXEC_LOST,
+                Counter.EXEC_READ_FAILED,
+            )
+            prog_fd = self._load_program(EXEC_PROGRAM.name, items)
+            opened.append(prog_fd)
+            ring = ExecRing(ring_fd)
+        except (TracepointError, BpfSyscallError, EbpfUnavailable, OSError) as err:
+            for fd in opened:
+                os.close(fd)
+            reason = err.reason if isinstance(err, EbpfUnavailable) else str(err)
+            self._exec_note = f"not loaded: {reason}"
+            log.warning("identity at exec not taken in the kernel: %s", reason)
+            return
+        self._keep(ring_fd)
+        self._prog_fds[EXEC_PROGRAM.name] = self._keep(prog_fd)
+        self._exec_ring, self._exec_ring_fd = ring, ring_fd
+        # An attach failure is fatal as for the other programs (load() closes everything).
+        self._attach(EXEC_PROGRAM, exec_format.id, prog_fd)
+        self._exec_note = "sched_process_exec"
 
     def _changes_map(self) -> int:
         """The changes counter's array map, mapped into memory where the kernel allows."""
@@ -461,6 +531,7 @@ class KernelOwnership:
         """
         try:
             btf = Btf.from_file(btf_path)
+            self._btf = btf  # for the exec program's task offsets
             offsets = sock_offsets(btf), net_offsets(btf)
         except BtfError as btf_err:
             started = _monotonic_ms()
@@ -485,10 +556,13 @@ class KernelOwnership:
         return fd
 
     def _release_view(self) -> None:
-        """Unmap the changes counter (the mapping holds the map alive)."""
+        """Unmap the changes counter and the exec ring (a mapping holds its map alive)."""
         view, self._changes_view = self._changes_view, None
         if view is not None:
             view.close()
+        ring, self._exec_ring = self._exec_ring, None
+        if ring is not None:
+            ring.close()
 
     def _forget_after_fork(self) -> None:
         self._release_view()
@@ -534,6 +608,19 @@ class KernelOwnership:
         self._flows_drained += len(owners)
         return owners
 
+    @property
+    def takes_exec(self) -> bool:
+        """True when the exec program is loaded (``exec_records`` gives identities)."""
+        return self._exec_ring is not None and not self._closed
+
+    def exec_records(self) -> list[ExecRecord]:
+        """The execs the kernel recorded since the last call, oldest first ([] without
+        the exec program)."""
+        ring = self._exec_ring
+        if ring is None or self._closed:
+            return []
+        return ring.take()
+
     def counters(self) -> dict[Counter, int]:
         """The programs' event counters, summed over every CPU."""
         maps = self._require_loaded()
@@ -558,6 +645,8 @@ class KernelOwnership:
             "ebpf_run_stats": "on" if self._run_stats else "off",
             "ebpf_netns_inode": self._netns_inode,
             "ebpf_offsets": self._offsets_source.value,
+            "ebpf_exec": self._exec_note,
+            "ebpf_exec_records": self._exec_ring.records if self._exec_ring is not None else 0,
         }
         for name, fd in self._prog_fds.items():
             try:
@@ -601,6 +690,8 @@ class KernelOwnership:
         maps = self._require_loaded()
         prog_ids = [syscalls.object_id(fd) for fd in self._prog_fds.values()]
         map_ids = [syscalls.object_id(fd) for fd in maps]
+        if self._exec_ring_fd >= 0:
+            map_ids.append(syscalls.object_id(self._exec_ring_fd))
         return prog_ids, map_ids
 
     # --- unloading -------------------------------------------------------------------

@@ -137,6 +137,9 @@ class Counter(IntEnum):
     CONNECT_NOT_FOUND = 9  # ... and did not (state event lost, or LRU eviction)
     OTHER_PROTOCOL = 10  # send/recv on a socket that is not TCP or UDP over IP
     OTHER_NETNS = 11  # skipped: the socket belongs to another network namespace
+    EXEC_EVENTS = 12  # execs seen by ntp_exec (execids.py)
+    EXEC_LOST = 13  # ... whose record found the exec ring full
+    EXEC_READ_FAILED = 14  # ... whose record was discarded after a failed read
 
 
 COUNTER_SLOTS = len(Counter)

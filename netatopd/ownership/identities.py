@@ -10,6 +10,16 @@ cgroup come from here instead of placeholders.
 Fed by the daemon's engine with the proc connector's events
 (netlink.connector.ProcessEvents) through ``TaskRegistry.process_events``;
 read by ``TaskRegistry`` when it makes a task.
+
+With the eBPF helper's exec program loaded (ebpf/execids.py), the engine
+also hands over, before each batch of events, what the kernel recorded at
+each exec (``take_execs``): the identity after an exec is then the kernel's
+(tgid, parent, start time, command, uid, the first bytes of the command
+line), taken while the program existed, so a program gone before /proc
+could be read is still named; /proc adds the cgroup (else the one inherited
+at the fork) and, when the kernel's copy of a long command line was cut,
+the whole line.  ``source`` says which (STATUS identity_source),
+``from_kernel`` counts them.
 """
 
 from __future__ import annotations
@@ -19,10 +29,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..procfs import Identity, ProcError, read_identity
+from ..ebpf.execids import ExecRecord
+from ..procfs import (
+    CMDLINE_TRUNCATION_MARKER,
+    Identity,
+    ProcError,
+    format_cmdline,
+    read_identity,
+)
 
 IDENTITIES_MAX = 65_536  # processes remembered (an entry is a few hundred bytes)
 EXITED_GRACE_S = 60.0  # how long a process is remembered after its exit
+EXEC_PENDING_MAX = 8192  # kernel exec records waiting for their proc connector event
+SOURCE_PROC = "/proc"
+SOURCE_KERNEL = "kernel at exec (sched_process_exec), /proc for the cgroup"
 
 
 @dataclass(slots=True)
@@ -33,6 +53,13 @@ class Known:
     btime: int  # epoch seconds of its start (ProcFS.btime of the start time)
     exited_s: float = 0.0  # epoch seconds of its exit, 0.0 while it runs
     exited_monotonic_s: float = 0.0
+    at_exec: bool = False  # taken from the kernel's record of its exec
+
+
+def record_fits(record: ExecRecord, read: Identity, ticks_per_s: int) -> bool:
+    """False when /proc's ``read`` is of a later process than the kernel's record (the pid
+    was reused after a record that was never used)."""
+    return read.start_time_ticks <= record.start_boottime_ns * ticks_per_s // 10**9
 
 
 class IdentityBook:
@@ -67,6 +94,75 @@ class IdentityBook:
         self.dropped = 0  # entries pushed out by the cap before their grace ended
         # Processes that exec'd and ended before their command line was read.
         self.incomplete = 0
+        # The kernel's exec records (take_execs) by tgid, the newest of each, until used.
+        self.exec_records: OrderedDict[int, ExecRecord] = OrderedDict()
+        self.source = SOURCE_PROC  # where identities after an exec come from (STATUS)
+        self.from_kernel = 0  # identities after an exec taken from the kernel's record
+        self.exec_records_dropped = 0  # records pushed out unused by EXEC_PENDING_MAX
+        # Where take_execs' records come from (the engine: the eBPF helper), for fresh().
+        self.exec_source: Callable[[], list[ExecRecord]] | None = None
+
+    def take_execs(self, records: list[ExecRecord]) -> None:
+        """Keep the kernel's exec records (oldest first) for ``learn(after_exec=True)``."""
+        for record in records:
+            self.exec_records[record.tgid] = record
+            self.exec_records.move_to_end(record.tgid)
+        while len(self.exec_records) > EXEC_PENDING_MAX:
+            self.exec_records.popitem(last=False)
+            self.exec_records_dropped += 1
+
+    def _from_record(
+        self, record: ExecRecord, read: Identity | None, before: Known | None
+    ) -> Identity:
+        """The identity the kernel recorded at the exec; the cgroup from ``read`` (/proc,
+        when it is this process) or ``before`` (the copy taken at the fork) or the parent."""
+        start_time_ticks = record.start_boottime_ns * self.ticks_per_s // 10**9
+        cmdline = format_cmdline(record.args)
+        if record.args_len > len(record.args):
+            cmdline += CMDLINE_TRUNCATION_MARKER
+        if read is not None and read.start_time_ticks == start_time_ticks:
+            cgroup = read.cgroup
+        elif before is not None and before.identity.start_time_ticks == start_time_ticks:
+            cgroup = before.identity.cgroup
+        else:
+            parent = self.known.get(record.ppid)
+            cgroup = parent.identity.cgroup if parent is not None else ""
+        return Identity(
+            pid=record.tgid,
+            ppid=record.ppid,
+            start_time_ticks=start_time_ticks,
+            comm=record.comm,
+            cmdline=cmdline,
+            uid=record.uid,
+            cgroup=cgroup,
+        )
+
+    def _learn_exec(self, pid: int, record: ExecRecord, read: Identity | None) -> Known:
+        """Process ``pid`` after its exec, from the kernel's record (and /proc's ``read``)."""
+        before = self.known.get(pid)
+        identity = self._from_record(record, read, before)
+        if (
+            read is not None
+            and identity.cmdline.endswith(CMDLINE_TRUNCATION_MARKER)
+            and read.start_time_ticks == identity.start_time_ticks
+            and read.comm == identity.comm
+            and len(read.cmdline) > len(identity.cmdline)
+        ):
+            identity = identity._replace(cmdline=read.cmdline)  # the kernel's copy was cut
+        self.from_kernel += 1
+        known = Known(identity, self.btime_of(identity.start_time_ticks), at_exec=True)
+        if before is not None and before.identity.start_time_ticks == identity.start_time_ticks:
+            known.exited_s, known.exited_monotonic_s = before.exited_s, before.exited_monotonic_s
+        self._store(pid, known)
+        return known
+
+    def _store(self, pid: int, known: Known) -> None:
+        self.known[pid] = known
+        self.known.move_to_end(pid)
+        while len(self.known) > self.max_entries:
+            _pid, old = self.known.popitem(last=False)
+            if not old.exited_s:
+                self.dropped += 1
 
     def __len__(self) -> int:
         return len(self.known)
@@ -81,18 +177,27 @@ class IdentityBook:
         become unknown ("", "", -1; its start time stands) and ``incomplete``
         counts it; a zombie read then (it exited already) gives command, uid
         and cgroup but no command line, counted in ``incomplete`` as well.
+        With the kernel's record of the exec (``take_execs``) none of this
+        happens: the record names the program.
         """
         before = self.known.get(pid)
+        record = self.exec_records.pop(pid, None) if after_exec else None
+        if after_exec and record is None and before is not None and before.at_exec:
+            after_exec = False  # this exec's record named it already (fresh())
         try:
             identity = self.reader(pid, self.proc_root)
         except ProcError:
             self.unreadable += 1
+            if record is not None:
+                return self._learn_exec(pid, record, None)
             if after_exec and before is not None and before.identity.cmdline:
                 # What was read before the exec is another program's.
                 before.identity = before.identity._replace(comm="", cmdline="", uid=-1)
                 self.incomplete += 1
             return None
         self.learnt += 1
+        if record is not None and record_fits(record, identity, self.ticks_per_s):
+            return self._learn_exec(pid, record, identity)
         same = before is not None and before.identity.start_time_ticks == identity.start_time_ticks
         if not identity.cmdline and after_exec:
             self.incomplete += 1  # exited already: a zombie shows no command line
@@ -106,12 +211,7 @@ class IdentityBook:
         known = Known(identity, self.btime_of(identity.start_time_ticks))
         if before is not None and same and before.exited_s:
             known.exited_s, known.exited_monotonic_s = before.exited_s, before.exited_monotonic_s
-        self.known[pid] = known
-        self.known.move_to_end(pid)
-        while len(self.known) > self.max_entries:
-            _pid, old = self.known.popitem(last=False)
-            if not old.exited_s:
-                self.dropped += 1
+        self._store(pid, known)
         return known
 
     def born(self, pid: int, parent: int, timestamp_ns: int, *, exec_seen: bool) -> Known | None:
@@ -137,6 +237,16 @@ class IdentityBook:
         return known
 
     def get(self, pid: int) -> Known | None:
+        return self.known.get(pid)
+
+    def fresh(self, pid: int) -> Known | None:
+        """As ``get``, once the kernel's pending exec records are taken (``exec_source``):
+        a program whose exec event still waits in the proc connector's queue is named
+        by the kernel's record of its exec, not by the copy of its parent."""
+        if self.exec_source is not None:
+            self.take_execs(self.exec_source())
+        if pid in self.exec_records:
+            self.learn(pid, after_exec=True)
         return self.known.get(pid)
 
     def exited(self, pid: int, exit_s: float) -> Known | None:

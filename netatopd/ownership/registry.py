@@ -175,7 +175,7 @@ class TaskRegistry:
             return None
         seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
         seen_ticks = seen_ns * self.procfs.clock_ticks_per_s // 1_000_000_000  # since boot
-        known = self.identities.get(tgid) if self.identities is not None else None
+        known = self.identities.fresh(tgid) if self.identities is not None else None
         if known is not None and (
             known.identity.start_time_ticks > seen_ticks + 1  # born after: another process
             or (known.exited_s and known.exited_s < wall_time_s(seen_ns) - EXIT_SLACK_S)

@@ -292,9 +292,10 @@ def test_more_threads_than_a_thread_map_would_hold_cost_no_drops(
     assert status["ebpf_flow_update_failed"] == 0
     assert status["ebpf_connect_update_failed"] == 0
     assert status["ebpf_drops"] == 0
-    # the programs fill no map per thread: five maps, none named for threads
+    # the programs fill no map per thread: six maps (the exec ring among them), none
+    # named for threads
     _prog_ids, map_ids = helper.object_ids()
-    assert len(map_ids) == 5
+    assert len(map_ids) == 6
     sent = flow_records(owners, UDP, report["port"])
     assert [(o.kind, o.tgid) for o in sent] == [(OwnerKind.SEND, report["pid"])]
 
@@ -503,7 +504,8 @@ def test_nothing_stays_loaded_after_close() -> None:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
     prog_ids, map_ids = loaded.object_ids()
     try:
-        assert len(prog_ids) == 3 and len(map_ids) == 5  # flows, connect, counters, seen, changes
+        # flows, connect, counters, seen, changes and the exec ring; ntp_exec with BTF
+        assert len(prog_ids) == 4 and len(map_ids) == 6
         progs, maps = loaded_object_ids()
         assert set(prog_ids) <= set(progs) and set(map_ids) <= set(maps)
     finally:

@@ -189,11 +189,15 @@ STATUS_ORDER_PROC = [
     "identity_unknown",
     "identity_incomplete",
     "tasks_late",
+    "identity_source",
+    "identities_from_kernel",
 ]
 
 
 def test_status_names_and_their_order_on_the_control_socket(engine: Engine) -> None:
     assert list(Answers(engine).status()) == STATUS_ORDER_PROC
+    # No eBPF helper: identities after an exec come from /proc alone.
+    assert Answers(engine).status()["identity_source"] == "/proc"
 
 
 def test_status_without_the_stages_that_are_off(engine: Engine, fake_time: FakeTime) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 
+from netatopd.ebpf.execids import ARGS_BYTES, ExecRecord
 from netatopd.exitlist import ExitJournal, ExitList
 from netatopd.netlink.connector import ProcessEvent, ProcEventKind
 from netatopd.ownership.identities import IdentityBook
 from netatopd.ownership.registry import TaskRegistry
-from netatopd.procfs import Identity, ProcessGone, ProcStat
+from netatopd.procfs import Identity, ProcessGone, ProcStat, format_cmdline
 from netatopd.tasks import TaskTable
 
 HZ = 100
@@ -234,3 +235,72 @@ def test_packets_seen_after_the_exit_go_to_the_finished_task_once() -> None:
     # the exit is the process's own; one from after it is not.
     assert registry.late_task_named_by_kernel(70, exit_ns + 100_000_000) is None
     assert registry.late_task_named_by_kernel(70, exit_ns - 1000) is task
+
+
+def exec_record(pid: int, comm: str, start: int, args: bytes, uid: int = 65534) -> ExecRecord:
+    """What the kernel's exec program records (execids.py): start time in boot ns."""
+    return ExecRecord(pid, 1, uid, start * 10**9 // HZ, comm, args[:ARGS_BYTES], len(args))
+
+
+def test_the_kernels_exec_record_names_a_program_gone_before_it_was_read() -> None:
+    proc, book, registry = setup()
+    proc.running[80] = identity(80, "python", 9000, DOCKER_CGROUP)
+    registry.process_events([event(ProcEventKind.FORK, 80)])  # the parent's copy
+    del proc.running[80]  # exec'd and gone before the exec was read
+    book.take_execs([exec_record(80, "bash", 9000, b"bash\0-c\0exit 0\0tag-80\0")])
+    registry.process_events([event(ProcEventKind.EXEC, 80)])
+    known = book.get(80)
+    assert known is not None
+    who = known.identity
+    assert (who.comm, who.cmdline, who.uid) == ("bash", "bash -c exit 0 tag-80", 65534)
+    assert (who.start_time_ticks, who.cgroup, known.btime) == (9000, DOCKER_CGROUP, BOOT_S + 90)
+    assert (book.from_kernel, book.incomplete, book.exec_records) == (1, 0, {})
+    # A zombie read after the exec: the record gives the command line /proc no longer has.
+    proc.running[81] = identity(81, "bash", 9100)._replace(cmdline="", uid=65534)
+    book.take_execs([exec_record(81, "bash", 9100, b"bash\0x\0")])
+    known = book.learn(81, after_exec=True)
+    assert known is not None and known.identity.cmdline == "bash x"
+    assert (book.from_kernel, book.incomplete) == (2, 0)
+
+
+def test_a_cut_record_takes_the_whole_line_from_proc_and_a_stale_one_is_not_used() -> None:
+    proc, book, _registry = setup()
+    long_args = b"curl\0" + b"x" * 400 + b"\0"
+    proc.running[90] = identity(90, "curl", 9500)._replace(cmdline="curl " + "x" * 400)
+    book.take_execs([exec_record(90, "curl", 9500, long_args)])
+    known = book.learn(90, after_exec=True)
+    assert known is not None and known.identity.cmdline == "curl " + "x" * 400
+    assert known.identity.uid == 65534  # the rest is the kernel's
+    # Gone: the kernel's first ARGS_BYTES, marked as cut.
+    book.take_execs([exec_record(91, "curl", 9600, long_args)])
+    known = book.learn(91, after_exec=True)
+    assert known is not None
+    assert known.identity.cmdline == format_cmdline(long_args[:ARGS_BYTES]) + "\u2026"
+    # A record of an earlier holder of the pid (never used) does not name a later process.
+    book.take_execs([exec_record(92, "old", 9700, b"old\0")])
+    proc.running[92] = identity(92, "new", 9800)
+    known = book.learn(92, after_exec=True)
+    assert known is not None and known.identity.comm == "new"
+    assert book.from_kernel == 2
+
+
+def test_a_task_made_before_its_exec_event_is_named_by_the_kernels_record() -> None:
+    proc, book, registry = setup()
+    proc.running[95] = identity(95, "python", 9900)
+    registry.process_events([event(ProcEventKind.FORK, 95)])  # the parent's copy
+    del proc.running[95]  # exec'd, sent, gone; its exec event still queued
+    pending = [exec_record(95, "bash", 9900, b"bash\0tag-95\0")]
+    book.exec_source = lambda: [pending.pop()] if pending else []
+    task = registry.task_named_by_kernel(95, "bash", 99 * 10**9)
+    assert task is not None
+    assert (task.command, task.cmdline, task.uid, task.start_time_ticks) == (
+        "bash",
+        "bash tag-95",
+        65534,
+        9900,
+    )
+    # The exec event, read later, leaves the kernel's identity in place.
+    registry.process_events([event(ProcEventKind.EXEC, 95)])
+    known = book.get(95)
+    assert known is not None and known.identity.cmdline == "bash tag-95"
+    assert (book.from_kernel, book.incomplete) == (1, 0)
