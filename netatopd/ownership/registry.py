@@ -7,7 +7,9 @@ eBPF helper does not bring a finished process back.  A task is made from
 process that finished before it was looked at, from what the kernel recorded
 (``task_named_by_kernel``).  A task is finished in ``finish`` only: marked
 exited, out of the table, onto the exit list and the atop socket's journal,
-then every ``on_finish`` listener is told (``Resolver`` frees their flows).
+then every ``on_finish`` listener is told (``Resolver`` frees their flows);
+every ``before_finish`` hook is told first (the daemon reads the kernel
+path's sums there, after the processes were seen gone).
 
 Whether a task is still its process is ``procfs.same_process`` (pid plus
 start time); here and in ``InodeIndex`` (a pid's socket holdings) the
@@ -96,6 +98,11 @@ class TaskRegistry:
         self._reap_queue: deque[int] = deque()  # tgids reap() has still to look at
         # Told (finished tasks, now_s) after every finish.
         self.on_finish: list[Callable[[list[TaskInfo], float], None]] = []
+        # Told (tasks about to finish) first, once their processes are known to be
+        # gone: the kernel path reads the sums still in the kernel then (every packet
+        # of a gone process is there), so a task is never finished before its last
+        # packets are counted.
+        self.before_finish: list[Callable[[list[TaskInfo]], None]] = []
 
     def task(self, pid: int) -> TaskInfo | None:
         """The TaskInfo of live process ``pid``, made on first sight; None if it is gone.
@@ -344,6 +351,11 @@ class TaskRegistry:
         exit_times: tgid -> exit time (epoch seconds) where the kernel told it;
         else the identity book's, else now.
         """
+        if not tasks:
+            return
+        for hook in self.before_finish:
+            hook(tasks)
+        tasks = [task for task in tasks if not task.exited]  # finished by the hook's pass
         if not tasks:
             return
         book = self.identities

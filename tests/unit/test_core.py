@@ -314,6 +314,30 @@ def test_a_kernel_record_names_the_process_it_saw_not_a_later_one_on_its_pid() -
     assert gone is not None and (gone.command, gone.start_time_ticks) == ("brief", -1)
 
 
+def test_before_finish_hooks_run_once_the_processes_are_seen_gone() -> None:
+    """Issue 12: the kernel path reads its sums in the hook, after the reap saw the
+    process gone and before its task leaves; a task the hook's pass finished is not
+    finished twice."""
+    w = World()
+    w.procfs.add(100, "client", 500, {})
+    w.procfs.add(101, "other", 500, {})
+    client, other = w.registry.task(100), w.registry.task(101)
+    assert client is not None and other is not None
+    seen: list[tuple[list[int], bool]] = []
+
+    def hook(tasks: list[TaskInfo]) -> None:
+        seen.append(([t.tgid for t in tasks], client.exited))
+        if len(seen) == 1:
+            w.registry.finish([other], time.time())  # finished during the hook's pass
+
+    w.registry.before_finish.append(hook)
+    del w.procfs.procs[100]
+    del w.procfs.procs[101]
+    assert w.registry.reap(time.time(), 10) == [client, other]
+    assert seen[0] == ([100, 101], False)  # told before the tasks were finished
+    assert sorted(e.tgid for e in w.exit_list.snapshot()) == [100, 101]  # once each
+
+
 def test_flow_without_owner_is_written_off_as_unidentified() -> None:
     w = World(unowned_limit_s=60)
     k = key(REMOTE, LOCAL, 9999, 7777)
