@@ -54,7 +54,7 @@ from ..procfs import ProcError, ProcFS
 from ..rundir import SafeDirectory
 from ..status import ABSENT, FIELDS, collect_table
 from ..table import TableWriter, table_path
-from ..tasks import ExitedTask, TaskRow, TaskTable
+from ..tasks import ExitedTask, TaskInfo, TaskRow, TaskTable
 from .hold import Hold, hold_seconds
 from .readings import StatusReadings
 
@@ -243,6 +243,8 @@ class Engine:
             clock=clock.wall,
             identities=self.identities,
         )
+        self.registry.before_finish.append(self._before_tasks_finish)
+        self._reading_sums = False  # in _drain_kernel (a finish there needs no other read)
         self.resolver: Resolver
         if self.namespaces is not None:
             self.resolver = CookieResolver(
@@ -368,6 +370,13 @@ class Engine:
         per-socket sums (known sockets' sums wait for the sum interval unless forced)."""
         if not force and not capture.due():
             return False
+        self._reading_sums = True
+        try:
+            return self._read_sums(capture, force)
+        finally:
+            self._reading_sums = False
+
+    def _read_sums(self, capture: KernelCapture, force: bool) -> bool:
         started_s = self.clock.wall()
         packets_before = capture.packets
         sums = capture.drain(force)
@@ -384,6 +393,16 @@ class Engine:
         self.resolver.settle(now_s)
         self.last_packet_monotonic_s = self.clock.monotonic()
         return True
+
+    def _before_tasks_finish(self, tasks: list[TaskInfo]) -> None:
+        """The kernel path: the sums still in the kernel are read and charged before
+        these tasks finish (issue 12).  Their processes were seen gone before
+        this read, so every packet they sent is in it; a read made before that
+        look (housekeeping's) can miss a process's last packets when it exits
+        between the read and the look, as it does on a loaded host."""
+        if self.kernel_capture is None or self._reading_sums:
+            return
+        self.drain_capture(force=True)
 
     def on_process_events(self) -> None:
         """The proc connector has events: identities learnt, exited tasks finished now.

@@ -102,6 +102,11 @@ log = logging.getLogger(__name__)
 # every 10 ms under traffic). The kernel's batch lookup walks every bucket, so a
 # larger map costs every drain: 32768 entries took 54 us per empty drain, 8192 took 23.
 FLOW_MAP_ENTRIES = 8192
+# Every namespace (the kernel counting path): the records of the whole host's sockets,
+# where a short-lived process's record is its only owner once its socket is closed.
+# 8192 filled while the daemon was held up on a loaded host (issue 12: the records
+# of short-lived processes refused, ebpf_flow_update_failed): eight times the room.
+EVERY_NAMESPACE_FLOW_MAP_ENTRIES = 65536
 # Flows whose last reported thread the programs remember (LRU: the oldest are
 # forgotten first, and then merely reported again).
 SEEN_MAP_ENTRIES = 16384
@@ -307,7 +312,7 @@ class KernelOwnership:
         *,
         tracefs_root: Path = TRACEFS_ROOT,
         btf_path: Path = VMLINUX_BTF_PATH,
-        flow_entries: int = FLOW_MAP_ENTRIES,
+        flow_entries: int | None = None,
         run_stats: bool = False,
         netns_inode: int | None = None,
         every_namespace: bool = False,
@@ -320,6 +325,10 @@ class KernelOwnership:
         records the sockets of every namespace (the kernel counting path, whose
         flows are sockets named by cookie; ``netns_inode`` is then 0).
 
+        ``flow_entries``: the records the flows map holds between two drains
+        (default ``FLOW_MAP_ENTRIES``, ``EVERY_NAMESPACE_FLOW_MAP_ENTRIES`` for
+        every namespace).
+
         Struct offsets come from the BTF at ``btf_path``; when it is missing
         or unusable (tests force this with a path that does not exist) they
         are calibrated with probe sockets in the calling thread's namespace
@@ -330,6 +339,8 @@ class KernelOwnership:
         the helper is loaded); it costs two clock reads per program run.
         Our own event counters are always kept.
         """
+        if flow_entries is None:
+            flow_entries = EVERY_NAMESPACE_FLOW_MAP_ENTRIES if every_namespace else FLOW_MAP_ENTRIES
         if every_namespace:
             netns_inode = EVERY_NAMESPACE
         elif netns_inode is None:

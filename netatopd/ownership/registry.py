@@ -7,7 +7,9 @@ eBPF helper does not bring a finished process back.  A task is made from
 process that finished before it was looked at, from what the kernel recorded
 (``task_named_by_kernel``).  A task is finished in ``finish`` only: marked
 exited, out of the table, onto the exit list and the atop socket's journal,
-then every ``on_finish`` listener is told (``Resolver`` frees their flows).
+then every ``on_finish`` listener is told (``Resolver`` frees their flows);
+every ``before_finish`` hook is told first (the daemon reads the kernel
+path's sums there, after the processes were seen gone).
 
 Whether a task is still its process is ``procfs.same_process`` (pid plus
 start time); here and in ``InodeIndex`` (a pid's socket holdings) the
@@ -60,6 +62,21 @@ LATE_PACKETS_S = 10.0
 LATE_TASKS_MAX = 16_384  # finished tasks kept for late packets
 
 
+def started_after(start_time_ticks: int, seen_monotonic_ns: int, procfs: ProcFS) -> bool:
+    """Whether a process that started at ``start_time_ticks`` (clock ticks after boot,
+    /proc/PID/stat) started after the kernel's record at ``seen_monotonic_ns``.
+
+    Start times count from boot including time suspended (CLOCK_BOOTTIME), the
+    records' times not (CLOCK_MONOTONIC): the record's time is moved to boot
+    time before the two are compared.  A process that started in the record's
+    clock tick did not start after it (ticks are 10 ms: the one the kernel saw
+    can have started in that tick).
+    """
+    suspended_ns = max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns())
+    seen_ticks = (seen_monotonic_ns + suspended_ns) * procfs.clock_ticks_per_s // 1_000_000_000
+    return start_time_ticks > seen_ticks
+
+
 class TaskRegistry:
     """Every process given packets: made from /proc, checked, finished."""
 
@@ -98,6 +115,11 @@ class TaskRegistry:
         self.late_tasks = 0  # finished tasks that took packets seen after their exit
         # Told (finished tasks, now_s) after every finish.
         self.on_finish: list[Callable[[list[TaskInfo], float], None]] = []
+        # Told (tasks about to finish) first, once their processes are known to be
+        # gone: the kernel path reads the sums still in the kernel then (every packet
+        # of a gone process is there), so a task is never finished before its last
+        # packets are counted.
+        self.before_finish: list[Callable[[list[TaskInfo]], None]] = []
 
     def task(self, pid: int) -> TaskInfo | None:
         """The TaskInfo of live process ``pid``, made on first sight; None if it is gone.
@@ -163,18 +185,32 @@ class TaskRegistry:
         another process's with the same pid (btime 0 would be every such
         process's, and merge them in the history).  The next sweep finishes
         it with the packets it was given.  One already finished is not made
-        again: None.
+        again: None.  The process at ``/proc/tgid`` is the one named only if it
+        started before the record; else the pid has come round to another
+        process, which is never given the record's packets.
         """
-        task = self.task(tgid)
-        if task is not None:
-            return task
-        task = self.tasks.get(tgid)
-        if task is not None:
-            return task
-        if tgid in self.finished:
-            return None
         seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
         seen_ticks = seen_ns * self.procfs.clock_ticks_per_s // 1_000_000_000  # since boot
+        try:
+            stat = self.procfs.stat(tgid)
+        except (ProcessGone, ProcAccessDenied):
+            stat = None
+        # The pid alone does not name the process the kernel saw: a process that
+        # started after the record holds the pid of one that has ended since (a busy
+        # host or a small pid_max reuses pids within a second).  Its packets stay the
+        # ended process's (its task, finished by the next reap after the capture is
+        # read), never the newcomer's.
+        if stat is not None and not started_after(stat.start_time_ticks, seen_ns, self.procfs):
+            return self.task(tgid)
+        task = self.tasks.get(tgid)
+        if task is not None:
+            if task.start_time_ticks < 0 or not started_after(
+                task.start_time_ticks, seen_ns, self.procfs
+            ):
+                return task
+            return None  # the pid's later process has the task: the ended one is not known
+        if tgid in self.finished:
+            return None
         known = self.identities.fresh(tgid) if self.identities is not None else None
         if known is not None and (
             known.identity.start_time_ticks > seen_ticks + 1  # born after: another process
@@ -408,6 +444,11 @@ class TaskRegistry:
         exit_times: tgid -> exit time (epoch seconds) where the kernel told it;
         else the identity book's, else now.
         """
+        if not tasks:
+            return
+        for hook in self.before_finish:
+            hook(tasks)
+        tasks = [task for task in tasks if not task.exited]  # finished by the hook's pass
         if not tasks:
             return
         book = self.identities

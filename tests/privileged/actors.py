@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import struct
 import sys
 import time
 
 TIMEOUT_S = 10.0
+SQUATTER_LIFETIME_S = 120.0  # an idle process holding a reused pid leaves after this at most
+SQUATTER_PIPES: list[int] = []  # write ends that keep the idle pid holders (take_pid) waiting
 TCP_INFO_BYTES = 232
 # struct tcp_info (linux/tcp.h): offsets of the members the tests read.
 TCPI_UNACKED = 24  # __u32 tcpi_unacked
@@ -203,18 +206,59 @@ def tcp_echo_server(addr: str, connections: int, message_bytes: int) -> None:
     wait_for("exit")
 
 
+def take_pid(pid: int, attempts: int = 20) -> int:
+    """Fork an idle process that holds ``pid`` (the pid of a process that just ended).
+
+    The kernel gives the pid after /proc/sys/kernel/ns_last_pid to the next
+    fork (of the pid namespace: any process's); another fork on the host may
+    take it first, so this tries a bounded number of times.  The idle process
+    leaves when this one does (its pipe reaches end of file) or after
+    SQUATTER_LIFETIME_S.  Returns the pid it got, 0 when none got ``pid``.
+    """
+    for _ in range(attempts):
+        read_end, write_end = os.pipe()
+        with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+            last.write(str(pid - 1))
+        squatter = os.fork()
+        if squatter == 0:
+            # Nothing of the actor's kept open (its stdout, the other holders' pipes).
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, read_end)
+            os.closerange(read_end + 1, 1 << 16)
+            select.select([read_end], [], [], SQUATTER_LIFETIME_S)
+            os._exit(0)
+        os.close(read_end)
+        if squatter == pid:
+            SQUATTER_PIPES.append(write_end)  # closed when this process exits
+            return pid
+        os.close(write_end)  # another pid: that one leaves now
+        os.waitpid(squatter, 0)
+    return 0
+
+
 def short_lived_clients(
-    addr: str, port: int, count: int, message_bytes: int, lifetime_ms: int
+    addr: str,
+    port: int,
+    count: int,
+    message_bytes: int,
+    lifetime_ms: int,
+    reuse_pids: bool = False,
 ) -> None:
     """Fork count children one after another; each lives about lifetime_ms doing one exchange.
 
     A child connects, sends a message, reads the answer, shuts down its side,
     reads until the server's FIN (its ACK of that FIN is sent before recv returns
     0), then reports its TCP_INFO segment counters: the ground truth of every
-    packet its connection sent and received.
+    packet its connection sent and received.  reuse_pids: once a child has
+    exited, an idle process takes its pid at once (``take_pid``), as a busy
+    host or a small pid_max does sooner or later; the report names them
+    (squatters).
     """
     say(pid=os.getpid())
     results = []
+    squatters = []
     for _ in range(count):
         read_end, write_end = os.pipe()
         child = os.fork()
@@ -241,7 +285,9 @@ def short_lived_clients(
             report = pipe.read()
         os.waitpid(child, 0)
         results.append(json.loads(report))
-    say(children=results)
+        if reuse_pids and take_pid(child):
+            squatters.append(child)
+    say(children=results, squatters=squatters)
     wait_for("exit")
 
 

@@ -288,6 +288,56 @@ def test_task_of_a_process_gone_before_it_was_looked_at_comes_from_the_kernel() 
     assert [e.tgid for e in w.exit_list.snapshot()] == [4242]
 
 
+def test_a_kernel_record_names_the_process_it_saw_not_a_later_one_on_its_pid() -> None:
+    """Issue 12: a short-lived process's pid goes to a new process before the helper's
+    record of it is read; the record's packets stay the ended process's."""
+    w = World()
+    w.procfs.add(100, "client", 500, {})  # started 5 s after boot
+    old = w.registry.task(100)
+    assert old is not None
+    seen_ns = 6_000_000_000  # the kernel saw it 6 s after boot
+    del w.procfs.procs[100]
+    w.procfs.add(100, "newcomer", 700, {})  # 7 s after boot: the pid came round
+    assert w.registry.task_named_by_kernel(100, "client", seen_ns) is old
+    assert w.tasks.get(100) is old and not old.exited  # finished by the next reap
+    assert w.registry.reap(time.time(), 10) == [old]
+    # The newcomer has a task now: a record of the ended process names no one.
+    newcomer = w.registry.task(100)
+    assert newcomer is not None and newcomer is not old
+    assert w.registry.task_named_by_kernel(100, "client", seen_ns) is None
+    # A record made after the newcomer started is the newcomer's.
+    assert w.registry.task_named_by_kernel(100, "newcomer", 8_000_000_000) is newcomer
+    # Nothing in the table for a pid whose later process is not known yet: the ended
+    # process's task is made from the record, never the newcomer's.
+    w.procfs.add(200, "newcomer", 700, {})
+    gone = w.registry.task_named_by_kernel(200, "brief", seen_ns)
+    assert gone is not None and (gone.command, gone.start_time_ticks) == ("brief", -1)
+
+
+def test_before_finish_hooks_run_once_the_processes_are_seen_gone() -> None:
+    """Issue 12: the kernel path reads its sums in the hook, after the reap saw the
+    process gone and before its task leaves; a task the hook's pass finished is not
+    finished twice."""
+    w = World()
+    w.procfs.add(100, "client", 500, {})
+    w.procfs.add(101, "other", 500, {})
+    client, other = w.registry.task(100), w.registry.task(101)
+    assert client is not None and other is not None
+    seen: list[tuple[list[int], bool]] = []
+
+    def hook(tasks: list[TaskInfo]) -> None:
+        seen.append(([t.tgid for t in tasks], client.exited))
+        if len(seen) == 1:
+            w.registry.finish([other], time.time())  # finished during the hook's pass
+
+    w.registry.before_finish.append(hook)
+    del w.procfs.procs[100]
+    del w.procfs.procs[101]
+    assert w.registry.reap(time.time(), 10) == [client, other]
+    assert seen[0] == ([100, 101], False)  # told before the tasks were finished
+    assert sorted(e.tgid for e in w.exit_list.snapshot()) == [100, 101]  # once each
+
+
 def test_flow_without_owner_is_written_off_as_unidentified() -> None:
     w = World(unowned_limit_s=60)
     k = key(REMOTE, LOCAL, 9999, 7777)
