@@ -140,8 +140,9 @@ def tcp_server(
 ) -> None:
     """Accept one connection; per round read request_bytes, answer reply_bytes.
 
-    With fork, the accepting parent hands the connection to a child and closes its
-    copy; the child waits for "go" on stdin and then serves the rounds.
+    With fork, the accepting parent says "accepted" and waits for "fork" on stdin, then
+    hands the connection to a child and closes its copy; the child waits for "go" on
+    stdin and then serves the rounds.
     """
     listener = socket.socket(family_of(addr), socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -153,7 +154,9 @@ def tcp_server(
     conn.settimeout(TIMEOUT_S)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if fork:
-        time.sleep(0.5)  # the daemon resolves the connection to this process first
+        # The test forks only once the daemon has charged the handshake to this process.
+        say(accepted=True)
+        wait_for("fork")
         child = os.fork()
         if child:
             conn.close()
