@@ -57,6 +57,17 @@ def _three_digits(value: float) -> str:
     return f"{value:.0f}"
 
 
+def _scaled(value: float, base: int, units: tuple[str, ...], separator: str) -> str:
+    """value divided by base until three significant digits stay under base, with its unit
+    (the last unit takes whatever is left)."""
+    for unit in units:
+        value /= base
+        text = _three_digits(value)
+        if float(text) < base or unit == units[-1]:
+            return f"{text}{separator}{unit}"
+    raise AssertionError("unreachable")
+
+
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
@@ -64,13 +75,7 @@ def format_bytes(count: float) -> str:
     """Bytes with a binary unit, three significant digits: 0 B, 1023 B, 1.50 KiB, 150 MiB."""
     if round(count) < 1024:
         return f"{round(count):d} B"
-    value = float(count)
-    for unit in _BYTE_UNITS:
-        value /= 1024
-        text = _three_digits(value)
-        if float(text) < 1024 or unit == _BYTE_UNITS[-1]:
-            return f"{text} {unit}"
-    raise AssertionError("unreachable")
+    return _scaled(float(count), 1024, _BYTE_UNITS, " ")
 
 
 _COUNT_UNITS = ("M", "G", "T", "P", "E")
@@ -80,13 +85,7 @@ def format_count(count: float) -> str:
     """A packet count: exact below one million, then '1.23M', '45.6G' ..."""
     if round(count) < 1_000_000:
         return f"{round(count):d}"
-    value = float(count) / 1000
-    for unit in _COUNT_UNITS:
-        value /= 1000
-        text = _three_digits(value)
-        if float(text) < 1000 or unit == _COUNT_UNITS[-1]:
-            return f"{text}{unit}"
-    raise AssertionError("unreachable")
+    return _scaled(float(count) / 1000, 1000, _COUNT_UNITS, "")
 
 
 def format_rate(per_s: float) -> str:
@@ -103,13 +102,7 @@ def format_bits(count: float) -> str:
     """Bits with a decimal unit, as iperf3 and link speeds: 0 bit, 1.50 kbit, 47.7 Mbit."""
     if round(count) < 1000:
         return f"{round(count):d} bit"
-    value = float(count)
-    for unit in _BIT_UNITS:
-        value /= 1000
-        text = _three_digits(value)
-        if float(text) < 1000 or unit == _BIT_UNITS[-1]:
-            return f"{text} {unit}"
-    raise AssertionError("unreachable")
+    return _scaled(float(count), 1000, _BIT_UNITS, " ")
 
 
 def format_clock(epoch_s: float, now_s: float | None = None) -> str:
