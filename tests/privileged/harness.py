@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import apsw
 
 from netatopd.client import ControlClient, DaemonNotRunning
+from netatopd.ebpf.skbcount import find_cgroup2_root
 from netatopd.protocol import COUNTER_NAMES
 
 ACTORS = str(Path(__file__).with_name("actors.py"))
@@ -319,3 +322,27 @@ class TimedLines:
 
     def done(self) -> bool:
         return any("done" in line for _, line in self.snapshot())
+
+
+@contextlib.contextmanager
+def docker_scope_dir(tag: str) -> Iterator[tuple[Path, str]]:
+    """A cgroup v2 directory named like a Docker container's scope (under a slice named
+    tag-PID), and its 64-hex container id; removed afterwards, once its processes are gone."""
+    root = find_cgroup2_root()
+    assert root is not None, "no cgroup v2 hierarchy mounted"
+    parent = Path(root) / f"{tag}-{os.getpid()}.slice"
+    container_id = secrets.token_hex(32)
+    scope = parent / f"docker-{container_id}.scope"
+    scope.mkdir(parents=True)
+    try:
+        yield scope, container_id
+    finally:
+        for directory in (scope, parent):
+            deadline = time.monotonic() + 10
+            while directory.exists():
+                try:
+                    directory.rmdir()
+                except OSError:  # EBUSY until the last process in it is reaped
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -33,9 +32,7 @@ from typing import Any
 import apsw
 import pytest
 
-from netatopd.ebpf.skbcount import find_cgroup2_root
-
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir
 
 pytestmark = pytest.mark.privileged
 
@@ -258,25 +255,8 @@ def test_exit_is_known_at_once_with_the_kernels_time(ns: Any, daemon: Daemon) ->
 @pytest.fixture
 def docker_cgroup() -> Iterator[tuple[Path, str]]:
     """A cgroup v2 directory named like a Docker container's scope, removed afterwards."""
-    root = find_cgroup2_root()
-    if root is None:
-        pytest.skip("PRIVILEGED TEST SKIPPED: no cgroup v2 hierarchy mounted")
-    parent = Path(root) / f"ntpI-{os.getpid()}.slice"
-    container_id = secrets.token_hex(32)
-    scope = parent / f"docker-{container_id}.scope"
-    scope.mkdir(parents=True)
-    try:
-        yield scope, container_id
-    finally:
-        for directory in (scope, parent):
-            deadline = time.monotonic() + 10
-            while directory.exists():
-                try:
-                    directory.rmdir()
-                except OSError:  # EBUSY until the last process in it is reaped
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+    with docker_scope_dir("ntpI") as found:
+        yield found
 
 
 def test_a_process_in_a_docker_scope_carries_its_container(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import subprocess
 import sys
 import time
@@ -29,9 +28,7 @@ from typing import Any
 
 import pytest
 
-from netatopd.ebpf.skbcount import find_cgroup2_root
-
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir
 
 pytestmark = pytest.mark.privileged
 
@@ -95,24 +92,8 @@ def daemon(ns: Any, tmp_path: Path) -> Iterator[Daemon]:
 @pytest.fixture
 def docker_scope() -> Iterator[tuple[Path, str]]:
     """A cgroup v2 directory named like a Docker container's scope, removed afterwards."""
-    root = find_cgroup2_root()
-    assert root is not None, "no cgroup v2 hierarchy mounted"
-    parent = Path(root) / f"ntpR-{os.getpid()}.slice"
-    container_id = secrets.token_hex(32)
-    scope = parent / f"docker-{container_id}.scope"
-    scope.mkdir(parents=True)
-    try:
-        yield scope, container_id
-    finally:
-        for directory in (scope, parent):
-            deadline = time.monotonic() + 10
-            while directory.exists():
-                try:
-                    directory.rmdir()
-                except OSError:  # EBUSY until the last process in it is reaped
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+    with docker_scope_dir("ntpR") as found:
+        yield found
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
