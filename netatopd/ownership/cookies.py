@@ -138,14 +138,8 @@ class CookieResolver(Resolver):
             if flow is None or flow.state in (FlowState.NEW, FlowState.ORPHANED):
                 continue  # not counted yet, or resolved in its turn with this record
             owner = kernel.owner_of_cookie(r.cookie)
-            if owner is None:
-                continue
-            current = flow.owner
-            if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:
-                continue
-            task = self.registry.task_named_by_kernel(owner.tgid, owner.comm, owner.time_ns)
-            if task is not None:
-                self._assign(flow, task, now_s, final=True, tid=owner.tid)
+            if owner is not None:
+                self._take_kernel_owner(flow, owner, now_s)
 
     def _resolve(self, flow: Flow, now_s: float) -> None:
         if not isinstance(flow, CookieFlow):

@@ -37,7 +37,7 @@ from ..parse import PROTO_UDP
 from ..procfs import ProcAccessDenied, ProcessGone, SocketEndpoint, socket_endpoints
 from ..tasks import TaskInfo
 from .inodes import InodeIndex
-from .kernel import KernelOwners
+from .kernel import KernelOwner, KernelOwners
 from .registry import TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -243,8 +243,11 @@ class Resolver:
         if flow.state == FlowState.NEW:
             return  # resolved in its turn, with this record
         owner = self.kernel.owner_of(flow)
-        if owner is None:
-            return
+        if owner is not None:
+            self._take_kernel_owner(flow, owner, now_s)
+
+    def _take_kernel_owner(self, flow: Flow, owner: KernelOwner, now_s: float) -> None:
+        """The flow moves to the thread the kernel's record names, unless it is there."""
         current = flow.owner
         if current is not None and current.tgid == owner.tgid and flow.tid == owner.tid:
             return

@@ -346,3 +346,18 @@ def docker_scope_dir(tag: str) -> Iterator[tuple[Path, str]]:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
+
+
+def fork_once_handshake_charged(d: Daemon, server: Actor) -> None:
+    """A forking tcp_server (actors.tcp_server, fork=True) has accepted: tell it to fork once
+    the daemon has charged its process the handshake (a SYN-ACK sent, the SYN received), so
+    that nothing before the fork can reach the child's counters."""
+    assert server.read()["accepted"]
+
+    def parent_has_handshake() -> bool:
+        d.sync()
+        parent = d.counters(server.pid)
+        return parent["tcpsndpacks"] >= 1 and parent["tcprcvpacks"] >= 1
+
+    wait_until("the handshake charged to the parent", parent_has_handshake)
+    server.tell("fork")

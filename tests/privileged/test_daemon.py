@@ -27,7 +27,7 @@ from harness import (
     assert_balanced,
     attributed_packets,
     fix_tcp_header_sizes,
-    wait_until,
+    fork_once_handshake_charged,
 )
 
 pytestmark = pytest.mark.privileged
@@ -340,17 +340,8 @@ def test_forked_child_gets_its_traffic(ns: Any, daemon: Any) -> None:
     try:
         # The parent names its child and the child reports from itself: two
         # processes on one pipe, so the two lines come in either order.
-        # The parent keeps the handshake (the test's ground truth starts at the fork):
-        # it forks once the daemon has charged it the SYN-ACK and the SYN.
-        assert server.read()["accepted"]
-
-        def parent_has_handshake() -> bool:
-            d.sync()
-            parent = d.counters(server.pid)
-            return parent["tcpsndpacks"] >= 1 and parent["tcprcvpacks"] >= 1
-
-        wait_until("the handshake charged to the parent", parent_has_handshake)
-        server.tell("fork")
+        # The parent keeps the handshake (the test's ground truth starts at the fork).
+        fork_once_handshake_charged(d, server)
         forked = {**server.read(), **server.read()}
         child_pid = forked["child"]
         assert forked["forked"] == child_pid

@@ -47,7 +47,7 @@ from harness import (
     Daemon,
     attributed_packets,
     fix_tcp_header_sizes,
-    wait_until,
+    fork_once_handshake_charged,
 )
 from test_daemon import ZERO_TCP, ZERO_UDP, expected_tcp, run_tcp
 
@@ -341,17 +341,8 @@ def test_forked_child_in_a_container_gets_its_traffic(make_netns: Any, kernel_da
         wait_go=True,
     )
     try:
-        # The parent keeps the handshake (the test's ground truth starts at the fork):
-        # it forks once the daemon has charged it the SYN-ACK and the SYN.
-        assert server.read()["accepted"]
-
-        def parent_has_handshake() -> bool:
-            d.sync()
-            parent = d.counters(server.pid)
-            return parent["tcpsndpacks"] >= 1 and parent["tcprcvpacks"] >= 1
-
-        wait_until("the handshake charged to the parent", parent_has_handshake)
-        server.tell("fork")
+        # The parent keeps the handshake (the test's ground truth starts at the fork).
+        fork_once_handshake_charged(d, server)
         forked = {**server.read(), **server.read()}  # parent and child: either order
         child_pid = forked["child"]
         assert forked["forked"] == child_pid
