@@ -304,6 +304,7 @@ def query(
             "summed, finished ones still in the exit list included (--sort pid: by the group)",
         ),
     ] = None,
+    db: DbPath = DB_DEFAULT,
 ) -> None:
     """Counters of running processes (all of them, or the PIDs given).
 
@@ -312,8 +313,10 @@ def query(
     every packet sent so far.  A PID that is not known is reported on stderr
     and the exit status is 1 (the others are still printed); one that has
     finished and is still in the exit list is printed with its final
-    counters, marked <exited> (kind exited), and a note on stderr.  For one
-    that left the exit list, see netatop exited --pid PID --since TIME.
+    counters, marked <exited> (kind exited), and a note on stderr.  One
+    that has left the exit list is looked up in the history (--db): its
+    last exit is printed the same way; else the message points to
+    netatop exited --pid PID --since TIME.
 
     Each row names the process's user and, where the terminal is wide
     enough (or with --cmdline), its command line, cut to fit with a final
@@ -353,6 +356,15 @@ def query(
         if complaints:
             raise typer.Exit(EXIT_UNKNOWN_PID)
         return
+    if wanted and not threads:
+        # A PID that left the exit list: its last exit in the history (--db), if any.
+        shown = {row.pid for row in found}
+        for pid in dict.fromkeys(pid for pid in wanted if pid not in shown):
+            last = sources.last_exit_in_history(db, pid)
+            if last is not None:
+                found.append(last)
+                complaints.remove(sources.unknown_pid(pid))
+                notes.append(sources.history_note(last))
     if sort is not None or not wanted:
         found = rows.sort_rows(found, sort or SortKey.BYTES)
     if top is not None:

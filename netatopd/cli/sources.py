@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+import apsw
+
 from .. import history, procfs
 from ..client import (
     CONTROL_SOCKET_NAME,
@@ -391,6 +393,25 @@ def history_exited(
     finally:
         conn.close()
     return [rows.from_history(task) for task in tasks]
+
+
+def last_exit_in_history(db: str, pid: int) -> TaskCounts | None:
+    """The last finished process with this pid in the history database, for query PID
+    once it has left the exit list; None when there is none or the database cannot be
+    read (query then points to the history instead)."""
+    try:
+        found = history_exited(db, None, None, None, pid)
+    except (history.StoreError, apsw.Error, OSError):
+        return None
+    return found[-1] if found else None
+
+
+def history_note(row: TaskCounts) -> str:
+    exited_at = "" if row.exit_time is None else f" at {format_clock(row.exit_time)}"
+    return (
+        f"process {row.pid} has finished{exited_at} and left the exit list: its final "
+        "counters, from the history (kind exited)"
+    )
 
 
 # --------------------------------------------------------------------------- reports

@@ -1513,10 +1513,10 @@ def test_manual_page_lists_every_command_and_option() -> None:
         }:
             assert option.replace("-", "\\-") in section, (command, option)
             options_seen += 1
-    # status 2, query 7 (--by, --cmdline) + --pid --since (its pointer to the history),
-    # top 8 (--by, --json, --csv), exited 7 + --control-group (who may read the exit list),
-    # report 10, wait-exit 2
-    assert options_seen == 39
+    # status 2, query 8 (--by, --cmdline, --db) + --pid --since (its pointer to the
+    # history), top 8 (--by, --json, --csv), exited 7 + --control-group (who may read the
+    # exit list), report 10, wait-exit 2
+    assert options_seen == 40
 
 
 def test_manual_page_renders_without_warnings() -> None:
@@ -1723,3 +1723,35 @@ def test_control_characters_in_a_command_line_never_reach_the_terminal(tmp_path:
     assert len(lines) == 2
     assert lines[1].endswith(" sh -c 'echo??[2Jgone'?")
     assert as_json_rows[0]["cmdline"] == hostile.cmdline  # JSON keeps it as it is
+
+
+def test_query_finds_a_pid_that_left_the_exit_list_in_the_history(
+    run_dir: Path, history: Path
+) -> None:
+    """Ground truth: the table (ROWS) has no pid 500; the history has its one exit (scp,
+    exited 02:30:00 UTC on 2026-11-27, EXITED_ROWS[3]); 999 is in neither."""
+    result = invoke(
+        "query", "--run-dir", str(run_dir), "--db", str(history), "--json", "500", "999"
+    )
+    assert result.exit_code == 1  # 999 is still unknown
+    (row,) = json.loads(result.stdout)
+    scp = exited_json(EXITED_ROWS[3])
+    assert row == {name: scp[name] for name in row}
+    assert (row["pid"], row["kind"], row["command"], row["udprcvbytes"]) == (
+        500,
+        "exited",
+        "scp",
+        0,
+    )
+    assert result.stderr.splitlines() == [
+        "netatop: process 500 has finished at 2026-11-27 02:30:00 and left the exit list: its final "
+        "counters, from the history (kind exited)",
+        UNKNOWN_999,
+    ]
+    alone = invoke("query", "--run-dir", str(run_dir), "--db", str(history), "500", columns=120)
+    assert alone.exit_code == 0
+    assert "scp <exited>" in alone.stdout
+    # Without a readable history the message points there, as before.
+    missing = invoke("query", "--run-dir", str(run_dir), "--db", str(history) + ".none", "500")
+    assert missing.exit_code == 1
+    assert "netatop exited --pid 500 --since 1d looks in the history" in missing.stderr
