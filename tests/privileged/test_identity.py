@@ -25,20 +25,19 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import apsw
 import pytest
 
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir, wait_until
 
 pytestmark = pytest.mark.privileged
 
 NETNS_PREFIX = "ntpI"
 WAIT_S = 30.0
-POLL_S = 0.02
 FAST = ("--flush-interval-s", "0.2", "--gc-interval-s", "30")
 CHILD_UID = 65534
 PAYLOAD_BYTES = 77
@@ -98,17 +97,6 @@ def daemon(ns: Any, tmp_path: Path) -> Iterator[Daemon]:
 
 def db_path(d: Daemon) -> Path:
     return d.run_dir.parent / f"{d.run_dir.name}.db"
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
 
 
 def exited_rows(d: Daemon, pids: set[int]) -> dict[int, dict[str, Any]]:

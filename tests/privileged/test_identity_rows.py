@@ -22,19 +22,18 @@ import pwd
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir, wait_until
 
 pytestmark = pytest.mark.privileged
 
 NETNS_PREFIX = "ntpR"
 WAIT_S = 30.0
-POLL_S = 0.02
 CHILD_UID = 65534
 DATAGRAMS = 3
 PAYLOAD_BYTES = 200
@@ -94,17 +93,6 @@ def docker_scope() -> Iterator[tuple[Path, str]]:
     """A cgroup v2 directory named like a Docker container's scope, removed afterwards."""
     with docker_scope_dir("ntpR") as found:
         yield found
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
 
 
 def netatop(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
