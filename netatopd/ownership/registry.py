@@ -99,7 +99,8 @@ class TaskRegistry:
         self.identity_unknown = 0  # tasks made with no identity known (btime stands in)
         # tgid -> exit time of tasks made for processes that had already ended.
         self._ended: dict[int, float] = {}
-        self.finished: OrderedDict[int, None] = OrderedDict()  # tgids sent to the exit list
+        # tgids sent to the exit list -> the start time of the process last finished
+        self.finished: OrderedDict[int, int] = OrderedDict()
         # The counters of every process finished so far, summed (the balance's
         # finished processes, also those no longer on the exit list).
         self.finished_counters = [0] * COUNTER_COUNT
@@ -187,7 +188,10 @@ class TaskRegistry:
         it with the packets it was given.  One already finished is not made
         again: None.  The process at ``/proc/tgid`` is the one named only if it
         started before the record; else the pid has come round to another
-        process, which is never given the record's packets.
+        process, which is never given the record's packets.  Nor is the pid's
+        earlier process, taken back for its late packets, given the record of
+        a later one: a task whose process ended before the record (its exit
+        known) gives way to the process the identity book knows, else to none.
         """
         seen_ns = seen_monotonic_ns if seen_monotonic_ns > 0 else time.monotonic_ns()
         seen_ticks = seen_ns * self.procfs.clock_ticks_per_s // 1_000_000_000  # since boot
@@ -204,19 +208,27 @@ class TaskRegistry:
             return self.task(tgid)
         task = self.tasks.get(tgid)
         if task is not None:
-            if task.start_time_ticks < 0 or not started_after(
+            if task.start_time_ticks >= 0 and started_after(
                 task.start_time_ticks, seen_ns, self.procfs
             ):
+                return None  # the pid's later process has the task: the ended one is not known
+            if not self._ended_before(task, seen_ns):
                 return task
-            return None  # the pid's later process has the task: the ended one is not known
-        if tgid in self.finished:
-            return None
+            # The table's task is an earlier holder of the pid (taken back for its late
+            # packets), ended before the record: the record names a later process.
         known = self.identities.fresh(tgid) if self.identities is not None else None
         if known is not None and (
             known.identity.start_time_ticks > seen_ticks + 1  # born after: another process
             or (known.exited_s and known.exited_s < wall_time_s(seen_ns) - EXIT_SLACK_S)
+            or (task is not None and known.identity.start_time_ticks == task.start_time_ticks)
+            # the process finished already under this pid: not made twice
+            or self.finished.get(tgid) == known.identity.start_time_ticks
         ):
             known = None  # the pid's earlier or later holder, not the one the kernel saw
+        if known is None and (task is not None or tgid in self.finished):
+            return None
+        if task is not None:
+            self.finish([task], self.clock())  # its pid is the named process's now
         if known is not None:
             # Born (and maybe ended) before we looked: who it was, read at fork and exec.
             identity = known.identity
@@ -237,6 +249,17 @@ class TaskRegistry:
         self.identity_unknown += 1
         task = TaskInfo(tgid, -1, self.procfs.btime(seen_ticks), comm)
         return task if self.tasks.admit(task) else None
+
+    def _ended_before(self, task: TaskInfo, seen_monotonic_ns: int) -> bool:
+        """Whether task's process is known to have ended before the kernel's record at
+        ``seen_monotonic_ns`` (a task taken back for late packets, or one whose exit
+        the identity book holds): then the record is not its."""
+        exit_s = self._ended.get(task.tgid)
+        if exit_s is None and self.identities is not None:
+            known = self.identities.get(task.tgid)
+            if known is not None and known.identity.start_time_ticks == task.start_time_ticks:
+                exit_s = known.exited_s or None
+        return exit_s is not None and exit_s < wall_time_s(seen_monotonic_ns) - EXIT_SLACK_S
 
     def late_task_named_by_kernel(self, tgid: int, seen_monotonic_ns: int) -> TaskInfo | None:
         """The task of finished process tgid, if the kernel saw it before its exit.
@@ -454,7 +477,7 @@ class TaskRegistry:
         book = self.identities
         for task in tasks:
             task.exited = True
-            self.finished[task.tgid] = None
+            self.finished[task.tgid] = task.start_time_ticks
             self.finished.move_to_end(task.tgid)
             self.tasks.remove(task)
             exit_s = exit_times.get(task.tgid) if exit_times else None

@@ -310,7 +310,9 @@ class Resolver:
         Its packets were sent before it exited and seen after its task was
         finished (``TaskRegistry.late_task_named_by_kernel``).
         """
-        if self.kernel is None:
+        if self.kernel is None or not flow.pending_packets:
+            # No packet waits: nothing to give it, and taking it back would hand it
+            # the packets of the port's next holder.
             return None
         owner = self.kernel.owner_of(flow)
         if owner is None:

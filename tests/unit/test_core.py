@@ -12,6 +12,7 @@ import time
 import pytest
 
 from netatopd.counting import count_packets
+from netatopd.ebpf import FlowOwner, OwnerKind
 from netatopd.exitlist import ExitJournal, ExitList
 from netatopd.flows import Flow, FlowTable
 from netatopd.netlink.sockdiag import SocketInfo
@@ -275,6 +276,56 @@ def test_finishing_a_task_fills_exit_list_and_journal_and_frees_its_flows() -> N
     # a late kernel record of the finished process does not bring it back
     assert w.registry.task_named_by_kernel(100, "worker") is None
     assert w.tasks.get(100) is None
+
+
+class FakeHelper:
+    """What KernelOwners drains: records handed in by the test, each drained once."""
+
+    def __init__(self) -> None:
+        self.records: list[FlowOwner] = []
+        self.written = 0
+
+    def add(self, tgid: int, port: int, time_ns: int) -> None:
+        self.records.append(
+            FlowOwner(PROTO_UDP, bytes(4), port, b"", 0, tgid, tgid, f"p{tgid}", time_ns,
+                      OwnerKind.SEND, False)
+        )  # fmt: skip
+        self.written += 1
+
+    def changes(self) -> int:
+        return self.written
+
+    def drain(self) -> list[FlowOwner]:
+        records, self.records = self.records, []
+        return records
+
+
+def test_a_finished_owner_is_not_taken_back_for_a_flow_with_nothing_waiting() -> None:
+    """A UDP port's owner ended; its record stays the port's last.  With no packet
+    waiting the flow is not handed back to it, so the datagram the port's next holder
+    sends later (pid 200, whose record is not in yet) is never the ended process's."""
+    helper = FakeHelper()
+    w = World(kernel=helper)  # type: ignore[arg-type]
+    now = time.time()
+    w.procfs.add(100, "first", 500, {})
+    helper.add(100, 5353, time.monotonic_ns() - 2_000_000_000)
+    sent = (Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 90)
+    w.feed([sent], now - 2)
+    first = w.tasks.get(100)
+    flow = w.flows.udp_flow(LOCAL, 5353)
+    assert first is not None and flow.owner is first
+    del w.procfs.procs[100]
+    w.registry.finish([first], now - 1)  # ended a second ago; its flow looks again
+    w.resolver.resolve(now, everything=True)
+    assert flow.owner is None and first.exited
+    # The next holder of the port: its socket is seen by sock_diag, its record not yet.
+    w.procfs.add(200, "second", 900, {7200: 3})
+    w.sockdiag.add(PROTO_UDP, 5353, 7200)
+    w.feed([sent], now + 0.1)
+    w.resolver.settle(now + 0.1)
+    assert first.counters[4:6] == [1, 90]
+    second = w.tasks.get(200)
+    assert second is not None and flow.owner is second and second.counters[4:6] == [1, 90]
 
 
 def test_task_of_a_process_gone_before_it_was_looked_at_comes_from_the_kernel() -> None:

@@ -237,6 +237,43 @@ def test_packets_seen_after_the_exit_go_to_the_finished_task_once() -> None:
     assert registry.late_task_named_by_kernel(70, exit_ns - 1000) is task
 
 
+def test_a_record_of_the_pids_next_process_is_not_given_to_the_earlier_one_taken_back() -> None:
+    """Pid reuse within the late-packet window: process A (pid 80) ended and was taken
+    back for a late packet; process B got pid 80 and ended too before its record was
+    read.  B's record (made after A's exit) names B, with B's identity; A keeps its own."""
+    proc, book, registry = setup()
+    proc.running[80] = identity(80, "first", 9000)
+    a = registry.task(80)
+    assert a is not None
+    a.add(True, (1, 110, 0, 0), time.time())
+    a_exit_ns = time.monotonic_ns() - 2_000_000_000  # two seconds ago
+    registry.process_events([event(ProcEventKind.EXIT, 80, a_exit_ns)])
+    del proc.running[80]
+    # A record made before A's exit: A's late packet takes A back (unfinished again).
+    assert registry.late_task_named_by_kernel(80, a_exit_ns - 1000) is a and not a.exited
+    # B: born after A's exit under the same pid, known from its fork and exec, gone already.
+    proc.running[80] = identity(80, "second", 9150)
+    registry.process_events([event(ProcEventKind.FORK, 80), event(ProcEventKind.EXEC, 80)])
+    b_exit_ns = time.monotonic_ns()
+    registry.process_events([event(ProcEventKind.EXIT, 80, b_exit_ns)])
+    del proc.running[80]
+    b = registry.task_named_by_kernel(80, "second", b_exit_ns - 1000)
+    assert b is not None and b is not a
+    assert (b.command, b.start_time_ticks) == ("second", 9150)
+    assert a.exited and sum(a.counters) == 111  # finished with its own packet only
+    # Without an identity for the later process, its record names no one (never A).
+    proc, book, registry = setup()
+    proc.running[80] = identity(80, "first", 9000)
+    a = registry.task(80)
+    assert a is not None
+    registry.process_events([event(ProcEventKind.EXIT, 80, a_exit_ns)])
+    del proc.running[80]
+    assert registry.late_task_named_by_kernel(80, a_exit_ns - 1000) is a
+    book.known.pop(80, None)
+    assert registry.task_named_by_kernel(80, "third", time.monotonic_ns()) is None
+    assert registry.tasks.get(80) is a and not a.exited  # still there for its late packets
+
+
 def exec_record(pid: int, comm: str, start: int, args: bytes, uid: int = 65534) -> ExecRecord:
     """What the kernel's exec program records (execids.py): start time in boot ns."""
     return ExecRecord(pid, 1, uid, start * 10**9 // HZ, comm, args[:ARGS_BYTES], len(args))
