@@ -114,6 +114,10 @@ class TaskRegistry:
             OrderedDict()
         )
         self.late_tasks = 0  # finished tasks that took packets seen after their exit
+        # tgids whose leader thread exited while other threads ran on: finished at the
+        # exit event after which none runs (or by the sweep once /proc has no process).
+        self._leader_gone: set[int] = set()
+        self.leader_exits_deferred = 0  # leader exits that did not end their process
         # Told (finished tasks, now_s) after every finish.
         self.on_finish: list[Callable[[list[TaskInfo], float], None]] = []
         # Told (tasks about to finish) first, once their processes are known to be
@@ -344,7 +348,9 @@ class TaskRegistry:
         A fork or exec of a process reads its identity (it may live a
         millisecond), once a process a batch (``read_now``: the tgids
         ``read_execs`` read already); an exit of a process (pid == tgid)
-        finishes its task at once, with the exit time the kernel gave.
+        finishes its task at once, with the exit time the kernel gave, unless
+        other threads of it run on (its leader thread ended alone): it is then
+        finished at the exit event of a thread after which none runs.
         """
         book = self.identities
         if book is None:
@@ -356,11 +362,18 @@ class TaskRegistry:
         for event in events:
             kind = event.kind
             if kind == ProcEventKind.EXIT:
-                if not event.is_process:
+                if not event.is_process and event.tgid not in self._leader_gone:
                     continue
+                task = self.tasks.get(event.tgid)
+                if task is not None and task.tgid not in exit_times:
+                    if self._other_threads_run(task):
+                        if event.is_process:
+                            self._leader_gone.add(task.tgid)
+                            self.leader_exits_deferred += 1
+                        continue
+                self._leader_gone.discard(event.tgid)
                 exit_s = wall_time_s(event.timestamp_ns)
                 known = book.exited(event.tgid, exit_s)
-                task = self.tasks.get(event.tgid)
                 if task is None or task.tgid in exit_times:
                     continue
                 if known is None or task.start_time_ticks in (
@@ -392,6 +405,24 @@ class TaskRegistry:
                         task.unit, task.container = placement_labels(identity.cgroup)
         self.finish(ended, self.clock(), exit_times)
         return ended
+
+    def _other_threads_run(self, task: TaskInfo) -> bool:
+        """Whether a thread of task's process other than its leader still runs (read now).
+
+        One read of /proc/PID/stat for a process of one thread; its threads' stat
+        files only when it had more.
+        """
+        procfs = self.procfs
+        try:
+            stat = procfs.stat(task.tgid)
+            if stat.num_threads <= 1 or not same_process(stat, task.start_time_ticks):
+                return False
+            for tid in procfs.thread_ids(task.tgid):
+                if tid != task.tgid and procfs.stat(tid).state not in ("Z", "X"):
+                    return True
+        except (ProcessGone, ProcAccessDenied):
+            return False
+        return False
 
     def has_ended(self) -> bool:
         """True when tasks of processes that had already ended wait for finish_ended."""

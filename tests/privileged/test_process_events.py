@@ -111,6 +111,33 @@ for line in sys.stdin:
         os._exit(0)
 """
 
+# Runs in the namespace: sends one datagram from its leader (main) thread, then the
+# leader ends alone (pthread_exit) while a second thread runs on; that thread reports
+# the leader's state, sends one datagram when told and ends the process when told.
+LEADER = r"""
+import ctypes, json, os, socket, sys, threading, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+target = (sys.argv[1], int(sys.argv[2]))
+sock.sendto(b"l" * int(sys.argv[3]), target)
+print(json.dumps({"pid": os.getpid()}), flush=True)
+def worker():
+    stat = f"/proc/{os.getpid()}/stat"
+    deadline = time.monotonic() + 10
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z":
+        if time.monotonic() > deadline:
+            os._exit(3)
+        time.sleep(0.005)
+    print("leader gone", flush=True)
+    for line in sys.stdin:
+        if line.startswith("send"):
+            sock.sendto(b"w" * int(sys.argv[3]), target)
+            print("sent", flush=True)
+        else:
+            os._exit(0)
+threading.Thread(target=worker).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
 # Runs in the namespace: forks rounds of children that exit at once (each fork and
 # exit is an event); prints the forks made after each round, waits for a line between.
 FLOOD = r"""
@@ -367,6 +394,55 @@ def test_an_exit_is_in_the_exit_list_within_100_ms_with_its_time(ns: Any, daemon
         + ", ".join(f"{f[0] * 1000:.1f}" for f in figures)
         + "; exit time after 'exit' was sent (ms) "
         + ", ".join(f"{f[1] * 1000:.1f}" for f in figures)
+    )
+
+
+def test_a_leader_thread_ending_alone_does_not_end_its_process(ns: Any, daemon: Daemon) -> None:
+    """The leader (main) thread ends with pthread_exit while another thread runs on: the
+    kernel reports an exit of pid == tgid, yet the process lives.  It stays a running
+    process (not in the exit list), its second thread's datagram is its own, and it is
+    finished when that thread ends the process.  Ground truth: one datagram from each
+    thread, PAYLOAD_BYTES each."""
+    server = Actor(ns, "udp_server", addr="127.0.0.1", count=2, reply_bytes=-1)
+    argv = [*ns.exec_prefix, sys.executable, "-c", LEADER, "127.0.0.1", str(server.port)]
+    proc = subprocess.Popen(
+        [*argv, str(PAYLOAD_BYTES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        pid = json.loads(proc.stdout.readline())["pid"]
+        wait_for("the leader's datagram counted", lambda: sent_packets(daemon, pid) == 1)
+        assert proc.stdout.readline().strip() == "leader gone"
+        # The leader's exit event has come (a few ms); the process must still be running.
+        with daemon.client() as client:
+            wait_for(
+                "the leader's exit event handled",
+                lambda: daemon.status()["process_events_received"] > 0 and time.sleep(0.3) is None,
+            )
+            listed = [record.id for record in client.list_exited()]
+            assert pid not in listed, ("finished early", pid, listed)
+        assert sent_packets(daemon, pid) == 1
+        proc.stdin.write("send\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "sent"
+        wait_for("the second thread's datagram counted", lambda: sent_packets(daemon, pid) == 2)
+        before = time.time()
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=WAIT_S) == 0
+        after = time.time()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.finish()
+    (row,) = wait_for("its history row", lambda: history(daemon, {pid}).get(pid))
+    assert counters_of(row) == udp(2, 2 * (PAYLOAD_BYTES + UDP4_OVERHEAD)), row
+    # Finished at the process's end, not at the leader's.
+    assert before - EXIT_TIME_SLACK_S <= row["exit_time"] <= after + EXIT_TIME_SLACK_S, (
+        before,
+        row["exit_time"],
+        after,
     )
 
 
