@@ -3,7 +3,8 @@
 Owns one Unix stream connection to server.py's control socket and NetPerTask,
 a reply record as the wire carries it (struct netpertask); the *_detail calls
 return the JSON objects of the *_DETAIL commands (protocol.DETAIL_FIELDS:
-who each process is, its times and counters).  Called by the
+who each process is, its times and counters; from a daemon older than those
+commands, the plain commands' records with the identity unknown).  Called by the
 netatop command (cli.sources, cli.commands), the privileged tests and
 bench_daemon.py.  Translates the daemon's error replies into Python exceptions:
 ESRCH -> ProcessLookupError, an unreachable or refused socket -> DaemonNotRunning
@@ -60,10 +61,36 @@ def run_dir_from_env(run_dir: str | None = None) -> str:
     return run_dir or os.environ.get("NETATOP_RUN_DIR") or RUN_DIR_DEFAULT
 
 
+def plain_detail(record: NetPerTask) -> dict[str, Any]:
+    """A *_DETAIL object made from a plain record: the identity unknown (uid -1, "")."""
+    return {
+        "tgid": record.id,
+        "btime": record.btime,
+        "command": record.command,
+        "cmdline": "",
+        "uid": -1,
+        "unit": "",
+        "container": "",
+        "cgroup": "",
+        "first_activity": None,
+        "last_activity": None,
+        "exit_time": None,
+        **record.as_dict(),
+    }
+
+
 class ControlClient:
     def __init__(self, run_dir: str | None = None, timeout_s: float | None = 30.0) -> None:
         self.run_dir = run_dir_from_env(run_dir)
         self.path = os.path.join(self.run_dir, CONTROL_SOCKET_NAME)
+        self.timeout_s = timeout_s
+        # Set when the daemon is older than the *_DETAIL commands: the answers then
+        # came from the plain ones, without identities (see _details_or_plain).
+        self.without_identity = False
+        self._open(timeout_s)
+
+    def _open(self, timeout_s: float | None) -> None:
+        """Connect to the control socket and check that root (or we) serve it."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout_s)
         try:
@@ -207,14 +234,28 @@ class ControlClient:
             raise ProtocolError("a detail reply that is not objects")
         return answer
 
+    def _details_or_plain(self, detail: Command, plain: Command) -> list[dict[str, Any]]:
+        """The answer to a *_DETAIL command; from a daemon older than those commands
+        (it answers EINVAL and closes the connection), the plain command's records on a
+        new connection, as objects without identity (``without_identity`` is set)."""
+        try:
+            return self._details(self.request(detail))
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+        self.sock.close()
+        self._open(self.timeout_s)
+        self.without_identity = True
+        return [plain_detail(record) for record in self._records(self.request(plain))]
+
     def list_tasks_detail(self) -> list[dict[str, Any]]:
         """Every live process with its identity."""
-        return self._details(self.request(Command.LIST_TASKS_DETAIL))
+        return self._details_or_plain(Command.LIST_TASKS_DETAIL, Command.LIST_TASKS)
 
     def list_exited_detail(self) -> list[dict[str, Any]]:
         """The exit list with each process's identity and exit time, not consumed."""
-        return self._details(self.request(Command.LIST_EXIT_DETAIL))
+        return self._details_or_plain(Command.LIST_EXIT_DETAIL, Command.LIST_EXIT)
 
     def getcnt_exit_detail(self) -> dict[str, Any]:
         """The oldest finished process, taken off the exit list (waits for one)."""
-        return self._details(self.request(Command.GETCNT_EXIT_DETAIL))[0]
+        return self._details_or_plain(Command.GETCNT_EXIT_DETAIL, Command.GETCNT_EXIT)[0]

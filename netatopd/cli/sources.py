@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -115,6 +116,13 @@ def no_permission(path: str) -> str:
     )
 
 
+OLDER_DAEMON = (
+    "netatopd is older than this netatop: it answered without users, command lines, "
+    "units or containers (restart netatopd to see them)"
+)
+_older_daemon_told = False  # said once a run (top asks again every refresh)
+
+
 def call(
     run_dir: str | None, action: Callable[[ControlClient], T], timeout_s: float | None = 30.0
 ) -> T:
@@ -135,7 +143,12 @@ def call(
         path = os.path.join(run_dir_from_env(run_dir), CONTROL_SOCKET_NAME)
         raise NoPermission(no_permission(path)) from None
     with client:
-        return action(client)
+        result = action(client)
+    global _older_daemon_told
+    if client.without_identity and not _older_daemon_told:
+        _older_daemon_told = True
+        sys.stderr.write(f"netatop: {OLDER_DAEMON}\n")
+    return result
 
 
 # --------------------------------------------------------------------------- the table

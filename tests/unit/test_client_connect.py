@@ -6,6 +6,7 @@ backlog; the client must, up to its timeout.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from netatopd.client import ControlClient, DaemonNotRunning
 from netatopd.defaults import CONTROL_SOCKET_NAME
+from netatopd.protocol import COUNTER_NAMES
 
 
 @pytest.fixture
@@ -70,3 +72,54 @@ def test_a_backlog_full_for_the_whole_timeout_is_a_sentence(
     with pytest.raises(DaemonNotRunning, match="did not take the connection"):
         ControlClient(str(tmp_path), timeout_s=0.3)
     assert time.monotonic() - started >= 0.3
+
+
+def test_an_older_daemon_without_the_detail_commands_is_asked_the_plain_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon from before the *_DETAIL commands answers them EINVAL and closes the
+    connection (server.py's rule for an unknown command).  The client asks the plain
+    command on a new connection; rows come without identity; netatop says why once."""
+    from netatopd.cli import sources
+    from netatopd.protocol import REPLY, REPLY_MAGIC, REQUEST, Command, pack_netpertask
+
+    counters = tuple(range(1, 9))
+    asked: list[int] = []
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / CONTROL_SOCKET_NAME))
+    listener.listen(4)
+    listener.settimeout(10)
+
+    def old_daemon() -> None:
+        for _ in range(6):  # bounded: two connections a call, three calls
+            conn, _ = listener.accept()
+            with conn:
+                _, command, _, _ = REQUEST.unpack(conn.recv(REQUEST.size, socket.MSG_WAITALL))
+                asked.append(command)
+                if command == Command.LIST_TASKS:
+                    payload = pack_netpertask(4321, 1_700_000_000, "old", counters)
+                    conn.sendall(REPLY.pack(REPLY_MAGIC, command, 0, len(payload)) + payload)
+                else:
+                    conn.sendall(REPLY.pack(REPLY_MAGIC, command, errno.EINVAL, 0))
+
+    server = threading.Thread(target=old_daemon)
+    server.start()
+    try:
+        with ControlClient(str(tmp_path), timeout_s=10) as client:
+            (detail,) = client.list_tasks_detail()
+            assert client.without_identity
+        assert (detail["tgid"], detail["command"], detail["uid"], detail["cmdline"]) == (
+            4321,
+            "old",
+            -1,
+            "",
+        )
+        assert tuple(detail[name] for name in COUNTER_NAMES) == counters
+        for _ in range(2):  # through the CLI's call(): the note is said once
+            (row,) = sources.call(str(tmp_path), lambda c: c.list_tasks_detail())
+            assert row["tgid"] == 4321
+    finally:
+        server.join(timeout=10)
+        listener.close()
+    assert asked == [Command.LIST_TASKS_DETAIL, Command.LIST_TASKS] * 3
+    assert capsys.readouterr().err.count("netatopd is older than this netatop") == 1
