@@ -111,16 +111,30 @@ def _state(row: TaskCounts, cells: _Cells) -> str:
 
 
 CMDLINE_HEADER = "CMDLINE"
+CONTAINER_HEADER = "CONTAINER"
+CONTAINER_ID_SHOWN = 12  # hex digits of a container id shown (as ``docker ps`` does)
+
+
+def short_container(container: str | None) -> str:
+    """A container ("runtime:id", "pod:UID") with its id cut to CONTAINER_ID_SHOWN."""
+    if not container:
+        return "-"
+    runtime, _, ident = container.partition(":")
+    return f"{runtime}:{ident[:CONTAINER_ID_SHOWN]}" if ident else runtime
+
+
 # With --cmdline the command line is kept right after COMMAND (still cut to fit).
 CMDLINE_FORCED_IMPORTANCE = 2.5
 # In display order; importance says which are dropped first when the width is short
-# (as netatop(1) lists them): CMDLINE, UDP/s, TCP/s, RCVPK/s, SNDPK/s, USER,
-# LAST MINUTE, TOTAL, RCVD/s, SENT/s, COMMAND, S; PID stays.
+# (as netatop(1) lists them): CMDLINE, UDP/s, TCP/s, RCVPK/s, SNDPK/s, CONTAINER,
+# USER, LAST MINUTE, TOTAL, RCVD/s, SENT/s, COMMAND, S; PID stays.  CMDLINE and
+# CONTAINER are there only when some row has one (CMDLINE also with --cmdline).
 TOP_COLUMNS: tuple[TopColumn, ...] = (
     TopColumn("PID", lambda r, c: str(r.pid), 0),
     TopColumn("S", _state, 1, right=False),
     TopColumn("USER", lambda r, c: r.user or "-", 8, right=False),
     TopColumn("COMMAND", lambda r, c: r.command, 2, right=False),
+    TopColumn(CONTAINER_HEADER, lambda r, c: short_container(r.container), 8.5, right=False),
     TopColumn("SENT/s", _rate(rows.sent_bytes), 3, colour=SENT_COLOUR),
     TopColumn("RCVD/s", _rate(rows.received_bytes), 4, colour=RECEIVED_COLOUR),
     TopColumn("SNDPK/s", lambda r, c: format_rate(rows.sent_packets(r)), 9, colour=SENT_COLOUR),
@@ -309,9 +323,12 @@ class TopView:
             if column.header == CMDLINE_HEADER and self.cmdline
             else column
             for column in TOP_COLUMNS
-            if column.header != CMDLINE_HEADER
-            or self.cmdline
-            or any(row.cmdline for row in ordered)
+            if (
+                column.header != CMDLINE_HEADER
+                or self.cmdline
+                or any(row.cmdline for row in ordered)
+            )
+            and (column.header != CONTAINER_HEADER or any(row.container for row in ordered))
         ]
         if self.group is not None:
             columns = group_columns(columns, self.group_name)
@@ -345,7 +362,7 @@ class TopView:
 
 # Grouped (--by), a row is a group: PROCS (how many processes: the row's pid), the key
 # (its command), and the rates summed; these columns of a process are left out.
-GROUP_LEFT_OUT = frozenset({"S", "USER", "LAST MINUTE", CMDLINE_HEADER})
+GROUP_LEFT_OUT = frozenset({"S", "USER", "LAST MINUTE", CMDLINE_HEADER, CONTAINER_HEADER})
 GROUP_COUNT_HEADER = "PROCS"
 
 

@@ -31,6 +31,7 @@ from netatopd.cli.topframe import (
     TopView,
     colour_wanted,
     keys_line,
+    short_container,
     sparkline,
     utf8_locale,
 )
@@ -174,7 +175,7 @@ def test_utf8_locale() -> None:
 
 ALICE = process(
     4242, 1_500_000, user="alice", cmdline="curl -o /dev/null http://192.0.2.1/big.iso",
-    total_bytes=52_000_000,
+    total_bytes=52_000_000, container="docker:" + "0123456789abcdef" * 4,
 )  # fmt: skip
 NOBODY_KNOWN = process(1, 0)  # no user, no command line known (yet)
 HEADERS = [c.header for c in TOP_COLUMNS]
@@ -197,7 +198,7 @@ def headers_of(line: str) -> tuple[list[str], int]:
 
 def test_user_and_command_line_columns() -> None:
     wide = table(None)
-    assert wide[0].split() == [*HEADERS[:11], "LAST", "MINUTE", "CMDLINE"]
+    assert wide[0].split() == [*HEADERS[:12], "LAST", "MINUTE", "CMDLINE"]
     assert wide[2].split()[:4] == ["1", "R", "-", "proc1"] and wide[2].endswith(" -")
     assert wide[1].split()[:4] == ["4242", "R", "alice", "proc4242"]
     assert wide[1].endswith(" curl -o /dev/null http://192.0.2.1/big.iso")
@@ -399,8 +400,8 @@ def test_cmdline_forces_the_command_line_column_after_command() -> None:
     view.update([ALICE, NOBODY_KNOWN], 100.0)
     narrow = view.table(view.shown or [], 45)
     kept, dropped = headers_of(narrow[0])
-    assert kept == ["PID", "S", "COMMAND", "CMDLINE"] and dropped == 9
-    assert narrow[1] == "4242 R proc4242 curl -o /dev/null http://~"  # cut to 26, marked
+    assert kept == ["PID", "S", "COMMAND", "CMDLINE"] and dropped == 10
+    assert narrow[1] == "4242 R proc4242 curl -o /dev/null http:/~"  # cut to 25, marked
     assert headers_of(view.table(view.shown or [], 60)[0])[0] == [
         "PID", "S", "COMMAND", "SENT/s", "RCVD/s", "CMDLINE",
     ]  # fmt: skip
@@ -538,3 +539,15 @@ def test_piped_top_json_prints_a_line_a_frame(tmp_path: Path) -> None:
     header, *lines = grouped.stdout.splitlines()
     assert header.startswith("time,unit,processes,running,")
     assert any(line.split(",")[1] == "nginx.service" for line in lines)
+
+
+def test_the_container_column_is_there_only_when_a_row_runs_in_a_container() -> None:
+    """The id cut to 12 hex digits as docker ps shows it; "-" for a process in none."""
+    lines = table(None)
+    header = lines[0].split()
+    assert header[header.index("COMMAND") + 1] == "CONTAINER"
+    assert lines[1].split()[4] == "docker:0123456789ab"
+    assert lines[2].split()[4] == "-"
+    assert "CONTAINER" not in table(None, [NOBODY_KNOWN])[0].split()
+    assert short_container("pod:" + "1" * 36) == "pod:111111111111"
+    assert short_container(None) == "-"
