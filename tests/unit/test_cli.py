@@ -1345,12 +1345,12 @@ def test_top_prints_frames_to_a_pipe(tmp_path: Path) -> None:
         assert lines[2] == ""
         # every column, none left out (no +N)
         assert lines[3].split() == [
-            "PID", "S", "USER", "COMMAND", "SENT/s", "RCVD/s", "SNDPK/s", "RCVPK/s",
-            "TCP/s", "UDP/s", "TOTAL", "LAST", "MINUTE", "CMDLINE",
+            "PID", "S", "USER", "COMMAND", "CONTAINER", "SENT/s", "RCVD/s", "SNDPK/s",
+            "RCVPK/s", "TCP/s", "UDP/s", "TOTAL", "LAST", "MINUTE", "CMDLINE",
         ]  # fmt: skip
         assert lines[4].split()[:4] == ["100", "R", "root", "nginx"]  # the only one with traffic
         assert lines[5].split()[:2] == ["200", "R"] and lines[5].split()[3] == "dig"
-        assert lines[5].split()[4:10] == ["0", "B", "0", "B", "0.0", "0.0"]
+        assert lines[5].split()[4:11] == ["docker:dddddddddddd", "0", "B", "0", "B", "0.0", "0.0"]
         assert "\x1b" not in frame and "q:quit" not in frame
 
 
@@ -1460,7 +1460,8 @@ def test_top_in_a_terminal_shows_the_process_switches_sort_and_quits_on_q(
     assert code == 0
     assert seen.startswith(b"\x1b[?1049h")  # alternate screen ...
     assert seen.endswith(b"\x1b[?25h\x1b[?1049l")  # ... left, cursor shown again
-    assert re.search(rb"\r\n100 R root +nginx +\x1b\[33m *[0-9.]+ KiB\x1b\[0m ", seen)
+    # nginx runs in no container ("-"), dig in one (the CONTAINER column is there)
+    assert re.search(rb"\r\n100 R root +nginx +- +\x1b\[33m *[0-9.]+ KiB\x1b\[0m ", seen)
     assert before == after  # terminal modes restored (echo, canonical input)
     assert (
         max(len(line) for line in re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).split(b"\r\n"))
