@@ -365,12 +365,11 @@ class TaskRegistry:
                 if not event.is_process and event.tgid not in self._leader_gone:
                     continue
                 task = self.tasks.get(event.tgid)
-                if task is not None and task.tgid not in exit_times:
-                    if self._other_threads_run(task):
-                        if event.is_process:
-                            self._leader_gone.add(task.tgid)
-                            self.leader_exits_deferred += 1
-                        continue
+                if event.tgid not in exit_times and self._other_threads_run(event.tgid, task):
+                    if event.is_process and event.tgid not in self._leader_gone:
+                        self._leader_gone.add(event.tgid)
+                        self.leader_exits_deferred += 1
+                    continue
                 self._leader_gone.discard(event.tgid)
                 exit_s = wall_time_s(event.timestamp_ns)
                 known = book.exited(event.tgid, exit_s)
@@ -406,19 +405,30 @@ class TaskRegistry:
         self.finish(ended, self.clock(), exit_times)
         return ended
 
-    def _other_threads_run(self, task: TaskInfo) -> bool:
-        """Whether a thread of task's process other than its leader still runs (read now).
+    def _other_threads_run(self, tgid: int, task: TaskInfo | None) -> bool:
+        """Whether a thread of process tgid (task's, or the one the identity book knows)
+        other than its leader still runs, read now.
 
         One read of /proc/PID/stat for a process of one thread; its threads' stat
         files only when it had more.
         """
         procfs = self.procfs
+        known = self.identities.get(tgid) if task is None and self.identities else None
+        start_ticks = (
+            task.start_time_ticks
+            if task is not None
+            else known.identity.start_time_ticks
+            if known is not None
+            else None
+        )
         try:
-            stat = procfs.stat(task.tgid)
-            if stat.num_threads <= 1 or not same_process(stat, task.start_time_ticks):
+            stat = procfs.stat(tgid)
+            if stat.num_threads <= 1 or (
+                start_ticks is not None and not same_process(stat, start_ticks)
+            ):
                 return False
-            for tid in procfs.thread_ids(task.tgid):
-                if tid != task.tgid and procfs.stat(tid).state not in ("Z", "X"):
+            for tid in procfs.thread_ids(tgid):
+                if tid != tgid and procfs.stat(tid).state not in ("Z", "X"):
                     return True
         except (ProcessGone, ProcAccessDenied):
             return False

@@ -300,6 +300,24 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -
         time.sleep(POLL_S)
 
 
+def exit_timed(proc: subprocess.Popen[str], timeout_s: float = WAIT_S) -> tuple[float, float]:
+    """Tell a test process that reads its orders on stdin to exit ("exit"); (the time it
+    was told, the time its wait returned): the window its exit time must fall in."""
+    assert proc.stdin is not None
+    before = time.time()
+    proc.stdin.write("exit\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=timeout_s) == 0
+    return before, time.time()
+
+
+def kill_if_running(proc: subprocess.Popen[str]) -> None:
+    """For a finally: a test process still running (its test failed) is killed and reaped."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 class TimedLines:
     """Every JSON line an actor prints, with the monotonic time it arrived."""
 

@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,16 @@ from typing import Any
 import apsw
 import pytest
 
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir, wait_until
+from harness import (
+    REPO,
+    UDP4_OVERHEAD,
+    Actor,
+    Daemon,
+    docker_scope_dir,
+    exit_timed,
+    kill_if_running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -207,15 +215,9 @@ def test_exit_is_known_at_once_with_the_kernels_time(ns: Any, daemon: Daemon) ->
         proc.stdin.flush()
         assert server.read()["received"] == 1
         wait_until("its datagram counted", lambda: sent_packets(daemon, me["pid"]) == 1)
-        before = time.time()
-        proc.stdin.write("exit\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=WAIT_S) == 0
-        after = time.time()
+        before, after = exit_timed(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         server.finish()
     listed = wait_until(
         "netatop exited to list it",

@@ -21,14 +21,22 @@ import os
 import pwd
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, docker_scope_dir, wait_until
+from harness import (
+    REPO,
+    UDP4_OVERHEAD,
+    Actor,
+    Daemon,
+    docker_scope_dir,
+    exit_timed,
+    kill_if_running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -187,15 +195,9 @@ def test_identity_on_query_exited_and_wait_exit(
         shown = me["cmdline"].replace("\n", "?")
         assert "\n" in me["cmdline"] and line.endswith(" " + shown)
 
-        before = time.time()
-        proc.stdin.write("exit\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=WAIT_S) == 0
-        after = time.time()
+        before, after = exit_timed(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         server.finish()
 
     # Finished: the live exit list over the control socket (not the history).

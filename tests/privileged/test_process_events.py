@@ -39,7 +39,7 @@ import pytest
 
 from netatopd.client import ControlClient
 
-from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, udp
+from harness import REPO, UDP4_OVERHEAD, Actor, Daemon, exit_timed, kill_if_running, udp
 
 pytestmark = pytest.mark.privileged
 
@@ -358,15 +358,9 @@ def test_an_exit_is_in_the_exit_list_within_100_ms_with_its_time(ns: Any, daemon
                     proc.stdin.flush()
                     assert proc.stdout.readline().strip() == "sent"
                     wait_for("its datagram counted", lambda pid=pid: sent_packets(daemon, pid) == 1)
-                    before = time.time()
-                    proc.stdin.write("exit\n")
-                    proc.stdin.flush()
-                    assert proc.wait(timeout=WAIT_S) == 0
-                    after = time.time()
+                    before, after = exit_timed(proc)
                 finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
+                    kill_if_running(proc)
                 # Bounded: EXIT_LISTED_S is the requirement; look a little longer to
                 # tell "late" from "never".
                 listed_s = 0.0
@@ -426,15 +420,9 @@ def test_a_leader_thread_ending_alone_does_not_end_its_process(ns: Any, daemon: 
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "sent"
         wait_for("the second thread's datagram counted", lambda: sent_packets(daemon, pid) == 2)
-        before = time.time()
-        proc.stdin.write("exit\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=WAIT_S) == 0
-        after = time.time()
+        before, after = exit_timed(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         server.finish()
     (row,) = wait_for("its history row", lambda: history(daemon, {pid}).get(pid))
     assert counters_of(row) == udp(2, 2 * (PAYLOAD_BYTES + UDP4_OVERHEAD)), row
