@@ -97,6 +97,7 @@ class Flow:
         "uid",
         "table_key",
         "first_seen_s",
+        "waiting_since_s",
         "last_seen_s",
         "next_lookup_s",
         "lookups",
@@ -130,6 +131,9 @@ class Flow:
         # key that leads here; None once removed.  See keys.
         self.table_key: bytes | None = None
         self.first_seen_s = now_s
+        # When the oldest packets waiting for an owner were read (set by the resolver's
+        # settle; 0: none waiting, or only those read in this pass).
+        self.waiting_since_s = 0.0
         self.last_seen_s = now_s
         self.next_lookup_s = now_s
         self.lookups = 0

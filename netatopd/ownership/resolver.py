@@ -32,6 +32,7 @@ from collections import OrderedDict, deque
 from ..defaults import RESCAN_INTERVAL_S_DEFAULT, UNOWNED_LIMIT_S_DEFAULT
 from ..ebpf import FlowOwner, KernelOwnership, OwnerKind
 from ..flows import Flow, FlowState, FlowTable
+from ..netlink.connector import wall_time_s
 from ..netlink.sockdiag import SockDiag, SocketInfo, TcpState
 from ..parse import PROTO_UDP
 from ..procfs import ProcAccessDenied, ProcessGone, SocketEndpoint, socket_endpoints
@@ -58,6 +59,10 @@ ENDPOINT_SEARCH_FOR_S = 2.0  # searched for this long after the first packet, th
 ENDPOINT_CACHE_MAX = 65_536
 RESOLVE_BUDGET_S = 0.005  # lookups per pass stop after this long; the rest wait their turn
 REFRESH_MIN_INTERVAL_S = 0.002  # the incremental /proc refresh runs at most this often
+# The helper records a thread on a flow again after REPORT_INTERVAL_NS (1 s) when it
+# goes on using it: a UDP flow's last record older than its waiting packets by more
+# than this was another socket's, one that held the port before (_kernel_owner).
+KERNEL_RECORD_STALE_S = 2.0
 
 
 class Resolver:
@@ -130,6 +135,8 @@ class Resolver:
                 owner.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s, flow.tid)
             elif flow.state == FlowState.ORPHANED:
                 self.flows.write_off(flow)
+            elif not flow.waiting_since_s:
+                flow.waiting_since_s = now_s
 
     def _recheck_udp(self, flow: Flow, now_s: float) -> None:
         sock = self._lookup(flow)
@@ -304,7 +311,20 @@ class Resolver:
             return (flow.proto, flow.local_addr, flow.local_port, b"", 0)
         return (flow.proto, flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port)
 
-    def _finished_kernel_owner(self, flow: Flow) -> TaskInfo | None:
+    def _kernel_owner(self, flow: Flow, now_s: float) -> KernelOwner | None:
+        """The kernel's last record of the flow, unless it is older than the packets that
+        wait for an owner by more than KERNEL_RECORD_STALE_S (UDP: the port's earlier
+        socket's record, its new socket's not drained yet: sock_diag is asked instead)."""
+        assert self.kernel is not None
+        owner = self.kernel.owner_of(flow)
+        if owner is None or flow.proto != PROTO_UDP:
+            return owner
+        since_s = flow.waiting_since_s or now_s
+        if wall_time_s(owner.time_ns) < since_s - KERNEL_RECORD_STALE_S:
+            return None
+        return owner
+
+    def _finished_kernel_owner(self, flow: Flow, now_s: float) -> TaskInfo | None:
         """The socket is gone and nobody holds it: the finished process the kernel named.
 
         Its packets were sent before it exited and seen after its task was
@@ -314,7 +334,7 @@ class Resolver:
             # No packet waits: nothing to give it, and taking it back would hand it
             # the packets of the port's next holder.
             return None
-        owner = self.kernel.owner_of(flow)
+        owner = self._kernel_owner(flow, now_s)
         if owner is None:
             return None
         return self.registry.late_task_named_by_kernel(owner.tgid, owner.time_ns)
@@ -331,7 +351,7 @@ class Resolver:
     def _resolve(self, flow: Flow, now_s: float) -> None:
         flow.lookups += 1
         if self.kernel is not None:
-            owner = self.kernel.owner_of(flow)
+            owner = self._kernel_owner(flow, now_s)
             if owner is not None:
                 task = self.registry.task_named_by_kernel(owner.tgid, owner.comm, owner.time_ns)
                 if task is not None:
@@ -347,7 +367,7 @@ class Resolver:
             task = (
                 self._remembered_owner(flow, now_s)
                 or self._search_endpoints(flow, now_s)
-                or self._finished_kernel_owner(flow)
+                or self._finished_kernel_owner(flow, now_s)
             )
             if task is not None:
                 self._assign(flow, task, now_s, final=True)
@@ -469,6 +489,7 @@ class Resolver:
         flow.owner = task
         flow.tid = tid
         flow.state = FlowState.OWNED if final else FlowState.PROVISIONAL
+        flow.waiting_since_s = 0.0
         if flow.pending_packets:
             task.add(flow.proto == PROTO_UDP, flow.take_pending(), now_s, tid)
         if final:

@@ -43,7 +43,9 @@ What must hold, and why the bounds are what they are:
   (/proc/sys/kernel/ns_last_pid) just below the pids of the previous round's
   processes, so the next round's processes take those pids again a few
   seconds after they were freed, as on a host whose pids wrap (pid_max
-  32,768 here).  The daemon's finished processes still take late packets
+  32,768 here).  The rewind is the machine's (the initial pid namespace's):
+  harmless to other programs, whose pids stay unique, but a test run beside
+  this one sees pids come round sooner than usual.  The daemon's finished processes still take late packets
   then (LATE_PACKETS_S), so a pid's later holder must never be taken for
   its earlier one.
 

@@ -328,6 +328,35 @@ def test_a_finished_owner_is_not_taken_back_for_a_flow_with_nothing_waiting() ->
     assert second is not None and flow.owner is second and second.counters[4:6] == [1, 90]
 
 
+def test_a_ports_earlier_record_does_not_name_the_owner_of_its_later_packets() -> None:
+    """Pid 100 sent from UDP port 5353 and ended; 3 s later pid 200 sends from the same
+    port and is gone before its packet is looked up, its record not drained yet (the
+    packet was read before the helper wrote it).  pid 100's record, older than the
+    packet by more than KERNEL_RECORD_STALE_S, names no one: the packet waits, and
+    pid 200's record, once drained, takes it."""
+    helper = FakeHelper()
+    w = World(kernel=helper)  # type: ignore[arg-type]
+    now = time.time()
+    w.procfs.add(100, "first", 500, {})
+    helper.add(100, 5353, time.monotonic_ns() - 4_000_000_000)
+    sent = (Direction.SENT, PROTO_UDP, key(LOCAL, REMOTE, 5353, 53), 90)
+    w.feed([sent], now - 4)
+    first = w.tasks.get(100)
+    flow = w.flows.udp_flow(LOCAL, 5353)
+    assert first is not None and flow.owner is first
+    del w.procfs.procs[100]
+    w.registry.finish([first], now - 3.9)
+    w.feed([sent], now)  # pid 200's datagram; pid 200 is gone already, not in sock_diag
+    w.resolver.resolve(now + 0.01, everything=True)
+    assert flow.owner is None and first.counters[4:6] == [1, 90]
+    w.procfs.add(200, "second", 900, {})
+    helper.add(200, 5353, time.monotonic_ns())
+    w.resolver.resolve(now + 0.02)
+    second = w.tasks.get(200)
+    assert second is not None and flow.owner is second and second.counters[4:6] == [1, 90]
+    assert first.counters[4:6] == [1, 90]
+
+
 def test_task_of_a_process_gone_before_it_was_looked_at_comes_from_the_kernel() -> None:
     w = World()
     # Its start time is unknown: the time the kernel saw it stands for it in btime
