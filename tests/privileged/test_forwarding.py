@@ -7,15 +7,21 @@ and captures on every interface of it.  Ground truth: the actors' own counts
 forwarded packet is captured twice in the router, received on one interface
 and sent on the other.  Then the same through source NAT (masquerade) on the
 router, and with destination NAT to a socket of the router itself, whose
-packets are the router's own.  nft (Debian package nftables) sets up NAT.
-Forwarded ICMP too (pings from a raw socket).
+packets are the router's own.  nft (Debian package nftables) sets up NAT; its
+masquerade rule counts the connections it rewrote, so each masquerade test
+also shows that NAT happened.  Forwarded ICMP too (pings from a raw socket),
+and pings through the masquerade: the client's are forwarded while the
+router's own, between the same addresses outside, stay its own (the echo
+identifier and conntrack tell them apart).
 
 The same router with IPv6 (2001:db8:1::/64 inside, 2001:db8:2::/64 outside,
 ``net.ipv6.conf.all.forwarding=1``), on both capture paths: with libpcap the
 forwarded packets are counted apart as with IPv4; with ``--capture kernel``
 (which counts every namespace's sockets) they are never seen, so the client
 and the server each count their own packets once, exactly, and nothing is
-forwarded.
+forwarded.  The same through IPv6 source NAT (an ip6 masquerade), ICMPv6
+pings included.  On the kernel path ICMP is no socket's TCP or UDP traffic:
+the ``icmp_*`` and ``forwarded_icmp_*`` figures stay 0 there.
 """
 
 from __future__ import annotations
