@@ -3,7 +3,8 @@
 Owns the per-batch walks that turn captured records into ``BatchSums``:
 packets and wire bytes per (kind, packet key), in the order the sums first
 appeared, plus the ICMP packets (counted, never on a flow; their rows by
-direction and addresses let locality.py take the forwarded ones out).  Knows nothing of
+direction and parse.py's ICMP key -- addresses, echo identifier, type and
+code -- let locality.py take the forwarded ones out).  Knows nothing of
 flows: ``flows.FlowTable.charge`` adds the sums to the flows they belong to.
 Pure like parse.py: the caller owns the reject counters and the link table.
 Callers: the daemon's drain_capture (``count_records`` for the other lane and
@@ -72,7 +73,7 @@ class BatchSums:
         self.order: list[tuple[int, bytes]] = []
         self.icmp_sent = 0
         self.icmp_received = 0
-        # (Direction, source + destination address) -> [packets, wire bytes]
+        # (Direction, ICMP key: addresses [+ echo identifier, type, code]) -> [packets, bytes]
         self.icmp_rows: dict[tuple[int, bytes], list[int]] = {}
 
     def add(self, kind: int, key: bytes, packets: int, wire_bytes: int) -> None:
@@ -89,7 +90,7 @@ class BatchSums:
     def add_icmp(
         self, counted_as: int, packets: int, addresses: bytes = b"", wire_bytes: int = 0
     ) -> None:
-        """Count ICMP or ICMPv6 packets seen in one Direction between two addresses."""
+        """Count ICMP or ICMPv6 packets seen in one Direction with one key (parse.py's)."""
         if counted_as != RECEIVED:
             self.icmp_sent += packets
         if counted_as != SENT:

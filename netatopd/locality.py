@@ -24,8 +24,15 @@ is asked only when the namespace tracks connections at all
 (``nf_conntrack_count`` above 0), once per new row key; when it cannot be
 asked the address test stands.
 
-ICMP and ICMPv6 (only counted, never on a flow) are split by the same
-address test, per distinct (direction, addresses) row of the batch: the
+ICMP and ICMPv6 (only counted, never on a flow) are split the same way,
+per distinct (direction, row key) of the batch, the row key being the
+addresses, the echo identifier, type and code (parse.py): the address test,
+and for queries (echo and the other request/reply pairs conntrack tracks)
+conntrack, so a masqueraded ping is forwarded on the outside too while the
+namespace's own pings between the same addresses (another identifier: NAT
+keeps the identifiers of live entries apart) stay its own.  ICMP errors,
+neighbour discovery and the other messages that are no query have no
+conntrack entry of their own: the address test alone decides them.  The
 forwarded ones leave the ``icmp_*`` figures for ``forwarded_icmp_*``.
 
 Also owns ``counted``: the TCP and UDP packets of every row before the split,
@@ -41,8 +48,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .counting import KINDS, LOOPBACK, RECEIVED, SENT, TCP_KIND, BatchSums
-from .netlink.conntrack import ConntrackEntry, CtState, FiveTuple
-from .wire import PROTO_TCP, PROTO_UDP
+from .netlink.conntrack import ConntrackEntry, CtState, FiveTuple, is_icmp_query
+from .wire import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,8 @@ FORWARDED = b"f"
 VERDICTS_MAX = 65_536  # row keys remembered per kind; past it the cache starts again
 ADDRESSES_MAX = 65_536  # addresses remembered
 CONNTRACK_COUNT_PATH = "/proc/sys/net/netfilter/nf_conntrack_count"
+# ICMP row keys (parse.py): IPv4 8 or 12 bytes, IPv6 32 or 36 (with identifier, type, code).
+ICMP_KEY_V6_MIN = 32
 
 # The kinds of received rows (the others are sent, or loopback: always local).
 _RECEIVED_KINDS = frozenset({RECEIVED, RECEIVED + TCP_KIND})
@@ -112,7 +121,10 @@ def conntrack_in_use(path: str = CONNTRACK_COUNT_PATH) -> bool | None:
 
 
 def key_tuple(protocol: int, key: bytes) -> FiveTuple:
-    """The FiveTuple of a packet key (source + destination + source port + destination port)."""
+    """The FiveTuple of a packet key (source + destination + source port + destination port).
+
+    Of an ICMP row key (addresses + identifier + type + code): conntrack.icmp_tuple's.
+    """
     width = 4 if len(key) == 12 else 16
     return FiveTuple(
         protocol,
@@ -198,6 +210,8 @@ class Locality:
         self._generation = -1
         self._address_local: dict[bytes, bool] = {}
         self._verdicts: tuple[dict[bytes, bytes], ...] = tuple({} for _ in range(KINDS))
+        # ICMP rows: (Direction, row key) -> forwarded or not.
+        self._icmp_verdicts: dict[tuple[int, bytes], bool] = {}
 
     # -- the split of a batch ------------------------------------------------------------
 
@@ -230,42 +244,75 @@ class Locality:
             if verdict is None:
                 if undecided:
                     undecided = False
-                    conntrack = self.conntrack
-                    asked = conntrack is not None and conntrack.available
-                    self._tracked = self._tracking() if asked else False
+                    self._ask_tracking()
                 verdict = self._decide(kind, key)
             if verdict is not local:
                 others.append((position, kind, key, verdict))
         if others:
             self._apply(sums, others)
         if sums.icmp_rows:
-            self._split_icmp(sums)
+            self._split_icmp(sums, undecided)
 
-    def _split_icmp(self, sums: BatchSums) -> None:
-        """Take forwarded ICMP out of the batch's ICMP figures (by the address test alone).
+    def _ask_tracking(self) -> None:
+        """Whether the namespace tracks connections now (asked at most once a batch)."""
+        conntrack = self.conntrack
+        asked = conntrack is not None and conntrack.available
+        self._tracked = self._tracking() if asked else False
+
+    def _split_icmp(self, sums: BatchSums, undecided: bool) -> None:
+        """Take forwarded ICMP out of the batch's ICMP figures, per distinct row (cached).
 
         A received ICMP packet is local when its destination is in the local
-        table, a sent one when its source is; loopback always is.  Conntrack is
-        not asked: on the outside of a masquerade, forwarded ICMP carries the
-        router's own address and counts as its own.
+        table, a sent one when its source is; loopback always is.  A query
+        (echo and the other request/reply pairs) whose row key carries its
+        identifier, type and code (parse.py) is looked up in conntrack as a
+        TCP or UDP row is, so the outside of a masqueraded ping is forwarded
+        while the namespace's own pings between the same addresses (another
+        identifier) stay its own.  ``undecided``: tracking() not asked yet this
+        batch.
         """
         forwarded = self.forwarded_icmp
-        for (direction, addresses), (packets, wire_bytes) in sums.icmp_rows.items():
+        verdicts = self._icmp_verdicts
+        for row_key, (packets, wire_bytes) in sums.icmp_rows.items():
+            direction = row_key[0]
             if direction == LOOPBACK:
                 continue
-            width = len(addresses) // 2
+            is_forwarded = verdicts.get(row_key)
+            if is_forwarded is None:
+                if undecided:
+                    undecided = False
+                    self._ask_tracking()
+                is_forwarded = self._decide_icmp(direction, row_key[1])
+                if len(verdicts) >= VERDICTS_MAX:
+                    verdicts.clear()
+                verdicts[row_key] = is_forwarded
+            if not is_forwarded:
+                continue
             if direction == RECEIVED:
-                if self._is_local(addresses[width:]):
-                    continue
                 sums.icmp_received -= packets
                 name = "icmp_received"
             else:
-                if self._is_local(addresses[:width]):
-                    continue
                 sums.icmp_sent -= packets
                 name = "icmp_sent"
             forwarded[name] += packets
             forwarded[f"{name}_bytes"] += wire_bytes
+
+    def _decide_icmp(self, direction: int, key: bytes) -> bool:
+        """True when the ICMP row key of ``direction`` is forwarded (not cached here)."""
+        self.decisions += 1
+        received = direction == RECEIVED
+        width = 4 if len(key) < ICMP_KEY_V6_MIN else 16
+        local = self._is_local(key[width : 2 * width] if received else key[:width])
+        conntrack = self.conntrack
+        if self._tracked and conntrack is not None and len(key) == 2 * width + 4:
+            wire = key_tuple(PROTO_ICMP if width == 4 else PROTO_ICMPV6, key)
+            if is_icmp_query(wire):
+                state, entry = conntrack.lookup(wire if received else wire.inverted())
+                if state == CtState.TRACKED and entry is not None:
+                    seen = local_tuple(entry, wire, received)
+                    if seen is not None:
+                        local = self._is_local(seen.dst if received else seen.src)
+        return not local
 
     def _apply(self, sums: BatchSums, others: list[tuple[int, int, bytes, bytes]]) -> None:
         """Take the forwarded rows out of sums; move NAT-rewritten rows to their local key."""
@@ -292,6 +339,7 @@ class Locality:
         """The local table changed: every cached answer may be wrong now."""
         self._generation = generation
         self._address_local.clear()
+        self._icmp_verdicts.clear()
         for verdicts in self._verdicts:
             verdicts.clear()
 

@@ -21,8 +21,11 @@ A packet is ``(direction, proto, key, wire_bytes)``:
   PROTO_ICMPV6);
 * ``key``: source address + destination address + source port + destination
   port as raw bytes in wire order, 12 bytes for IPv4 and 36 for IPv6; for
-  ICMP and ICMPv6, which are only counted, the two addresses alone (8 or 32
-  bytes: locality.py tells a forwarded one from them);
+  ICMP and ICMPv6, which are only counted, the two addresses, the echo
+  identifier (bytes 4-5 of the ICMP header) and the type and code, also 12
+  or 36 bytes (locality.py tells a forwarded one from them, asking conntrack
+  through a masquerade), or the two addresses alone (8 or 32 bytes) when the
+  packet or the capture ends before the identifier;
 * ``wire_bytes``: the kernel module's "real load on the wire", computed from
   the IP header's length (not the captured length), which may not claim
   more than the frame's length on the wire (``IP_LENGTH_BEYOND_FRAME``):
@@ -42,6 +45,7 @@ from .wire import (
     ETH_P_IP,
     ETH_P_IPV6,
     FRAG_HDR,
+    ICMPHDR,
     IP6_FRAGMENT_MASK,
     IP_FRAGMENT_MASK,
     IPHDR,
@@ -129,6 +133,12 @@ _IPV6_ADDRESSES_OFFSET = IPV6HDR.offset("saddr")
 _IPV6_ADDRESSES_BYTES = IPV6HDR.width("saddr") + IPV6HDR.width("daddr")
 _FRAG_HDR_BYTES = FRAG_HDR.size
 _PORTS_BYTES = PORTS.size  # source port + destination port, the start of TCP and UDP
+# ICMP and ICMPv6: the key takes the echo identifier, then the type and code (what
+# other messages than queries carry where the identifier is, their rows keep too).
+_ICMP_ID_START = ICMPHDR.offset("echo_id")
+_ICMP_KEY_BYTES = _ICMP_ID_START + ICMPHDR.width("echo_id")  # the header up to the id's end
+_ICMP_TYPE_CODE_BYTES = ICMPHDR.width("type") + ICMPHDR.width("code")
+assert ICMPHDR.offset("type") == 0 and ICMPHDR.offset("code") == 1
 
 _IPV6_EXTENSIONS = frozenset(
     (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_AH, IPPROTO_DSTOPTS)
@@ -275,7 +285,17 @@ def _parse(
             return Reject.TRUNCATED_TRANSPORT
         key = buf[addresses:addresses_end] + buf[transport:ports_end]
     elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-        key = buf[addresses:addresses_end]
+        # addresses + echo identifier + type + code (conntrack's ICMP tuple); the
+        # addresses alone when the capture or the packet ends before the identifier.
+        icmp_end = transport + _ICMP_KEY_BYTES
+        if icmp_end > end or icmp_end > ip + ip_len:
+            key = buf[addresses:addresses_end]
+        else:
+            key = (
+                buf[addresses:addresses_end]
+                + buf[transport + _ICMP_ID_START : icmp_end]
+                + buf[transport : transport + _ICMP_TYPE_CODE_BYTES]
+            )
     else:
         return Reject.OTHER_PROTOCOL
     try:

@@ -292,6 +292,20 @@ TCPHDR = Layout(
     ],
 )
 
+# struct icmphdr (linux/icmp.h) with its union as un.echo, 8 bytes; struct icmp6hdr
+# (linux/icmpv6.h) has the same first 8 bytes for echo (icmp6_identifier, icmp6_sequence):
+ICMPHDR = Layout(
+    "icmphdr",
+    "!",
+    [
+        ("type", "B"),  # uint8  type;
+        ("code", "B"),  # uint8  code;
+        ("checksum", "H"),  # uint16 checksum;
+        ("echo_id", "H"),  # uint16 un.echo.id;        of echo and the other queries
+        ("echo_sequence", "H"),  # uint16 un.echo.sequence;
+    ],
+)
+
 # The ports: the first two members of both tcphdr and udphdr, all a flow needs.
 PORTS = Layout("ports", "!", TCPHDR.members[:2])
 assert UDPHDR.members[:2] == PORTS.members

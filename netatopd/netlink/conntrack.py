@@ -34,6 +34,16 @@ Which cases need conntrack (the address test alone is wrong only there):
 4. Sent, source not local, the reply of a REDIRECTed connection (the local
    proxy answers as the original destination): local.
 
+ICMP and ICMPv6 queries (echo, and the other request/reply pairs conntrack
+tracks) have an entry too, keyed by the echo identifier, type and code
+instead of ports: ``FiveTuple`` carries the identifier as ``sport`` and
+``type << 8 | code`` as ``dport`` (``icmp_tuple``), and its ``inverted``
+turns a request into its reply as conntrack does (``ICMP_QUERY_REPLIES``),
+so the four cases above hold for pings through a masquerade too.  ICMP
+errors and messages that are no query (neighbour discovery, unreachables)
+have no entry of their own and are never asked about (``lookup`` answers
+UNKNOWN without asking).
+
 So a caller asks for flows the address test calls forwarded (cases 1, 4)
 and for flows it calls local but no local socket owns (cases 2, 3): one
 request per distinct flow, never per packet.  No entry (``UNTRACKED``)
@@ -82,6 +92,18 @@ IPPROTO_UDPLITE = 136
 PORT_PROTOCOLS = frozenset(
     {socket.IPPROTO_TCP, socket.IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP}
 )
+
+# ICMP and ICMPv6, whose conntrack tuple carries the echo identifier, type and code.
+IPPROTO_ICMP = socket.IPPROTO_ICMP
+IPPROTO_ICMPV6 = socket.IPPROTO_ICMPV6
+# The query types conntrack tracks and the type of their other direction (its invmap
+# in nf_conntrack_proto_icmp.c and nf_conntrack_proto_icmpv6.c): echo, timestamp,
+# information and address mask (ICMP), echo and node information (ICMPv6).  The kernel
+# refuses a tuple of any other type (EINVAL).
+ICMP_QUERY_REPLIES: dict[int, dict[int, int]] = {
+    IPPROTO_ICMP: {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17},
+    IPPROTO_ICMPV6: {128: 129, 129: 128, 139: 140, 140: 139},
+}
 
 # Errors meaning "conntrack cannot be asked here", as opposed to "no entry" (ENOENT).
 UNAVAILABLE_ERRNOS = frozenset(
@@ -139,11 +161,31 @@ class CtaIp(IntEnum):
 
 
 class CtaProto(IntEnum):
-    """Attributes nested in CTA_TUPLE_PROTO (enum ctattr_l4proto), those used here."""
+    """Attributes nested in CTA_TUPLE_PROTO (enum ctattr_l4proto).
+
+    The identifiers are __be16, the types and codes __u8.
+    """
 
     NUM = 1
     SRC_PORT = 2
     DST_PORT = 3
+    ICMP_ID = 4
+    ICMP_TYPE = 5
+    ICMP_CODE = 6
+    ICMPV6_ID = 7
+    ICMPV6_TYPE = 8
+    ICMPV6_CODE = 9
+
+
+# protocol -> its (identifier, type, code) attributes.
+ICMP_ATTRIBUTES = {
+    IPPROTO_ICMP: (CtaProto.ICMP_ID, CtaProto.ICMP_TYPE, CtaProto.ICMP_CODE),
+    IPPROTO_ICMPV6: (CtaProto.ICMPV6_ID, CtaProto.ICMPV6_TYPE, CtaProto.ICMPV6_CODE),
+}
+
+_ICMP_ID = frozenset({CtaProto.ICMP_ID, CtaProto.ICMPV6_ID})
+_ICMP_TYPE = frozenset({CtaProto.ICMP_TYPE, CtaProto.ICMPV6_TYPE})
+_ICMP_CODE = frozenset({CtaProto.ICMP_CODE, CtaProto.ICMPV6_CODE})
 
 
 class CtaNat(IntEnum):
@@ -189,7 +231,11 @@ class CtState(IntEnum):
 
 
 class FiveTuple(NamedTuple):
-    """One direction of a flow: addresses 4 or 16 bytes, ports in host order."""
+    """One direction of a flow: addresses 4 or 16 bytes, ports in host order.
+
+    For ICMP and ICMPv6 (``icmp_tuple``), as conntrack keeps them: ``sport``
+    is the echo identifier, ``dport`` is ``type << 8 | code``.
+    """
 
     protocol: int
     src: bytes
@@ -198,8 +244,28 @@ class FiveTuple(NamedTuple):
     dport: int
 
     def inverted(self) -> FiveTuple:
-        """The tuple of the other direction."""
-        return FiveTuple(self.protocol, self.dst, self.dport, self.src, self.sport)
+        """The tuple of the other direction (of an ICMP query: its reply, same identifier)."""
+        replies = ICMP_QUERY_REPLIES.get(self.protocol)
+        if replies is None:
+            return FiveTuple(self.protocol, self.dst, self.dport, self.src, self.sport)
+        icmp_type = self.dport >> 8
+        other = replies.get(icmp_type, icmp_type)
+        return FiveTuple(
+            self.protocol, self.dst, self.sport, self.src, other << 8 | (self.dport & 0xFF)
+        )
+
+
+def icmp_tuple(
+    protocol: int, src: bytes, dst: bytes, ident: int, icmp_type: int, code: int
+) -> FiveTuple:
+    """The FiveTuple of an ICMP or ICMPv6 message (identifier, type and code)."""
+    return FiveTuple(protocol, src, ident, dst, icmp_type << 8 | code)
+
+
+def is_icmp_query(flow: FiveTuple) -> bool:
+    """True for an ICMP or ICMPv6 message of a type conntrack keeps an entry for."""
+    replies = ICMP_QUERY_REPLIES.get(flow.protocol)
+    return replies is not None and (flow.dport >> 8) in replies
 
 
 class ConntrackEntry(NamedTuple):
@@ -223,6 +289,20 @@ def pack_tuple(attribute_type: int, flow: FiveTuple) -> bytes:
         src_type, dst_type = CtaIp.V6_SRC, CtaIp.V6_DST
     if len(flow.dst) != len(flow.src):
         raise ValueError("source and destination of different families")
+    icmp = ICMP_ATTRIBUTES.get(flow.protocol)
+    transport: tuple[bytes, ...]
+    if icmp is None:
+        transport = (
+            pack_attribute(CtaProto.SRC_PORT, BE16.pack(flow.sport)),
+            pack_attribute(CtaProto.DST_PORT, BE16.pack(flow.dport)),
+        )
+    else:
+        id_type, type_type, code_type = icmp
+        transport = (
+            pack_attribute(id_type, BE16.pack(flow.sport)),
+            pack_attribute(type_type, bytes([flow.dport >> 8])),
+            pack_attribute(code_type, bytes([flow.dport & 0xFF])),
+        )
     return pack_nested(
         attribute_type,
         pack_nested(
@@ -231,10 +311,7 @@ def pack_tuple(attribute_type: int, flow: FiveTuple) -> bytes:
             pack_attribute(dst_type, flow.dst),
         ),
         pack_nested(
-            CtaTuple.PROTO,
-            pack_attribute(CtaProto.NUM, bytes([flow.protocol])),
-            pack_attribute(CtaProto.SRC_PORT, BE16.pack(flow.sport)),
-            pack_attribute(CtaProto.DST_PORT, BE16.pack(flow.dport)),
+            CtaTuple.PROTO, pack_attribute(CtaProto.NUM, bytes([flow.protocol])), *transport
         ),
     )
 
@@ -248,7 +325,7 @@ def pack_get_request(flow: FiveTuple) -> bytes:
 
 def _unpack_tuple(payload: bytes | bytearray | memoryview, start: int, end: int) -> FiveTuple:
     src = dst = b""
-    protocol = sport = dport = 0
+    protocol = sport = dport = icmp_type = icmp_code = 0
     for tuple_type, tuple_start, tuple_end in iter_attributes(payload, start, end):
         if tuple_type == CtaTuple.IP:
             for ip_type, ip_start, ip_end in iter_attributes(payload, tuple_start, tuple_end):
@@ -264,10 +341,18 @@ def _unpack_tuple(payload: bytes | bytearray | memoryview, start: int, end: int)
                     (sport,) = BE16.unpack_from(payload, l4_start)
                 elif l4_type == CtaProto.DST_PORT and l4_end - l4_start >= BE16.size:
                     (dport,) = BE16.unpack_from(payload, l4_start)
+                elif l4_type in _ICMP_ID and l4_end - l4_start >= BE16.size:
+                    (sport,) = BE16.unpack_from(payload, l4_start)
+                elif l4_type in _ICMP_TYPE and l4_end > l4_start:
+                    icmp_type = payload[l4_start]
+                elif l4_type in _ICMP_CODE and l4_end > l4_start:
+                    icmp_code = payload[l4_start]
     if len(src) not in (4, 16) or len(dst) != len(src):
         raise NetlinkError(
             errno.EBADMSG, f"conntrack tuple with addresses of {len(src)}/{len(dst)} bytes"
         )
+    if protocol in ICMP_ATTRIBUTES:
+        dport = icmp_type << 8 | icmp_code
     return FiveTuple(protocol, src, sport, dst, dport)
 
 
@@ -351,10 +436,12 @@ class Conntrack:
         """The entry holding ``flow`` in either direction, None when there is none.
 
         Raises NetlinkError for every other failure, ValueError for a protocol
-        without ports.
+        without ports that is not an ICMP query (``is_icmp_query``).
         """
-        if flow.protocol not in PORT_PROTOCOLS:
-            raise ValueError(f"protocol {flow.protocol} has no ports in a conntrack tuple")
+        if flow.protocol not in PORT_PROTOCOLS and not is_icmp_query(flow):
+            raise ValueError(
+                f"protocol {flow.protocol} ({flow.dport:#06x}) has no conntrack tuple of its own"
+            )
         try:
             # The entry comes back flagged NLM_F_MULTI but with no NLMSG_DONE
             # after it (ctnetlink_fill_info, Linux 6.18): the ACK ends the reply.
@@ -371,7 +458,9 @@ class Conntrack:
 
     def lookup(self, flow: FiveTuple) -> tuple[CtState, ConntrackEntry | None]:
         """(TRACKED, entry), (UNTRACKED, None) or (UNKNOWN, None); never raises."""
-        if self._unavailable_errno or flow.protocol not in PORT_PROTOCOLS:
+        if self._unavailable_errno or (
+            flow.protocol not in PORT_PROTOCOLS and not is_icmp_query(flow)
+        ):
             return CtState.UNKNOWN, None
         self.requests += 1
         try:

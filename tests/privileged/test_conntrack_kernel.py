@@ -4,7 +4,8 @@ No NAT rules: this machine has neither ``nft`` nor ``iptables`` (Debian
 packages nftables / iptables), so the entries NAT would make are made
 directly with IPCTNL_MSG_CT_NEW (the ``conntrack -I`` request), CTA_NAT_DST
 or CTA_NAT_SRC asking the kernel's NAT core to pick the rewritten tuple.
-What is checked is what the kernel answers a GET with, in every direction.
+What is checked is what the kernel answers a GET with, in every direction,
+for TCP, UDP, and ICMP and ICMPv6 echo (tuples by identifier, type and code).
 Real traffic checks the other fact: a namespace with no rule that uses
 conntrack has no entry for it (UNTRACKED).  Traffic: loopback of the test's
 namespace only.
@@ -35,6 +36,7 @@ from netatopd.netlink.conntrack import (
     CtStatus,
     FiveTuple,
     ctnl_msg_type,
+    icmp_tuple,
     pack_tuple,
 )
 from netatopd.netlink.socket import NLM_F_ACK, NetlinkSocket
@@ -51,6 +53,7 @@ NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 ENTRY_TIMEOUT_S = 120
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+ICMP, ICMPV6 = socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6
 
 CLIENT = socket.inet_aton("198.51.100.7")
 PUBLIC = socket.inet_aton("192.0.2.1")
@@ -144,6 +147,54 @@ def test_masquerade_entry_every_direction_ipv6(make_netns: Callable[[str], Any])
                 CtState.TRACKED,
                 INNER6,
             )
+
+    in_namespace(ns.name, body)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "inner", "client", "host", "echo_request"),
+    [(ICMP, INNER, CLIENT, HOST, 8), (ICMPV6, INNER6, CLIENT6, HOST6, 128)],
+    ids=["icmp", "icmpv6"],
+)
+def test_masqueraded_ping_entry_every_direction(
+    make_netns: Callable[[str], Any],
+    protocol: int,
+    inner: bytes,
+    client: bytes,
+    host: bytes,
+    echo_request: int,
+) -> None:
+    """A ping from inner (echo identifier 7) to client, masqueraded as host with identifier
+    9: the kernel keeps ICMP tuples by identifier, type and code (CTA_PROTO_ICMP*_ID,
+    _TYPE, _CODE), finds the entry by either, and NAT maps the identifier as a port."""
+    ns = make_netns("ntpCi")
+    original = icmp_tuple(protocol, inner, client, 7, echo_request, 0)
+
+    def body() -> None:
+        create_entry(original, nat_attribute=CtaAttr.NAT_SRC, nat_address=host, nat_port=9)
+        with Conntrack() as ct:
+            state, entry = ct.lookup(original)
+            assert state == CtState.TRACKED and entry is not None
+            assert entry.original == original
+            reply_type = original.inverted().dport >> 8
+            assert entry.reply == icmp_tuple(protocol, client, host, 9, reply_type, 0)
+            assert entry.status & CtStatus.SRC_NAT
+            # the request leaves from host (local): it came from inner
+            assert ct.sent_source(protocol, host, 9, client, echo_request << 8) == (
+                CtState.TRACKED,
+                inner,
+            )
+            # the reply arrives for host (local): it goes on to inner
+            assert ct.received_destination(protocol, client, 9, host, reply_type << 8) == (
+                CtState.TRACKED,
+                inner,
+            )
+            # another identifier between the same addresses: no entry
+            assert ct.lookup(icmp_tuple(protocol, host, client, 10, echo_request, 0)) == (
+                CtState.UNTRACKED,
+                None,
+            )
+            assert ct.failures == 0
 
     in_namespace(ns.name, body)
 

@@ -7,20 +7,28 @@ and captures on every interface of it.  Ground truth: the actors' own counts
 forwarded packet is captured twice in the router, received on one interface
 and sent on the other.  Then the same through source NAT (masquerade) on the
 router, and with destination NAT to a socket of the router itself, whose
-packets are the router's own.  nft (Debian package nftables) sets up NAT.
-Forwarded ICMP too (pings from a raw socket).
+packets are the router's own.  nft (Debian package nftables) sets up NAT; its
+masquerade rule counts the connections it rewrote, so each masquerade test
+also shows that NAT happened.  Forwarded ICMP too (pings from a raw socket),
+and pings through the masquerade: the client's are forwarded while the
+router's own, between the same addresses outside, stay its own (the echo
+identifier and conntrack tell them apart).
 
 The same router with IPv6 (2001:db8:1::/64 inside, 2001:db8:2::/64 outside,
 ``net.ipv6.conf.all.forwarding=1``), on both capture paths: with libpcap the
 forwarded packets are counted apart as with IPv4; with ``--capture kernel``
 (which counts every namespace's sockets) they are never seen, so the client
 and the server each count their own packets once, exactly, and nothing is
-forwarded.
+forwarded.  The same through IPv6 source NAT (an ip6 masquerade), ICMPv6
+pings included.  On the kernel path ICMP is no socket's TCP or UDP traffic:
+the ``icmp_*`` and ``forwarded_icmp_*`` figures stay 0 there.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -301,10 +309,12 @@ def test_an_address_added_while_running_is_local_at_once(
         server.finish()
 
 
-# ICMP echo requests from a raw socket, each waited for (its reply), bounded in time.
+# ICMP (or ICMPv6, for an IPv6 target) echo requests from a raw socket, each waited for
+# (its reply), bounded in time.  The identifier is the pid's: two runs differ.
 PINGS = """
 import os, socket, struct, sys, time
 target, count = sys.argv[1], int(sys.argv[2])
+v6 = ":" in target
 
 
 def checksum(data):
@@ -314,25 +324,50 @@ def checksum(data):
     return ~total & 0xFFFF
 
 
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+if v6:  # the kernel fills in an ICMPv6 raw socket's checksum
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    request, reply = 128, 129
+else:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    request, reply = 8, 0
 sock.settimeout(2.0)
 ident = os.getpid() & 0xFFFF
 replies = 0
 for seq in range(count):
     payload = bytes(56)
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    sock.sendto(struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload,
-                (target, 0))
+    header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+    check = 0 if v6 else checksum(header + payload)
+    sock.sendto(struct.pack("!BBHHH", request, 0, check, ident, seq) + payload, (target, 0))
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         data = sock.recv(2048)
-        icmp = data[(data[0] & 15) * 4:]
-        if icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
+        icmp = data if v6 else data[(data[0] & 15) * 4:]
+        if icmp[0] == reply and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
             replies += 1
             break
 print(replies)
 """
 PING_WIRE_BYTES = 20 + 8 + 56 + LINK_OVERHEAD  # IP + ICMP header + payload, link and CRC
+PING6_WIRE_BYTES = 40 + 8 + 56 + LINK_OVERHEAD  # the same over IPv6
+
+
+def masquerade(router: Any, family: str = "ip") -> None:
+    """Source NAT of everything leaving the router by its outside interface (ro)."""
+    nft = nft_or_skip()
+    router.run(nft, f"add table {family} nat")
+    router.run(
+        nft, f"add chain {family} nat post {{ type nat hook postrouting priority srcnat ; }}"
+    )
+    router.run(nft, f"add rule {family} nat post oifname ro counter masquerade")
+
+
+def masqueraded(router: Any, family: str = "ip") -> int:
+    """How many connections the masquerade rule rewrote (its counter: NAT chains see the
+    first packet of each conntrack entry only)."""
+    listing = router.run(nft_or_skip(), f"list chain {family} nat post")
+    counted = re.search(r"counter packets (\d+)", listing)
+    assert counted is not None, listing
+    return int(counted.group(1))
 
 
 def test_forwarded_icmp_is_counted_apart(net: dict[str, Any], router_daemon: Any) -> None:
@@ -354,6 +389,62 @@ def test_forwarded_icmp_is_counted_apart(net: dict[str, Any], router_daemon: Any
     assert status["forwarded_icmp_sent_bytes"] == 2 * 8 * PING_WIRE_BYTES
     assert status["icmp_received"] - before["icmp_received"] == 5
     assert status["icmp_sent"] - before["icmp_sent"] == 5
+    assert_only_forwarded(status)
+
+
+@pytest.mark.parametrize("capture", ["pcap", "kernel"])
+def test_masqueraded_pings_are_forwarded_and_the_router_s_own_stay_its_own(
+    net: dict[str, Any], router_daemon: Any, capture: str
+) -> None:
+    """Source NAT on the router (IPv6 off, so no other ICMP): 8 pings from the client to the
+    server leave the router from its own outside address, as do the 5 pings the router
+    sends to the server itself meanwhile, between the same two addresses (another echo
+    identifier); 3 pings from the client to the router are the router's too.
+
+    libpcap path: the 8 requests and 8 replies are forwarded ICMP, each in and out,
+    bytes exact; the router's own ICMP figures hold its 5 + 3 requests and replies.
+    Kernel path: the programs count sockets' TCP and UDP only, so ICMP is in neither
+    figure (0), forwarded or not, as on every host there."""
+    for netns in net.values():
+        set_sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
+    masquerade(net["router"])
+    d = router_daemon("--capture", capture)
+    before = d.status()
+    client, router = net["client"], net["router"]
+    # The router's own pings run beside the client's (the same batches, most likely).
+    own_pings = subprocess.Popen(
+        [*router.exec_prefix, sys.executable, "-c", PINGS, SERVER, "5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.run(sys.executable, "-c", PINGS, SERVER, "8").split() == ["8"]
+    finally:
+        own_replies, _ = own_pings.communicate(timeout=30)
+    assert own_replies.split() == ["5"]
+    assert client.run(sys.executable, "-c", PINGS, ROUTER_INSIDE, "3").split() == ["3"]
+    d.sync()
+    # One conntrack entry for the client's pings (one identifier), one for the router's.
+    assert masqueraded(router) == 2
+    status = d.status()
+    icmp = {name: status[name] - before[name] for name in ("icmp_sent", "icmp_received")}
+    if capture == "kernel":
+        assert icmp == {"icmp_sent": 0, "icmp_received": 0}, status
+        # The programs count the pings' sockets as sockets of another protocol: the raw
+        # sockets' 8 + 5 + 3 requests and replies, and the 16 echo replies of the server's
+        # and the router's own ICMP sockets; at least (the whole machine counts there).
+        other = status["kernel_other_protocol_packets"] - before["kernel_other_protocol_packets"]
+        assert other >= 2 * (8 + 5 + 3) + 8 + 5 + 3, other
+        for name in ("icmp_sent", "icmp_received"):
+            assert status[f"forwarded_{name}"] == 0 and status[f"forwarded_{name}_bytes"] == 0
+        balance(d)
+        return
+    assert status["forwarded_icmp_received"] == 2 * 8
+    assert status["forwarded_icmp_sent"] == 2 * 8
+    assert status["forwarded_icmp_received_bytes"] == 2 * 8 * PING_WIRE_BYTES
+    assert status["forwarded_icmp_sent_bytes"] == 2 * 8 * PING_WIRE_BYTES
+    assert icmp == {"icmp_sent": 5 + 3, "icmp_received": 5 + 3}, status
+    assert status["conntrack"].startswith("asked for"), status["conntrack"]
     assert_only_forwarded(status)
 
 
@@ -386,12 +477,18 @@ def net6(make_netns: Any) -> dict[str, Any]:
     return {"client": client, "router": router, "server": server}
 
 
+@pytest.mark.parametrize("nat", ["routed", "masquerade"])
 @pytest.mark.parametrize("capture", ["pcap", "kernel"])
 def test_forwarded_ipv6_udp_and_tcp_are_nobody_s(
-    net6: dict[str, Any], tmp_path: Path, capture: str
+    net6: dict[str, Any], tmp_path: Path, capture: str, nat: str
 ) -> None:
     """30 UDP requests of 100 bytes and 30 replies of 300, then a TCP exchange, from the
-    client through the IPv6 router to the server; the daemon runs in the router."""
+    client through the IPv6 router to the server; the daemon runs in the router.  With
+    ``masquerade`` the router rewrites the client's address to its own outside one
+    (nft, ip6 nat): outside, the flows carry 2001:db8:2::1 and look local; conntrack
+    tells them forwarded (libpcap path), and the kernel path never sees them."""
+    if nat == "masquerade":
+        masquerade(net6["router"], "ip6")
     d = Daemon(net6["router"], tmp_path / "run", "--capture", capture, "--exit-lifetime-s", "300")
     actors: list[Actor] = []
     try:
@@ -428,6 +525,8 @@ def test_forwarded_ipv6_udp_and_tcp_are_nobody_s(
             + server_info["bytes_sent"]
         )
         assert client_info["bytes_sent"] == 7000 and server_info["bytes_sent"] == 9000
+        if nat == "masquerade":  # the UDP flow and the TCP connection, each rewritten
+            assert masqueraded(net6["router"], "ip6") == 2
         if capture == "pcap":
             udp_bytes = DATAGRAMS * (REQUEST_BYTES + REPLY_BYTES + 2 * UDP6_OVERHEAD)
             for name in ("udp_received", "udp_sent"):
@@ -439,6 +538,8 @@ def test_forwarded_ipv6_udp_and_tcp_are_nobody_s(
                 assert status[f"forwarded_{name}"] == segments, (name, status)
                 assert status[f"forwarded_{name}_bytes"] == wire_bytes
             assert_only_forwarded(status)
+            if nat == "masquerade":
+                assert status["conntrack"].startswith("asked for"), status["conntrack"]
             return
         # --capture kernel: the endpoints' sockets are counted in their namespaces, each
         # packet once; the router forwards them unseen.
@@ -476,5 +577,54 @@ def test_forwarded_ipv6_udp_and_tcp_are_nobody_s(
     finally:
         for actor in actors:
             actor.finish()
+        code = d.stop()
+        assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"
+
+
+def wait_for_no_tentative_address(netns: Any) -> None:
+    """Bounded: until duplicate address detection is over (its neighbour solicitations,
+    sent from ::, are no address of the router's)."""
+    deadline = time.monotonic() + 5.0
+    while netns.run("ip", "-6", "addr", "show", "tentative").strip():
+        assert time.monotonic() < deadline, "IPv6 addresses still tentative after 5 s"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("capture", ["pcap", "kernel"])
+def test_masqueraded_icmpv6_pings_are_forwarded(
+    net6: dict[str, Any], tmp_path: Path, capture: str
+) -> None:
+    """IPv6 source NAT on the router: 8 ICMPv6 pings from the client to the server and 5
+    the router sends to the server itself, between the same addresses outside.
+
+    libpcap path: the client's 8 requests and 8 replies are forwarded ICMP, in and out,
+    bytes exact; the router's own pings are its own ICMP (with its neighbour discovery,
+    hence at least 5 each way).  Kernel path: ICMP is counted in neither figure."""
+    router = net6["router"]
+    masquerade(router, "ip6")
+    for netns in net6.values():
+        wait_for_no_tentative_address(netns)
+    d = Daemon(router, tmp_path / "run", "--capture", capture)
+    try:
+        before = d.status()
+        assert net6["client"].run(sys.executable, "-c", PINGS, SERVER6, "8").split() == ["8"]
+        assert router.run(sys.executable, "-c", PINGS, SERVER6, "5").split() == ["5"]
+        d.sync()
+        status = d.status()
+        assert masqueraded(router, "ip6") == 2  # the client's pings, the router's own
+        own = {name: status[name] - before[name] for name in ("icmp_sent", "icmp_received")}
+        if capture == "kernel":
+            assert own == {"icmp_sent": 0, "icmp_received": 0}, status
+            for name in ("icmp_sent", "icmp_received"):
+                assert status[f"forwarded_{name}"] == 0, status
+            balance(d)
+            return
+        for name in ("icmp_received", "icmp_sent"):
+            assert status[f"forwarded_{name}"] == 2 * 8, (name, status)
+            assert status[f"forwarded_{name}_bytes"] == 2 * 8 * PING6_WIRE_BYTES, status
+            assert own[name] >= 5, (name, own)
+        assert status["conntrack"].startswith("asked for"), status["conntrack"]
+        assert_only_forwarded(status)
+    finally:
         code = d.stop()
         assert code == 0, f"netatopd stopped with {code}:\n{d.logs()}"

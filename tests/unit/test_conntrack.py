@@ -3,7 +3,9 @@
 Ground truth: the C layouts of linux/netfilter/nfnetlink.h and
 nfnetlink_conntrack.h written out by hand, and one entry as Linux 6.18 sent
 it (198.51.100.7:40000 -> 192.0.2.1:80 TCP, DNAT to 192.0.2.9:8080, made
-with IPCTNL_MSG_CT_NEW in a scratch namespace).
+with IPCTNL_MSG_CT_NEW in a scratch namespace), and an ICMP echo entry as it
+sent it (a ping 192.0.2.1 -> 192.0.2.1, identifier 0x1234, asked for by its
+reply tuple).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from netatopd.netlink.conntrack import (
     FiveTuple,
     ctnl_msg_type,
     destination_after_nat,
+    icmp_tuple,
+    is_icmp_query,
     pack_get_request,
     source_before_nat,
     unpack_entry,
@@ -32,6 +36,7 @@ from netatopd.netlink.conntrack import (
 from netatopd.netlink.socket import NLMSGHDR, NetlinkError
 
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+ICMP, ICMPV6 = socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6
 
 
 # The kernel's answer to IPCTNL_MSG_CT_GET: nlmsg_type 0x0100 (IPCTNL_MSG_CT_NEW),
@@ -57,6 +62,30 @@ KERNEL_ENTRY_DNAT = golden(
       2c00 0180  0500 0100 00000000  0500 0200 00000000  0500 0300 00000000
                  0600 0400 00000000  0600 0500 00000000
     1c00 1880  0800 0100 00000000  0800 0200 00000000  0800 0300 00000000
+    """
+)
+
+
+# The kernel's answer to a GET of the reply tuple of a ping (Linux 6.18): both tuples
+# carry CTA_PROTO_NUM 1, CTA_PROTO_ICMP_ID 0x1234, CTA_PROTO_ICMP_TYPE (8 in the
+# original, 0 in the reply) and CTA_PROTO_ICMP_CODE 0; then CTA_STATUS, CTA_MARK,
+# CTA_ID, CTA_USE, CTA_TIMEOUT.
+KERNEL_ENTRY_ICMP = golden(
+    """
+    02 00 0000
+    3c00 0180
+      1400 0180  0800 0100 c0000201  0800 0200 c0000201
+      2400 0280  0500 0100 01000000  0600 0400 12340000
+                 0500 0500 08000000  0500 0600 00000000
+    3c00 0280
+      1400 0180  0800 0100 c0000201  0800 0200 c0000201
+      2400 0280  0500 0100 01000000  0600 0400 12340000
+                 0500 0500 00000000  0500 0600 00000000
+    0800 0300 0000000a
+    0800 0800 00000000
+    0800 0c00 58b1ca47
+    0800 0b00 00000002
+    0800 0700 0000001e
     """
 )
 
@@ -95,6 +124,63 @@ def test_get_request_golden_ipv6() -> None:
           1c00 0280  0500 0100 11 000000  0600 0200 1388 0000  0600 0300 0035 0000
         """
     )
+
+
+def test_get_request_golden_icmp() -> None:
+    """An echo reply's tuple: CTA_PROTO_ICMP_ID (__be16), _TYPE and _CODE (__u8) instead
+    of ports, as the kernel asked for it (the request that got KERNEL_ENTRY_ICMP)."""
+    flow = icmp_tuple(ICMP, v4("192.0.2.1"), v4("192.0.2.1"), 0x1234, 0, 0)
+    assert pack_get_request(flow) == golden(
+        """
+        02 00 0000
+        3c00 0180
+          1400 0180  0800 0100 c0000201  0800 0200 c0000201
+          2400 0280  0500 0100 01000000  0600 0400 12340000
+                     0500 0500 00000000  0500 0600 00000000
+        """
+    )
+
+
+def test_get_request_golden_icmpv6() -> None:
+    flow = icmp_tuple(ICMPV6, v6("2001:db8::5"), v6("2001:db8::1"), 0xBEEF, 128, 0)
+    assert pack_get_request(flow) == golden(
+        """
+        0a 00 0000
+        5400 0180
+          2c00 0180
+            1400 0300 20010db8 00000000 00000000 00000005
+            1400 0400 20010db8 00000000 00000000 00000001
+          2400 0280  0500 0100 3a000000  0600 0700 beef0000
+                     0500 0800 80000000  0500 0900 00000000
+        """
+    )
+
+
+def test_unpack_kernel_icmp_entry() -> None:
+    entry = unpack_entry(KERNEL_ENTRY_ICMP)
+    here = v4("192.0.2.1")
+    assert entry.original == icmp_tuple(ICMP, here, here, 0x1234, 8, 0)
+    assert entry.reply == icmp_tuple(ICMP, here, here, 0x1234, 0, 0)
+    assert entry.original.inverted() == entry.reply and entry.reply.inverted() == entry.original
+    assert not entry.nated
+
+
+def test_an_icmp_query_inverts_to_its_reply_with_the_same_identifier() -> None:
+    request = icmp_tuple(ICMP, v4("192.0.2.2"), v4("198.51.100.2"), 7, 8, 0)
+    assert request.inverted() == FiveTuple(ICMP, v4("198.51.100.2"), 7, v4("192.0.2.2"), 0)
+    for ask, answer in ((13, 14), (15, 16), (17, 18)):
+        assert icmp_tuple(ICMP, HOST, CLIENT, 1, ask, 0).inverted().dport >> 8 == answer
+    v6_request = icmp_tuple(ICMPV6, v6("2001:db8::5"), v6("2001:db8::1"), 9, 128, 0)
+    assert v6_request.inverted() == icmp_tuple(
+        ICMPV6, v6("2001:db8::1"), v6("2001:db8::5"), 9, 129, 0
+    )
+    assert icmp_tuple(ICMPV6, HOST, CLIENT, 1, 139, 0).inverted().dport >> 8 == 140
+    assert is_icmp_query(request) and is_icmp_query(v6_request)
+    unreachable = icmp_tuple(ICMP, HOST, CLIENT, 0, 3, 3)
+    assert not is_icmp_query(unreachable)
+    assert not is_icmp_query(icmp_tuple(ICMPV6, HOST, CLIENT, 0, 135, 0))  # solicitation
+    assert not is_icmp_query(icmp_tuple(ICMPV6, HOST, CLIENT, 0, 8, 0))  # ICMP's echo type
+    assert unreachable.inverted().dport == unreachable.dport  # no reply type: kept
 
 
 def test_get_request_rejects_mixed_families() -> None:
@@ -162,6 +248,26 @@ def test_sent_original_direction_of_masquerade_came_from_the_inner_host() -> Non
 def test_sent_reply_of_dnat_came_from_the_dnat_target() -> None:
     wire = FiveTuple(TCP, PUBLIC, 80, CLIENT, 40000)
     assert source_before_nat(DNAT, wire) == INNER
+
+
+# A ping from INNER (identifier 7) masqueraded as HOST (identifier 9) to CLIENT.
+PING_SNAT = ConntrackEntry(
+    icmp_tuple(ICMP, INNER, CLIENT, 7, 8, 0),
+    icmp_tuple(ICMP, CLIENT, HOST, 9, 0, 0),
+    CtStatus.CONFIRMED | CtStatus.SRC_NAT,
+)
+
+
+def test_pings_through_a_masquerade_come_from_and_go_to_the_inner_host() -> None:
+    request_out = icmp_tuple(ICMP, HOST, CLIENT, 9, 8, 0)  # leaves from HOST
+    reply_in = icmp_tuple(ICMP, CLIENT, HOST, 9, 0, 0)  # arrives for HOST
+    assert source_before_nat(PING_SNAT, request_out) == INNER
+    assert destination_after_nat(PING_SNAT, reply_in) == INNER
+    # The inside leg carries the inner identifier: the original tuple and its inverse.
+    assert destination_after_nat(PING_SNAT, icmp_tuple(ICMP, INNER, CLIENT, 7, 8, 0)) == CLIENT
+    assert source_before_nat(PING_SNAT, icmp_tuple(ICMP, CLIENT, INNER, 7, 0, 0)) == CLIENT
+    # Another identifier between the same addresses is not this entry's.
+    assert source_before_nat(PING_SNAT, icmp_tuple(ICMP, HOST, CLIENT, 8, 8, 0)) is None
 
 
 def test_without_nat_the_addresses_stand() -> None:
@@ -240,14 +346,26 @@ def test_a_timeout_is_unknown_but_does_not_give_up() -> None:
 
 
 def test_protocols_without_ports_are_unknown_without_asking() -> None:
+    """ESP has no conntrack tuple of its own, nor has an ICMP error (the kernel would
+    refuse its type): UNKNOWN, never asked."""
     ct, fake = conntrack()
-    assert ct.lookup(FiveTuple(socket.IPPROTO_ICMP, CLIENT, 0, PUBLIC, 0)) == (
-        CtState.UNKNOWN,
-        None,
-    )
+    unreachable = icmp_tuple(ICMP, CLIENT, PUBLIC, 0, 3, 3)
+    esp = FiveTuple(50, CLIENT, 0, PUBLIC, 0)
+    for flow in (unreachable, esp):
+        assert ct.lookup(flow) == (CtState.UNKNOWN, None)
+        with pytest.raises(ValueError):
+            ct.get(flow)
     assert fake.requests == []
-    with pytest.raises(ValueError):
-        ct.get(FiveTuple(socket.IPPROTO_ICMP, CLIENT, 0, PUBLIC, 0))
+
+
+def test_an_icmp_echo_is_asked_for_by_identifier_type_and_code() -> None:
+    ct, fake = conntrack([KERNEL_ENTRY_ICMP], errno.ENOENT)
+    here = v4("192.0.2.1")
+    reply = icmp_tuple(ICMP, here, here, 0x1234, 0, 0)
+    state, entry = ct.lookup(reply)
+    assert state == CtState.TRACKED and entry is not None and entry.reply == reply
+    assert fake.requests[0][2] == pack_get_request(reply)
+    assert ct.lookup(icmp_tuple(ICMP, here, here, 0x1235, 8, 0)) == (CtState.UNTRACKED, None)
 
 
 def test_no_netfilter_socket_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:

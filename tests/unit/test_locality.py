@@ -21,8 +21,14 @@ from netatopd.locality import (
     swap_key,
     tuple_key,
 )
-from netatopd.netlink.conntrack import ConntrackEntry, CtState, CtStatus, FiveTuple
-from netatopd.wire import PROTO_TCP, PROTO_UDP
+from netatopd.netlink.conntrack import (
+    ConntrackEntry,
+    CtState,
+    CtStatus,
+    FiveTuple,
+    icmp_tuple,
+)
+from netatopd.wire import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
 ROUTER = bytes((198, 51, 100, 1))  # the namespace's own address
 INSIDE = bytes((192, 0, 2, 9))  # a container behind it
@@ -297,3 +303,97 @@ def test_conntrack_is_not_asked_when_nothing_is_tracked_or_it_is_unavailable() -
 
 def test_verdict_markers_are_never_keys() -> None:
     assert len(LOCAL) not in (12, 36) and len(FORWARDED) not in (12, 36)
+
+
+# --- ICMP through a masquerade: rows keyed by identifier, type and code (parse.py) ------
+
+V6_ROUTER, V6_OUTSIDE = (
+    bytes.fromhex("20010db8" + "00" * 11 + "01"),
+    bytes.fromhex("20010db8" + "00" * 11 + "05"),
+)
+
+
+def icmp_key(src: bytes, dst: bytes, ident: int, icmp_type: int, code: int = 0) -> bytes:
+    return src + dst + struct.pack("!HBB", ident, icmp_type, code)
+
+
+# INSIDE pings OUTSIDE with identifier 7; the router masquerades it as ROUTER, identifier 9.
+PING_MASQUERADE = ConntrackEntry(
+    icmp_tuple(PROTO_ICMP, INSIDE, OUTSIDE, 7, 8, 0),
+    icmp_tuple(PROTO_ICMP, OUTSIDE, ROUTER, 9, 0, 0),
+    CtStatus.CONFIRMED | CtStatus.SRC_NAT,
+)
+# The router's own ping to OUTSIDE, identifier 5: the same addresses outside.
+PING_OWN = ConntrackEntry(
+    icmp_tuple(PROTO_ICMP, ROUTER, OUTSIDE, 5, 8, 0),
+    icmp_tuple(PROTO_ICMP, OUTSIDE, ROUTER, 5, 0, 0),
+    CtStatus.CONFIRMED,
+)
+
+
+def test_masqueraded_pings_are_forwarded_and_the_router_s_own_are_its_own() -> None:
+    """Outside, the masqueraded ping and the router's own carry the same addresses; the
+    identifier tells them apart (with addresses alone one verdict would serve both)."""
+    conntrack = FakeConntrack(PING_MASQUERADE, PING_OWN)
+    locality = Locality(FakeAddresses(ROUTER), conntrack, tracking=lambda: True)
+    sums = BatchSums()
+    sums.add_icmp(RECEIVED, 8, icmp_key(INSIDE, OUTSIDE, 7, 8), 8 * 102)  # in from inside
+    sums.add_icmp(SENT, 8, icmp_key(ROUTER, OUTSIDE, 9, 8), 8 * 102)  # out, masqueraded
+    sums.add_icmp(RECEIVED, 8, icmp_key(OUTSIDE, ROUTER, 9, 0), 8 * 102)  # replies in
+    sums.add_icmp(SENT, 8, icmp_key(OUTSIDE, INSIDE, 7, 0), 8 * 102)  # replies back in
+    sums.add_icmp(SENT, 5, icmp_key(ROUTER, OUTSIDE, 5, 8), 5 * 102)  # the router's own
+    sums.add_icmp(RECEIVED, 5, icmp_key(OUTSIDE, ROUTER, 5, 0), 5 * 102)
+    locality.split(sums)
+    assert (sums.icmp_sent, sums.icmp_received) == (5, 5)
+    figures = locality.figures()
+    assert figures["forwarded_icmp_sent"] == 16 and figures["forwarded_icmp_received"] == 16
+    assert figures["forwarded_icmp_sent_bytes"] == 16 * 102
+    assert figures["forwarded_icmp_received_bytes"] == 16 * 102
+    asked = conntrack.requests
+    # Decided once per row key: the same rows in the next batch ask nothing.
+    again = BatchSums()
+    again.add_icmp(SENT, 1, icmp_key(ROUTER, OUTSIDE, 9, 8), 102)
+    again.add_icmp(SENT, 1, icmp_key(ROUTER, OUTSIDE, 5, 8), 102)
+    locality.split(again)
+    assert conntrack.requests == asked and (again.icmp_sent, again.icmp_received) == (1, 0)
+
+
+def test_masqueraded_icmpv6_pings_are_forwarded() -> None:
+    inside6 = bytes.fromhex("20010db8" + "00" * 10 + "0109")
+    entry = ConntrackEntry(
+        icmp_tuple(PROTO_ICMPV6, inside6, V6_OUTSIDE, 7, 128, 0),
+        icmp_tuple(PROTO_ICMPV6, V6_OUTSIDE, V6_ROUTER, 7, 129, 0),
+        CtStatus.CONFIRMED | CtStatus.SRC_NAT,
+    )
+    locality = Locality(FakeAddresses(V6_ROUTER), FakeConntrack(entry), tracking=lambda: True)
+    sums = BatchSums()
+    sums.add_icmp(SENT, 3, icmp_key(V6_ROUTER, V6_OUTSIDE, 7, 128), 3 * 122)
+    sums.add_icmp(RECEIVED, 3, icmp_key(V6_OUTSIDE, V6_ROUTER, 7, 129), 3 * 122)
+    locality.split(sums)
+    assert (sums.icmp_sent, sums.icmp_received) == (0, 0)
+    assert locality.figures()["forwarded_icmp_sent_bytes"] == 3 * 122
+
+
+def test_icmp_that_is_no_query_or_has_no_identifier_goes_by_the_address_test() -> None:
+    """An unreachable to the router, a neighbour solicitation, and a ping whose capture
+    ended before its identifier (the addresses alone): conntrack is never asked."""
+    conntrack = FakeConntrack(PING_MASQUERADE)
+    locality = Locality(FakeAddresses(ROUTER, V6_ROUTER), conntrack, tracking=lambda: True)
+    sums = BatchSums()
+    sums.add_icmp(RECEIVED, 1, icmp_key(OUTSIDE, ROUTER, 0, 3, 3), 90)
+    sums.add_icmp(SENT, 1, icmp_key(V6_ROUTER, V6_OUTSIDE, 0, 135), 90)
+    sums.add_icmp(RECEIVED, 2, OUTSIDE + ROUTER, 2 * 102)
+    sums.add_icmp(SENT, 4, INSIDE + OUTSIDE, 4 * 102)  # passing through
+    locality.split(sums)
+    assert conntrack.requests == 0
+    assert (sums.icmp_sent, sums.icmp_received) == (1, 3)
+    assert locality.figures()["forwarded_icmp_sent"] == 4
+
+
+def test_icmp_asks_conntrack_only_when_something_is_tracked() -> None:
+    conntrack = FakeConntrack(PING_MASQUERADE)
+    locality = Locality(FakeAddresses(ROUTER), conntrack, tracking=lambda: False)
+    sums = BatchSums()
+    sums.add_icmp(SENT, 2, icmp_key(ROUTER, OUTSIDE, 9, 8), 2 * 102)
+    locality.split(sums)
+    assert conntrack.requests == 0 and sums.icmp_sent == 2  # the address test stands

@@ -134,7 +134,8 @@ IPV6_AH_UDP = frame(
 )
 IPV6_AH_UDP_KEY = frame(V6_SRC + V6_DST + "0007 0009")
 
-# ICMPv4 echo received on ifindex 3: tot_len 84, wire 84 + 14 + 4 = 102, key: the addresses.
+# ICMPv4 echo received on ifindex 3: tot_len 84, wire 84 + 14 + 4 = 102, key: the addresses,
+# the echo identifier (0x0001), type 8 and code 0.
 IPV4_ICMP = frame(
     SLL2_ETH3_IN_V4 + "45 00 0054 0004 0000 40 01 0000 c6336402 c0000201 0800 0000 0001 0001"
 )
@@ -169,8 +170,28 @@ GOLDEN_PACKETS: list[tuple[str, bytes, tuple[int, int, bytes, int]]] = [
         (Direction.SENT, PROTO_TCP, IPV4_TCP_SENT_KEY, 65614),
     ),
     ("ipv6 ah", IPV6_AH_UDP, (Direction.RECEIVED, PROTO_UDP, IPV6_AH_UDP_KEY, 76)),
-    ("icmp", IPV4_ICMP, (Direction.RECEIVED, PROTO_ICMP, frame("c6336402 c0000201"), 102)),
-    ("icmpv6", IPV6_ICMP, (Direction.RECEIVED, PROTO_ICMPV6, frame(V6_SRC + V6_DST), 66)),
+    (
+        "icmp",
+        IPV4_ICMP,
+        (Direction.RECEIVED, PROTO_ICMP, frame("c6336402 c0000201 0001 0800"), 102),
+    ),
+    (
+        "icmpv6",
+        IPV6_ICMP,
+        (Direction.RECEIVED, PROTO_ICMPV6, frame(V6_SRC + V6_DST + "0001 8000"), 66),
+    ),
+    # Captured up to the checksum only: the identifier is not there, the addresses are
+    # the key (locality.py's address test alone decides such a row).
+    (
+        "icmp cut before the identifier",
+        IPV4_ICMP[:-4],
+        (Direction.RECEIVED, PROTO_ICMP, frame("c6336402 c0000201"), 102),
+    ),
+    (
+        "icmpv6 shorter than its identifier",
+        frame(SLL2_ETH3_IN_V6 + "60000000 0004 3a 40" + V6_SRC + V6_DST + "8000 0000"),
+        (Direction.RECEIVED, PROTO_ICMPV6, frame(V6_SRC + V6_DST), 62),
+    ),
 ]
 
 
@@ -501,7 +522,7 @@ def _valid_result(result: object) -> bool:
     return (
         direction in (0, 1, 2)
         and proto in (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6)
-        and len(key) in ((8, 32) if proto in (PROTO_ICMP, PROTO_ICMPV6) else (12, 36))
+        and len(key) in ((8, 12, 32, 36) if proto in (PROTO_ICMP, PROTO_ICMPV6) else (12, 36))
         and wire > 0
     )
 

@@ -30,6 +30,7 @@ def test_struct_sizes_match_c_sizeof() -> None:
     assert wire.TCPHDR.size == 20
     assert wire.PCAP_SF_PKTHDR.size == 16
     assert wire.PORTS.size == 4
+    assert wire.ICMPHDR.size == 8
 
 
 def test_member_offsets_are_the_c_offsets() -> None:
@@ -45,6 +46,7 @@ def test_member_offsets_are_the_c_offsets() -> None:
     assert wire.IPV6HDR.offset("nexthdr") == 6
     assert wire.IPV6HDR.offset("saddr") == 8
     assert wire.PCAP_SF_PKTHDR.offset("caplen") == 8
+    assert wire.ICMPHDR.offset("echo_id") == 4  # struct icmphdr un.echo.id, icmp6_identifier
 
 
 def test_fields_skip_what_is_not_wanted() -> None:
