@@ -1,8 +1,7 @@
 """Conntrack against the real kernel (root, a namespace the test makes).
 
-No NAT rules: this machine has neither ``nft`` nor ``iptables`` (Debian
-packages nftables / iptables), so the entries NAT would make are made
-directly with IPCTNL_MSG_CT_NEW (the ``conntrack -I`` request), CTA_NAT_DST
+No NAT rules here (test_forwarding.py makes real ones with ``nft``): the
+entries NAT would make are made directly with IPCTNL_MSG_CT_NEW (the ``conntrack -I`` request), CTA_NAT_DST
 or CTA_NAT_SRC asking the kernel's NAT core to pick the rewritten tuple.
 What is checked is what the kernel answers a GET with, in every direction,
 for TCP, UDP, and ICMP and ICMPv6 echo (tuples by identifier, type and code).
