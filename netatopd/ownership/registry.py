@@ -289,6 +289,9 @@ class TaskRegistry:
         if recent is None or recent[0].start_time_ticks != start_time_ticks:
             return None
         task, exit_s, finished_s, _summed = recent
+        current = self.tasks.get(tgid)
+        if current is not None and current is not task:
+            return None  # the pid's later process has the table's task: never replaced
         if time.monotonic() - finished_s > LATE_PACKETS_S or not self.tasks.admit(task):
             return None
         task.exited = False
