@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -33,6 +34,15 @@ UDP4_OVERHEAD = 20 + 8 + LINK_OVERHEAD
 UDP6_OVERHEAD = 40 + 8 + LINK_OVERHEAD
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _die_with_the_test() -> None:
+    """In a child before its exec: SIGTERM it when the test process goes (killed by a
+    timeout, say), so no daemon of ours outlives the suite with its programs loaded."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class Daemon:
     """netatopd running in a namespace with a private run directory."""
 
@@ -56,7 +66,13 @@ class Daemon:
             *options,
         ]
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            preexec_fn=_die_with_the_test,  # noqa: PLW1509 - the test's own thread
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
@@ -114,6 +130,7 @@ class Actor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_die_with_the_test,  # noqa: PLW1509 - the test's own thread
         )
         self.pending = b""
         first = self.read()
