@@ -505,21 +505,21 @@ class Engine:
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def _tasks_may_finish(self) -> bool:
-        """True when this housekeeping pass may finish tasks (ended, sweep, GC or reap)."""
-        return (
-            self.registry.has_ended()
-            or self.sweeper.due()
-            or self.gc_requested
-            or self.clock.monotonic() - self.last_reap_monotonic_s >= REAP_INTERVAL_S
-        )
+    def _flows_may_go(self) -> bool:
+        """True when this housekeeping pass may drop flows (a sweep or a FORCE_GC).
+
+        Tasks finished without one (ended processes, the reap) need no read
+        here: the registry's ``before_finish`` hook (``_before_tasks_finish``)
+        reads the sums once their processes were seen gone, and only then.
+        """
+        return self.sweeper.due() or self.gc_requested
 
     def housekeeping(self, resolved: bool = False) -> None:
         """Everything due besides counting; resolved: drain_capture just resolved and settled."""
         now_s = self.clock.wall()
-        if self.kernel_capture is not None and self._tasks_may_finish():
+        if self.kernel_capture is not None and self._flows_may_go():
             # Known sockets' sums wait in the kernel up to --sum-interval-ms: read them
-            # before any task is finished (its last packets are its).
+            # before a sweep drops idle flows (a task finished is read for by its hook).
             resolved = self.drain_capture(force=True) or resolved
         if not resolved or self.flows.dirty or self.flows.new:
             self.resolver.settle(now_s)
