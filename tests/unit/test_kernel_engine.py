@@ -24,6 +24,7 @@ from netatopd.tasks import TaskInfo
 
 SUM_INTERVAL_S = 10.0  # longer than the test: only forced reads drain
 GONE_PID = 4_000_000  # above pid_max: no such process
+WAKE_FD = 1_000_000  # a wake ring (never watched here: the tests call what the loop would)
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ class EngineCounter(FakeCounter):
 
 @pytest.fixture
 def counter() -> FakeCounter:
-    return EngineCounter()
+    return EngineCounter(wake_fd=WAKE_FD)
 
 
 @pytest.fixture
@@ -111,3 +112,64 @@ def test_a_task_the_reap_finishes_has_the_sums_read_first(
     engine.housekeeping()
     assert task.exited
     assert counter.drains == drains_before + 1 and counter.sent == {}
+
+
+def run_loop(engine: Engine, fake_time: FakeTime, counter: FakeCounter, seconds: float) -> int:
+    """The event loop's passes with the clock moved to each wake-up (loop.EventLoop's
+    timeout, 1 ms of epoll rounding); a known socket sends before every pass."""
+    passes = 0
+    end_s = fake_time.monotonic_s + seconds
+    while fake_time.monotonic_s < end_s and passes < 10_000:
+        timeout_s = min(engine.seconds_until_next_work(), engine.seconds_until_drain())
+        fake_time.advance(timeout_s + 0.001)
+        counter.send(cookie=7, datagrams=10, new=False)
+        passes += 1
+        engine.drain_capture()
+        engine.housekeeping()
+    return passes
+
+
+@pytest.fixture
+def steady(engine: Engine, fake_time: FakeTime, counter: FakeCounter) -> Engine:
+    """A live task (reaped every REAP_INTERVAL_S) out of phase with the sums' reads."""
+    me = os.getpid()
+    engine.tasks.admit(TaskInfo(me, engine.procfs.stat(me).start_time_ticks, 0, "pytest"))
+    capture = engine.kernel_capture
+    assert capture is not None
+    capture.sum_interval_s = REAP_INTERVAL_S  # the default: 250 ms, as the reap
+    engine.housekeeping()  # the reap and the publish now ...
+    fake_time.advance(0.1)
+    counter.send(cookie=7, datagrams=1, new=True)
+    engine.drain_capture()  # ... the first read 100 ms later (a new socket)
+    engine.housekeeping()
+    return engine
+
+
+def test_reap_publish_and_sums_share_one_wake_up(
+    steady: Engine, fake_time: FakeTime, counter: FakeCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steady traffic of known sockets: one wake-up a sum interval reads the sums, reaps
+    and publishes (out of phase they made two or three)."""
+    engine = steady
+    publish, reap = engine.publish, engine.registry.reap
+    done = {"publish": 0, "reap": 0}
+
+    def counted_publish() -> None:
+        done["publish"] += 1
+        publish()
+
+    def counted_reap(now_s: float, limit: int) -> list[TaskInfo]:
+        done["reap"] += 1
+        return reap(now_s, limit)
+
+    run_loop(engine, fake_time, counter, 3.0)  # the socket's owner given up meanwhile
+    monkeypatch.setattr(engine, "publish", counted_publish)
+    monkeypatch.setattr(engine.registry, "reap", counted_reap)
+    reads_before = counter.drains
+    passes = run_loop(engine, fake_time, counter, 5.0)
+    reads, publishes = counter.drains - reads_before, done["publish"]
+    assert 19 <= done["reap"] <= 21
+    assert 19 <= reads <= 21  # every 250 ms
+    assert 19 <= publishes <= 21
+    assert passes <= reads + 1  # the reap and the publish woke the loop no more
+    assert counter.sent == {}  # every pass's datagrams read in that pass (due then)
