@@ -619,12 +619,14 @@ class Engine:
         come every 250 ms by default) and the loop wakes once for both, not
         once for each (a reap, a publish and a read out of phase made three
         wake-ups where one does).  Elsewhere, and after a longer gap: now.
+        (A step done within DUE_SLACK_S of the interval counts as done now: it
+        must not fall due again at once.)
         """
         capture = self.kernel_capture
         if capture is None:
             return monotonic_s
         read_s = capture.read_monotonic_s
-        return read_s if 0.0 <= monotonic_s - read_s < interval_s else monotonic_s
+        return read_s if 0.0 <= monotonic_s - read_s < interval_s - DUE_SLACK_S else monotonic_s
 
     def metric_figures(self) -> dict[str, object]:
         """The STATUS figures the metrics endpoint exports (metrics.catalogue)."""

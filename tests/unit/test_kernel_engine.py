@@ -173,3 +173,20 @@ def test_reap_publish_and_sums_share_one_wake_up(
     assert 19 <= publishes <= 21
     assert passes <= reads + 1  # the reap and the publish woke the loop no more
     assert counter.sent == {}  # every pass's datagrams read in that pass (due then)
+
+
+def test_a_step_done_at_the_end_of_its_interval_is_not_due_again_at_once(
+    engine: Engine, fake_time: FakeTime
+) -> None:
+    """Back-dated to the last read only when that read was well within the interval:
+    a publish in the last DUE_SLACK_S before the next read counts as done now."""
+    capture = engine.kernel_capture
+    assert capture is not None
+    capture.read_monotonic_s = fake_time.monotonic_s - 0.1
+    engine.publish()
+    assert engine.last_publish_monotonic_s == capture.read_monotonic_s  # in the read's phase
+    capture.read_monotonic_s = fake_time.monotonic_s - (engine.publish_interval_s - 0.0005)
+    engine.publish()
+    assert engine.last_publish_monotonic_s == fake_time.monotonic_s
+    engine.packets += 1  # counters changed: the next publish is due an interval later
+    assert engine.seconds_until_next_work() > engine.publish_interval_s / 2
