@@ -61,6 +61,7 @@ GENERATOR_CPU = 1
 START_TIMEOUT_S = 20.0
 QUIET_CPU_NS = 2_000_000  # a monitor using less than this per 100 ms is done
 QUIET_LIMIT_S = 5.0
+IDLE_WINDOW_S = 2.0  # the daemon's idle CPU before each paced run (its fixed cost a second)
 
 
 # -- plumbing ---------------------------------------------------------------------------
@@ -408,16 +409,25 @@ class Run(NamedTuple):
     elapsed_s: float
     counts_before: dict[str, Any] | None
     counts_after: dict[str, Any] | None
+    wall_s: float = 0.0  # from the CPU reading before the send to the one after the settle
+    idle_ns_per_s: float | None = None  # CPU a second over an idle window just before
 
 
-def measured_run(monitor: Monitor, gen: Traffic, command: str) -> Run:
+def measured_run(monitor: Monitor, gen: Traffic, command: str, idle_s: float = 0.0) -> Run:
+    """One send measured; idle_s > 0: the monitor's CPU over that long with no traffic
+    of ours first (after the warm-up and settle, flows known), as a rate."""
     gen.ask("go 20000 400")  # warm-up: flows exist and their owners are known
     monitor.settle()
     before_counts = monitor.counts()
-    before = monitor.cpu_ns()
+    idle_ns_per_s = None
+    if idle_s > 0:
+        idle_cpu, idle_wall = monitor.cpu_ns(), time.monotonic()
+        time.sleep(idle_s)
+        idle_ns_per_s = (monitor.cpu_ns() - idle_cpu) / (time.monotonic() - idle_wall)
+    before, before_wall = monitor.cpu_ns(), time.monotonic()
     answer = gen.ask(command)
     monitor.settle()
-    after = monitor.cpu_ns()
+    after, after_wall = monitor.cpu_ns(), time.monotonic()
     after_counts = monitor.counts()
     return Run(
         after - before,
@@ -425,6 +435,8 @@ def measured_run(monitor: Monitor, gen: Traffic, command: str) -> Run:
         float(answer.get("elapsed_s", 0.0)),
         before_counts,
         after_counts,
+        after_wall - before_wall,
+        idle_ns_per_s,
     )
 
 
@@ -450,11 +462,30 @@ def cpu_figures(
             mixed = Traffic(ns, "mixed", payload_bytes=64)
             for _ in range(repeats):
                 for label, rate, count in rates:
-                    run = measured_run(monitor, udp, f"go {rate} {count}")
+                    idle_s = IDLE_WINDOW_S if isinstance(monitor, Netatopd) else 0.0
+                    run = measured_run(monitor, udp, f"go {rate} {count}", idle_s)
                     name = monitor.name
                     figures.add(
                         f"cpu/packet UDP {label}", name, run.cpu_ns / 1000 / run.offered, "us"
                     )
+                    if run.idle_ns_per_s is not None:
+                        # The fixed cost a second (the daemon with no traffic of ours), and
+                        # the marginal cost a packet: the run's CPU less that rate over the
+                        # run's wall time (the send and the settle), over the packets.
+                        figures.add(
+                            f"  idle CPU before UDP {label}",
+                            name,
+                            run.idle_ns_per_s / 1e6,
+                            "ms/s",
+                        )
+                        marginal_ns = run.cpu_ns - run.idle_ns_per_s * run.wall_s
+                        figures.add(
+                            f"  cpu/packet UDP {label} less idle",
+                            name,
+                            marginal_ns / 1000 / run.offered,
+                            "us",
+                        )
+                        figures.add(f"  send + settle UDP {label}", name, run.wall_s, "s")
                     if run.elapsed_s:
                         figures.add(
                             f"offered rate UDP {label}", name, run.offered / run.elapsed_s, "pps"
@@ -1022,6 +1053,7 @@ def main() -> None:
     os.sched_setaffinity(0, {MONITOR_CPU})  # this process mostly sleeps
     figures = Figures()
     started = time.monotonic()
+    load_before = os.getloadavg()
     ns = Netns(f"ntpG{os.getpid()}b")
     try:
         with tempfile.TemporaryDirectory(prefix="netatop-bench-") as temp:
@@ -1064,6 +1096,9 @@ def main() -> None:
         shown = ["none", *dict.fromkeys([*shown, *sender_shown])]
     print_table(figures, shown, notes)
     print(f"bench took {time.monotonic() - started:.0f} s")
+    loads = " ".join(f"{value:.2f}" for value in load_before)
+    loads_end = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"load average (1, 5, 15 min): at the start {loads}, at the end {loads_end}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class KernelCapture:
         self.sum_interval_s = max(sum_interval_s, drain_interval_s)
         self.next_drain_monotonic_s = 0.0
         self.next_sums_monotonic_s = 0.0
+        self.read_monotonic_s = 0.0  # when the last read of the sums began (time.monotonic)
         self.sums_wanted = False
         self.wake_fd = counter.wake_fileno()
         self.new_socket_woke = False  # the wake ring said a new socket came: drain soon
@@ -134,6 +135,7 @@ class KernelCapture:
         except KernelCounterError as err:
             raise CaptureError(str(err)) from err
         self.sums_wanted = False
+        self.read_monotonic_s = now
         self.next_sums_monotonic_s = now + self.sum_interval_s
         self.drains += 1
         link = LINK_HEADER_BYTES

@@ -78,6 +78,9 @@ SIMULATE_HELPER_OWNERS_ONLY_ENV = "NETATOPD_SIMULATE_HELPER_OWNERS_ONLY"
 IDENTITY_EXPIRY_INTERVAL_S = 5.0  # identities of ended processes are dropped this often
 INITIAL_NETNS_PATH = "/proc/1/ns/net"  # where the proc connector answers (default)
 RESYNC_LOG_INTERVAL_S = 10.0  # at most one warning this often about lost process events
+# A periodic step (reap, publish) counts as due this much early: on the kernel path it
+# then runs in the wake-up of the sums read it was put in phase with (_in_read_phase).
+DUE_SLACK_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,21 +508,21 @@ class Engine:
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def _tasks_may_finish(self) -> bool:
-        """True when this housekeeping pass may finish tasks (ended, sweep, GC or reap)."""
-        return (
-            self.registry.has_ended()
-            or self.sweeper.due()
-            or self.gc_requested
-            or self.clock.monotonic() - self.last_reap_monotonic_s >= REAP_INTERVAL_S
-        )
+    def _flows_may_go(self) -> bool:
+        """True when this housekeeping pass may drop flows (a sweep or a FORCE_GC).
+
+        Tasks finished without one (ended processes, the reap) need no read
+        here: the registry's ``before_finish`` hook (``_before_tasks_finish``)
+        reads the sums once their processes were seen gone, and only then.
+        """
+        return self.sweeper.due() or self.gc_requested
 
     def housekeeping(self, resolved: bool = False) -> None:
         """Everything due besides counting; resolved: drain_capture just resolved and settled."""
         now_s = self.clock.wall()
-        if self.kernel_capture is not None and self._tasks_may_finish():
+        if self.kernel_capture is not None and self._flows_may_go():
             # Known sockets' sums wait in the kernel up to --sum-interval-ms: read them
-            # before any task is finished (its last packets are its).
+            # before a sweep drops idle flows (a task finished is read for by its hook).
             resolved = self.drain_capture(force=True) or resolved
         if not resolved or self.flows.dirty or self.flows.new:
             self.resolver.settle(now_s)
@@ -533,11 +536,15 @@ class Engine:
         if self.sweeper.due():
             self.sweeper.run(now_s)
             self.gc_requested = False
-            self.last_reap_monotonic_s = self.clock.monotonic()
+            self.last_reap_monotonic_s = self._in_read_phase(
+                self.clock.monotonic(), REAP_INTERVAL_S
+            )
         elif self.gc_requested and self.sweeper.force(now_s):
             self.gc_requested = False
-        elif self.clock.monotonic() - self.last_reap_monotonic_s >= REAP_INTERVAL_S:
-            self.last_reap_monotonic_s = self.clock.monotonic()
+        elif self.clock.monotonic() - self.last_reap_monotonic_s >= REAP_INTERVAL_S - DUE_SLACK_S:
+            self.last_reap_monotonic_s = self._in_read_phase(
+                self.clock.monotonic(), REAP_INTERVAL_S
+            )
             self.registry.reap(now_s, REAP_TASKS_MAX)
         if self.sweeper.runs != runs_before and isinstance(self.resolver, CookieResolver):
             self.resolver.sweep_cookie_flows(
@@ -556,7 +563,7 @@ class Engine:
         # (a heartbeat: readers tell a live daemon from a dead one by the update time).
         since_publish_s = self.clock.monotonic() - self.last_publish_monotonic_s
         active = self.packets != self.packets_at_publish
-        if since_publish_s >= (self.publish_interval_s if active else IDLE_WAKE_S):
+        if since_publish_s >= (self.publish_interval_s if active else IDLE_WAKE_S) - DUE_SLACK_S:
             self.publish()
 
     def seconds_until_next_work(self) -> float:
@@ -591,17 +598,35 @@ class Engine:
 
     def publish(self) -> None:
         """Write the shared table (batched: every publish interval, never per packet)."""
-        self.last_publish_monotonic_s = self.clock.monotonic()
+        monotonic_s = self.clock.monotonic()
+        self.last_publish_monotonic_s = self._in_read_phase(monotonic_s, self.publish_interval_s)
         self.packets_at_publish = self.packets
         self.table.publish(self.rows(), self.table_figures())
         metrics = self.metrics
-        if metrics is not None and metrics.due(self.last_publish_monotonic_s):
+        if metrics is not None and metrics.due(monotonic_s):
             metrics.publish(
                 self.tasks.by_tgid.values(),
                 self.metric_figures(),
-                self.last_publish_monotonic_s,
+                monotonic_s,
                 self.clock.wall(),
             )
+
+    def _in_read_phase(self, monotonic_s: float, interval_s: float) -> float:
+        """When a periodic step done now counts as done, for its next due time.
+
+        On the kernel path: at the last read of the sums when that was less
+        than interval_s ago, so the step falls due with the next read (both
+        come every 250 ms by default) and the loop wakes once for both, not
+        once for each (a reap, a publish and a read out of phase made three
+        wake-ups where one does).  Elsewhere, and after a longer gap: now.
+        (A step done within DUE_SLACK_S of the interval counts as done now: it
+        must not fall due again at once.)
+        """
+        capture = self.kernel_capture
+        if capture is None:
+            return monotonic_s
+        read_s = capture.read_monotonic_s
+        return read_s if 0.0 <= monotonic_s - read_s < interval_s - DUE_SLACK_S else monotonic_s
 
     def metric_figures(self) -> dict[str, object]:
         """The STATUS figures the metrics endpoint exports (metrics.catalogue)."""
