@@ -60,6 +60,7 @@ SENDER_CPU = 1
 TRACEPOINTS = ("sock_send_length", "sock_recv_length")
 SLICE_SENDS = 5_000
 WARM_UP_SENDS = 1_000
+CLEAN_POLL_S = 0.2
 SO_COOKIE = 57  # asm-generic/socket.h: asking gives the socket its cookie
 
 _COOKIE_LINE = "send, payload = sender.send"
@@ -188,13 +189,15 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def sliced(wanted: list[str], rounds: int, sends: int) -> None:
+def sliced(wanted: list[str], rounds: int, sends: int, clean_wait_s: float = 0.0) -> None:
     """The precise figure: in this process, pinned to SENDER_CPU, slices of ``sends``
     64-byte sends on one connected UDP socket (given its cookie) on the loopback,
     each variant attached for its slice only (after WARM_UP_SENDS untimed sends),
     round after round in an order that turns each round; the thread's own CPU
     (user + system) a send, and each variant's difference to the no-program slice
-    of the same round (paired: drifts of the machine cancel out)."""
+    of the same round (paired: drifts of the machine cancel out).  With
+    ``clean_wait_s`` each round first waits, within that many seconds in all, until
+    no other daemon's send/recv programs are loaded."""
     os.sched_setaffinity(0, {SENDER_CPU})
     per_call: dict[str, list[float]] = {name: [] for name in ["none", *wanted]}
     added: dict[str, list[float]] = {name: [] for name in wanted}
@@ -219,10 +222,15 @@ def sliced(wanted: list[str], rounds: int, sends: int) -> None:
 
         one_slice()  # warm up
         order = ["none", *wanted]
+        deadline = time.monotonic() + clean_wait_s
         for index in range(rounds):
             # the order turns each round, so no variant always follows the same one
             shift = index % len(order)
             foreign = foreign_length_programs()
+            # --clean-wait-s: wait (bounded) for a moment without another daemon's programs
+            while foreign and time.monotonic() < deadline:
+                time.sleep(CLEAN_POLL_S)
+                foreign = foreign_length_programs()
             values: dict[str, float] = {}
             for name in order[shift:] + order[:shift]:
                 with VARIANTS[name]() if name != "none" else contextlib.nullcontext():
@@ -285,6 +293,12 @@ def main() -> int:
         help="rounds of the in-process sliced measurement instead of the sender rounds",
     )
     parser.add_argument("--slice-sends", type=int, default=SLICE_SENDS)
+    parser.add_argument(
+        "--clean-wait-s",
+        type=float,
+        default=0.0,
+        help="seconds in all that the slices may wait for no other daemon's programs",
+    )
     args = parser.parse_args()
     wanted = [name for name in args.variants.split(",") if name]
     for name in wanted:
@@ -292,7 +306,7 @@ def main() -> int:
             parser.error(f"unknown variant {name} (known: {', '.join(VARIANTS)})")
     if args.slices:
         print(f"load average before: {load_average()}")
-        sliced(wanted, args.slices, args.slice_sends)
+        sliced(wanted, args.slices, args.slice_sends, args.clean_wait_s)
         print(f"load average after: {load_average()}")
         return 0
     netns = f"ntpR{os.getpid()}"
