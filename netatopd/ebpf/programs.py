@@ -19,8 +19,12 @@ What the programs record:
   does not mix there (two records of one key between drains: the later one
   stays, and the other socket's owner is found through sock_diag).
 * ``sock:sock_send_length`` / ``sock:sock_recv_length`` run in the thread
-  that called sendmsg/recvmsg.  They read the flow tuple from the socket
-  (``bpf_probe_read_kernel`` on ``struct sock_common``) and store, in the
+  that called sendmsg/recvmsg, either as perf-event tracepoint programs
+  (their inputs from the tracepoint's record) or as raw tracepoint programs
+  (``raw_length_context``: sk and ret from the call's arguments, the family
+  and protocol read from sk); the two build the same records.  They read
+  the flow tuple from the socket (``bpf_probe_read_kernel`` on
+  ``struct sock_common``) and store, in the
   flows map under slot IO, the last (tid, tgid, comm, time, SEND/RECV) of the
   flow and the socket's cookie (``skc_cookie``, read: tracepoint programs
   may not call ``bpf_get_socket_cookie``; 0 until the kernel first gives
