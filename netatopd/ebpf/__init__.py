@@ -12,6 +12,7 @@ public names re-exported here; where the helper cannot be loaded,
 """
 
 from .helper import (
+    AttachKind,
     EbpfUnavailable,
     FlowOwner,
     KernelOwnership,
@@ -22,6 +23,7 @@ from .helper import (
 )
 
 __all__ = [
+    "AttachKind",
     "EbpfUnavailable",
     "FlowOwner",
     "KernelOwnership",

@@ -45,6 +45,10 @@ BTF_TYPE = struct.Struct("=III")
 #   bitfield size << 24 | bit offset)
 BTF_MEMBER = struct.Struct("=III")
 
+# struct btf_param (linux/btf.h), 8 bytes, vlen of them after a FUNC_PROTO:
+#   __u32 name_off; __u32 type
+BTF_PARAM = struct.Struct("=II")
+
 # struct btf_array (linux/btf.h), 12 bytes after an ARRAY:
 #   __u32 type; __u32 index_type; __u32 nelems
 BTF_ARRAY = struct.Struct("=III")
@@ -147,7 +151,7 @@ class Btf:
         unpack = BTF_TYPE.unpack_from
         offsets = self._offsets
         by_name = self._by_name
-        struct_kinds = (BtfKind.STRUCT, BtfKind.UNION)
+        named_kinds = (BtfKind.STRUCT, BtfKind.UNION, BtfKind.TYPEDEF)
         position = start
         while position < end:
             if position + BTF_TYPE.size > end:
@@ -156,7 +160,7 @@ class Btf:
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
             offsets.append(position)
-            if kind in struct_kinds and name_off:
+            if kind in named_kinds and name_off:
                 by_name.setdefault(self.string(name_off), []).append(len(offsets) - 1)
             extra = _EXTRA_FIXED.get(kind)
             if extra is None:
@@ -225,6 +229,43 @@ class Btf:
             if self.kind(type_id) in (BtfKind.STRUCT, BtfKind.UNION):
                 return type_id
         raise BtfError(f"no struct {name} in the BTF")
+
+    def describe(self, type_id: int) -> str:
+        """A short C spelling of a type, typedefs and qualifiers looked through:
+        ``int``, ``struct sock *``, ``void *``."""
+        if type_id == 0:
+            return "void"
+        type_id = self.strip(type_id)
+        position, kind, _vlen, _flag, size_or_type = self._record(type_id)
+        name_off = BTF_TYPE.unpack_from(self._data, position)[0]
+        name = self.string(name_off) if name_off else ""
+        if kind == BtfKind.PTR:
+            return f"{self.describe(size_or_type)} *"
+        if kind in (BtfKind.STRUCT, BtfKind.UNION):
+            return f"{kind.name.lower()} {name}".strip()
+        return name or kind.name.lower()
+
+    def tracepoint_arguments(self, tracepoint: str) -> list[str]:
+        """The C types of a raw tracepoint's arguments (``describe``), from the kernel's
+        ``btf_trace_<tracepoint>`` typedef: a pointer to a function whose first
+        parameter, the tracepoint's private data, is left out."""
+        for type_id in self._by_name.get(f"btf_trace_{tracepoint}", ()):
+            if self.kind(type_id) != BtfKind.TYPEDEF:
+                continue
+            target = self.strip(type_id)
+            position, kind, _vlen, _flag, pointee = self._record(target)
+            if kind != BtfKind.PTR:
+                break
+            position, kind, vlen, _flag, _return = self._record(pointee)
+            if kind != BtfKind.FUNC_PROTO or vlen < 1:
+                break
+            base = position + BTF_TYPE.size
+            params = [
+                BTF_PARAM.unpack_from(self._data, base + index * BTF_PARAM.size)[1]
+                for index in range(vlen)
+            ]
+            return [self.describe(param) for param in params[1:]]
+        raise BtfError(f"no raw tracepoint prototype btf_trace_{tracepoint} in the BTF")
 
     def _members(self, type_id: int) -> list[tuple[str, int, int, int]]:
         """(name, member type, bit offset, bitfield bits) of a struct or union."""

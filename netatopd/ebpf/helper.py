@@ -32,6 +32,16 @@ The programs' ``struct sock`` / ``struct net`` offsets come from the
 kernel's BTF (``btf_path``, normally /sys/kernel/btf/vmlinux); when it is
 missing or unusable, from ``calibrate.py`` (probe sockets on loopback, read
 by a short-lived program).  STATUS says which (``ebpf_offsets``).
+
+The send and receive programs run on every sendmsg/recvmsg.  With BTF they are
+raw tracepoint programs (BPF_RAW_TRACEPOINT_OPEN: they get the tracepoint's
+arguments, ``sk`` and ``ret``, and read the family and protocol from ``sk``),
+which spares the kernel building the tracepoint's record for each call; they
+are perf-event tracepoint programs (reading the record) when the offsets were
+calibrated, when the BTF does not show the expected arguments, when
+``load(raw_tracepoints=False)`` asks for it, or when the raw load or attach
+fails.  Both record the same.  STATUS says which (``ebpf_attach``).  The state
+and exec programs are always perf-event tracepoint programs.
 """
 
 from __future__ import annotations
@@ -79,12 +89,14 @@ from .programs import (
     TracepointError,
     TracepointFormat,
     length_program,
+    raw_length_context,
     read_format,
     state_program,
 )
 from .syscalls import BpfCmd, BpfSyscallError, MapFlag, MapType, ProgType
 
 __all__ = [
+    "AttachKind",
     "EbpfUnavailable",
     "FlowOwner",
     "KernelOwnership",
@@ -114,6 +126,8 @@ CONNECT_MAP_ENTRIES = 8192
 BATCH_CHUNK_ENTRIES = 1024
 VERIFIER_LOG_BYTES = 1 << 20
 ATTACH_CPU = 0  # one perf event per tracepoint is enough: the program runs on every CPU
+# The raw tracepoint arguments the send/recv programs read, as the BTF spells them.
+RAW_LENGTH_ARGUMENTS = ["struct sock *", "int", "int"]
 
 SELF_NETNS_PATH = Path("/proc/self/ns/net")
 
@@ -124,6 +138,14 @@ class EbpfUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class AttachKind(StrEnum):
+    """How the send/recv programs are attached (``ebpf_attach`` in STATUS)."""
+
+    NONE = "none"  # not loaded yet
+    RAW_TRACEPOINT = "raw_tracepoint"  # BPF_RAW_TRACEPOINT_OPEN: the arguments only
+    PERF_TRACEPOINT = "perf_tracepoint"  # perf_event_open: the kernel fills the record first
 
 
 class OffsetSource(StrEnum):
@@ -162,6 +184,7 @@ PROGRAMS = (
     _Program("ntp_recv", "sock", "sock_recv_length"),
     _Program("ntp_state", "sock", "inet_sock_set_state"),
 )
+LENGTH_PROGRAMS = {"ntp_send": OwnerKind.SEND, "ntp_recv": OwnerKind.RECV}
 # Identity at exec (execids.py): loaded when the kernel's BTF gives the task offsets.
 EXEC_PROGRAM = _Program("ntp_exec", "sched", "sched_process_exec")
 EXEC_RING_NAME = "ntp_exec_ring"
@@ -199,19 +222,22 @@ def decode_flow(key: bytes, value: bytes) -> FlowOwner:
     )
 
 
-def _close_all(fds: list[int], perf_fds: list[int], detach: bool) -> None:
-    """Disable the perf events (when ``detach``) and close every fd; empties the lists."""
+def _close_all(fds: list[int], perf_fds: list[int], raw_fds: list[int], detach: bool) -> None:
+    """Disable the perf events (when ``detach``) and close every fd: the raw tracepoint
+    attachments and perf events first (closing detaches), then the rest; empties the
+    lists."""
     for fd in perf_fds:
         if detach:
             try:
                 syscalls.perf_event_disable(fd)
             except BpfSyscallError as err:
                 log.debug("perf event %d: %s", fd, err)
-    for fd in [*perf_fds, *fds]:
+    for fd in [*raw_fds, *perf_fds, *fds]:
         try:
             os.close(fd)
         except OSError as err:
             log.debug("close(%d): %s", fd, err.strerror)
+    raw_fds.clear()
     perf_fds.clear()
     fds.clear()
 
@@ -284,6 +310,8 @@ class KernelOwnership:
         # Use load(); the constructor only prepares empty state.
         self._fds: list[int] = []  # maps, programs, stats: closed last
         self._perf_fds: list[int] = []  # perf events: disabled and closed first
+        self._raw_fds: list[int] = []  # raw tracepoint attachments: closed first
+        self._attach_kind = AttachKind.NONE
         self._maps: MapFds | None = None
         # The changes counter mapped into this process (None: read with a syscall).
         self._changes_view: mmap.mmap | None = None
@@ -304,7 +332,9 @@ class KernelOwnership:
         self._exec_note = "not loaded"
         self._btf: Btf | None = None  # the kernel's BTF, once read (dropped after load)
         self._closed = False
-        self._finalizer = weakref.finalize(self, _close_all, self._fds, self._perf_fds, True)
+        self._finalizer = weakref.finalize(
+            self, _close_all, self._fds, self._perf_fds, self._raw_fds, True
+        )
 
     @classmethod
     def load(
@@ -316,6 +346,7 @@ class KernelOwnership:
         run_stats: bool = False,
         netns_inode: int | None = None,
         every_namespace: bool = False,
+        raw_tracepoints: bool = True,
     ) -> KernelOwnership:
         """Create the maps, load and attach the programs; EbpfUnavailable when impossible.
 
@@ -338,6 +369,10 @@ class KernelOwnership:
         BPF_ENABLE_STATS fd, equivalent to kernel.bpf_stats_enabled=1 while
         the helper is loaded); it costs two clock reads per program run.
         Our own event counters are always kept.
+
+        ``raw_tracepoints`` (the default) attaches the send/recv programs as raw
+        tracepoints when the BTF allows (see the module docstring); False keeps
+        the perf-event tracepoint programs (bench_rawtp.py and the tests).
         """
         if flow_entries is None:
             flow_entries = EVERY_NAMESPACE_FLOW_MAP_ENTRIES if every_namespace else FLOW_MAP_ENTRIES
@@ -352,7 +387,7 @@ class KernelOwnership:
         self._netns_inode = netns_inode
         started = _monotonic_ms()
         try:
-            self._load(tracefs_root, btf_path, run_stats)
+            self._load(tracefs_root, btf_path, run_stats, raw_tracepoints)
         except BaseException:
             self.close()
             raise
@@ -366,7 +401,9 @@ class KernelOwnership:
         )
         return self
 
-    def _load(self, tracefs_root: Path, btf_path: Path, run_stats: bool) -> None:
+    def _load(
+        self, tracefs_root: Path, btf_path: Path, run_stats: bool, raw_tracepoints: bool
+    ) -> None:
         _ensure_tracefs(tracefs_root)
         try:
             formats = {
@@ -413,38 +450,93 @@ class KernelOwnership:
             except BpfSyscallError as err:
                 log.warning("BPF run statistics not available: %s", err)
         inode = self._netns_inode
+        why_not_raw = self._raw_refused(raw_tracepoints, sock)
+        if why_not_raw is None:
+            why_not_raw = self._attach_raw(sock, net)
+        if why_not_raw is not None:
+            log.info("send/recv programs on perf-event tracepoints: %s", why_not_raw)
+            self._attach_kind = AttachKind.PERF_TRACEPOINT
         builds = {
-            "ntp_send": length_program(
-                OwnerKind.SEND, formats["ntp_send"], sock, self._maps, net, inode
-            ),
-            "ntp_recv": length_program(
-                OwnerKind.RECV, formats["ntp_recv"], sock, self._maps, net, inode
-            ),
-            "ntp_state": state_program(formats["ntp_state"], self._maps, net, inode),
+            name: length_program(kind, formats[name], sock, self._maps, net, inode)
+            for name, kind in LENGTH_PROGRAMS.items()
+            if why_not_raw is not None
         }
-        for program in PROGRAMS:
+        builds["ntp_state"] = state_program(formats["ntp_state"], self._maps, net, inode)
+        perf_programs = [program for program in PROGRAMS if program.name in builds]
+        for program in perf_programs:
             self._prog_fds[program.name] = self._keep(
                 self._load_program(program.name, builds[program.name])
             )
-        for program in PROGRAMS:
+        for program in perf_programs:
             self._attach(program, formats[program.name].id, self._prog_fds[program.name])
         self._load_exec(tracefs_root, btf_path)
         self._btf = None
 
-    def _load_program(self, name: str, items: list[Item]) -> int:
+    def _raw_refused(self, wanted: bool, sock: SockOffsets) -> str | None:
+        """Why the send/recv programs cannot be raw tracepoint programs, or None."""
+        if not wanted:
+            return "asked for (raw_tracepoints=False)"
+        if self._offsets_source != OffsetSource.BTF or self._btf is None:
+            return "struct offsets calibrated, not from BTF"
+        if sock.sk_protocol_is_bitfield:
+            return "sk_protocol is a bitfield (Linux before 5.6)"
+        for program in PROGRAMS:
+            if program.name not in LENGTH_PROGRAMS:
+                continue
+            try:
+                arguments = self._btf.tracepoint_arguments(program.tracepoint)
+            except BtfError as err:
+                return str(err)
+            if arguments != RAW_LENGTH_ARGUMENTS:
+                return f"{program.tracepoint} has arguments {arguments}"
+        return None
+
+    def _attach_raw(self, sock: SockOffsets, net: NetOffsets) -> str | None:
+        """Load and attach the send/recv programs as raw tracepoint programs.
+
+        None when both are attached; else the reason, with everything this
+        step opened closed again (the perf programs are loaded instead).
+        """
+        maps = self._maps
+        assert maps is not None
+        opened: dict[str, int] = {}
+        try:
+            context = raw_length_context(sock)
+            for name, kind in LENGTH_PROGRAMS.items():
+                items = length_program(kind, context, sock, maps, net, self._netns_inode)
+                opened[name] = self._keep(self._load_program(name, items, ProgType.RAW_TRACEPOINT))
+            for program in PROGRAMS:
+                if program.name in opened:
+                    self._raw_fds.append(
+                        syscalls.raw_tracepoint_open(program.tracepoint, opened[program.name])
+                    )
+        except (BpfSyscallError, EbpfUnavailable, ValueError) as err:
+            reason = err.reason if isinstance(err, EbpfUnavailable) else str(err)
+            for fd in [*self._raw_fds, *opened.values()]:
+                if fd in self._fds:
+                    self._fds.remove(fd)
+                os.close(fd)
+            self._raw_fds.clear()
+            log.warning("raw tracepoint programs not attached (%s)", reason)
+            return f"raw tracepoints failed: {reason}"
+        self._prog_fds.update(opened)
+        self._attach_kind = AttachKind.RAW_TRACEPOINT
+        return None
+
+    def _load_program(
+        self, name: str, items: list[Item], prog_type: ProgType = ProgType.TRACEPOINT
+    ) -> int:
         """BPF_PROG_LOAD of a tracepoint program; EbpfUnavailable with the verifier's
         last words when it is refused."""
         code = assemble(items)
         try:
-            fd = syscalls.prog_load(ProgType.TRACEPOINT, code, LICENSE, name)
+            fd = syscalls.prog_load(prog_type, code, LICENSE, name)
         except BpfSyscallError as err:
             if err.errno in (errno.EPERM, errno.EACCES):
                 raise EbpfUnavailable(_reason(f"loading {name}", err)) from err
             # Load again with the verifier's log, to say why.
             try:
-                fd = syscalls.prog_load(
-                    ProgType.TRACEPOINT, code, LICENSE, name, VERIFIER_LOG_BYTES
-                )
+                fd = syscalls.prog_load(prog_type, code, LICENSE, name, VERIFIER_LOG_BYTES)
             except BpfSyscallError as logged:
                 tail = "\n".join(logged.log.strip().splitlines()[-12:])
                 log.error("verifier rejected %s:\n%s", name, tail)
@@ -577,7 +669,7 @@ class KernelOwnership:
 
     def _forget_after_fork(self) -> None:
         self._release_view()
-        _close_all(self._fds, self._perf_fds, detach=False)
+        _close_all(self._fds, self._perf_fds, self._raw_fds, detach=False)
         self._closed = True
 
     def _require_loaded(self) -> MapFds:
@@ -656,6 +748,7 @@ class KernelOwnership:
             "ebpf_run_stats": "on" if self._run_stats else "off",
             "ebpf_netns_inode": self._netns_inode,
             "ebpf_offsets": self._offsets_source.value,
+            "ebpf_attach": self._attach_kind.value,
             "ebpf_exec": self._exec_note,
             "ebpf_exec_records": self._exec_ring.records if self._exec_ring is not None else 0,
         }
@@ -690,6 +783,11 @@ class KernelOwnership:
     def offsets_source(self) -> OffsetSource:
         """Where the struct offsets came from: BTF or calibration."""
         return self._offsets_source
+
+    @property
+    def attach_kind(self) -> AttachKind:
+        """How the send/recv programs are attached: raw or perf-event tracepoints."""
+        return self._attach_kind
 
     @property
     def netns_inode(self) -> int:

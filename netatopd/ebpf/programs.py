@@ -19,8 +19,12 @@ What the programs record:
   does not mix there (two records of one key between drains: the later one
   stays, and the other socket's owner is found through sock_diag).
 * ``sock:sock_send_length`` / ``sock:sock_recv_length`` run in the thread
-  that called sendmsg/recvmsg.  They read the flow tuple from the socket
-  (``bpf_probe_read_kernel`` on ``struct sock_common``) and store, in the
+  that called sendmsg/recvmsg, either as perf-event tracepoint programs
+  (their inputs from the tracepoint's record) or as raw tracepoint programs
+  (``raw_length_context``: sk and ret from the call's arguments, the family
+  and protocol read from sk); the two build the same records.  They read
+  the flow tuple from the socket (``bpf_probe_read_kernel`` on
+  ``struct sock_common``) and store, in the
   flows map under slot IO, the last (tid, tgid, comm, time, SEND/RECV) of the
   flow and the socket's cookie (``skc_cookie``, read: tracepoint programs
   may not call ``bpf_get_socket_cookie``; 0 until the kernel first gives
@@ -565,9 +569,66 @@ def _epilogue(extra: list[Item]) -> list[Item]:
 # --- sock_send_length / sock_recv_length -----------------------------------------
 
 
+class LengthContext(NamedTuple):
+    """How a length program finds its inputs: each a list of instructions.
+
+    ``sk`` leaves the struct sock * in R8 and ``ret`` the call's result in R7
+    (R6 = the program's context); ``protocol`` and ``family`` leave the
+    socket's protocol and family in R1 (R8 = sk).  Built by
+    ``perf_length_context`` (from the tracepoint's record) or
+    ``raw_length_context`` (from the raw tracepoint's arguments and ``sk``).
+    """
+
+    sk: list[Item]
+    ret: list[Item]
+    protocol: list[Item]
+    family: list[Item]
+
+
+def perf_length_context(fmt: TracepointFormat) -> LengthContext:
+    """The record's fields (BPF_PROG_TYPE_TRACEPOINT: the kernel has filled the record)."""
+    f = _require(fmt, LENGTH_FIELDS)
+    return LengthContext(
+        sk=[ldx(Size.DW, R8, R6, f["sk"].offset)],
+        ret=[ldx(Size.W, R7, R6, f["ret"].offset)],
+        protocol=[ldx(Size.H, R1, R6, f["protocol"].offset)],
+        family=[ldx(Size.H, R1, R6, f["family"].offset)],
+    )
+
+
+# The raw tracepoint's arguments, u64 each: TP_PROTO(struct sock *sk, int ret, int flags)
+# of sock_send_length / sock_recv_length (include/trace/events/sock.h, Linux 6.3+).
+RAW_ARG_SK = 0
+RAW_ARG_RET = 8
+
+
+def raw_length_context(sock: SockOffsets) -> LengthContext:
+    """The raw tracepoint's arguments (BPF_PROG_TYPE_RAW_TRACEPOINT: no record is
+    built): sk and ret from ``u64 args[]``, the family and protocol read from
+    ``sk`` as the tracepoint's record would hold them (``sk->sk_family``,
+    ``sk->sk_protocol``); ``sock.sk_protocol`` must be a whole u16 (Linux 5.6+).
+
+    ``ret`` is an int widened to u64: its low 32 bits (little-endian) are read.
+    """
+    if sock.sk_protocol_is_bitfield or sock.sk_protocol < 0 or sock.skc_family < 0:
+        raise ValueError("raw tracepoint programs need sk_protocol as a u16 and skc_family")
+    return LengthContext(
+        sk=[ldx(Size.DW, R8, R6, RAW_ARG_SK)],
+        ret=[ldx(Size.W, R7, R6, RAW_ARG_RET)],
+        protocol=[
+            *_probe_read(STACK_SCRATCH, 2, sock.sk_protocol, "read_failed"),
+            ldx(Size.H, R1, FP, STACK_SCRATCH),
+        ],
+        family=[
+            *_probe_read(STACK_SCRATCH, 2, sock.skc_family, "read_failed"),
+            ldx(Size.H, R1, FP, STACK_SCRATCH),
+        ],
+    )
+
+
 def length_program(
     kind: OwnerKind,
-    fmt: TracepointFormat,
+    fmt: TracepointFormat | LengthContext,
     sock: SockOffsets,
     fds: MapFds,
     net: NetOffsets,
@@ -575,38 +636,41 @@ def length_program(
 ) -> list[Item]:
     """The program for sock:sock_send_length (kind SEND) or sock:sock_recv_length (RECV).
 
-    Only sockets of network namespace ``netns_inode`` are recorded, or of
-    every namespace with EVERY_NAMESPACE (the kernel counting path).
+    ``fmt`` is the tracepoint's format (a BPF_PROG_TYPE_TRACEPOINT program,
+    reading the record) or a ``LengthContext`` (``raw_length_context``: a
+    BPF_PROG_TYPE_RAW_TRACEPOINT program); both record the same.  Only
+    sockets of network namespace ``netns_inode`` are recorded, or of every
+    namespace with EVERY_NAMESPACE (the kernel counting path).
     """
-    f = _require(fmt, LENGTH_FIELDS)
+    ctx = fmt if isinstance(fmt, LengthContext) else perf_length_context(fmt)
     events = Counter.SEND_EVENTS if kind == OwnerKind.SEND else Counter.RECV_EVENTS
     # Every namespace (the kernel path): "reported just now?" is asked by cookie first,
     # before the tuple is read.
     by_cookie = netns_inode == EVERY_NAMESPACE and sock.skc_cookie >= 0
     items: list[Item] = [
-        # R6 = the tracepoint record
+        # R6 = the tracepoint record, or the raw tracepoint's arguments
         mov64_reg(R6, R1),
         # R9 = this CPU's counters; count the event
         *_counters_pointer(fds.counters),
         *_count(events),
         # R8 = struct sock *; leave at once unless it is in our namespace
-        ldx(Size.DW, R8, R6, f["sk"].offset),
+        *ctx.sk,
         jmp_imm(JmpOp.JEQ, R8, 0, "out"),
         *_netns_filter(R8, net, netns_inode),
         # R7 = ret (bytes moved, or -errno); a failed call is not recorded
-        ldx(Size.W, R7, R6, f["ret"].offset),
+        *ctx.ret,
         jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
         *(_seen_by_cookie(sock, fds) if by_cookie else []),
         *_zero_key(),
         # key.protocol: TCP or UDP only
-        ldx(Size.H, R1, R6, f["protocol"].offset),
+        *ctx.protocol,
         jmp_imm(JmpOp.JEQ, R1, IPPROTO_TCP, "protocol_ok"),
         jmp_imm(JmpOp.JEQ, R1, IPPROTO_UDP, "protocol_ok"),
         ja("other_protocol"),
         Label("protocol_ok"),
         stx(Size.H, FP, STACK_KEY + FLOW_KEY_PROTOCOL, R1),
         # key.family; the addresses come from sock_common by family
-        ldx(Size.H, R1, R6, f["family"].offset),
+        *ctx.family,
         stx(Size.B, FP, STACK_KEY + FLOW_KEY_FAMILY, R1),
         jmp_imm(JmpOp.JEQ, R1, AF_INET6, "ipv6"),
         jmp_imm(JmpOp.JNE, R1, AF_INET, "other_protocol"),

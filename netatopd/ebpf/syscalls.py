@@ -55,6 +55,7 @@ class BpfCmd(IntEnum):
     MAP_GET_FD_BY_ID = 14
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
+    RAW_TRACEPOINT_OPEN = 17
     MAP_LOOKUP_BATCH = 24
     MAP_LOOKUP_AND_DELETE_BATCH = 25
     MAP_DELETE_BATCH = 27
@@ -85,6 +86,7 @@ class ProgType(IntEnum):
 
     TRACEPOINT = 5
     CGROUP_SKB = 8
+    RAW_TRACEPOINT = 17  # Linux 4.17+: context is the tracepoint's arguments, u64 each
 
 
 class AttachType(IntEnum):
@@ -173,6 +175,11 @@ BPF_ATTR_PROG_QUERY_COUNT_OFFSET = 24
 # union bpf_attr, BPF_LINK_CREATE member (first members), 16 bytes:
 #   __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags;
 BPF_ATTR_LINK_CREATE = struct.Struct("=IIII")
+
+# union bpf_attr, BPF_RAW_TRACEPOINT_OPEN member, 16 bytes:
+#   __u64 name (a pointer to the tracepoint's NUL-terminated name); __u32 prog_fd;
+#   then 4 bytes of padding (later kernels put a __u64 cookie after it; 0 here)
+BPF_ATTR_RAW_TRACEPOINT = struct.Struct("=QI4x")
 
 MNT_DETACH = 2  # umount2 flag (sys/mount.h): detach now, clean up when unused
 
@@ -427,6 +434,15 @@ def link_create(prog_fd: int, target_fd: int, attach_type: AttachType) -> int:
     """BPF_LINK_CREATE; returns the link's fd (closing its last copy detaches)."""
     attr = _buffer(BPF_ATTR_LINK_CREATE.pack(prog_fd, target_fd, attach_type, 0))
     return bpf(BpfCmd.LINK_CREATE, attr)
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN: attach a raw tracepoint program to the tracepoint
+    ``name`` (e.g. ``sock_send_length``, no category); returns the fd whose
+    closing detaches it."""
+    name_buffer = ctypes.create_string_buffer(name.encode())
+    attr = _buffer(BPF_ATTR_RAW_TRACEPOINT.pack(_address(name_buffer), prog_fd))
+    return bpf(BpfCmd.RAW_TRACEPOINT_OPEN, attr)
 
 
 def prog_query(target_fd: int, attach_type: AttachType, capacity: int = 256) -> list[int]:

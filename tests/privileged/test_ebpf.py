@@ -8,6 +8,11 @@ namespace) and the ports it used: that report is the ground truth the
 drained records are compared with.  When the helper cannot load here the
 tests are skipped with the helper's own reason.
 
+The helper's send/recv programs are raw tracepoint programs when the kernel's
+BTF is there, else perf-event tracepoint programs: the ``helper`` and
+``netns_helper`` fixtures load each way in turn, and every test using them
+must find the same records both ways.
+
 The helper records only the sockets of one network namespace: the tests
 whose workload runs in a namespace load it for that namespace
 (``netns_inode`` from ``/run/netns/NAME``); the tests that talk in this
@@ -30,6 +35,7 @@ from typing import Any
 import pytest
 
 from netatopd.ebpf import (
+    AttachKind,
     EbpfUnavailable,
     FlowOwner,
     KernelOwnership,
@@ -58,12 +64,22 @@ def root_or_skip() -> None:
         pytest.skip("PRIVILEGED TEST SKIPPED: the eBPF helper needs root (bpf, perf_event_open)")
 
 
-def load_or_skip(netns_inode: int | None = None) -> KernelOwnership:
+ATTACH_KINDS = [AttachKind.RAW_TRACEPOINT, AttachKind.PERF_TRACEPOINT]
+
+
+def load_or_skip(
+    netns_inode: int | None = None, attach: AttachKind = AttachKind.RAW_TRACEPOINT
+) -> KernelOwnership:
     root_or_skip()
+    raw = attach is AttachKind.RAW_TRACEPOINT
     try:
-        loaded = KernelOwnership.load(netns_inode=netns_inode)
+        loaded = KernelOwnership.load(netns_inode=netns_inode, raw_tracepoints=raw)
     except EbpfUnavailable as err:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
+    # raw tracepoints whenever the kernel's BTF is there and they are asked for
+    expected = attach if VMLINUX_BTF_PATH.exists() else AttachKind.PERF_TRACEPOINT
+    assert loaded.attach_kind is expected
+    assert loaded.status()["ebpf_attach"] == expected.value
     loaded.drain()  # start from an empty flows map
     return loaded
 
@@ -73,21 +89,23 @@ def inode_of(netns: Any) -> int:
     return namespace_inode(NETNS_DIR / netns.name)
 
 
-@pytest.fixture
-def helper() -> Iterator[KernelOwnership]:
-    """The helper for this process's network namespace (the default)."""
-    loaded = load_or_skip()
+@pytest.fixture(params=ATTACH_KINDS, ids=[kind.value for kind in ATTACH_KINDS])
+def helper(request: pytest.FixtureRequest) -> Iterator[KernelOwnership]:
+    """The helper for this process's network namespace (the default), each attach kind."""
+    loaded = load_or_skip(attach=request.param)
     try:
         yield loaded
     finally:
         loaded.close()
 
 
-@pytest.fixture
-def netns_helper(make_netns: Callable[..., Any]) -> Iterator[tuple[Any, KernelOwnership]]:
-    """A new namespace and the helper loaded for it."""
+@pytest.fixture(params=ATTACH_KINDS, ids=[kind.value for kind in ATTACH_KINDS])
+def netns_helper(
+    make_netns: Callable[..., Any], request: pytest.FixtureRequest
+) -> Iterator[tuple[Any, KernelOwnership]]:
+    """A new namespace and the helper loaded for it, each attach kind."""
     netns = make_netns(NETNS_PREFIX)
-    loaded = load_or_skip(inode_of(netns))
+    loaded = load_or_skip(inode_of(netns), request.param)
     try:
         yield netns, loaded
     finally:
@@ -496,12 +514,14 @@ def test_a_flow_is_reported_again_only_when_its_thread_changes(
 # --- lifecycle ----------------------------------------------------------------------
 
 
-def test_nothing_stays_loaded_after_close() -> None:
-    root_or_skip()
-    try:
-        loaded = KernelOwnership.load()
-    except EbpfUnavailable as err:
-        pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+@pytest.mark.parametrize("attach", ATTACH_KINDS, ids=[kind.value for kind in ATTACH_KINDS])
+def test_nothing_stays_loaded_after_close(attach: AttachKind) -> None:
+    fds_before = open_fds()
+    loaded = load_or_skip(attach=attach)
     prog_ids, map_ids = loaded.object_ids()
     try:
         # flows, connect, counters, seen, changes and the exec ring; ntp_exec with BTF
@@ -512,13 +532,15 @@ def test_nothing_stays_loaded_after_close() -> None:
         loaded.close()
     loaded.close()  # idempotent
     assert wait_until_freed(prog_ids, map_ids) == (set(), set())
+    assert open_fds() == fds_before  # raw tracepoint fds, perf events, programs, maps
     with pytest.raises(EbpfUnavailable, match="closed"):
         loaded.drain()
 
 
 def test_a_forked_child_drops_its_copies(helper: KernelOwnership) -> None:
     prog_ids, _map_ids = helper.object_ids()
-    fds = list(helper._fds) + list(helper._perf_fds)
+    fds = list(helper._fds) + list(helper._perf_fds) + list(helper._raw_fds)
+    assert len(fds) >= 10
     child = os.fork()
     if child == 0:
         still_open = 0
@@ -555,6 +577,69 @@ def test_load_failure_after_maps_leaves_nothing(monkeypatch: pytest.MonkeyPatch)
             break
         time.sleep(0.01)
     assert new == (set(), set())
+
+
+def test_a_failed_raw_attach_falls_back_to_perf_tracepoints_and_leaks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second BPF_RAW_TRACEPOINT_OPEN fails: the first attachment and both raw
+    programs are closed, the perf tracepoint programs are loaded instead and record
+    exactly; after close nothing of either stays (programs, maps, fds)."""
+    root_or_skip()
+    if not VMLINUX_BTF_PATH.exists():
+        pytest.fail("this test needs the kernel's BTF (raw tracepoints are tried only with it)")
+    real_open, real_load = syscalls.raw_tracepoint_open, syscalls.prog_load
+    raw_fds: list[int] = []
+    raw_programs: list[int] = []
+
+    def open_once(name: str, prog_fd: int) -> int:
+        if raw_fds:
+            raise syscalls.BpfSyscallError("RAW_TRACEPOINT_OPEN", 2)
+        raw_fds.append(real_open(name, prog_fd))
+        return raw_fds[-1]
+
+    def load(prog_type: syscalls.ProgType, *args: Any, **kwargs: Any) -> int:
+        fd = real_load(prog_type, *args, **kwargs)
+        if prog_type == syscalls.ProgType.RAW_TRACEPOINT:
+            raw_programs.append(syscalls.object_id(fd))
+        return fd
+
+    monkeypatch.setattr(syscalls, "raw_tracepoint_open", open_once)
+    monkeypatch.setattr(syscalls, "prog_load", load)
+    fds_before = open_fds()
+    loaded = KernelOwnership.load()
+    try:
+        assert len(raw_fds) == 1 and len(raw_programs) == 2
+        assert loaded.attach_kind is AttachKind.PERF_TRACEPOINT
+        assert loaded.status()["ebpf_attach"] == "perf_tracepoint"
+        assert wait_until_freed(raw_programs, []) == (set(), set())
+        assert raw_fds[0] not in loaded._raw_fds
+        prog_ids, map_ids = loaded.object_ids()
+        assert len(prog_ids) == 4 and not set(prog_ids) & set(raw_programs)
+        import socket
+
+        loaded.drain()
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        ):
+            receiver.bind(("127.0.0.1", 0))
+            sender.bind(("127.0.0.1", 0))
+            sender.sendto(b"z", receiver.getsockname())
+            receiver.recv(16)
+            ports = sender.getsockname()[1], receiver.getsockname()[1]
+        owners = loaded.drain()
+        me = (os.getpid(), threading.get_native_id())
+        assert [(o.tgid, o.tid, o.kind) for o in flow_records(owners, UDP, ports[0])] == [
+            (*me, OwnerKind.SEND)
+        ]
+        assert [(o.tgid, o.tid, o.kind) for o in flow_records(owners, UDP, ports[1])] == [
+            (*me, OwnerKind.RECV)
+        ]
+    finally:
+        loaded.close()
+    assert wait_until_freed(prog_ids, map_ids) == (set(), set())
+    assert open_fds() == fds_before
 
 
 def test_missing_btf_and_failed_calibration_refuse_naming_both(

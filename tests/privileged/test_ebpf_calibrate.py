@@ -178,6 +178,8 @@ def test_load_without_btf_attributes_a_tcp_connection_in_a_namespace(
         pytest.fail(f"the helper did not load without BTF: {err.reason}")
     try:
         assert loaded.status()["ebpf_offsets"] == "calibrated"
+        # calibrated offsets: the send/recv programs read the perf tracepoint's record
+        assert loaded.status()["ebpf_attach"] == "perf_tracepoint"
         loaded.drain()
         done = subprocess.run(
             [*netns.exec_prefix, sys.executable, "-c", textwrap.dedent(TCP_SCRIPT)],
@@ -225,4 +227,5 @@ def test_load_with_btf_says_so() -> None:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
     with loaded:
         assert loaded.status()["ebpf_offsets"] == "btf"
+        assert loaded.status()["ebpf_attach"] == "raw_tracepoint"
         assert loaded.offsets_source is helper.OffsetSource.BTF

@@ -268,3 +268,27 @@ def test_net_offsets_without_network_namespaces() -> None:
 def test_net_offsets_refuse_an_inum_of_another_size() -> None:
     with pytest.raises(BtfError, match="net.ns.inum is 8 bytes"):
         net_offsets(Btf(build(inum_bytes=8)))
+
+
+def test_tracepoint_arguments_from_the_btf_trace_typedef() -> None:
+    """typedef void (*btf_trace_sock_send_length)(void *, struct sock *, int, int):
+    the arguments after the private data, spelled for comparison."""
+    b = BlobBuilder()
+    integer = b.integer("int", 4)  # 1
+    sock = b.record(BtfKind.STRUCT, "sock", 8, [("x", integer, 0)])  # 2
+    sock_pointer = b.add(BtfKind.PTR, "", 0, sock)  # 3
+    void_pointer = b.add(BtfKind.PTR, "", 0, 0)  # 4
+    params = [(0, void_pointer), (b.name("sk"), sock_pointer), (0, integer), (0, integer)]
+    proto = b.add(
+        BtfKind.FUNC_PROTO, "", len(params), 0, b"".join(struct.pack("=II", *p) for p in params)
+    )
+    b.add(BtfKind.TYPEDEF, "btf_trace_sock_send_length", 0, b.add(BtfKind.PTR, "", 0, proto))
+    b.add(BtfKind.TYPEDEF, "btf_trace_odd", 0, integer)  # not a pointer to a function
+    btf = Btf(b.blob())
+    assert btf.tracepoint_arguments("sock_send_length") == ["struct sock *", "int", "int"]
+    assert btf.describe(void_pointer) == "void *"
+    with pytest.raises(BtfError, match="btf_trace_sock_recv_length"):
+        btf.tracepoint_arguments("sock_recv_length")
+    with pytest.raises(BtfError, match="btf_trace_odd"):
+        btf.tracepoint_arguments("odd")
+    assert btf.find_struct("sock") == sock  # typedefs are indexed by name, structs still found

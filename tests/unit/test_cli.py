@@ -1756,3 +1756,12 @@ def test_query_finds_a_pid_that_left_the_exit_list_in_the_history(
     missing = invoke("query", "--run-dir", str(run_dir), "--db", str(history) + ".none", "500")
     assert missing.exit_code == 1
     assert "netatop exited --pid 500 --since 1d looks in the history" in missing.stderr
+
+
+def test_status_verbose_says_how_the_helper_s_send_and_receive_programs_are_attached() -> None:
+    figures = {**KERNEL_STATUS, "ebpf_attach": "raw_tracepoint"}
+    verbose = status_lines(figures, None, "/run/netatop", 200, verbose=True)
+    ebpf = [line for line in verbose if line.startswith("eBPF")]
+    assert len(ebpf) == 1 and "send/recv programs on raw_tracepoint" in ebpf[0], verbose
+    plain = status_lines(figures, None, "/run/netatop", 200)
+    assert not any("raw_tracepoint" in line for line in plain)

@@ -40,6 +40,7 @@ from netatopd.ebpf.programs import (
     TracepointError,
     length_program,
     parse_format,
+    raw_length_context,
     state_program,
 )
 
@@ -424,6 +425,82 @@ def test_length_programs_leave_at_once_for_another_namespace() -> None:
         last = _check_netns_filter(code, 8, event)
         # the failed-call check (ret, record offset 20) comes after the filter
         assert _instructions(code).index((0x61, 0x67, 20, 0)) == last + 1
+
+
+# --- raw tracepoint programs (the context: u64 args[] = sk, ret, flags) ------------
+
+
+def _context_loads(insns: list[tuple[int, int, int, int]]) -> set[tuple[int, int, int, int]]:
+    """Every load through r6 (the program's context: record or arguments)."""
+    return {
+        insn for insn in insns if insn[0] in (0x61, 0x69, 0x71, 0x79) and insn[1] & 0xF0 == 0x60
+    }
+
+
+@pytest.mark.parametrize("netns_inode", [INODE, EVERY_NAMESPACE])
+@pytest.mark.parametrize("kind", [OwnerKind.SEND, OwnerKind.RECV])
+def test_raw_length_program_reads_sk_and_ret_from_the_arguments(
+    kind: OwnerKind, netns_inode: int
+) -> None:
+    """sk = args[0] (u64 at 0) into r8, ret = low 32 bits of args[1] (offset 8) into r7;
+    nothing else is read from the context; family and protocol are read from sk at
+    skc_family (16) and sk_protocol (532), two bytes each; the same map fds, the same
+    record and the same exits as the perf program."""
+    raw = _instructions(
+        asm.assemble(length_program(kind, raw_length_context(SOCK), SOCK, FDS, NET, netns_inode))
+    )
+    assert _context_loads(raw) == {(0x79, 0x68, 0, 0), (0x61, 0x67, 8, 0)}
+    for offset in (SOCK.skc_family, SOCK.sk_protocol):
+        start = raw.index((0x07, 0x03, 0, offset))  # r3 += offset (sk + member)
+        assert raw[start - 4 : start + 2] == [
+            (0xBF, 0xA1, 0, 0),  # r1 = fp
+            (0x07, 0x01, 0, -112),  # r1 += scratch
+            (0xB7, 0x02, 0, 2),  # r2 = 2
+            (0xBF, 0x83, 0, 0),  # r3 = r8 (sk)
+            (0x07, 0x03, 0, offset),
+            (0x85, 0x00, 0, Helper.PROBE_READ_KERNEL),
+        ]
+        assert raw[start + 3] == (0x69, 0xA1, -112, 0)  # r1 = *(u16 *)(fp - 112)
+    assert_every_instruction_reachable(raw)
+    perf = _instructions(
+        asm.assemble(
+            length_program(
+                kind,
+                parse_format("sock", "sock_send_length", SEND_FORMAT),
+                SOCK,
+                FDS,
+                NET,
+                netns_inode,
+            )
+        )
+    )
+    map_fds = {imm for code_, regs, _off, imm in perf if code_ == 0x18 and regs >> 4 == 1}
+    assert {imm for code_, regs, _off, imm in raw if code_ == 0x18 and regs >> 4 == 1} == map_fds
+    # the perf program reads the family and protocol from the record instead
+    assert (0x07, 0x03, 0, SOCK.sk_protocol) not in perf
+    assert (0x69, 0x61, 18, 0) in perf and (0x69, 0x61, 16, 0) in perf
+    # everything else is the same: two reads more (seven instructions each, with the
+    # check of their result; the load of the scratch slot replaces the record's)
+    assert len(raw) == len(perf) + 2 * 7
+    stores = [insn for insn in raw if insn[0] in (0x62, 0x72, 0x6A, 0x7A)]
+    assert stores == [insn for insn in perf if insn[0] in (0x62, 0x72, 0x6A, 0x7A)]
+
+
+def test_raw_length_context_needs_a_whole_u16_protocol() -> None:
+    with pytest.raises(ValueError, match="sk_protocol"):
+        raw_length_context(SOCK._replace(sk_protocol_is_bitfield=True))
+    with pytest.raises(ValueError):
+        raw_length_context(SOCK._replace(skc_family=-1))
+
+
+def test_raw_length_programs_leave_at_once_for_another_namespace() -> None:
+    for kind, event in (
+        (OwnerKind.SEND, Counter.SEND_EVENTS),
+        (OwnerKind.RECV, Counter.RECV_EVENTS),
+    ):
+        code = asm.assemble(length_program(kind, raw_length_context(SOCK), SOCK, FDS, NET, INODE))
+        last = _check_netns_filter(code, 0, event)
+        assert _instructions(code).index((0x61, 0x67, 8, 0)) == last + 1
 
 
 def test_state_program_leaves_at_once_for_another_namespace() -> None:

@@ -1,0 +1,374 @@
+"""What a program on sock:sock_send_length / sock:sock_recv_length costs a UDP sender,
+attached as a perf-event tracepoint or as a raw tracepoint.
+
+Run as root: ``.venv/bin/python bench/bench_rawtp.py``.  A Python UDP sender
+(bench/senders.py, its socket given its cookie first, as the kernel path's
+cgroup_skb programs would at its first packet) sends 64-byte datagrams at its
+maximum rate for SECONDS on the loopback of a namespace made for the run,
+pinned to one CPU.  Variants:
+
+* ``none``: nothing attached;
+* ``perf-trivial`` / ``raw-trivial``: a program that only returns 0, on both
+  tracepoints, as BPF_PROG_TYPE_TRACEPOINT through perf_event_open (the kernel
+  fills the tracepoint's record in a per-CPU buffer first) or as
+  BPF_PROG_TYPE_RAW_TRACEPOINT (BPF_RAW_TRACEPOINT_OPEN: the arguments only);
+* ``helper-perf`` / ``helper-raw``: the ownership helper as the kernel counting
+  path loads it (every namespace), its send/recv programs attached one way or
+  the other (``KernelOwnership.load(raw_tracepoints=...)``).
+
+Interleaved: each of REPEATS repeats runs none, v1, none, v2, ..., none, so every
+variant's round has a no-program round right before and right after it; its
+slowdown is its rate against the mean of those two.  The sender's own CPU
+(user + system, from wait4) a datagram is taken too, and the CPU a variant
+adds against the mean of its two neighbours: on a shared machine this is the
+steadier figure (the rate also falls when other work takes the sender's CPU;
+the CPU a datagram does not).  Last, each variant's best (lowest) CPU a
+datagram against the best no-program round: the least disturbed rounds.  Median and spread
+(min..max) over the repeats; the load average before and after.  Bounded:
+every round stops after SECONDS and at most MAX_SENDS datagrams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this tree's package, not an installed one
+
+from netatopd.ebpf import KernelOwnership, syscalls  # noqa: E402
+from netatopd.ebpf.asm import Reg, assemble, exit_insn, mov64_imm  # noqa: E402
+from netatopd.ebpf.programs import read_format  # noqa: E402
+
+from senders import UDP_MAX_RATE  # noqa: E402
+
+SECONDS = 2.0
+REPEATS = 5
+MAX_SENDS = 10_000_000
+PAYLOAD_BYTES = 64
+SENDER_CPU = 1
+TRACEPOINTS = ("sock_send_length", "sock_recv_length")
+SLICE_SENDS = 5_000
+WARM_UP_SENDS = 1_000
+CLEAN_POLL_S = 0.2
+SO_COOKIE = 57  # asm-generic/socket.h: asking gives the socket its cookie
+
+_COOKIE_LINE = "send, payload = sender.send"
+SENDER = UDP_MAX_RATE.replace(
+    _COOKIE_LINE, f"sender.getsockopt(socket.SOL_SOCKET, {SO_COOKIE}, 8)\n{_COOKIE_LINE}"
+)
+assert SENDER != UDP_MAX_RATE, "senders.UDP_MAX_RATE changed: update the cookie line"
+
+Variant = Callable[[], contextlib.AbstractContextManager[object]]
+
+
+class Round(NamedTuple):
+    """One sender round: its rate and its own CPU (user + system) a datagram."""
+
+    per_s: float
+    cpu_ns: float
+
+
+def run_sender(netns: str, seconds: float) -> Round:
+    """One sender round.  ``ip netns exec`` and ``taskset`` exec the sender in place,
+    so the child's resource usage (wait4) is the sender's own."""
+    argv = ["ip", "netns", "exec", netns, "taskset", "-c", str(SENDER_CPU)]
+    argv += [sys.executable, "-c", SENDER, str(seconds), str(MAX_SENDS), str(PAYLOAD_BYTES)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    with proc.stdout:
+        out = proc.stdout.read()  # the sender stops by itself after ``seconds``
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sender failed with status {proc.returncode}")
+    answer = json.loads(out)
+    cpu_s = usage.ru_utime + usage.ru_stime
+    return Round(float(answer["per_s"]), cpu_s * 1e9 / int(answer["sent"]))
+
+
+def _trivial_program(prog_type: syscalls.ProgType, name: str) -> int:
+    code = assemble([mov64_imm(Reg.R0, 0), exit_insn()])
+    fd = syscalls.prog_load(prog_type, code, "GPL", name)
+    OURS.add(syscalls.object_id(fd))
+    return fd
+
+
+# Ids of the programs this run loaded (they may outlive their close for a moment).
+OURS: set[int] = set()
+FOREIGN_NAMES = ("ntp_send", "ntp_recv")
+
+
+def foreign_length_programs() -> int:
+    """Programs named ntp_send / ntp_recv that this run did not load: another daemon's
+    helper.  With one attached as a perf-event tracepoint program the kernel builds the
+    tracepoint's record for every call whatever this run attaches, so a perf program
+    of ours then costs only its own run, and a raw one adds a second probe."""
+    count = 0
+    current = 0
+    while (prog_id := syscalls.get_next_id(syscalls.BpfCmd.PROG_GET_NEXT_ID, current)) is not None:
+        current = prog_id
+        if prog_id in OURS:
+            continue
+        fd = syscalls.get_fd_by_id(syscalls.BpfCmd.PROG_GET_FD_BY_ID, prog_id)
+        if fd is None:
+            continue
+        try:
+            info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
+        finally:
+            os.close(fd)
+        offset = syscalls.BPF_PROG_INFO_NAME_OFFSET
+        name = info[offset : offset + syscalls.BPF_OBJ_NAME_LEN].split(b"\0", 1)[0].decode()
+        count += name in FOREIGN_NAMES
+    return count
+
+
+@contextlib.contextmanager
+def perf_trivial() -> Iterator[object]:
+    """A return-0 program on both tracepoints through perf events."""
+    fds: list[int] = []
+    try:
+        prog = _trivial_program(syscalls.ProgType.TRACEPOINT, "ntp_bench_perf")
+        fds.append(prog)
+        for name in TRACEPOINTS:
+            perf = syscalls.perf_event_open_tracepoint(read_format("sock", name).id, 0)
+            fds.append(perf)
+            syscalls.perf_event_attach(perf, prog)
+        yield None
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def raw_trivial() -> Iterator[object]:
+    """A return-0 program on both tracepoints as a raw tracepoint."""
+    fds: list[int] = []
+    try:
+        prog = _trivial_program(syscalls.ProgType.RAW_TRACEPOINT, "ntp_bench_raw")
+        fds.append(prog)
+        for name in TRACEPOINTS:
+            fds.append(syscalls.raw_tracepoint_open(name, prog))
+        yield None
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+def helper(raw: bool) -> Variant:
+    def variant() -> contextlib.AbstractContextManager[object]:
+        try:
+            loaded = KernelOwnership.load(every_namespace=True, raw_tracepoints=raw)  # type: ignore[call-arg]
+        except TypeError:  # a tree before raw tracepoints: the perf programs only
+            if raw:
+                raise
+            loaded = KernelOwnership.load(every_namespace=True)
+        OURS.update(loaded.object_ids()[0])
+        return loaded
+
+    return variant
+
+
+VARIANTS: dict[str, Variant] = {
+    # nothing attached, as a variant: what the method reads when nothing differs
+    "none-again": contextlib.nullcontext,
+    "perf-trivial": perf_trivial,
+    "raw-trivial": raw_trivial,
+    "helper-perf": helper(False),
+    "helper-raw": helper(True),
+}
+
+
+def sliced(wanted: list[str], rounds: int, sends: int, clean_wait_s: float = 0.0) -> None:
+    """The precise figure: in this process, pinned to SENDER_CPU, slices of ``sends``
+    64-byte sends on one connected UDP socket (given its cookie) on the loopback,
+    each variant attached for its slice only (after WARM_UP_SENDS untimed sends),
+    round after round in an order that turns each round; the thread's own CPU
+    (user + system) a send, and each variant's difference to the no-program slice
+    of the same round (paired: drifts of the machine cancel out).  With
+    ``clean_wait_s`` each round first waits, within that many seconds in all, until
+    no other daemon's send/recv programs are loaded."""
+    os.sched_setaffinity(0, {SENDER_CPU})
+    per_call: dict[str, list[float]] = {name: [] for name in ["none", *wanted]}
+    added: dict[str, list[float]] = {name: [] for name in wanted}
+    # the same, only the rounds with no other daemon's send/recv programs loaded
+    clean: dict[str, list[float]] = {name: [] for name in wanted}
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        sink.bind(("127.0.0.1", 0))
+        sender.connect(sink.getsockname())
+        sender.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+        send, payload = sender.send, b"b" * PAYLOAD_BYTES
+
+        def one_slice() -> float:
+            for _ in range(WARM_UP_SENDS):  # caches refilled after a load or close
+                send(payload)
+            started = time.thread_time_ns()
+            for _ in range(sends):
+                send(payload)
+            return (time.thread_time_ns() - started) / sends
+
+        one_slice()  # warm up
+        order = ["none", *wanted]
+        deadline = time.monotonic() + clean_wait_s
+        for index in range(rounds):
+            # the order turns each round, so no variant always follows the same one
+            shift = index % len(order)
+            foreign = foreign_length_programs()
+            # --clean-wait-s: wait (bounded) for a moment without another daemon's programs
+            while foreign and time.monotonic() < deadline:
+                time.sleep(CLEAN_POLL_S)
+                foreign = foreign_length_programs()
+            values: dict[str, float] = {}
+            for name in order[shift:] + order[:shift]:
+                with VARIANTS[name]() if name != "none" else contextlib.nullcontext():
+                    values[name] = one_slice()
+                per_call[name].append(values[name])
+            foreign += foreign_length_programs()
+            for name in wanted:
+                added[name].append(values[name] - values["none"])
+                if not foreign:
+                    clean[name].append(values[name] - values["none"])
+    base = statistics.median(per_call["none"])
+    print(
+        f"in-process slices ({rounds} rounds of {sends} sends): no program "
+        f"{_spread(per_call['none'], 0)} ns CPU a send"
+    )
+    clean_rounds = len(clean[wanted[0]]) if wanted else 0
+    print(f"rounds with no other daemon's ntp_send/ntp_recv loaded: {clean_rounds} of {rounds}")
+    print(
+        "| variant | CPU a send | added vs the round's no-program slice | the same, % "
+        "| added, rounds with no other daemon's programs |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for name in wanted:
+        alone = (
+            f"{statistics.median(clean[name]):+.0f} ns "
+            f"({100 * statistics.median(clean[name]) / base:+.1f}%)"
+            if clean[name]
+            else "-"
+        )
+        print(
+            f"| {name} | {_spread(per_call[name], 0)} ns | "
+            f"{statistics.median(added[name]):+.0f} ns | "
+            f"{100 * statistics.median(added[name]) / base:+.1f}% | {alone} |"
+        )
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    """median (min..max)"""
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"({min(values):.{digits}f}..{max(values):.{digits}f})"
+    )
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument(
+        "--variants", default=",".join(name for name in VARIANTS if name != "none-again")
+    )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=0,
+        help="rounds of the in-process sliced measurement instead of the sender rounds",
+    )
+    parser.add_argument("--slice-sends", type=int, default=SLICE_SENDS)
+    parser.add_argument(
+        "--clean-wait-s",
+        type=float,
+        default=0.0,
+        help="seconds in all that the slices may wait for no other daemon's programs",
+    )
+    args = parser.parse_args()
+    wanted = [name for name in args.variants.split(",") if name]
+    for name in wanted:
+        if name not in VARIANTS:
+            parser.error(f"unknown variant {name} (known: {', '.join(VARIANTS)})")
+    if args.slices:
+        print(f"load average before: {load_average()}")
+        sliced(wanted, args.slices, args.slice_sends, args.clean_wait_s)
+        print(f"load average after: {load_average()}")
+        return 0
+    netns = f"ntpR{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    slowdowns: dict[str, list[float]] = {name: [] for name in wanted}
+    cpu_added: dict[str, list[float]] = {name: [] for name in wanted}
+    rates: dict[str, list[float]] = {name: [] for name in ["none", *wanted]}
+    cpus: dict[str, list[float]] = {name: [] for name in ["none", *wanted]}
+    print(f"load average before: {load_average()}")
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        for repeat in range(args.repeats):
+            previous = run_sender(netns, args.seconds)
+            rates["none"].append(previous.per_s)
+            cpus["none"].append(previous.cpu_ns)
+            for name in wanted:
+                with VARIANTS[name]():
+                    attached = run_sender(netns, args.seconds)
+                after = run_sender(netns, args.seconds)
+                rates["none"].append(after.per_s)
+                cpus["none"].append(after.cpu_ns)
+                rates[name].append(attached.per_s)
+                cpus[name].append(attached.cpu_ns)
+                beside = (previous.per_s + after.per_s) / 2
+                slowdowns[name].append(100.0 * (1 - attached.per_s / beside))
+                cpu_added[name].append(attached.cpu_ns - (previous.cpu_ns + after.cpu_ns) / 2)
+                previous = after
+            print(
+                f"repeat {repeat + 1}: "
+                + ", ".join(
+                    f"{name} {slowdowns[name][-1]:.1f}% {cpu_added[name][-1]:+.0f} ns"
+                    for name in wanted
+                )
+                + f" (load {load_average()})",
+                flush=True,
+            )
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+    print(f"load average after: {load_average()}")
+    none, none_cpu = rates["none"], cpus["none"]
+    print(
+        f"no program: {statistics.median(none) / 1e3:.0f}k datagrams/s "
+        f"({min(none) / 1e3:.0f}k..{max(none) / 1e3:.0f}k), sender CPU "
+        f"{statistics.median(none_cpu):.0f} ns a datagram "
+        f"({min(none_cpu):.0f}..{max(none_cpu):.0f})"
+    )
+    print(
+        "| variant | datagrams/s | sender slowed by | sender CPU a datagram | "
+        "CPU added a datagram (vs none beside) | the same, % | best round's CPU vs none's best |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    base = statistics.median(none_cpu)
+    best = min(none_cpu)
+    for name in wanted:
+        print(
+            f"| {name} | {statistics.median(rates[name]) / 1e3:.0f}k | {_spread(slowdowns[name])}%"
+            f" | {statistics.median(cpus[name]):.0f} ns | {_spread(cpu_added[name], 0)} ns"
+            f" | {100 * statistics.median(cpu_added[name]) / base:.1f}%"
+            f" | {min(cpus[name]) - best:+.0f} ns ({100 * (min(cpus[name]) / best - 1):+.1f}%) |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
