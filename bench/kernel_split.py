@@ -34,23 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_daemon as bench  # noqa: E402
+from loop_cpu import timed, totals  # noqa: E402  (the loop's steps wrapped the same way)
 
 DAEMON_FLAG = "--as-daemon"  # this script, started again as the wrapped daemon
 OUT_ENV = "NETATOPD_KERNEL_SPLIT_OUT"  # where the daemon writes each window's split
-totals: dict[str, list[int]] = {}  # step -> [calls, thread CPU ns]
-
-
-def timed(label: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started_ns = time.thread_time_ns()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            entry = totals.setdefault(label, [0, 0])
-            entry[0] += 1
-            entry[1] += time.thread_time_ns() - started_ns
-
-    return wrapper
 
 
 def run_daemon(argv: list[str]) -> None:
