@@ -326,11 +326,14 @@ def test_five_hundred_short_lives_each_in_the_history_with_its_identity(
         + f"; rows with unknown {dict(unknown)}, wrong {len(wrong)}, btime off {len(btime_off)}"
     )
     # Every datagram on its process's row (late packets included), btime never 0.
-    # KNOWN GAP (open): in about one run in six to twelve, alone or in the suite, the
-    # session-3 code included, one program of the 500 has no row (its datagram is on
-    # another process's, the balance holds) or a row off by its datagram.  Up to 1% (5
-    # programs) is let pass, printed.  (A row read before its rewrite for a late
-    # datagram was the test's own miss: it now waits for SYNC and SETTLE_S.)
+    # KNOWN GAP (the libpcap path's limit, netatopd(8) DIFFERENCES): in about one run
+    # in six to twelve, two programs of one batch get the same ephemeral port one after
+    # the other, and both datagrams (the same address and port pair) fall in one 10 ms
+    # capture block, summed before any owner is looked up: one program has both, the
+    # other no row (seen: pids 17481 and 17483, port 59008, both in one flow's first
+    # batch).  Up to 1% (5 programs) is let pass, printed.  (A row read before its
+    # rewrite for a late datagram was the test's own miss: it waits for SYNC and
+    # SETTLE_S now.)
     print(f"short lives: missing {missing[:5]}, miscounted {len(miscounted)} {miscounted[:3]}")
     assert len(missing) + len(miscounted) <= SHORT_LIVES // 100, (missing, miscounted[:3])
     assert all(row["btime"] != 0 for r in rows.values() for row in r)
