@@ -46,7 +46,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this tree's package, not an installed one
 
-from netatopd.ebpf import KernelOwnership, syscalls  # noqa: E402
+from netatopd.ebpf import KernelOwnership, loaded_programs, syscalls  # noqa: E402
 from netatopd.ebpf.asm import Reg, assemble, exit_insn, mov64_imm  # noqa: E402
 from netatopd.ebpf.programs import read_format  # noqa: E402
 
@@ -114,23 +114,11 @@ def foreign_length_programs() -> int:
     helper.  With one attached as a perf-event tracepoint program the kernel builds the
     tracepoint's record for every call whatever this run attaches, so a perf program
     of ours then costs only its own run, and a raw one adds a second probe."""
-    count = 0
-    current = 0
-    while (prog_id := syscalls.get_next_id(syscalls.BpfCmd.PROG_GET_NEXT_ID, current)) is not None:
-        current = prog_id
-        if prog_id in OURS:
-            continue
-        fd = syscalls.get_fd_by_id(syscalls.BpfCmd.PROG_GET_FD_BY_ID, prog_id)
-        if fd is None:
-            continue
-        try:
-            info = syscalls.obj_get_info(fd, syscalls.BPF_PROG_INFO_SIZE)
-        finally:
-            os.close(fd)
-        offset = syscalls.BPF_PROG_INFO_NAME_OFFSET
-        name = info[offset : offset + syscalls.BPF_OBJ_NAME_LEN].split(b"\0", 1)[0].decode()
-        count += name in FOREIGN_NAMES
-    return count
+    return sum(
+        1
+        for prog_id, name in loaded_programs().items()
+        if prog_id not in OURS and name in FOREIGN_NAMES
+    )
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from .helper import (
     OffsetSource,
     OwnerKind,
     loaded_object_ids,
+    loaded_programs,
     namespace_inode,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "OffsetSource",
     "OwnerKind",
     "loaded_object_ids",
+    "loaded_programs",
     "namespace_inode",
 ]

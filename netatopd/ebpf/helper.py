@@ -829,13 +829,16 @@ def _monotonic_ms() -> float:
     return time.monotonic_ns() / 1e6
 
 
-def _named_ids(next_cmd: BpfCmd, fd_cmd: BpfCmd, info_size: int, name_offset: int) -> list[int]:
-    ids: list[int] = []
+def _named_objects(
+    next_cmd: BpfCmd, fd_cmd: BpfCmd, info_size: int, name_offset: int
+) -> dict[int, str]:
+    """Id -> name of every loaded object of one kind named ``ntp_*`` (ours)."""
+    named: dict[int, str] = {}
     current = 0
     while True:
         next_id = syscalls.get_next_id(next_cmd, current)
         if next_id is None:
-            return ids
+            return named
         current = next_id
         fd = syscalls.get_fd_by_id(fd_cmd, next_id)
         if fd is None:
@@ -848,19 +851,27 @@ def _named_ids(next_cmd: BpfCmd, fd_cmd: BpfCmd, info_size: int, name_offset: in
             info[name_offset : name_offset + syscalls.BPF_OBJ_NAME_LEN].split(b"\0", 1)[0].decode()
         )
         if name.startswith(OBJECT_NAME_PREFIX):
-            ids.append(next_id)
+            named[next_id] = name
 
 
-def loaded_object_ids() -> tuple[list[int], list[int]]:
-    """Ids of every loaded program and map named ``ntp_*`` (ours), any process's."""
+def loaded_programs() -> dict[int, str]:
+    """Id -> name of every loaded program named ``ntp_*`` (ours), any process's."""
     try:
-        prog_ids = _named_ids(
+        return _named_objects(
             BpfCmd.PROG_GET_NEXT_ID,
             BpfCmd.PROG_GET_FD_BY_ID,
             syscalls.BPF_PROG_INFO_SIZE,
             syscalls.BPF_PROG_INFO_NAME_OFFSET,
         )
-        map_ids = _named_ids(
+    except BpfSyscallError as err:
+        raise EbpfUnavailable(_reason("enumerating BPF objects", err)) from err
+
+
+def loaded_object_ids() -> tuple[list[int], list[int]]:
+    """Ids of every loaded program and map named ``ntp_*`` (ours), any process's."""
+    prog_ids = list(loaded_programs())
+    try:
+        map_ids = _named_objects(
             BpfCmd.MAP_GET_NEXT_ID,
             BpfCmd.MAP_GET_FD_BY_ID,
             syscalls.BPF_MAP_INFO_SIZE,
@@ -868,4 +879,4 @@ def loaded_object_ids() -> tuple[list[int], list[int]]:
         )
     except BpfSyscallError as err:
         raise EbpfUnavailable(_reason("enumerating BPF objects", err)) from err
-    return prog_ids, map_ids
+    return prog_ids, list(map_ids)
