@@ -416,14 +416,11 @@ class TaskRegistry:
         files only when it had more.
         """
         procfs = self.procfs
-        known = self.identities.get(tgid) if task is None and self.identities else None
-        start_ticks = (
-            task.start_time_ticks
-            if task is not None
-            else known.identity.start_time_ticks
-            if known is not None
-            else None
-        )
+        start_ticks: int | None = None
+        if task is not None:
+            start_ticks = task.start_time_ticks
+        elif self.identities is not None and (known := self.identities.get(tgid)) is not None:
+            start_ticks = known.identity.start_time_ticks
         try:
             stat = procfs.stat(tgid)
             if stat.num_threads <= 1 or (
