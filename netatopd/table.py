@@ -39,7 +39,7 @@ from .procfs import ProcError, read_stat, same_process
 from .protocol import COUNTER_NAMES
 from .rundir import RunDirError, SafeDirectory
 from .status import TABLE_FIELDS, TABLE_SLOTS
-from .tasks import Kind, TaskRow
+from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,11 @@ def _read_boot_id(proc_root: str = PROC_ROOT_DEFAULT) -> bytes:
         return bytes(16)
 
 
+def _same(before: list[ExitedTask], now: list[ExitedTask]) -> bool:
+    """The same exit-list entries (the very objects) in the same order."""
+    return len(before) == len(now) and all(a is b for a, b in zip(before, now, strict=True))
+
+
 def _format_time(epoch_s: float) -> str:
     if epoch_s <= 0:
         return "never"
@@ -280,6 +285,17 @@ class TableWriter:
         self._offsets: dict[str, int] = {"": 0}
         self._text_used = 1
         self.text_refused_last = 0  # strings the last publish had no room for
+        self._strings_refused = 0  # in the packing under way
+        self._text_written = 0  # text bytes copied into the mapping by the last write
+        # publish_tasks: each task's rows packed (process row, thread rows) until it is
+        # touched, the exit list's rows by entry, where each task's rows are (process row,
+        # first thread row, thread rows), and the layout they are in (task table's layout version,
+        # exit list); None: the next publish_tasks lays every row out again.
+        self._task_rows: dict[TaskInfo, tuple[bytes, list[bytes]]] = {}
+        self._exited_rows: dict[int, tuple[ExitedTask, bytes]] = {}
+        self._positions: dict[TaskInfo, tuple[int, int, int]] = {}
+        self._layout: tuple[int, list[ExitedTask]] | None = None
+        self._row_count = 0
         self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
@@ -403,93 +419,89 @@ class TableWriter:
         fresh = self._text_used == 1
         packed = self._pack_pass(rows)
         if packed[3] and not fresh:
-            self._offsets = {"": 0}
-            self._text_used = 1
+            self._reset_text()
             packed = self._pack_pass(rows)
         return packed
+
+    def _reset_text(self) -> None:
+        """Start the text area again: every row packed before holds stale offsets."""
+        self._offsets = {"": 0}
+        self._text_used = 1
+        self._task_rows.clear()
+        self._exited_rows.clear()
+        self._layout = None
+
+    def _place(self, value: str) -> int:
+        """The offset of a string in the text buffer, put there if it is new (0: no room)."""
+        offset = self._offsets.get(value)
+        if offset is not None:
+            return offset
+        encoded = self._text_bytes(value)
+        start = self._text_used
+        end = start + len(encoded)
+        if end > self.text_size:
+            self._strings_refused += 1
+            return 0
+        self._text_buffer[start:end] = encoded
+        self._offsets[value] = start
+        self._text_used = end
+        return start
+
+    def _pack_row(self, row: TaskRow) -> bytes:
+        """One row as the table holds it, its strings placed (``_strings_refused`` counts
+        those that found no room)."""
+        cache = self._command_cache
+        command = cache.get(row.command)
+        if command is None:
+            if len(cache) >= _COMMAND_CACHE_MAX:
+                cache.clear()
+            command = row.command.encode("utf-8", "replace")[:15]
+            cache[row.command] = command
+        last_s = row.last_activity_s
+        if last_s > 0:
+            # Whole seconds and the fraction apart, so ns / 10**9 gives back the same float.
+            whole_s = math.floor(last_s)
+            last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
+        else:
+            last_ns = 0
+        place = self._place
+        try:
+            return TABLE_ROW.pack(
+                row.kind,
+                row.id,
+                row.tgid,
+                UID_UNKNOWN if row.uid < 0 else row.uid,
+                row.btime,
+                command,
+                *row.counters,
+                last_ns,
+                place(row.cmdline),
+                place(row.unit),
+                place(row.container),
+                place(row.cgroup),
+            )
+        except struct.error as err:
+            raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
 
     def _pack_pass(self, rows: list[TaskRow]) -> tuple[int, int, int, int]:
         fresh = self._text_used == 1  # nothing to gain from a rebuild
         buffer = self._rows_buffer
-        cache = self._command_cache
-        pack_into = TABLE_ROW.pack_into
+        pack_row = self._pack_row
         row_size = TABLE_ROW.size
         capacity = self.capacity
-        text = self._text_buffer
-        text_size = self.text_size
-        text_bytes = self._text_bytes
-        offsets = self._offsets
-        known = offsets.get
-        text_refused = 0
-
-        def place(value: str) -> int:
-            """Put a string the text buffer lacks; its offset (0 if no room)."""
-            nonlocal text_refused
-            encoded = text_bytes(value)
-            start = self._text_used
-            end = start + len(encoded)
-            if end > text_size:
-                text_refused += 1
-                return 0
-            text[start:end] = encoded
-            offsets[value] = start
-            self._text_used = end
-            return start
-
+        self._strings_refused = 0
         count = 0
         refused = 0
         for row in rows:
             if count == capacity:
                 refused += 1
                 continue
-            command = cache.get(row.command)
-            if command is None:
-                if len(cache) >= _COMMAND_CACHE_MAX:
-                    cache.clear()
-                command = row.command.encode("utf-8", "replace")[:15]
-                cache[row.command] = command
-            last_s = row.last_activity_s
-            if last_s > 0:
-                # Whole seconds and the fraction apart, so ns / 10**9 gives back the same float.
-                whole_s = math.floor(last_s)
-                last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
-            else:
-                last_ns = 0
-            cmdline = known(row.cmdline)
-            if cmdline is None:
-                cmdline = place(row.cmdline)
-            unit = known(row.unit)
-            if unit is None:
-                unit = place(row.unit)
-            container = known(row.container)
-            if container is None:
-                container = place(row.container)
-            cgroup = known(row.cgroup)
-            if cgroup is None:
-                cgroup = place(row.cgroup)
-            try:
-                pack_into(
-                    buffer,
-                    count * row_size,
-                    row.kind,
-                    row.id,
-                    row.tgid,
-                    UID_UNKNOWN if row.uid < 0 else row.uid,
-                    row.btime,
-                    command,
-                    *row.counters,
-                    last_ns,
-                    cmdline,
-                    unit,
-                    container,
-                    cgroup,
-                )
-            except struct.error as err:
-                raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
+            start = count * row_size
+            buffer[start : start + row_size] = pack_row(row)
             count += 1
-            if text_refused and not fresh:
+            if self._strings_refused and not fresh:
                 break  # the caller rebuilds the text and packs again
-        return count, refused, self._text_used, text_refused
+        return count, refused, self._text_used, self._strings_refused
 
     def publish(self, rows: Iterable[TaskRow], status: Mapping[str, int]) -> int:
         """Publish one consistent snapshot; returns the number of rows written.
@@ -498,29 +510,196 @@ class TableWriter:
         raises ValueError with the table untouched and even.
         """
         status_values = self._pack_status(status)
+        self._layout = None  # rows not from publish_tasks: its next call packs everything
         count, refused, text_used, text_refused = self._pack_rows(rows)
+        self._write(count, refused, status_values, text_refused)
+        return count
+
+    def _write(
+        self,
+        count: int,
+        refused: int,
+        status_values: list[int],
+        text_refused: int,
+        rows_written: list[int] | None = None,
+    ) -> None:
+        """The packed buffers into the mapping under the seqlock, with a new header.
+
+        rows_written: the indexes of the only rows that changed since the last
+        write, and only the text placed since is copied; None: every row and
+        all the text in use.
+        """
         self._refused_total += refused
         self.text_refused_last = text_refused
+        text_used = self._text_used
         now_ns = time.time_ns()
-        used = count * TABLE_ROW.size
+        row_size = TABLE_ROW.size
+        used = count * row_size
         header = self._header(count, refused, status_values, now_ns, text_used, text_refused)
         table_map = self._map
+        rows_buffer = memoryview(self._rows_buffer)
+        rows_start = TABLE_HEADER.size
+        text_start = self._text_start
+        text_from = 0 if rows_written is None else self._text_written
         # Seqlock write.  The generation is one aligned 8-byte store; x86-64
         # keeps stores in program order, so a reader that sees the even value
         # again has seen every byte written before it.
         self._generation += 1
         self._generation_view[0] = self._generation
-        table_map[TABLE_HEADER.size : TABLE_HEADER.size + used] = memoryview(self._rows_buffer)[
-            :used
+        if rows_written is None:
+            table_map[rows_start : rows_start + used] = rows_buffer[:used]
+        else:
+            for index in rows_written:
+                start = index * row_size
+                table_map[rows_start + start : rows_start + start + row_size] = rows_buffer[
+                    start : start + row_size
+                ]
+        table_map[text_start + text_from : text_start + text_used] = memoryview(self._text_buffer)[
+            text_from:text_used
         ]
-        text_start = self._text_start
-        table_map[text_start : text_start + text_used] = memoryview(self._text_buffer)[:text_used]
         table_map[VARIABLE_PART_OFFSET : TABLE_HEADER.size] = header[VARIABLE_PART_OFFSET:]
         self._generation += 1
         self._generation_view[0] = self._generation
+        self._text_written = text_used
         if refused:
             log.debug("table full: %d rows past capacity %d", refused, self.capacity)
+
+    # -- publishing the task table: a task's rows are packed again only when it changed --
+
+    def publish_tasks(
+        self, tasks: TaskTable, exited: list[ExitedTask], status: Mapping[str, int]
+    ) -> int:
+        """Publish the task table and the exit list; returns the number of rows written.
+
+        The same rows in the same order as ``publish`` given every process
+        (``tasks.by_tgid`` order), then every thread row, then ``exited`` (the
+        engine's rows); but each task's rows are kept packed from publish to
+        publish and packed again only when the task was touched since
+        (``TaskInfo.touch``, ``TaskTable.take_changed``).  While no task came
+        or went and the exit list is the same, only the touched tasks' rows
+        and the new strings are written: a publish costs in proportion to the
+        active tasks.  Otherwise every row is laid out again from the packed
+        ones.  A table that could not hold every row or string is packed by
+        ``publish`` as before, from scratch.
+        """
+        status_values = self._pack_status(status)
+        changed = tasks.take_changed()
+        task_rows = self._task_rows
+        for task in changed:
+            task_rows.pop(task, None)
+        layout, self._layout = self._layout, None  # kept only when this publish succeeds
+        if layout is not None and layout[0] == tasks.layout_version and _same(layout[1], exited):
+            written = self._patch_tasks(changed)
+            if written is not None:
+                self._write(self._row_count, 0, status_values, 0, written)
+                self._layout = layout
+                return self._row_count
+        count = self._lay_out_tasks(tasks, exited)
+        if count is None:  # rows past capacity or strings without room: as publish does
+            self._reset_cache()
+            rows = tasks.rows(threads=True)
+            rows.extend(entry.row() for entry in exited)
+            count, refused, _, text_refused = self._pack_rows(rows)
+            self._write(count, refused, status_values, text_refused)
+            return count
+        self._write(count, 0, status_values, 0)
+        self._row_count = count
+        self._layout = (tasks.layout_version, exited)
         return count
+
+    def _reset_cache(self) -> None:
+        self._task_rows.clear()
+        self._exited_rows.clear()
+        self._positions.clear()
+
+    def _packed_task(self, task: TaskInfo) -> tuple[bytes, list[bytes]]:
+        """A task's process row and thread rows, packed and kept until it is touched."""
+        packed = self._task_rows.get(task)
+        if packed is None:
+            refused = self._strings_refused
+            pack_row = self._pack_row
+            threads = [pack_row(row) for row in task.thread_rows()] if task.threads else []
+            packed = (pack_row(task.row()), threads)
+            if self._strings_refused == refused:  # a string without room is tried again
+                self._task_rows[task] = packed
+        return packed
+
+    def _lay_out_tasks(self, tasks: TaskTable, exited: list[ExitedTask]) -> int | None:
+        """Every row into the rows buffer, in order, from the packed ones; the row count,
+        or None when a row is past capacity or a string found no room."""
+        self._strings_refused = 0
+        buffer = self._rows_buffer
+        row_size = TABLE_ROW.size
+        capacity = self.capacity
+        packed_task = self._packed_task
+        positions: dict[TaskInfo, tuple[int, int, int]] = {}
+        threaded: list[tuple[TaskInfo, list[bytes]]] = []
+        count = 0
+        for task in tasks.by_tgid.values():
+            if count == capacity:
+                return None
+            process_row, thread_rows = packed_task(task)
+            if self._strings_refused:
+                return None
+            start = count * row_size
+            buffer[start : start + row_size] = process_row
+            positions[task] = (count, 0, 0)
+            if thread_rows:
+                threaded.append((task, thread_rows))
+            count += 1
+        for task, thread_rows in threaded:
+            if count + len(thread_rows) > capacity:
+                return None
+            positions[task] = (positions[task][0], count, len(thread_rows))
+            start = count * row_size
+            for row in thread_rows:
+                buffer[start : start + row_size] = row
+                start += row_size
+            count += len(thread_rows)
+        exited_rows = self._exited_rows
+        kept: dict[int, tuple[ExitedTask, bytes]] = {}
+        for entry in exited:
+            if count == capacity:
+                return None
+            known = exited_rows.get(id(entry))
+            if known is None or known[0] is not entry:
+                known = (entry, self._pack_row(entry.row()))
+                if self._strings_refused:
+                    return None
+            kept[id(entry)] = known
+            start = count * row_size
+            buffer[start : start + row_size] = known[1]
+            count += 1
+        self._exited_rows = kept
+        self._positions = positions
+        return count
+
+    def _patch_tasks(self, changed: list[TaskInfo]) -> list[int] | None:
+        """The touched tasks' rows packed again where they are; the indexes of the rows
+        written, or None when a task's thread rows came or went (the layout moves) or
+        a string found no room."""
+        self._strings_refused = 0
+        buffer = self._rows_buffer
+        row_size = TABLE_ROW.size
+        positions = self._positions
+        written: list[int] = []
+        for task in changed:
+            where = positions.get(task)
+            if where is None:
+                continue  # not in the table (it left; a task that came moved the layout)
+            index, thread_index, thread_count = where
+            if len(task.threads) != thread_count:
+                return None
+            process_row, thread_rows = self._packed_task(task)
+            if self._strings_refused:
+                return None
+            buffer[index * row_size : (index + 1) * row_size] = process_row
+            written.append(index)
+            for row in thread_rows:
+                buffer[thread_index * row_size : (thread_index + 1) * row_size] = row
+                written.append(thread_index)
+                thread_index += 1
+        return written
 
     def close(self, unlink: bool = True) -> None:
         """Unmap; with unlink, remove the file if it is still this writer's."""
