@@ -63,7 +63,7 @@ def run_daemon(argv: list[str]) -> None:
         (ownership.Sweeper, "run"),
         (engine.Engine, "publish"),
         (engine.Engine, "table_figures"),
-        (table.TableWriter, "publish"),
+        (table.TableWriter, "publish_tasks"),
         (engine.Engine, "on_process_events"),
     )
     for owner, name in steps:

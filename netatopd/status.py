@@ -23,6 +23,7 @@ cheaply.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -122,6 +123,25 @@ def _getter(path: str) -> Callable[[object], object]:
         return ABSENT if value is None else value
 
     return get
+
+
+# Attribute names a mapping has: a source step so named is never read as an attribute.
+_MAPPING_ATTRIBUTES = frozenset(dir(dict)) | frozenset(dir(Mapping))
+
+
+def _attribute_getter(path: str) -> Callable[[object], object] | None:
+    """operator.attrgetter(path) where it reads the same as _getter would, else None.
+
+    It does for a path of plain steps (no call, no step a mapping has as an
+    attribute) whenever it does not raise AttributeError: a step into None
+    or a mapping raises it (the caller then follows the path with _getter,
+    which makes the figure absent or steps into the mapping).  The shared
+    table's figures are read this way at every publish: one call in C.
+    """
+    steps = path.split(".")
+    if any(step.endswith("()") or step in _MAPPING_ATTRIBUTES for step in steps):
+        return None
+    return operator.attrgetter(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,11 +498,38 @@ def collect(root: object) -> dict[str, object]:
     return status
 
 
+# The table's figures in slot order, each with an attrgetter where its path is plain
+# (None: read by Field.value), and whether that attrgetter has raised (a stage off, a
+# mapping on the path): then Field.value reads it at once.  Only a shortcut: both
+# read the same value.
+_TABLE_READS: tuple[tuple[Field, Callable[[object], object] | None], ...] = tuple(
+    (entry, None if entry.present is not None else _attribute_getter(entry.source))
+    for entry in _TABLE
+)
+_TABLE_READ_FAILED = [False] * len(_TABLE_READS)
+
+
 def collect_table(root: object) -> dict[str, int]:
-    """The figures of root that have a table slot (only those: cheaper than collect)."""
+    """The figures of root that have a table slot (only those: cheaper than collect).
+
+    Called at every publish of the shared table: a plain path is read with
+    one attrgetter call, and followed step by step (Field.value) only where
+    that meets None or a mapping; the values are the same either way.
+    """
     figures: dict[str, int] = {}
-    for entry in _TABLE:
-        value = entry.value(root)
+    failed = _TABLE_READ_FAILED
+    for index, (entry, attributes) in enumerate(_TABLE_READS):
+        if attributes is None or failed[index]:
+            value = entry.value(root)
+        else:
+            try:
+                value = attributes(root)
+            except AttributeError:
+                failed[index] = True
+                value = entry.value(root)
+            else:
+                if value is None:
+                    continue
         if value is not ABSENT:
             assert isinstance(value, int)
             figures[entry.name] = value
