@@ -288,12 +288,14 @@ class TableWriter:
         self._strings_refused = 0  # in the packing under way
         self._text_written = 0  # text bytes copied into the mapping by the last write
         # publish_tasks: each task's rows packed (process row, thread rows) until it is
-        # touched, the exit list's rows by entry, where each task's rows are (process row,
-        # first thread row, thread rows), and the layout they are in (task table's layout version,
-        # exit list); None: the next publish_tasks lays every row out again.
+        # touched; the exit list's rows by entry; where each task's process row is, and
+        # its first thread row and thread count (tasks with threads); and the layout
+        # these are for (the task table's layout version, the exit list), None: the
+        # next publish_tasks lays every row out again.
         self._task_rows: dict[TaskInfo, tuple[bytes, list[bytes]]] = {}
         self._exited_rows: dict[int, tuple[ExitedTask, bytes]] = {}
-        self._positions: dict[TaskInfo, tuple[int, int, int]] = {}
+        self._process_index: dict[TaskInfo, int] = {}
+        self._thread_index: dict[TaskInfo, tuple[int, int]] = {}
         self._layout: tuple[int, list[ExitedTask]] | None = None
         self._row_count = 0
         self._map, self._made = self._create()
@@ -610,7 +612,8 @@ class TableWriter:
     def _reset_cache(self) -> None:
         self._task_rows.clear()
         self._exited_rows.clear()
-        self._positions.clear()
+        self._process_index.clear()
+        self._thread_index.clear()
 
     def _packed_task(self, task: TaskInfo) -> tuple[bytes, list[bytes]]:
         """A task's process row and thread rows, packed and kept until it is touched."""
@@ -628,50 +631,45 @@ class TableWriter:
         """Every row into the rows buffer, in order, from the packed ones; the row count,
         or None when a row is past capacity or a string found no room."""
         self._strings_refused = 0
-        buffer = self._rows_buffer
-        row_size = TABLE_ROW.size
-        capacity = self.capacity
+        by_tgid = tasks.by_tgid
+        if len(by_tgid) + len(exited) > self.capacity:
+            return None
+        packed_rows = self._task_rows.get
         packed_task = self._packed_task
-        positions: dict[TaskInfo, tuple[int, int, int]] = {}
+        rows: list[bytes] = []
+        add = rows.append
         threaded: list[tuple[TaskInfo, list[bytes]]] = []
-        count = 0
-        for task in tasks.by_tgid.values():
-            if count == capacity:
-                return None
-            process_row, thread_rows = packed_task(task)
-            if self._strings_refused:
-                return None
-            start = count * row_size
-            buffer[start : start + row_size] = process_row
-            positions[task] = (count, 0, 0)
-            if thread_rows:
-                threaded.append((task, thread_rows))
-            count += 1
+        for task in by_tgid.values():
+            packed = packed_rows(task)
+            if packed is None:
+                packed = packed_task(task)
+                if self._strings_refused:
+                    return None
+            add(packed[0])
+            if packed[1]:
+                threaded.append((task, packed[1]))
+        process_index = dict(zip(by_tgid.values(), range(len(rows)), strict=True))
+        thread_index: dict[TaskInfo, tuple[int, int]] = {}
         for task, thread_rows in threaded:
-            if count + len(thread_rows) > capacity:
-                return None
-            positions[task] = (positions[task][0], count, len(thread_rows))
-            start = count * row_size
-            for row in thread_rows:
-                buffer[start : start + row_size] = row
-                start += row_size
-            count += len(thread_rows)
+            thread_index[task] = (len(rows), len(thread_rows))
+            rows.extend(thread_rows)
         exited_rows = self._exited_rows
         kept: dict[int, tuple[ExitedTask, bytes]] = {}
         for entry in exited:
-            if count == capacity:
-                return None
             known = exited_rows.get(id(entry))
             if known is None or known[0] is not entry:
                 known = (entry, self._pack_row(entry.row()))
                 if self._strings_refused:
                     return None
             kept[id(entry)] = known
-            start = count * row_size
-            buffer[start : start + row_size] = known[1]
-            count += 1
+            add(known[1])
+        count = len(rows)
+        if count > self.capacity:
+            return None
+        self._rows_buffer[: count * TABLE_ROW.size] = b"".join(rows)
         self._exited_rows = kept
-        self._positions = positions
+        self._process_index = process_index
+        self._thread_index = thread_index
         return count
 
     def _patch_tasks(self, changed: list[TaskInfo]) -> list[int] | None:
@@ -681,13 +679,14 @@ class TableWriter:
         self._strings_refused = 0
         buffer = self._rows_buffer
         row_size = TABLE_ROW.size
-        positions = self._positions
+        process_index = self._process_index
+        thread_index = self._thread_index
         written: list[int] = []
         for task in changed:
-            where = positions.get(task)
-            if where is None:
+            index = process_index.get(task)
+            if index is None:
                 continue  # not in the table (it left; a task that came moved the layout)
-            index, thread_index, thread_count = where
+            first_thread, thread_count = thread_index.get(task, (0, 0))
             if len(task.threads) != thread_count:
                 return None
             process_row, thread_rows = self._packed_task(task)
@@ -696,9 +695,9 @@ class TableWriter:
             buffer[index * row_size : (index + 1) * row_size] = process_row
             written.append(index)
             for row in thread_rows:
-                buffer[thread_index * row_size : (thread_index + 1) * row_size] = row
-                written.append(thread_index)
-                thread_index += 1
+                buffer[first_thread * row_size : (first_thread + 1) * row_size] = row
+                written.append(first_thread)
+                first_thread += 1
         return written
 
     def close(self, unlink: bool = True) -> None:
