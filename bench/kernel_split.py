@@ -82,7 +82,8 @@ def run_daemon(argv: list[str]) -> None:
         split = {
             label: (calls / seconds, ns / 1e6 / seconds) for label, (calls, ns) in totals.items()
         }
-        Path(out).write_text(json.dumps(split))
+        Path(out + ".new").write_text(json.dumps(split))
+        os.replace(out + ".new", out)  # whole: the bench reads it once it exists
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, write)
