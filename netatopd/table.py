@@ -290,14 +290,14 @@ class TableWriter:
         # publish_tasks: each task's rows packed (process row, thread rows) until it is
         # touched; the exit list's rows by entry; where each task's process row is, and
         # its first thread row and thread count (tasks with threads); and the layout
-        # these are for (the task table's layout version, the exit list), None: the
-        # next publish_tasks lays every row out again.
+        # these are for (the task table's layout version, the exit list, its first row,
+        # the row count), None: the next publish_tasks lays every row out again.
         self._task_rows: dict[TaskInfo, tuple[bytes, list[bytes]]] = {}
         self._exited_rows: dict[int, tuple[ExitedTask, bytes]] = {}
         self._process_index: dict[TaskInfo, int] = {}
         self._thread_index: dict[TaskInfo, tuple[int, int]] = {}
-        self._layout: tuple[int, list[ExitedTask]] | None = None
-        self._row_count = 0
+        self._layout: tuple[int, list[ExitedTask], int, int] | None = None
+        self._first_exited = 0  # the exit list's first row (after every task's rows)
         self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
@@ -577,11 +577,12 @@ class TableWriter:
         (``tasks.by_tgid`` order), then every thread row, then ``exited`` (the
         engine's rows); but each task's rows are kept packed from publish to
         publish and packed again only when the task was touched since
-        (``TaskInfo.touch``, ``TaskTable.take_changed``).  While no task came
-        or went and the exit list is the same, only the touched tasks' rows
-        and the new strings are written: a publish costs in proportion to the
-        active tasks.  Otherwise every row is laid out again from the packed
-        ones.  A table that could not hold every row or string is packed by
+        (``TaskInfo.touch``, ``TaskTable.take_changed``); an exit-list entry
+        is packed once.  While no task came or went, only the touched tasks'
+        rows, the exit list's rows if it changed (they come last) and the new
+        strings are written: a publish costs in proportion to the active
+        tasks.  Otherwise every row is laid out again from the packed ones.
+        A table that could not hold every row or string is packed by
         ``publish`` as before, from scratch.
         """
         status_values = self._pack_status(status)
@@ -590,12 +591,10 @@ class TableWriter:
         for task in changed:
             task_rows.pop(task, None)
         layout, self._layout = self._layout, None  # kept only when this publish succeeds
-        if layout is not None and layout[0] == tasks.layout_version and _same(layout[1], exited):
-            written = self._patch_tasks(changed)
-            if written is not None:
-                self._write(self._row_count, 0, status_values, 0, written)
-                self._layout = layout
-                return self._row_count
+        if layout is not None and layout[0] == tasks.layout_version:
+            count = self._patch(changed, exited, layout, status_values)
+            if count is not None:
+                return count
         count = self._lay_out_tasks(tasks, exited)
         if count is None:  # rows past capacity or strings without room: as publish does
             self._reset_cache()
@@ -605,8 +604,34 @@ class TableWriter:
             self._write(count, refused, status_values, text_refused)
             return count
         self._write(count, 0, status_values, 0)
-        self._row_count = count
-        self._layout = (tasks.layout_version, exited)
+        self._layout = (tasks.layout_version, exited, self._first_exited, count)
+        return count
+
+    def _patch(
+        self,
+        changed: list[TaskInfo],
+        exited: list[ExitedTask],
+        layout: tuple[int, list[ExitedTask], int, int],
+        status_values: list[int],
+    ) -> int | None:
+        """No task came or went: the touched tasks' rows where they are, and the exit
+        list's rows again if it changed (they come last); written, the row count.
+        None: the rows move (a thread came or went, the table is full, a string found
+        no room), and every row must be laid out again."""
+        written = self._patch_tasks(changed)
+        if written is None:
+            return None
+        version, before, first_exited, count = layout
+        if not _same(before, exited):
+            exited_rows = self._packed_exited(exited)
+            if exited_rows is None or first_exited + len(exited_rows) > self.capacity:
+                return None
+            count = first_exited + len(exited_rows)
+            row_size = TABLE_ROW.size
+            self._rows_buffer[first_exited * row_size : count * row_size] = b"".join(exited_rows)
+            written.extend(range(first_exited, count))
+        self._write(count, 0, status_values, 0, written)
+        self._layout = (version, exited, first_exited, count)
         return count
 
     def _reset_cache(self) -> None:
@@ -653,8 +678,26 @@ class TableWriter:
         for task, thread_rows in threaded:
             thread_index[task] = (len(rows), len(thread_rows))
             rows.extend(thread_rows)
+        first_exited = len(rows)
+        exited_rows = self._packed_exited(exited)
+        if exited_rows is None:
+            return None
+        rows.extend(exited_rows)
+        count = len(rows)
+        if count > self.capacity:
+            return None
+        self._rows_buffer[: count * TABLE_ROW.size] = b"".join(rows)
+        self._first_exited = first_exited
+        self._process_index = process_index
+        self._thread_index = thread_index
+        return count
+
+    def _packed_exited(self, exited: list[ExitedTask]) -> list[bytes] | None:
+        """The exit list's rows, each packed once (entries never change); None when a
+        string found no room."""
         exited_rows = self._exited_rows
         kept: dict[int, tuple[ExitedTask, bytes]] = {}
+        rows: list[bytes] = []
         for entry in exited:
             known = exited_rows.get(id(entry))
             if known is None or known[0] is not entry:
@@ -662,15 +705,9 @@ class TableWriter:
                 if self._strings_refused:
                     return None
             kept[id(entry)] = known
-            add(known[1])
-        count = len(rows)
-        if count > self.capacity:
-            return None
-        self._rows_buffer[: count * TABLE_ROW.size] = b"".join(rows)
+            rows.append(known[1])
         self._exited_rows = kept
-        self._process_index = process_index
-        self._thread_index = thread_index
-        return count
+        return rows
 
     def _patch_tasks(self, changed: list[TaskInfo]) -> list[int] | None:
         """The touched tasks' rows packed again where they are; the indexes of the rows

@@ -170,6 +170,28 @@ def test_a_finished_task_leaves_its_process_row_for_an_exited_one(pair: Pair) ->
     assert [row.id for row in pair.fast_reader.snapshot().rows] == [11]
 
 
+def test_an_exit_list_that_changed_rewrites_its_rows_only(pair: Pair) -> None:
+    """The exit list's rows come last: when it changes and no task came or went,
+    they are written again and the tasks' rows stay as they are."""
+    tasks = TaskTable()
+    staying = new_task(41)
+    tasks.admit(staying)
+    ended = [new_task(tgid).finished(1_700_000_950.0 + tgid) for tgid in (42, 43, 44)]
+    pair.publish(tasks, ended)
+    garbage = plant(pair.fast, 0)  # the live task's row
+    pair.publish(tasks, ended[1:])  # the oldest entry read
+    assert mapped(pair.fast, 0, len(garbage)) == garbage
+    assert pair.fast_reader.lookup(42) is None
+    assert [pair.fast_reader.lookup(tgid) for tgid in (43, 44)] == [e.row() for e in ended[1:]]
+    more = [*ended[1:], new_task(45).finished(1_700_000_999.0)]
+    pair.publish(tasks, more)
+    assert mapped(pair.fast, 0, len(garbage)) == garbage
+    assert pair.fast_reader.lookup(45) == more[-1].row()
+    staying.add(True, (1, 1, 0, 0), 1_700_001_000.0)
+    pair.publish(tasks, more)
+    pair.check()  # the live task's row written again: both tables the same
+
+
 def test_a_task_taken_back_and_a_pid_reused(pair: Pair) -> None:
     """A finished task admitted again (late packets) and a new process on an old pid."""
     tasks = TaskTable()
