@@ -286,6 +286,7 @@ class TableWriter:
         self._text_used = 1
         self.text_refused_last = 0  # strings the last publish had no room for
         self._strings_refused = 0  # in the packing under way
+        self._row_scratch = bytearray(TABLE_ROW.size)  # one row packed alone
         self._text_written = 0  # text bytes copied into the mapping by the last write
         # publish_tasks: each task's rows packed (process row, thread rows) until it is
         # touched; the exit list's rows by entry; where each task's process row is, and
@@ -434,10 +435,7 @@ class TableWriter:
         self._layout = None
 
     def _place(self, value: str) -> int:
-        """The offset of a string in the text buffer, put there if it is new (0: no room)."""
-        offset = self._offsets.get(value)
-        if offset is not None:
-            return offset
+        """The offset of a string the text buffer lacks, once put there (0: no room)."""
         encoded = self._text_bytes(value)
         start = self._text_used
         end = start + len(encoded)
@@ -450,60 +448,83 @@ class TableWriter:
         return start
 
     def _pack_row(self, row: TaskRow) -> bytes:
-        """One row as the table holds it, its strings placed (``_strings_refused`` counts
-        those that found no room)."""
-        cache = self._command_cache
-        command = cache.get(row.command)
-        if command is None:
-            if len(cache) >= _COMMAND_CACHE_MAX:
-                cache.clear()
-            command = row.command.encode("utf-8", "replace")[:15]
-            cache[row.command] = command
-        last_s = row.last_activity_s
-        if last_s > 0:
-            # Whole seconds and the fraction apart, so ns / 10**9 gives back the same float.
-            whole_s = math.floor(last_s)
-            last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
-        else:
-            last_ns = 0
-        place = self._place
-        try:
-            return TABLE_ROW.pack(
-                row.kind,
-                row.id,
-                row.tgid,
-                UID_UNKNOWN if row.uid < 0 else row.uid,
-                row.btime,
-                command,
-                *row.counters,
-                last_ns,
-                place(row.cmdline),
-                place(row.unit),
-                place(row.container),
-                place(row.cgroup),
-            )
-        except struct.error as err:
-            raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
+        """One row as the table holds it, its strings placed (publish_tasks keeps it)."""
+        scratch = self._row_scratch
+        self._pack_into(scratch, [row], 1, stop_on_refused=False)
+        return bytes(scratch)
 
     def _pack_pass(self, rows: list[TaskRow]) -> tuple[int, int, int, int]:
-        fresh = self._text_used == 1  # nothing to gain from a rebuild
-        buffer = self._rows_buffer
-        pack_row = self._pack_row
-        row_size = TABLE_ROW.size
-        capacity = self.capacity
         self._strings_refused = 0
+        fresh = self._text_used == 1  # nothing to gain from a rebuild
+        count, refused = self._pack_into(self._rows_buffer, rows, self.capacity, not fresh)
+        return count, refused, self._text_used, self._strings_refused
+
+    def _pack_into(
+        self, buffer: bytearray, rows: list[TaskRow], capacity: int, stop_on_refused: bool
+    ) -> tuple[int, int]:
+        """Pack rows one after the other into buffer, their strings placed; (rows packed,
+        rows past capacity).  ``_strings_refused`` counts the strings that found no
+        room; with stop_on_refused the packing stops at the first (the caller rebuilds
+        the text and packs again)."""
+        cache = self._command_cache
+        pack_into = TABLE_ROW.pack_into
+        row_size = TABLE_ROW.size
+        known = self._offsets.get
+        place = self._place
         count = 0
         refused = 0
         for row in rows:
             if count == capacity:
                 refused += 1
                 continue
-            start = count * row_size
-            buffer[start : start + row_size] = pack_row(row)
+            command = cache.get(row.command)
+            if command is None:
+                if len(cache) >= _COMMAND_CACHE_MAX:
+                    cache.clear()
+                command = row.command.encode("utf-8", "replace")[:15]
+                cache[row.command] = command
+            last_s = row.last_activity_s
+            if last_s > 0:
+                # Whole seconds and the fraction apart, so ns / 10**9 gives back the same float.
+                whole_s = math.floor(last_s)
+                last_ns = whole_s * NS_PER_S + round((last_s - whole_s) * 1e9)
+            else:
+                last_ns = 0
+            cmdline = known(row.cmdline)
+            if cmdline is None:
+                cmdline = place(row.cmdline)
+            unit = known(row.unit)
+            if unit is None:
+                unit = place(row.unit)
+            container = known(row.container)
+            if container is None:
+                container = place(row.container)
+            cgroup = known(row.cgroup)
+            if cgroup is None:
+                cgroup = place(row.cgroup)
+            try:
+                pack_into(
+                    buffer,
+                    count * row_size,
+                    row.kind,
+                    row.id,
+                    row.tgid,
+                    UID_UNKNOWN if row.uid < 0 else row.uid,
+                    row.btime,
+                    command,
+                    *row.counters,
+                    last_ns,
+                    cmdline,
+                    unit,
+                    container,
+                    cgroup,
+                )
+            except struct.error as err:
+                raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
             count += 1
-            if self._strings_refused and not fresh:
-                break  # the caller rebuilds the text and packs again
-        return count, refused, self._text_used, self._strings_refused
+            if stop_on_refused and self._strings_refused:
+                break
+        return count, refused
 
     def publish(self, rows: Iterable[TaskRow], status: Mapping[str, int]) -> int:
         """Publish one consistent snapshot; returns the number of rows written.
