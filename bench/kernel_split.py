@@ -70,6 +70,15 @@ def run_daemon(argv: list[str]) -> None:
         setattr(owner, name, timed(f"{owner.__name__}.{name}", getattr(owner, name)))
     for name in ("map_update", "map_lookup_batch"):  # called through the module
         setattr(syscalls, name, timed(f"bpf {name}", getattr(syscalls, name)))
+    publish_tasks = table.TableWriter.publish_tasks
+
+    def counted_publish(writer: Any, tasks: Any, exited: list[Any], status: Any) -> int:
+        """The table's size (live tasks, exit-list entries) summed over the publishes."""
+        totals.setdefault("table: live tasks (sum)", [0, 0])[0] += len(tasks.by_tgid)
+        totals.setdefault("table: exit-list rows (sum)", [0, 0])[0] += len(exited)
+        return publish_tasks(writer, tasks, exited, status)
+
+    table.TableWriter.publish_tasks = counted_publish  # type: ignore[method-assign]
     out = os.environ[OUT_ENV]
     window: dict[str, float] = {}
 
