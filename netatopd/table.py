@@ -14,10 +14,13 @@ A reader copies what it needs and keeps the copy only when the generation was
 even and unchanged around the copy.  The writer never waits for readers.
 
 State owned: the writer's mapping, its packing buffers and the strings of its
-text area with their offsets (kept from publish to publish); each reader's
-read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
-interval), the netatop command (cli.sources, cli.top: TableReader, open_table)
-and any other reader.  Whether the writer still runs is procfs.same_process.
+text area with their offsets (kept from publish to publish), and for
+``publish_tasks`` each task's packed rows until the task is touched (a
+publish packs and writes only what changed); each reader's read-only
+mapping.  Callers: the daemon's engine (TableWriter.publish_tasks, once per
+publish interval), the netatop command (cli.sources, cli.top: TableReader,
+open_table) and any other reader.  Whether the writer still runs is
+procfs.same_process.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ named the thread), and the TaskTable that holds them with its cap.  Data
 only: ``ownership.TaskRegistry`` makes and finishes tasks, ``Resolver``
 settles a flow's counters into its owner (``add``); the table, the history,
 the servers and the CLI read snapshots as TaskRow / ExitedTask records, and
-so depend on this module without importing the ownership package.
+so depend on this module without importing the ownership package.  A task
+whose row changes is touched (``TaskInfo.touch``) into its table's change
+log, which the shared table's writer takes at each publish
+(``TaskTable.take_changed``): it packs those rows only.
 """
 
 from __future__ import annotations
