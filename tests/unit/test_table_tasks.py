@@ -292,3 +292,40 @@ def test_random_lives_show_what_the_plain_publish_shows(tmp_path: Path, seed: in
             pair.check()
     finally:
         pair.close()
+
+
+def test_an_exec_the_registry_reads_is_written_to_the_table(tmp_path: Path) -> None:
+    """The registry touches a task whose identity an exec changed (and the sweep one
+    whose thread ended): the next publish writes its row."""
+    from test_identities import event, identity, setup
+
+    from netatopd.netlink.connector import ProcEventKind
+
+    proc, _book, registry = setup()
+    proc.running[50] = identity(50, "sh", 5000)
+    registry.process_events([event(ProcEventKind.FORK, 50)])
+    task = registry.task(50)
+    assert task is not None
+    task.add(True, (1, 10, 0, 0), 1_700_002_000.0, tid=50)
+    task.add(True, (1, 10, 0, 0), 1_700_002_000.0, tid=51)
+    writer = TableWriter(str(tmp_path / "table"), 8, 250)
+    try:
+        with TableReader(writer.path) as reader:
+            writer.publish_tasks(registry.tasks, [], {})
+            assert reader.lookup(50, Kind.PROCESS) == task.row()
+            proc.running[50] = identity(50, "python3", 5000, cgroup="/system.slice/app.service")
+            registry.process_events([event(ProcEventKind.EXEC, 50)])
+            writer.publish_tasks(registry.tasks, [], {})
+            row = reader.lookup(50, Kind.PROCESS)
+            assert row is not None
+            assert (row.command, row.cmdline, row.unit) == (
+                "python3",
+                "/usr/bin/python3 --tag 50",
+                "app.service",
+            )
+            registry.sweep(1_700_002_001.0)  # thread 51 ended (the fake /proc lists 50)
+            writer.publish_tasks(registry.tasks, [], {})
+            assert [r.id for r in reader.snapshot().rows] == [50, 50]
+            assert reader.lookup(51) is None
+    finally:
+        writer.close()
