@@ -149,7 +149,7 @@ def test_the_tables_figures_read_as_field_value_reads_them(monkeypatch: MonkeyPa
     assert status.collect_table(roots[4])["capture_received"] == 8
     # The shortcut: on plain paths that never failed (a fresh start), no step-by-step
     # reading; a path that failed once is read step by step from then on.
-    monkeypatch.setattr(status, "_TABLE_READ_FAILED", [False] * len(status.TABLE_FIELDS))
+    monkeypatch.setattr(status, "_TABLE_READ_STAGE", [0] * len(status.TABLE_FIELDS))
     stepped: list[str] = []
     value = status.Field.value
     monkeypatch.setattr(
@@ -158,7 +158,12 @@ def test_the_tables_figures_read_as_field_value_reads_them(monkeypatch: MonkeyPa
     status.collect_table(root(8, None))
     assert "tcp_sent" not in stepped and "tasks" not in stepped
     assert "flows_pending" in stepped  # a call on the path
-    status.collect_table(root(9, {"pending": 1}))
+    status.collect_table(root(9, {"pending": 1}))  # a mapping: read through its holder
     stepped.clear()
     status.collect_table(root(10, None))
-    assert "history_pending" in stepped and "tcp_sent" not in stepped
+    assert "history_pending" not in stepped and "tcp_sent" not in stepped
+    # A mapping before the last step: step by step from then on, the same values.
+    totals = Obj(**{name: 3 for name in status.TABLE_FIELDS[:10]})
+    odd = root(11, None, flows={"totals": totals, "count": 4, "overflow": 0})
+    assert status.collect_table(odd) == _slow_table(odd)
+    assert status.collect_table(odd)["tcp_sent"] == 3 and "tcp_sent" in stepped
