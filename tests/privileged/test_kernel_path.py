@@ -501,8 +501,9 @@ def test_owners_come_from_the_helper_s_records_by_cookie(
     d = kernel_daemon("--ownership", "kernel")
     before = d.status()
     assert before["ownership"] == "kernel" and before["ebpf_netns_inode"] == 0
-    # the kernel's BTF is there: the send/recv programs are raw tracepoint programs
-    assert before["ebpf_attach"] == "raw_tracepoint"
+    # the kernel's BTF is there: the send/recv programs are tp_btf programs (BTF-typed
+    # raw tracepoints) with the per-socket fast path
+    assert before["ebpf_attach"] == "btf_tracepoint"
     assert "by socket cookie in every network namespace" in before["ownership_note"]
     server_ns, client_ns = (c1, c1) if addr == "127.0.0.1" else (c3, c2)
     overhead = UDP4_OVERHEAD if ":" not in addr else UDP6_OVERHEAD
