@@ -1,5 +1,5 @@
 """What a program on sock:sock_send_length / sock:sock_recv_length costs a UDP sender,
-attached as a perf-event tracepoint or as a raw tracepoint.
+attached as a perf-event tracepoint, as a raw tracepoint or as a tp_btf program.
 
 Run as root: ``.venv/bin/python bench/bench_rawtp.py``.  A Python UDP sender
 (bench/senders.py, its socket given its cookie first, as the kernel path's
@@ -12,9 +12,13 @@ pinned to one CPU.  Variants:
   tracepoints, as BPF_PROG_TYPE_TRACEPOINT through perf_event_open (the kernel
   fills the tracepoint's record in a per-CPU buffer first) or as
   BPF_PROG_TYPE_RAW_TRACEPOINT (BPF_RAW_TRACEPOINT_OPEN: the arguments only);
-* ``helper-perf`` / ``helper-raw``: the ownership helper as the kernel counting
-  path loads it (every namespace), its send/recv programs attached one way or
-  the other (``KernelOwnership.load(raw_tracepoints=...)``).
+* ``helper-perf`` / ``helper-raw`` / ``helper-btf``: the ownership helper as
+  the kernel counting path loads it (every namespace), its send/recv programs
+  attached one way or another (``KernelOwnership.load(raw_tracepoints=...,
+  btf_tracepoints=...)``); ``helper-btf`` is the tp_btf way with the per-socket
+  fast path (the generation is not moved on during a slice: a slice's sends
+  after the first are the fast path's, as a busy socket's are between two
+  generations).
 
 Interleaved: each of REPEATS repeats runs none, v1, none, v2, ..., none, so every
 variant's round has a no-program round right before and right after it; its
@@ -153,14 +157,26 @@ def raw_trivial() -> Iterator[object]:
             os.close(fd)
 
 
-def helper(raw: bool) -> Variant:
+def helper(raw: bool, btf: bool = False) -> Variant:
     def variant() -> contextlib.AbstractContextManager[object]:
         try:
-            loaded = KernelOwnership.load(every_namespace=True, raw_tracepoints=raw)  # type: ignore[call-arg]
-        except TypeError:  # a tree before raw tracepoints: the perf programs only
-            if raw:
+            loaded = KernelOwnership.load(  # type: ignore[call-arg]
+                every_namespace=True, raw_tracepoints=raw, btf_tracepoints=btf
+            )
+        except TypeError:  # a tree before tp_btf (raw tracepoints first), or before raw
+            if btf:
                 raise
-            loaded = KernelOwnership.load(every_namespace=True)
+            try:
+                loaded = KernelOwnership.load(every_namespace=True, raw_tracepoints=raw)  # type: ignore[call-arg]
+            except TypeError:  # a tree before raw tracepoints: the perf programs only
+                if raw:
+                    raise
+                loaded = KernelOwnership.load(every_namespace=True)
+        expected = "btf_tracepoint" if btf else "raw_tracepoint" if raw else "perf_tracepoint"
+        attached = loaded.status()["ebpf_attach"]
+        if attached != expected:
+            loaded.close()
+            raise RuntimeError(f"asked for {expected}, loaded {attached}")
         OURS.update(loaded.object_ids()[0])
         return loaded
 
@@ -174,6 +190,7 @@ VARIANTS: dict[str, Variant] = {
     "raw-trivial": raw_trivial,
     "helper-perf": helper(False),
     "helper-raw": helper(True),
+    "helper-btf": helper(True, btf=True),
 }
 
 
