@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this tree's package, not an installed one
 
 from netatopd.ebpf import KernelOwnership, loaded_programs, syscalls  # noqa: E402
-from netatopd.ebpf.asm import Reg, assemble, exit_insn, mov64_imm  # noqa: E402
+from netatopd.ebpf.asm import Helper, Reg, assemble, call, exit_insn, mov64_imm  # noqa: E402
 from netatopd.ebpf.programs import read_format  # noqa: E402
 
 from senders import UDP_MAX_RATE  # noqa: E402
@@ -272,6 +272,57 @@ def sliced(wanted: list[str], rounds: int, sends: int, clean_wait_s: float = 0.0
         )
 
 
+HELPER_CALLS = 20  # --helper-calls: calls of the helper in the measuring program
+HELPER_CALL_SENDS = 20_000
+
+
+def helper_calls(rounds: int) -> None:
+    """What one call of bpf_ktime_get_ns / bpf_get_current_pid_tgid costs in a raw
+    tracepoint program on sock_send_length: BPF run statistics (run_time_ns /
+    run_cnt over HELPER_CALL_SENDS sends) of a program calling it HELPER_CALLS
+    times against an empty one, the difference divided by HELPER_CALLS.  (The
+    statistics' own two clock reads a run are in both and cancel.)"""
+    stats = syscalls.enable_run_stats()
+    try:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        ):
+            sink.bind(("127.0.0.1", 0))
+            sink.setblocking(False)
+            sender.connect(sink.getsockname())
+            for _ in range(rounds):
+                for helper_id in (Helper.KTIME_GET_NS, Helper.GET_CURRENT_PID_TGID):
+                    per_run = {}
+                    for calls in (0, HELPER_CALLS):
+                        items = [call(helper_id) for _ in range(calls)]
+                        code = assemble([*items, mov64_imm(Reg.R0, 0), exit_insn()])
+                        prog = syscalls.prog_load(
+                            syscalls.ProgType.RAW_TRACEPOINT, code, "GPL", "ntp_bench_call"
+                        )
+                        try:
+                            link = syscalls.raw_tracepoint_open(TRACEPOINTS[0], prog)
+                            try:
+                                for _ in range(HELPER_CALL_SENDS):
+                                    sender.send(b"c")
+                                    with contextlib.suppress(BlockingIOError):
+                                        sink.recv(8)
+                            finally:
+                                os.close(link)
+                            run = syscalls.prog_run_stats(prog)
+                        finally:
+                            os.close(prog)
+                        per_run[calls] = run.run_time_ns / max(run.run_cnt, 1)
+                    each = (per_run[HELPER_CALLS] - per_run[0]) / HELPER_CALLS
+                    print(
+                        f"{helper_id.name.lower()}: {each:.1f} ns a call (empty program "
+                        f"{per_run[0]:.1f} ns a run, with the calls "
+                        f"{per_run[HELPER_CALLS]:.1f})"
+                    )
+    finally:
+        os.close(stats)
+
+
 def _spread(values: list[float], digits: int = 1) -> str:
     """median (min..max)"""
     return (
@@ -304,7 +355,18 @@ def main() -> int:
         default=0.0,
         help="seconds in all that the slices may wait for no other daemon's programs",
     )
+    parser.add_argument(
+        "--helper-calls",
+        type=int,
+        default=0,
+        help="rounds measuring one bpf_ktime_get_ns / bpf_get_current_pid_tgid call instead",
+    )
     args = parser.parse_args()
+    if args.helper_calls:
+        print(f"load average before: {load_average()}")
+        helper_calls(args.helper_calls)
+        print(f"load average after: {load_average()}")
+        return 0
     wanted = [name for name in args.variants.split(",") if name]
     for name in wanted:
         if name not in VARIANTS:
