@@ -105,6 +105,7 @@ from .programs import (
     OwnerKind,
     TracepointError,
     TracepointFormat,
+    btf_length_context,
     length_program,
     raw_length_context,
     read_format,
@@ -586,7 +587,7 @@ class KernelOwnership:
             fast = None
             if self._netns_inode == EVERY_NAMESPACE and sock.skc_cookie >= 0:
                 fast = self._fast_path_maps(step_fds)
-            context = raw_length_context(sock)
+            context = btf_length_context(sock)
             for name, kind in LENGTH_PROGRAMS.items():
                 items = length_program(kind, context, sock, maps, net, self._netns_inode, fast)
                 opened[name] = self._keep(

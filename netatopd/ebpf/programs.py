@@ -624,7 +624,9 @@ def _seen_in_storage(sock: SockOffsets, fast: FastPathFds) -> list[Item]:
     the socket's storage (its own cache, no hash) and the thread; no read of
     the socket, no clock.  The storage is written where ``_seen_by_cookie``
     writes the seen map, so the same calls go on to the same records and
-    counters.  Clobbers R0-R5 and R7; keeps the generation at STACK_GENERATION.
+    counters.  The cookie is read with a direct load (the verifier makes it a
+    fault-safe BPF_PROBE_MEM load from the BTF pointer).  Clobbers R0-R5 and
+    R7; keeps the generation at STACK_GENERATION.
     """
     return [
         # generation = generation_map[0] (0 if the lookup failed: it cannot)
@@ -650,8 +652,8 @@ def _seen_in_storage(sock: SockOffsets, fast: FastPathFds) -> list[Item]:
         jmp_reg(JmpOp.JEQ, R1, R2, "out"),
         Label("storage_miss"),
         # a socket with a cookie: its storage = (this thread, this generation)
-        *_probe_read(STACK_SCRATCH, 8, sock.skc_cookie, "cookie_unknown"),
-        ldx(Size.DW, R1, FP, STACK_SCRATCH),
+        # cookie = sk->__sk_common.skc_cookie, a direct load from the BTF pointer
+        ldx(Size.DW, R1, R8, sock.skc_cookie),
         jmp_imm(JmpOp.JEQ, R1, 0, "cookie_unknown"),
         *_sk_storage_get(fast.storage, SK_STORAGE_GET_F_CREATE),
         jmp_imm(JmpOp.JEQ, R0, 0, "cookie_unknown"),
@@ -726,6 +728,20 @@ def raw_length_context(sock: SockOffsets) -> LengthContext:
             *_probe_read(STACK_SCRATCH, 2, sock.skc_family, "read_failed"),
             ldx(Size.H, R1, FP, STACK_SCRATCH),
         ],
+    )
+
+
+def btf_length_context(sock: SockOffsets) -> LengthContext:
+    """The tp_btf program's inputs (BPF_PROG_TYPE_TRACING on the raw tracepoint): sk
+    and ret from ``u64 args[]`` as for ``raw_length_context``, but ``sk`` is a
+    pointer typed by the kernel's BTF, so the family and protocol are direct
+    loads from it (BPF_PROBE_MEM: no helper call; the verifier checks each
+    against the member's BTF offset and size) instead of bpf_probe_read_kernel.
+    """
+    raw = raw_length_context(sock)
+    return raw._replace(
+        protocol=[ldx(Size.H, R1, R8, sock.sk_protocol)],
+        family=[ldx(Size.H, R1, R8, sock.skc_family)],
     )
 
 

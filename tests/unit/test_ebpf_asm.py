@@ -39,6 +39,7 @@ from netatopd.ebpf.programs import (
     OwnerKind,
     Slot,
     TracepointError,
+    btf_length_context,
     length_program,
     parse_format,
     raw_length_context,
@@ -317,8 +318,9 @@ def test_every_namespace_send_with_the_fast_path_asks_the_socket_storage_first()
     """tp_btf on the kernel path: after the failed-call check, the generation (map fd
     10) and bpf_sk_storage_get(storage fd 9, sk, NULL, 0) come first, and a hit leaves
     before any read of the socket; the seen map is not asked by cookie; the storage
-    is made (flags 1) only after the cookie read found one, before the tuple's reads."""
-    context = raw_length_context(SOCK)
+    is made (flags 1) only after the cookie read found one, before the tuple's reads.
+    The cookie, protocol and family are direct loads from sk (r8), no helper call."""
+    context = btf_length_context(SOCK)
     insns = _instructions(
         asm.assemble(length_program(OwnerKind.SEND, context, SOCK, FDS, NET, EVERY_NAMESPACE, FAST))
     )
@@ -334,7 +336,11 @@ def test_every_namespace_send_with_the_fast_path_asks_the_socket_storage_first()
     # if (s32)r7 < 0 goto error_return (JMP32 JSLT, immediate 0)
     failed_call = next(i for i, insn in enumerate(insns) if insn[:2] == (0xC6, 0x07))
     generation_load = next(i for i, insn in enumerate(insns) if insn[0] == 0x18 and insn[3] == 10)
-    cookie_read = insns.index((0x07, 0x03, 0, 88))
+    cookie_read = insns.index((0x79, 0x81, 88, 0))  # r1 = *(u64 *)(r8 + 88)
+    assert (0x69, 0x81, 532, 0) in insns  # r1 = *(u16 *)(r8 + 532): sk_protocol
+    assert (0x69, 0x81, 16, 0) in insns  # r1 = *(u16 *)(r8 + 16): skc_family
+    # the record's own cookie (bpf_probe_read_kernel into the owner) comes later only
+    assert insns.index((0x07, 0x03, 0, 88)) > insns.index((0x07, 0x03, 0, 4))
     first_tuple_read = insns.index((0x07, 0x03, 0, 4))  # skc_rcv_saddr
     assert failed_call < generation_load < storage_gets[0] < cookie_read < storage_gets[1]
     assert storage_gets[1] < first_tuple_read
