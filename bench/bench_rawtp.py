@@ -20,6 +20,11 @@ pinned to one CPU.  Variants:
   after the first are the fast path's, as a busy socket's are between two
   generations).
 
+``--helper-calls N`` measures instead what one bpf_ktime_get_ns or
+bpf_get_current_pid_tgid call costs in such a program, and ``--run-stats N``
+the helper's ntp_send nanoseconds a run, raw against tp_btf (BPF run
+statistics), on a UDP socket with its cookie and on an AF_UNIX pair.
+
 Interleaved: each of REPEATS repeats runs none, v1, none, v2, ..., none, so every
 variant's round has a no-program round right before and right after it; its
 slowdown is its rate against the mean of those two.  The sender's own CPU
@@ -323,6 +328,49 @@ def helper_calls(rounds: int) -> None:
         os.close(stats)
 
 
+STATS_SENDS = 30_000
+STATS_VARIANTS = {"helper-raw": (True, False), "helper-btf": (True, True)}
+
+
+def run_stats(rounds: int) -> None:
+    """ntp_send's own nanoseconds a run (BPF run statistics, which add their own two
+    clock reads a run) with the helper loaded as the kernel path loads it, raw or
+    tp_btf, over STATS_SENDS sends each round on a new socket: a UDP socket given
+    its cookie (the fast path's case with tp_btf) and an AF_UNIX datagram pair (not
+    TCP or UDP: counted as another protocol, every call).  Median (min..max)."""
+    for family in ("udp", "unix"):
+        for name, (raw, btf) in STATS_VARIANTS.items():
+            per_run = []
+            for _ in range(rounds):
+                loaded = KernelOwnership.load(  # type: ignore[call-arg]
+                    every_namespace=True, run_stats=True, raw_tracepoints=raw, btf_tracepoints=btf
+                )
+                try:
+                    prog = loaded._prog_fds["ntp_send"]
+                    if family == "udp":
+                        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        sink.bind(("127.0.0.1", 0))
+                        sender.connect(sink.getsockname())
+                        sender.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+                    else:
+                        sender, sink = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    with sink, sender:
+                        sink.setblocking(False)
+                        sender.send(b"s")  # the socket's first call: recorded
+                        before = syscalls.prog_run_stats(prog)
+                        for _ in range(STATS_SENDS):
+                            sender.send(b"s")
+                            with contextlib.suppress(BlockingIOError):
+                                sink.recv(8)
+                        after = syscalls.prog_run_stats(prog)
+                finally:
+                    loaded.close()
+                runs = max(after.run_cnt - before.run_cnt, 1)
+                per_run.append((after.run_time_ns - before.run_time_ns) / runs)
+            print(f"{family} {name}: ntp_send {_spread(per_run)} ns a run")
+
+
 def _spread(values: list[float], digits: int = 1) -> str:
     """median (min..max)"""
     return (
@@ -361,7 +409,18 @@ def main() -> int:
         default=0,
         help="rounds measuring one bpf_ktime_get_ns / bpf_get_current_pid_tgid call instead",
     )
+    parser.add_argument(
+        "--run-stats",
+        type=int,
+        default=0,
+        help="rounds measuring ntp_send's ns a run (BPF statistics), raw and tp_btf, instead",
+    )
     args = parser.parse_args()
+    if args.run_stats:
+        print(f"load average before: {load_average()}")
+        run_stats(args.run_stats)
+        print(f"load average after: {load_average()}")
+        return 0
     if args.helper_calls:
         print(f"load average before: {load_average()}")
         helper_calls(args.helper_calls)
