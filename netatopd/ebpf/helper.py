@@ -325,7 +325,8 @@ def _reason(what: str, err: BpfSyscallError) -> str:
 
 class KernelOwnership:
     """The loaded helper: three socket programs attached, five maps, their statistics;
-    with BTF also ntp_exec and its ring (execids.py)."""
+    with BTF also ntp_exec and its ring (execids.py); with tp_btf send/recv programs
+    on every namespace also the per-socket storage and the generation (programs.py)."""
 
     def __init__(self) -> None:
         # Use load(); the constructor only prepares empty state.
