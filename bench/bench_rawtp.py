@@ -18,7 +18,13 @@ pinned to one CPU.  Variants:
   btf_tracepoints=...)``); ``helper-btf`` is the tp_btf way with the per-socket
   fast path (the generation is not moved on during a slice: a slice's sends
   after the first are the fast path's, as a busy socket's are between two
-  generations).
+  generations);
+* ``cgroup-trivial``: two cgroup_skb programs that only return 1, at ingress and
+  egress of the cgroup v2 root: the kernel's dispatch of the kernel path's
+  hooks with nothing done in them (a loopback datagram passes both);
+* ``cgroup-count``: the kernel path's counting programs as the daemon loads them
+  (``KernelCounter.open()``; not drained during a slice);
+* ``kernel-path``: both, what ``netatopd --capture kernel`` loads.
 
 ``--helper-calls N`` measures instead what one bpf_ktime_get_ns or
 bpf_get_current_pid_tgid call costs in such a program, and ``--run-stats N``
@@ -58,6 +64,7 @@ sys.path.insert(0, str(REPO))  # this tree's package, not an installed one
 from netatopd.ebpf import KernelOwnership, loaded_programs, syscalls  # noqa: E402
 from netatopd.ebpf.asm import Helper, Reg, assemble, call, exit_insn, mov64_imm  # noqa: E402
 from netatopd.ebpf.programs import read_format  # noqa: E402
+from netatopd.ebpf.skbcount import KernelCounter, find_cgroup2_root  # noqa: E402
 
 from senders import UDP_MAX_RATE  # noqa: E402
 
@@ -188,6 +195,51 @@ def helper(raw: bool, btf: bool = False) -> Variant:
     return variant
 
 
+@contextlib.contextmanager
+def cgroup_trivial() -> Iterator[object]:
+    """Two return-1 cgroup_skb programs (ingress and egress) at the cgroup v2 root: what
+    the kernel's dispatch of such a program costs, with nothing done in it."""
+    root = find_cgroup2_root()
+    if root is None:
+        raise RuntimeError("no cgroup v2 mount")
+    fds: list[int] = []
+    cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for attach_type, name in (
+            (syscalls.AttachType.CGROUP_INET_INGRESS, "ntp_bench_cgi"),
+            (syscalls.AttachType.CGROUP_INET_EGRESS, "ntp_bench_cge"),
+        ):
+            code = assemble([mov64_imm(Reg.R0, 1), exit_insn()])
+            prog = syscalls.prog_load(
+                syscalls.ProgType.CGROUP_SKB, code, "GPL", name, expected_attach_type=attach_type
+            )
+            fds.append(prog)
+            OURS.add(syscalls.object_id(prog))
+            fds.append(syscalls.link_create(prog, cgroup, attach_type))
+        yield None
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+        os.close(cgroup)
+
+
+@contextlib.contextmanager
+def cgroup_counting() -> Iterator[object]:
+    """The kernel path's two cgroup_skb counting programs, as the daemon loads them
+    (ebpf/skbcount.py; not drained during a slice: the socket's entry is made once)."""
+    with KernelCounter.open() as counter:
+        OURS.update(counter.object_ids()[0])
+        yield None
+
+
+@contextlib.contextmanager
+def kernel_path() -> Iterator[object]:
+    """What ``netatopd --capture kernel`` loads: the counting programs and the helper
+    (its send/recv programs as tp_btf programs with the per-socket fast path)."""
+    with cgroup_counting(), helper(True, btf=True)():
+        yield None
+
+
 VARIANTS: dict[str, Variant] = {
     # nothing attached, as a variant: what the method reads when nothing differs
     "none-again": contextlib.nullcontext,
@@ -196,6 +248,9 @@ VARIANTS: dict[str, Variant] = {
     "helper-perf": helper(False),
     "helper-raw": helper(True),
     "helper-btf": helper(True, btf=True),
+    "cgroup-trivial": cgroup_trivial,
+    "cgroup-count": cgroup_counting,
+    "kernel-path": kernel_path,
 }
 
 
