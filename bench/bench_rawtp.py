@@ -1,5 +1,5 @@
 """What a program on sock:sock_send_length / sock:sock_recv_length costs a UDP sender,
-attached as a perf-event tracepoint or as a raw tracepoint.
+attached as a perf-event tracepoint, as a raw tracepoint or as a tp_btf program.
 
 Run as root: ``.venv/bin/python bench/bench_rawtp.py``.  A Python UDP sender
 (bench/senders.py, its socket given its cookie first, as the kernel path's
@@ -12,9 +12,24 @@ pinned to one CPU.  Variants:
   tracepoints, as BPF_PROG_TYPE_TRACEPOINT through perf_event_open (the kernel
   fills the tracepoint's record in a per-CPU buffer first) or as
   BPF_PROG_TYPE_RAW_TRACEPOINT (BPF_RAW_TRACEPOINT_OPEN: the arguments only);
-* ``helper-perf`` / ``helper-raw``: the ownership helper as the kernel counting
-  path loads it (every namespace), its send/recv programs attached one way or
-  the other (``KernelOwnership.load(raw_tracepoints=...)``).
+* ``helper-perf`` / ``helper-raw`` / ``helper-btf``: the ownership helper as
+  the kernel counting path loads it (every namespace), its send/recv programs
+  attached one way or another (``KernelOwnership.load(raw_tracepoints=...,
+  btf_tracepoints=...)``); ``helper-btf`` is the tp_btf way with the per-socket
+  fast path (the generation is not moved on during a slice: a slice's sends
+  after the first are the fast path's, as a busy socket's are between two
+  generations);
+* ``cgroup-trivial``: two cgroup_skb programs that only return 1, at ingress and
+  egress of the cgroup v2 root: the kernel's dispatch of the kernel path's
+  hooks with nothing done in them (a loopback datagram passes both);
+* ``cgroup-count``: the kernel path's counting programs as the daemon loads them
+  (``KernelCounter.open()``; not drained during a slice);
+* ``kernel-path``: both, what ``netatopd --capture kernel`` loads.
+
+``--helper-calls N`` measures instead what one bpf_ktime_get_ns or
+bpf_get_current_pid_tgid call costs in such a program, and ``--run-stats N``
+the helper's ntp_send nanoseconds a run, raw against tp_btf (BPF run
+statistics), on a UDP socket with its cookie and on an AF_UNIX pair.
 
 Interleaved: each of REPEATS repeats runs none, v1, none, v2, ..., none, so every
 variant's round has a no-program round right before and right after it; its
@@ -47,8 +62,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this tree's package, not an installed one
 
 from netatopd.ebpf import KernelOwnership, loaded_programs, syscalls  # noqa: E402
-from netatopd.ebpf.asm import Reg, assemble, exit_insn, mov64_imm  # noqa: E402
+from netatopd.ebpf.asm import Helper, Reg, assemble, call, exit_insn, mov64_imm  # noqa: E402
 from netatopd.ebpf.programs import read_format  # noqa: E402
+from netatopd.ebpf.skbcount import KernelCounter, find_cgroup2_root  # noqa: E402
 
 from senders import UDP_MAX_RATE  # noqa: E402
 
@@ -153,18 +169,75 @@ def raw_trivial() -> Iterator[object]:
             os.close(fd)
 
 
-def helper(raw: bool) -> Variant:
+def helper(raw: bool, btf: bool = False) -> Variant:
     def variant() -> contextlib.AbstractContextManager[object]:
         try:
-            loaded = KernelOwnership.load(every_namespace=True, raw_tracepoints=raw)  # type: ignore[call-arg]
-        except TypeError:  # a tree before raw tracepoints: the perf programs only
-            if raw:
+            loaded = KernelOwnership.load(  # type: ignore[call-arg]
+                every_namespace=True, raw_tracepoints=raw, btf_tracepoints=btf
+            )
+        except TypeError:  # a tree before tp_btf (raw tracepoints first), or before raw
+            if btf:
                 raise
-            loaded = KernelOwnership.load(every_namespace=True)
+            try:
+                loaded = KernelOwnership.load(every_namespace=True, raw_tracepoints=raw)  # type: ignore[call-arg]
+            except TypeError:  # a tree before raw tracepoints: the perf programs only
+                if raw:
+                    raise
+                loaded = KernelOwnership.load(every_namespace=True)
+        expected = "btf_tracepoint" if btf else "raw_tracepoint" if raw else "perf_tracepoint"
+        attached = loaded.status()["ebpf_attach"]
+        if attached != expected:
+            loaded.close()
+            raise RuntimeError(f"asked for {expected}, loaded {attached}")
         OURS.update(loaded.object_ids()[0])
         return loaded
 
     return variant
+
+
+@contextlib.contextmanager
+def cgroup_trivial() -> Iterator[object]:
+    """Two return-1 cgroup_skb programs (ingress and egress) at the cgroup v2 root: what
+    the kernel's dispatch of such a program costs, with nothing done in it."""
+    root = find_cgroup2_root()
+    if root is None:
+        raise RuntimeError("no cgroup v2 mount")
+    fds: list[int] = []
+    cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for attach_type, name in (
+            (syscalls.AttachType.CGROUP_INET_INGRESS, "ntp_bench_cgi"),
+            (syscalls.AttachType.CGROUP_INET_EGRESS, "ntp_bench_cge"),
+        ):
+            code = assemble([mov64_imm(Reg.R0, 1), exit_insn()])
+            prog = syscalls.prog_load(
+                syscalls.ProgType.CGROUP_SKB, code, "GPL", name, expected_attach_type=attach_type
+            )
+            fds.append(prog)
+            OURS.add(syscalls.object_id(prog))
+            fds.append(syscalls.link_create(prog, cgroup, attach_type))
+        yield None
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+        os.close(cgroup)
+
+
+@contextlib.contextmanager
+def cgroup_counting() -> Iterator[object]:
+    """The kernel path's two cgroup_skb counting programs, as the daemon loads them
+    (ebpf/skbcount.py; not drained during a slice: the socket's entry is made once)."""
+    with KernelCounter.open() as counter:
+        OURS.update(counter.object_ids()[0])
+        yield None
+
+
+@contextlib.contextmanager
+def kernel_path() -> Iterator[object]:
+    """What ``netatopd --capture kernel`` loads: the counting programs and the helper
+    (its send/recv programs as tp_btf programs with the per-socket fast path)."""
+    with cgroup_counting(), helper(True, btf=True)():
+        yield None
 
 
 VARIANTS: dict[str, Variant] = {
@@ -174,6 +247,10 @@ VARIANTS: dict[str, Variant] = {
     "raw-trivial": raw_trivial,
     "helper-perf": helper(False),
     "helper-raw": helper(True),
+    "helper-btf": helper(True, btf=True),
+    "cgroup-trivial": cgroup_trivial,
+    "cgroup-count": cgroup_counting,
+    "kernel-path": kernel_path,
 }
 
 
@@ -255,6 +332,100 @@ def sliced(wanted: list[str], rounds: int, sends: int, clean_wait_s: float = 0.0
         )
 
 
+HELPER_CALLS = 20  # --helper-calls: calls of the helper in the measuring program
+HELPER_CALL_SENDS = 20_000
+
+
+def helper_calls(rounds: int) -> None:
+    """What one call of bpf_ktime_get_ns / bpf_get_current_pid_tgid costs in a raw
+    tracepoint program on sock_send_length: BPF run statistics (run_time_ns /
+    run_cnt over HELPER_CALL_SENDS sends) of a program calling it HELPER_CALLS
+    times against an empty one, the difference divided by HELPER_CALLS.  (The
+    statistics' own two clock reads a run are in both and cancel.)"""
+    stats = syscalls.enable_run_stats()
+    try:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        ):
+            sink.bind(("127.0.0.1", 0))
+            sink.setblocking(False)
+            sender.connect(sink.getsockname())
+            for _ in range(rounds):
+                for helper_id in (Helper.KTIME_GET_NS, Helper.GET_CURRENT_PID_TGID):
+                    per_run = {}
+                    for calls in (0, HELPER_CALLS):
+                        items = [call(helper_id) for _ in range(calls)]
+                        code = assemble([*items, mov64_imm(Reg.R0, 0), exit_insn()])
+                        prog = syscalls.prog_load(
+                            syscalls.ProgType.RAW_TRACEPOINT, code, "GPL", "ntp_bench_call"
+                        )
+                        try:
+                            link = syscalls.raw_tracepoint_open(TRACEPOINTS[0], prog)
+                            try:
+                                for _ in range(HELPER_CALL_SENDS):
+                                    sender.send(b"c")
+                                    with contextlib.suppress(BlockingIOError):
+                                        sink.recv(8)
+                            finally:
+                                os.close(link)
+                            run = syscalls.prog_run_stats(prog)
+                        finally:
+                            os.close(prog)
+                        per_run[calls] = run.run_time_ns / max(run.run_cnt, 1)
+                    each = (per_run[HELPER_CALLS] - per_run[0]) / HELPER_CALLS
+                    print(
+                        f"{helper_id.name.lower()}: {each:.1f} ns a call (empty program "
+                        f"{per_run[0]:.1f} ns a run, with the calls "
+                        f"{per_run[HELPER_CALLS]:.1f})"
+                    )
+    finally:
+        os.close(stats)
+
+
+STATS_SENDS = 30_000
+STATS_VARIANTS = {"helper-raw": (True, False), "helper-btf": (True, True)}
+
+
+def run_stats(rounds: int) -> None:
+    """ntp_send's own nanoseconds a run (BPF run statistics, which add their own two
+    clock reads a run) with the helper loaded as the kernel path loads it, raw or
+    tp_btf, over STATS_SENDS sends each round on a new socket: a UDP socket given
+    its cookie (the fast path's case with tp_btf) and an AF_UNIX datagram pair (not
+    TCP or UDP: counted as another protocol, every call).  Median (min..max)."""
+    for family in ("udp", "unix"):
+        for name, (raw, btf) in STATS_VARIANTS.items():
+            per_run = []
+            for _ in range(rounds):
+                loaded = KernelOwnership.load(  # type: ignore[call-arg]
+                    every_namespace=True, run_stats=True, raw_tracepoints=raw, btf_tracepoints=btf
+                )
+                try:
+                    prog = loaded._prog_fds["ntp_send"]
+                    if family == "udp":
+                        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        sink.bind(("127.0.0.1", 0))
+                        sender.connect(sink.getsockname())
+                        sender.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+                    else:
+                        sender, sink = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    with sink, sender:
+                        sink.setblocking(False)
+                        sender.send(b"s")  # the socket's first call: recorded
+                        before = syscalls.prog_run_stats(prog)
+                        for _ in range(STATS_SENDS):
+                            sender.send(b"s")
+                            with contextlib.suppress(BlockingIOError):
+                                sink.recv(8)
+                        after = syscalls.prog_run_stats(prog)
+                finally:
+                    loaded.close()
+                runs = max(after.run_cnt - before.run_cnt, 1)
+                per_run.append((after.run_time_ns - before.run_time_ns) / runs)
+            print(f"{family} {name}: ntp_send {_spread(per_run)} ns a run")
+
+
 def _spread(values: list[float], digits: int = 1) -> str:
     """median (min..max)"""
     return (
@@ -287,7 +458,29 @@ def main() -> int:
         default=0.0,
         help="seconds in all that the slices may wait for no other daemon's programs",
     )
+    parser.add_argument(
+        "--helper-calls",
+        type=int,
+        default=0,
+        help="rounds measuring one bpf_ktime_get_ns / bpf_get_current_pid_tgid call instead",
+    )
+    parser.add_argument(
+        "--run-stats",
+        type=int,
+        default=0,
+        help="rounds measuring ntp_send's ns a run (BPF statistics), raw and tp_btf, instead",
+    )
     args = parser.parse_args()
+    if args.run_stats:
+        print(f"load average before: {load_average()}")
+        run_stats(args.run_stats)
+        print(f"load average after: {load_average()}")
+        return 0
+    if args.helper_calls:
+        print(f"load average before: {load_average()}")
+        helper_calls(args.helper_calls)
+        print(f"load average after: {load_average()}")
+        return 0
     wanted = [name for name in args.variants.split(",") if name]
     for name in wanted:
         if name not in VARIANTS:

@@ -361,7 +361,8 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("ebpf_drains", EBPF, "drains", "resolver.kernel.drains"),
     Field("ebpf_drains_skipped", EBPF, "drains skipped", "resolver.kernel.drains_skipped"),
     # How the helper's send/recv programs are attached (ebpf/helper.py AttachKind):
-    # raw_tracepoint (with BTF) or perf_tracepoint.
+    # raw_tracepoint (with BTF) or perf_tracepoint; btf_tracepoint (tp_btf, with BTF,
+    # tried first; on the kernel path with the per-socket fast path).
     Field("ebpf_attach", EBPF, "send/recv programs on", "kernel_status.ebpf_attach"),
     Field(
         "resolver_kernel_finds", RESOLVER, "kernel finds", "resolver.kernel_finds", when="kernel"

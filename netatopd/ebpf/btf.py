@@ -2,9 +2,11 @@
 
 Part of the optional in-kernel ownership helper.  Owns a parsed copy of one BTF
 blob (normally ``/sys/kernel/btf/vmlinux``): the position of every type
-record and an index of struct/union names; members are decoded on demand.
-Callers: ``helper.py`` (``sock_offsets`` and ``net_offsets`` at load
-time) and the tests.
+record and an index of struct/union/typedef names; members are decoded on
+demand.  Also makes the small BTF blob a map needs for its key and value
+(``u64_struct_btf``).  Callers: ``helper.py`` (``sock_offsets`` and
+``net_offsets`` at load time, ``find`` for the tp_btf programs' attach ids,
+``u64_struct_btf`` for the per-socket storage), ``execids.py`` and the tests.
 
 The format (Documentation/bpf/btf.rst): a header, a type section of
 variable-length records numbered from 1 in file order, and a string section
@@ -96,6 +98,7 @@ _SIZED = frozenset(
     {BtfKind.INT, BtfKind.STRUCT, BtfKind.UNION, BtfKind.ENUM, BtfKind.ENUM64, BtfKind.FLOAT}
 )
 _KNOWN_KINDS = frozenset(int(kind) for kind in BtfKind)
+_NAMED_KINDS = (BtfKind.STRUCT, BtfKind.UNION, BtfKind.TYPEDEF)  # indexed by name
 _MAX_CHAIN = 64  # modifier chains longer than this mean a corrupt blob
 
 
@@ -151,7 +154,7 @@ class Btf:
         unpack = BTF_TYPE.unpack_from
         offsets = self._offsets
         by_name = self._by_name
-        named_kinds = (BtfKind.STRUCT, BtfKind.UNION, BtfKind.TYPEDEF)
+        named_kinds = _NAMED_KINDS
         position = start
         while position < end:
             if position + BTF_TYPE.size > end:
@@ -222,6 +225,17 @@ class Btf:
             )
             return self.type_size(element) * count
         raise BtfError(f"type {type_id} of kind {kind.name} has no size")
+
+    def find(self, name: str, kind: BtfKind) -> int:
+        """The id of the first type called ``name`` of ``kind`` (STRUCT, UNION or
+        TYPEDEF: the kinds indexed by name), e.g. the typedef
+        ``btf_trace_sock_send_length`` a tp_btf program is attached by."""
+        if kind not in _NAMED_KINDS:
+            raise BtfError(f"types of kind {kind.name} are not indexed by name")
+        for type_id in self._by_name.get(name, ()):
+            if self.kind(type_id) == kind:
+                return type_id
+        raise BtfError(f"no {kind.name.lower()} {name} in the BTF")
 
     def find_struct(self, name: str) -> int:
         """The id of the (first) complete struct or union called ``name``."""
@@ -428,3 +442,42 @@ def net_offsets(btf: Btf) -> NetOffsets:
             f"net.ns.inum is {inum.size_bytes} bytes of {kind.name}, expected a 4-byte integer"
         )
     return NetOffsets(sk_net=sk_net.offset_bytes, net_ns_inum=inum.offset_bytes)
+
+
+# --- BTF made here, for a map that needs it --------------------------------------------
+
+# struct btf_type's info word: kind in bits 24-28, vlen in bits 0-15.
+_INFO_KIND_SHIFT = 24
+# An INT's extra word: encoding bits 24-27 (1 = signed), bits in 0-7.
+_INT_SIGNED = 1 << 24
+
+
+def u64_struct_btf(struct_name: str, members: list[str]) -> tuple[bytes, int, int]:
+    """A BTF blob of three types: ``int`` (id 1, a map key), ``unsigned long long``
+    (id 2) and ``struct struct_name`` of the named u64 members in order (id 3, a map
+    value); returns (blob, key type id, value type id) for BPF_BTF_LOAD and
+    BPF_MAP_CREATE (an SK_STORAGE map must describe its key and value)."""
+    names = ["int", "unsigned long long", struct_name, *members]
+    strings = b"\0" + b"".join(name.encode() + b"\0" for name in names)
+    offset = {name: strings.index(b"\0" + name.encode() + b"\0") + 1 for name in names}
+    types = b"".join(
+        [
+            BTF_TYPE.pack(offset["int"], BtfKind.INT << _INFO_KIND_SHIFT, 4),
+            struct.pack("=I", _INT_SIGNED | 32),
+            BTF_TYPE.pack(offset["unsigned long long"], BtfKind.INT << _INFO_KIND_SHIFT, 8),
+            struct.pack("=I", 64),
+            BTF_TYPE.pack(
+                offset[struct_name],
+                BtfKind.STRUCT << _INFO_KIND_SHIFT | len(members),
+                8 * len(members),
+            ),
+            *(
+                BTF_MEMBER.pack(offset[member], 2, index * 64)
+                for index, member in enumerate(members)
+            ),
+        ]
+    )
+    header = BTF_HEADER.pack(
+        BTF_MAGIC, 1, 0, BTF_HEADER.size, 0, len(types), len(types), len(strings)
+    )
+    return header + types + strings, 1, 3

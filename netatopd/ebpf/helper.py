@@ -34,14 +34,23 @@ missing or unusable, from ``calibrate.py`` (probe sockets on loopback, read
 by a short-lived program).  STATUS says which (``ebpf_offsets``).
 
 The send and receive programs run on every sendmsg/recvmsg.  With BTF they are
-raw tracepoint programs (BPF_RAW_TRACEPOINT_OPEN: they get the tracepoint's
-arguments, ``sk`` and ``ret``, and read the family and protocol from ``sk``),
-which spares the kernel building the tracepoint's record for each call; they
+tp_btf programs (BPF_PROG_TYPE_TRACING, expected attach type BPF_TRACE_RAW_TP,
+attach_btf_id the kernel's ``btf_trace_sock_send_length`` /
+``btf_trace_sock_recv_length`` typedef, attached by BPF_RAW_TRACEPOINT_OPEN
+without a name): they get the tracepoint's arguments, ``sk`` and ``ret``, and
+``sk`` is a BTF-typed pointer, which lets the kernel path's programs ask the
+socket's own storage first (the per-socket fast path, see programs.py; its
+maps ``ntp_sock_seen`` and ``ntp_generation``, the generation moved on by
+``changes``/``drain`` once a REPORT_INTERVAL_NS or by ``advance_generation``).
+When the tp_btf load or attach is refused they are raw tracepoint programs
+(BPF_RAW_TRACEPOINT_OPEN by name: the same arguments, ``sk`` untyped), which
+also spares the kernel building the tracepoint's record for each call; they
 are perf-event tracepoint programs (reading the record) when the offsets were
 calibrated, when the BTF does not show the expected arguments, when
 ``load(raw_tracepoints=False)`` asks for it, or when the raw load or attach
-fails.  Both record the same.  STATUS says which (``ebpf_attach``).  The state
-and exec programs are always perf-event tracepoint programs.
+fails.  Each way that fails closes what it opened before the next is tried.
+All record the same.  STATUS says which (``ebpf_attach``).  The state and exec
+programs are always perf-event tracepoint programs.
 """
 
 from __future__ import annotations
@@ -64,10 +73,12 @@ from .btf import (
     VMLINUX_BTF_PATH,
     Btf,
     BtfError,
+    BtfKind,
     NetOffsets,
     SockOffsets,
     net_offsets,
     sock_offsets,
+    u64_struct_btf,
 )
 from .calibrate import CalibrationError, calibrate
 from .execids import EXEC_RING_BYTES, ExecRecord, ExecRing, exec_program, task_offsets
@@ -78,22 +89,29 @@ from .programs import (
     COUNTERS,
     EVERY_NAMESPACE,
     FLOW_KEY,
+    GENERATION,
     LICENSE,
     OBJECT_NAME_PREFIX,
     OWNER,
+    REPORT_INTERVAL_NS,
     SEEN,
+    SOCK_SEEN,
+    SOCK_SEEN_MEMBERS,
+    SOCK_SEEN_NAME,
     TRACEFS_ROOT,
     Counter,
+    FastPathFds,
     MapFds,
     OwnerKind,
     TracepointError,
     TracepointFormat,
+    btf_length_context,
     length_program,
     raw_length_context,
     read_format,
     state_program,
 )
-from .syscalls import BpfCmd, BpfSyscallError, MapFlag, MapType, ProgType
+from .syscalls import AttachType, BpfCmd, BpfSyscallError, BtfTypes, MapFlag, MapType, ProgType
 
 __all__ = [
     "AttachKind",
@@ -128,6 +146,8 @@ VERIFIER_LOG_BYTES = 1 << 20
 ATTACH_CPU = 0  # one perf event per tracepoint is enough: the program runs on every CPU
 # The raw tracepoint arguments the send/recv programs read, as the BTF spells them.
 RAW_LENGTH_ARGUMENTS = ["struct sock *", "int", "int"]
+# The kernel's BTF typedef a tp_btf program on a raw tracepoint is attached by.
+BTF_TRACE_PREFIX = "btf_trace_"
 
 SELF_NETNS_PATH = Path("/proc/self/ns/net")
 
@@ -144,6 +164,7 @@ class AttachKind(StrEnum):
     """How the send/recv programs are attached (``ebpf_attach`` in STATUS)."""
 
     NONE = "none"  # not loaded yet
+    BTF_TRACEPOINT = "btf_tracepoint"  # tp_btf: the arguments, sk typed by the kernel's BTF
     RAW_TRACEPOINT = "raw_tracepoint"  # BPF_RAW_TRACEPOINT_OPEN: the arguments only
     PERF_TRACEPOINT = "perf_tracepoint"  # perf_event_open: the kernel fills the record first
 
@@ -304,7 +325,8 @@ def _reason(what: str, err: BpfSyscallError) -> str:
 
 class KernelOwnership:
     """The loaded helper: three socket programs attached, five maps, their statistics;
-    with BTF also ntp_exec and its ring (execids.py)."""
+    with BTF also ntp_exec and its ring (execids.py); with tp_btf send/recv programs
+    on every namespace also the per-socket storage and the generation (programs.py)."""
 
     def __init__(self) -> None:
         # Use load(); the constructor only prepares empty state.
@@ -315,6 +337,12 @@ class KernelOwnership:
         self._maps: MapFds | None = None
         # The changes counter mapped into this process (None: read with a syscall).
         self._changes_view: mmap.mmap | None = None
+        # The per-socket fast path's maps (tp_btf programs, every namespace), and the
+        # generation: mapped writable (None: written with a syscall), when advanced.
+        self._fast: FastPathFds | None = None
+        self._generation_view: mmap.mmap | None = None
+        self._generation = 0
+        self._generation_advanced_ns = 0
         self._prog_fds: dict[str, int] = {}
         self._flow_entries = FLOW_MAP_ENTRIES
         self._netns_inode = 0
@@ -347,6 +375,7 @@ class KernelOwnership:
         netns_inode: int | None = None,
         every_namespace: bool = False,
         raw_tracepoints: bool = True,
+        btf_tracepoints: bool = True,
     ) -> KernelOwnership:
         """Create the maps, load and attach the programs; EbpfUnavailable when impossible.
 
@@ -370,9 +399,11 @@ class KernelOwnership:
         the helper is loaded); it costs two clock reads per program run.
         Our own event counters are always kept.
 
-        ``raw_tracepoints`` (the default) attaches the send/recv programs as raw
-        tracepoints when the BTF allows (see the module docstring); False keeps
-        the perf-event tracepoint programs (bench_rawtp.py and the tests).
+        ``btf_tracepoints`` and ``raw_tracepoints`` (both by default) attach the
+        send/recv programs as tp_btf programs, else raw tracepoints, when the BTF
+        allows (see the module docstring); ``btf_tracepoints=False`` starts with
+        the raw ones, ``raw_tracepoints=False`` keeps the perf-event tracepoint
+        programs (bench_rawtp.py and the tests).
         """
         if flow_entries is None:
             flow_entries = EVERY_NAMESPACE_FLOW_MAP_ENTRIES if every_namespace else FLOW_MAP_ENTRIES
@@ -387,7 +418,7 @@ class KernelOwnership:
         self._netns_inode = netns_inode
         started = _monotonic_ms()
         try:
-            self._load(tracefs_root, btf_path, run_stats, raw_tracepoints)
+            self._load(tracefs_root, btf_path, run_stats, raw_tracepoints, btf_tracepoints)
         except BaseException:
             self.close()
             raise
@@ -402,7 +433,12 @@ class KernelOwnership:
         return self
 
     def _load(
-        self, tracefs_root: Path, btf_path: Path, run_stats: bool, raw_tracepoints: bool
+        self,
+        tracefs_root: Path,
+        btf_path: Path,
+        run_stats: bool,
+        raw_tracepoints: bool,
+        btf_tracepoints: bool,
     ) -> None:
         _ensure_tracefs(tracefs_root)
         try:
@@ -450,9 +486,16 @@ class KernelOwnership:
             except BpfSyscallError as err:
                 log.warning("BPF run statistics not available: %s", err)
         inode = self._netns_inode
+        # tp_btf, else raw tracepoints, else perf-event tracepoints: each tried when the
+        # one before is refused.
         why_not_raw = self._raw_refused(raw_tracepoints, sock)
         if why_not_raw is None:
-            why_not_raw = self._attach_raw(sock, net)
+            why_not_btf = "asked for (btf_tracepoints=False)" if not btf_tracepoints else None
+            if why_not_btf is None:
+                why_not_btf = self._attach_btf(sock, net)
+            if why_not_btf is not None:
+                log.info("send/recv programs not on BTF tracepoints: %s", why_not_btf)
+                why_not_raw = self._attach_raw(sock, net)
         if why_not_raw is not None:
             log.info("send/recv programs on perf-event tracepoints: %s", why_not_raw)
             self._attach_kind = AttachKind.PERF_TRACEPOINT
@@ -523,20 +566,112 @@ class KernelOwnership:
         self._attach_kind = AttachKind.RAW_TRACEPOINT
         return None
 
-    def _load_program(
-        self, name: str, items: list[Item], prog_type: ProgType = ProgType.TRACEPOINT
-    ) -> int:
-        """BPF_PROG_LOAD of a tracepoint program; EbpfUnavailable with the verifier's
-        last words when it is refused."""
-        code = assemble(items)
+    def _attach_btf(self, sock: SockOffsets, net: NetOffsets) -> str | None:
+        """Load and attach the send/recv programs as tp_btf programs
+        (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, attach_btf_id the tracepoint's
+        ``btf_trace_*`` typedef), with the per-socket fast path for every namespace.
+
+        None when both are attached; else the reason, with everything this step
+        opened (programs, attachments, the fast path's maps) closed again.  Called
+        after ``_raw_refused`` found the BTF and the arguments as expected.
+        """
+        maps = self._maps
+        assert maps is not None and self._btf is not None
+        opened: dict[str, int] = {}
+        step_fds: list[int] = []  # the fast path's BTF and maps
         try:
-            fd = syscalls.prog_load(prog_type, code, LICENSE, name)
+            attach_ids = {
+                name: self._btf.find(BTF_TRACE_PREFIX + program.tracepoint, BtfKind.TYPEDEF)
+                for program in PROGRAMS
+                if (name := program.name) in LENGTH_PROGRAMS
+            }
+            fast = None
+            if self._netns_inode == EVERY_NAMESPACE and sock.skc_cookie >= 0:
+                fast = self._fast_path_maps(step_fds)
+            context = btf_length_context(sock)
+            for name, kind in LENGTH_PROGRAMS.items():
+                items = length_program(kind, context, sock, maps, net, self._netns_inode, fast)
+                opened[name] = self._keep(
+                    self._load_program(name, items, ProgType.TRACING, attach_ids[name])
+                )
+            for program in PROGRAMS:
+                if program.name in opened:
+                    self._raw_fds.append(syscalls.raw_tracepoint_open(None, opened[program.name]))
+        except (BpfSyscallError, BtfError, EbpfUnavailable, ValueError) as err:
+            reason = err.reason if isinstance(err, EbpfUnavailable) else str(err)
+            for fd in [*self._raw_fds, *opened.values(), *step_fds]:
+                if fd in self._fds:
+                    self._fds.remove(fd)
+                os.close(fd)
+            self._raw_fds.clear()
+            self._release_generation()
+            log.warning("tp_btf programs not attached (%s)", reason)
+            return f"BTF tracepoints failed: {reason}"
+        self._prog_fds.update(opened)
+        self._fds.extend(step_fds)
+        self._fast = fast
+        self._attach_kind = AttachKind.BTF_TRACEPOINT
+        return None
+
+    def _fast_path_maps(self, opened: list[int]) -> FastPathFds:
+        """The per-socket storage (with its BTF) and the generation map, their fds
+        appended to ``opened``; the generation mapped writable where the kernel allows."""
+        blob, key_id, value_id = u64_struct_btf(SOCK_SEEN_NAME, SOCK_SEEN_MEMBERS)
+        try:
+            btf_fd = syscalls.btf_load(blob)
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(f"loading the storage's BTF failed: {err} {err.log}") from err
+        opened.append(btf_fd)
+        storage = syscalls.map_create(
+            MapType.SK_STORAGE,
+            4,
+            SOCK_SEEN.size,
+            0,
+            SOCK_SEEN_NAME,
+            MapFlag.NO_PREALLOC,
+            btf=BtfTypes(btf_fd, key_id, value_id),
+        )
+        opened.append(storage)
+        try:
+            generation = syscalls.map_create(
+                MapType.ARRAY, 4, GENERATION.size, 1, "ntp_generation", MapFlag.MMAPABLE
+            )
+        except BpfSyscallError as err:
+            log.debug("mmapable ntp_generation refused (%s); written with bpf()", err)
+            generation = syscalls.map_create(MapType.ARRAY, 4, GENERATION.size, 1, "ntp_generation")
+        opened.append(generation)
+        try:
+            self._generation_view = mmap.mmap(
+                generation, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        except OSError as err:
+            log.debug("mmap of ntp_generation failed (%s); written with bpf()", err.strerror)
+        self._generation_advanced_ns = time.monotonic_ns()
+        return FastPathFds(storage=storage, generation=generation)
+
+    def _load_program(
+        self,
+        name: str,
+        items: list[Item],
+        prog_type: ProgType = ProgType.TRACEPOINT,
+        attach_btf_id: int = 0,
+    ) -> int:
+        """BPF_PROG_LOAD of a tracepoint program (a TRACING one on the raw tracepoint
+        ``attach_btf_id`` names); EbpfUnavailable with the verifier's last words when
+        it is refused."""
+        code = assemble(items)
+        tracing = prog_type == ProgType.TRACING
+        expected = AttachType.TRACE_RAW_TP if tracing else None
+        try:
+            fd = syscalls.prog_load(prog_type, code, LICENSE, name, 0, expected, attach_btf_id)
         except BpfSyscallError as err:
             if err.errno in (errno.EPERM, errno.EACCES):
                 raise EbpfUnavailable(_reason(f"loading {name}", err)) from err
             # Load again with the verifier's log, to say why.
             try:
-                fd = syscalls.prog_load(prog_type, code, LICENSE, name, VERIFIER_LOG_BYTES)
+                fd = syscalls.prog_load(
+                    prog_type, code, LICENSE, name, VERIFIER_LOG_BYTES, expected, attach_btf_id
+                )
             except BpfSyscallError as logged:
                 tail = "\n".join(logged.log.strip().splitlines()[-12:])
                 log.error("verifier rejected %s:\n%s", name, tail)
@@ -658,11 +793,18 @@ class KernelOwnership:
         self._fds.append(fd)
         return fd
 
+    def _release_generation(self) -> None:
+        view, self._generation_view = self._generation_view, None
+        if view is not None:
+            view.close()
+
     def _release_view(self) -> None:
-        """Unmap the changes counter and the exec ring (a mapping holds its map alive)."""
+        """Unmap the changes counter, the generation and the exec ring (a mapping holds
+        its map alive)."""
         view, self._changes_view = self._changes_view, None
         if view is not None:
             view.close()
+        self._release_generation()
         ring, self._exec_ring = self._exec_ring, None
         if ring is not None:
             ring.close()
@@ -679,13 +821,44 @@ class KernelOwnership:
 
     # --- reading ---------------------------------------------------------------------
 
+    def advance_generation(self) -> int:
+        """Start a new generation of the per-socket fast path (with tp_btf programs on
+        every namespace; else nothing to do): each thread's next call on each socket
+        is recorded again.  Returns the new generation (0 without the fast path)."""
+        self._require_loaded()
+        fast = self._fast
+        self._generation_advanced_ns = time.monotonic_ns()
+        if fast is None:
+            return 0
+        self._generation += 1
+        value = GENERATION.pack(self._generation)
+        view = self._generation_view
+        if view is not None:
+            view[: GENERATION.size] = value  # one aligned 8-byte store
+            return self._generation
+        try:
+            syscalls.map_update(fast.generation, b"\0\0\0\0", value)
+        except BpfSyscallError as err:
+            raise EbpfUnavailable(f"writing ntp_generation failed: {err}") from err
+        return self._generation
+
+    def _tick(self) -> None:
+        """A new generation once REPORT_INTERVAL_NS has passed since the last one."""
+        if (
+            self._fast is not None
+            and time.monotonic_ns() - self._generation_advanced_ns >= REPORT_INTERVAL_NS
+        ):
+            self.advance_generation()
+
     def changes(self) -> int:
         """How many records the programs have written so far (one syscall, no walk).
 
         A caller that saw the same number before has nothing to drain: the
-        programs count a record only after it is in the flows map.
+        programs count a record only after it is in the flows map.  Also moves
+        the fast path's generation on once a REPORT_INTERVAL_NS (``_tick``).
         """
         maps = self._require_loaded()
+        self._tick()
         view = self._changes_view
         if view is not None:
             return CHANGES.unpack_from(view)[0]
@@ -698,6 +871,7 @@ class KernelOwnership:
     def drain(self) -> list[FlowOwner]:
         """Every record written since the last drain, removed from the kernel map."""
         maps = self._require_loaded()
+        self._tick()
         try:
             pairs = syscalls.map_lookup_batch(
                 maps.flows, FLOW_KEY.size, OWNER.size, delete=True, chunk_count=BATCH_CHUNK_ENTRIES
@@ -786,8 +960,13 @@ class KernelOwnership:
 
     @property
     def attach_kind(self) -> AttachKind:
-        """How the send/recv programs are attached: raw or perf-event tracepoints."""
+        """How the send/recv programs are attached: tp_btf, raw or perf-event tracepoints."""
         return self._attach_kind
+
+    @property
+    def fast_path(self) -> bool:
+        """True when the send/recv programs ask the socket's storage first."""
+        return self._fast is not None
 
     @property
     def netns_inode(self) -> int:
@@ -799,6 +978,8 @@ class KernelOwnership:
         maps = self._require_loaded()
         prog_ids = [syscalls.object_id(fd) for fd in self._prog_fds.values()]
         map_ids = [syscalls.object_id(fd) for fd in maps]
+        if self._fast is not None:
+            map_ids += [syscalls.object_id(fd) for fd in self._fast]
         if self._exec_ring_fd >= 0:
             map_ids.append(syscalls.object_id(self._exec_ring_fd))
         return prog_ids, map_ids

@@ -20,9 +20,11 @@ What the programs record:
   stays, and the other socket's owner is found through sock_diag).
 * ``sock:sock_send_length`` / ``sock:sock_recv_length`` run in the thread
   that called sendmsg/recvmsg, either as perf-event tracepoint programs
-  (their inputs from the tracepoint's record) or as raw tracepoint programs
+  (their inputs from the tracepoint's record), as raw tracepoint programs
   (``raw_length_context``: sk and ret from the call's arguments, the family
-  and protocol read from sk); the two build the same records.  They read
+  and protocol read from sk) or as tp_btf programs (the same context, the
+  program a BPF_PROG_TYPE_TRACING one on the raw tracepoint, so that ``sk``
+  is a pointer typed by the kernel's BTF); all build the same records.  They read
   the flow tuple from the socket (``bpf_probe_read_kernel`` on
   ``struct sock_common``) and store, in the
   flows map under slot IO, the last (tid, tgid, comm, time, SEND/RECV) of the
@@ -45,6 +47,25 @@ What the programs record:
   In every namespace (the kernel path) the seen map is asked by socket
   cookie (key: the cookie, slot COOKIE) before the tuple is read, so a
   thread's repeated calls on one socket cost one read and one lookup.
+* The per-socket fast path (tp_btf programs in every namespace,
+  ``_seen_in_storage``): instead of the seen map by cookie and the clock,
+  the socket's own storage (``BPF_MAP_TYPE_SK_STORAGE``, ``struct
+  sock_seen``: the thread last reported and the generation it was reported
+  in) and a generation counter (a one-slot array) that user space moves on
+  every REPORT_INTERVAL_NS (``KernelOwnership.changes``/``drain``, which the
+  daemon calls many times a second).  The rule then reads: the same thread on
+  the same socket is reported again at its first call in a new generation,
+  so about once a second while the daemon runs; another thread (or a forked
+  child) at once.  The storage is written where the seen map was (on a
+  socket with a cookie, before the record), so the same calls make the same
+  records and counters; a socket without a cookie yet has no storage and
+  goes on through the seen map by tuple, as before, until it has one.  If
+  user space stops moving the generation, a busy socket's records stop
+  repeating (its first record for each thread still comes); the daemon does
+  not rely on repeats: a UDP record older than the packets waiting for an
+  owner by KERNEL_RECORD_STALE_S is set aside for sock_diag
+  (``ownership/resolver.py``), and records are kept KERNEL_OWNER_KEEP_S.
+  The storage goes with its socket, and every socket's with the map.
   Every record written adds one to the changes counter (an array map user
   space reads through mmap), so user space walks the flows map only when the
   counter moved, not once a batch of packets.
@@ -210,7 +231,20 @@ STACK_KEY = -40  # struct flow_key
 STACK_VALUE = -88  # struct owner
 STACK_SEEN = -104  # struct seen, the seen map's new value
 STACK_SCRATCH = -112  # __u32 counter index / netns inode, __u64 socket or net address
-STACK_CHANGES_KEY = -120  # __u32 0, the changes map's key
+STACK_CHANGES_KEY = -120  # __u32 0, the changes map's key (and the generation map's)
+STACK_GENERATION = -128  # __u64 the current generation (the per-socket fast path)
+
+# The generation map (the per-socket fast path): one __u64 under key 0 that user
+# space advances every REPORT_INTERVAL_NS.
+GENERATION = struct.Struct("=Q")
+
+# struct sock_seen, 16 bytes, the value of the per-socket storage (SK_STORAGE, key int):
+#   __u64 pid_tgid;    the thread last reported for the socket (tid low, tgid high)
+#   __u64 generation;  the generation it was reported in
+SOCK_SEEN = struct.Struct("=QQ")
+SOCK_SEEN_NAME = "ntp_sock_seen"  # the value's BTF struct name
+SOCK_SEEN_MEMBERS = ["pid_tgid", "generation"]
+SK_STORAGE_GET_F_CREATE = 1  # bpf_sk_storage_get: create the socket's value when absent
 
 _ACCESS = {1: Size.B, 2: Size.H, 4: Size.W, 8: Size.DW}
 
@@ -314,6 +348,13 @@ class MapFds(NamedTuple):
     counters: int
     seen: int
     changes: int
+
+
+class FastPathFds(NamedTuple):
+    """The maps of the per-socket fast path (tp_btf send/recv programs, every namespace)."""
+
+    storage: int  # SK_STORAGE of struct sock_seen
+    generation: int  # ARRAY, one __u64
 
 
 # --- building blocks -----------------------------------------------------------
@@ -561,6 +602,70 @@ def _seen_by_cookie(sock: SockOffsets, fds: MapFds) -> list[Item]:
     ]
 
 
+def _sk_storage_get(storage_fd: int, flags: int) -> list[Item]:
+    """R0 = bpf_sk_storage_get(storage, sk, NULL, flags) (R8 = sk, a BTF pointer)."""
+    return [
+        ld_map_fd(R1, storage_fd),
+        mov64_reg(R2, R8),
+        mov64_imm(R3, 0),
+        mov64_imm(R4, flags),
+        call(Helper.SK_STORAGE_GET),
+    ]
+
+
+def _seen_in_storage(sock: SockOffsets, fast: FastPathFds) -> list[Item]:
+    """Leave at once when the socket's storage names the calling thread in the
+    current generation; else, when the socket has a cookie, put (thread, current
+    generation) in its storage (made if absent) and go on, the socket named by
+    cookie (the seen map is not asked).
+
+    The fast path of the tp_btf programs (R8 = sk, a BTF pointer, which
+    ``bpf_sk_storage_get`` takes): the generation (an inlined array lookup),
+    the socket's storage (its own cache, no hash) and the thread; no read of
+    the socket, no clock.  The storage is written where ``_seen_by_cookie``
+    writes the seen map, so the same calls go on to the same records and
+    counters.  The cookie is read with a direct load (the verifier makes it a
+    fault-safe BPF_PROBE_MEM load from the BTF pointer).  Clobbers R0-R5 and
+    R7; keeps the generation at STACK_GENERATION.
+    """
+    return [
+        # generation = generation_map[0] (0 if the lookup failed: it cannot)
+        st_imm(Size.W, FP, STACK_CHANGES_KEY, 0),
+        ld_map_fd(R1, fast.generation),
+        mov64_reg(R2, FP),
+        alu64_imm(AluOp.ADD, R2, STACK_CHANGES_KEY),
+        call(Helper.MAP_LOOKUP_ELEM),
+        mov64_imm(R1, 0),
+        jmp_imm(JmpOp.JEQ, R0, 0, "generation_read"),
+        ldx(Size.DW, R1, R0, 0),
+        Label("generation_read"),
+        stx(Size.DW, FP, STACK_GENERATION, R1),
+        # seen = the socket's storage, if it has one
+        *_sk_storage_get(fast.storage, 0),
+        jmp_imm(JmpOp.JEQ, R0, 0, "storage_miss"),
+        mov64_reg(R7, R0),
+        call(Helper.GET_CURRENT_PID_TGID),
+        ldx(Size.DW, R1, R7, 0),
+        jmp_reg(JmpOp.JNE, R1, R0, "storage_miss"),
+        ldx(Size.DW, R1, R7, 8),
+        ldx(Size.DW, R2, FP, STACK_GENERATION),
+        jmp_reg(JmpOp.JEQ, R1, R2, "out"),
+        Label("storage_miss"),
+        # a socket with a cookie: its storage = (this thread, this generation)
+        # cookie = sk->__sk_common.skc_cookie, a direct load from the BTF pointer
+        ldx(Size.DW, R1, R8, sock.skc_cookie),
+        jmp_imm(JmpOp.JEQ, R1, 0, "cookie_unknown"),
+        *_sk_storage_get(fast.storage, SK_STORAGE_GET_F_CREATE),
+        jmp_imm(JmpOp.JEQ, R0, 0, "cookie_unknown"),
+        mov64_reg(R7, R0),
+        call(Helper.GET_CURRENT_PID_TGID),
+        stx(Size.DW, R7, 0, R0),
+        ldx(Size.DW, R1, FP, STACK_GENERATION),
+        stx(Size.DW, R7, 8, R1),
+        Label("cookie_unknown"),
+    ]
+
+
 def _epilogue(extra: list[Item]) -> list[Item]:
     """The shared exit: return 0."""
     return [*extra, Label("out"), mov64_imm(R0, 0), exit_insn()]
@@ -626,6 +731,20 @@ def raw_length_context(sock: SockOffsets) -> LengthContext:
     )
 
 
+def btf_length_context(sock: SockOffsets) -> LengthContext:
+    """The tp_btf program's inputs (BPF_PROG_TYPE_TRACING on the raw tracepoint): sk
+    and ret from ``u64 args[]`` as for ``raw_length_context``, but ``sk`` is a
+    pointer typed by the kernel's BTF, so the family and protocol are direct
+    loads from it (BPF_PROBE_MEM: no helper call; the verifier checks each
+    against the member's BTF offset and size) instead of bpf_probe_read_kernel.
+    """
+    raw = raw_length_context(sock)
+    return raw._replace(
+        protocol=[ldx(Size.H, R1, R8, sock.sk_protocol)],
+        family=[ldx(Size.H, R1, R8, sock.skc_family)],
+    )
+
+
 def length_program(
     kind: OwnerKind,
     fmt: TracepointFormat | LengthContext,
@@ -633,20 +752,36 @@ def length_program(
     fds: MapFds,
     net: NetOffsets,
     netns_inode: int,
+    fast: FastPathFds | None = None,
 ) -> list[Item]:
     """The program for sock:sock_send_length (kind SEND) or sock:sock_recv_length (RECV).
 
     ``fmt`` is the tracepoint's format (a BPF_PROG_TYPE_TRACEPOINT program,
     reading the record) or a ``LengthContext`` (``raw_length_context``: a
-    BPF_PROG_TYPE_RAW_TRACEPOINT program); both record the same.  Only
-    sockets of network namespace ``netns_inode`` are recorded, or of every
-    namespace with EVERY_NAMESPACE (the kernel counting path).
+    BPF_PROG_TYPE_RAW_TRACEPOINT program, or a BPF_PROG_TYPE_TRACING one on
+    the raw tracepoint); all record the same.  Only sockets of network
+    namespace ``netns_inode`` are recorded, or of every namespace with
+    EVERY_NAMESPACE (the kernel counting path).
+
+    ``fast`` (every namespace, a TRACING program, whose ``sk`` is a BTF
+    pointer): "reported just now?" is asked of the socket's storage and the
+    generation (``_seen_in_storage``) instead of the seen map by cookie and
+    the clock.
     """
     ctx = fmt if isinstance(fmt, LengthContext) else perf_length_context(fmt)
     events = Counter.SEND_EVENTS if kind == OwnerKind.SEND else Counter.RECV_EVENTS
     # Every namespace (the kernel path): "reported just now?" is asked by cookie first,
     # before the tuple is read.
     by_cookie = netns_inode == EVERY_NAMESPACE and sock.skc_cookie >= 0
+    if fast is not None and not by_cookie:
+        raise ValueError("the per-socket fast path needs every namespace and skc_cookie")
+    early_check = (
+        _seen_in_storage(sock, fast)
+        if fast is not None
+        else _seen_by_cookie(sock, fds)
+        if by_cookie
+        else []
+    )
     items: list[Item] = [
         # R6 = the tracepoint record, or the raw tracepoint's arguments
         mov64_reg(R6, R1),
@@ -660,7 +795,7 @@ def length_program(
         # R7 = ret (bytes moved, or -errno); a failed call is not recorded
         *ctx.ret,
         jmp32_imm(JmpOp.JSLT, R7, 0, "error_return"),
-        *(_seen_by_cookie(sock, fds) if by_cookie else []),
+        *early_check,
         *_zero_key(),
         # key.protocol: TCP or UDP only
         *ctx.protocol,

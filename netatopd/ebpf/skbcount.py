@@ -1,13 +1,12 @@
 """The kernel counting path: per-socket packets and bytes from cgroup_skb programs.
 
-The kernel side of capture (a ``--capture kernel`` path; not wired into
-the daemon yet).  Owns the two ``BPF_PROG_TYPE_CGROUP_SKB`` programs
-(ingress, egress), their maps, their attachment at the root of the cgroup v2
-hierarchy (and the private cgroup2 mount made when the host has none) and
-every file descriptor behind them.  Callers: the privileged tests
-(tests/privileged/test_skbcount.py) and bench/bench_skbcount.py; later the
-daemon (``KernelCounter.open`` at start, ``drain`` on an interval,
-``close`` at exit).
+The kernel side of ``--capture kernel``.  Owns the two
+``BPF_PROG_TYPE_CGROUP_SKB`` programs (ingress, egress), their maps, their
+attachment at the root of the cgroup v2 hierarchy (and the private cgroup2
+mount made when the host has none) and every file descriptor behind them.
+Callers: the daemon's ``capture/kernel.py`` (``KernelCounter.open`` at start,
+``drain`` on an interval, ``close`` at exit), the privileged tests
+(tests/privileged/test_skbcount.py) and bench/bench_skbcount.py.
 
 What the programs count.  The kernel runs a cgroup_skb program where a
 packet is handed to a local socket (ingress: ``sk_filter`` in the TCP and UDP

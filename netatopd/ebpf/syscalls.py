@@ -7,7 +7,8 @@ libc's ``syscall()`` (``netatopd.libc``).  Every function here is one system cal
 its ``union bpf_attr`` member (or ``struct perf_event_attr``) packed with
 ``struct``.  Every failure is raised as :class:`BpfSyscallError` carrying the
 command name and the errno.  Callers: ``programs.py`` (map creation, program
-load), ``helper.py`` (attach, drain, status, enumeration), ``skbcount.py``
+load), ``helper.py`` (attach, drain, status, enumeration; BTF load and
+tp_btf programs for the per-socket storage), ``skbcount.py``
 (cgroup_skb programs: map-in-map, attach, detach, links, query, the cgroup2
 mount) and the tests.
 
@@ -56,6 +57,7 @@ class BpfCmd(IntEnum):
     OBJ_GET_INFO_BY_FD = 15
     PROG_QUERY = 16
     RAW_TRACEPOINT_OPEN = 17
+    BTF_LOAD = 18
     MAP_LOOKUP_BATCH = 24
     MAP_LOOKUP_AND_DELETE_BATCH = 25
     MAP_DELETE_BATCH = 27
@@ -71,6 +73,7 @@ class MapType(IntEnum):
     PERCPU_ARRAY = 6
     LRU_HASH = 9
     ARRAY_OF_MAPS = 12
+    SK_STORAGE = 24  # Linux 5.2+: a value per socket, found from the socket itself
     RINGBUF = 27  # Linux 5.8+
 
 
@@ -78,6 +81,7 @@ class MapFlag(IntEnum):
     """map_flags of BPF_MAP_CREATE (linux/bpf.h), the ones used here."""
 
     NONE = 0
+    NO_PREALLOC = 1 << 0  # BPF_F_NO_PREALLOC: entries allocated on use (SK_STORAGE needs it)
     MMAPABLE = 1 << 10  # BPF_F_MMAPABLE: an array map user space can mmap (Linux 5.5+)
 
 
@@ -87,6 +91,7 @@ class ProgType(IntEnum):
     TRACEPOINT = 5
     CGROUP_SKB = 8
     RAW_TRACEPOINT = 17  # Linux 4.17+: context is the tracepoint's arguments, u64 each
+    TRACING = 26  # Linux 5.5+: with TRACE_RAW_TP, a raw tracepoint typed by BTF ("tp_btf")
 
 
 class AttachType(IntEnum):
@@ -94,6 +99,7 @@ class AttachType(IntEnum):
 
     CGROUP_INET_INGRESS = 0
     CGROUP_INET_EGRESS = 1
+    TRACE_RAW_TP = 23  # a TRACING program on a raw tracepoint named by attach_btf_id
 
 
 class AttachFlag(IntEnum):
@@ -125,11 +131,17 @@ PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
 PERF_EVENT_IOC_DISABLE = 0x2401  # _IO('$', 1)
 PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
 
-# union bpf_attr, BPF_MAP_CREATE member, 44 bytes:
+# union bpf_attr, BPF_MAP_CREATE member (first members), 60 bytes:
 #   __u32 map_type; __u32 key_size; __u32 value_size; __u32 max_entries;
 #   __u32 map_flags; __u32 inner_map_fd; __u32 numa_node;
-#   char map_name[BPF_OBJ_NAME_LEN];
-BPF_ATTR_MAP_CREATE = struct.Struct("=IIIIIII16s")
+#   char map_name[BPF_OBJ_NAME_LEN]; __u32 map_ifindex; __u32 btf_fd;
+#   __u32 btf_key_type_id; __u32 btf_value_type_id;
+BPF_ATTR_MAP_CREATE = struct.Struct("=IIIIIII16sIIII")
+
+# union bpf_attr, BPF_BTF_LOAD member (first members), 28 bytes:
+#   __aligned_u64 btf; __aligned_u64 btf_log_buf; __u32 btf_size; __u32 btf_log_size;
+#   __u32 btf_log_level;
+BPF_ATTR_BTF_LOAD = struct.Struct("=QQIII")
 
 # union bpf_attr, BPF_MAP_*_ELEM member, 32 bytes:
 #   __u32 map_fd; (pad 4); __aligned_u64 key; __aligned_u64 value (or next_key);
@@ -142,12 +154,15 @@ BPF_ATTR_MAP_ELEM = struct.Struct("=I4xQQQ")
 BPF_ATTR_MAP_BATCH = struct.Struct("=QQQQIIQQ")
 BPF_ATTR_MAP_BATCH_COUNT_OFFSET = 32
 
-# union bpf_attr, BPF_PROG_LOAD member (first members only), 72 bytes:
+# union bpf_attr, BPF_PROG_LOAD member (first members only), 120 bytes:
 #   __u32 prog_type; __u32 insn_cnt; __aligned_u64 insns; __aligned_u64 license;
 #   __u32 log_level; __u32 log_size; __aligned_u64 log_buf; __u32 kern_version;
 #   __u32 prog_flags; char prog_name[BPF_OBJ_NAME_LEN]; __u32 prog_ifindex;
-#   __u32 expected_attach_type;
-BPF_ATTR_PROG_LOAD = struct.Struct("=IIQQIIQII16sII")
+#   __u32 expected_attach_type; __u32 prog_btf_fd; __u32 func_info_rec_size;
+#   __aligned_u64 func_info; __u32 func_info_cnt; __u32 line_info_rec_size;
+#   __aligned_u64 line_info; __u32 line_info_cnt; __u32 attach_btf_id;
+#   __u32 attach_btf_obj_fd (0: vmlinux); __u32 core_relo_cnt;
+BPF_ATTR_PROG_LOAD = struct.Struct("=IIQQIIQII16sIIIIQIIQIIII")
 
 # union bpf_attr, BPF_*_GET_NEXT_ID / BPF_*_GET_FD_BY_ID member, 12 bytes:
 #   __u32 start_id (or prog_id / map_id); __u32 next_id; __u32 open_flags;
@@ -177,7 +192,8 @@ BPF_ATTR_PROG_QUERY_COUNT_OFFSET = 24
 BPF_ATTR_LINK_CREATE = struct.Struct("=IIII")
 
 # union bpf_attr, BPF_RAW_TRACEPOINT_OPEN member, 16 bytes:
-#   __u64 name (a pointer to the tracepoint's NUL-terminated name); __u32 prog_fd;
+#   __u64 name (a pointer to the tracepoint's NUL-terminated name, or 0 for a
+#   TRACING program, whose tracepoint is its attach_btf_id); __u32 prog_fd;
 #   then 4 bytes of padding (later kernels put a __u64 cookie after it; 0 here)
 BPF_ATTR_RAW_TRACEPOINT = struct.Struct("=QI4x")
 
@@ -252,6 +268,14 @@ def _address(buffer: ctypes.Array[ctypes.c_char] | None) -> int:
     return 0 if buffer is None else ctypes.addressof(buffer)
 
 
+class BtfTypes(NamedTuple):
+    """A loaded BTF object (``btf_load``) and the ids of a map's key and value in it."""
+
+    fd: int
+    key_type_id: int
+    value_type_id: int
+
+
 def map_create(
     map_type: MapType,
     key_size: int,
@@ -260,11 +284,15 @@ def map_create(
     name: str,
     flags: MapFlag = MapFlag.NONE,
     inner_map_fd: int = 0,
+    btf: BtfTypes | None = None,
 ) -> int:
     """BPF_MAP_CREATE; returns the map's fd (close-on-exec).
 
-    ``inner_map_fd`` is the template map of a map-in-map (ARRAY_OF_MAPS).
+    ``inner_map_fd`` is the template map of a map-in-map (ARRAY_OF_MAPS);
+    ``btf`` the loaded BTF and type ids of key and value, which some map types
+    need (SK_STORAGE).
     """
+    btf_fd, key_type_id, value_type_id = btf if btf is not None else (0, 0, 0)
     attr = _buffer(
         BPF_ATTR_MAP_CREATE.pack(
             map_type,
@@ -275,9 +303,28 @@ def map_create(
             inner_map_fd,
             0,
             name.encode()[: BPF_OBJ_NAME_LEN - 1],
+            0,
+            btf_fd,
+            key_type_id,
+            value_type_id,
         )
     )
     return bpf(BpfCmd.MAP_CREATE, attr)
+
+
+def btf_load(blob: bytes, log_size: int = 4096) -> int:
+    """BPF_BTF_LOAD of a BTF blob; returns its fd.  A refused blob's
+    BpfSyscallError carries the kernel's log."""
+    data = _buffer(blob)
+    log_buffer = ctypes.create_string_buffer(log_size)
+    attr = _buffer(
+        BPF_ATTR_BTF_LOAD.pack(_address(data), _address(log_buffer), len(blob), log_size, 1)
+    )
+    try:
+        return bpf(BpfCmd.BTF_LOAD, attr)
+    except BpfSyscallError as err:
+        err.log = log_buffer.value.decode("utf-8", "replace")
+        raise
 
 
 def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
@@ -384,12 +431,14 @@ def prog_load(
     name: str,
     log_size: int = 0,
     expected_attach_type: AttachType | None = None,
+    attach_btf_id: int = 0,
 ) -> int:
     """BPF_PROG_LOAD; returns the program's fd.
 
     With ``log_size`` the verifier's log (level 1) is kept and attached to
     the BpfSyscallError of a rejected program.  ``expected_attach_type`` is
-    needed by the program types that check it at load (cgroup_skb).
+    needed by the program types that check it at load (cgroup_skb, tracing);
+    ``attach_btf_id`` is the vmlinux BTF type a TRACING program attaches to.
     """
     insns = _buffer(instructions)
     license_buffer = ctypes.create_string_buffer(license_text.encode())
@@ -408,6 +457,16 @@ def prog_load(
             name.encode()[: BPF_OBJ_NAME_LEN - 1],
             0,
             0 if expected_attach_type is None else expected_attach_type,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            attach_btf_id,
+            0,
+            0,
         )
     )
     try:
@@ -436,11 +495,12 @@ def link_create(prog_fd: int, target_fd: int, attach_type: AttachType) -> int:
     return bpf(BpfCmd.LINK_CREATE, attr)
 
 
-def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+def raw_tracepoint_open(name: str | None, prog_fd: int) -> int:
     """BPF_RAW_TRACEPOINT_OPEN: attach a raw tracepoint program to the tracepoint
-    ``name`` (e.g. ``sock_send_length``, no category); returns the fd whose
-    closing detaches it."""
-    name_buffer = ctypes.create_string_buffer(name.encode())
+    ``name`` (e.g. ``sock_send_length``, no category), or a TRACING program
+    (``name`` None) to the tracepoint its attach_btf_id names; returns the fd
+    whose closing detaches it."""
+    name_buffer = None if name is None else ctypes.create_string_buffer(name.encode())
     attr = _buffer(BPF_ATTR_RAW_TRACEPOINT.pack(_address(name_buffer), prog_fd))
     return bpf(BpfCmd.RAW_TRACEPOINT_OPEN, attr)
 

@@ -8,10 +8,12 @@ namespace) and the ports it used: that report is the ground truth the
 drained records are compared with.  When the helper cannot load here the
 tests are skipped with the helper's own reason.
 
-The helper's send/recv programs are raw tracepoint programs when the kernel's
-BTF is there, else perf-event tracepoint programs: the ``helper`` and
-``netns_helper`` fixtures load each way in turn, and every test using them
-must find the same records both ways.
+The helper's send/recv programs are tp_btf programs when the kernel's BTF is
+there, else raw tracepoint programs, else perf-event tracepoint programs: the
+``helper``, ``netns_helper`` and ``kernel_helper`` fixtures load each way in
+turn, and every test using them must find the same records every way.  The
+kernel counting path's helper (``kernel_helper``, every namespace) asks the
+socket's own storage first with tp_btf programs (the per-socket fast path).
 
 The helper records only the sockets of one network namespace: the tests
 whose workload runs in a namespace load it for that namespace
@@ -55,6 +57,7 @@ WORKLOAD_TIMEOUT_S = 60
 FREE_WAIT_S = 5.0  # the kernel frees maps after an RCU grace period (about 20 ms here)
 NETNS_DIR = Path("/run/netns")  # where ip netns add mounts the namespace files
 LOOPBACK4 = bytes([127, 0, 0, 1])
+FAST_PATH_MAPS = ("ntp_sock_seen", "ntp_generation")  # the tp_btf programs' own maps
 WILDCARD4 = bytes(4)
 TCP, UDP = 6, 17
 
@@ -64,22 +67,30 @@ def root_or_skip() -> None:
         pytest.skip("PRIVILEGED TEST SKIPPED: the eBPF helper needs root (bpf, perf_event_open)")
 
 
-ATTACH_KINDS = [AttachKind.RAW_TRACEPOINT, AttachKind.PERF_TRACEPOINT]
+ATTACH_KINDS = [AttachKind.BTF_TRACEPOINT, AttachKind.RAW_TRACEPOINT, AttachKind.PERF_TRACEPOINT]
 
 
 def load_or_skip(
-    netns_inode: int | None = None, attach: AttachKind = AttachKind.RAW_TRACEPOINT
+    netns_inode: int | None = None,
+    attach: AttachKind = AttachKind.BTF_TRACEPOINT,
+    every_namespace: bool = False,
 ) -> KernelOwnership:
     root_or_skip()
-    raw = attach is AttachKind.RAW_TRACEPOINT
     try:
-        loaded = KernelOwnership.load(netns_inode=netns_inode, raw_tracepoints=raw)
+        loaded = KernelOwnership.load(
+            netns_inode=netns_inode,
+            every_namespace=every_namespace,
+            raw_tracepoints=attach is not AttachKind.PERF_TRACEPOINT,
+            btf_tracepoints=attach is AttachKind.BTF_TRACEPOINT,
+        )
     except EbpfUnavailable as err:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
-    # raw tracepoints whenever the kernel's BTF is there and they are asked for
+    # tp_btf or raw tracepoints whenever the kernel's BTF is there and they are asked for
     expected = attach if VMLINUX_BTF_PATH.exists() else AttachKind.PERF_TRACEPOINT
     assert loaded.attach_kind is expected
     assert loaded.status()["ebpf_attach"] == expected.value
+    # the per-socket fast path: tp_btf programs on the kernel path only
+    assert loaded.fast_path is (every_namespace and expected is AttachKind.BTF_TRACEPOINT)
     loaded.drain()  # start from an empty flows map
     return loaded
 
@@ -93,6 +104,16 @@ def inode_of(netns: Any) -> int:
 def helper(request: pytest.FixtureRequest) -> Iterator[KernelOwnership]:
     """The helper for this process's network namespace (the default), each attach kind."""
     loaded = load_or_skip(attach=request.param)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
+@pytest.fixture(params=ATTACH_KINDS, ids=[kind.value for kind in ATTACH_KINDS])
+def kernel_helper(request: pytest.FixtureRequest) -> Iterator[KernelOwnership]:
+    """The helper as the kernel counting path loads it (every namespace), each attach kind."""
+    loaded = load_or_skip(attach=request.param, every_namespace=True)
     try:
         yield loaded
     finally:
@@ -511,23 +532,205 @@ def test_a_flow_is_reported_again_only_when_its_thread_changes(
         worker.wait(timeout=WORKLOAD_TIMEOUT_S)
 
 
+KERNEL_STEPS_SCRIPT = """
+import json, os, queue, socket, sys, threading
+SO_COOKIE = 57  # asm-generic/socket.h: asking gives the socket its cookie
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink.bind(("127.0.0.1", 0))
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sender.connect(sink.getsockname())
+def act(what, count):
+    if what == "send":
+        for _ in range(count):
+            sender.send(b"s" * 32)
+    elif what == "cork":  # appended to the cork, not sent: no packet gives a cookie
+        sender.send(b"c", socket.MSG_MORE)
+    elif what == "cookie":
+        return int.from_bytes(sender.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
+    elif what == "fork":  # a child sends on the inherited socket
+        child = os.fork()
+        if child == 0:
+            act("send", count)
+            os._exit(0)
+        os.waitpid(child, 0)
+        return child
+    return threading.get_native_id()
+orders, answers = {}, queue.Queue()
+def serve(name):
+    while True:
+        order = orders[name].get()
+        if order is None:
+            return
+        answers.put(act(*order))
+print(json.dumps({"port": sender.getsockname()[1], "pid": os.getpid()}), flush=True)
+for line in sys.stdin:
+    name, what, count = line.split()
+    if name not in orders:
+        orders[name] = queue.Queue()
+        threading.Thread(target=serve, args=(name,), daemon=True).start()
+    orders[name].put((what, int(count)))
+    print(json.dumps(answers.get(timeout=10)), flush=True)
+for name in orders:
+    orders[name].put(None)
+"""
+
+
+class KernelSteps:
+    """KERNEL_STEPS_SCRIPT running in a namespace: ``do(thread, what, count)`` runs one
+    step in the named thread and returns its answer (a tid, a child's pid, the
+    cookie); ``sends()`` drains the helper and returns the workload's send records
+    since the last call as (tgid, tid, cookie)."""
+
+    def __init__(self, netns: Any, helper: KernelOwnership) -> None:
+        self.helper = helper
+        self.worker = subprocess.Popen(
+            [*netns.exec_prefix, sys.executable, "-u", "-c", KERNEL_STEPS_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.worker.stdout is not None
+        hello = json.loads(self.worker.stdout.readline())
+        self.port, self.pid = hello["port"], hello["pid"]
+        self.pids = {self.pid}
+
+    def do(self, thread: str, what: str, count: int = 1) -> int:
+        assert self.worker.stdin is not None and self.worker.stdout is not None
+        self.worker.stdin.write(f"{thread} {what} {count}\n")
+        self.worker.stdin.flush()
+        answer: int = json.loads(self.worker.stdout.readline())
+        if what == "fork":
+            self.pids.add(answer)
+        return answer
+
+    def sends(self) -> list[tuple[int, int, int]]:
+        # the helper records every namespace: this workload's records by port and pids
+        return [
+            (o.tgid, o.tid, o.cookie)
+            for o in flow_records(self.helper.drain(), UDP, self.port)
+            if o.kind == OwnerKind.SEND and o.tgid in self.pids
+        ]
+
+    def close(self) -> None:
+        if self.worker.stdin is not None:
+            self.worker.stdin.close()
+        self.worker.wait(timeout=WORKLOAD_TIMEOUT_S)
+
+
+def test_kernel_path_reports_a_socket_again_when_its_thread_or_generation_changes(
+    make_netns: Callable[..., Any], kernel_helper: KernelOwnership
+) -> None:
+    """On the kernel path (every namespace) a socket with a cookie is reported once a
+    thread while the same thread goes on, at once when another thread or a forked
+    child uses it, and again when the generation moves (tp_btf: the fast path
+    compares thread and generation) or, every way, after REPORT_INTERVAL_NS.
+
+    Ground truth: the workload's own steps (which thread or child sent).
+    """
+    steps = KernelSteps(make_netns(NETNS_PREFIX), kernel_helper)
+    try:
+        pid = steps.pid
+        cookie = steps.do("a", "cookie")
+        assert cookie != 0
+        first = steps.do("a", "send", 20)
+        assert steps.sends() == [(pid, first, cookie)]  # 20 sends, one record
+        written = kernel_helper.changes()
+        steps.do("a", "send", 20)  # the same thread again, within the interval
+        assert steps.sends() == []
+        assert kernel_helper.changes() == written
+        second = steps.do("b", "send", 1)  # another thread: at once
+        assert second != first
+        assert steps.sends() == [(pid, second, cookie)]
+        steps.do("a", "send", 1)  # and back
+        assert steps.sends() == [(pid, first, cookie)]
+        child = steps.do("a", "fork", 3)  # a forked child on the inherited socket
+        assert child != pid
+        assert steps.sends() == [(child, child, cookie)]
+        steps.do("a", "send", 3)  # the parent's thread again
+        assert steps.sends() == [(pid, first, cookie)]
+        steps.do("a", "send", 3)
+        assert steps.sends() == []
+        # a new generation: reported again at once by the fast path; the other ways
+        # (seen map and clock) wait for REPORT_INTERVAL_NS
+        generation = kernel_helper.advance_generation()
+        assert generation == (1 if kernel_helper.fast_path else 0)
+        steps.do("a", "send", 3)
+        assert steps.sends() == ([(pid, first, cookie)] if kernel_helper.fast_path else [])
+        steps.do("a", "send", 3)
+        assert steps.sends() == []
+        # past the interval (the daemon asks for changes all the time: that moves
+        # the generation once a REPORT_INTERVAL_NS): the same thread again, every way
+        assert REPORT_INTERVAL_NS == 1_000_000_000
+        time.sleep(1.1)
+        kernel_helper.changes()
+        steps.do("a", "send", 3)
+        assert steps.sends() == [(pid, first, cookie)]
+        status = kernel_helper.status()
+        assert status["ebpf_read_failed"] == 0 and status["ebpf_drops"] == 0
+    finally:
+        steps.close()
+
+
+def test_kernel_path_reports_a_socket_again_once_it_has_a_cookie(
+    make_netns: Callable[..., Any], kernel_helper: KernelOwnership
+) -> None:
+    """A socket's first record without its cookie (none given yet: a corked UDP send
+    puts no packet out, so nothing asks for one) is repeated by the same thread at
+    its first call once the socket has one, then not again (the cookie's record
+    names it).  Ground truth: the workload's own steps and SO_COOKIE."""
+    steps = KernelSteps(make_netns(NETNS_PREFIX), kernel_helper)
+    try:
+        pid = steps.pid
+        tid = steps.do("a", "cork")
+        assert steps.sends() == [(pid, tid, 0)]
+        steps.do("a", "cork")  # the same thread, no cookie: within the interval
+        assert steps.sends() == []
+        cookie = steps.do("a", "cookie")
+        assert cookie != 0
+        steps.do("a", "send", 1)  # sends the corked datagram: now with the cookie
+        assert steps.sends() == [(pid, tid, cookie)]
+        steps.do("a", "send", 5)
+        assert steps.sends() == []
+    finally:
+        steps.close()
+
+
 # --- lifecycle ----------------------------------------------------------------------
+
+
+def map_names(map_ids: list[int]) -> list[str]:
+    """The names of loaded maps, by id."""
+    names = []
+    for map_id in map_ids:
+        fd = syscalls.get_fd_by_id(syscalls.BpfCmd.MAP_GET_FD_BY_ID, map_id)
+        assert fd is not None
+        try:
+            info = syscalls.obj_get_info(fd, syscalls.BPF_MAP_INFO_SIZE)
+        finally:
+            os.close(fd)
+        names.append(syscalls.BPF_MAP_INFO_HEAD.unpack_from(info)[6].split(b"\0")[0].decode())
+    return names
 
 
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
+@pytest.mark.parametrize("every_namespace", [False, True], ids=["one_netns", "every_netns"])
 @pytest.mark.parametrize("attach", ATTACH_KINDS, ids=[kind.value for kind in ATTACH_KINDS])
-def test_nothing_stays_loaded_after_close(attach: AttachKind) -> None:
+def test_nothing_stays_loaded_after_close(attach: AttachKind, every_namespace: bool) -> None:
     fds_before = open_fds()
-    loaded = load_or_skip(attach=attach)
+    loaded = load_or_skip(attach=attach, every_namespace=every_namespace)
     prog_ids, map_ids = loaded.object_ids()
     try:
-        # flows, connect, counters, seen, changes and the exec ring; ntp_exec with BTF
-        assert len(prog_ids) == 4 and len(map_ids) == 6
+        # flows, connect, counters, seen, changes and the exec ring; ntp_exec with BTF;
+        # the per-socket storage and the generation with tp_btf on the kernel path
+        assert len(prog_ids) == 4 and len(map_ids) == 6 + 2 * loaded.fast_path
         progs, maps = loaded_object_ids()
         assert set(prog_ids) <= set(progs) and set(map_ids) <= set(maps)
+        assert sorted(name for name in map_names(map_ids) if name in FAST_PATH_MAPS) == (
+            sorted(FAST_PATH_MAPS) if loaded.fast_path else []
+        )
     finally:
         loaded.close()
     loaded.close()  # idempotent
@@ -579,43 +782,85 @@ def test_load_failure_after_maps_leaves_nothing(monkeypatch: pytest.MonkeyPatch)
     assert new == (set(), set())
 
 
-def test_a_failed_raw_attach_falls_back_to_perf_tracepoints_and_leaks_nothing(
-    monkeypatch: pytest.MonkeyPatch,
+FALLBACKS = {
+    # the attach that fails -> the way loaded instead
+    AttachKind.BTF_TRACEPOINT: AttachKind.RAW_TRACEPOINT,
+    AttachKind.RAW_TRACEPOINT: AttachKind.PERF_TRACEPOINT,
+}
+
+
+@pytest.mark.parametrize("failing", list(FALLBACKS), ids=[kind.value for kind in FALLBACKS])
+def test_a_failed_attach_falls_back_to_the_next_way_and_leaks_nothing(
+    monkeypatch: pytest.MonkeyPatch, failing: AttachKind
 ) -> None:
-    """The second BPF_RAW_TRACEPOINT_OPEN fails: the first attachment and both raw
-    programs are closed, the perf tracepoint programs are loaded instead and record
-    exactly; after close nothing of either stays (programs, maps, fds)."""
+    """The second BPF_RAW_TRACEPOINT_OPEN of one way (tp_btf: name None; raw: the
+    tracepoint's name) fails: the first attachment, both programs of that way and
+    (tp_btf, every namespace) the fast path's storage and generation maps are
+    closed, the next way's programs are loaded instead and record exactly; after
+    close nothing of any way stays (programs, maps, fds)."""
     root_or_skip()
     if not VMLINUX_BTF_PATH.exists():
-        pytest.fail("this test needs the kernel's BTF (raw tracepoints are tried only with it)")
-    real_open, real_load = syscalls.raw_tracepoint_open, syscalls.prog_load
-    raw_fds: list[int] = []
-    raw_programs: list[int] = []
+        pytest.fail("this test needs the kernel's BTF (tp_btf and raw are tried only with it)")
+    real_open, real_load, real_create = (
+        syscalls.raw_tracepoint_open,
+        syscalls.prog_load,
+        syscalls.map_create,
+    )
+    opened: list[int] = []  # the failing way's attachments
+    failed_programs: list[int] = []  # ... and its programs
+    created_maps: dict[int, str] = {}  # every map the load made: id -> name
+    failing_type = (
+        syscalls.ProgType.TRACING
+        if failing is AttachKind.BTF_TRACEPOINT
+        else syscalls.ProgType.RAW_TRACEPOINT
+    )
 
-    def open_once(name: str, prog_fd: int) -> int:
-        if raw_fds:
-            raise syscalls.BpfSyscallError("RAW_TRACEPOINT_OPEN", 2)
-        raw_fds.append(real_open(name, prog_fd))
-        return raw_fds[-1]
+    def open_once(name: str | None, prog_fd: int) -> int:
+        if (name is None) == (failing is AttachKind.BTF_TRACEPOINT):
+            if opened:
+                raise syscalls.BpfSyscallError("RAW_TRACEPOINT_OPEN", 2)
+            opened.append(real_open(name, prog_fd))
+            return opened[-1]
+        return real_open(name, prog_fd)
 
     def load(prog_type: syscalls.ProgType, *args: Any, **kwargs: Any) -> int:
         fd = real_load(prog_type, *args, **kwargs)
-        if prog_type == syscalls.ProgType.RAW_TRACEPOINT:
-            raw_programs.append(syscalls.object_id(fd))
+        if prog_type == failing_type:
+            failed_programs.append(syscalls.object_id(fd))
+        return fd
+
+    def create(
+        map_type: syscalls.MapType,
+        key: int,
+        value: int,
+        entries: int,
+        name: str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> int:
+        fd = real_create(map_type, key, value, entries, name, *args, **kwargs)
+        created_maps[syscalls.object_id(fd)] = name
         return fd
 
     monkeypatch.setattr(syscalls, "raw_tracepoint_open", open_once)
     monkeypatch.setattr(syscalls, "prog_load", load)
+    monkeypatch.setattr(syscalls, "map_create", create)
     fds_before = open_fds()
-    loaded = KernelOwnership.load()
+    # the raw way is tried first when tp_btf is not asked for
+    loaded = KernelOwnership.load(
+        every_namespace=True, btf_tracepoints=failing is AttachKind.BTF_TRACEPOINT
+    )
     try:
-        assert len(raw_fds) == 1 and len(raw_programs) == 2
-        assert loaded.attach_kind is AttachKind.PERF_TRACEPOINT
-        assert loaded.status()["ebpf_attach"] == "perf_tracepoint"
-        assert wait_until_freed(raw_programs, []) == (set(), set())
-        assert raw_fds[0] not in loaded._raw_fds
+        assert len(opened) == 1 and len(failed_programs) == 2
+        assert loaded.attach_kind is FALLBACKS[failing]
+        assert loaded.status()["ebpf_attach"] == FALLBACKS[failing].value
+        assert not loaded.fast_path
+        fast_maps = [i for i, name in created_maps.items() if name in FAST_PATH_MAPS]
+        assert len(fast_maps) == (2 if failing is AttachKind.BTF_TRACEPOINT else 0)
+        assert wait_until_freed(failed_programs, fast_maps) == (set(), set())
+        assert opened[0] not in loaded._raw_fds
         prog_ids, map_ids = loaded.object_ids()
-        assert len(prog_ids) == 4 and not set(prog_ids) & set(raw_programs)
+        assert len(prog_ids) == 4 and not set(prog_ids) & set(failed_programs)
         import socket
 
         loaded.drain()
@@ -628,7 +873,7 @@ def test_a_failed_raw_attach_falls_back_to_perf_tracepoints_and_leaks_nothing(
             sender.sendto(b"z", receiver.getsockname())
             receiver.recv(16)
             ports = sender.getsockname()[1], receiver.getsockname()[1]
-        owners = loaded.drain()
+        owners = [o for o in loaded.drain() if o.tgid == os.getpid()]
         me = (os.getpid(), threading.get_native_id())
         assert [(o.tgid, o.tid, o.kind) for o in flow_records(owners, UDP, ports[0])] == [
             (*me, OwnerKind.SEND)
@@ -638,7 +883,7 @@ def test_a_failed_raw_attach_falls_back_to_perf_tracepoints_and_leaks_nothing(
         ]
     finally:
         loaded.close()
-    assert wait_until_freed(prog_ids, map_ids) == (set(), set())
+    assert wait_until_freed(prog_ids, list(created_maps)) == (set(), set())
     assert open_fds() == fds_before
 
 

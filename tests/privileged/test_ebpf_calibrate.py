@@ -227,5 +227,5 @@ def test_load_with_btf_says_so() -> None:
         pytest.skip(f"PRIVILEGED TEST SKIPPED: the eBPF helper cannot load here: {err.reason}")
     with loaded:
         assert loaded.status()["ebpf_offsets"] == "btf"
-        assert loaded.status()["ebpf_attach"] == "raw_tracepoint"
+        assert loaded.status()["ebpf_attach"] == "btf_tracepoint"
         assert loaded.offsets_source is helper.OffsetSource.BTF

@@ -459,8 +459,9 @@ def test_nothing_of_ours_stays_loaded_after_stop(make_netns: Any, kernel_daemon:
     programs, maps = ids["programs"], ids["maps"]
     assert len(programs) == 2 and len(maps) == 7  # six and the wake ring
     # The eBPF helper (--ownership auto): four tracepoint programs (ntp_exec among them)
-    # and six maps (the exec ring among them).
-    assert len(ids["helper_programs"]) == 4 and len(ids["helper_maps"]) == 6
+    # and eight maps (the exec ring among them; the tp_btf send/recv programs' per-socket
+    # storage ntp_sock_seen and ntp_generation: the kernel's BTF is there).
+    assert len(ids["helper_programs"]) == 4 and len(ids["helper_maps"]) == 8
     programs, maps = programs + ids["helper_programs"], maps + ids["helper_maps"]
     # Under "ip netns exec" the daemon has its own mount namespace without the host's
     # cgroup2 mount, so it mounts a private one: the same hierarchy's root.
@@ -501,8 +502,9 @@ def test_owners_come_from_the_helper_s_records_by_cookie(
     d = kernel_daemon("--ownership", "kernel")
     before = d.status()
     assert before["ownership"] == "kernel" and before["ebpf_netns_inode"] == 0
-    # the kernel's BTF is there: the send/recv programs are raw tracepoint programs
-    assert before["ebpf_attach"] == "raw_tracepoint"
+    # the kernel's BTF is there: the send/recv programs are tp_btf programs (BTF-typed
+    # raw tracepoints) with the per-socket fast path
+    assert before["ebpf_attach"] == "btf_tracepoint"
     assert "by socket cookie in every network namespace" in before["ownership_note"]
     server_ns, client_ns = (c1, c1) if addr == "127.0.0.1" else (c3, c2)
     overhead = UDP4_OVERHEAD if ":" not in addr else UDP6_OVERHEAD

@@ -27,6 +27,7 @@ from netatopd.ebpf.btf import (
     NetOffsets,
     net_offsets,
     sock_offsets,
+    u64_struct_btf,
 )
 
 
@@ -292,3 +293,33 @@ def test_tracepoint_arguments_from_the_btf_trace_typedef() -> None:
     with pytest.raises(BtfError, match="btf_trace_odd"):
         btf.tracepoint_arguments("odd")
     assert btf.find_struct("sock") == sock  # typedefs are indexed by name, structs still found
+
+
+def test_find_by_name_and_kind() -> None:
+    """The tp_btf programs are attached by the id of the typedef btf_trace_<name>."""
+    b = BlobBuilder()
+    integer = b.integer("int", 4)  # 1
+    structure = b.record(BtfKind.STRUCT, "same", 4, [("x", integer, 0)])  # 2
+    typedef = b.add(BtfKind.TYPEDEF, "same", 0, integer)  # 3: the same name, another kind
+    btf = Btf(b.blob())
+    assert btf.find("same", BtfKind.TYPEDEF) == typedef
+    assert btf.find("same", BtfKind.STRUCT) == structure
+    with pytest.raises(BtfError, match="no union same"):
+        btf.find("same", BtfKind.UNION)
+    with pytest.raises(BtfError, match="not indexed"):
+        btf.find("int", BtfKind.INT)
+
+
+def test_u64_struct_btf_reads_back_as_built() -> None:
+    """The blob made for the per-socket storage map, read by our own reader: int key,
+    a struct of u64 members at 0 and 8, and the ids handed to BPF_MAP_CREATE."""
+    blob, key_id, value_id = u64_struct_btf("ntp_sock_seen", ["pid_tgid", "generation"])
+    btf = Btf(blob)
+    assert btf.type_count == 3
+    assert (key_id, value_id) == (1, 3)
+    assert btf.kind(key_id) == BtfKind.INT and btf.type_size(key_id) == 4
+    assert btf.find_struct("ntp_sock_seen") == value_id and btf.type_size(value_id) == 16
+    assert btf.member("ntp_sock_seen", "pid_tgid") == Member("pid_tgid", 0, 8, 0, 0)
+    assert btf.member("ntp_sock_seen", "generation") == Member("generation", 8, 8, 64, 0)
+    # the int is signed, 32 bits (the kernel wants the key of an SK_STORAGE map an int)
+    assert struct.unpack_from("=I", blob, BTF_HEADER.size + 12)[0] == (1 << 24) | 32

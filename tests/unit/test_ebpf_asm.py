@@ -34,10 +34,12 @@ from netatopd.ebpf.programs import (
     FLOW_KEY,
     OWNER,
     Counter,
+    FastPathFds,
     MapFds,
     OwnerKind,
     Slot,
     TracepointError,
+    btf_length_context,
     length_program,
     parse_format,
     raw_length_context,
@@ -307,6 +309,45 @@ def test_every_namespace_send_asks_the_seen_map_by_cookie_first() -> None:
     plain = _instructions(asm.assemble(length_program(OwnerKind.SEND, send, SOCK, FDS, NET, INODE)))
     assert (0x72, 0x0A, -40 + 37, Slot.COOKIE) not in plain
     assert len([i for i in plain if i[0] == 0x18 and i[3] == 7]) == len(seen_loads) - 2
+
+
+FAST = FastPathFds(storage=9, generation=10)
+
+
+def test_every_namespace_send_with_the_fast_path_asks_the_socket_storage_first() -> None:
+    """tp_btf on the kernel path: after the failed-call check, the generation (map fd
+    10) and bpf_sk_storage_get(storage fd 9, sk, NULL, 0) come first, and a hit leaves
+    before any read of the socket; the seen map is not asked by cookie; the storage
+    is made (flags 1) only after the cookie read found one, before the tuple's reads.
+    The cookie, protocol and family are direct loads from sk (r8), no helper call."""
+    context = btf_length_context(SOCK)
+    insns = _instructions(
+        asm.assemble(length_program(OwnerKind.SEND, context, SOCK, FDS, NET, EVERY_NAMESPACE, FAST))
+    )
+    assert_every_instruction_reachable(insns)
+    storage_gets = [
+        i for i, insn in enumerate(insns) if insn[:2] == (0x85, 0x00) and insn[3] == 107
+    ]
+    assert len(storage_gets) == 2
+    # r4 = flags just before each call: 0 (look), then 1 (BPF_SK_STORAGE_GET_F_CREATE)
+    assert [insns[i - 1] for i in storage_gets] == [(0xB7, 0x04, 0, 0), (0xB7, 0x04, 0, 1)]
+    # r2 = r8 (sk, unmoved) for both
+    assert [insns[i - 3] for i in storage_gets] == [(0xBF, 0x82, 0, 0)] * 2
+    # if (s32)r7 < 0 goto error_return (JMP32 JSLT, immediate 0)
+    failed_call = next(i for i, insn in enumerate(insns) if insn[:2] == (0xC6, 0x07))
+    generation_load = next(i for i, insn in enumerate(insns) if insn[0] == 0x18 and insn[3] == 10)
+    cookie_read = insns.index((0x79, 0x81, 88, 0))  # r1 = *(u64 *)(r8 + 88)
+    assert (0x69, 0x81, 532, 0) in insns  # r1 = *(u16 *)(r8 + 532): sk_protocol
+    assert (0x69, 0x81, 16, 0) in insns  # r1 = *(u16 *)(r8 + 16): skc_family
+    # the record's own cookie (bpf_probe_read_kernel into the owner) comes later only
+    assert insns.index((0x07, 0x03, 0, 88)) > insns.index((0x07, 0x03, 0, 4))
+    first_tuple_read = insns.index((0x07, 0x03, 0, 4))  # skc_rcv_saddr
+    assert failed_call < generation_load < storage_gets[0] < cookie_read < storage_gets[1]
+    assert storage_gets[1] < first_tuple_read
+    assert (0x72, 0x0A, -40 + 37, Slot.COOKIE) not in insns  # no seen lookup by cookie
+    # the fast path needs the cookie path: refused per namespace
+    with pytest.raises(ValueError, match="every namespace"):
+        length_program(OwnerKind.SEND, context, SOCK, FDS, NET, INODE, FAST)
 
 
 def assert_every_instruction_reachable(insns: list[tuple[int, int, int, int]]) -> None:
