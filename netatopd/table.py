@@ -14,10 +14,13 @@ A reader copies what it needs and keeps the copy only when the generation was
 even and unchanged around the copy.  The writer never waits for readers.
 
 State owned: the writer's mapping, its packing buffers and the strings of its
-text area with their offsets (kept from publish to publish); each reader's
-read-only mapping.  Callers: the daemon's engine (TableWriter, once per publish
-interval), the netatop command (cli.sources, cli.top: TableReader, open_table)
-and any other reader.  Whether the writer still runs is procfs.same_process.
+text area with their offsets (kept from publish to publish), and for
+``publish_tasks`` each task's packed rows until the task is touched (a
+publish packs and writes only what changed); each reader's read-only
+mapping.  Callers: the daemon's engine (TableWriter.publish_tasks, once per
+publish interval), the netatop command (cli.sources, cli.top: TableReader,
+open_table) and any other reader.  Whether the writer still runs is
+procfs.same_process.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from .procfs import ProcError, read_stat, same_process
 from .protocol import COUNTER_NAMES
 from .rundir import RunDirError, SafeDirectory
 from .status import TABLE_FIELDS, TABLE_SLOTS
-from .tasks import Kind, TaskRow
+from .tasks import ExitedTask, Kind, TaskInfo, TaskRow, TaskTable
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +223,11 @@ def _read_boot_id(proc_root: str = PROC_ROOT_DEFAULT) -> bytes:
         return bytes(16)
 
 
+def _same(before: list[ExitedTask], now: list[ExitedTask]) -> bool:
+    """The same exit-list entries (the very objects) in the same order."""
+    return len(before) == len(now) and all(a is b for a, b in zip(before, now, strict=True))
+
+
 def _format_time(epoch_s: float) -> str:
     if epoch_s <= 0:
         return "never"
@@ -280,6 +288,20 @@ class TableWriter:
         self._offsets: dict[str, int] = {"": 0}
         self._text_used = 1
         self.text_refused_last = 0  # strings the last publish had no room for
+        self._strings_refused = 0  # in the packing under way
+        self._row_scratch = bytearray(TABLE_ROW.size)  # one row packed alone
+        self._text_written = 0  # text bytes copied into the mapping by the last write
+        # publish_tasks: each task's rows packed (process row, thread rows) until it is
+        # touched; the exit list's rows by entry; where each task's process row is, and
+        # its first thread row and thread count (tasks with threads); and the layout
+        # these are for (the task table's layout version, the exit list, its first row,
+        # the row count), None: the next publish_tasks lays every row out again.
+        self._task_rows: dict[TaskInfo, tuple[bytes, list[bytes]]] = {}
+        self._exited_rows: dict[int, tuple[ExitedTask, bytes]] = {}
+        self._process_index: dict[TaskInfo, int] = {}
+        self._thread_index: dict[TaskInfo, tuple[int, int]] = {}
+        self._layout: tuple[int, list[ExitedTask], int, int] | None = None
+        self._first_exited = 0  # the exit list's first row (after every task's rows)
         self._map, self._made = self._create()
         self._generation_view = memoryview(self._map)[
             GENERATION_OFFSET : GENERATION_OFFSET + 8
@@ -403,39 +425,55 @@ class TableWriter:
         fresh = self._text_used == 1
         packed = self._pack_pass(rows)
         if packed[3] and not fresh:
-            self._offsets = {"": 0}
-            self._text_used = 1
+            self._reset_text()
             packed = self._pack_pass(rows)
         return packed
 
+    def _reset_text(self) -> None:
+        """Start the text area again: every row packed before holds stale offsets."""
+        self._offsets = {"": 0}
+        self._text_used = 1
+        self._task_rows.clear()
+        self._exited_rows.clear()
+        self._layout = None
+
+    def _place(self, value: str) -> int:
+        """The offset of a string the text buffer lacks, once put there (0: no room)."""
+        encoded = self._text_bytes(value)
+        start = self._text_used
+        end = start + len(encoded)
+        if end > self.text_size:
+            self._strings_refused += 1
+            return 0
+        self._text_buffer[start:end] = encoded
+        self._offsets[value] = start
+        self._text_used = end
+        return start
+
+    def _pack_row(self, row: TaskRow) -> bytes:
+        """One row as the table holds it, its strings placed (publish_tasks keeps it)."""
+        scratch = self._row_scratch
+        self._pack_into(scratch, [row], 1, stop_on_refused=False)
+        return bytes(scratch)
+
     def _pack_pass(self, rows: list[TaskRow]) -> tuple[int, int, int, int]:
+        self._strings_refused = 0
         fresh = self._text_used == 1  # nothing to gain from a rebuild
-        buffer = self._rows_buffer
+        count, refused = self._pack_into(self._rows_buffer, rows, self.capacity, not fresh)
+        return count, refused, self._text_used, self._strings_refused
+
+    def _pack_into(
+        self, buffer: bytearray, rows: list[TaskRow], capacity: int, stop_on_refused: bool
+    ) -> tuple[int, int]:
+        """Pack rows one after the other into buffer, their strings placed; (rows packed,
+        rows past capacity).  ``_strings_refused`` counts the strings that found no
+        room; with stop_on_refused the packing stops at the first (the caller rebuilds
+        the text and packs again)."""
         cache = self._command_cache
         pack_into = TABLE_ROW.pack_into
         row_size = TABLE_ROW.size
-        capacity = self.capacity
-        text = self._text_buffer
-        text_size = self.text_size
-        text_bytes = self._text_bytes
-        offsets = self._offsets
-        known = offsets.get
-        text_refused = 0
-
-        def place(value: str) -> int:
-            """Put a string the text buffer lacks; its offset (0 if no room)."""
-            nonlocal text_refused
-            encoded = text_bytes(value)
-            start = self._text_used
-            end = start + len(encoded)
-            if end > text_size:
-                text_refused += 1
-                return 0
-            text[start:end] = encoded
-            offsets[value] = start
-            self._text_used = end
-            return start
-
+        known = self._offsets.get
+        place = self._place
         count = 0
         refused = 0
         for row in rows:
@@ -487,9 +525,9 @@ class TableWriter:
             except struct.error as err:
                 raise ValueError(f"task {row.id} does not fit a table row: {err}") from err
             count += 1
-            if text_refused and not fresh:
-                break  # the caller rebuilds the text and packs again
-        return count, refused, self._text_used, text_refused
+            if stop_on_refused and self._strings_refused:
+                break
+        return count, refused
 
     def publish(self, rows: Iterable[TaskRow], status: Mapping[str, int]) -> int:
         """Publish one consistent snapshot; returns the number of rows written.
@@ -498,29 +536,230 @@ class TableWriter:
         raises ValueError with the table untouched and even.
         """
         status_values = self._pack_status(status)
+        self._layout = None  # rows not from publish_tasks: its next call packs everything
         count, refused, text_used, text_refused = self._pack_rows(rows)
+        self._write(count, refused, status_values, text_refused)
+        return count
+
+    def _write(
+        self,
+        count: int,
+        refused: int,
+        status_values: list[int],
+        text_refused: int,
+        rows_written: list[int] | None = None,
+    ) -> None:
+        """The packed buffers into the mapping under the seqlock, with a new header.
+
+        rows_written: the indexes of the only rows that changed since the last
+        write, and only the text placed since is copied; None: every row and
+        all the text in use.
+        """
         self._refused_total += refused
         self.text_refused_last = text_refused
+        text_used = self._text_used
         now_ns = time.time_ns()
-        used = count * TABLE_ROW.size
+        row_size = TABLE_ROW.size
+        used = count * row_size
         header = self._header(count, refused, status_values, now_ns, text_used, text_refused)
         table_map = self._map
+        rows_buffer = memoryview(self._rows_buffer)
+        rows_start = TABLE_HEADER.size
+        text_start = self._text_start
+        text_from = 0 if rows_written is None else self._text_written
         # Seqlock write.  The generation is one aligned 8-byte store; x86-64
         # keeps stores in program order, so a reader that sees the even value
         # again has seen every byte written before it.
         self._generation += 1
         self._generation_view[0] = self._generation
-        table_map[TABLE_HEADER.size : TABLE_HEADER.size + used] = memoryview(self._rows_buffer)[
-            :used
+        if rows_written is None:
+            table_map[rows_start : rows_start + used] = rows_buffer[:used]
+        else:
+            for index in rows_written:
+                start = index * row_size
+                table_map[rows_start + start : rows_start + start + row_size] = rows_buffer[
+                    start : start + row_size
+                ]
+        table_map[text_start + text_from : text_start + text_used] = memoryview(self._text_buffer)[
+            text_from:text_used
         ]
-        text_start = self._text_start
-        table_map[text_start : text_start + text_used] = memoryview(self._text_buffer)[:text_used]
         table_map[VARIABLE_PART_OFFSET : TABLE_HEADER.size] = header[VARIABLE_PART_OFFSET:]
         self._generation += 1
         self._generation_view[0] = self._generation
+        self._text_written = text_used
         if refused:
             log.debug("table full: %d rows past capacity %d", refused, self.capacity)
+
+    # -- publishing the task table: a task's rows are packed again only when it changed --
+
+    def publish_tasks(
+        self, tasks: TaskTable, exited: list[ExitedTask], status: Mapping[str, int]
+    ) -> int:
+        """Publish the task table and the exit list; returns the number of rows written.
+
+        The same rows in the same order as ``publish`` given every process
+        (``tasks.by_tgid`` order), then every thread row, then ``exited`` (the
+        engine's rows); but each task's rows are kept packed from publish to
+        publish and packed again only when the task was touched since
+        (``TaskInfo.touch``, ``TaskTable.take_changed``); an exit-list entry
+        is packed once.  While no task came or went, only the touched tasks'
+        rows, the exit list's rows if it changed (they come last) and the new
+        strings are written: a publish costs in proportion to the active
+        tasks.  Otherwise every row is laid out again from the packed ones.
+        A table that could not hold every row or string is packed by
+        ``publish`` as before, from scratch.
+        """
+        status_values = self._pack_status(status)
+        changed = tasks.take_changed()
+        task_rows = self._task_rows
+        for task in changed:
+            task_rows.pop(task, None)
+        layout, self._layout = self._layout, None  # kept only when this publish succeeds
+        if layout is not None and layout[0] == tasks.layout_version:
+            count = self._patch(changed, exited, layout, status_values)
+            if count is not None:
+                return count
+        count = self._lay_out_tasks(tasks, exited)
+        if count is None:  # rows past capacity or strings without room: as publish does
+            self._reset_cache()
+            rows = tasks.rows(threads=True)
+            rows.extend(entry.row() for entry in exited)
+            count, refused, _, text_refused = self._pack_rows(rows)
+            self._write(count, refused, status_values, text_refused)
+            return count
+        self._write(count, 0, status_values, 0)
+        self._layout = (tasks.layout_version, exited, self._first_exited, count)
         return count
+
+    def _patch(
+        self,
+        changed: list[TaskInfo],
+        exited: list[ExitedTask],
+        layout: tuple[int, list[ExitedTask], int, int],
+        status_values: list[int],
+    ) -> int | None:
+        """No task came or went: the touched tasks' rows where they are, and the exit
+        list's rows again if it changed (they come last); written, the row count.
+        None: the rows move (a thread came or went, the table is full, a string found
+        no room), and every row must be laid out again."""
+        written = self._patch_tasks(changed)
+        if written is None:
+            return None
+        version, before, first_exited, count = layout
+        if not _same(before, exited):
+            exited_rows = self._packed_exited(exited)
+            if exited_rows is None or first_exited + len(exited_rows) > self.capacity:
+                return None
+            count = first_exited + len(exited_rows)
+            row_size = TABLE_ROW.size
+            self._rows_buffer[first_exited * row_size : count * row_size] = b"".join(exited_rows)
+            written.extend(range(first_exited, count))
+        self._write(count, 0, status_values, 0, written)
+        self._layout = (version, exited, first_exited, count)
+        return count
+
+    def _reset_cache(self) -> None:
+        self._task_rows.clear()
+        self._exited_rows.clear()
+        self._process_index.clear()
+        self._thread_index.clear()
+
+    def _packed_task(self, task: TaskInfo) -> tuple[bytes, list[bytes]]:
+        """A task's process row and thread rows, packed and kept until it is touched."""
+        packed = self._task_rows.get(task)
+        if packed is None:
+            refused = self._strings_refused
+            pack_row = self._pack_row
+            threads = [pack_row(row) for row in task.thread_rows()] if task.threads else []
+            packed = (pack_row(task.row()), threads)
+            if self._strings_refused == refused:  # a string without room is tried again
+                self._task_rows[task] = packed
+        return packed
+
+    def _lay_out_tasks(self, tasks: TaskTable, exited: list[ExitedTask]) -> int | None:
+        """Every row into the rows buffer, in order, from the packed ones; the row count,
+        or None when a row is past capacity or a string found no room."""
+        self._strings_refused = 0
+        by_tgid = tasks.by_tgid
+        if len(by_tgid) + len(exited) > self.capacity:
+            return None
+        packed_rows = self._task_rows.get
+        packed_task = self._packed_task
+        rows: list[bytes] = []
+        add = rows.append
+        threaded: list[tuple[TaskInfo, list[bytes]]] = []
+        for task in by_tgid.values():
+            packed = packed_rows(task)
+            if packed is None:
+                packed = packed_task(task)
+                if self._strings_refused:
+                    return None
+            add(packed[0])
+            if packed[1]:
+                threaded.append((task, packed[1]))
+        process_index = dict(zip(by_tgid.values(), range(len(rows)), strict=True))
+        thread_index: dict[TaskInfo, tuple[int, int]] = {}
+        for task, thread_rows in threaded:
+            thread_index[task] = (len(rows), len(thread_rows))
+            rows.extend(thread_rows)
+        first_exited = len(rows)
+        exited_rows = self._packed_exited(exited)
+        if exited_rows is None:
+            return None
+        rows.extend(exited_rows)
+        count = len(rows)
+        if count > self.capacity:
+            return None
+        self._rows_buffer[: count * TABLE_ROW.size] = b"".join(rows)
+        self._first_exited = first_exited
+        self._process_index = process_index
+        self._thread_index = thread_index
+        return count
+
+    def _packed_exited(self, exited: list[ExitedTask]) -> list[bytes] | None:
+        """The exit list's rows, each packed once (entries never change); None when a
+        string found no room."""
+        exited_rows = self._exited_rows
+        kept: dict[int, tuple[ExitedTask, bytes]] = {}
+        rows: list[bytes] = []
+        for entry in exited:
+            known = exited_rows.get(id(entry))
+            if known is None or known[0] is not entry:
+                known = (entry, self._pack_row(entry.row()))
+                if self._strings_refused:
+                    return None
+            kept[id(entry)] = known
+            rows.append(known[1])
+        self._exited_rows = kept
+        return rows
+
+    def _patch_tasks(self, changed: list[TaskInfo]) -> list[int] | None:
+        """The touched tasks' rows packed again where they are; the indexes of the rows
+        written, or None when a task's thread rows came or went (the layout moves) or
+        a string found no room."""
+        self._strings_refused = 0
+        buffer = self._rows_buffer
+        row_size = TABLE_ROW.size
+        process_index = self._process_index
+        thread_index = self._thread_index
+        written: list[int] = []
+        for task in changed:
+            index = process_index.get(task)
+            if index is None:
+                continue  # not in the table (it left; a task that came moved the layout)
+            first_thread, thread_count = thread_index.get(task, (0, 0))
+            if len(task.threads) != thread_count:
+                return None
+            process_row, thread_rows = self._packed_task(task)
+            if self._strings_refused:
+                return None
+            buffer[index * row_size : (index + 1) * row_size] = process_row
+            written.append(index)
+            for row in thread_rows:
+                buffer[first_thread * row_size : (first_thread + 1) * row_size] = row
+                written.append(first_thread)
+                first_thread += 1
+        return written
 
     def close(self, unlink: bool = True) -> None:
         """Unmap; with unlink, remove the file if it is still this writer's."""

@@ -6,7 +6,10 @@ named the thread), and the TaskTable that holds them with its cap.  Data
 only: ``ownership.TaskRegistry`` makes and finishes tasks, ``Resolver``
 settles a flow's counters into its owner (``add``); the table, the history,
 the servers and the CLI read snapshots as TaskRow / ExitedTask records, and
-so depend on this module without importing the ownership package.
+so depend on this module without importing the ownership package.  A task
+whose row changes is touched (``TaskInfo.touch``) into its table's change
+log, which the shared table's writer takes at each publish
+(``TaskTable.take_changed``): it packs those rows only.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class TaskInfo:
         "last_activity_s",
         "exited",
         "threads",
+        "changed",
+        "change_log",
     )
 
     def __init__(
@@ -131,6 +136,19 @@ class TaskInfo:
         # Per-thread counters, only where the kernel told which thread owns a flow
         # (the eBPF helper); never derived from the process's.
         self.threads: dict[int, list[int]] = {}
+        # Whether what its rows show changed since the shared table last packed them,
+        # and the change log of the TaskTable it is in (TaskTable.take_changed).
+        self.changed = False
+        self.change_log: list[TaskInfo] | None = None
+
+    def touch(self) -> None:
+        """What its rows show changed (counters, identity, threads): the shared
+        table packs them again at its next publish.  Whoever changes a field of
+        ``row`` or ``thread_rows`` calls this (``add`` does)."""
+        if not self.changed:
+            self.changed = True
+            if self.change_log is not None:
+                self.change_log.append(self)
 
     def add(
         self, udp: bool, pending: tuple[int, int, int, int], now_s: float, tid: int = 0
@@ -156,6 +174,8 @@ class TaskInfo:
         if not self.first_activity_s:
             self.first_activity_s = now_s
         self.last_activity_s = now_s
+        if not self.changed:
+            self.touch()
 
     def row(self, kind: Kind = Kind.PROCESS, task_id: int | None = None) -> TaskRow:
         return TaskRow(
@@ -221,6 +241,10 @@ class TaskTable:
         self.max_tasks = max_tasks
         self.by_tgid: dict[int, TaskInfo] = {}
         self.overflow = 0  # tasks refused at the cap
+        # For the shared table (TableWriter.publish_tasks): the tasks touched since the
+        # last take_changed, and a number that moves whenever a task comes or goes.
+        self.changed: list[TaskInfo] = []
+        self.layout_version = 0
 
     def __len__(self) -> int:
         return len(self.by_tgid)
@@ -233,12 +257,30 @@ class TaskTable:
         if len(self.by_tgid) >= self.max_tasks and task.tgid not in self.by_tgid:
             self.overflow += 1
             return False
+        old = self.by_tgid.get(task.tgid)
+        if old is not task:
+            self.layout_version += 1
+            if old is not None:
+                old.change_log = None
         self.by_tgid[task.tgid] = task
+        task.change_log = self.changed
+        task.changed = False
+        task.touch()
         return True
 
     def remove(self, task: TaskInfo) -> None:
         if self.by_tgid.get(task.tgid) is task:
             del self.by_tgid[task.tgid]
+            self.layout_version += 1
+            task.change_log = None
+
+    def take_changed(self) -> list[TaskInfo]:
+        """The tasks touched since the last call (some may have left the table since)."""
+        changed = self.changed[:]
+        self.changed.clear()  # in place: the tasks hold this list
+        for task in changed:
+            task.changed = False
+        return changed
 
     def rows(self, threads: bool = False) -> list[TaskRow]:
         rows = [task.row() for task in self.by_tgid.values()]

@@ -131,13 +131,16 @@ class KernelCapture:
             ):
                 self.deferred += 1
                 return None
-            counts = self.counter.drain()
+            # Nothing moved since the last switch: the map in use is empty, no read.
+            counts = self.counter.drain() if anything else {}
         except KernelCounterError as err:
             raise CaptureError(str(err)) from err
         self.sums_wanted = False
         self.read_monotonic_s = now
         self.next_sums_monotonic_s = now + self.sum_interval_s
         self.drains += 1
+        if not counts:
+            return []
         link = LINK_HEADER_BYTES
         sums = []
         for c in counts.values():

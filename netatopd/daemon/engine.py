@@ -601,7 +601,8 @@ class Engine:
         monotonic_s = self.clock.monotonic()
         self.last_publish_monotonic_s = self._in_read_phase(monotonic_s, self.publish_interval_s)
         self.packets_at_publish = self.packets
-        self.table.publish(self.rows(), self.table_figures())
+        # The same rows as self.rows(), but only the tasks touched since are packed again.
+        self.table.publish_tasks(self.tasks, self.exit_list.snapshot(), self.table_figures())
         metrics = self.metrics
         if metrics is not None and metrics.due(monotonic_s):
             metrics.publish(

@@ -41,6 +41,7 @@ MALFORMED = (
     Reject.TRUNCATED_TRANSPORT,
     Reject.IP_LENGTH_BEYOND_FRAME,
 )
+_MALFORMED_INDEXES = tuple(int(reason) for reason in MALFORMED)
 
 
 class StatusReadings:
@@ -53,12 +54,15 @@ class StatusReadings:
         self.atop = atop
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
+        # Kept for the rest of this reading (one STATUS answer or one publish): the
+        # figures under one engine attribute (flows, resolver ...) look it up once.
+        value = self.__dict__[name] = getattr(self.engine, name)
+        return value
 
     @property
     def malformed(self) -> int:
         rejects = self.engine.rejects
-        return sum(rejects[int(reason)] for reason in MALFORMED)
+        return sum([rejects[index] for index in _MALFORMED_INDEXES])
 
     @property
     def rejected(self) -> dict[str, int]:

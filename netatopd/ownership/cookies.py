@@ -198,6 +198,7 @@ class CookieResolver(Resolver):
         flow.uid = sock.uid
         if task.uid < 0:
             task.uid = sock.uid
+            task.touch()
         if flow.inode and flow.inode != sock.inode:
             self._unlink_inode(flow)
         flow.inode = sock.inode

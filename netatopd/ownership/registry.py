@@ -171,6 +171,7 @@ class TaskRegistry:
             counters = self.restored.pop((task.tgid, task.btime), None)
             if counters is not None:
                 task.counters[:] = counters
+                task.touch()
                 self.restored_tasks += 1
         return task
 
@@ -405,6 +406,7 @@ class TaskRegistry:
                     if identity.cgroup != task.cgroup:
                         task.cgroup = identity.cgroup
                         task.unit, task.container = placement_labels(identity.cgroup)
+                    task.touch()
         self.finish(ended, self.clock(), exit_times)
         return ended
 
@@ -491,6 +493,7 @@ class TaskRegistry:
                     running = set(procfs.thread_ids(task.tgid))
                     for tid in [tid for tid in task.threads if tid not in running]:
                         del task.threads[tid]
+                        task.touch()
             except ProcessGone:
                 alive = False
             except ProcAccessDenied:

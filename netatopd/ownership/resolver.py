@@ -387,6 +387,7 @@ class Resolver:
         flow.uid = sock.uid
         if task.uid < 0:
             task.uid = sock.uid
+            task.touch()
         if listener:
             # The SYN reached the listener; the connection's own socket comes later.
             self._assign(flow, task, now_s, final=False)

@@ -119,6 +119,24 @@ def test_nothing_to_drain_is_a_complete_empty_drain(clock: list[float]) -> None:
     assert capture.deferred == 0 and capture.drains == 1
 
 
+def test_a_read_with_nothing_moved_does_not_drain_the_counter(clock: list[float]) -> None:
+    """The news counters unchanged since the last switch: no map switch, no walk
+    (the counter's drain is not called), and still a complete, empty read."""
+    counter = FakeCounter()
+    capture = capture_of(counter)
+    counter.send(7, 2, new=True)
+    assert sent(capture.drain()) == {7: 2}
+    assert counter.drains == 1
+    for _ in range(3):
+        clock[0] += 0.25
+        assert capture.drain() == []  # the sum interval is up, nothing moved
+        assert capture.drain(force=True) == []
+    assert counter.drains == 1 and capture.drains == 7
+    counter.send(7, 1, new=False)
+    assert sent(capture.drain(force=True)) == {7: 1}
+    assert counter.drains == 2 and capture.packets == 3
+
+
 def test_the_sum_interval_is_never_shorter_than_the_drain_interval() -> None:
     fake: Any = FakeCounter()
     assert KernelCapture(fake, drain_interval_s=0.5, sum_interval_s=0.1).sum_interval_s == 0.5

@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 
+from pytest import MonkeyPatch
+
 from netatopd import status
 from netatopd.table import STATUS_FIELDS, STATUS_SLOTS
 
@@ -97,3 +99,71 @@ def test_the_registry_imports_none_of_the_counting_stages() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == ["netatopd", "netatopd.status"]
+
+
+def _slow_table(root: object) -> dict[str, object]:
+    """The table's figures read step by step (Field.value): the reference."""
+    figures = {}
+    for name in status.TABLE_FIELDS:
+        value = status.FIELDS[name].value(root)
+        if value is not status.ABSENT:
+            figures[name] = value
+    return figures
+
+
+def test_the_tables_figures_read_as_field_value_reads_them(monkeypatch: MonkeyPatch) -> None:
+    """collect_table's attrgetter shortcut gives what the step-by-step reading gives:
+    stages on and off (None), mappings on the path with and without the key, a
+    value None at the end, in any order of calls (it remembers which paths fail)."""
+    from types import SimpleNamespace as Obj
+
+    def root(n: int, history: object, flows: object = None, stats: object = None) -> object:
+        totals = Obj(**{name: n + i for i, name in enumerate(status.TABLE_FIELDS[:10])})
+        return Obj(
+            flows=flows if flows is not None else Obj(totals=totals, count=n, overflow=None),
+            malformed=n,
+            task_count=n + 1,
+            tasks=Obj(overflow=n + 2),
+            exit_count=n + 3,
+            exit_list=Obj(expired=n + 4),
+            capture_stats=stats or Obj(received=n + 5, dropped=n + 6, interface_dropped=0),
+            resolver=Obj(misses=n + 7, lookups=n + 8, pending_count=lambda: n + 9),
+            history_stats=history,
+        )
+
+    roots = [
+        root(1, None),
+        root(2, {"persisted_exited": 5, "pending": 6, "dropped": 7}),
+        root(3, {"pending": 1}),  # the others missing: absent
+        root(4, None, flows=Obj(totals=None, count=3, overflow=0)),  # totals off
+        root(5, None, stats={"received": 8}),  # a mapping where an object was
+        root(6, {"persisted_exited": 0, "pending": 0, "dropped": 0}),
+        root(7, None),
+    ]
+    for each in roots + roots[::-1]:
+        expected = _slow_table(each)
+        assert status.collect_table(each) == expected
+    assert status.collect_table(roots[1])["history_persisted"] == 5
+    assert "flows_overflow" not in status.collect_table(roots[0])  # None: absent
+    assert "tcp_sent" not in status.collect_table(roots[3])
+    assert status.collect_table(roots[4])["capture_received"] == 8
+    # The shortcut: on plain paths that never failed (a fresh start), no step-by-step
+    # reading; a path that failed once is read step by step from then on.
+    monkeypatch.setattr(status, "_TABLE_READ_STAGE", [0] * len(status.TABLE_FIELDS))
+    stepped: list[str] = []
+    value = status.Field.value
+    monkeypatch.setattr(
+        status.Field, "value", lambda self, on: stepped.append(self.name) or value(self, on)
+    )
+    status.collect_table(root(8, None))
+    assert "tcp_sent" not in stepped and "tasks" not in stepped
+    assert "flows_pending" in stepped  # a call on the path
+    status.collect_table(root(9, {"pending": 1}))  # a mapping: read through its holder
+    stepped.clear()
+    status.collect_table(root(10, None))
+    assert "history_pending" not in stepped and "tcp_sent" not in stepped
+    # A mapping before the last step: step by step from then on, the same values.
+    totals = Obj(**{name: 3 for name in status.TABLE_FIELDS[:10]})
+    odd = root(11, None, flows={"totals": totals, "count": 4, "overflow": 0})
+    assert status.collect_table(odd) == _slow_table(odd)
+    assert status.collect_table(odd)["tcp_sent"] == 3 and "tcp_sent" in stepped
