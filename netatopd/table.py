@@ -433,8 +433,7 @@ class TableWriter:
         """Start the text area again: every row packed before holds stale offsets."""
         self._offsets = {"": 0}
         self._text_used = 1
-        self._task_rows.clear()
-        self._exited_rows.clear()
+        self._reset_cache()
         self._layout = None
 
     def _place(self, value: str) -> int:
@@ -659,6 +658,7 @@ class TableWriter:
         return count
 
     def _reset_cache(self) -> None:
+        """Forget every packed row kept for publish_tasks (and where it was)."""
         self._task_rows.clear()
         self._exited_rows.clear()
         self._process_index.clear()
