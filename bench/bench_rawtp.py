@@ -138,10 +138,20 @@ def foreign_length_programs() -> int:
 
 
 @contextlib.contextmanager
-def perf_trivial() -> Iterator[object]:
-    """A return-0 program on both tracepoints through perf events."""
+def _closed_after() -> Iterator[list[int]]:
+    """A list for the fds a variant opens; closed in reverse order when it ends."""
     fds: list[int] = []
     try:
+        yield fds
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def perf_trivial() -> Iterator[object]:
+    """A return-0 program on both tracepoints through perf events."""
+    with _closed_after() as fds:
         prog = _trivial_program(syscalls.ProgType.TRACEPOINT, "ntp_bench_perf")
         fds.append(prog)
         for name in TRACEPOINTS:
@@ -149,24 +159,17 @@ def perf_trivial() -> Iterator[object]:
             fds.append(perf)
             syscalls.perf_event_attach(perf, prog)
         yield None
-    finally:
-        for fd in reversed(fds):
-            os.close(fd)
 
 
 @contextlib.contextmanager
 def raw_trivial() -> Iterator[object]:
     """A return-0 program on both tracepoints as a raw tracepoint."""
-    fds: list[int] = []
-    try:
+    with _closed_after() as fds:
         prog = _trivial_program(syscalls.ProgType.RAW_TRACEPOINT, "ntp_bench_raw")
         fds.append(prog)
         for name in TRACEPOINTS:
             fds.append(syscalls.raw_tracepoint_open(name, prog))
         yield None
-    finally:
-        for fd in reversed(fds):
-            os.close(fd)
 
 
 def helper(raw: bool, btf: bool = False) -> Variant:
@@ -202,9 +205,9 @@ def cgroup_trivial() -> Iterator[object]:
     root = find_cgroup2_root()
     if root is None:
         raise RuntimeError("no cgroup v2 mount")
-    fds: list[int] = []
-    cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    with _closed_after() as fds:
+        cgroup = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        fds.append(cgroup)
         for attach_type, name in (
             (syscalls.AttachType.CGROUP_INET_INGRESS, "ntp_bench_cgi"),
             (syscalls.AttachType.CGROUP_INET_EGRESS, "ntp_bench_cge"),
@@ -217,10 +220,6 @@ def cgroup_trivial() -> Iterator[object]:
             OURS.add(syscalls.object_id(prog))
             fds.append(syscalls.link_create(prog, cgroup, attach_type))
         yield None
-    finally:
-        for fd in reversed(fds):
-            os.close(fd)
-        os.close(cgroup)
 
 
 @contextlib.contextmanager
