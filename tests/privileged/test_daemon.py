@@ -55,6 +55,7 @@ def ownership(request: Any) -> str:
 # exit list (the kernel path counts every namespace: other tests' processes exit too)
 # run with the libpcap path's two owner sources only: not a skip, they are not asked.
 pcap_paths = pytest.mark.parametrize("ownership", ["proc", "kernel"], indirect=True)
+FLOOD_ROUNDS = 10  # the port flood is sent in this many rounds
 
 
 def _path_options(ownership: str) -> tuple[str, ...]:
@@ -545,17 +546,23 @@ def test_exit_list_lifecycle(ns: Any, daemon: Any, ownership: str) -> None:
 def test_udp_port_flood_stops_at_cap(ns: Any, daemon: Any, ownership: str) -> None:
     """100,000 datagrams to distinct closed ports: the table stops at its cap and the daemon answers."""
     d = daemon("--max-flows", "5000")
-    # 50,000 ports on each of two loopback addresses: 100,000 distinct local endpoints.
-    ns.run(
-        sys.executable,
-        "-c",
-        "import socket\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "s.bind(('127.0.0.1', 55555))\n"  # outside the destination ports 1025-51024
-        "for i in range(100000):\n"
-        "    s.sendto(b'x', ('127.0.0.1' if i < 50000 else '127.0.0.2', 1025 + i % 50000))\n",
-        timeout_s=120,
-    )
+    # 50,000 ports on each of two loopback addresses: 100,000 distinct local endpoints,
+    # sent in FLOOD_ROUNDS rounds with a SYNC after each: the ring never holds more than a
+    # round, so a loaded machine cannot make the capture drop (capture_dropped stays 0).
+    for first in range(0, 100_000, 100_000 // FLOOD_ROUNDS):
+        ns.run(
+            sys.executable,
+            "-c",
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('127.0.0.1', 55555))\n"  # outside the destination ports 1025-51024
+            "first = int(sys.argv[1])\n"
+            f"for i in range(first, first + {100_000 // FLOOD_ROUNDS}):\n"
+            "    s.sendto(b'x', ('127.0.0.1' if i < 50000 else '127.0.0.2', 1025 + i % 50000))\n",
+            str(first),
+            timeout_s=120,
+        )
+        d.sync()
     d.sync()
     status = d.status()
     assert status["flows"] == 5000, status
