@@ -239,15 +239,26 @@ class IdentityBook:
     def get(self, pid: int) -> Known | None:
         return self.known.get(pid)
 
+    def _take_pending_execs(self) -> None:
+        """Take the kernel's exec records that wait in ``exec_source``, if there is one."""
+        if self.exec_source is not None:
+            self.take_execs(self.exec_source())
+
     def fresh(self, pid: int) -> Known | None:
         """As ``get``, once the kernel's pending exec records are taken (``exec_source``):
         a program whose exec event still waits in the proc connector's queue is named
         by the kernel's record of its exec, not by the copy of its parent."""
-        if self.exec_source is not None:
-            self.take_execs(self.exec_source())
+        self._take_pending_execs()
         if pid in self.exec_records:
             self.learn(pid, after_exec=True)
         return self.known.get(pid)
+
+    def learn_now(self, pid: int) -> Known | None:
+        """As ``learn``, once the kernel's pending exec records are taken: a program met
+        before its fork and exec events were read, and gone before /proc could be read,
+        is named by the kernel's record of its exec."""
+        self._take_pending_execs()
+        return self.learn(pid, after_exec=pid in self.exec_records)
 
     def exited(self, pid: int, exit_s: float) -> Known | None:
         """Process ``pid`` ended at ``exit_s`` (epoch seconds); its entry, if known."""

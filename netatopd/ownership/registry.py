@@ -300,11 +300,12 @@ class TaskRegistry:
         return task
 
     def _known(self, pid: int, start_time_ticks: int) -> Known | None:
-        """Process (pid, start time) read now (it may have changed cgroup), else as known."""
+        """Process (pid, start time) read now (it may have changed cgroup), else as known;
+        named by the kernel's record of its exec when one waits (``learn_now``)."""
         book = self.identities
         if book is None:
             return None
-        for known in (book.learn(pid), book.get(pid)):
+        for known in (book.learn_now(pid), book.get(pid)):
             if known is not None and known.identity.start_time_ticks == start_time_ticks:
                 return known
         return None

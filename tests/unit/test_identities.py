@@ -360,3 +360,39 @@ def test_a_task_made_before_its_exec_event_is_named_by_the_kernels_record() -> N
     known = book.get(95)
     assert known is not None and known.identity.cmdline == "bash tag-95"
     assert (book.from_kernel, book.incomplete) == (1, 0)
+
+
+def test_a_task_made_as_its_process_ends_is_named_by_the_kernels_pending_record() -> None:
+    """Seen under load: a program's packet is attributed before its fork and exec events
+    are read; /proc/PID/stat still answers, but the program ends before its identity is
+    read.  Ground truth: the kernel's exec record, still waiting to be taken; without it
+    the task had the command of stat and an unknown command line and uid."""
+    proc, book, registry = setup()
+    proc.running[97] = identity(97, "bash", 9950)
+    reads_fail = {97}  # stat answers; the identity read finds the process gone
+
+    def read_identity(pid: int, proc_root: str) -> Identity:
+        if pid in reads_fail:
+            raise ProcessGone(pid)
+        return proc.read_identity(pid, proc_root)
+
+    book.reader = read_identity
+    pending = [exec_record(97, "bash", 9950, b"bash\0-c\0tag-97\0", uid=4321)]
+    book.exec_source = lambda: [pending.pop()] if pending else []
+    task = registry.task(97)
+    assert task is not None
+    assert (task.command, task.cmdline, task.uid, task.start_time_ticks) == (
+        "bash",
+        "bash -c tag-97",
+        4321,
+        9950,
+    )
+    # Its fork and exec events, read later, leave the kernel's identity in place.
+    del proc.running[97]
+    registry.process_events([event(ProcEventKind.FORK, 97), event(ProcEventKind.EXEC, 97)])
+    known = book.get(97)
+    assert known is not None and (known.identity.cmdline, known.identity.uid) == (
+        "bash -c tag-97",
+        4321,
+    )
+    assert (book.from_kernel, book.incomplete) == (1, 0)
