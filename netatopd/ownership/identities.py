@@ -114,14 +114,18 @@ class IdentityBook:
     def _from_record(
         self, record: ExecRecord, read: Identity | None, before: Known | None
     ) -> Identity:
-        """The identity the kernel recorded at the exec; the cgroup from ``read`` (/proc,
-        when it is this process) or ``before`` (the copy taken at the fork) or the parent."""
+        """The identity the kernel recorded at the exec.  When ``read`` (/proc, read
+        after the exec) is this process, its command name, uid and cgroup are the
+        current ones: a program that renamed itself (PR_SET_NAME) or changed its uid
+        since its exec is shown as it is now.  Else the cgroup is ``before``'s (the copy
+        taken at the fork) or the parent's."""
         start_time_ticks = record.start_boottime_ns * self.ticks_per_s // 10**9
         cmdline = format_cmdline(record.args)
         if record.args_len > len(record.args):
             cmdline += CMDLINE_TRUNCATION_MARKER
+        comm, uid = record.comm, record.uid
         if read is not None and read.start_time_ticks == start_time_ticks:
-            cgroup = read.cgroup
+            comm, uid, cgroup = read.comm or comm, read.uid, read.cgroup
         elif before is not None and before.identity.start_time_ticks == start_time_ticks:
             cgroup = before.identity.cgroup
         else:
@@ -131,9 +135,9 @@ class IdentityBook:
             pid=record.tgid,
             ppid=record.ppid,
             start_time_ticks=start_time_ticks,
-            comm=record.comm,
+            comm=comm,
             cmdline=cmdline,
-            uid=record.uid,
+            uid=uid,
             cgroup=cgroup,
         )
 
@@ -145,7 +149,7 @@ class IdentityBook:
             read is not None
             and identity.cmdline.endswith(CMDLINE_TRUNCATION_MARKER)
             and read.start_time_ticks == identity.start_time_ticks
-            and read.comm == identity.comm
+            and read.comm == record.comm  # the same program, not a later exec
             and len(read.cmdline) > len(identity.cmdline)
         ):
             identity = identity._replace(cmdline=read.cmdline)  # the kernel's copy was cut

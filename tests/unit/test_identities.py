@@ -326,7 +326,7 @@ def test_a_cut_record_takes_the_whole_line_from_proc_and_a_stale_one_is_not_used
     book.take_execs([exec_record(90, "curl", 9500, long_args)])
     known = book.learn(90, after_exec=True)
     assert known is not None and known.identity.cmdline == "curl " + "x" * 400
-    assert known.identity.uid == 65534  # the rest is the kernel's
+    assert known.identity.uid == 1000  # /proc, read after the exec, is current
     # Gone: the kernel's first ARGS_BYTES, marked as cut.
     book.take_execs([exec_record(91, "curl", 9600, long_args)])
     known = book.learn(91, after_exec=True)
@@ -396,3 +396,21 @@ def test_a_task_made_as_its_process_ends_is_named_by_the_kernels_pending_record(
         4321,
     )
     assert (book.from_kernel, book.incomplete) == (1, 0)
+
+
+def test_a_program_that_renamed_itself_and_changed_uid_after_its_exec_shows_it() -> None:
+    """Seen under load: exec, PR_SET_NAME and setuid() came in one batch of events; the
+    kernel's record (python3, uid 0 at the exec) named the process after it had become
+    mxbeta, uid 65534, and the UID event of the same batch read nothing more.  Ground
+    truth: what /proc shows of the running process."""
+    proc, book, registry = setup()
+    proc.running[98] = identity(98, "python3", 9990)._replace(uid=0)
+    registry.process_events([event(ProcEventKind.FORK, 98)])
+    task = registry.task(98)
+    assert task is not None and (task.command, task.uid) == ("python3", 0)
+    proc.running[98] = identity(98, "mxbeta", 9990)._replace(uid=65534)  # renamed, setuid
+    book.take_execs([exec_record(98, "python3", 9990, b"python3\0-c\0actor\0", uid=0)])
+    events = [event(kind, 98) for kind in (ProcEventKind.EXEC, ProcEventKind.COMM)]
+    registry.process_events([*events, event(ProcEventKind.UID, 98)])
+    assert (task.command, task.cmdline, task.uid) == ("mxbeta", "python3 -c actor", 65534)
+    assert book.from_kernel == 1
