@@ -14,7 +14,7 @@ from netatopd.netlink.connector import ProcessEvent, ProcEventKind
 from netatopd.ownership.identities import IdentityBook
 from netatopd.ownership.registry import TaskRegistry
 from netatopd.procfs import Identity, ProcessGone, ProcStat, format_cmdline
-from netatopd.tasks import TaskTable
+from netatopd.tasks import TaskInfo, TaskTable
 
 HZ = 100
 BOOT_S = 1_700_000_000
@@ -298,6 +298,17 @@ def exec_record(pid: int, comm: str, start: int, args: bytes, uid: int = 65534) 
     return ExecRecord(pid, 1, uid, start * 10**9 // HZ, comm, args[:ARGS_BYTES], len(args))
 
 
+def queue_execs(book: IdentityBook, *records: ExecRecord) -> None:
+    """The records wait in the kernel's ring until the book takes them (exec_source)."""
+    pending = list(records)
+    book.exec_source = lambda: [pending.pop(0)] if pending else []
+
+
+def who(task: TaskInfo | None) -> tuple[str, str, int, int]:
+    assert task is not None
+    return (task.command, task.cmdline, task.uid, task.start_time_ticks)
+
+
 def test_the_kernels_exec_record_names_a_program_gone_before_it_was_read() -> None:
     proc, book, registry = setup()
     proc.running[80] = identity(80, "python", 9000, DOCKER_CGROUP)
@@ -345,16 +356,9 @@ def test_a_task_made_before_its_exec_event_is_named_by_the_kernels_record() -> N
     proc.running[95] = identity(95, "python", 9900)
     registry.process_events([event(ProcEventKind.FORK, 95)])  # the parent's copy
     del proc.running[95]  # exec'd, sent, gone; its exec event still queued
-    pending = [exec_record(95, "bash", 9900, b"bash\0tag-95\0")]
-    book.exec_source = lambda: [pending.pop()] if pending else []
+    queue_execs(book, exec_record(95, "bash", 9900, b"bash\0tag-95\0"))
     task = registry.task_named_by_kernel(95, "bash", 99 * 10**9)
-    assert task is not None
-    assert (task.command, task.cmdline, task.uid, task.start_time_ticks) == (
-        "bash",
-        "bash tag-95",
-        65534,
-        9900,
-    )
+    assert who(task) == ("bash", "bash tag-95", 65534, 9900)
     # The exec event, read later, leaves the kernel's identity in place.
     registry.process_events([event(ProcEventKind.EXEC, 95)])
     known = book.get(95)
@@ -377,16 +381,8 @@ def test_a_task_made_as_its_process_ends_is_named_by_the_kernels_pending_record(
         return proc.read_identity(pid, proc_root)
 
     book.reader = read_identity
-    pending = [exec_record(97, "bash", 9950, b"bash\0-c\0tag-97\0", uid=4321)]
-    book.exec_source = lambda: [pending.pop()] if pending else []
-    task = registry.task(97)
-    assert task is not None
-    assert (task.command, task.cmdline, task.uid, task.start_time_ticks) == (
-        "bash",
-        "bash -c tag-97",
-        4321,
-        9950,
-    )
+    queue_execs(book, exec_record(97, "bash", 9950, b"bash\0-c\0tag-97\0", uid=4321))
+    assert who(registry.task(97)) == ("bash", "bash -c tag-97", 4321, 9950)
     # Its fork and exec events, read later, leave the kernel's identity in place.
     del proc.running[97]
     registry.process_events([event(ProcEventKind.FORK, 97), event(ProcEventKind.EXEC, 97)])
