@@ -465,6 +465,13 @@ REGISTRY: tuple[Field | Family, ...] = (
     Field("identity_incomplete", PROCESS_EVENTS, "incomplete", "identities.incomplete"),
     # Finished tasks that took packets seen after their exit (finished again, same exit).
     Field("tasks_late", PROCESS_EVENTS, "late packets after exit", "registry.late_tasks"),
+    # Exits of a leader thread that ended alone while other threads ran on.
+    Field(
+        "leader_exits_deferred",
+        PROCESS_EVENTS,
+        "leader exits, process running on",
+        "registry.leader_exits_deferred",
+    ),
     # Issue 14: identity at exec from the eBPF helper's exec program, else /proc.
     Field("identity_source", PROCESS_EVENTS, "identities from", "identities.source"),
     Field("identities_from_kernel", PROCESS_EVENTS, "from the kernel", "identities.from_kernel"),

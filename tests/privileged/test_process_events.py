@@ -415,6 +415,7 @@ def test_a_leader_thread_ending_alone_does_not_end_its_process(ns: Any, daemon: 
     thread, PAYLOAD_BYTES each."""
     server = Actor(ns, "udp_server", addr="127.0.0.1", count=2, reply_bytes=-1)
     argv = [*ns.exec_prefix, sys.executable, "-c", LEADER, "127.0.0.1", str(server.port)]
+    deferred = daemon.status()["leader_exits_deferred"]  # the connector tells every process
     proc = subprocess.Popen(
         [*argv, str(PAYLOAD_BYTES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -423,12 +424,12 @@ def test_a_leader_thread_ending_alone_does_not_end_its_process(ns: Any, daemon: 
         pid = json.loads(proc.stdout.readline())["pid"]
         wait_for("the leader's datagram counted", lambda: sent_packets(daemon, pid) == 1)
         assert proc.stdout.readline().strip() == "leader gone"
-        # The leader's exit event has come (a few ms); the process must still be running.
+        # The leader's exit event handled, and seen to leave the process running.
+        wait_for(
+            "the leader's exit event handled",
+            lambda: daemon.status()["leader_exits_deferred"] > deferred,
+        )
         with daemon.client() as client:
-            wait_for(
-                "the leader's exit event handled",
-                lambda: daemon.status()["process_events_received"] > 0 and time.sleep(0.3) is None,
-            )
             listed = [record.id for record in client.list_exited()]
             assert pid not in listed, ("finished early", pid, listed)
         assert sent_packets(daemon, pid) == 1

@@ -189,6 +189,7 @@ STATUS_ORDER_PROC = [
     "identity_unknown",
     "identity_incomplete",
     "tasks_late",
+    "leader_exits_deferred",
     "identity_source",
     "identities_from_kernel",
 ]
