@@ -563,7 +563,6 @@ def test_udp_port_flood_stops_at_cap(ns: Any, daemon: Any, ownership: str) -> No
             timeout_s=120,
         )
         d.sync()
-    d.sync()
     status = d.status()
     assert status["flows"] == 5000, status
     # One flow for the sender's port and 4,999 for destination ports; every other
